@@ -1,0 +1,84 @@
+"""The project's exceptions, each carrying the WebSocket close code the page receives.
+
+    LessonError                      close 1011
+    ├── InvalidRequest               1008  bad lesson parameters, origin or lesson link
+    ├── OverCapacity                 1013  too many lessons, or lesson starts too fast
+    ├── InvalidTransition            1011  the lesson state machine was driven out of order (a bug)
+    └── UpstreamError                1011  the Realtime session failed
+        ├── UpstreamRefused          1014  the handshake was refused (HTTP status known)
+        ├── UpstreamUnavailable      1014  the upstream could not be reached at all
+        └── UpstreamClosed           1011  the upstream closed the socket mid-lesson
+
+Foreign exceptions (websockets, OSError, TimeoutError) are translated into these at the boundary in
+`upstream.py`, so the relay only handles its own tree.
+"""
+
+from __future__ import annotations
+
+
+class LessonError(Exception):
+    """Base of the tree: `close_code` ends the browser socket, `code` names the cause on the page."""
+
+    close_code = 1011
+    code = "lesson_failed"
+    student_message = "The lesson stopped because of a problem on our side. Please try again."
+
+    def __init__(self, detail: str, *, student_message: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if student_message is not None:
+            self.student_message = student_message
+
+
+class InvalidRequest(LessonError):
+    close_code = 1008
+    code = "invalid_request"
+    student_message = "This lesson link is not valid."
+
+
+class OverCapacity(LessonError):
+    close_code = 1013
+    code = "over_capacity"
+    student_message = "All tutors are busy right now. Please try again in a minute."
+
+
+class InvalidTransition(LessonError):
+    code = "internal_error"
+
+
+class UpstreamError(LessonError):
+    code = "upstream_error"
+    student_message = "The tutor could not continue the lesson. Please start again."
+
+
+class UpstreamRefused(UpstreamError):
+    close_code = 1014
+
+    def __init__(self, detail: str, *, status: int, upstream_code: str | None = None) -> None:
+        self.status = status
+        self.upstream_code = upstream_code
+        code, message = _refusal_wording(status)
+        self.code = code
+        super().__init__(detail, student_message=message)
+
+
+class UpstreamUnavailable(UpstreamError):
+    close_code = 1014
+    code = "upstream_unavailable"
+    student_message = "The tutor service cannot be reached right now. Please try again in a minute."
+
+
+class UpstreamClosed(UpstreamError):
+    code = "upstream_closed"
+    student_message = "The connection to the tutor was lost. Start the lesson again to continue."
+
+
+def _refusal_wording(status: int) -> tuple[str, str]:
+    """The page's error code and plain words for an HTTP status the upstream refused us with."""
+    if status in (401, 403):
+        return "upstream_auth", "The tutor service refused our credentials. Please tell your teacher."
+    if status == 429:
+        return "upstream_rate_limited", "The tutor service is busy right now. Please try again in a minute."
+    if status >= 500:
+        return "upstream_unavailable", "The tutor service is having problems. Please try again in a minute."
+    return "upstream_refused", "The tutor service refused to start the lesson. Please tell your teacher."

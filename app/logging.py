@@ -1,0 +1,71 @@
+"""structlog set-up: one event per line, JSON in production, readable columns in a terminal.
+
+Invariants: log lines carry event names and small fields, never audio and never a secret. The
+redaction processor is a last line of defence should a secret reach a log field through an
+exception message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+from app.settings import Settings
+
+REDACTED = "[redacted]"
+
+
+def _redactor(secrets: Iterable[str]) -> structlog.types.Processor:
+    needles = tuple(secret for secret in secrets if secret)
+
+    def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in event_dict.items():
+            if isinstance(value, str) and any(needle in value for needle in needles):
+                for needle in needles:
+                    value = value.replace(needle, REDACTED)
+                event_dict[key] = value
+        return event_dict
+
+    return redact
+
+
+def configure_logging(settings: Settings) -> None:
+    """Route structlog and the standard library (uvicorn's own lines) to stdout in one format."""
+    level = getattr(logging, settings.log_level.upper())
+    log_format = settings.log_format or ("console" if sys.stdout.isatty() else "json")
+    secrets = [s.get_secret_value() for s in (settings.openai_api_key, settings.lesson_secret) if s]
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redactor(secrets),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
+        ])
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # websockets logs every keepalive and frame at debug; its errors reach us as exceptions.
+    logging.getLogger("websockets").setLevel(max(level, logging.INFO))

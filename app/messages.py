@@ -1,0 +1,148 @@
+"""The browser ⇄ relay wire format (docs/protocol.md).
+
+Binary frames are PCM16 LE mono 24 kHz both ways. Text frames are JSON objects told apart by `type`.
+What the page may send is an allowlist validated here; anything else is refused with an error frame.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+LEVELS = ("A1", "A2", "B1", "B2", "C1", "C2")
+Level = Literal["A1", "A2", "B1", "B2", "C1", "C2"]
+
+_NAME_PUNCTUATION = frozenset(" -'.")
+_LANGUAGE = re.compile(r"^[^\W\d_]+(?: [^\W\d_]+)*$")
+
+
+class LessonRequest(BaseModel):
+    """The query of `/ws/lesson`: who the student is and what lesson they want."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+
+    name: str = Field(min_length=1, max_length=40)
+    level: Level = "A1"
+    support: str | None = Field(default=None, min_length=1, max_length=30)
+    topic: str | None = Field(default=None, min_length=1, max_length=80)
+    token: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_name(cls, name: str) -> str:
+        # The name is spoken by the tutor and lands in its instructions: letters and name punctuation only.
+        if not any(ch.isalpha() for ch in name) or not all(ch.isalpha() or ch in _NAME_PUNCTUATION for ch in name):
+            raise ValueError(f"name {name!r} may hold only letters, spaces, hyphens, apostrophes and dots")
+        return " ".join(name.split())
+
+    @field_validator("support")
+    @classmethod
+    def _support_is_a_language(cls, support: str | None) -> str | None:
+        if support is not None and not _LANGUAGE.match(support):
+            raise ValueError(f"support language {support!r} must be a language name")
+        return support
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_is_printable(cls, topic: str | None) -> str | None:
+        if topic is not None and not topic.isprintable():
+            raise ValueError(f"topic {topic!r} must be printable text")
+        return topic
+
+
+def parse_lesson_request(query: dict[str, str]) -> LessonRequest:
+    """Validate the query, raising `ValueError` with a sentence naming the first bad parameter."""
+    try:
+        return LessonRequest.model_validate({key: value for key, value in query.items() if value != ""})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "query"
+        raise ValueError(f"{where}: {first['msg']}") from exc
+
+
+# ---- page → relay -------------------------------------------------------------------------------
+
+
+class _Inbound(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Playback(_Inbound):
+    """How much of a tutor item the student has heard."""
+
+    type: Literal["playback"]
+    item_id: str = Field(min_length=1, max_length=128)
+    played_ms: int = Field(ge=0, le=3_600_000)
+
+
+class End(_Inbound):
+    type: Literal["end"]
+
+
+BrowserMessage = Annotated[Playback | End, Field(discriminator="type")]
+_BROWSER_MESSAGE: TypeAdapter[Playback | End] = TypeAdapter(BrowserMessage)
+
+
+class InvalidMessage(ValueError):
+    """A text frame from the page that is not one of the allowed messages."""
+
+
+def parse_browser_message(text: str) -> Playback | End:
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"not JSON: {text[:80]!r}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise InvalidMessage(f"not a JSON object with a string 'type': {text[:80]!r}")
+    if data["type"] not in ("playback", "end"):
+        raise InvalidMessage(f"unknown message type {data['type'][:60]!r}; allowed: 'playback', 'end'")
+    try:
+        return _BROWSER_MESSAGE.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"][1:]) or data["type"]
+        raise InvalidMessage(f"{data['type']!r} message: {where}: {first['msg']}") from exc
+
+
+# ---- relay → page -------------------------------------------------------------------------------
+
+StatusState = Literal["connecting", "greeting", "tutor_speaking", "listening", "ended"]
+Role = Literal["tutor", "student"]
+
+
+def lesson(*, lesson_id: str, simulated: bool, name: str, level: str, sample_rate: int) -> dict[str, Any]:
+    return {
+        "type": "lesson", "lesson_id": lesson_id, "simulated": simulated,
+        "sample_rate": sample_rate, "name": name, "level": level,
+    }
+
+
+def status(state: StatusState, reason: str | None = None) -> dict[str, Any]:
+    return {"type": "status", "state": state} if reason is None else {"type": "status", "state": state, "reason": reason}
+
+
+def audio_start(*, item_id: str, response_id: str) -> dict[str, Any]:
+    return {"type": "audio.start", "item_id": item_id, "response_id": response_id}
+
+
+def audio_done(*, item_id: str, duration_ms: int) -> dict[str, Any]:
+    return {"type": "audio.done", "item_id": item_id, "duration_ms": duration_ms}
+
+
+def audio_interrupt(*, item_id: str) -> dict[str, Any]:
+    return {"type": "audio.interrupt", "item_id": item_id}
+
+
+def transcript_delta(*, role: Role, item_id: str, text: str) -> dict[str, Any]:
+    return {"type": "transcript.delta", "role": role, "item_id": item_id, "text": text}
+
+
+def transcript_done(*, role: Role, item_id: str, text: str) -> dict[str, Any]:
+    return {"type": "transcript.done", "role": role, "item_id": item_id, "text": text}
+
+
+def error(*, code: str, message: str, fatal: bool) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, "fatal": fatal}

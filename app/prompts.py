@@ -1,0 +1,92 @@
+"""The tutor's instructions, rendered from `app/templates/prompts/tutor.j2`.
+
+The level rules follow the CEFR descriptors: concrete speaking rules the model can follow, one list
+per level. The template is rendered with StrictUndefined so a missing variable fails loudly at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from app.messages import Level
+
+LEVEL_RULES: dict[str, tuple[str, ...]] = {
+    "A1": (
+        "Speak slowly and clearly, with short pauses between sentences.",
+        "Use sentences of 3 to 8 words, in the present tense.",
+        "Use only the most frequent everyday words.",
+        "Ask one question at a time, often a yes/no or either/or question.",
+        "Repeat or rephrase instead of explaining; never give grammar lectures.",
+        "When the student makes a mistake, repeat their sentence correctly in a friendly way (a gentle recast).",
+        "Allow long silences; praise every effort.",
+    ),
+    "A2": (
+        "Speak at a slow-to-normal pace.",
+        "Use short sentences joined with and, but or because.",
+        "Use simple past and future forms.",
+        "Ask open questions about routines, family, shopping, work and the local area.",
+        "Recast mistakes; now and then name a pattern in one short sentence.",
+    ),
+    "B1": (
+        "Speak at a natural pace.",
+        "Use everyday idioms and explain them with an example.",
+        "Ask follow-up why and how questions about opinions, plans and stories.",
+        "Correct only mistakes that block meaning or keep coming back.",
+        "Let the student do most of the talking.",
+    ),
+    "B2": (
+        "Speak at a normal pace and register.",
+        "Discuss viewpoints, advantages and disadvantages, and hypothetical situations.",
+        "Push for precision and range: suggest synonyms and connectors.",
+        "Give brief feedback on recurring errors at natural breaks.",
+    ),
+    "C1": (
+        "Speak at a native pace.",
+        "Discuss abstract, academic and professional topics.",
+        "Work on nuance, tone and register; challenge the student's arguments.",
+        "Give feedback on style and collocation.",
+    ),
+    "C2": (
+        "Be an equal conversation partner at a native pace.",
+        "Explore subtle points of usage, humour, idiom and cultural reference.",
+        "Give feedback only when asked or on rare slips.",
+    ),
+}
+
+GREETING_QUESTIONS: dict[str, str] = {
+    "A1": "How are you today?",
+    "A2": "How was your day?",
+    "B1": "What did you do last weekend?",
+    "B2": "What would you like to talk about today?",
+    "C1": "What would you like to talk about today?",
+    "C2": "What would you like to talk about today?",
+}
+
+_TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates" / "prompts"),
+    undefined=StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=False,
+)
+
+
+def tutor_instructions(
+    *,
+    name: str,
+    level: Level,
+    target_language: str,
+    support_language: str | None = None,
+    topic: str | None = None,
+) -> str:
+    """The `instructions` of the lesson's `session.update`: greeting protocol plus the level's rules."""
+    return _TEMPLATES.get_template("tutor.j2").render(
+        name=name,
+        level=level,
+        target_language=target_language,
+        support_language=support_language,
+        topic=topic,
+        level_rules=LEVEL_RULES[level],
+        greeting_question=GREETING_QUESTIONS[level],
+    )

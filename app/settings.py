@@ -1,0 +1,73 @@
+"""Configuration, read once from the environment and validated at start.
+
+This is the only module that reads the environment. Everything else receives a `Settings` (or single
+values from it) as arguments, so tests build `Settings(...)` directly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing_extensions import Annotated
+
+WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"])]
+
+class Settings(BaseSettings):
+    """Every setting the service has; the README's configuration table mirrors this class."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    openai_api_key: SecretStr | None = None
+    openai_realtime_url: WebSocketUrl = AnyUrl("wss://api.openai.com/v1/realtime")
+    openai_realtime_model: str = Field(default="gpt-realtime-2.1", min_length=1)
+    openai_realtime_voice: Literal[
+        "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"
+    ] = "marin"
+    openai_transcription_model: str = Field(default="gpt-transcribe", min_length=1)
+    # Azure OpenAI authenticates with an `api-key` header instead of a Bearer token.
+    openai_auth_header: Literal["bearer", "api-key"] = "bearer"
+    target_language: str = Field(default="English", min_length=2, max_length=30, pattern=r"^[A-Za-z ]+$")
+    target_language_code: str = Field(default="en", pattern=r"^[a-z]{2}$")
+    turn_detection: Literal["server_vad", "semantic_vad"] = "server_vad"
+    vad_eagerness: Literal["low", "medium", "high", "auto"] = "low"
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] | None = None
+
+    upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    max_frame_bytes: int = Field(default=4800, ge=960, le=96_000)
+    max_sessions: int = Field(default=50, ge=1)
+    max_lesson_seconds: int = Field(default=1800, ge=10, le=3500)
+    idle_timeout_seconds: int = Field(default=300, ge=5)
+    lesson_starts_per_minute: int = Field(default=10, ge=1)
+    allowed_origins: str = ""
+    lesson_secret: SecretStr | None = None
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=120)
+    # USD per million tokens, by kind; a JSON object in the environment.
+    price_per_million_tokens: dict[str, float] = Field(
+        default={"audio_input": 32.0, "audio_output": 64.0, "text_input": 4.0, "text_output": 16.0, "cached": 0.4}
+    )
+
+    @field_validator("openai_api_key", "lesson_secret", mode="before")
+    @classmethod
+    def _blank_is_absent(cls, value: object) -> object:
+        # Railway and docker-compose often set an unused variable to the empty string.
+        return None if value == "" else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def simulated(self) -> bool:
+        """True when no API key is set: the embedded simulator stands in for OpenAI."""
+        return self.openai_api_key is None
+
+    @property
+    def origin_allowlist(self) -> frozenset[str]:
+        return frozenset(origin.strip().rstrip("/") for origin in self.allowed_origins.split(",") if origin.strip())

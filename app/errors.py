@@ -72,6 +72,11 @@ class UpstreamClosed(UpstreamError):
     code = "upstream_closed"
     student_message = "The connection to the tutor was lost. Start the lesson again to continue."
 
+    def __init__(self, detail: str, *, received_code: int | None, received_reason: str) -> None:
+        super().__init__(detail)
+        self.received_code = received_code
+        self.received_reason = received_reason
+
 
 def _refusal_wording(status: int) -> tuple[str, str]:
     """The page's error code and plain words for an HTTP status the upstream refused us with."""

@@ -121,7 +121,9 @@ def lesson(*, lesson_id: str, simulated: bool, name: str, level: str, sample_rat
 
 
 def status(state: StatusState, reason: str | None = None) -> dict[str, Any]:
-    return {"type": "status", "state": state} if reason is None else {"type": "status", "state": state, "reason": reason}
+    if reason is None:
+        return {"type": "status", "state": state}
+    return {"type": "status", "state": state, "reason": reason}
 
 
 def audio_start(*, item_id: str, response_id: str) -> dict[str, Any]:

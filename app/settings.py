@@ -6,11 +6,10 @@ values from it) as arguments, so tests build `Settings(...)` directly.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, field_validator
+from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from typing_extensions import Annotated
 
 WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"])]
 
@@ -71,3 +70,21 @@ class Settings(BaseSettings):
     @property
     def origin_allowlist(self) -> frozenset[str]:
         return frozenset(origin.strip().rstrip("/") for origin in self.allowed_origins.split(",") if origin.strip())
+
+
+class ConfigurationError(SystemExit):
+    """A bad environment variable: the process stops at start with one line saying which and why."""
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or `ConfigurationError` naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{str(error['loc'][0]).upper()}={error.get('input')!r}: {error['msg']}"
+            if "api_key" not in str(error["loc"][0]) and "secret" not in str(error["loc"][0])
+            else f"{str(error['loc'][0]).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None

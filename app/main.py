@@ -1,0 +1,104 @@
+"""create_app(settings) → the FastAPI application: routes, static files, templates and lifespan.
+
+The lifespan configures logging, starts the embedded Realtime simulator when no API key is set (the
+lesson then works offline end to end, over real sockets, through the same code path), and on shutdown
+drains open lessons: each is told the server is restarting and closed cleanly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from app.admission import LessonRegistry, StartRateLimiter
+from app.logging import configure_logging
+from app.routes import Upstream, router
+from app.settings import Settings, load_settings
+from app.simulator import RealtimeSimulator
+
+HERE = Path(__file__).parent
+# The simulator checks that a key is sent, like OpenAI does; this one never leaves the machine.
+SIMULATOR_KEY = "simulator-local-key"
+
+log = structlog.get_logger("lesson_relay")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application for `settings` (read from the environment when omitted)."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings)
+        simulator: RealtimeSimulator | None = None
+        if settings.simulated:
+            simulator = RealtimeSimulator()
+            await simulator.start("127.0.0.1", 0)
+            app.state.upstream = Upstream(url=simulator.url, api_key=SIMULATOR_KEY)
+            log.warning("simulator_mode", message="OPENAI_API_KEY is not set: lessons use the built-in "
+                        "Realtime simulator, not OpenAI", upstream=simulator.url)
+        else:
+            assert settings.openai_api_key is not None
+            app.state.upstream = Upstream(url=str(settings.openai_realtime_url),
+                                          api_key=settings.openai_api_key.get_secret_value())
+            log.info("upstream_configured", url=str(settings.openai_realtime_url),
+                     model=settings.openai_realtime_model, voice=settings.openai_realtime_voice)
+        try:
+            yield
+        finally:
+            await drain_lessons(app, settings.shutdown_grace_seconds)
+            if simulator is not None:
+                await simulator.stop()
+
+    app = FastAPI(title="lesson relay", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.lessons = LessonRegistry(settings.max_sessions)
+    app.state.start_limiter = StartRateLimiter(settings.lesson_starts_per_minute)
+    app.state.templates = Jinja2Templates(directory=HERE / "templates")
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(router)
+    return app
+
+
+async def drain_lessons(app: FastAPI, grace_s: float) -> None:
+    """Stop admitting lessons, tell the open ones, and wait up to `grace_s` for them to close."""
+    registry: LessonRegistry = app.state.lessons
+    if registry.draining.is_set():
+        return
+    open_before = registry.open_lessons
+    log.info("draining", open_lessons=open_before, grace_s=grace_s)
+    all_closed = await registry.drain(grace_s)
+    log.info("drained", open_lessons_before=open_before, all_closed=all_closed,
+             still_open=registry.open_lessons)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but SIGTERM first drains the lessons (uvicorn alone would cut them with close 1012)."""
+
+    def __init__(self, config: uvicorn.Config, *, grace_s: float) -> None:
+        super().__init__(config)
+        self.grace_s = grace_s
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        app = self.config.app
+        if isinstance(app, FastAPI):
+            await drain_lessons(app, self.grace_s)
+        await super().shutdown(sockets=sockets)
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn app.main:app` reads the environment only when the attribute is asked for.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)
+

@@ -1,0 +1,169 @@
+"""run_relay(): the only place where the page's socket and the upstream session meet.
+
+A thin shell around `LessonSession`: three pumps (page reader, upstream reader, timer) in one
+TaskGroup feed the machine and carry out the actions it returns, in order, before reading again. A
+`Close` action ends the lesson: both sockets are closed and the TaskGroup is torn down. Whatever
+happens, `finally` closes both sockets, so no upstream session outlives its page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import orjson
+import structlog
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from app.errors import UpstreamClosed, UpstreamError
+from app.session import Action, Close, LessonSession, Log, ToBrowser, ToBrowserAudio, ToUpstream
+from app.upstream import RealtimeClient
+
+Clock = Callable[[], float]
+
+
+class _LessonOver(Exception):
+    """Raised by a pump once the lesson has been closed, to tear the TaskGroup down."""
+
+
+class Relay:
+    """One lesson's shell: owns both sockets for the lesson's lifetime."""
+
+    def __init__(
+        self,
+        browser: WebSocket,
+        session: LessonSession,
+        *,
+        log: structlog.typing.FilteringBoundLogger,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.browser = browser
+        self.session = session
+        self.log = log
+        self.clock = clock
+        self.upstream: RealtimeClient | None = None
+        self._timer_wake = asyncio.Event()
+        self._browser_open = True
+
+    async def run(self, connect_upstream: Callable[[], Awaitable[RealtimeClient]], shutdown: asyncio.Event) -> None:
+        """Carry the lesson from the accepted page socket to its end; returns once both sockets are closed."""
+        try:
+            await self._carry_out(self.session.begin(self.clock()))
+            try:
+                self.upstream = await connect_upstream()
+            except UpstreamError as exc:
+                self.log.error("upstream_connect_failed", error=exc.detail, code=exc.code,
+                               status=getattr(exc, "status", None), upstream_code=getattr(exc, "upstream_code", None))
+                await self._carry_out(self.session.handle_upstream_failed(
+                    exc.code, exc.student_message, exc.close_code, self.clock()))
+                return
+            async with asyncio.TaskGroup() as pumps:
+                pumps.create_task(self._pump_browser())
+                pumps.create_task(self._pump_upstream())
+                pumps.create_task(self._pump_timers())
+                pumps.create_task(self._watch_shutdown(shutdown))
+        except* _LessonOver:
+            pass
+        finally:
+            await self._close_both()
+
+    async def _pump_browser(self) -> None:
+        session, clock = self.session, self.clock
+        while True:
+            try:
+                message = await self.browser.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                message = {"type": "websocket.disconnect"}
+            if message["type"] == "websocket.disconnect":
+                self._browser_open = False
+                await self._carry_out(session.handle_browser_closed(clock()))
+                raise _LessonOver
+            pcm = message.get("bytes")
+            if pcm is not None:
+                await self._carry_out(session.handle_browser_audio(pcm, clock()))
+            else:
+                await self._carry_out(session.handle_browser_text(message.get("text") or "", clock()))
+
+    async def _pump_upstream(self) -> None:
+        assert self.upstream is not None
+        session, clock = self.session, self.clock
+        try:
+            async for event in self.upstream.events():
+                await self._carry_out(session.handle_upstream(event, clock()))
+        except UpstreamClosed as exc:
+            await self._carry_out(session.handle_upstream_closed(exc.received_code, exc.received_reason, clock()))
+        else:
+            await self._carry_out(session.handle_upstream_closed(
+                self.upstream.close_code, self.upstream.close_reason, clock()))
+        raise _LessonOver
+
+    async def _pump_timers(self) -> None:
+        session, wake = self.session, self._timer_wake
+        while True:
+            wake.clear()
+            deadline = session.next_deadline()
+            delay = None if deadline is None else deadline - self.clock()
+            if delay is None or delay > 0:
+                try:
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
+                    continue  # deadlines changed: compute the next one
+                except TimeoutError:
+                    pass
+            await self._carry_out(session.handle_timeout(self.clock()))
+
+    async def _watch_shutdown(self, shutdown: asyncio.Event) -> None:
+        await shutdown.wait()
+        await self._carry_out(self.session.handle_shutdown(self.clock()))
+
+    async def _carry_out(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            # Audio first: it is nearly all of the traffic.
+            if type(action) is ToBrowserAudio:
+                await self._send_browser_bytes(action.pcm)
+            elif type(action) is ToUpstream:
+                await self._send_upstream(action.text)
+            elif type(action) is ToBrowser:
+                await self._send_browser_text(orjson.dumps(action.message).decode())
+            elif type(action) is Log:
+                getattr(self.log, action.level)(action.event, **action.fields)
+            elif type(action) is Close:
+                await self._close_both(action.code, action.reason)
+                raise _LessonOver
+        if self.session.deadlines_changed:
+            self._timer_wake.set()
+
+    async def _send_browser_bytes(self, pcm: bytes) -> None:
+        if self._browser_open:
+            try:
+                await self.browser.send({"type": "websocket.send", "bytes": pcm})
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                self._browser_open = False
+
+    async def _send_browser_text(self, text: str) -> None:
+        if self._browser_open:
+            try:
+                await self.browser.send({"type": "websocket.send", "text": text})
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                self._browser_open = False
+
+    async def _send_upstream(self, text: str) -> None:
+        if self.upstream is None:
+            return
+        try:
+            await self.upstream.send(text)
+        except UpstreamClosed as exc:
+            await self._carry_out(self.session.handle_upstream_closed(exc.received_code, exc.received_reason,
+                                                                      self.clock()))
+
+    async def _close_both(self, code: int = 1000, reason: str = "") -> None:
+        if self.upstream is not None:
+            upstream, self.upstream = self.upstream, None
+            await upstream.close()
+        if self._browser_open and self.browser.application_state is WebSocketState.CONNECTED:
+            self._browser_open = False
+            with contextlib.suppress(RuntimeError, OSError):
+                await self.browser.close(code, reason[:120])
+

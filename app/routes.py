@@ -1,0 +1,171 @@
+"""HTTP and WebSocket routes: the page, the health check, and the lesson socket.
+
+The lesson route admits or refuses a lesson (origin, parameters, lesson link, capacity, start rate),
+then hands both sockets to `Relay`. A refusal always reaches the page as an `error` frame followed by
+the close code of the cause, and no upstream session is opened for it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import APIRouter, Request, WebSocket
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.templating import Jinja2Templates
+
+from app import messages
+from app.admission import LessonRegistry, StartRateLimiter, origin_allowed
+from app.errors import InvalidRequest, LessonError, OverCapacity
+from app.links import LinkError, verify_lesson_token
+from app.prompts import tutor_instructions
+from app.relay import Relay
+from app.session import LessonConfig, LessonSession
+from app.settings import Settings
+from app.upstream import RealtimeClient, realtime_url
+
+router = APIRouter()
+log = structlog.get_logger("lesson_relay")
+
+
+@dataclass
+class Upstream:
+    """Where lessons connect: OpenAI (or a compatible server), or the embedded simulator."""
+
+    url: str
+    api_key: str
+
+
+def _state(request: Request | WebSocket) -> Any:
+    return request.app.state
+
+
+@router.get("/", response_class=HTMLResponse)
+async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
+    settings: Settings = _state(request).settings
+    templates: Jinja2Templates = _state(request).templates
+    name, level, locked = "", "A1", False
+    if settings.lesson_secret is not None:
+        try:
+            link = verify_lesson_token(token, settings.lesson_secret.get_secret_value(), now=time.time())
+        except LinkError as exc:
+            return templates.TemplateResponse(
+                request, "link_required.html", {"problem": str(exc.student_message)}, status_code=403)
+        name, level, locked = link.name, link.level, True
+    return templates.TemplateResponse(request, "lesson.html", {
+        "simulated": settings.simulated,
+        "levels": messages.LEVELS,
+        "level": level,
+        "name": name,
+        "token": token,
+        "locked": locked,
+        "target_language": settings.target_language,
+        "max_frame_bytes": settings.max_frame_bytes,
+    })
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> JSONResponse:
+    registry: LessonRegistry = _state(request).lessons
+    draining = registry.draining.is_set()
+    body = {
+        "status": "draining" if draining else "ok",
+        "open_lessons": registry.open_lessons,
+        "simulated": _state(request).settings.simulated,
+    }
+    return JSONResponse(body, status_code=503 if draining else 200)
+
+
+@router.websocket("/ws/lesson")
+async def lesson_socket(websocket: WebSocket) -> None:
+    state = _state(websocket)
+    settings: Settings = state.settings
+    lesson_id = uuid.uuid4().hex[:12]
+    client = websocket.client.host if websocket.client else "unknown"
+    lesson_log = log.bind(lesson_id=lesson_id, client=client)
+
+    origin = websocket.headers.get("origin")
+    if not origin_allowed(origin, websocket.headers.get("host"), settings.origin_allowlist):
+        # Cross-site WebSocket hijacking: refuse the handshake itself (HTTP 403).
+        lesson_log.warning("lesson_refused", code="origin_not_allowed", origin=origin)
+        await websocket.close(code=1008)
+        return
+
+    await websocket.accept()
+    registry: LessonRegistry = state.lessons
+    try:
+        request = _admit(websocket, settings, state.start_limiter, client)
+        with registry.admit():
+            config = _lesson_config(lesson_id, request, settings)
+            upstream: Upstream = state.upstream
+            url = realtime_url(upstream.url, settings.openai_realtime_model)
+
+            async def connect_upstream() -> RealtimeClient:
+                return await RealtimeClient.connect(
+                    url=url, api_key=upstream.api_key, auth_scheme=settings.openai_auth_header,
+                    open_timeout_s=settings.upstream_timeout_seconds,
+                )
+
+            relay = Relay(websocket, LessonSession(config), log=lesson_log)
+            await relay.run(connect_upstream, registry.draining)
+    except (InvalidRequest, OverCapacity) as exc:
+        await _refuse(websocket, exc, lesson_log)
+
+
+def _admit(websocket: WebSocket, settings: Settings, limiter: StartRateLimiter, client: str) -> messages.LessonRequest:
+    """The validated lesson request, or `InvalidRequest` / `OverCapacity` saying why not."""
+    try:
+        request = messages.parse_lesson_request(dict(websocket.query_params))
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), student_message=f"The lesson cannot start: {exc}") from exc
+    if settings.lesson_secret is not None:
+        try:
+            link = verify_lesson_token(request.token or "", settings.lesson_secret.get_secret_value(), now=time.time())
+        except LinkError as exc:
+            raise InvalidRequest(str(exc), student_message=exc.student_message) from exc
+        # A signed link fixes who the student is; the query cannot override it.
+        request = request.model_copy(update={"name": link.name, "level": link.level})
+    if not limiter.allow(client, time.monotonic()):
+        raise OverCapacity(
+            f"client {client!r} started more than {limiter.per_minute} lessons in a minute",
+            student_message="Too many lessons were started from here just now. Please wait a minute and try again.",
+        )
+    return request
+
+
+def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Settings) -> LessonConfig:
+    return LessonConfig(
+        lesson_id=lesson_id,
+        name=request.name,
+        level=request.level,
+        instructions=tutor_instructions(
+            name=request.name, level=request.level, target_language=settings.target_language,
+            support_language=request.support, topic=request.topic,
+        ),
+        simulated=settings.simulated,
+        voice=settings.openai_realtime_voice,
+        transcription_model=settings.openai_transcription_model,
+        language_code=settings.target_language_code,
+        turn_detection=settings.turn_detection,
+        vad_eagerness=settings.vad_eagerness,
+        max_frame_bytes=settings.max_frame_bytes,
+        upstream_timeout_s=settings.upstream_timeout_seconds,
+        max_lesson_s=settings.max_lesson_seconds,
+        idle_timeout_s=settings.idle_timeout_seconds,
+        prices_per_million=settings.price_per_million_tokens,
+    )
+
+
+async def _refuse(websocket: WebSocket, exc: LessonError, lesson_log: structlog.typing.FilteringBoundLogger) -> None:
+    lesson_log.warning("lesson_refused", code=exc.code, detail=exc.detail)
+    frame = messages.error(code=exc.code, message=exc.student_message, fatal=True)
+    try:
+        await websocket.send_text(orjson.dumps(frame).decode())
+        await websocket.send_text(orjson.dumps(messages.status("ended", exc.code)).decode())
+        await websocket.close(exc.close_code, exc.code)
+    except (RuntimeError, OSError):
+        lesson_log.info("refusal_not_delivered", code=exc.code)

@@ -1,0 +1,700 @@
+"""LessonSession: everything the product knows about a lesson, as a state machine that does no I/O.
+
+Events go in (a browser frame, an upstream event, a timer firing, the socket closing) together with the
+current monotonic time; a sequence of actions comes out (`ToUpstream`, `ToBrowser`, `ToBrowserAudio`,
+`Close`, `Log`) for the shell in `relay.py` to carry out in order. The machine never awaits and never
+reads a clock, so every rule here is tested without sockets or sleeps.
+
+Invariants:
+- `session.update` is the first client event; `response.create` is sent only after `session.updated`.
+- Exactly one greeting is asked for, plus at most one retry when it fails or comes back without audio.
+- Microphone audio is discarded until the greeting has been heard, so noise cannot cancel it.
+- Every `response.done` is logged with its status, status_details and usage.
+- Once `Close` has been returned the machine is ENDED and ignores everything but the clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, assert_never
+
+from pydantic import ValidationError
+
+from app import messages, protocol
+from app.errors import InvalidTransition
+from app.messages import End, InvalidMessage, Playback
+
+# A greeting counts as heard this long after its audio should have finished playing.
+GREETING_PLAYOUT_MARGIN_S = 0.5
+# Page reports may fall short of the full item by a render quantum or two of rounding.
+PLAYED_TOLERANCE_MS = 40
+
+
+class LessonState(enum.Enum):
+    CONNECTING = "connecting"  # waiting for session.created
+    CONFIGURING = "configuring"  # session.update sent, waiting for session.updated
+    GREETING = "greeting"  # response.create sent; microphone held until the greeting is heard
+    CONVERSING = "conversing"  # microphone relayed, turns taken by server-side turn detection
+    ENDED = "ended"
+
+
+_ALLOWED = {
+    LessonState.CONNECTING: {LessonState.CONFIGURING, LessonState.ENDED},
+    LessonState.CONFIGURING: {LessonState.GREETING, LessonState.ENDED},
+    LessonState.GREETING: {LessonState.CONVERSING, LessonState.ENDED},
+    LessonState.CONVERSING: {LessonState.ENDED},
+    LessonState.ENDED: set(),
+}
+
+
+class Timer(enum.Enum):
+    SETUP = "setup"  # session.updated must arrive
+    GREETING_WATCHDOG = "greeting_watchdog"  # response.created must follow the greeting's response.create
+    GREETING_HEARD = "greeting_heard"  # the greeting's audio has had time to play out
+    LESSON_LIMIT = "lesson_limit"
+    IDLE = "idle"
+
+
+# ---- actions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToUpstream:
+    """Send this serialised client event to the Realtime session."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToBrowser:
+    """Send this JSON message to the page."""
+
+    message: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToBrowserAudio:
+    """Send these PCM16 bytes to the page as one binary frame."""
+
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """End the lesson: close the page's socket with `code` and the upstream session."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: Literal["debug", "info", "warning", "error"]
+    event: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+Action = ToUpstream | ToBrowser | ToBrowserAudio | Close | Log
+NO_ACTIONS: tuple[Action, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LessonConfig:
+    """What one lesson needs to know; built by the route from the request and `Settings`."""
+
+    lesson_id: str
+    name: str
+    level: str
+    instructions: str
+    simulated: bool
+    voice: str
+    transcription_model: str
+    language_code: str
+    turn_detection: Literal["server_vad", "semantic_vad"]
+    vad_eagerness: str
+    max_frame_bytes: int
+    upstream_timeout_s: float
+    max_lesson_s: float
+    idle_timeout_s: float
+    prices_per_million: Mapping[str, float]
+
+
+@dataclass(slots=True)
+class _TutorItem:
+    """One tutor audio item as sent to the page, and what the page says it has played of it."""
+
+    item_id: str
+    response_id: str
+    first_sent_at: float
+    received_bytes: int = 0
+    audio_done: bool = False
+    played_ms: int = 0
+    reported_at: float | None = None
+
+    @property
+    def received_ms(self) -> int:
+        return self.received_bytes // protocol.BYTES_PER_MS
+
+    def heard_ms(self, now: float) -> int:
+        """What the student has heard by `now`: the last report advanced by the time since, capped."""
+        if self.reported_at is None:
+            estimate = (now - self.first_sent_at) * 1000
+        elif self.played_ms >= self.received_ms:
+            return self.received_ms
+        else:
+            estimate = self.played_ms + (now - self.reported_at) * 1000
+        return max(0, min(int(estimate), self.received_ms))
+
+    def fully_heard(self) -> bool:
+        return self.audio_done and self.played_ms >= self.received_ms - PLAYED_TOLERANCE_MS
+
+
+@dataclass(slots=True)
+class _Usage:
+    responses: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    text_input_tokens: int = 0
+    audio_input_tokens: int = 0
+    cached_tokens: int = 0
+    text_output_tokens: int = 0
+    audio_output_tokens: int = 0
+
+    def add(self, usage: protocol.Usage | None) -> None:
+        self.responses += 1
+        if usage is None:
+            return
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        if details := usage.input_token_details:
+            self.text_input_tokens += details.text_tokens
+            self.audio_input_tokens += details.audio_tokens
+            self.cached_tokens += details.cached_tokens
+        if out := usage.output_token_details:
+            self.text_output_tokens += out.text_tokens
+            self.audio_output_tokens += out.audio_tokens
+
+    def cost_usd(self, prices: Mapping[str, float]) -> float:
+        # Cached tokens are billed at the cached rate and taken off the audio input first (most of a lesson).
+        cached_audio = min(self.cached_tokens, self.audio_input_tokens)
+        cached_text = min(self.cached_tokens - cached_audio, self.text_input_tokens)
+        per_token = {kind: price / 1_000_000 for kind, price in prices.items()}
+        return round(
+            (self.audio_input_tokens - cached_audio) * per_token.get("audio_input", 0)
+            + (self.text_input_tokens - cached_text) * per_token.get("text_input", 0)
+            + self.cached_tokens * per_token.get("cached", 0)
+            + self.audio_output_tokens * per_token.get("audio_output", 0)
+            + self.text_output_tokens * per_token.get("text_output", 0),
+            6,
+        )
+
+
+# Plain words for the student when the greeting cannot be had; the log carries the upstream's own codes.
+_GREETING_FAILURE_WORDS = {
+    "insufficient_quota": "The tutor service has run out of credit. Please tell your teacher.",
+    "invalid_api_key": "The tutor service refused our credentials. Please tell your teacher.",
+}
+_GREETING_FAILURE_DEFAULT = "The tutor could not start speaking. Please try starting the lesson again."
+
+
+class LessonSession:
+    """One lesson's protocol state. Feed it events; carry out the actions it returns, in order."""
+
+    def __init__(self, config: LessonConfig) -> None:
+        self.config = config
+        self.state = LessonState.CONNECTING
+        self.ended_reason: str | None = None
+        self.discarded_frames = 0
+        self._deadlines: dict[Timer, float] = {}
+        # The relay re-arms its timer only when this flips; cheaper than comparing deadlines per frame.
+        self.deadlines_changed = False
+        self._event_counter = 0
+        self._started_at = 0.0
+        self._session_update_id: str | None = None
+        self._greeting_request_id: str | None = None
+        self._greeting_attempts = 0
+        self._greeting_response_id: str | None = None
+        self._greeting_first_audio_at: float | None = None
+        self._greeting_done = False
+        self._active_response_id: str | None = None
+        self._dropped_responses: set[str] = set()
+        self._items: dict[str, _TutorItem] = {}
+        self._usage = _Usage()
+
+    # ---- inputs ----------------------------------------------------------------------------------
+
+    def begin(self, now: float) -> Sequence[Action]:
+        """The page's socket is accepted: announce the lesson; the shell connects upstream next."""
+        self._started_at = now
+        self._set_deadline(Timer.SETUP, now + self.config.upstream_timeout_s)
+        self._set_deadline(Timer.LESSON_LIMIT, now + self.config.max_lesson_s)
+        cfg = self.config
+        return (
+            ToBrowser(messages.lesson(lesson_id=cfg.lesson_id, simulated=cfg.simulated, name=cfg.name,
+                                      level=cfg.level, sample_rate=protocol.SAMPLE_RATE)),
+            ToBrowser(messages.status("connecting")),
+            Log("info", "lesson_started", {"level": cfg.level, "simulated": cfg.simulated}),
+        )
+
+    def handle_browser_audio(self, frame: bytes, now: float) -> Sequence[Action]:
+        """A binary frame from the page: relayed once the greeting was heard, discarded before."""
+        size = len(frame)
+        if size == 0 or size % 2 or size > self.config.max_frame_bytes:
+            return self._refuse_browser_input(
+                "invalid_audio",
+                f"audio frame of {size} bytes refused: it must be PCM16 (even length), "
+                f"1 to {self.config.max_frame_bytes} bytes",
+            )
+        if self.state is not LessonState.CONVERSING:
+            self.discarded_frames += 1
+            return NO_ACTIONS
+        return (ToUpstream(protocol.audio_append(base64.b64encode(frame).decode("ascii"))),)
+
+    def handle_browser_text(self, text: str, now: float) -> Sequence[Action]:
+        """A JSON message from the page: one of the allowlisted messages, or an error frame back."""
+        try:
+            message = messages.parse_browser_message(text)
+        except InvalidMessage as exc:
+            return self._refuse_browser_input("invalid_message", str(exc))
+        if self.state is LessonState.ENDED:
+            return NO_ACTIONS
+        match message:
+            case Playback():
+                return self._on_playback(message, now)
+            case End():
+                return self._finish("student_ended", 1000, now)
+            case _:
+                assert_never(message)
+
+    def handle_upstream(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
+        """One decoded server event from the Realtime session."""
+        if self.state is LessonState.ENDED:
+            return NO_ACTIONS
+        event_type = event.get("type")
+        # Audio and transcript deltas are most of the traffic: handled first, without pydantic.
+        if event_type == protocol.AUDIO_DELTA:
+            return self._on_audio_delta(event, now)
+        if event_type == protocol.TRANSCRIPT_DELTA:
+            return self._on_tutor_transcript(event, done=False)
+        try:
+            return self._dispatch_upstream(event_type, event, now)
+        except (ValidationError, KeyError, TypeError) as exc:
+            # A malformed event is logged and tolerated: the lesson goes on.
+            return (Log("warning", "upstream_event_malformed", {"type": str(event_type), "problem": str(exc)[:300]}),)
+
+    def handle_timeout(self, now: float) -> Sequence[Action]:
+        """The clock reached `next_deadline()`: fire every timer that is due."""
+        actions: list[Action] = []
+        for timer, deadline in sorted(self._deadlines.items(), key=lambda entry: entry[1]):
+            if deadline <= now and self.state is not LessonState.ENDED:
+                self._clear_deadline(timer)
+                actions.extend(self._on_timer(timer, now))
+        return actions
+
+    def handle_upstream_closed(self, code: int | None, reason: str, now: float) -> Sequence[Action]:
+        """The upstream socket closed without us asking."""
+        if self.state is LessonState.ENDED:
+            return NO_ACTIONS
+        return (
+            Log("error", "upstream_closed", {"code": code, "reason": reason, "state": self.state.value}),
+            *self._finish(
+                "upstream_closed", 1011, now,
+                error=("upstream_closed", "The connection to the tutor was lost. Start the lesson again to continue."),
+            ),
+        )
+
+    def handle_upstream_failed(self, code: str, student_message: str, close_code: int, now: float) -> Sequence[Action]:
+        """The upstream session could not be opened (refused handshake, unreachable, timeout)."""
+        if self.state is LessonState.ENDED:
+            return NO_ACTIONS
+        return self._finish(code, close_code, now, error=(code, student_message))
+
+    def handle_browser_closed(self, now: float) -> Sequence[Action]:
+        """The page went away (tab closed, network gone): end the lesson so the upstream is closed."""
+        if self.state is LessonState.ENDED:
+            return NO_ACTIONS
+        return self._finish("browser_closed", 1000, now)
+
+    def handle_shutdown(self, now: float) -> Sequence[Action]:
+        """The server is draining for a redeploy: tell the student and end the lesson."""
+        if self.state is LessonState.ENDED:
+            return NO_ACTIONS
+        return self._finish(
+            "server_shutdown", 1001, now,
+            error=("server_restarting", "The lesson server is restarting. Please start the lesson again in a moment."),
+        )
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time at which `handle_timeout` must be called next, if any."""
+        self.deadlines_changed = False
+        return min(self._deadlines.values(), default=None)
+
+    # ---- upstream events -------------------------------------------------------------------------
+
+    def _dispatch_upstream(self, event_type: object, event: Mapping[str, Any], now: float) -> Sequence[Action]:
+        match event_type:
+            case protocol.SESSION_CREATED:
+                return self._on_session_created(now)
+            case protocol.SESSION_UPDATED:
+                return self._on_session_updated(protocol.SessionEvent.model_validate(event), now)
+            case protocol.RESPONSE_CREATED:
+                return self._on_response_created(protocol.ResponseEvent.model_validate(event), now)
+            case protocol.RESPONSE_DONE:
+                return self._on_response_done(protocol.ResponseEvent.model_validate(event), now)
+            case protocol.AUDIO_DONE:
+                return self._on_audio_done(event)
+            case protocol.TRANSCRIPT_DONE:
+                return self._on_tutor_transcript(event, done=True)
+            case protocol.SPEECH_STARTED:
+                return self._on_speech_started(now)
+            case protocol.STUDENT_TRANSCRIPT_DELTA:
+                return (ToBrowser(messages.transcript_delta(role="student", item_id=event["item_id"],
+                                                            text=event.get("delta") or "")),)
+            case protocol.STUDENT_TRANSCRIPT_DONE:
+                return (ToBrowser(messages.transcript_done(role="student", item_id=event["item_id"],
+                                                           text=event.get("transcript") or "")),)
+            case protocol.STUDENT_TRANSCRIPT_FAILED:
+                return (Log("warning", "student_transcription_failed", _error_fields(event.get("error"))),)
+            case protocol.ERROR:
+                return self._on_error(protocol.ErrorEvent.model_validate(event), now)
+            case protocol.TEXT_DELTA:
+                # Text output means the session is not in audio mode: the student would hear nothing.
+                return (Log("warning", "upstream_text_output", {"response_id": event.get("response_id")}),)
+            case _:
+                return (Log("debug", "upstream_event", {"direction": "in", "type": str(event_type)}),)
+
+    def _on_session_created(self, now: float) -> Sequence[Action]:
+        if self.state is not LessonState.CONNECTING:
+            return (Log("warning", "upstream_event_unexpected", {"type": protocol.SESSION_CREATED}),)
+        self._transition(LessonState.CONFIGURING)
+        cfg = self.config
+        self._session_update_id = self._next_event_id()
+        update = protocol.session_update(
+            event_id=self._session_update_id, instructions=cfg.instructions, voice=cfg.voice,
+            transcription_model=cfg.transcription_model, language_code=cfg.language_code,
+            turn_detection=cfg.turn_detection, vad_eagerness=cfg.vad_eagerness,
+        )
+        return (
+            ToUpstream(protocol.dumps(update)),
+            Log("debug", "upstream_event", {"direction": "out", "type": "session.update"}),
+        )
+
+    def _on_session_updated(self, event: protocol.SessionEvent, now: float) -> Sequence[Action]:
+        if self.state is not LessonState.CONFIGURING:
+            return (Log("debug", "upstream_event", {"direction": "in", "type": protocol.SESSION_UPDATED}),)
+        self._clear_deadline(Timer.SETUP)
+        session = event.session
+        modalities = session.output_modalities or []
+        voice = session.audio.output.voice if session.audio and session.audio.output else None
+        log = Log("info", "session_configured", {"output_modalities": modalities, "voice": voice})
+        if "audio" not in modalities:
+            return (
+                log,
+                Log("error", "session_not_audio", {"output_modalities": modalities}),
+                *self._finish("session_not_audio", 1011, now,
+                              error=("tutor_setup_failed",
+                                     "The tutor could not be set up to speak. Please try again.")),
+            )
+        self._transition(LessonState.GREETING)
+        return (log, *self._request_greeting(now))
+
+    def _request_greeting(self, now: float) -> Sequence[Action]:
+        self._greeting_attempts += 1
+        self._greeting_request_id = self._next_event_id()
+        self._greeting_response_id = None
+        self._greeting_first_audio_at = None
+        self._set_deadline(Timer.GREETING_WATCHDOG, now + self.config.upstream_timeout_s)
+        return (
+            ToUpstream(protocol.dumps(protocol.response_create(event_id=self._greeting_request_id))),
+            ToBrowser(messages.status("greeting")),
+            Log("info", "greeting_requested", {"attempt": self._greeting_attempts}),
+        )
+
+    def _on_response_created(self, event: protocol.ResponseEvent, now: float) -> Sequence[Action]:
+        response_id = event.response.id or ""
+        self._active_response_id = response_id
+        if self.state is LessonState.GREETING and self._greeting_response_id is None:
+            self._greeting_response_id = response_id
+            self._clear_deadline(Timer.GREETING_WATCHDOG)
+        self._clear_deadline(Timer.IDLE)
+        return (Log("debug", "response_created", {"response_id": response_id}),)
+
+    def _on_audio_delta(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
+        response_id = event.get("response_id", "")
+        if response_id in self._dropped_responses:
+            return NO_ACTIONS
+        try:
+            pcm = base64.b64decode(event["delta"], validate=True)
+            item_id = event["item_id"]
+        except (KeyError, TypeError, binascii.Error):
+            return (Log("warning", "upstream_event_malformed", {"type": protocol.AUDIO_DELTA}),)
+        item = self._items.get(item_id)
+        if item is not None:
+            item.received_bytes += len(pcm)
+            return (ToBrowserAudio(pcm),)
+        item = self._items[item_id] = _TutorItem(item_id=item_id, response_id=response_id, first_sent_at=now,
+                                                 received_bytes=len(pcm))
+        self._forget_heard_items(now)
+        if response_id == self._greeting_response_id and self._greeting_first_audio_at is None:
+            self._greeting_first_audio_at = now
+        return (
+            ToBrowser(messages.status("tutor_speaking")),
+            ToBrowser(messages.audio_start(item_id=item_id, response_id=response_id)),
+            ToBrowserAudio(pcm),
+        )
+
+    def _on_audio_done(self, event: Mapping[str, Any]) -> Sequence[Action]:
+        item = self._items.get(event["item_id"])
+        if item is None or item.response_id in self._dropped_responses:
+            return NO_ACTIONS
+        item.audio_done = True
+        return (ToBrowser(messages.audio_done(item_id=item.item_id, duration_ms=item.received_ms)),)
+
+    def _on_tutor_transcript(self, event: Mapping[str, Any], *, done: bool) -> Sequence[Action]:
+        if event.get("response_id") in self._dropped_responses:
+            return NO_ACTIONS
+        item_id = event.get("item_id", "")
+        if done:
+            text = event.get("transcript") or ""
+            return (ToBrowser(messages.transcript_done(role="tutor", item_id=item_id, text=text)),)
+        return (ToBrowser(messages.transcript_delta(role="tutor", item_id=item_id, text=event.get("delta") or "")),)
+
+    def _on_response_done(self, event: protocol.ResponseEvent, now: float) -> Sequence[Action]:
+        response = event.response
+        response_id = response.id or ""
+        details = response.status_details
+        audio_bytes = sum(item.received_bytes for item in self._items.values() if item.response_id == response_id)
+        self._usage.add(response.usage)
+        actions: list[Action] = [Log("info", "response_done", {
+            "response_id": response_id,
+            "status": response.status,
+            "status_details": details.model_dump(exclude_none=True) if details else None,
+            "usage": response.usage.model_dump(exclude_none=True) if response.usage else None,
+            "audio_ms": audio_bytes // protocol.BYTES_PER_MS,
+        })]
+        if self._active_response_id == response_id:
+            self._active_response_id = None
+        self._dropped_responses.discard(response_id)
+        if self.state is LessonState.GREETING and response_id == self._greeting_response_id:
+            actions.extend(self._on_greeting_done(response, audio_bytes, now))
+            return actions
+        failure_code = details.error.code if details and details.error else None
+        if response.status == "failed" and failure_code in protocol.UNRECOVERABLE_CODES:
+            actions.extend(self._finish(
+                "response_failed", 1011, now,
+                error=(failure_code or "response_failed",
+                       _GREETING_FAILURE_WORDS.get(failure_code or "", _GREETING_FAILURE_DEFAULT)),
+            ))
+            return actions
+        if response.status == "failed":
+            actions.append(ToBrowser(messages.error(
+                code="response_failed", message="The tutor did not answer. Please say that again.", fatal=False)))
+        if self.state is LessonState.CONVERSING:
+            self._set_deadline(Timer.IDLE, now + self.config.idle_timeout_s)
+            actions.append(ToBrowser(messages.status("listening")))
+        return actions
+
+    def _on_greeting_done(self, response: protocol.Response, audio_bytes: int, now: float) -> Sequence[Action]:
+        details = response.status_details
+        failure_code = details.error.code if details and details.error else None
+        if response.status == "completed" and audio_bytes > 0:
+            self._greeting_done = True
+            start = self._greeting_first_audio_at if self._greeting_first_audio_at is not None else now
+            heard_at = start + audio_bytes / (protocol.BYTES_PER_MS * 1000) + GREETING_PLAYOUT_MARGIN_S
+            self._set_deadline(Timer.GREETING_HEARD, heard_at)
+            return self._open_microphone_if_heard(now)
+        why = {
+            "status": response.status,
+            "reason": details.reason if details else None,
+            "code": failure_code,
+            "audio_ms": audio_bytes // protocol.BYTES_PER_MS,
+            "attempt": self._greeting_attempts,
+        }
+        # Partial audio of a failed greeting is flushed so the retry starts from silence.
+        flush = [ToBrowser(messages.audio_interrupt(item_id=item.item_id))
+                 for item in self._items.values() if item.response_id == response.id]
+        retryable = failure_code not in protocol.UNRECOVERABLE_CODES
+        if retryable and self._greeting_attempts < 2:
+            return (Log("warning", "greeting_retry", why), *flush, *self._request_greeting(now))
+        return (
+            Log("error", "greeting_failed", why),
+            *flush,
+            *self._finish("greeting_failed", 1011, now, error=(
+                failure_code or "greeting_failed",
+                _GREETING_FAILURE_WORDS.get(failure_code or "", _GREETING_FAILURE_DEFAULT),
+            )),
+        )
+
+    def _on_speech_started(self, now: float) -> Sequence[Action]:
+        self._clear_deadline(Timer.IDLE)
+        actions: list[Action] = [Log("debug", "student_speech_started")]
+        playing = next((item for item in self._items.values()
+                        if item.heard_ms(now) < item.received_ms or not item.audio_done), None)
+        if playing is None:
+            return actions
+        # speech_started while the tutor speaks = barge-in: flush the page, cancel, truncate to what was heard.
+        heard_ms = playing.heard_ms(now)
+        actions.append(ToBrowser(messages.audio_interrupt(item_id=playing.item_id)))
+        self._dropped_responses.add(playing.response_id)
+        if self._active_response_id == playing.response_id:
+            actions.append(ToUpstream(protocol.dumps(protocol.response_cancel(
+                event_id=self._next_event_id(), response_id=playing.response_id))))
+        if heard_ms > 0:
+            actions.append(ToUpstream(protocol.dumps(protocol.item_truncate(
+                event_id=self._next_event_id(), item_id=playing.item_id, audio_end_ms=heard_ms))))
+        actions.append(Log("info", "barge_in", {
+            "item_id": playing.item_id, "heard_ms": heard_ms, "received_ms": playing.received_ms,
+        }))
+        for item in list(self._items.values()):
+            if item.response_id == playing.response_id or item.item_id == playing.item_id:
+                del self._items[item.item_id]
+        return actions
+
+    def _on_error(self, event: protocol.ErrorEvent, now: float) -> Sequence[Action]:
+        error = event.error
+        fields = _error_fields(error.model_dump())
+        if error.code in protocol.HARMLESS_ERROR_CODES:
+            return (Log("debug", "upstream_error_harmless", fields),)
+        log = Log("error", "upstream_error", fields)
+        if error.event_id is not None and error.event_id == self._session_update_id:
+            return (log, *self._finish("session_refused", 1011, now, error=(
+                "tutor_setup_failed", "The tutor could not be set up. Please tell your teacher.")))
+        if error.code in protocol.UNRECOVERABLE_CODES:
+            return (log, *self._finish("upstream_error", 1011, now, error=(
+                error.code or "upstream_error",
+                _GREETING_FAILURE_WORDS.get(error.code or "", _GREETING_FAILURE_DEFAULT))))
+        if (error.event_id is not None and error.event_id == self._greeting_request_id
+                and self._greeting_response_id is None):
+            refused = protocol.Response(id=None, status="failed", status_details=protocol.StatusDetails(
+                type="failed", error=error))
+            self._clear_deadline(Timer.GREETING_WATCHDOG)
+            return (log, *self._on_greeting_done(refused, 0, now))
+        return (log,)
+
+    # ---- page messages and timers ----------------------------------------------------------------
+
+    def _on_playback(self, report: Playback, now: float) -> Sequence[Action]:
+        item = self._items.get(report.item_id)
+        if item is None:
+            return NO_ACTIONS
+        item.played_ms = min(report.played_ms, item.received_ms)
+        item.reported_at = now
+        return self._open_microphone_if_heard(now)
+
+    def _open_microphone_if_heard(self, now: float) -> Sequence[Action]:
+        if self.state is not LessonState.GREETING or not self._greeting_done:
+            return NO_ACTIONS
+        greeting_items = [item for item in self._items.values() if item.response_id == self._greeting_response_id]
+        if not all(item.fully_heard() for item in greeting_items):
+            return NO_ACTIONS
+        return self._open_microphone(now, because="played")
+
+    def _open_microphone(self, now: float, *, because: str) -> Sequence[Action]:
+        self._transition(LessonState.CONVERSING)
+        self._clear_deadline(Timer.GREETING_HEARD)
+        self._set_deadline(Timer.IDLE, now + self.config.idle_timeout_s)
+        return (
+            ToBrowser(messages.status("listening")),
+            Log("info", "microphone_open", {"because": because, "discarded_frames": self.discarded_frames}),
+        )
+
+    def _on_timer(self, timer: Timer, now: float) -> Sequence[Action]:
+        match timer:
+            case Timer.SETUP:
+                return (
+                    Log("error", "upstream_setup_timeout", {"state": self.state.value,
+                                                            "timeout_s": self.config.upstream_timeout_s}),
+                    *self._finish("upstream_timeout", 1011, now, error=(
+                        "upstream_timeout", "The tutor did not answer in time. Please try again.")),
+                )
+            case Timer.GREETING_WATCHDOG:
+                return (
+                    Log("error", "greeting_not_created", {"timeout_s": self.config.upstream_timeout_s,
+                                                          "attempt": self._greeting_attempts}),
+                    *self._finish("greeting_timeout", 1011, now, error=(
+                        "greeting_timeout", "The tutor did not start speaking. Please try again.")),
+                )
+            case Timer.GREETING_HEARD:
+                if self.state is LessonState.GREETING:
+                    return self._open_microphone(now, because="elapsed")
+                return NO_ACTIONS
+            case Timer.LESSON_LIMIT:
+                return self._finish("time_limit", 1000, now)
+            case Timer.IDLE:
+                return self._finish("idle", 1000, now)
+            case _:
+                assert_never(timer)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def _finish(self, reason: str, close_code: int, now: float,
+                error: tuple[str, str] | None = None) -> Sequence[Action]:
+        self._transition(LessonState.ENDED)
+        self.ended_reason = reason
+        self._deadlines.clear()
+        self.deadlines_changed = True
+        usage = self._usage
+        duration_s = round(now - self._started_at, 3)
+        cost = usage.cost_usd(self.config.prices_per_million)
+        actions: list[Action] = []
+        if error is not None:
+            actions.append(ToBrowser(messages.error(code=error[0], message=error[1], fatal=True)))
+        actions += [
+            ToBrowser({
+                "type": "usage", "responses": usage.responses,
+                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                "audio_input_tokens": usage.audio_input_tokens, "audio_output_tokens": usage.audio_output_tokens,
+                "text_input_tokens": usage.text_input_tokens, "text_output_tokens": usage.text_output_tokens,
+                "cached_tokens": usage.cached_tokens, "duration_s": duration_s, "estimated_cost_usd": cost,
+            }),
+            ToBrowser(messages.status("ended", reason)),
+            Log("info", "lesson_ended", {
+                "reason": reason, "duration_s": duration_s, "responses": usage.responses,
+                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                "audio_input_tokens": usage.audio_input_tokens, "audio_output_tokens": usage.audio_output_tokens,
+                "cached_tokens": usage.cached_tokens, "estimated_cost_usd": cost,
+            }),
+            Close(close_code, reason),
+        ]
+        return actions
+
+    def _refuse_browser_input(self, code: str, detail: str) -> Sequence[Action]:
+        return (
+            ToBrowser(messages.error(code=code, message=detail, fatal=False)),
+            Log("warning", "browser_input_refused", {"code": code, "detail": detail}),
+        )
+
+    def _forget_heard_items(self, now: float) -> None:
+        # Only items that may still be playing matter for barge-in and the greeting; drop the rest.
+        heard = [item_id for item_id, item in self._items.items()
+                 if item.audio_done and item.heard_ms(now) >= item.received_ms]
+        for item_id in heard:
+            del self._items[item_id]
+
+    def _transition(self, new: LessonState) -> None:
+        if new not in _ALLOWED[self.state]:
+            raise InvalidTransition(f"lesson {self.config.lesson_id!r}: cannot go from {self.state.value!r} "
+                                    f"to {new.value!r}")
+        self.state = new
+
+    def _next_event_id(self) -> str:
+        self._event_counter += 1
+        return f"evt_{self.config.lesson_id}_{self._event_counter}"
+
+    def _set_deadline(self, timer: Timer, at: float) -> None:
+        self._deadlines[timer] = at
+        self.deadlines_changed = True
+
+    def _clear_deadline(self, timer: Timer) -> None:
+        if self._deadlines.pop(timer, None) is not None:
+            self.deadlines_changed = True
+
+
+def _error_fields(error: object) -> dict[str, Any]:
+    if not isinstance(error, Mapping):
+        return {"error": repr(error)[:200]}
+    return {key: error.get(key) for key in ("type", "code", "message", "param", "event_id") if error.get(key)}

@@ -1,0 +1,434 @@
+// The lesson page: one WebSocket to the relay (docs/protocol.md), the microphone through
+// capture-processor.js (native rate → PCM16 24 kHz frames), the tutor's voice through
+// playback-processor.js (PCM16 24 kHz → speakers, with per-item played counts reported back).
+//
+// Test hook, read by tests/browser and bench/:
+//   window.lessonDebug = {
+//     state,            the last lesson status ("idle", "connecting", …, "ended")
+//     socket,           "open" or "closed"; closeCode, the close code once closed
+//     contextRate,      the AudioContext's sample rate
+//     framesSent, bytesSent, frameBytes, captureDropped   microphone frames sent upstream
+//     played,           {item_id: 24 kHz samples the playback worklet rendered}
+//     durations,        {item_id: duration_ms from audio.done}
+//     startLatencyMs,   {item_id: context time from the item's first binary frame to its first
+//                        rendered sample}; outputLatencyMs: the context's own output latency
+//     underruns,        playback underruns (the jitter buffer ran dry mid-item)
+//     errors,           [{code, message, fatal}] error frames received
+//   }
+// window.lessonTestConfig = {sampleRate} (set before Start) creates the AudioContext at that rate,
+// so a test can stand in for a 48 kHz or a 44.1 kHz device; without it the device's rate is used.
+"use strict";
+
+const SOURCE_RATE = 24000;
+const NAME_PATTERN = /^[\p{L} .'-]{1,40}$/u;
+
+const STATUS_TEXT = {
+  idle: "Ready when you are.",
+  starting: "Starting your microphone…",
+  connecting: "Connecting to your tutor…",
+  greeting: "Your tutor is saying hello…",
+  tutor_speaking: "Your tutor is speaking.",
+  listening: "Your turn — speak now.",
+  ending: "Ending the lesson…",
+  ended: "The lesson has ended.",
+};
+
+// What a close code means to a student, when no error frame said it better.
+const CLOSE_MESSAGES = {
+  1001: "The lesson server is restarting. Please start the lesson again.",
+  1008: "This lesson could not start: please check your name and level, or ask for a new lesson link.",
+  1009: "Something went wrong with the sound data. Please start the lesson again.",
+  1011: "The lesson stopped because of a problem on our side. Please try again.",
+  1013: "Too many lessons are running right now. Please try again in a minute.",
+  1014: "The tutor is not available right now. Please try again in a few minutes.",
+};
+const DROPPED_MESSAGE = "The connection to your tutor was lost. Check your internet connection and try again.";
+
+const page = {
+  root: document.querySelector("main"),
+  form: document.getElementById("lesson-form"),
+  name: document.getElementById("name"),
+  level: document.getElementById("level"),
+  start: document.getElementById("start"),
+  end: document.getElementById("end"),
+  mute: document.getElementById("mute"),
+  status: document.getElementById("status"),
+  error: document.getElementById("error"),
+  errorMessage: document.getElementById("error-message"),
+  retry: document.getElementById("retry"),
+  simulatedNotice: document.getElementById("simulated-notice"),
+  transcript: document.getElementById("transcript"),
+  usage: document.getElementById("usage"),
+};
+
+const debug = {
+  state: "idle",
+  socket: "closed",
+  closeCode: null,
+  contextRate: 0,
+  framesSent: 0,
+  bytesSent: 0,
+  frameBytes: 0,
+  captureDropped: 0,
+  played: {},
+  durations: {},
+  startLatencyMs: {},
+  outputLatencyMs: 0,
+  underruns: 0,
+  errors: [],
+};
+window.lessonDebug = debug;
+
+function showState(state) {
+  debug.state = state;
+  document.body.dataset.state = state;
+  page.status.textContent = STATUS_TEXT[state] ?? state;
+}
+
+function showError(message, canRetry) {
+  page.errorMessage.textContent = message;
+  page.retry.hidden = !canRetry;
+  page.error.hidden = false;
+}
+
+function hideError() {
+  page.error.hidden = true;
+}
+
+function setLessonControls(active) {
+  const locked = page.root.dataset.locked === "true"; // fixed by a signed lesson link
+  page.start.disabled = active;
+  page.end.disabled = !active;
+  page.mute.disabled = !active;
+  page.name.readOnly = locked || active;
+  page.level.disabled = locked || active;
+}
+
+class Transcript {
+  constructor(region) {
+    this.region = region;
+    this.turns = new Map();
+  }
+
+  clear() {
+    this.region.replaceChildren();
+    this.turns.clear();
+  }
+
+  turn(role, itemId) {
+    let text = this.turns.get(itemId);
+    if (text === undefined) {
+      const turn = document.createElement("div");
+      turn.className = `turn turn--${role}`;
+      const label = document.createElement("span");
+      label.className = "turn__who";
+      label.textContent = role === "tutor" ? "Tutor" : "You";
+      text = document.createElement("p");
+      text.className = "turn__text";
+      turn.append(label, text);
+      this.region.append(turn);
+      this.turns.set(itemId, text);
+    }
+    return text;
+  }
+
+  delta(role, itemId, text) {
+    this.turn(role, itemId).append(text);
+    this.region.scrollTop = this.region.scrollHeight;
+  }
+
+  done(role, itemId, text) {
+    this.turn(role, itemId).textContent = text;
+    this.region.scrollTop = this.region.scrollHeight;
+  }
+}
+
+const transcript = new Transcript(page.transcript);
+
+// One lesson: its audio graph and its socket. stop() releases everything and is safe to repeat.
+class Lesson {
+  constructor(params) {
+    this.params = params;
+    this.socket = null;
+    this.context = null;
+    this.stream = null;
+    this.source = null;
+    this.capture = null;
+    this.playback = null;
+    this.currentItem = null;
+    this.interrupted = new Set();
+    this.firstFrameTime = new Map();
+    this.serverEnded = false;
+    this.fatalError = false;
+    this.ending = false;
+    this.stopped = false;
+    this.closeTimer = null;
+  }
+
+  // Must run synchronously inside the Start click: Safari only lets a gesture create/resume audio.
+  start() {
+    const rate = window.lessonTestConfig?.sampleRate;
+    this.context = new AudioContext(rate ? { sampleRate: rate, latencyHint: "interactive" } : { latencyHint: "interactive" });
+    const resumed = this.context.resume();
+    showState("starting");
+    this.setUp(resumed).catch((error) => this.failToStart(error));
+  }
+
+  async setUp(resumed) {
+    const context = this.context;
+    const [stream] = await Promise.all([
+      navigator.mediaDevices.getUserMedia({
+        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      }),
+      context.audioWorklet.addModule("/static/audio/capture-processor.js"),
+      context.audioWorklet.addModule("/static/audio/playback-processor.js"),
+      resumed,
+    ]);
+    if (this.stopped) {
+      for (const track of stream.getTracks()) track.stop();
+      return;
+    }
+    this.stream = stream;
+    debug.contextRate = context.sampleRate;
+    debug.outputLatencyMs = ((context.baseLatency || 0) + (context.outputLatency || 0)) * 1000;
+
+    this.source = context.createMediaStreamSource(stream);
+    this.capture = new AudioWorkletNode(context, "capture-processor", { numberOfInputs: 1, numberOfOutputs: 0 });
+    this.capture.port.onmessage = (event) => this.onCaptureMessage(event.data);
+    this.source.connect(this.capture);
+
+    this.playback = new AudioWorkletNode(context, "playback-processor", {
+      numberOfInputs: 0,
+      numberOfOutputs: 1,
+      outputChannelCount: [1],
+    });
+    this.playback.port.onmessage = (event) => this.onPlaybackMessage(event.data);
+    this.playback.connect(context.destination);
+
+    this.open();
+  }
+
+  failToStart(error) {
+    if (this.stopped) return; // ended or replaced while starting
+    this.stop();
+    const blocked = error && (error.name === "NotAllowedError" || error.name === "SecurityError");
+    const missing = error && (error.name === "NotFoundError" || error.name === "OverconstrainedError");
+    const message = blocked
+      ? "The page may not use your microphone. Allow microphone access in your browser, then try again."
+      : missing
+        ? "No microphone was found. Connect one, then try again."
+        : "Your browser could not start the lesson audio. Please try again, or use an up-to-date browser.";
+    showState("idle");
+    showError(message, true);
+    setLessonControls(false);
+  }
+
+  open() {
+    const query = new URLSearchParams({ name: this.params.name, level: this.params.level });
+    if (this.params.token) query.set("token", this.params.token);
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const socket = new WebSocket(`${scheme}//${location.host}/ws/lesson?${query}`);
+    socket.binaryType = "arraybuffer";
+    socket.onopen = () => {
+      if (this.isCurrent()) debug.socket = "open";
+    };
+    socket.onmessage = (event) => {
+      if (typeof event.data === "string") this.onControl(JSON.parse(event.data));
+      else this.onAudio(event.data);
+    };
+    socket.onclose = (event) => this.onClose(event);
+    this.socket = socket;
+    showState("connecting");
+  }
+
+  isCurrent() {
+    return lesson === this;
+  }
+
+  send(message) {
+    if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(message));
+  }
+
+  onCaptureMessage(message) {
+    if (message.type !== "frame") return;
+    const buffer = message.buffer;
+    // The relay drops frames until the greeting was heard; sending from the start keeps it simple.
+    if (this.socket?.readyState === WebSocket.OPEN) {
+      this.socket.send(buffer);
+      debug.framesSent += 1;
+      debug.bytesSent += buffer.byteLength;
+      debug.frameBytes = buffer.byteLength;
+    }
+    debug.captureDropped = message.dropped;
+    // send() has copied the bytes: the worklet may refill this buffer.
+    this.capture?.port.postMessage({ type: "recycle", buffer }, [buffer]);
+  }
+
+  onAudio(buffer) {
+    const item = this.currentItem;
+    if (item === null || this.interrupted.has(item) || this.playback === null) return;
+    if (!this.firstFrameTime.has(item)) this.firstFrameTime.set(item, this.context.currentTime);
+    this.playback.port.postMessage({ type: "samples", buffer }, [buffer]);
+  }
+
+  onPlaybackMessage(message) {
+    if (message.type === "started") {
+      const arrived = this.firstFrameTime.get(message.item_id);
+      if (arrived !== undefined) debug.startLatencyMs[message.item_id] = (message.time - arrived) * 1000;
+    } else if (message.type === "played") {
+      debug.played[message.item_id] = message.samples;
+      debug.underruns = message.underruns;
+      const ms = (message.samples * 1000) / SOURCE_RATE;
+      // A finished item reports its full length rounded up, so it is never short of duration_ms.
+      this.send({ type: "playback", item_id: message.item_id, played_ms: message.done ? Math.ceil(ms) : Math.floor(ms) });
+    }
+  }
+
+  onControl(message) {
+    switch (message.type) {
+      case "lesson":
+        if (message.simulated && page.simulatedNotice) page.simulatedNotice.hidden = false;
+        break;
+      case "status":
+        if (message.state === "ended") this.serverEnded = true;
+        if (!this.ending || message.state === "ended") showState(message.state);
+        break;
+      case "audio.start":
+        this.currentItem = message.item_id;
+        this.playback?.port.postMessage({ type: "item", item_id: message.item_id });
+        break;
+      case "audio.done":
+        debug.durations[message.item_id] = message.duration_ms;
+        this.playback?.port.postMessage({ type: "end", item_id: message.item_id });
+        break;
+      case "audio.interrupt":
+        // The student is talking: what the tutor had still queued must stop at once.
+        this.interrupted.add(message.item_id);
+        this.playback?.port.postMessage({ type: "flush" });
+        break;
+      case "transcript.delta":
+        transcript.delta(message.role, message.item_id, message.text);
+        break;
+      case "transcript.done":
+        transcript.done(message.role, message.item_id, message.text);
+        break;
+      case "usage":
+        debug.usage = message;
+        page.usage.textContent = `Lesson length: ${formatDuration(message.duration_s)}.`;
+        page.usage.hidden = false;
+        break;
+      case "error":
+        debug.errors.push({ code: message.code, message: message.message, fatal: message.fatal });
+        if (message.fatal) this.fatalError = true;
+        showError(message.message, message.fatal);
+        break;
+    }
+  }
+
+  onClose(event) {
+    const expected = this.stopped || (this.serverEnded && !this.fatalError && event.code === 1000);
+    this.stop();
+    if (!this.isCurrent()) return; // a replaced lesson closing late must not touch the page
+    debug.socket = "closed";
+    debug.closeCode = event.code;
+    setLessonControls(false);
+    showState("ended");
+    if (expected || this.fatalError) return;
+    showError(CLOSE_MESSAGES[event.code] ?? DROPPED_MESSAGE, true);
+  }
+
+  // End lesson: ask the relay to finish (it answers with usage and status ended, then closes).
+  end() {
+    this.ending = true;
+    if (this.socket?.readyState === WebSocket.OPEN) {
+      this.send({ type: "end" });
+      showState("ending");
+      this.releaseAudio();
+      // If the relay never closes, close from this side.
+      this.closeTimer = setTimeout(() => this.stop(), 3000);
+    } else {
+      this.stop();
+      showState("ended");
+    }
+  }
+
+  // pagehide: no time to wait for the relay's answer.
+  leave() {
+    this.send({ type: "end" });
+    this.stop();
+  }
+
+  releaseAudio() {
+    for (const track of this.stream?.getTracks() ?? []) track.stop();
+    this.source?.disconnect();
+    this.capture?.disconnect();
+    this.playback?.disconnect();
+    if (this.capture) this.capture.port.onmessage = null;
+    if (this.playback) this.playback.port.onmessage = null;
+    this.context?.close().catch(() => {});
+    this.stream = this.source = this.capture = this.playback = this.context = null;
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.closeTimer);
+    this.releaseAudio();
+    if (this.socket && this.socket.readyState <= WebSocket.OPEN) this.socket.close(1000, "lesson ended");
+  }
+
+  setMuted(muted) {
+    for (const track of this.stream?.getAudioTracks() ?? []) track.enabled = !muted;
+  }
+}
+
+function formatDuration(seconds) {
+  const total = Math.round(seconds);
+  const minutes = Math.floor(total / 60);
+  return minutes > 0 ? `${minutes} min ${total % 60} s` : `${total} s`;
+}
+
+let lesson = null;
+
+function readParams() {
+  const name = page.name.value.trim();
+  if (!NAME_PATTERN.test(name)) {
+    page.name.setCustomValidity("Please type your name: letters, spaces, - ' and . only, up to 40 characters.");
+    page.name.reportValidity();
+    return null;
+  }
+  page.name.setCustomValidity("");
+  return { name, level: page.level.value, token: page.root.dataset.token || "" };
+}
+
+function startLesson() {
+  const params = readParams();
+  if (params === null) return;
+  lesson?.stop();
+  hideError();
+  transcript.clear();
+  page.usage.hidden = true;
+  page.mute.setAttribute("aria-pressed", "false");
+  page.mute.textContent = "Mute microphone";
+  setLessonControls(true);
+  lesson = new Lesson(params);
+  lesson.start();
+}
+
+page.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  startLesson();
+});
+page.retry.addEventListener("click", startLesson);
+page.end.addEventListener("click", () => {
+  lesson?.end();
+  setLessonControls(false);
+});
+page.mute.addEventListener("click", () => {
+  const muted = page.mute.getAttribute("aria-pressed") !== "true";
+  page.mute.setAttribute("aria-pressed", String(muted));
+  page.mute.textContent = muted ? "Unmute microphone" : "Mute microphone";
+  lesson?.setMuted(muted);
+});
+page.name.addEventListener("input", () => page.name.setCustomValidity(""));
+window.addEventListener("pagehide", () => lesson?.leave());
+showState("idle");

@@ -147,7 +147,7 @@ class _TutorItem:
             return self.received_ms
         else:
             estimate = self.played_ms + (now - self.reported_at) * 1000
-        return max(0, min(int(estimate), self.received_ms))
+        return max(0, min(round(estimate), self.received_ms))
 
     def fully_heard(self) -> bool:
         return self.audio_done and self.played_ms >= self.received_ms - PLAYED_TOLERANCE_MS

@@ -20,7 +20,8 @@
 "use strict";
 
 const SOURCE_RATE = 24000;
-const NAME_PATTERN = /^[\p{L} .'-]{1,40}$/u;
+// Mirrors the relay's rule (app/messages.py): letters and name punctuation, at least one letter.
+const NAME_PATTERN = /^(?=.*\p{L})[\p{L} .'-]{1,40}$/u;
 
 const STATUS_TEXT = {
   idle: "Ready when you are.",

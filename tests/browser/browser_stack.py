@@ -1,0 +1,237 @@
+"""The processes and pages the browser tests and tests/browser/measure.py drive.
+
+`run_stack` starts the Realtime simulator and the app as two separate processes on free ports, the app
+pointed at the simulator as if it were OpenAI, and waits until both answer. `LessonPage` opens the
+lesson page in headless Chromium with a WAV file as the microphone and reads the page's test hook
+(`window.lessonDebug`, documented at the top of app/static/lesson.js).
+
+Waiting is always a poll with a deadline on an observable condition (a port, /healthz, a file size,
+a page value), never a sleep standing in for an event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+SAMPLE_RATE = 24_000
+POLL_S = 0.05
+
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str) -> T:
+    """Poll `probe` until it returns something other than None/False; TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout}s waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http_json(url: str) -> dict[str, Any] | None:
+    """The JSON body of a GET, or None while the server is not answering (any status is an answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body: dict[str, Any] = json.loads(response.read())
+            return body
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read())
+        return body
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Stack:
+    url: str
+    record_dir: Path
+    logs: tuple[Path, ...]
+
+    def recordings(self) -> set[Path]:
+        return set(self.record_dir.glob("connection-*.pcm"))
+
+    def health(self) -> dict[str, Any]:
+        body = http_json(f"{self.url}/healthz")
+        assert body is not None, "the app stopped answering /healthz"
+        return body
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(
+            f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+            for log in self.logs
+        )
+
+
+def _check_alive(process: subprocess.Popen[bytes], log: Path) -> None:
+    if process.poll() is not None:
+        raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+
+
+@contextlib.contextmanager
+def run_stack(workdir: Path, *simulator_args: str) -> Iterator[Stack]:
+    """The simulator (`python -m app.simulator`) and the app (uvicorn) as processes, ready to use."""
+    record_dir = workdir / "recordings"
+    record_dir.mkdir(parents=True, exist_ok=True)
+    simulator_port, app_port = free_port(), free_port()
+    simulator_log, app_log = workdir / "simulator.log", workdir / "app.log"
+    env = {k: v for k, v in os.environ.items() if k not in {"LESSON_SECRET", "ALLOWED_ORIGINS", "PORT"}}
+    env |= {
+        "OPENAI_API_KEY": "sk-test-fake-key",
+        "OPENAI_REALTIME_URL": f"ws://127.0.0.1:{simulator_port}/v1/realtime",
+        # Every test and measurement starts a lesson from 127.0.0.1; the per-client limit is not under test.
+        "LESSON_STARTS_PER_MINUTE": "1000",
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        with simulator_log.open("wb") as out:
+            simulator = subprocess.Popen(
+                [sys.executable, "-m", "app.simulator", "--port", str(simulator_port),
+                 "--record-dir", str(record_dir), *simulator_args],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        processes.append(simulator)
+        wait_for(lambda: _check_alive(simulator, simulator_log) or _port_open(simulator_port),
+                 timeout=30, what="the simulator's port")
+        with app_log.open("wb") as out:
+            app = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(app_port)],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        processes.append(app)
+        url = f"http://127.0.0.1:{app_port}"
+        wait_for(lambda: _check_alive(app, app_log) or http_json(f"{url}/healthz"), timeout=30, what="/healthz")
+        yield Stack(url=url, record_dir=record_dir, logs=(simulator_log, app_log))
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def make_wav(path: Path, *, rate: int, tone_hz: float | None, seconds: float = 10.0) -> Path:
+    """A mono 16-bit WAV made with sox: a sine at half of full scale, or silence when tone_hz is None."""
+    synth = ["synth", str(seconds), "sine", str(tone_hz), "gain", "-6"] if tone_hz else ["trim", "0", str(seconds)]
+    subprocess.run(["sox", "-n", "-r", str(rate), "-c", "1", "-b", "16", str(path), *synth], check=True)
+    return path
+
+
+def launch_chromium(playwright: Playwright, microphone_wav: Path) -> Browser:
+    """Headless Debian Chromium whose microphone plays `microphone_wav` in a loop."""
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={microphone_wav}",
+        ],
+    )
+
+
+@dataclass
+class LessonPage:
+    """The lesson page in one browser tab, with what it logged as an error."""
+
+    page: Page
+    console_errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, browser: Browser, url: str, *, context_rate: int | None = None) -> LessonPage:
+        page = browser.new_page()
+        lesson_page = cls(page)
+        page.on("console", lesson_page._on_console)
+        page.on("pageerror", lambda error: lesson_page.console_errors.append(f"pageerror: {error}"))
+        if context_rate is not None:
+            page.add_init_script(f"window.lessonTestConfig = {{sampleRate: {context_rate}}};")
+        page.goto(url)
+        return lesson_page
+
+    def _on_console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
+
+    def start(self, name: str, level: str = "A1") -> None:
+        self.page.get_by_label("Name").fill(name)
+        self.page.get_by_label("Level").select_option(level)
+        self.page.get_by_role("button", name="Start lesson").click()
+
+    def debug(self, key: str) -> Any:
+        return self.page.evaluate("(key) => window.lessonDebug[key]", key)
+
+    def wait_debug(self, condition: str, *, timeout_s: float = 30) -> Any:
+        """Wait until the JS expression `condition` over `d` (= window.lessonDebug) is truthy; its value."""
+        handle = self.page.wait_for_function(
+            f"() => {{ const d = window.lessonDebug; return ({condition}) || false; }}", timeout=timeout_s * 1000
+        )
+        return handle.json_value()
+
+    def wait_greeting_played(self, *, timeout_s: float = 30) -> str:
+        """The id of the first tutor item, once the playback worklet has rendered all of it."""
+        item_id: str = self.wait_debug(
+            "Object.keys(d.durations).find((id) => d.played[id] >= d.durations[id] * 24)", timeout_s=timeout_s
+        )
+        return item_id
+
+
+OpenPage = Callable[..., LessonPage]
+
+
+def wait_recording(stack: Stack, before: set[Path], *, seconds: float, timeout_s: float = 30) -> np.ndarray:
+    """The microphone audio of the connection opened after `before`, once it holds `seconds` of audio."""
+    path: Path = wait_for(lambda: next(iter(stack.recordings() - before), None), timeout=timeout_s,
+                          what="the simulator's recording of the new connection")
+    wanted = int(seconds * SAMPLE_RATE) * 2
+    wait_for(lambda: path.stat().st_size >= wanted, timeout=timeout_s, what=f"{seconds}s of recorded microphone audio")
+    data = path.read_bytes()
+    return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float64)
+
+
+def spectrum_db(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies, level in dB relative to full scale) of a Hann-windowed block at 24 kHz."""
+    window = np.hanning(len(samples))
+    magnitude = np.abs(np.fft.rfft(samples * window)) / (window.sum() / 2) / 32768
+    return np.fft.rfftfreq(len(samples), 1 / SAMPLE_RATE), 20 * np.log10(np.maximum(magnitude, 1e-12))
+
+
+def dominant_hz(samples: np.ndarray) -> float:
+    freqs, levels = spectrum_db(samples)
+    return float(freqs[int(np.argmax(levels))])

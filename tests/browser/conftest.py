@@ -1,0 +1,55 @@
+"""Fixtures for the browser tests: Chromium, the app + simulator processes, and lesson pages.
+
+Without /usr/bin/chromium the tests are skipped on a developer machine and fail in CI (env CI set),
+where `.ci/run` installs it: the audio path must be proven on every CI run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from browser_stack import CHROMIUM, LessonPage, OpenPage, Stack, launch_chromium, make_wav, run_stack
+from playwright.sync_api import Browser, Playwright, sync_playwright
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing: apt-get install chromium"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def playwright(chromium: Path) -> Iterator[Playwright]:
+    with sync_playwright() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One simulator + app pair shared by the tests that do not need a special simulator."""
+    with run_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+@pytest.fixture
+def open_page(playwright: Playwright, tmp_path: Path) -> Iterator[OpenPage]:
+    """open_page(url, tone_hz=None, wav_rate=48000, context_rate=None) → a LessonPage on a fresh browser."""
+    browsers: list[Browser] = []
+
+    def open_(url: str, *, tone_hz: float | None = None, wav_rate: int = 48_000,
+              context_rate: int | None = None) -> LessonPage:
+        wav = make_wav(tmp_path / f"mic-{len(browsers)}.wav", rate=wav_rate, tone_hz=tone_hz)
+        browser = launch_chromium(playwright, wav)
+        browsers.append(browser)
+        return LessonPage.open(browser, url, context_rate=context_rate)
+
+    yield open_
+    for browser in browsers:
+        browser.close()

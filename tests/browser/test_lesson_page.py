@@ -1,0 +1,87 @@
+"""The lesson page in headless Chromium against the app and the Realtime simulator, as processes.
+
+What these prove: microphone audio at 48 kHz and 44.1 kHz reaches the upstream as 24 kHz PCM16 at
+the right pitch; the greeting is shown and fully played by the playback worklet; End lesson closes the
+page's socket and the relay's lesson; refusals reach the student as a readable error with Try again.
+"""
+
+from __future__ import annotations
+
+import pytest
+from browser_stack import SAMPLE_RATE, OpenPage, Stack, dominant_hz, run_stack, wait_for, wait_recording
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.mark.parametrize("rate", [48_000, 44_100])
+def test_microphone_tone_arrives_upstream_at_24khz(stack: Stack, open_page: OpenPage, rate: int) -> None:
+    # The AudioContext runs at the WAV's rate, standing in for a device of that native rate, so the
+    # capture worklet itself does the 48 → 24 kHz (1:2) or 44.1 → 24 kHz (80:147) conversion.
+    lesson = open_page(stack.url, tone_hz=440, wav_rate=rate, context_rate=rate)
+    before = stack.recordings()
+    lesson.start("Ana")
+
+    samples = wait_recording(stack, before, seconds=2.0)
+
+    assert lesson.debug("contextRate") == rate
+    assert lesson.debug("frameBytes") == 960  # 20 ms at 24 kHz
+    assert dominant_hz(samples[-SAMPLE_RATE:]) == pytest.approx(440, abs=5)
+    assert lesson.console_errors == []
+
+
+def test_greeting_is_shown_and_played(stack: Stack, open_page: OpenPage) -> None:
+    lesson = open_page(stack.url)
+    lesson.start("Ana", "B1")
+
+    expect(lesson.page.locator("#transcript .turn--tutor").first).to_contain_text("Ana", timeout=30_000)
+    item_id = lesson.wait_greeting_played()
+
+    played, duration_ms = lesson.debug("played")[item_id], lesson.debug("durations")[item_id]
+    assert duration_ms > 0
+    assert played >= 0.9 * duration_ms * 24
+    assert lesson.debug("startLatencyMs")[item_id] >= 0
+    assert lesson.console_errors == []
+
+
+def test_end_lesson_closes_both_sockets(stack: Stack, open_page: OpenPage) -> None:
+    lesson = open_page(stack.url)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    assert stack.health()["open_lessons"] == 1
+
+    lesson.page.get_by_role("button", name="End lesson").click()
+
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    assert lesson.debug("closeCode") == 1000
+    # The relay counts a lesson open until both its sockets are closed.
+    wait_for(lambda: stack.health()["open_lessons"] == 0, timeout=15, what="the relay to close the lesson")
+    expect(lesson.page.get_by_role("status")).to_have_text("The lesson has ended.")
+    expect(lesson.page.get_by_role("alert")).to_be_hidden()
+    assert lesson.console_errors == []
+
+
+def test_refused_lesson_shows_error_and_try_again(stack: Stack, open_page: OpenPage) -> None:
+    lesson = open_page(stack.url)
+    # A manipulated page: a level the relay does not offer.
+    lesson.page.evaluate("document.getElementById('level').add(new Option('Z9', 'Z9'))")
+    lesson.start("Ana", "Z9")
+
+    alert = lesson.page.get_by_role("alert")
+    expect(alert).to_be_visible(timeout=15_000)
+    expect(alert.get_by_role("button", name="Try again")).to_be_visible()
+    lesson.wait_debug("d.socket === 'closed'")
+    assert lesson.debug("closeCode") == 1008
+    assert lesson.debug("errors")[0]["code"] == "invalid_request"
+
+
+def test_upstream_refusal_shows_error(open_page: OpenPage, tmp_path_factory: pytest.TempPathFactory) -> None:
+    with run_stack(tmp_path_factory.mktemp("refusing"), "--refuse-handshake", "401") as refusing:
+        lesson = open_page(refusing.url)
+        lesson.start("Ana")
+
+        alert = lesson.page.get_by_role("alert")
+        expect(alert).to_be_visible(timeout=15_000)
+        expect(alert.get_by_role("button", name="Try again")).to_be_visible()
+        lesson.wait_debug("d.socket === 'closed'")
+        assert lesson.debug("errors")[-1]["fatal"] is True

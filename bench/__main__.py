@@ -1,0 +1,191 @@
+"""python -m bench — measure the relay against the echo upstream and the naive baseline; print a table.
+
+    .venv/bin/python -m bench                       # the full run behind docs/performance.md
+    .venv/bin/python -m bench --quick               # a smoke run: 20 lessons, 5 s, no step search
+    .venv/bin/python -m bench --targets direct,relay --lessons 100 --seconds 10 --no-sweep
+
+Progress goes to stderr; the table to stdout; everything measured to bench/results/bench-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from bench.processes import REPO_ROOT, ManagedProcess, start_echo_upstream, start_uvicorn
+from bench.report import crossing_table, first_audio_table, load_table, targets_check, write_json
+from bench.scenarios import (
+    CrossingReport,
+    Endpoint,
+    FirstAudioReport,
+    Harness,
+    LoadReport,
+    Target,
+    find_p99_crossing,
+    measure_first_audio,
+    run_load,
+)
+
+RELAY_APPS: Final = {Target.RELAY: "app.main:app", Target.NAIVE: "bench.naive_relay:app"}
+LESSON_PATH: Final = "/ws/lesson?name=Bench&level=A1"
+DEFAULT_STEPS: Final = "25,50,100,150,200,300,400,500,600,800"
+
+
+def _progress(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def relay_environment(upstream_port: int) -> dict[str, str]:
+    """The relay's environment: the echo upstream, a fake key, and every limit out of the bench's way."""
+    return {
+        "OPENAI_API_KEY": "sk-bench-fake",
+        "OPENAI_REALTIME_URL": f"ws://127.0.0.1:{upstream_port}/v1/realtime",
+        "LOG_LEVEL": "warning",
+        "MAX_SESSIONS": "10000",
+        "LESSON_STARTS_PER_MINUTE": "1000000",
+        "IDLE_TIMEOUT_SECONDS": "3600",
+        "MAX_LESSON_SECONDS": "3500",
+        "LESSON_SECRET": "",
+        "ALLOWED_ORIGINS": "",
+    }
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lessons", type=int, default=200, help="concurrent lessons of the main run (200)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="streaming seconds of the main run (15)")
+    parser.add_argument("--targets", default="direct,relay,naive", help="comma-separated: direct, relay, naive")
+    parser.add_argument("--quick", action="store_true", help="20 lessons, 5 s, 5 greetings, no step search")
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the p99 > 10 ms step search")
+    parser.add_argument("--steps", default=DEFAULT_STEPS, help=f"lessons per step of the search ({DEFAULT_STEPS})")
+    parser.add_argument("--sweep-seconds", type=float, default=8.0, help="streaming seconds per step (8)")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=12.0, help="time for the step search, all targets together (12)"
+    )
+    parser.add_argument("--greetings", type=int, default=20, help="lessons opened one by one to time the greeting")
+    parser.add_argument(
+        "--compression",
+        choices=("deflate", "none"),
+        default="deflate",
+        help="permessage-deflate offered by the students: deflate like a browser (default), or none",
+    )
+    parser.add_argument(
+        "--uvicorn-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra uvicorn argument for both relays, repeatable (e.g. --uvicorn-arg=--ws-per-message-deflate=false)",
+    )
+    parser.add_argument(
+        "--pin-relay-cpu",
+        type=int,
+        default=None,
+        metavar="CPU",
+        help="pin the relay to this CPU and the load generator and echo upstream to the others",
+    )
+    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "bench" / "results")
+    arguments = parser.parse_args(argv)
+    if arguments.quick:
+        arguments.lessons, arguments.seconds, arguments.greetings, arguments.sweep = 20, 5.0, 5, False
+    arguments.targets = [Target(name.strip()) for name in arguments.targets.split(",") if name.strip()]
+    arguments.steps = [int(step) for step in arguments.steps.split(",")]
+    return arguments
+
+
+@contextlib.contextmanager
+def target_endpoint(
+    target: Target, upstream: ManagedProcess, arguments: argparse.Namespace, harness_cpus: set[int] | None
+) -> Iterator[Endpoint]:
+    """The target's endpoint; for a relay, its uvicorn process runs while the block does."""
+    if target is Target.DIRECT:
+        yield Endpoint(target, f"ws://127.0.0.1:{upstream.port}/v1/realtime?model=gpt-realtime-bench", None)
+        return
+    relay = start_uvicorn(
+        target.value,
+        RELAY_APPS[target],
+        environment=relay_environment(upstream.port),
+        log_directory=arguments.results_dir / "logs",
+        uvicorn_arguments=tuple(arguments.uvicorn_arg),
+    )
+    try:
+        if arguments.pin_relay_cpu is not None:
+            relay.pin({arguments.pin_relay_cpu})
+        yield Endpoint(target, f"ws://127.0.0.1:{relay.port}{LESSON_PATH}", relay.probe)
+    finally:
+        relay.stop()
+        if relay.process.returncode not in (0, -15):
+            _progress(f"{target.value} exited with {relay.process.returncode}; log tail:\n{relay.log_tail()}")
+
+
+async def run_bench(arguments: argparse.Namespace) -> dict[str, Any]:
+    harness_cpus: set[int] | None = None
+    if arguments.pin_relay_cpu is not None:
+        harness_cpus = (os.sched_getaffinity(0) - {arguments.pin_relay_cpu}) or None
+        if harness_cpus:
+            os.sched_setaffinity(0, harness_cpus)
+    upstream = start_echo_upstream()
+    upstream.pin(harness_cpus)
+    harness = Harness(
+        upstream_probe=upstream.probe,
+        compression=None if arguments.compression == "none" else arguments.compression,
+    )
+    loads: list[LoadReport] = []
+    first_audio: list[FirstAudioReport] = []
+    crossings: list[CrossingReport] = []
+    sweep_deadline = time.perf_counter() + arguments.budget_minutes * 60
+    try:
+        for position, target in enumerate(arguments.targets):
+            with target_endpoint(target, upstream, arguments, harness_cpus) as endpoint:
+                _progress(f"{target.value}: timing the greeting over {arguments.greetings} lessons, one by one")
+                first_audio.append(await measure_first_audio(endpoint, harness, samples=arguments.greetings))
+                _progress(f"{target.value}: {arguments.lessons} lessons streaming {arguments.seconds:g} s")
+                loads.append(await run_load(endpoint, harness, lessons=arguments.lessons, seconds=arguments.seconds))
+                if arguments.sweep and target is not Target.DIRECT:
+                    searches_left = sum(t is not Target.DIRECT for t in arguments.targets[position:])
+                    deadline = time.perf_counter() + (sweep_deadline - time.perf_counter()) / searches_left
+                    _progress(f"{target.value}: step search for p99 > 10 ms, steps {arguments.steps}")
+                    crossings.append(
+                        await find_p99_crossing(
+                            endpoint, harness, steps=arguments.steps, seconds=arguments.sweep_seconds, deadline=deadline
+                        )
+                    )
+    finally:
+        upstream.stop()
+    return {"arguments": dict(vars(arguments)), "loads": loads, "first_audio": first_audio, "crossings": crossings}
+
+
+def main() -> None:
+    arguments = parse_arguments()
+    try:
+        import uvloop
+
+        record = uvloop.run(run_bench(arguments))
+    except ImportError:
+        record = asyncio.run(run_bench(arguments))
+    sections = [
+        "Round trip per 20 ms frame, all lessons streaming (CPU: share of one core; KiB: relay RSS growth per lesson)",
+        load_table(record["loads"]),
+        "",
+        "Time to the first greeting audio byte (lessons opened one at a time)",
+        first_audio_table(record["first_audio"]),
+    ]
+    if record["crossings"]:
+        sections += ["", "Step search: where p99 passes 10 ms (or > 0.1 % lost)", crossing_table(record["crossings"])]
+    sections += ["", "Targets (issue 6)", *targets_check(record["loads"], record["first_audio"], record["crossings"])]
+    record["arguments"]["targets"] = [target.value for target in arguments.targets]
+    record["arguments"]["results_dir"] = str(arguments.results_dir)
+    path = write_json(arguments.results_dir, record)
+    print("\n".join(sections))
+    print(f"\nresults: {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
+
+
+if __name__ == "__main__":
+    main()

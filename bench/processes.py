@@ -1,0 +1,165 @@
+"""The processes under measurement: the echo upstream and the relays, each in its own process.
+
+The load generator runs in the bench's own process, so what a relay costs is read from the relay's own
+``/proc/<pid>`` (CPU ticks, resident memory), untouched by the students' or the upstream's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TextIO
+
+import orjson
+
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+CLOCK_TICKS_PER_SECOND: Final = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE")
+STARTUP_TIMEOUT_SECONDS: Final = 30.0
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """CPU seconds used so far (user + system) and resident memory, of one process, at one moment."""
+
+    at: float
+    cpu_seconds: float
+    rss_bytes: int
+
+
+class ProcessProbe:
+    """Reads a process's CPU time and resident memory from /proc (Linux)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def sample(self) -> ProcessSample:
+        at = time.perf_counter()
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        # Fields after the parenthesised command name; utime and stime are fields 14 and 15 of the whole line.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu_ticks = int(fields[11]) + int(fields[12])
+        rss_pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])
+        return ProcessSample(at, cpu_ticks / CLOCK_TICKS_PER_SECOND, rss_pages * PAGE_BYTES)
+
+
+def cpu_share(before: ProcessSample, after: ProcessSample) -> float:
+    """The fraction of one core the process used between two samples (1.0 = one core busy)."""
+    return (after.cpu_seconds - before.cpu_seconds) / max(after.at - before.at, 1e-9)
+
+
+def free_port() -> int:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return int(listener.getsockname()[1])
+
+
+@dataclass
+class ManagedProcess:
+    """A child process the bench started, with where its output goes."""
+
+    name: str
+    process: subprocess.Popen[str]
+    port: int
+    log_path: Path | None
+
+    @property
+    def probe(self) -> ProcessProbe:
+        return ProcessProbe(self.process.pid)
+
+    def pin(self, cpus: set[int] | None) -> None:
+        """Restrict the process to `cpus` (None leaves the scheduler free)."""
+        if cpus is not None:
+            os.sched_setaffinity(self.process.pid, cpus)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_echo_upstream() -> ManagedProcess:
+    """`python -m bench.echo_upstream` on a free port; returns once it listens."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo_upstream", "--port", "0"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    first_line = process.stdout.readline()
+    if not first_line:
+        raise RuntimeError(f"the echo upstream exited with {process.wait()} before listening")
+    return ManagedProcess("echo upstream", process, int(orjson.loads(first_line)["port"]), None)
+
+
+def start_uvicorn(
+    name: str,
+    app: str,
+    *,
+    environment: Mapping[str, str],
+    log_directory: Path,
+    uvicorn_arguments: tuple[str, ...] = (),
+) -> ManagedProcess:
+    """`python -m uvicorn <app>` on a free port with `environment` added; returns once it accepts TCP."""
+    port = free_port()
+    log_directory.mkdir(parents=True, exist_ok=True)
+    log_path = log_directory / f"{name}.log"
+    log_file: TextIO
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), *uvicorn_arguments],
+            cwd=REPO_ROOT,
+            env={**os.environ, **environment},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    managed = ManagedProcess(name, process, port, log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode} at start:\n{managed.log_tail()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return managed
+        time.sleep(0.1)
+    managed.stop()
+    raise RuntimeError(f"{name} did not listen on port {port} within {STARTUP_TIMEOUT_SECONDS} s")
+
+
+@contextlib.contextmanager
+def running(managed: ManagedProcess) -> Iterator[ManagedProcess]:
+    try:
+        yield managed
+    finally:
+        managed.stop()
+
+
+async def sleep_sampling(probe: ProcessProbe | None, seconds: float, every: float = 0.5) -> list[ProcessSample]:
+    """Sleep `seconds`, sampling `probe` every `every` seconds (first and last sample included)."""
+    if probe is None:
+        await asyncio.sleep(seconds)
+        return []
+    samples = [probe.sample()]
+    deadline = samples[0].at + seconds
+    while (remaining := deadline - time.perf_counter()) > 0:
+        await asyncio.sleep(min(every, remaining))
+        samples.append(probe.sample())
+    return samples

@@ -1,0 +1,269 @@
+"""What one measurement is, for one target (direct, relay or naive relay).
+
+A load run: open N lessons, start-staggered over a ramp; wait until every one got through its greeting
+(microphone open); measure the relay idle with N lessons open; start every student streaming (each at
+its own phase in the 20 ms period) for the run's seconds while sampling the relay process; stop; wait
+for the last echoes; count. The step search repeats load runs at growing N until p99 passes 10 ms.
+The greeting measurement opens lessons one at a time and times the first greeting audio byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+from bench.processes import ProcessProbe, ProcessSample, cpu_share, sleep_sampling
+from bench.students import BrowserStudent, DirectStudent, LoadClock, Student, StudentResult
+
+P99_LIMIT_MS: Final = 10.0
+LOST_LIMIT_FRACTION: Final = 0.001  # a step loses more than 0.1 % of its frames: it is over the limit too
+IDLE_SETTLE_SECONDS: Final = 1.0
+IDLE_SAMPLE_SECONDS: Final = 2.0
+KIB: Final = 1024
+
+
+class Target(StrEnum):
+    DIRECT = "direct"  # students speak the Realtime protocol straight to the echo upstream: the floor
+    RELAY = "relay"  # app.main:app, the product
+    NAIVE = "naive"  # bench.naive_relay:app, the baseline
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a target's students connect, how they speak, and which process to watch (None: direct)."""
+
+    target: Target
+    url: str
+    relay_probe: ProcessProbe | None
+
+    @property
+    def student_class(self) -> type[Student]:
+        return DirectStudent if self.target is Target.DIRECT else BrowserStudent
+
+
+@dataclass(frozen=True)
+class Harness:
+    """How students behave and what else to watch, the same for every target of a run."""
+
+    upstream_probe: ProcessProbe
+    compression: str | None  # what the students offer: "deflate" like a browser, or None
+    ramp_seconds_per_lesson: float = 0.01
+    drain_seconds: float = 2.0
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of already sorted values; None when there are none."""
+    if not sorted_values:
+        return None
+    rank = max(0, min(len(sorted_values) - 1, round(fraction * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+@dataclass
+class LoadReport:
+    """The numbers of one load run. Latencies in ms, memory in KiB, CPU as a fraction of one core."""
+
+    target: Target
+    lessons: int
+    seconds: float
+    lessons_ready: int = 0
+    frames_sent: int = 0
+    frames_echoed: int = 0
+    frames_lost: int = 0
+    frames_misrouted: int = 0
+    frames_duplicated: int = 0
+    round_trip_p50_ms: float | None = None
+    round_trip_p90_ms: float | None = None
+    round_trip_p99_ms: float | None = None
+    round_trip_p999_ms: float | None = None
+    round_trip_max_ms: float | None = None
+    send_lag_p99_ms: float | None = None  # > a few ms: the load generator itself was short of CPU
+    relay_cpu_idle: float | None = None
+    relay_cpu_streaming: float | None = None
+    relay_rss_before_kib: int | None = None
+    relay_rss_idle_kib: int | None = None
+    relay_rss_streaming_kib: int | None = None
+    upstream_cpu_streaming: float | None = None
+    load_generator_cpu_streaming: float | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def lost_fraction(self) -> float:
+        return self.frames_lost / self.frames_sent if self.frames_sent else 0.0
+
+    @property
+    def relay_kib_per_idle_lesson(self) -> float | None:
+        if self.relay_rss_idle_kib is None or self.relay_rss_before_kib is None or not self.lessons_ready:
+            return None
+        return (self.relay_rss_idle_kib - self.relay_rss_before_kib) / self.lessons_ready
+
+    @property
+    def relay_kib_per_streaming_lesson(self) -> float | None:
+        if self.relay_rss_streaming_kib is None or self.relay_rss_before_kib is None or not self.lessons_ready:
+            return None
+        return (self.relay_rss_streaming_kib - self.relay_rss_before_kib) / self.lessons_ready
+
+    @property
+    def relay_cpu_per_streaming_lesson(self) -> float | None:
+        """Fraction of one core per streaming lesson (0.001 = 0.1 % of a core)."""
+        if self.relay_cpu_streaming is None or not self.lessons_ready:
+            return None
+        return self.relay_cpu_streaming / self.lessons_ready
+
+    @property
+    def over_limit(self) -> bool:
+        """p99 past 10 ms, frames lost beyond 0.1 %, or lessons that never opened."""
+        p99 = self.round_trip_p99_ms
+        return (
+            p99 is None
+            or p99 > P99_LIMIT_MS
+            or self.lost_fraction > LOST_LIMIT_FRACTION
+            or self.lessons_ready < self.lessons
+        )
+
+    def add_students(self, results: list[StudentResult]) -> None:
+        round_trips: list[float] = []
+        send_lags: list[float] = []
+        errors: Counter[str] = Counter()
+        for result in results:
+            self.lessons_ready += result.ready
+            self.frames_sent += result.frames_sent
+            self.frames_echoed += result.frames_echoed
+            self.frames_misrouted += result.misrouted_frames
+            self.frames_duplicated += result.duplicate_frames
+            round_trips += result.round_trips_ms
+            send_lags += result.send_lag_ms
+            errors.update(result.errors)
+        self.frames_lost = self.frames_sent - self.frames_echoed
+        round_trips.sort()
+        send_lags.sort()
+        self.round_trip_p50_ms = percentile(round_trips, 0.50)
+        self.round_trip_p90_ms = percentile(round_trips, 0.90)
+        self.round_trip_p99_ms = percentile(round_trips, 0.99)
+        self.round_trip_p999_ms = percentile(round_trips, 0.999)
+        self.round_trip_max_ms = round_trips[-1] if round_trips else None
+        self.send_lag_p99_ms = percentile(send_lags, 0.99)
+        self.errors = dict(errors.most_common(5))
+
+
+def _kib(sample: ProcessSample) -> int:
+    return sample.rss_bytes // KIB
+
+
+async def _until_all_ready(students: list[Student], tasks: list[asyncio.Task[StudentResult]]) -> None:
+    """Return once every student has its microphone open or has given up."""
+    for student, task in zip(students, tasks, strict=True):
+        mic_open = asyncio.create_task(student.mic_open.wait())
+        await asyncio.wait({mic_open, task}, return_when=asyncio.FIRST_COMPLETED)
+        mic_open.cancel()
+
+
+async def run_load(endpoint: Endpoint, harness: Harness, *, lessons: int, seconds: float) -> LoadReport:
+    """Open `lessons` lessons on `endpoint`, stream for `seconds`, and report what was measured."""
+    report = LoadReport(endpoint.target, lessons, seconds)
+    relay = endpoint.relay_probe
+    if relay is not None:
+        report.relay_rss_before_kib = _kib(relay.sample())
+    clock = LoadClock(drain_seconds=harness.drain_seconds)
+    students = [
+        endpoint.student_class(student_id, endpoint.url, clock, compression=harness.compression)
+        for student_id in range(lessons)
+    ]
+    tasks: list[asyncio.Task[StudentResult]] = []
+    for student in students:  # start-staggered: the lessons open one by one over the ramp
+        tasks.append(asyncio.create_task(student.run()))
+        await asyncio.sleep(harness.ramp_seconds_per_lesson)
+    await _until_all_ready(students, tasks)
+
+    # Idle: every lesson open, greeting heard, microphone open, no audio flowing.
+    await asyncio.sleep(IDLE_SETTLE_SECONDS)
+    idle = await sleep_sampling(relay, IDLE_SAMPLE_SECONDS)
+    if idle:
+        report.relay_cpu_idle = cpu_share(idle[0], idle[-1])
+        report.relay_rss_idle_kib = _kib(idle[-1])
+
+    upstream_before = harness.upstream_probe.sample()
+    own_cpu_before, own_wall_before = time.process_time(), time.perf_counter()
+    clock.stream_started.set()
+    streaming = await sleep_sampling(relay, seconds)
+    clock.stream_stopped.set()
+    upstream_after = harness.upstream_probe.sample()
+    report.load_generator_cpu_streaming = (time.process_time() - own_cpu_before) / (
+        time.perf_counter() - own_wall_before
+    )
+    report.upstream_cpu_streaming = cpu_share(upstream_before, upstream_after)
+    if streaming:
+        report.relay_cpu_streaming = cpu_share(streaming[0], streaming[-1])
+        report.relay_rss_streaming_kib = max(_kib(sample) for sample in streaming)
+
+    report.add_students(list(await asyncio.gather(*tasks)))
+    return report
+
+
+@dataclass
+class FirstAudioReport:
+    """Time from starting to open a lesson to its first greeting audio byte, lessons opened one at a time."""
+
+    target: Target
+    samples_ms: list[float]
+
+    @property
+    def median_ms(self) -> float | None:
+        return statistics.median(self.samples_ms) if self.samples_ms else None
+
+    @property
+    def p90_ms(self) -> float | None:
+        return percentile(sorted(self.samples_ms), 0.90)
+
+
+async def measure_first_audio(endpoint: Endpoint, harness: Harness, *, samples: int) -> FirstAudioReport:
+    """Open `samples` lessons one after another; each closes once its greeting was heard."""
+    clock = LoadClock(drain_seconds=0.0)
+    clock.stream_started.set()
+    clock.stream_stopped.set()  # no streaming: greeting, then close
+    measured: list[float] = []
+    for student_id in range(samples):
+        student = endpoint.student_class(student_id, endpoint.url, clock, compression=harness.compression)
+        result = await student.run()
+        if result.greeting_ms is not None:
+            measured.append(result.greeting_ms)
+    return FirstAudioReport(endpoint.target, measured)
+
+
+@dataclass
+class CrossingReport:
+    """The step search: load runs at growing N, and the first N over the limit (None: never within budget)."""
+
+    target: Target
+    steps: list[LoadReport]
+    first_over_limit: int | None
+    last_within_limit: int | None
+
+
+async def find_p99_crossing(
+    endpoint: Endpoint,
+    harness: Harness,
+    *,
+    steps: list[int],
+    seconds: float,
+    deadline: float,
+) -> CrossingReport:
+    """Load runs at each N of `steps` until one is over the limit or `deadline` (perf_counter) is near."""
+    reports: list[LoadReport] = []
+    last_within: int | None = None
+    for lessons in steps:
+        expected = seconds + lessons * harness.ramp_seconds_per_lesson + IDLE_SETTLE_SECONDS + IDLE_SAMPLE_SECONDS
+        if time.perf_counter() + expected + harness.drain_seconds > deadline:
+            break
+        report = await run_load(endpoint, harness, lessons=lessons, seconds=seconds)
+        reports.append(report)
+        if report.over_limit:
+            return CrossingReport(endpoint.target, reports, lessons, last_within)
+        last_within = lessons
+        await asyncio.sleep(1.0)  # let the previous lessons' sockets close
+    return CrossingReport(endpoint.target, reports, None, last_within)

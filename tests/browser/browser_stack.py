@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -55,9 +56,9 @@ def free_port() -> int:
         return port
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _listening_url(log: Path) -> str | None:
+    match = re.search(r"listening on (ws://\S+)", log.read_text(errors="replace"))
+    return match.group(1) if match else None
 
 
 def http_json(url: str) -> dict[str, Any] | None:
@@ -107,12 +108,6 @@ def run_stack(workdir: Path, *simulator_args: str) -> Iterator[Stack]:
     simulator_port, app_port = free_port(), free_port()
     simulator_log, app_log = workdir / "simulator.log", workdir / "app.log"
     env = {k: v for k, v in os.environ.items() if k not in {"LESSON_SECRET", "ALLOWED_ORIGINS", "PORT"}}
-    env |= {
-        "OPENAI_API_KEY": "sk-test-fake-key",
-        "OPENAI_REALTIME_URL": f"ws://127.0.0.1:{simulator_port}/v1/realtime",
-        # Every test and measurement starts a lesson from 127.0.0.1; the per-client limit is not under test.
-        "LESSON_STARTS_PER_MINUTE": "1000",
-    }
     processes: list[subprocess.Popen[bytes]] = []
     try:
         with simulator_log.open("wb") as out:
@@ -122,8 +117,15 @@ def run_stack(workdir: Path, *simulator_args: str) -> Iterator[Stack]:
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             )
         processes.append(simulator)
-        wait_for(lambda: _check_alive(simulator, simulator_log) or _port_open(simulator_port),
-                 timeout=30, what="the simulator's port")
+        # The simulator prints the URL it listens on; trust that line over the port we asked for.
+        simulator_url = wait_for(lambda: _check_alive(simulator, simulator_log) or _listening_url(simulator_log),
+                                 timeout=30, what="the simulator's 'listening on' line")
+        env |= {
+            "OPENAI_API_KEY": "sk-test-fake-key",
+            "OPENAI_REALTIME_URL": simulator_url,
+            # Every test and measurement starts a lesson from 127.0.0.1; the per-client limit is not under test.
+            "LESSON_STARTS_PER_MINUTE": "1000",
+        }
         with app_log.open("wb") as out:
             app = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(app_port)],
@@ -187,7 +189,7 @@ class LessonPage:
 
     def _on_console(self, message: ConsoleMessage) -> None:
         if message.type == "error":
-            self.console_errors.append(message.text)
+            self.console_errors.append(f"{message.text} at {message.location.get('url', '?')}")
 
     def start(self, name: str, level: str = "A1") -> None:
         self.page.get_by_label("Name").fill(name)

@@ -51,6 +51,14 @@ class ProcessProbe:
         return ProcessSample(at, cpu_ticks / CLOCK_TICKS_PER_SECOND, rss_pages * PAGE_BYTES)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine spent busy (not idle, not waiting for I/O) since boot."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) / CLOCK_TICKS_PER_SECOND
+
+
 def cpu_share(before: ProcessSample, after: ProcessSample) -> float:
     """The fraction of one core the process used between two samples (1.0 = one core busy)."""
     return (after.cpu_seconds - before.cpu_seconds) / max(after.at - before.at, 1e-9)

@@ -65,7 +65,7 @@ def _table(header: Sequence[str], rows: list[list[str]]) -> str:
 def load_table(reports: list[LoadReport]) -> str:
     header = [
         "target", "lessons", "ready", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "sent", "lost",
-        "relay CPU", "CPU/lesson", "KiB/idle", "KiB/stream", "upstr CPU", "gen CPU", "gen lag p99",
+        "relay CPU", "CPU/lesson", "KiB/idle", "KiB/stream", "upstr CPU", "gen CPU", "other CPU", "gen lag p99",
     ]  # fmt: skip
     rows = [
         [
@@ -84,6 +84,7 @@ def load_table(reports: list[LoadReport]) -> str:
             _number(report.relay_kib_per_streaming_lesson, ".0f"),
             _number(report.upstream_cpu_streaming, ".0%"),
             _number(report.load_generator_cpu_streaming, ".0%"),
+            _number(report.other_cpu_streaming, ".0%"),
             _ms(report.send_lag_p99_ms),
         ]
         for report in reports

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
-from bench.processes import ProcessProbe, ProcessSample, cpu_share, sleep_sampling
+from bench.processes import ProcessProbe, ProcessSample, cpu_share, machine_busy_seconds, sleep_sampling
 from bench.students import BrowserStudent, DirectStudent, LoadClock, Student, StudentResult
 
 P99_LIMIT_MS: Final = 10.0
@@ -90,6 +90,9 @@ class LoadReport:
     relay_rss_streaming_kib: int | None = None
     upstream_cpu_streaming: float | None = None
     load_generator_cpu_streaming: float | None = None
+    # Cores busy with anything else on the machine while streaming (other users' tests, browsers…):
+    # more than a few percent and the run measured the neighbours too.
+    other_cpu_streaming: float | None = None
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -188,18 +191,24 @@ async def run_load(endpoint: Endpoint, harness: Harness, *, lessons: int, second
         report.relay_rss_idle_kib = _kib(idle[-1])
 
     upstream_before = harness.upstream_probe.sample()
-    own_cpu_before, own_wall_before = time.process_time(), time.perf_counter()
+    own_cpu_before, machine_before, wall_before = time.process_time(), machine_busy_seconds(), time.perf_counter()
     clock.stream_started.set()
     streaming = await sleep_sampling(relay, seconds)
     clock.stream_stopped.set()
     upstream_after = harness.upstream_probe.sample()
-    report.load_generator_cpu_streaming = (time.process_time() - own_cpu_before) / (
-        time.perf_counter() - own_wall_before
-    )
+    wall = time.perf_counter() - wall_before
+    report.load_generator_cpu_streaming = (time.process_time() - own_cpu_before) / wall
     report.upstream_cpu_streaming = cpu_share(upstream_before, upstream_after)
     if streaming:
         report.relay_cpu_streaming = cpu_share(streaming[0], streaming[-1])
         report.relay_rss_streaming_kib = max(_kib(sample) for sample in streaming)
+    report.other_cpu_streaming = max(
+        0.0,
+        (machine_busy_seconds() - machine_before) / wall
+        - report.load_generator_cpu_streaming
+        - report.upstream_cpu_streaming
+        - (report.relay_cpu_streaming or 0.0),
+    )
 
     report.add_students(list(await asyncio.gather(*tasks)))
     return report

@@ -41,6 +41,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from app.logging import configure_logging
+from app.settings import load_settings
 from app.voice import BYTES_PER_SAMPLE, CHUNK_SAMPLES, SAMPLE_RATE, Utterance
 
 log = structlog.get_logger(__name__)
@@ -1313,8 +1315,10 @@ async def _serve_forever(arguments: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the simulator until SIGINT or SIGTERM."""
-    asyncio.run(_serve_forever(_parse_args(argv)))
+    """Run the simulator until SIGINT or SIGTERM, logging like the app (LOG_LEVEL, LOG_FORMAT)."""
+    arguments = _parse_args(argv)
+    configure_logging(load_settings())
+    asyncio.run(_serve_forever(arguments))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,792 @@
+"""The Realtime simulator against real sockets: every server event it sends must pass the SDK oracle.
+
+Clients here are plain `websockets` clients; every event read goes through `assert_valid_server_event`
+and every well-formed event sent through `assert_valid_client_event`. Tests synchronise on messages,
+never on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+from sdk_oracle import assert_valid_client_event, assert_valid_server_event
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from app.simulator import RealtimeSimulator, SimulatorBehaviour, tutor_facts
+from app.voice import SAMPLE_RATE, Utterance
+
+REPO = Path(__file__).resolve().parent.parent
+API_KEY = "sk-test-fake"
+MODEL = "gpt-realtime-2.1"
+PROMPT = (
+    "You are a warm, patient English tutor giving a spoken lesson to one student.\n\n"
+    "# The student\n"
+    "The student's name is Ana.\n"
+    "The student's CEFR level is A1.\n"
+    "The target language is English.\n"
+)
+GA_SESSION: dict[str, Any] = {
+    "type": "realtime",
+    "instructions": PROMPT,
+    "output_modalities": ["audio"],
+    "audio": {
+        "input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+                               "silence_duration_ms": 500, "create_response": True, "interrupt_response": True},
+            "transcription": {"model": "gpt-transcribe", "language": "en"},
+            "noise_reduction": {"type": "near_field"},
+        },
+        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin"},
+    },
+}
+GREETING_ORDER = [
+    "response.created",
+    "rate_limits.updated",
+    "response.output_item.added",
+    "conversation.item.added",
+    "response.content_part.added",
+    "response.output_audio.delta",  # interleaved with transcript deltas (checked separately)
+    "response.output_audio.done",
+    "response.output_audio_transcript.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "conversation.item.done",
+    "response.done",
+]
+DELTAS = {"response.output_audio.delta", "response.output_audio_transcript.delta"}
+BETA_FIELDS = [
+    ("modalities", ["audio", "text"]),
+    ("voice", "alloy"),
+    ("input_audio_format", "pcm16"),
+    ("output_audio_format", "pcm16"),
+    ("turn_detection", {"type": "server_vad"}),
+    ("input_audio_transcription", {"model": "whisper-1"}),
+    ("temperature", 0.8),
+    ("max_response_output_tokens", 200),
+]
+
+
+class RealtimeTestClient:
+    """A websockets client that checks every event against the SDK oracle and keeps what it read."""
+
+    def __init__(self, websocket: ClientConnection) -> None:
+        self.websocket = websocket
+        self.events: list[dict[str, Any]] = []
+
+    async def send(self, event: dict[str, Any], *, conforming: bool = True) -> None:
+        """Send `event`; `conforming=False` for the deliberately invalid ones."""
+        if conforming:
+            assert_valid_client_event(event)
+        await self.websocket.send(json.dumps(event))
+
+    async def receive(self) -> dict[str, Any]:
+        async with asyncio.timeout(10):
+            event: dict[str, Any] = json.loads(await self.websocket.recv())
+        assert_valid_server_event(event)
+        assert event["event_id"].startswith("event_")
+        self.events.append(event)
+        return event
+
+    async def until(self, event_type: str) -> list[dict[str, Any]]:
+        """Every event up to and including the next one of `event_type`."""
+        received = [await self.receive()]
+        while received[-1]["type"] != event_type:
+            received.append(await self.receive())
+        return received
+
+    async def configure(self, session: dict[str, Any] | None = None) -> dict[str, Any]:
+        await self.send({"type": "session.update", "event_id": "evt_configure", "session": session or GA_SESSION})
+        (updated,) = [event for event in await self.until("session.updated") if event["type"] == "session.updated"]
+        return updated
+
+    async def append(self, pcm: bytes, chunk_bytes: int = 4800) -> None:
+        for start in range(0, len(pcm), chunk_bytes):
+            audio = base64.b64encode(pcm[start : start + chunk_bytes]).decode()
+            await self.send({"type": "input_audio_buffer.append", "audio": audio})
+
+
+@asynccontextmanager
+async def realtime_client(
+    simulator: RealtimeSimulator, headers: dict[str, str] | None = None
+) -> AsyncIterator[RealtimeTestClient]:
+    """A connected client whose session.created has been read (and checked)."""
+    async with connect(
+        f"{simulator.url}?model={MODEL}",
+        additional_headers=headers or {"Authorization": f"Bearer {API_KEY}"},
+        max_size=None,
+    ) as websocket:
+        client = RealtimeTestClient(websocket)
+        created = await client.receive()
+        assert created["type"] == "session.created"
+        yield client
+
+
+@asynccontextmanager
+async def running(behaviour: SimulatorBehaviour, **options: Any) -> AsyncIterator[RealtimeSimulator]:
+    async with RealtimeSimulator(behaviour, **options) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[RealtimeSimulator]:
+    """A healthy simulator that streams audio as fast as it can."""
+    async with running(SimulatorBehaviour(audio_pace=0)) as started:
+        yield started
+
+
+def speech(text: str = "Hello, I am fine, thank you very much.") -> bytes:
+    """Speech-like PCM16 for the student's microphone: loud enough for the VAD."""
+    return b"".join(Utterance(text).chunks())
+
+
+def silence(ms: int) -> bytes:
+    return bytes(ms * SAMPLE_RATE // 1000 * 2)
+
+
+def collapsed_types(events: list[dict[str, Any]]) -> list[str]:
+    """Event types with the run of interleaved audio/transcript deltas folded into one entry."""
+    types: list[str] = []
+    for event in events:
+        kind = "response.output_audio.delta" if event["type"] in DELTAS else event["type"]
+        if not types or types[-1] != kind or kind not in DELTAS:
+            types.append(kind)
+    return types
+
+
+def audio_of(events: list[dict[str, Any]]) -> np.ndarray:
+    pcm = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+
+
+def of_type(events: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
+    return [event for event in events if event["type"] == event_type]
+
+
+# --- connecting --------------------------------------------------------------------------------
+
+
+async def test_session_created_is_a_full_default_ga_session(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator) as client:
+        connection = await simulator.next_connection()
+        (created,) = client.events
+        session = created["session"]
+        assert session["type"] == "realtime"
+        assert session["id"].startswith("sess_")
+        assert session["model"] == MODEL
+        assert session["output_modalities"] == ["audio"]
+        assert session["audio"]["output"]["voice"] == "alloy"
+        assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+        assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        assert "student" not in session["instructions"]
+        assert time.time() + 3500 < session["expires_at"] <= time.time() + 3600
+        assert connection.request_headers["Authorization"] == f"Bearer {API_KEY}"
+        assert connection.sent == [created]
+
+
+async def test_api_key_header_is_accepted_like_azure(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator, headers={"api-key": API_KEY}) as client:
+        assert client.events[0]["type"] == "session.created"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer "}, {"Authorization": "Basic abc"}])
+async def test_missing_credentials_are_refused_with_401(simulator: RealtimeSimulator, headers: dict[str, str]) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(f"{simulator.url}?model={MODEL}", additional_headers=headers)
+    assert refused.value.response.status_code == 401
+    assert json.loads(refused.value.response.body)["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(("status", "error_type"), [(401, "invalid_request_error"), (403, "invalid_request_error"),
+                                                    (429, "insufficient_quota"), (500, "server_error")])
+async def test_refuse_handshake_answers_the_status_with_an_openai_error_body(status: int, error_type: str) -> None:
+    async with running(SimulatorBehaviour(refuse_handshake=status)) as simulator:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"{simulator.url}?model={MODEL}", additional_headers={"Authorization": f"Bearer {API_KEY}"})
+        response = refused.value.response
+        assert response.status_code == status
+        assert response.headers["Content-Type"] == "application/json"
+        error = json.loads(response.body)["error"]
+        assert error["type"] == error_type
+        assert error["message"]
+        assert "code" in error
+        assert simulator.connections == []
+
+
+async def test_beta_header_gets_beta_api_shape_disabled_and_close_4000(simulator: RealtimeSimulator) -> None:
+    async with connect(
+        f"{simulator.url}?model={MODEL}",
+        additional_headers={"Authorization": f"Bearer {API_KEY}", "OpenAI-Beta": "realtime=v1"},
+    ) as websocket:
+        client = RealtimeTestClient(websocket)
+        error = await client.receive()
+        assert error["type"] == "error"
+        assert error["error"]["code"] == "beta_api_shape_disabled"
+        with pytest.raises(ConnectionClosed):
+            await client.receive()
+        assert websocket.close_code == 4000
+
+
+async def test_next_connection_hands_out_each_connection_once_in_order(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator), realtime_client(simulator):
+        first, second = await simulator.next_connection(), await simulator.next_connection()
+        assert (first.number, second.number) == (1, 2)
+        assert simulator.connections == [first, second]
+    await first.wait_closed()
+    await second.wait_closed()
+    assert first.closed
+    with pytest.raises(TimeoutError):
+        await simulator.next_connection(timeout=0.05)
+
+
+# --- session.update ----------------------------------------------------------------------------
+
+
+async def test_session_update_answers_the_whole_effective_session(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator) as client:
+        updated = (await client.configure())["session"]
+        assert updated["instructions"] == PROMPT
+        assert updated["audio"]["output"]["voice"] == "marin"
+        assert updated["audio"]["input"]["transcription"] == {"model": "gpt-transcribe", "language": "en"}
+        assert updated["id"] == client.events[0]["session"]["id"]
+        # Only the fields sent change.
+        await client.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Be brief."}})
+        again = (await client.until("session.updated"))[-1]["session"]
+        assert again["instructions"] == "Be brief."
+        assert again["audio"] == updated["audio"]
+
+
+@pytest.mark.parametrize(("field", "value"), BETA_FIELDS)
+async def test_beta_session_field_is_refused_and_leaves_the_session_unchanged(
+    simulator: RealtimeSimulator, field: str, value: object
+) -> None:
+    async with realtime_client(simulator) as client:
+        connection = await simulator.next_connection()
+        before = json.loads(json.dumps(connection.session))
+        beta = {"type": "session.update", "event_id": "evt_beta_1",
+                "session": {"type": "realtime", "instructions": PROMPT, field: value}}
+        with pytest.raises(AssertionError, match=f"session.{field}"):
+            assert_valid_client_event(beta)  # the oracle catches it too
+        await client.send(beta, conforming=False)
+        error = await client.receive()
+        assert error["type"] == "error"
+        assert error["error"]["message"] == f"Unknown parameter: 'session.{field}'."
+        assert error["error"]["param"] == f"session.{field}"
+        assert error["error"]["event_id"] == "evt_beta_1"
+        assert connection.session == before
+        # A response now runs with the default instructions: the silent way to lose the tutor.
+        await client.send({"type": "response.create"})
+        done = (await client.until("response.done"))[-1]
+        assert "Ana" not in done["response"]["output"][0]["content"][0]["transcript"]
+
+
+async def test_top_level_beta_field_on_the_event_is_refused(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator) as client:
+        await client.send({"type": "session.update", "event_id": "evt_top", "modalities": ["audio"],
+                           "session": {"type": "realtime"}}, conforming=False)
+        error = await client.receive()
+        assert error["error"]["param"] == "modalities"
+        assert error["error"]["event_id"] == "evt_top"
+
+
+@pytest.mark.parametrize(
+    ("session", "code", "param"),
+    [
+        ({"instructions": PROMPT}, "missing_required_parameter", "session.type"),
+        ({"type": "realtime", "output_modalities": ["audio", "text"]}, "invalid_value", "session.output_modalities"),
+        ({"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+         "invalid_value", "session.audio.input.format.rate"),
+        ({"type": "realtime", "audio": {"output": {"voice": "nova"}}}, "invalid_value", "session.audio.output.voice"),
+        ({"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "eagerness": "low"}}}},
+         "unknown_parameter", "session.audio.input.turn_detection.eagerness"),
+    ],
+)
+async def test_invalid_session_update_is_refused_with_the_offending_param(
+    simulator: RealtimeSimulator, session: dict[str, Any], code: str, param: str
+) -> None:
+    async with realtime_client(simulator) as client:
+        await client.send({"type": "session.update", "event_id": "evt_bad", "session": session}, conforming=False)
+        error = await client.receive()
+        assert (error["type"], error["error"]["code"], error["error"]["param"]) == ("error", code, param)
+        assert error["error"]["event_id"] == "evt_bad"
+
+
+async def test_voice_cannot_change_once_audio_was_produced(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator) as client:
+        await client.configure()
+        await client.send({"type": "response.create"})
+        await client.until("response.done")
+        await client.send({"type": "session.update", "event_id": "evt_voice",
+                           "session": {"type": "realtime", "audio": {"output": {"voice": "cedar"}}}})
+        error = await client.receive()
+        assert error["error"]["code"] == "cannot_update_voice"
+
+
+async def test_unknown_client_event_type_is_refused_with_its_event_id(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator) as client:
+        await client.send({"type": "response.audio.delta", "event_id": "evt_x"}, conforming=False)
+        error = await client.receive()
+        assert error["error"]["type"] == "invalid_request_error"
+        assert error["error"]["code"] == "invalid_value"
+        assert error["error"]["param"] == "type"
+        assert error["error"]["event_id"] == "evt_x"
+        await client.websocket.send("not json")
+        assert (await client.receive())["error"]["code"] == "invalid_json"
+
+
+# --- the greeting ------------------------------------------------------------------------------
+
+
+async def test_greeting_follows_the_ga_sequence_and_names_the_student() -> None:
+    async with running(SimulatorBehaviour()) as simulator, realtime_client(simulator) as client:  # paced, 4x
+        await client.configure()
+        await client.send({"type": "response.create", "event_id": "evt_greet"})
+        events = await client.until("response.done")
+        assert collapsed_types(events) == GREETING_ORDER
+
+        created, done = events[0], events[-1]
+        assert created["response"]["status"] == "in_progress"
+        assert created["response"]["output"] == []
+        response_id = created["response"]["id"]
+        assert response_id.startswith("resp_")
+        item_id = of_type(events, "response.output_item.added")[0]["item"]["id"]
+        for event in events:
+            if "response_id" in event:
+                assert event["response_id"] == response_id
+            if "item_id" in event:
+                assert event["item_id"] == item_id
+        assert of_type(events, "response.content_part.added")[0]["part"]["type"] == "audio"
+
+        # Audio and transcript deltas are interleaved, not one block after the other.
+        kinds = [event["type"] for event in events if event["type"] in DELTAS]
+        first_audio = kinds.index("response.output_audio.delta")
+        last_audio = len(kinds) - 1 - kinds[::-1].index("response.output_audio.delta")
+        assert "response.output_audio_transcript.delta" in kinds[first_audio:last_audio]
+        assert kinds.count("response.output_audio_transcript.delta") > 5
+
+        transcript = of_type(events, "response.output_audio_transcript.done")[0]["transcript"]
+        deltas = "".join(e["delta"] for e in of_type(events, "response.output_audio_transcript.delta"))
+        assert deltas == transcript
+        assert "Ana" in transcript
+        assert "English tutor" in transcript
+
+        response = done["response"]
+        assert response["status"] == "completed"
+        assert response["status_details"]["type"] == "completed"
+        (item,) = response["output"]
+        assert item["id"] == item_id
+        assert item["status"] == "completed"
+        assert item["content"] == [{"type": "output_audio", "transcript": transcript}]
+        usage = response["usage"]
+        assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
+        assert usage["output_token_details"]["audio_tokens"] > 0
+        assert usage["output_token_details"]["text_tokens"] > 0
+
+
+async def test_greeting_audio_is_voice_like(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator) as client:
+        await client.configure()
+        await client.send({"type": "response.create"})
+        events = await client.until("response.done")
+    deltas = of_type(events, "response.output_audio.delta")
+    assert len(base64.b64decode(deltas[0]["delta"])) == 4800  # 100 ms chunks
+    samples = audio_of(events)
+    assert len(samples) / SAMPLE_RATE > 2.0
+
+    frames = samples[: len(samples) // 2400 * 2400].reshape(-1, 2400)  # 100 ms frames
+    rms = np.sqrt((frames**2).mean(axis=1))
+    assert rms.max() > 1000, "not silence"
+    assert rms.min() < rms.max() / 10, "energy must dip between words"
+    assert rms.std() / rms.mean() > 0.3, "energy must vary over time"
+
+    voiced = frames[rms > rms.max() / 4]
+    window = np.hanning(2400)
+    dominant = [float(np.argmax(np.abs(np.fft.rfft(frame * window)))) * 10 for frame in voiced]  # 10 Hz bins
+    assert len(set(dominant)) >= 4, f"the dominant frequency must move: {sorted(set(dominant))}"
+    assert 100 <= float(np.median(dominant)) <= 1200
+
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples)))) ** 2
+    assert spectrum.max() / spectrum.sum() < 0.2, "a pure tone puts nearly all energy in one bin"
+
+
+def test_speech_is_deterministic_for_a_text() -> None:
+    first, second = Utterance("Hello Ana!"), Utterance("Hello Ana!")
+    assert b"".join(first.chunks()) == b"".join(second.chunks())
+    assert "".join(word.text for word in first.words) == "Hello Ana!"
+
+
+def test_tutor_facts_come_from_the_prompt_lines() -> None:
+    assert tutor_facts(PROMPT) == ("Ana", "A1", "English")
+    assert tutor_facts("The student's name is J. R. Smith.\nThe student's CEFR level is B2.\n")[:2] == (
+        "J. R. Smith", "B2",
+    )
+    assert tutor_facts("no lines here") == (None, "A1", "English")
+
+
+async def test_greeting_without_a_name_in_the_prompt_is_generic(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator) as client:
+        await client.send({"type": "response.create"})
+        transcript = of_type(await client.until("response.done"), "response.output_audio_transcript.done")
+        assert transcript[0]["transcript"] == "Hello! I am your English tutor. How are you today?"
+
+
+async def test_response_instructions_and_text_only_session_give_text_and_no_audio(
+    simulator: RealtimeSimulator,
+) -> None:
+    async with realtime_client(simulator) as client:
+        await client.configure({**GA_SESSION, "output_modalities": ["text"]})
+        await client.send({"type": "response.create", "response": {"instructions": PROMPT}})
+        events = await client.until("response.done")
+        types = {event["type"] for event in events}
+        assert not types & {"response.output_audio.delta", "response.output_audio_transcript.delta"}
+        assert of_type(events, "response.content_part.added")[0]["part"]["type"] == "text"
+        text = of_type(events, "response.output_text.done")[0]["text"]
+        assert "Ana" in text
+        assert "".join(e["delta"] for e in of_type(events, "response.output_text.delta")) == text
+        assert events[-1]["response"]["output"][0]["content"] == [{"type": "output_text", "text": text}]
+
+
+async def test_second_response_create_while_one_is_active_is_refused() -> None:
+    async with running(SimulatorBehaviour(audio_pace=1)) as simulator, realtime_client(simulator) as client:
+        await client.configure()
+        await client.send({"type": "response.create", "event_id": "evt_first"})
+        await client.until("response.output_audio.delta")
+        await client.send({"type": "response.create", "event_id": "evt_second"})
+        errors = of_type(await client.until("error"), "error")
+        assert errors[0]["error"]["code"] == "conversation_already_has_active_response"
+        assert errors[0]["error"]["event_id"] == "evt_second"
+        await client.send({"type": "response.cancel"})
+        await client.until("response.done")
+
+
+# --- cancel, barge-in, truncate -----------------------------------------------------------------
+
+
+async def test_response_cancel_ends_the_response_as_client_cancelled() -> None:
+    async with running(SimulatorBehaviour(audio_pace=1)) as simulator, realtime_client(simulator) as client:
+        await client.configure()
+        await client.send({"type": "response.create"})
+        await client.until("response.output_audio.delta")
+        await client.send({"type": "response.cancel", "event_id": "evt_cancel"})
+        events = await client.until("response.done")
+        response = events[-1]["response"]
+        assert response["status"] == "cancelled"
+        assert response["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+        assert response["output"][0]["status"] == "incomplete"
+        await client.send({"type": "response.cancel", "event_id": "evt_cancel_again"})
+        error = await client.receive()
+        assert error["error"]["code"] == "response_cancel_not_active"
+        assert error["error"]["event_id"] == "evt_cancel_again"
+
+
+async def test_barge_in_cancels_the_response_then_truncate_and_student_turn() -> None:
+    async with running(SimulatorBehaviour()) as simulator, realtime_client(simulator) as client:
+        await client.configure()
+        await client.send({"type": "response.create"})
+        greeting = await client.until("response.output_audio.delta")
+        item_id = greeting[-1]["item_id"]
+        heard_ms = len(base64.b64decode(greeting[-1]["delta"])) // 48
+
+        await client.append(speech())
+        events = await client.until("response.done")
+        assert events.index(of_type(events, "input_audio_buffer.speech_started")[0]) < len(events) - 1
+        done = events[-1]["response"]
+        assert done["status"] == "cancelled"
+        assert done["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+
+        received_ms = len(audio_of(client.events)) * 2 // 48
+        await client.send({"type": "conversation.item.truncate", "event_id": "evt_too_far", "item_id": item_id,
+                           "content_index": 0, "audio_end_ms": received_ms + 500})
+        refused = await client.until("error")
+        assert refused[-1]["error"]["event_id"] == "evt_too_far"
+        assert refused[-1]["error"]["param"] == "audio_end_ms"
+        await client.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                           "audio_end_ms": heard_ms})
+        truncated = (await client.until("conversation.item.truncated"))[-1]
+        assert (truncated["item_id"], truncated["audio_end_ms"]) == (item_id, heard_ms)
+
+        # The student stops talking: the turn is committed, transcribed and answered.
+        await client.append(silence(700))
+        turn = await client.until("response.done")
+        types = [event["type"] for event in turn]
+        order = ["input_audio_buffer.speech_stopped", "input_audio_buffer.committed", "conversation.item.added",
+                 "conversation.item.done", "conversation.item.input_audio_transcription.completed",
+                 "response.created", "response.done"]
+        assert [types.index(kind) for kind in order] == sorted(types.index(kind) for kind in order)
+        user_item = of_type(turn, "conversation.item.added")[0]["item"]
+        assert user_item["role"] == "user"
+        assert user_item["content"][0]["type"] == "input_audio"
+        started = of_type(client.events, "input_audio_buffer.speech_started")[0]
+        assert of_type(turn, "input_audio_buffer.committed")[0]["item_id"] == started["item_id"] == user_item["id"]
+        completed = of_type(turn, "conversation.item.input_audio_transcription.completed")[0]
+        assert re.fullmatch(r"\(I said something for \d+\.\d seconds\)", completed["transcript"])
+        reply = turn[-1]["response"]
+        assert reply["status"] == "completed"
+        assert "Ana" in reply["output"][0]["content"][0]["transcript"]
+
+
+async def test_without_interrupt_response_speech_does_not_cancel() -> None:
+    session = json.loads(json.dumps(GA_SESSION))
+    session["audio"]["input"]["turn_detection"].update(interrupt_response=False, create_response=False)
+    async with running(SimulatorBehaviour(audio_pace=1)) as simulator, realtime_client(simulator) as client:
+        await client.configure(session)
+        await client.send({"type": "response.create"})
+        await client.until("response.output_audio.delta")
+        await client.append(speech("Hi"))
+        await client.until("input_audio_buffer.speech_started")
+        await client.send({"type": "response.cancel"})  # only to end the test quickly
+        assert (await client.until("response.done"))[-1]["response"]["status_details"]["reason"] == "client_cancelled"
+
+
+async def test_truncate_of_an_unknown_item_is_refused(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator) as client:
+        await client.send({"type": "conversation.item.truncate", "event_id": "evt_t", "item_id": "item_nope",
+                           "content_index": 0, "audio_end_ms": 10})
+        error = await client.receive()
+        assert error["error"]["param"] == "item_id"
+        assert error["error"]["event_id"] == "evt_t"
+
+
+async def test_truncate_beyond_a_finished_items_audio_is_refused(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator) as client:
+        await client.send({"type": "response.create"})
+        events = await client.until("response.done")
+        item_id = events[-1]["response"]["output"][0]["id"]
+        total_ms = len(audio_of(events)) * 2 // 48
+        await client.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                           "audio_end_ms": total_ms + 1})
+        assert (await client.receive())["error"]["message"].endswith(f"shorter than {total_ms + 1}ms")
+        await client.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                           "audio_end_ms": total_ms})
+        assert (await client.receive())["type"] == "conversation.item.truncated"
+
+
+# --- the input audio buffer ---------------------------------------------------------------------
+
+
+async def test_commit_needs_100_ms_and_manual_commit_adds_a_user_item(simulator: RealtimeSimulator) -> None:
+    session = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+    async with realtime_client(simulator) as client:
+        await client.configure(session)
+        await client.append(silence(50))
+        await client.send({"type": "input_audio_buffer.commit", "event_id": "evt_commit"})
+        error = await client.receive()
+        assert error["error"]["code"] == "input_audio_buffer_commit_empty"
+        assert error["error"]["event_id"] == "evt_commit"
+        await client.append(speech("Yes"))  # no VAD: no speech_started
+        await client.send({"type": "input_audio_buffer.commit"})
+        events = await client.until("conversation.item.done")
+        assert [event["type"] for event in events] == [
+            "input_audio_buffer.committed", "conversation.item.added", "conversation.item.done",
+        ]
+        await client.send({"type": "input_audio_buffer.clear"})
+        assert (await client.receive())["type"] == "input_audio_buffer.cleared"
+        connection = await simulator.next_connection()
+        assert len(connection.input_audio) == len(silence(50)) + len(speech("Yes"))
+
+
+async def test_appended_audio_is_recorded_to_the_record_dir_as_it_arrives(tmp_path: Path) -> None:
+    async with running(SimulatorBehaviour(audio_pace=0), record_dir=tmp_path) as simulator, \
+            realtime_client(simulator) as client:
+        connection = await simulator.next_connection()
+        await client.append(silence(40) + speech("Hi"))
+        await connection.wait_for(lambda received: len(of_type(received, "input_audio_buffer.append")) >= 2)
+        await client.send({"type": "input_audio_buffer.clear"})
+        await client.until("input_audio_buffer.cleared")  # every append before it was handled
+        assert (tmp_path / "connection-1.pcm").read_bytes() == bytes(connection.input_audio)
+        assert connection.record_path == tmp_path / "connection-1.pcm"
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "details"),
+    [
+        (SimulatorBehaviour(response_fault="failed", failed_code="insufficient_quota", audio_pace=0), "failed",
+         {"type": "failed", "error": {"type": "insufficient_quota", "code": "insufficient_quota"}}),
+        (SimulatorBehaviour(response_fault="failed", audio_pace=0), "failed",
+         {"type": "failed", "error": {"type": "server_error", "code": "server_error"}}),
+        (SimulatorBehaviour(response_fault="cancelled", audio_pace=0), "cancelled",
+         {"type": "cancelled", "reason": "turn_detected"}),
+        (SimulatorBehaviour(response_fault="incomplete", audio_pace=0), "incomplete",
+         {"type": "incomplete", "reason": "content_filter"}),
+    ],
+)
+async def test_faulty_first_response_has_no_audio_and_the_next_one_is_healthy(
+    behaviour: SimulatorBehaviour, status: str, details: dict[str, Any]
+) -> None:
+    async with running(behaviour) as simulator, realtime_client(simulator) as client:
+        await client.configure()
+        await client.send({"type": "response.create"})
+        events = await client.until("response.done")
+        assert [event["type"] for event in events] == ["response.created", "rate_limits.updated", "response.done"]
+        response = events[-1]["response"]
+        assert response["status"] == status
+        assert response["output"] == []
+        actual = response["status_details"]
+        if "error" in details:
+            assert actual["error"]["message"]
+            actual = {**actual, "error": {k: v for k, v in actual["error"].items() if k != "message"}}
+        assert actual == details
+        if status == "failed":
+            assert response["usage"]["total_tokens"] == 0
+            assert response["usage"]["input_token_details"]["audio_tokens"] == 0
+        await client.send({"type": "response.create"})
+        assert (await client.until("response.done"))[-1]["response"]["status"] == "completed"
+
+
+async def test_empty_fault_completes_without_audio_or_transcript() -> None:
+    async with running(SimulatorBehaviour(response_fault="empty", fault_times=None, audio_pace=0)) as simulator, \
+            realtime_client(simulator) as client:
+        for _ in range(2):
+            await client.send({"type": "response.create"})
+            events = await client.until("response.done")
+            assert not {event["type"] for event in events} & (DELTAS | {"response.content_part.added"})
+            response = events[-1]["response"]
+            assert response["status"] == "completed"
+            assert response["output"][0]["content"] == []
+
+
+async def test_cut_after_deltas_closes_1011_mid_greeting() -> None:
+    async with running(SimulatorBehaviour(cut_after_deltas=3, audio_pace=0)) as simulator, \
+            realtime_client(simulator) as client:
+        await client.send({"type": "response.create"})
+        with pytest.raises(ConnectionClosed):
+            await client.until("response.done")
+        assert client.websocket.close_code == 1011
+        assert len(of_type(client.events, "response.output_audio.delta")) == 3
+        connection = await simulator.next_connection()
+        await connection.wait_closed()
+
+
+async def test_never_update_and_never_create_stay_silent() -> None:
+    async with running(SimulatorBehaviour(never_update=True, never_create=True)) as simulator, \
+            realtime_client(simulator) as client:
+        await client.send({"type": "session.update", "session": GA_SESSION})
+        await client.send({"type": "response.create"})
+        # Events are handled in order: the next answer is to the clear, so the others got none.
+        await client.send({"type": "input_audio_buffer.clear"})
+        assert (await client.receive())["type"] == "input_audio_buffer.cleared"
+        connection = await simulator.next_connection()
+        assert [event["type"] for event in connection.sent] == ["session.created", "input_audio_buffer.cleared"]
+        assert [event["type"] for event in connection.received][:2] == ["session.update", "response.create"]
+
+
+async def test_event_delay_keeps_the_order() -> None:
+    async with running(SimulatorBehaviour(event_delay_ms=1, audio_pace=0)) as slow, realtime_client(slow) as client:
+        await client.configure()
+        await client.send({"type": "response.create"})
+        assert collapsed_types(await client.until("response.done")) == GREETING_ORDER
+
+
+# --- the standalone command and the SDK's own client ---------------------------------------------
+
+
+async def test_standalone_command_serves_and_records(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app.simulator", "--port", "0", "--record-dir", str(tmp_path),
+        "--fault", "failed", "--fault-times", "always", "--failed-code", "insufficient_quota", "--audio-pace", "0",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        url = None
+        async with asyncio.timeout(30):
+            while url is None:
+                line = (await process.stdout.readline()).decode()
+                assert line, "the simulator exited before printing its URL"
+                found = re.search(r"listening on (ws://\S+/v1/realtime)", line)
+                url = found.group(1) if found else None
+        async with connect(f"{url}?model={MODEL}", additional_headers={"Authorization": f"Bearer {API_KEY}"},
+                           max_size=None) as websocket:
+            client = RealtimeTestClient(websocket)
+            assert (await client.receive())["type"] == "session.created"
+            await client.append(silence(100))
+            await client.send({"type": "response.create"})
+            done = (await client.until("response.done"))[-1]
+            assert done["response"]["status_details"]["error"]["code"] == "insufficient_quota"
+        assert (tmp_path / "connection-1.pcm").read_bytes() == silence(100)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await process.wait() == 0
+
+
+async def test_the_sdk_client_talks_to_the_simulator(simulator: RealtimeSimulator) -> None:
+    client = AsyncOpenAI(api_key=API_KEY, websocket_base_url=simulator.url.removesuffix("/realtime"))
+    async with client.realtime.connect(model=MODEL) as connection:
+        await connection.session.update(session=GA_SESSION)  # type: ignore[arg-type]
+        await connection.response.create()
+        types = []
+        async for event in connection:
+            types.append(event.type)
+            if event.type == "response.done":
+                assert event.response.status == "completed"
+                break
+    assert types[:2] == ["session.created", "session.updated"]
+    assert "response.output_audio.delta" in types
+
+
+# --- the oracle itself --------------------------------------------------------------------------
+
+
+def test_oracle_accepts_ga_events_and_allowed_extras() -> None:
+    assert_valid_client_event({"type": "session.update", "event_id": "e", "session": GA_SESSION})
+    assert_valid_server_event({"type": "response.output_audio_transcript.delta", "event_id": "event_1",
+                               "response_id": "resp_1", "item_id": "item_1", "output_index": 0,
+                               "content_index": 0, "delta": "Hi", "obfuscation": "abc"})
+
+
+@pytest.mark.parametrize(
+    ("check", "event", "message"),
+    [
+        (assert_valid_client_event,
+         {"type": "session.update", "session": {"type": "realtime", "modalities": ["audio"]}}, "session.modalities"),
+        (assert_valid_client_event,
+         {"type": "session.update", "modalities": ["audio"], "session": {"type": "realtime"}}, "modalities"),
+        (assert_valid_client_event, {"type": "response.create", "response": {"voice": "alloy"}}, "response.voice"),
+        (assert_valid_client_event, {"type": "session.create"}, "not a valid GA client event"),
+        (assert_valid_server_event, {"type": "response.audio.delta", "event_id": "e", "response_id": "r",
+                                     "item_id": "i", "output_index": 0, "content_index": 0, "delta": ""},
+         "not a valid GA server event"),
+        (assert_valid_server_event, {"type": "conversation.item.input_audio_transcription.completed",
+                                     "event_id": "e", "item_id": "i", "content_index": 0, "transcript": "x"},
+         "usage"),
+        (assert_valid_server_event, {"type": "response.output_audio.delta", "event_id": "e", "response_id": "r",
+                                     "item_id": "i", "output_index": 0, "content_index": 0, "delta": "",
+                                     "obfuscation": "x"}, "obfuscation"),
+        (assert_valid_server_event, {"type": "session.created", "event_id": "e",
+                                     "session": {"type": "realtime", "voice": "alloy"}}, "session.voice"),
+        (assert_valid_server_event, {"type": "session.created", "event_id": "e",
+                                     "session": {"type": "realtime", "object": "realtime.sesion", "id": "s"}},
+         "session resource fields"),
+    ],
+)
+def test_oracle_rejects_beta_shapes_unknown_fields_and_wrong_types(
+    check: Callable[[dict[str, Any]], object], event: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        check(event)
+
+
+def test_the_oracle_also_imports_as_tests_sdk_oracle_from_the_repository_root() -> None:
+    # Under pytest, tests/ is on sys.path (`from sdk_oracle import ...`); scripts run from the root
+    # (and `python -m pytest`) have the root on sys.path instead.
+    probe = "from tests.sdk_oracle import assert_valid_client_event as check; check({'type': 'response.create'})"
+    assert subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=False).returncode == 0

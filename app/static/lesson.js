@@ -10,13 +10,17 @@
 //     framesSent, bytesSent, frameBytes, captureDropped   microphone frames sent upstream
 //     played,           {item_id: 24 kHz samples the playback worklet rendered}
 //     durations,        {item_id: duration_ms from audio.done}
-//     startLatencyMs,   {item_id: context time from the item's first binary frame to its first
-//                        rendered sample}; outputLatencyMs: the context's own output latency
+//     startLatencyMs,   {item_id: ms from the item's first binary frame arriving to its first
+//                        sample reaching the output, per AudioContext.getOutputTimestamp()}
+//     outputLatencyMs,  the context's own base + output latency
 //     underruns,        playback underruns (the jitter buffer ran dry mid-item)
 //     errors,           [{code, message, fatal}] error frames received
 //   }
-// window.lessonTestConfig = {sampleRate} (set before Start) creates the AudioContext at that rate,
-// so a test can stand in for a 48 kHz or a 44.1 kHz device; without it the device's rate is used.
+// window.lessonTestConfig, set before Start, is for tests and measurements only:
+//   sampleRate   create the AudioContext at this rate (stand in for a 48 kHz or 44.1 kHz device);
+//                without it the device's native rate is used
+//   processing   false turns off echo cancellation, noise suppression and auto gain, so a
+//                measurement sees the capture worklet's filter alone
 "use strict";
 
 const SOURCE_RATE = 24000;
@@ -177,9 +181,10 @@ class Lesson {
 
   async setUp(resumed) {
     const context = this.context;
+    const processing = window.lessonTestConfig?.processing ?? true;
     const [stream] = await Promise.all([
       navigator.mediaDevices.getUserMedia({
-        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+        audio: { channelCount: 1, echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing },
       }),
       context.audioWorklet.addModule("/static/audio/capture-processor.js"),
       context.audioWorklet.addModule("/static/audio/playback-processor.js"),
@@ -268,14 +273,19 @@ class Lesson {
   onAudio(buffer) {
     const item = this.currentItem;
     if (item === null || this.interrupted.has(item) || this.playback === null) return;
-    if (!this.firstFrameTime.has(item)) this.firstFrameTime.set(item, this.context.currentTime);
+    if (!this.firstFrameTime.has(item)) this.firstFrameTime.set(item, performance.now());
     this.playback.port.postMessage({ type: "samples", buffer }, [buffer]);
   }
 
   onPlaybackMessage(message) {
     if (message.type === "started") {
       const arrived = this.firstFrameTime.get(message.item_id);
-      if (arrived !== undefined) debug.startLatencyMs[message.item_id] = (message.time - arrived) * 1000;
+      if (arrived !== undefined && this.context) {
+        // Map the worklet's context time of the first sample onto the page clock at the output.
+        const stamp = this.context.getOutputTimestamp();
+        const audible = stamp.performanceTime + (message.time - stamp.contextTime) * 1000;
+        debug.startLatencyMs[message.item_id] = audible - arrived;
+      }
     } else if (message.type === "played") {
       debug.played[message.item_id] = message.samples;
       debug.underruns = message.underruns;

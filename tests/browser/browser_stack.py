@@ -177,13 +177,14 @@ class LessonPage:
     console_errors: list[str] = field(default_factory=list)
 
     @classmethod
-    def open(cls, browser: Browser, url: str, *, context_rate: int | None = None) -> LessonPage:
+    def open(cls, browser: Browser, url: str, *, context_rate: int | None = None,
+             processing: bool = True) -> LessonPage:
         page = browser.new_page()
         lesson_page = cls(page)
         page.on("console", lesson_page._on_console)
         page.on("pageerror", lambda error: lesson_page.console_errors.append(f"pageerror: {error}"))
-        if context_rate is not None:
-            page.add_init_script(f"window.lessonTestConfig = {{sampleRate: {context_rate}}};")
+        config = {"sampleRate": context_rate, "processing": processing}
+        page.add_init_script(f"window.lessonTestConfig = {json.dumps(config)};")
         page.goto(url)
         return lesson_page
 

@@ -41,6 +41,7 @@ const STATUS_TEXT = {
 // What a close code means to a student, when no error frame said it better.
 const CLOSE_MESSAGES = {
   1001: "The lesson server is restarting. Please start the lesson again.",
+  1012: "The lesson server is restarting. Please start the lesson again.",
   1008: "This lesson could not start: please check your name and level, or ask for a new lesson link.",
   1009: "Something went wrong with the sound data. Please start the lesson again.",
   1011: "The lesson stopped because of a problem on our side. Please try again.",

@@ -79,6 +79,7 @@ class Stack:
     url: str
     record_dir: Path
     logs: tuple[Path, ...]
+    app: subprocess.Popen[bytes]
 
     def recordings(self) -> set[Path]:
         return set(self.record_dir.glob("connection-*.pcm"))
@@ -134,7 +135,7 @@ def run_stack(workdir: Path, *simulator_args: str) -> Iterator[Stack]:
         processes.append(app)
         url = f"http://127.0.0.1:{app_port}"
         wait_for(lambda: _check_alive(app, app_log) or http_json(f"{url}/healthz"), timeout=30, what="/healthz")
-        yield Stack(url=url, record_dir=record_dir, logs=(simulator_log, app_log))
+        yield Stack(url=url, record_dir=record_dir, logs=(simulator_log, app_log), app=app)
     finally:
         for process in reversed(processes):
             process.terminate()

@@ -85,3 +85,21 @@ def test_upstream_refusal_shows_error(open_page: OpenPage, tmp_path_factory: pyt
         expect(alert.get_by_role("button", name="Try again")).to_be_visible()
         lesson.wait_debug("d.socket === 'closed'")
         assert lesson.debug("errors")[-1]["fatal"] is True
+
+
+def test_dropped_connection_offers_to_reconnect(
+    open_page: OpenPage, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with run_stack(tmp_path_factory.mktemp("dropping")) as dropping:
+        lesson = open_page(dropping.url)
+        lesson.start("Ana")
+        lesson.wait_greeting_played()
+
+        dropping.app.kill()  # no goodbye: the socket just drops
+
+        alert = lesson.page.get_by_role("alert")
+        expect(alert).to_be_visible(timeout=15_000)
+        expect(alert).to_contain_text("connection to your tutor was lost")
+        expect(alert.get_by_role("button", name="Try again")).to_be_visible()
+        expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
+        assert lesson.debug("socket") == "closed"

@@ -34,6 +34,10 @@ from bench.scenarios import (
 )
 
 RELAY_APPS: Final = {Target.RELAY: "app.main:app", Target.NAIVE: "bench.naive_relay:app"}
+# The uvicorn settings `python -m app` (the deployed command) gives the relay, as CLI flags.
+RELAY_UVICORN_ARGUMENTS: Final = ("--ws-per-message-deflate", "false", "--ws-max-size", "65536")
+# A naive relay is started the naive way: uvicorn's defaults (permessage-deflate on when offered).
+NAIVE_UVICORN_ARGUMENTS: Final = ()
 LESSON_PATH: Final = "/ws/lesson?name=Bench&level=A1"
 DEFAULT_STEPS: Final = "25,50,100,150,200,300,400,500,600,800"
 
@@ -85,19 +89,40 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra uvicorn argument for both relays, repeatable (e.g. --uvicorn-arg=--ws-per-message-deflate=false)",
     )
     parser.add_argument(
+        "--naive-server",
+        choices=("defaults", "relay"),
+        default="defaults",
+        help="uvicorn flags for the naive relay: uvicorn's defaults, or the relay's (code-only comparison)",
+    )
+    parser.add_argument(
         "--pin-relay-cpu",
         type=int,
         default=None,
         metavar="CPU",
         help="pin the relay to this CPU and the load generator and echo upstream to the others",
     )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="before each load run wait up to this long for other processes to use < 0.25 core (60; 0 = never)",
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "bench" / "results")
     arguments = parser.parse_args(argv)
     if arguments.quick:
         arguments.lessons, arguments.seconds, arguments.greetings, arguments.sweep = 20, 5.0, 5, False
+        arguments.wait_quiet = min(arguments.wait_quiet, 5.0)
     arguments.targets = [Target(name.strip()) for name in arguments.targets.split(",") if name.strip()]
     arguments.steps = [int(step) for step in arguments.steps.split(",")]
     return arguments
+
+
+def uvicorn_arguments(target: Target, arguments: argparse.Namespace) -> tuple[str, ...]:
+    own = RELAY_UVICORN_ARGUMENTS
+    if target is Target.NAIVE and arguments.naive_server == "defaults":
+        own = NAIVE_UVICORN_ARGUMENTS
+    return (*own, *arguments.uvicorn_arg)
 
 
 @contextlib.contextmanager
@@ -113,7 +138,7 @@ def target_endpoint(
         RELAY_APPS[target],
         environment=relay_environment(upstream.port),
         log_directory=arguments.results_dir / "logs",
-        uvicorn_arguments=tuple(arguments.uvicorn_arg),
+        uvicorn_arguments=uvicorn_arguments(target, arguments),
     )
     try:
         if arguments.pin_relay_cpu is not None:
@@ -136,6 +161,7 @@ async def run_bench(arguments: argparse.Namespace) -> dict[str, Any]:
     harness = Harness(
         upstream_probe=upstream.probe,
         compression=None if arguments.compression == "none" else arguments.compression,
+        quiet_wait_seconds=arguments.wait_quiet,
     )
     loads: list[LoadReport] = []
     first_audio: list[FirstAudioReport] = []

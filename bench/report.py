@@ -18,6 +18,8 @@ import orjson
 from bench.processes import REPO_ROOT
 from bench.scenarios import CrossingReport, FirstAudioReport, LoadReport, Target
 
+NOISY_OTHER_CPU = 0.3  # cores used by other processes while streaming that make a run suspect
+
 
 def machine() -> dict[str, Any]:
     """What the numbers came from."""
@@ -65,7 +67,8 @@ def _table(header: Sequence[str], rows: list[list[str]]) -> str:
 def load_table(reports: list[LoadReport]) -> str:
     header = [
         "target", "lessons", "ready", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "sent", "lost",
-        "relay CPU", "CPU/lesson", "KiB/idle", "KiB/stream", "upstr CPU", "gen CPU", "other CPU", "gen lag p99",
+        "relay CPU", "CPU/lesson", "us/frame", "KiB/idle", "KiB/stream",
+        "upstr CPU", "gen CPU", "other CPU", "gen lag p99",
     ]  # fmt: skip
     rows = [
         [
@@ -80,6 +83,7 @@ def load_table(reports: list[LoadReport]) -> str:
             str(report.frames_lost),
             _number(report.relay_cpu_streaming, ".0%"),
             _number(report.relay_cpu_per_streaming_lesson, ".2%"),
+            _number(report.relay_cpu_us_per_frame, ".0f"),
             _number(report.relay_kib_per_idle_lesson, ".0f"),
             _number(report.relay_kib_per_streaming_lesson, ".0f"),
             _number(report.upstream_cpu_streaming, ".0%"),
@@ -131,6 +135,13 @@ def targets_check(
         return next((item for item in items if item.target is target), None)
 
     lines: list[str] = []
+    noisy = [report for report in loads if (report.other_cpu_streaming or 0.0) > NOISY_OTHER_CPU]
+    if noisy:
+        runs = ", ".join(f"{report.target.value} ({report.other_cpu_streaming:.0%})" for report in noisy)
+        lines.append(
+            f"[WARN] other processes used more than {NOISY_OTHER_CPU:.0%} of a core during: {runs};"
+            " those latencies measure the neighbours too: re-run on a quiet machine"
+        )
     direct, relay = by_target(loads, Target.DIRECT), by_target(loads, Target.RELAY)
     if direct and relay and direct.round_trip_p99_ms and relay.round_trip_p99_ms:
         ratio = relay.round_trip_p99_ms / direct.round_trip_p99_ms

@@ -54,6 +54,24 @@ class Harness:
     compression: str | None  # what the students offer: "deflate" like a browser, or None
     ramp_seconds_per_lesson: float = 0.01
     drain_seconds: float = 2.0
+    # Before each load run, wait up to this long for the machine to be quiet (other users' tests).
+    quiet_wait_seconds: float = 0.0
+    quiet_cpu_limit: float = 0.25  # cores busy with other processes that still count as quiet
+
+
+async def wait_until_quiet(max_wait_seconds: float, *, cpu_limit: float) -> float:
+    """Wait until the machine spent a whole second with at most `cpu_limit` cores busy, or give up.
+
+    Called between runs, when the bench's own processes are idle, so what is busy is someone else.
+    Returns the cores busy in the last second measured.
+    """
+    deadline = time.perf_counter() + max_wait_seconds
+    while True:
+        before = machine_busy_seconds()
+        await asyncio.sleep(1.0)
+        busy = machine_busy_seconds() - before
+        if busy <= cpu_limit or time.perf_counter() >= deadline:
+            return busy
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float | None:
@@ -93,6 +111,7 @@ class LoadReport:
     # Cores busy with anything else on the machine while streaming (other users' tests, browsers…):
     # more than a few percent and the run measured the neighbours too.
     other_cpu_streaming: float | None = None
+    other_cpu_before: float | None = None  # cores busy on the machine just before the run (bench idle)
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -117,6 +136,13 @@ class LoadReport:
         if self.relay_cpu_streaming is None or not self.lessons_ready:
             return None
         return self.relay_cpu_streaming / self.lessons_ready
+
+    @property
+    def relay_cpu_us_per_frame(self) -> float | None:
+        """Relay CPU microseconds per frame round trip (in from the page, up, back, out to the page)."""
+        if self.relay_cpu_streaming is None or not self.frames_sent:
+            return None
+        return self.relay_cpu_streaming * self.seconds / self.frames_sent * 1e6
 
     @property
     def over_limit(self) -> bool:
@@ -169,6 +195,8 @@ async def _until_all_ready(students: list[Student], tasks: list[asyncio.Task[Stu
 async def run_load(endpoint: Endpoint, harness: Harness, *, lessons: int, seconds: float) -> LoadReport:
     """Open `lessons` lessons on `endpoint`, stream for `seconds`, and report what was measured."""
     report = LoadReport(endpoint.target, lessons, seconds)
+    if harness.quiet_wait_seconds > 0:
+        report.other_cpu_before = await wait_until_quiet(harness.quiet_wait_seconds, cpu_limit=harness.quiet_cpu_limit)
     relay = endpoint.relay_probe
     if relay is not None:
         report.relay_rss_before_kib = _kib(relay.sample())

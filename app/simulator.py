@@ -54,7 +54,7 @@ BYTES_PER_MS = SAMPLE_RATE * BYTES_PER_SAMPLE // 1000  # 48 for PCM16 24 kHz mon
 MAX_APPEND_BYTES = 15 * 1024 * 1024
 MIN_COMMIT_MS = 100
 VAD_WINDOW_MS = 20
-SESSION_SECONDS = 3600
+SESSION_SECONDS = 3600  # the real API's maximum session length
 DEFAULT_MODEL = "gpt-realtime-2.1"
 DEFAULT_INSTRUCTIONS = (
     "Your knowledge cutoff is 2023-10. You are a helpful, witty, and friendly AI. Act like a human, "
@@ -161,6 +161,7 @@ class SimulatorBehaviour:
     event_delay_ms: float = 0  # delay before every server event (a slow upstream)
     audio_pace: float = 4.0  # audio sent this many times faster than real time; 0 = as fast as possible
     vad: bool = True  # energy VAD on appended audio, honouring the session's turn_detection
+    session_seconds: float = SESSION_SECONDS  # then error session_expired and close 1000, like the real API
 
     def fault_for(self, response_number: int) -> ResponseFault:
         """The fault of the `response_number`-th response of a connection (counted from 1)."""
@@ -215,7 +216,7 @@ def tutor_text(instructions: str, response_number: int) -> str:
     return reply.format(name=name) if name else reply.replace(", {name}", "")
 
 
-def default_session(model: str) -> JsonObject:
+def default_session(model: str, lifetime_seconds: float = SESSION_SECONDS) -> JsonObject:
     """The session a new connection starts with, as session.created shows it."""
     return {
         "type": "realtime",
@@ -230,7 +231,7 @@ def default_session(model: str) -> JsonObject:
         "tracing": None,
         "truncation": "auto",
         "prompt": None,
-        "expires_at": int(time.time()) + SESSION_SECONDS,
+        "expires_at": int(time.time() + lifetime_seconds),
         "include": None,
         "audio": {
             "input": {
@@ -534,7 +535,7 @@ class SimulatedConnection:
         self.sent: list[JsonObject] = []
         self.input_audio = bytearray()
         self.record_path = record_path
-        self.session: JsonObject = default_session(_model_of(websocket))
+        self.session: JsonObject = default_session(_model_of(websocket), behaviour.session_seconds)
         self._websocket = websocket
         self._behaviour = behaviour
         self._keep_history = keep_history
@@ -593,6 +594,7 @@ class SimulatedConnection:
     async def serve(self) -> None:
         """Run the connection until the client or the simulator closes it."""
         self._log.info("simulator_connection_open", model=self.session["model"])
+        expiry: asyncio.Task[None] | None = None
         try:
             if self.record_path is not None:
                 self._record = self.record_path.open("wb")
@@ -609,16 +611,29 @@ class SimulatedConnection:
                 await self._websocket.close(4000, "beta API shape disabled")
                 return
             await self._send({"type": "session.created", "session": self._session_view()})
+            expiry = asyncio.create_task(self._expire_after(self._behaviour.session_seconds))
             async for message in self._websocket:
                 await self._handle_message(message)
         except ConnectionClosed:
             pass
         finally:
+            if expiry is not None:
+                expiry.cancel()
             await self._abandon_response()
             if self._record is not None:
                 self._record.close()
             self._closed.set()
             self._log.info("simulator_connection_closed", code=self._websocket.close_code)
+
+    async def _expire_after(self, seconds: float) -> None:
+        """A Realtime session lasts at most `expires_at`: then an error, and the socket closes."""
+        await asyncio.sleep(seconds)
+        with contextlib.suppress(ConnectionClosed):
+            await self._send_error(
+                ClientEventError("session_expired", f"Your session hit the maximum duration of {seconds:g} seconds."),
+                client_event_id=None,
+            )
+            await self._websocket.close(1000, "session expired")
 
     async def _abandon_response(self) -> None:
         response = self._response

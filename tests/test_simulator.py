@@ -695,6 +695,53 @@ async def test_event_delay_keeps_the_order() -> None:
         assert collapsed_types(await client.until("response.done")) == GREETING_ORDER
 
 
+async def test_session_expires_with_an_error_and_a_close() -> None:
+    async with running(SimulatorBehaviour(session_seconds=0)) as simulator, realtime_client(simulator) as client:
+        assert client.events[0]["session"]["expires_at"] <= time.time()
+        error = await client.receive()
+        assert error["error"]["code"] == "session_expired"
+        with pytest.raises(ConnectionClosed):
+            await client.receive()
+        assert client.websocket.close_code == 1000
+
+
+async def test_conversation_items_can_be_created_retrieved_and_deleted(simulator: RealtimeSimulator) -> None:
+    async with realtime_client(simulator) as client:
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi there"}]}
+        await client.send({"type": "conversation.item.create", "item": item})
+        added, done = await client.receive(), await client.receive()
+        assert (added["type"], done["type"]) == ("conversation.item.added", "conversation.item.done")
+        item_id = added["item"]["id"]
+        await client.send({"type": "conversation.item.retrieve", "item_id": item_id})
+        assert (await client.receive())["item"]["content"] == item["content"]
+        await client.send({"type": "conversation.item.delete", "item_id": item_id})
+        assert (await client.receive()) | {"event_id": ""} == {
+            "type": "conversation.item.deleted", "item_id": item_id, "event_id": "",
+        }
+        await client.send({"type": "conversation.item.retrieve", "event_id": "evt_gone", "item_id": item_id})
+        assert (await client.receive())["error"]["event_id"] == "evt_gone"
+        await client.send({"type": "output_audio_buffer.clear"})
+        assert (await client.receive())["type"] == "error"  # WebRTC/SIP only
+
+
+async def test_semantic_vad_and_whisper_transcription_report_duration_usage(simulator: RealtimeSimulator) -> None:
+    session = {"type": "realtime", "audio": {"input": {
+        "turn_detection": {"type": "semantic_vad", "eagerness": "high", "create_response": False},
+        "transcription": {"model": "whisper-1"},
+    }}}
+    async with realtime_client(simulator) as client:
+        await client.configure(session)
+        await client.append(speech("Good morning") + silence(600))
+        events = await client.until("conversation.item.input_audio_transcription.completed")
+        assert of_type(events, "input_audio_buffer.speech_stopped")
+        assert events[-1]["usage"]["type"] == "duration"
+        assert events[-1]["usage"]["seconds"] > 0.5
+        connection = await simulator.next_connection()
+        await client.send({"type": "input_audio_buffer.clear"})
+        await client.until("input_audio_buffer.cleared")
+        assert not of_type(connection.sent, "response.created")  # create_response: false
+
+
 # --- the standalone command and the SDK's own client ---------------------------------------------
 
 

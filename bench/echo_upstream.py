@@ -151,6 +151,7 @@ class EchoSession:
         return self._event("session.created", session=self.session)
 
     def _response(self, response_id: str, status: str, output: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        voice_output = self.session["audio"]["output"]
         return {
             "object": "realtime.response",
             "id": response_id,
@@ -160,7 +161,7 @@ class EchoSession:
             "conversation_id": self.conversation_id,
             "output_modalities": self.session["output_modalities"],
             "max_output_tokens": "inf",
-            "audio": {"output": self.session["audio"]["output"]},
+            "audio": {"output": {key: voice_output[key] for key in ("format", "voice") if key in voice_output}},
             "usage": extra.pop("usage", None),
             "metadata": None,
         }

@@ -110,7 +110,13 @@ class Student:
         if self.result.greeting_ms is None:
             self.result.greeting_ms = (received_at - self._connect_started) * 1000
 
-    def _echo_audio_arrived(self, pcm: bytes, received_at: float) -> None:
+    def note_frame_sent(self, sent_at: float) -> int:
+        """Remember when the next frame was sent; returns its sequence number."""
+        self._sent_at.append(sent_at)
+        self._echoed.append(0)
+        return len(self._sent_at) - 1
+
+    def echo_audio_arrived(self, pcm: bytes, received_at: float) -> None:
         """Account for echoed audio; it may arrive split or merged, but always in 960-byte frame order."""
         if self._echo_remainder:
             pcm = self._echo_remainder + pcm
@@ -160,8 +166,7 @@ class Student:
             lag = loop.time() - next_send
             self.result.send_lag_ms.append(max(lag, 0.0) * 1000)
             message = self._encode_frame(marked_frame(self.student_id, seq))
-            self._sent_at.append(time.perf_counter())
-            self._echoed.append(0)
+            self.note_frame_sent(time.perf_counter())
             await ws.send(message)
             self.result.frames_sent += 1
             seq += 1
@@ -251,7 +256,7 @@ class DirectStudent(Student):
                 if event["response_id"] == self._greeting_response_id:
                     self._greeting_audio_arrived(received_at)
                 else:
-                    self._echo_audio_arrived(audio, received_at)
+                    self.echo_audio_arrived(audio, received_at)
             case "session.created":
                 await ws.send(self.SESSION_UPDATE)
             case "session.updated":
@@ -285,7 +290,7 @@ class BrowserStudent(Student):
         if not self.mic_open.is_set():
             self._greeting_audio_arrived(received_at)
             return
-        self._echo_audio_arrived(data, received_at)
+        self.echo_audio_arrived(data, received_at)
         self._item_bytes += len(data)
         played_ms = pcm_duration_ms(self._item_bytes)
         if played_ms - self._reported_ms >= PLAYBACK_REPORT_MS:  # "at least every 100 ms while an item plays"

@@ -1,0 +1,225 @@
+"""The bench's echo upstream and frame markers are correct (what they measure is never asserted here).
+
+The echo upstream must speak the GA Realtime protocol faithfully, or the bench would measure a relay
+against a server it does not meet in production; the markers must identify every echoed frame, or
+round trips and losses would be wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sdk_oracle import assert_valid_client_event, assert_valid_server_event
+from websockets.asyncio.client import connect
+
+# `bench` is not an installed package (only `app` is): import it from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.echo_upstream import GREETING_CHUNKS, GREETING_TRANSCRIPT, EchoSession, bound_port, serve_echo
+from bench.markers import FRAME_BYTES, marked_frame, pcm_duration_ms, read_marker, tone
+from bench.students import DirectStudent, LoadClock
+
+GREETING_SEQUENCE = [
+    "response.created",
+    "rate_limits.updated",
+    "response.output_item.added",
+    "conversation.item.added",
+    "response.content_part.added",
+    *["response.output_audio.delta", "response.output_audio_transcript.delta"] * GREETING_CHUNKS,
+    "response.output_audio.done",
+    "response.output_audio_transcript.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "conversation.item.done",
+    "response.done",
+]
+ECHO_OPENING = [
+    "response.created",
+    "rate_limits.updated",
+    "response.output_item.added",
+    "conversation.item.added",
+    "response.content_part.added",
+]
+
+
+def _events(texts: list[str]) -> list[dict[str, Any]]:
+    events = [orjson.loads(text) for text in texts]
+    for event in events:
+        assert_valid_server_event(event)
+    return events
+
+
+def _client(event: dict[str, Any]) -> str:
+    assert_valid_client_event(event)
+    return orjson.dumps(event).decode()
+
+
+def _append(pcm: bytes) -> str:
+    return _client({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()})
+
+
+def _greeted() -> EchoSession:
+    session = EchoSession()
+    session.handle(_client({"type": "session.update", "session": {"type": "realtime", "instructions": "Tutor."}}))
+    session.handle(_client({"type": "response.create"}))
+    return session
+
+
+def test_marked_frames_carry_student_and_sequence() -> None:
+    frame = marked_frame(7, 123_456)
+    assert len(frame) == FRAME_BYTES == 960
+    assert read_marker(frame) == (7, 123_456)
+    assert read_marker(tone(20)) is None
+    assert read_marker(b"") is None
+    assert pcm_duration_ms(FRAME_BYTES) == 20
+
+
+def test_session_update_is_answered_with_the_whole_effective_session() -> None:
+    session = EchoSession()
+    created = _events([session.created()])[0]
+    assert created["type"] == "session.created"
+    update = {
+        "type": "session.update",
+        "event_id": "evt_1",
+        "session": {"type": "realtime", "instructions": "Be a tutor.", "audio": {"output": {"voice": "marin"}}},
+    }
+    (updated,) = _events(session.handle(_client(update)))
+    assert updated["type"] == "session.updated"
+    assert updated["session"]["instructions"] == "Be a tutor."
+    assert updated["session"]["audio"]["output"]["voice"] == "marin"
+    assert updated["session"]["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+
+
+def test_a_beta_field_name_is_refused_and_leaves_the_session_alone() -> None:
+    session = EchoSession()
+    texts = session.handle(
+        '{"type":"session.update","event_id":"evt_9","session":{"type":"realtime","modalities":["audio"]}}'
+    )
+    (error,) = _events(texts)
+    assert error["type"] == "error"
+    assert error["error"]["code"] == "unknown_parameter"
+    assert error["error"]["event_id"] == "evt_9"
+    assert "modalities" not in session.session
+
+
+def test_the_greeting_is_the_full_ga_sequence_with_audio_and_usage() -> None:
+    session = EchoSession()
+    session.handle(_client({"type": "session.update", "session": {"type": "realtime"}}))
+    events = _events(session.handle(_client({"type": "response.create"})))
+    assert [event["type"] for event in events] == GREETING_SEQUENCE
+    response_ids = {event["response"]["id"] for event in events if "response" in event}
+    response_ids |= {event["response_id"] for event in events if "response_id" in event}
+    assert len(response_ids) == 1
+    audio = b"".join(
+        base64.b64decode(event["delta"]) for event in events if event["type"] == "response.output_audio.delta"
+    )
+    assert pcm_duration_ms(len(audio)) == 500
+    transcript = "".join(
+        event["delta"] for event in events if event["type"] == "response.output_audio_transcript.delta"
+    )
+    assert transcript == GREETING_TRANSCRIPT
+    done = events[-1]["response"]
+    assert done["status"] == "completed"
+    assert done["usage"]["total_tokens"] > 0
+
+
+def test_audio_appended_before_the_greeting_is_not_echoed() -> None:
+    session = EchoSession()
+    assert session.handle(_append(marked_frame(1, 0))) == []
+
+
+def test_each_appended_chunk_comes_back_as_a_delta_of_one_long_lived_response() -> None:
+    session = _greeted()
+    first = _events(session.handle(_append(marked_frame(3, 0))))
+    assert [event["type"] for event in first] == [*ECHO_OPENING, "response.output_audio.delta"]
+    response_id = first[0]["response"]["id"]
+    for seq in range(1, 4):
+        (delta,) = _events(session.handle(_append(marked_frame(3, seq))))
+        assert delta["type"] == "response.output_audio.delta"
+        assert delta["response_id"] == response_id
+        assert delta["item_id"] == first[-1]["item_id"]
+        assert read_marker(base64.b64decode(delta["delta"])) == (3, seq)
+    event_ids = [event["event_id"] for event in first]
+    assert len(set(event_ids)) == len(event_ids)
+
+
+def test_a_second_response_is_refused_while_the_echo_response_is_active() -> None:
+    session = _greeted()
+    session.handle(_append(marked_frame(0, 0)))
+    (error,) = _events(session.handle(_client({"type": "response.create", "event_id": "evt_2"})))
+    assert error["error"]["code"] == "conversation_already_has_active_response"
+    assert error["error"]["event_id"] == "evt_2"
+
+
+def test_cancel_ends_the_echo_response_and_the_next_chunk_opens_a_new_one() -> None:
+    session = _greeted()
+    opening = _events(session.handle(_append(marked_frame(0, 0))))
+    (done,) = _events(session.handle(_client({"type": "response.cancel"})))
+    assert done["type"] == "response.done"
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"]["reason"] == "client_cancelled"
+    (not_active,) = _events(session.handle(_client({"type": "response.cancel"})))
+    assert not_active["error"]["code"] == "response_cancel_not_active"
+    reopened = _events(session.handle(_append(marked_frame(0, 1))))
+    assert reopened[0]["type"] == "response.created"
+    assert reopened[0]["response"]["id"] != opening[0]["response"]["id"]
+
+
+def test_audio_that_would_break_the_json_is_refused() -> None:
+    session = _greeted()
+    (error,) = _events(session.handle('{"type":"input_audio_buffer.append","audio":"AAAA\\"}"}'))
+    assert error["type"] == "error"
+
+
+def test_echoes_are_counted_whether_split_or_merged() -> None:
+    student = DirectStudent(4, "ws://unused", LoadClock(), compression=None)
+    frames = [marked_frame(4, student.note_frame_sent(0.0)) for _ in range(4)]
+    student.result.frames_sent = 4
+    merged = frames[0] + frames[1]
+    student.echo_audio_arrived(merged, 0.001)
+    student.echo_audio_arrived(frames[2][:100], 0.002)
+    student.echo_audio_arrived(frames[2][100:] + frames[3][:500], 0.003)
+    assert student.result.frames_echoed == 3
+    student.echo_audio_arrived(frames[3][500:], 0.004)
+    student.echo_audio_arrived(frames[3], 0.005)  # the same frame twice
+    student.echo_audio_arrived(marked_frame(5, 0), 0.006)  # another student's frame
+    result = student.result
+    assert (result.frames_echoed, result.frames_lost) == (4, 0)
+    assert (result.duplicate_frames, result.misrouted_frames) == (1, 1)
+    assert result.round_trips_ms == pytest.approx([1.0, 1.0, 3.0, 4.0])
+
+
+async def test_direct_students_greet_stream_and_get_every_frame_back() -> None:
+    async with serve_echo() as server:
+        url = f"ws://127.0.0.1:{bound_port(server)}/v1/realtime?model=bench"
+        clock = LoadClock(drain_seconds=5.0)
+        students = [DirectStudent(student_id, url, clock, compression=None) for student_id in range(3)]
+        runs = [asyncio.create_task(student.run()) for student in students]
+        await asyncio.wait_for(asyncio.gather(*(student.mic_open.wait() for student in students)), 10)
+        clock.stream_started.set()
+        await asyncio.sleep(0.2)
+        clock.stream_stopped.set()
+        results = await asyncio.gather(*runs)
+    for result in results:
+        assert result.errors == []
+        assert result.greeting_ms is not None
+        assert result.frames_sent > 0
+        assert result.frames_lost == 0
+        assert result.misrouted_frames == result.duplicate_frames == result.unmarked_frames == 0
+
+
+async def test_the_beta_interface_is_refused_with_close_4000() -> None:
+    async with serve_echo() as server:
+        url = f"ws://127.0.0.1:{bound_port(server)}/v1/realtime"
+        headers = {"Authorization": "Bearer sk-test", "OpenAI-Beta": "realtime=v1"}
+        async with connect(url, additional_headers=headers, proxy=None) as ws:
+            error = orjson.loads(await ws.recv())
+            assert error["error"]["code"] == "beta_api_shape_disabled"
+            await ws.wait_closed()
+            assert ws.close_code == 4000

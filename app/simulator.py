@@ -204,15 +204,15 @@ def tutor_facts(instructions: str) -> tuple[str | None, str, str]:
     )
 
 
-def tutor_text(instructions: str, response_number: int) -> str:
-    """What the tutor says in the `response_number`-th response: a greeting first, then replies."""
+def tutor_text(instructions: str, turns_spoken: int) -> str:
+    """What the tutor says after `turns_spoken` earlier turns with content: a greeting first, then replies."""
     name, level, language = tutor_facts(instructions)
-    if response_number == 1:
+    if turns_spoken == 0:
         if name is None:
             return f"Hello! I am your {language} tutor. How are you today?"
         return f"Hello {name}! I am your {language} tutor. How are you today?"
     replies = _REPLIES[level[0]]
-    reply = replies[(response_number - 2) % len(replies)]
+    reply = replies[(turns_spoken - 1) % len(replies)]
     return reply.format(name=name) if name else reply.replace(", {name}", "")
 
 
@@ -508,6 +508,7 @@ class _Response:
     number: int
     fault: ResponseFault
     instructions: str
+    facts: str  # where tutor_facts() looks for the student's name, level and language
     output_modalities: list[str]
     voice: str | JsonObject
     in_conversation: bool
@@ -550,6 +551,7 @@ class SimulatedConnection:
         self._item_audio_ms: dict[str, int] = {}  # assistant audio sent per item, for truncate
         self._response: _Response | None = None
         self._responses_created = 0
+        self._turns_spoken = 0  # responses that said something: a failed greeting is greeted again
         self._previous_input_tokens = 0
         self._assistant_audio_sent = False  # the voice is fixed once audio was produced
         self._conversation_audio_ms = 0
@@ -960,6 +962,8 @@ class SimulatedConnection:
             number=number,
             fault=self._behaviour.fault_for(number),
             instructions=str(params.get("instructions") or self.session["instructions"]),
+            # Response-level instructions may omit the student's lines; the session's still name them.
+            facts=f"{params.get('instructions') or ''}\n{self.session['instructions']}",
             output_modalities=list(params.get("output_modalities") or self.session["output_modalities"]),
             voice=audio_output.get("voice", self.session["audio"]["output"]["voice"]),
             in_conversation=params.get("conversation", "auto") != "none",
@@ -1059,7 +1063,7 @@ class SimulatedConnection:
             self._items[item_id] = item
             await self._send({"type": "conversation.item.added", "previous_item_id": previous_item_id,
                               "item": copy.deepcopy(item)})
-        text = "" if response.fault == "empty" else tutor_text(response.instructions, response.number)
+        text = "" if response.fault == "empty" else tutor_text(response.facts, self._turns_spoken)
         audio_ms = 0
         if text and text_only:
             spoken = await self._stream_text(response, item_id, text)
@@ -1069,6 +1073,8 @@ class SimulatedConnection:
             item["content"] = [{"type": "output_audio", "transcript": spoken}]
         else:
             spoken = ""
+        if spoken:
+            self._turns_spoken += 1
         cancelled = response.cancel_reason is not None
         usage = self._usage_for(response, spoken, audio_ms)  # before this item joins the context
         item["status"] = "incomplete" if cancelled else "completed"

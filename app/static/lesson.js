@@ -8,7 +8,10 @@
 //     socket,           "open" or "closed"; closeCode, the close code once closed
 //     contextRate,      the AudioContext's sample rate
 //     framesSent, bytesSent, frameBytes, captureDropped   microphone frames sent upstream
+//     received,         {item_id: 24 kHz samples of tutor audio received}
 //     played,           {item_id: 24 kHz samples the playback worklet rendered}
+//     finished,         {item_id: samples rendered when the item finished or was flushed}
+//     interrupted,      [item_id] items the relay interrupted (their queue was flushed)
 //     durations,        {item_id: duration_ms from audio.done}
 //     startLatencyMs,   {item_id: ms from the item's first binary frame arriving to its first
 //                        sample reaching the output, per AudioContext.getOutputTimestamp()}
@@ -76,7 +79,10 @@ const debug = {
   bytesSent: 0,
   frameBytes: 0,
   captureDropped: 0,
+  received: {},
   played: {},
+  finished: {},
+  interrupted: [],
   durations: {},
   startLatencyMs: {},
   outputLatencyMs: 0,
@@ -275,6 +281,7 @@ class Lesson {
     const item = this.currentItem;
     if (item === null || this.interrupted.has(item) || this.playback === null) return;
     if (!this.firstFrameTime.has(item)) this.firstFrameTime.set(item, performance.now());
+    debug.received[item] = (debug.received[item] ?? 0) + (buffer.byteLength >> 1);
     this.playback.port.postMessage({ type: "samples", buffer }, [buffer]);
   }
 
@@ -289,6 +296,7 @@ class Lesson {
       }
     } else if (message.type === "played") {
       debug.played[message.item_id] = message.samples;
+      if (message.done) debug.finished[message.item_id] = message.samples;
       debug.underruns = message.underruns;
       const ms = (message.samples * 1000) / SOURCE_RATE;
       // A finished item reports its full length rounded up, so it is never short of duration_ms.
@@ -316,6 +324,7 @@ class Lesson {
       case "audio.interrupt":
         // The student is talking: what the tutor had still queued must stop at once.
         this.interrupted.add(message.item_id);
+        debug.interrupted.push(message.item_id);
         this.playback?.port.postMessage({ type: "flush" });
         break;
       case "transcript.delta":

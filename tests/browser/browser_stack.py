@@ -147,10 +147,12 @@ def run_stack(workdir: Path, *simulator_args: str) -> Iterator[Stack]:
                 process.wait()
 
 
-def make_wav(path: Path, *, rate: int, tone_hz: float | None, seconds: float = 10.0) -> Path:
-    """A mono 16-bit WAV made with sox: a sine at half of full scale, or silence when tone_hz is None."""
+def make_wav(path: Path, *, rate: int, tone_hz: float | None, seconds: float = 10.0, pause_s: float = 0.0) -> Path:
+    """A mono 16-bit WAV made with sox: a sine at half of full scale followed by `pause_s` of silence,
+    or silence when tone_hz is None. Chromium's fake microphone plays it in a loop."""
     synth = ["synth", str(seconds), "sine", str(tone_hz), "gain", "-6"] if tone_hz else ["trim", "0", str(seconds)]
-    subprocess.run(["sox", "-n", "-r", str(rate), "-c", "1", "-b", "16", str(path), *synth], check=True)
+    pad = ["pad", "0", str(pause_s)] if pause_s else []
+    subprocess.run(["sox", "-n", "-r", str(rate), "-c", "1", "-b", "16", str(path), *synth, *pad], check=True)
     return path
 
 

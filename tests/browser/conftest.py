@@ -40,12 +40,14 @@ def stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture
 def open_page(playwright: Playwright, tmp_path: Path) -> Iterator[OpenPage]:
-    """open_page(url, tone_hz=None, wav_rate=48000, context_rate=None) → a LessonPage on a fresh browser."""
+    """open_page(url, tone_hz=None, wav_rate=48000, context_rate=None, tone_s=10, pause_s=0) → a LessonPage
+    on a fresh browser whose microphone loops that tone (then that pause), or silence."""
     browsers: list[Browser] = []
 
-    def open_(url: str, *, tone_hz: float | None = None, wav_rate: int = 48_000,
-              context_rate: int | None = None) -> LessonPage:
-        wav = make_wav(tmp_path / f"mic-{len(browsers)}.wav", rate=wav_rate, tone_hz=tone_hz)
+    def open_(url: str, *, tone_hz: float | None = None, wav_rate: int = 48_000, context_rate: int | None = None,
+              tone_s: float = 10.0, pause_s: float = 0.0) -> LessonPage:
+        wav = make_wav(tmp_path / f"mic-{len(browsers)}.wav", rate=wav_rate, tone_hz=tone_hz, seconds=tone_s,
+                       pause_s=pause_s)
         browser = launch_chromium(playwright, wav)
         browsers.append(browser)
         return LessonPage.open(browser, url, context_rate=context_rate)

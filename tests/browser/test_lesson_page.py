@@ -44,6 +44,20 @@ def test_greeting_is_shown_and_played(stack: Stack, open_page: OpenPage) -> None
     assert lesson.console_errors == []
 
 
+def test_student_speaking_flushes_tutor_audio(stack: Stack, open_page: OpenPage) -> None:
+    # The microphone "speaks" 0.8 s in every 3 s: each burst ends a turn, the next one barges in on the
+    # tutor's answer, which arrives faster than real time and so is mostly still queued in the page.
+    lesson = open_page(stack.url, tone_hz=440, tone_s=0.8, pause_s=2.2)
+    lesson.start("Ana")
+
+    item_id = lesson.wait_debug("d.interrupted[0]", timeout_s=60)
+
+    # Finished with fewer samples played than received: the queued rest was dropped, not played out.
+    finished = lesson.wait_debug(f"d.finished[{item_id!r}] !== undefined && [d.finished[{item_id!r}]]")[0]
+    assert finished < lesson.debug("received")[item_id]
+    assert lesson.console_errors == []
+
+
 def test_end_lesson_closes_both_sockets(stack: Stack, open_page: OpenPage) -> None:
     lesson = open_page(stack.url)
     lesson.start("Ana")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -33,10 +33,11 @@ def _redactor(secrets: Iterable[str]) -> structlog.types.Processor:
     return redact
 
 
-def configure_logging(settings: Settings) -> None:
-    """Route structlog and the standard library (uvicorn's own lines) to stdout in one format."""
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+    """Route structlog and the standard library (uvicorn's own lines) to `stream` (stdout) in one format."""
+    stream = stream or sys.stdout
     level = getattr(logging, settings.log_level.upper())
-    log_format = settings.log_format or ("console" if sys.stdout.isatty() else "json")
+    log_format = settings.log_format or ("console" if stream.isatty() else "json")
     secrets = [s.get_secret_value() for s in (settings.openai_api_key, settings.lesson_secret) if s]
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -47,15 +48,15 @@ def configure_logging(settings: Settings) -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
@@ -67,5 +68,6 @@ def configure_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # websockets logs every keepalive and frame at debug; its errors reach us as exceptions.
-    logging.getLogger("websockets").setLevel(max(level, logging.INFO))
+    # websockets (and uvicorn's use of it) log every frame, payload included, at debug: never wanted.
+    for name in ("websockets", "uvicorn.error"):
+        logging.getLogger(name).setLevel(max(level, logging.INFO))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 import uvicorn
@@ -31,16 +31,16 @@ SIMULATOR_KEY = "simulator-local-key"
 log = structlog.get_logger("lesson_relay")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The application for `settings` (read from the environment when omitted)."""
+def create_app(settings: Settings | None = None, *, log_stream: TextIO | None = None) -> FastAPI:
+    """The application for `settings` (read from the environment when omitted), logging to `log_stream`."""
     settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings)
+        configure_logging(settings, log_stream)
         simulator: RealtimeSimulator | None = None
         if settings.simulated:
-            simulator = RealtimeSimulator()
+            simulator = RealtimeSimulator(keep_history=False)
             await simulator.start("127.0.0.1", 0)
             app.state.upstream = Upstream(url=simulator.url, api_key=SIMULATOR_KEY)
             log.warning("simulator_mode", message="OPENAI_API_KEY is not set: lessons use the built-in "

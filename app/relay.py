@@ -46,6 +46,8 @@ class Relay:
         self.upstream: RealtimeClient | None = None
         self._timer_wake = asyncio.Event()
         self._browser_open = True
+        self._close_code = 1000
+        self._close_reason = ""
 
     async def run(self, connect_upstream: Callable[[], Awaitable[RealtimeClient]], shutdown: asyncio.Event) -> None:
         """Carry the lesson from the accepted page socket to its end; returns once both sockets are closed."""
@@ -87,16 +89,16 @@ class Relay:
                 await self._carry_out(session.handle_browser_text(message.get("text") or "", clock()))
 
     async def _pump_upstream(self) -> None:
-        assert self.upstream is not None
+        upstream = self.upstream
+        assert upstream is not None
         session, clock = self.session, self.clock
         try:
-            async for event in self.upstream.events():
+            async for event in upstream.events():
                 await self._carry_out(session.handle_upstream(event, clock()))
         except UpstreamClosed as exc:
             await self._carry_out(session.handle_upstream_closed(exc.received_code, exc.received_reason, clock()))
         else:
-            await self._carry_out(session.handle_upstream_closed(
-                self.upstream.close_code, self.upstream.close_reason, clock()))
+            await self._carry_out(session.handle_upstream_closed(upstream.close_code, upstream.close_reason, clock()))
         raise _LessonOver
 
     async def _pump_timers(self) -> None:
@@ -130,7 +132,9 @@ class Relay:
             elif type(action) is Log:
                 getattr(self.log, action.level)(action.event, **action.fields)
             elif type(action) is Close:
-                await self._close_both(action.code, action.reason)
+                # Recorded first: a pump cancelled mid-close still closes with this code in `finally`.
+                self._close_code, self._close_reason = action.code, action.reason
+                await self._close_both()
                 raise _LessonOver
         if self.session.deadlines_changed:
             self._timer_wake.set()
@@ -158,12 +162,12 @@ class Relay:
             await self._carry_out(self.session.handle_upstream_closed(exc.received_code, exc.received_reason,
                                                                       self.clock()))
 
-    async def _close_both(self, code: int = 1000, reason: str = "") -> None:
-        if self.upstream is not None:
-            upstream, self.upstream = self.upstream, None
-            await upstream.close()
+    async def _close_both(self) -> None:
         if self._browser_open and self.browser.application_state is WebSocketState.CONNECTED:
             self._browser_open = False
             with contextlib.suppress(RuntimeError, OSError):
-                await self.browser.close(code, reason[:120])
+                await self.browser.close(self._close_code, self._close_reason[:120])
+        if self.upstream is not None:
+            upstream, self.upstream = self.upstream, None
+            await upstream.close()
 

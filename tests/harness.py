@@ -1,0 +1,130 @@
+"""The integration harness: the app served by uvicorn on a real port, and the page side of a lesson.
+
+Servers listen on sockets bound to port 0 before they start, so a client can connect at once: the
+kernel queues the connection until the server accepts it. Nothing here waits on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from app.main import create_app
+from app.settings import Settings
+
+FAKE_KEY = "sk-test-fake-key-not-real"
+
+
+def bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class AppServer:
+    base_url: str
+    ws_url: str
+    app: Any
+    server: uvicorn.Server
+
+    def lesson_url(self, **query: str) -> str:
+        return f"{self.ws_url}/ws/lesson?{urlencode(query)}"
+
+
+@asynccontextmanager
+async def serve_app(settings: Settings, log_stream: io.StringIO | None = None) -> AsyncIterator[AppServer]:
+    """The app for `settings`, served on a free port until the block ends, logging JSON to `log_stream`."""
+    app = create_app(settings, log_stream=log_stream)
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, lifespan="on", ws_per_message_deflate=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield AppServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", app, server)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def relay_settings(upstream_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "openai_api_key": FAKE_KEY, "openai_realtime_url": upstream_url, "log_format": "json",
+        "log_level": "debug", "upstream_timeout_seconds": 5, "lesson_starts_per_minute": 1000,
+    }
+    return Settings(**(values | overrides))
+
+
+@dataclass
+class LessonClient:
+    """The browser side of a lesson: every frame received, kept in order."""
+
+    ws: ClientConnection
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    audio: bytearray = field(default_factory=bytearray)
+    audio_frames: int = 0
+
+    async def receive(self) -> dict[str, Any] | bytes:
+        frame = await self.ws.recv()
+        if isinstance(frame, bytes):
+            self.audio += frame
+            self.audio_frames += 1
+            return frame
+        message: dict[str, Any] = json.loads(frame)
+        self.messages.append(message)
+        return message
+
+    async def until(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """Read frames until a JSON message satisfies `predicate`; return it."""
+        while True:
+            frame = await self.receive()
+            if isinstance(frame, dict) and predicate(frame):
+                return frame
+
+    async def until_type(self, message_type: str, **fields: Any) -> dict[str, Any]:
+        return await self.until(lambda m: m["type"] == message_type and all(m.get(k) == v for k, v in fields.items()))
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def hear_greeting(self) -> dict[str, Any]:
+        """Take the greeting to its end and report it played, as the page does; returns `audio.done`."""
+        done = await self.until_type("audio.done")
+        await self.send_json({"type": "playback", "item_id": done["item_id"], "played_ms": done["duration_ms"]})
+        await self.until(lambda m: m["type"] == "status" and m["state"] == "listening")
+        return done
+
+    async def drain_until_closed(self) -> None:
+        """Read everything left until the relay closes the socket."""
+        try:
+            while True:
+                await self.receive()
+        except ConnectionClosed:
+            return
+
+
+@asynccontextmanager
+async def open_lesson(url: str, **connect_kwargs: Any) -> AsyncIterator[LessonClient]:
+    async with connect(url, max_size=None, **connect_kwargs) as ws:
+        yield LessonClient(ws)
+
+
+def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    """The JSON log lines the app has written to `stream` so far."""
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]

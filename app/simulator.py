@@ -784,6 +784,10 @@ class SimulatedConnection:
             self._quiet_ms = 0 if loud else self._quiet_ms + VAD_WINDOW_MS
             if self._quiet_ms >= silence_ms:
                 await self._speech_stopped(turn_detection)
+        if self._speech_item_id is None:
+            # Between turns the server keeps only the prefix padding, so a silent open mic costs nothing.
+            keep_bytes = int(turn_detection.get("prefix_padding_ms", 300)) * BYTES_PER_MS
+            del self._buffer[: max(0, len(self._buffer) - keep_bytes)]
 
     async def _speech_started(self, audio_start_ms: int, turn_detection: JsonObject) -> None:
         self._speech_item_id = new_id("item")

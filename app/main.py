@@ -80,6 +80,24 @@ async def drain_lessons(app: FastAPI, grace_s: float) -> None:
              still_open=registry.open_lessons)
 
 
+def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's configuration for serving `app`: WebSocket limits, keepalive, proxy headers, shutdown."""
+    options: dict[str, Any] = {
+        "log_config": None,  # app.logging owns the format
+        # Frames a little over MAX_FRAME_BYTES get an error frame; far over it, close 1009.
+        "ws_max_size": max(65_536, 4 * settings.max_frame_bytes),
+        "ws_per_message_deflate": False,
+        # Keepalive on the page's leg: idle proxies must not cut a lesson during a long pause.
+        "ws_ping_interval": 20.0,
+        "ws_ping_timeout": 20.0,
+        # Railway (and most hosts) put a proxy in front: the client address is in X-Forwarded-For.
+        "proxy_headers": True,
+        "forwarded_allow_ips": "*",
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds) + 5,
+    }
+    return uvicorn.Config(app, **(options | overrides))
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn, but SIGTERM first drains the lessons (uvicorn alone would cut them with close 1012)."""
 

@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     max_frame_bytes: int = Field(default=4800, ge=960, le=96_000)
     max_sessions: int = Field(default=50, ge=1)
-    max_lesson_seconds: int = Field(default=1800, ge=10, le=3500)
-    idle_timeout_seconds: int = Field(default=300, ge=5)
+    max_lesson_seconds: float = Field(default=1800, gt=0, le=3500)
+    idle_timeout_seconds: float = Field(default=300, gt=0)
     lesson_starts_per_minute: int = Field(default=10, ge=1)
     allowed_origins: str = ""
     lesson_secret: SecretStr | None = None

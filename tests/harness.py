@@ -20,7 +20,7 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.main import create_app
+from app.main import create_app, server_config
 from app.settings import Settings
 
 FAKE_KEY = "sk-test-fake-key-not-real"
@@ -52,7 +52,7 @@ async def serve_app(settings: Settings, log_stream: io.StringIO | None = None) -
     app = create_app(settings, log_stream=log_stream)
     sock = bound_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, lifespan="on", ws_per_message_deflate=False)
+    config = server_config(app, settings, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

@@ -1305,13 +1305,21 @@ class RealtimeSimulator:
         await connection.serve()
 
 
+def _fault_times(value: str) -> int | None:
+    if value == "always":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number or 'always', got {value!r}")
+    return int(value)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app.simulator", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
     parser.add_argument("--record-dir", type=Path, help="write appended audio to DIR/connection-<n>.pcm")
     parser.add_argument("--fault", choices=["failed", "cancelled", "incomplete", "empty"])
-    parser.add_argument("--fault-times", default="1", help="a number of responses, or 'always'")
+    parser.add_argument("--fault-times", type=_fault_times, default=1, help="a number of responses, or 'always'")
     parser.add_argument("--failed-code", default="server_error")
     parser.add_argument("--refuse-handshake", type=int, metavar="STATUS")
     parser.add_argument("--event-delay-ms", type=float, default=0.0)
@@ -1322,7 +1330,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def _serve_forever(arguments: argparse.Namespace) -> None:
     behaviour = SimulatorBehaviour(
         response_fault=arguments.fault or "none",
-        fault_times=None if arguments.fault_times == "always" else int(arguments.fault_times),
+        fault_times=arguments.fault_times,
         failed_code=arguments.failed_code,
         refuse_handshake=arguments.refuse_handshake,
         event_delay_ms=arguments.event_delay_ms,

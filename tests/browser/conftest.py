@@ -25,8 +25,10 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def playwright(chromium: Path) -> Iterator[Playwright]:
+    # Per test: the sync API runs an event loop in this thread while it is open, and pytest-asyncio's
+    # tests elsewhere in the suite cannot start theirs inside it.
     with sync_playwright() as instance:
         yield instance
 

@@ -130,6 +130,7 @@ class Transcript {
   turn(role, itemId) {
     let text = this.turns.get(itemId);
     if (text === undefined) {
+      role = role === "tutor" ? "tutor" : "student";
       const turn = document.createElement("div");
       turn.className = `turn turn--${role}`;
       const label = document.createElement("span");
@@ -288,7 +289,7 @@ class Lesson {
   onPlaybackMessage(message) {
     if (message.type === "started") {
       const arrived = this.firstFrameTime.get(message.item_id);
-      if (arrived !== undefined && this.context) {
+      if (arrived !== undefined && this.context?.getOutputTimestamp) {
         // Map the worklet's context time of the first sample onto the page clock at the output.
         const stamp = this.context.getOutputTimestamp();
         const audible = stamp.performanceTime + (message.time - stamp.contextTime) * 1000;

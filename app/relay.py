@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import orjson
 import structlog
@@ -124,11 +125,11 @@ class Relay:
         for action in actions:
             # Audio first: it is nearly all of the traffic.
             if type(action) is ToBrowserAudio:
-                await self._send_browser_bytes(action.pcm)
+                await self._send_browser({"type": "websocket.send", "bytes": action.pcm})
             elif type(action) is ToUpstream:
                 await self._send_upstream(action.text)
             elif type(action) is ToBrowser:
-                await self._send_browser_text(orjson.dumps(action.message).decode())
+                await self._send_browser({"type": "websocket.send", "text": orjson.dumps(action.message).decode()})
             elif type(action) is Log:
                 getattr(self.log, action.level)(action.event, **action.fields)
             elif type(action) is Close:
@@ -139,17 +140,11 @@ class Relay:
         if self.session.deadlines_changed:
             self._timer_wake.set()
 
-    async def _send_browser_bytes(self, pcm: bytes) -> None:
+    async def _send_browser(self, frame: dict[str, Any]) -> None:
+        """Send one ASGI `websocket.send` frame; a page that has gone away only stops further sends."""
         if self._browser_open:
             try:
-                await self.browser.send({"type": "websocket.send", "bytes": pcm})
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                self._browser_open = False
-
-    async def _send_browser_text(self, text: str) -> None:
-        if self._browser_open:
-            try:
-                await self.browser.send({"type": "websocket.send", "text": text})
+                await self.browser.send(frame)
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self._browser_open = False
 

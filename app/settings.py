@@ -6,12 +6,14 @@ values from it) as arguments, so tests build `Settings(...)` directly.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"])]
+
 
 class Settings(BaseSettings):
     """Every setting the service has; the README's configuration table mirrors this class."""
@@ -88,3 +90,8 @@ def load_settings() -> Settings:
             for error in exc.errors()
         )
         raise ConfigurationError(f"invalid configuration: {problems}") from None
+    except SettingsError as exc:
+        # Raised for values that must be JSON (PRICE_PER_MILLION_TOKENS) before validation starts.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field.group(1).upper() if field else "a variable"
+        raise ConfigurationError(f"invalid configuration: {name}: not valid JSON") from None

@@ -53,14 +53,33 @@ class LessonRequest(BaseModel):
         return topic
 
 
+# What the student reads when a lesson parameter is refused; the log gets pydantic's own wording.
+_PARAMETER_WORDS = {
+    "name": "Please type your name with letters only (at most 40).",
+    "level": "Please choose a level from A1 to C2.",
+    "support": "The support language must be the name of a language, like Spanish.",
+    "topic": "The topic must be short plain text (at most 80 characters).",
+    "token": "This lesson link is not valid.",
+}
+
+
+class InvalidLessonRequest(ValueError):
+    """A bad `/ws/lesson` query: the message names the parameter, `student_message` is plain words."""
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f"{parameter}: {problem}")
+        self.parameter = parameter
+        self.student_message = _PARAMETER_WORDS.get(parameter, "The lesson link is not valid.")
+
+
 def parse_lesson_request(query: dict[str, str]) -> LessonRequest:
-    """Validate the query, raising `ValueError` with a sentence naming the first bad parameter."""
+    """Validate the query, raising `InvalidLessonRequest` naming the first bad parameter."""
     try:
         return LessonRequest.model_validate({key: value for key, value in query.items() if value != ""})
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "query"
-        raise ValueError(f"{where}: {first['msg']}") from exc
+        parameter = ".".join(str(part) for part in first["loc"]) or "query"
+        raise InvalidLessonRequest(parameter, first["msg"]) from exc
 
 
 # ---- page → relay -------------------------------------------------------------------------------

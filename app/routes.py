@@ -120,8 +120,8 @@ def _admit(websocket: WebSocket, settings: Settings, limiter: StartRateLimiter, 
     """The validated lesson request, or `InvalidRequest` / `OverCapacity` saying why not."""
     try:
         request = messages.parse_lesson_request(dict(websocket.query_params))
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), student_message=f"The lesson cannot start: {exc}") from exc
+    except messages.InvalidLessonRequest as exc:
+        raise InvalidRequest(str(exc), student_message=exc.student_message) from exc
     if settings.lesson_secret is not None:
         try:
             link = verify_lesson_token(request.token or "", settings.lesson_secret.get_secret_value(), now=time.time())

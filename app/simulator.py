@@ -1340,11 +1340,15 @@ async def _serve_forever(arguments: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stop.set)
-    async with RealtimeSimulator(behaviour, record_dir=arguments.record_dir) as simulator:
+    simulator = RealtimeSimulator(behaviour, record_dir=arguments.record_dir)
+    await simulator.start(arguments.host, arguments.port)
+    try:
         # The one line a wrapper script or test reads to find the server.
         sys.stdout.write(f"Realtime simulator listening on {simulator.url}\n")
         sys.stdout.flush()
         await stop.wait()
+    finally:
+        await simulator.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -75,21 +75,24 @@ async def test_a_frame_far_over_the_limit_closes_1009_and_the_server_serves_the_
     assert "Ben" in transcript["text"]
 
 
-@pytest.mark.parametrize("query", [
-    {"level": "A1"},
-    {"name": "", "level": "A1"},
-    {"name": "Ana", "level": "D4"},
-    {"name": "Robert'); DROP TABLE students;--"},
-    {"name": "Ana", "support": "Spanish<script>"},
-    {"name": "x" * 41},
+@pytest.mark.parametrize(("query", "words"), [
+    ({"level": "A1"}, "type your name"),
+    ({"name": "", "level": "A1"}, "type your name"),
+    ({"name": "Ana", "level": "D4"}, "choose a level from A1 to C2"),
+    ({"name": "Robert'); DROP TABLE students;--"}, "type your name"),
+    ({"name": "Ana", "support": "Spanish<script>"}, "name of a language"),
+    ({"name": "x" * 41}, "type your name"),
 ])
-async def test_bad_lesson_parameters_are_refused_with_an_error_frame_and_no_upstream_session(
-    relay: AppServer, simulator: RealtimeSimulator, query: dict[str, str]
+async def test_bad_lesson_parameters_are_refused_in_plain_words_and_no_upstream_session(
+    relay: AppServer, simulator: RealtimeSimulator, log_stream: io.StringIO, query: dict[str, str], words: str
 ) -> None:
     async with open_lesson(relay.lesson_url(**query)) as page:
         error = await page.until_type("error")
         await page.drain_until_closed()
     assert error["code"] == "invalid_request"
+    assert words in error["message"]
+    [refused] = [line for line in log_lines(log_stream) if line["event"] == "lesson_refused"]
+    assert refused["detail"].split(":")[0] in {"name", "level", "support"}
     assert error["fatal"] is True
     assert page.ws.close_code == 1008
     assert simulator.connections == []

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from harness import AppServer, log_lines, open_lesson, relay_settings, serve_app
+from harness import AppServer, bound_socket, log_lines, open_lesson, relay_settings, serve_app
 from sdk_oracle import assert_valid_client_event
 
 from app.simulator import RealtimeSimulator
@@ -151,8 +151,11 @@ async def test_every_event_the_relay_sends_upstream_is_a_valid_ga_client_event(
 
 async def test_a_standalone_simulator_process_stands_in_for_openai(tmp_path: Any) -> None:
     """OPENAI_API_KEY and OPENAI_REALTIME_URL pointing at any GA Realtime server: the same lesson."""
+    probe = bound_socket()
+    port = probe.getsockname()[1]
+    probe.close()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app.simulator", "--port", "0",
+        sys.executable, "-m", "app.simulator", "--port", str(port),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:
@@ -163,6 +166,7 @@ async def test_a_standalone_simulator_process_stands_in_for_openai(tmp_path: Any
             assert line, "the simulator exited without printing its URL"
             url = next((word.strip("\"',") for word in line.split() if "ws://" in word), "")
         url = url[url.index("ws://"):]
+        assert url == f"ws://127.0.0.1:{port}/v1/realtime"
         async with serve_app(relay_settings(url)) as server, open_lesson(server.lesson_url(name="Zoë")) as page:
             transcript = await page.until_type("transcript.done", role="tutor")
         assert "Zoë" in transcript["text"]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from app.messages import parse_lesson_request
+from app.messages import InvalidLessonRequest, parse_lesson_request
 from app.settings import ConfigurationError, Settings, load_settings
 
 
@@ -61,7 +61,7 @@ async def test_python_m_app_exits_with_one_clear_line_on_a_bad_value() -> None:
     ({"name": "Ana", "topic": "x" * 81}, "topic"),
 ])
 def test_bad_lesson_parameters_name_the_parameter(query: dict[str, str], problem: str) -> None:
-    with pytest.raises(ValueError, match=problem):
+    with pytest.raises(InvalidLessonRequest, match=problem):
         parse_lesson_request(query)
 
 

@@ -39,7 +39,7 @@ RELAY_UVICORN_ARGUMENTS: Final = ("--ws-per-message-deflate", "false", "--ws-max
 # A naive relay is started the naive way: uvicorn's defaults (permessage-deflate on when offered).
 NAIVE_UVICORN_ARGUMENTS: Final = ()
 LESSON_PATH: Final = "/ws/lesson?name=Bench&level=A1"
-DEFAULT_STEPS: Final = "25,50,100,150,200,300,400,500,600,800"
+DEFAULT_STEPS: Final = "25,50,75,100,125,150,200,250,300,400,500"
 
 
 def _progress(message: str) -> None:

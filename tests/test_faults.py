@@ -1,0 +1,671 @@
+"""Issue 5 over real sockets: every way a live lesson breaks ends visibly, cleanly, and leaks nothing.
+
+Each test drives the relay (uvicorn on port 0) against the Realtime simulator with a scripted fault and
+checks the three things the issue asks of every case: the page is told in plain words (an `error` frame,
+`fatal` when the lesson cannot go on), the log carries the upstream's own status and code, and both
+sockets end closed (the page's close code is checked; the simulator's connection is awaited closed).
+Tests synchronise on messages, never on sleeps, and never assert wall-clock speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import io
+import json
+import math
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from harness import AppServer, LessonClient, log_lines, open_lesson, relay_settings, serve_app
+from websockets.asyncio.client import connect
+
+from app.main import drain_lessons
+from app.relay import Relay
+from app.session import LessonSession
+from app.simulator import ClientEventError, RealtimeSimulator, SimulatedConnection
+from app.upstream import PING_INTERVAL_S, PING_TIMEOUT_S, RealtimeClient
+
+Events = list[dict[str, Any]]
+SimulatorWith = Callable[..., RealtimeSimulator]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FRAME_MS = 20
+FRAME_SAMPLES = 24 * FRAME_MS
+
+
+def tone_frame(frequency_hz: float = 300.0, amplitude: int = 20_000, frame_index: int = 0) -> bytes:
+    """20 ms of a loud 300 Hz sine, PCM16 LE 24 kHz: speech to the simulator's energy VAD."""
+    start = frame_index * FRAME_SAMPLES
+    samples = (round(amplitude * math.sin(2 * math.pi * frequency_hz * (start + n) / 24_000))
+               for n in range(FRAME_SAMPLES))
+    return struct.pack(f"<{FRAME_SAMPLES}h", *samples)
+
+
+LOUD = [tone_frame(frame_index=i) for i in range(50)]
+SILENCE = bytes(2 * FRAME_SAMPLES)
+# The relay asks for server VAD with 700 ms of silence to end a turn; 1 s of it always does.
+END_OF_TURN_FRAMES = 50
+
+
+async def speak(page: LessonClient, frames: int) -> None:
+    """Send `frames` frames of 20 ms of loud tone from the page's microphone (as fast as the socket takes it)."""
+    for i in range(frames):
+        await page.ws.send(LOUD[i % len(LOUD)])
+
+
+async def pause(page: LessonClient, frames: int) -> None:
+    for _ in range(frames):
+        await page.ws.send(SILENCE)
+
+
+def of_type(events: Iterable[dict[str, Any]], event_type: str) -> Events:
+    return [e for e in events if e.get("type") == event_type]
+
+
+def logged(stream: io.StringIO, event: str) -> Events:
+    return [line for line in log_lines(stream) if line.get("event") == event]
+
+
+def sent_audio_ms(upstream: SimulatedConnection, item_id: str) -> int:
+    """How much audio of `item_id` the simulator sent, in ms (what the API would accept a truncate up to)."""
+    import base64
+
+    deltas = [e for e in of_type(upstream.sent, "response.output_audio.delta") if e["item_id"] == item_id]
+    return sum(len(base64.b64decode(e["delta"])) for e in deltas) // 48
+
+
+async def closed_with(page: LessonClient) -> int | None:
+    """Read what is left until the relay closes the page's socket; the close code it used."""
+    await page.drain_until_closed()
+    return page.ws.close_code
+
+
+def plain_words(message: str) -> bool:
+    """A sentence a student can read: words, no snake_case codes, no exception text."""
+    return len(message.split()) >= 5 and "_" not in message and "Error" not in message
+
+
+@contextlib.asynccontextmanager
+async def relay_for(
+    simulator: RealtimeSimulator, log_stream: io.StringIO, **overrides: Any
+) -> AsyncIterator[AppServer]:
+    async with serve_app(relay_settings(simulator.url, **overrides), log_stream) as server:
+        yield server
+
+
+# ---- 1. greeting protection ---------------------------------------------------------------------
+
+
+async def test_loud_microphone_before_the_greeting_is_heard_never_reaches_the_upstream(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    """Room noise from the first moment cannot cancel the greeting: it is discarded, not relayed.
+
+    The page never reports playback, so the microphone opens only once the greeting's duration
+    (+0.5 s) has passed since its first audio frame; after that the same loud audio is relayed."""
+    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.until_type("lesson")
+        await speak(page, 10)  # while connecting
+        await page.until_type("audio.start")
+        await speak(page, 40)  # while the greeting plays: 0.8 s of speech the VAD would act on
+        done = await page.until_type("audio.done")
+        await speak(page, 10)  # greeting fully received, not yet heard
+        await page.until(lambda m: m["type"] == "status" and m["state"] == "listening")
+        upstream = await simulator.next_connection()
+        assert of_type(upstream.received, "input_audio_buffer.append") == []
+        assert bytes(upstream.input_audio) == b""
+        assert of_type(upstream.sent, "input_audio_buffer.speech_started") == []
+        # Now the microphone is open: the same loud frame goes through (the test can tell the difference).
+        await page.ws.send(LOUD[0])
+        await upstream.wait_for("input_audio_buffer.append")
+        await page.send_json({"type": "end"})
+        code = await closed_with(page)
+    await upstream.wait_closed()
+    assert code == 1000
+    assert bytes(upstream.input_audio) == LOUD[0]
+    [greeting_done] = of_type(upstream.sent, "response.done")
+    assert greeting_done["response"]["status"] == "completed"
+    assert done["duration_ms"] > 1000
+    [opened] = logged(log_stream, "microphone_open")
+    assert opened["because"] == "elapsed"
+    assert opened["discarded_frames"] == 60
+
+
+# ---- 1. greeting failures ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fault", "status", "reason", "code"), [
+    ("failed", "failed", None, "server_error"),
+    ("cancelled", "cancelled", "turn_detected", None),
+    ("incomplete", "incomplete", "content_filter", None),
+    ("empty", "completed", None, None),
+])
+async def test_a_greeting_that_fails_once_is_asked_for_once_more_and_the_lesson_goes_on(
+    simulator_with: SimulatorWith, log_stream: io.StringIO, fault: str, status: str, reason: str | None,
+    code: str | None,
+) -> None:
+    async with simulator_with(response_fault=fault, fault_times=1, audio_pace=0) as simulator, \
+            relay_for(simulator, log_stream) as relay, open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.hear_greeting()
+        upstream = await simulator.next_connection()
+        await page.send_json({"type": "end"})
+        code_closed = await closed_with(page)
+    await upstream.wait_closed()
+    assert code_closed == 1000
+    assert len(of_type(upstream.received, "response.create")) == 2
+    assert [d["response"]["status"] for d in of_type(upstream.sent, "response.done")] == [status, "completed"]
+    assert of_type(page.messages, "error") == []
+    transcript = next(m for m in page.messages if m["type"] == "transcript.done" and m["role"] == "tutor")
+    assert "Ana" in transcript["text"]
+    [retry] = logged(log_stream, "greeting_retry")
+    assert (retry["status"], retry["reason"], retry["code"], retry["attempt"]) == (status, reason, code, 1)
+    assert retry["audio_ms"] == 0
+    first_done = logged(log_stream, "response_done")[0]
+    assert first_done["status"] == status
+
+
+@pytest.mark.parametrize(("fault", "code"), [("failed", "server_error"), ("empty", None)])
+async def test_a_greeting_that_always_fails_ends_the_lesson_with_a_fatal_error_in_plain_words(
+    simulator_with: SimulatorWith, log_stream: io.StringIO, fault: str, code: str | None
+) -> None:
+    async with simulator_with(response_fault=fault, fault_times=None, audio_pace=0) as simulator, \
+            relay_for(simulator, log_stream) as relay, open_lesson(relay.lesson_url(name="Ana")) as page:
+        error = await page.until_type("error")
+        upstream = await simulator.next_connection()
+        close_code = await closed_with(page)
+    await upstream.wait_closed()
+    assert close_code == 1011
+    assert error["fatal"] is True
+    assert plain_words(error["message"])
+    assert page.messages[-1] == {"type": "status", "state": "ended", "reason": "greeting_failed"}
+    assert len(of_type(upstream.received, "response.create")) == 2
+    [failed] = logged(log_stream, "greeting_failed")
+    assert failed["attempt"] == 2
+    assert failed["code"] == code
+    assert len(logged(log_stream, "greeting_retry")) == 1
+
+
+async def test_insufficient_quota_is_not_retried_and_the_student_is_told_why(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    quota = {"response_fault": "failed", "fault_times": None, "failed_code": "insufficient_quota"}
+    async with simulator_with(**quota) as simulator, relay_for(simulator, log_stream) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        error = await page.until_type("error")
+        upstream = await simulator.next_connection()
+        close_code = await closed_with(page)
+    await upstream.wait_closed()
+    assert close_code == 1011
+    assert error["code"] == "insufficient_quota"
+    assert error["fatal"] is True
+    assert plain_words(error["message"])
+    assert "credit" in error["message"]
+    assert len(of_type(upstream.received, "response.create")) == 1
+    assert logged(log_stream, "greeting_retry") == []
+    [failed] = logged(log_stream, "greeting_failed")
+    assert (failed["status"], failed["code"], failed["attempt"]) == ("failed", "insufficient_quota", 1)
+    [done] = logged(log_stream, "response_done")
+    assert done["status_details"]["error"]["code"] == "insufficient_quota"
+
+
+# ---- 2 + 3. turn-taking and barge-in --------------------------------------------------------------
+
+
+async def test_barge_in_flushes_the_page_truncates_to_what_was_heard_and_drops_late_audio(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with() as simulator, relay_for(simulator, log_stream) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.hear_greeting()
+        upstream = await simulator.next_connection()
+        # The student answers: 0.6 s of speech, then enough silence for server VAD to end the turn.
+        await speak(page, 30)
+        await pause(page, END_OF_TURN_FRAMES)
+        reply = await page.until_type("audio.start")
+        student = [m for m in page.messages if m["type"] == "transcript.done" and m["role"] == "student"]
+        assert len(student) == 1
+        assert student[0]["text"]
+        # The reply plays; the page reports what it has played so far, as it does every 100 ms.
+        reply_bytes_at_start = len(page.audio)
+        while len(page.audio) - reply_bytes_at_start < 300 * 48:
+            await page.receive()
+        await page.send_json({"type": "playback", "item_id": reply["item_id"], "played_ms": 120})
+        await page.send_json({"type": "playback", "item_id": reply["item_id"], "played_ms": 240})
+        reported_at = time.monotonic()
+        # The student talks over the tutor.
+        await speak(page, 10)
+        interrupt = await page.until_type("audio.interrupt")
+        elapsed_since_report_ms = (time.monotonic() - reported_at) * 1000
+        frames_at_interrupt = len(page.audio)
+        messages_at_interrupt = len(page.messages)
+        # The student finishes the sentence; the next tutor turn starts. Nothing of the cut one in between.
+        await pause(page, END_OF_TURN_FRAMES)
+        following = await page.until_type("audio.start")
+        assert len(page.audio) == frames_at_interrupt
+        late = [m for m in page.messages[messages_at_interrupt:] if m.get("item_id") == reply["item_id"]]
+        assert late == []
+        await upstream.wait_for("conversation.item.truncate")
+        await upstream.wait_for_sent(lambda sent: any(
+            e["type"] == "conversation.item.truncated" and e["item_id"] == reply["item_id"] for e in sent))
+        await page.send_json({"type": "end"})
+        close_code = await closed_with(page)
+    await upstream.wait_closed()
+    assert close_code == 1000
+    assert interrupt["item_id"] == reply["item_id"]
+    assert following["item_id"] != reply["item_id"]
+    [truncate] = of_type(upstream.received, "conversation.item.truncate")
+    assert truncate["item_id"] == reply["item_id"]
+    assert truncate["content_index"] == 0
+    # Never beyond what the upstream sent of the item (the API refuses that), never before what was
+    # reported played, and no further past the report than the time that actually went by.
+    assert 240 <= truncate["audio_end_ms"] <= sent_audio_ms(upstream, reply["item_id"])
+    assert truncate["audio_end_ms"] <= 240 + elapsed_since_report_ms + 1
+    errors = [e["error"]["code"] for e in of_type(upstream.sent, "error")]
+    assert set(errors) <= {"response_cancel_not_active"}
+    reply_done = next(d for d in of_type(upstream.sent, "response.done")
+                      if d["response"]["id"] == reply["response_id"])
+    assert reply_done["response"]["status"] == "cancelled"
+    cancels = of_type(upstream.received, "response.cancel")
+    assert all(c["response_id"] == reply["response_id"] for c in cancels)
+    [barge_in] = logged(log_stream, "barge_in")
+    assert barge_in["item_id"] == reply["item_id"]
+    assert barge_in["heard_ms"] == truncate["audio_end_ms"]
+
+
+# ---- 4. upstream faults ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (401, "upstream_auth"), (403, "upstream_auth"), (429, "upstream_rate_limited"), (500, "upstream_unavailable"),
+])
+async def test_a_refused_handshake_names_the_cause_once_without_retrying(
+    simulator_with: SimulatorWith, log_stream: io.StringIO, status: int, code: str
+) -> None:
+    async with simulator_with(refuse_handshake=status) as simulator, relay_for(simulator, log_stream) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        error = await page.until_type("error")
+        close_code = await closed_with(page)
+    assert close_code == 1014
+    assert error["code"] == code
+    assert error["fatal"] is True
+    assert plain_words(error["message"])
+    assert simulator.connections == []
+    assert len(logged(log_stream, "simulator_handshake_refused")) == 1
+    [failed] = logged(log_stream, "upstream_connect_failed")
+    assert failed["status"] == status
+    assert failed["code"] == code
+    assert failed["upstream_code"]  # the upstream's own error code from the JSON body
+    assert logged(log_stream, "lesson_ended")[0]["reason"] == code
+
+
+async def test_an_unreachable_upstream_is_reported_as_unavailable(log_stream: io.StringIO) -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+    # Nothing listens on `port` now: the connection is refused at TCP level.
+    async with serve_app(relay_settings(f"ws://127.0.0.1:{port}/v1/realtime"), log_stream) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        error = await page.until_type("error")
+        close_code = await closed_with(page)
+    assert close_code == 1014
+    assert (error["code"], error["fatal"]) == ("upstream_unavailable", True)
+    assert plain_words(error["message"])
+    [failed] = logged(log_stream, "upstream_connect_failed")
+    assert failed["code"] == "upstream_unavailable"
+    assert "unreachable" in failed["error"]
+
+
+async def test_an_upstream_cut_mid_response_ends_the_lesson_with_upstream_closed(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(cut_after_deltas=3) as simulator, relay_for(simulator, log_stream) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.until_type("audio.start")
+        error = await page.until_type("error")
+        close_code = await closed_with(page)
+        upstream = await simulator.next_connection()
+    await upstream.wait_closed()
+    assert close_code == 1011
+    assert (error["code"], error["fatal"]) == ("upstream_closed", True)
+    assert plain_words(error["message"])
+    [closed] = logged(log_stream, "upstream_closed")
+    assert closed["code"] == 1011  # the upstream's own close code
+    assert closed["reason"] == "simulated upstream failure"
+    assert logged(log_stream, "lesson_ended")[0]["reason"] == "upstream_closed"
+
+
+async def test_no_session_updated_within_the_upstream_timeout_sends_no_response_create(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(never_update=True) as simulator, \
+            relay_for(simulator, log_stream, upstream_timeout_seconds=0.5) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        error = await page.until_type("error")
+        close_code = await closed_with(page)
+        upstream = await simulator.next_connection()
+    await upstream.wait_closed()
+    assert close_code == 1011
+    assert (error["code"], error["fatal"]) == ("upstream_timeout", True)
+    assert plain_words(error["message"])
+    assert [e["type"] for e in upstream.received] == ["session.update"]
+    [timeout] = logged(log_stream, "upstream_setup_timeout")
+    assert (timeout["state"], timeout["timeout_s"]) == ("configuring", 0.5)
+
+
+async def test_a_greeting_whose_response_is_never_created_is_reported_by_the_watchdog(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(never_create=True) as simulator, \
+            relay_for(simulator, log_stream, upstream_timeout_seconds=0.5) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        error = await page.until_type("error")
+        close_code = await closed_with(page)
+        upstream = await simulator.next_connection()
+    await upstream.wait_closed()
+    assert close_code == 1011
+    assert (error["code"], error["fatal"]) == ("greeting_timeout", True)
+    assert plain_words(error["message"])
+    assert len(of_type(upstream.received, "response.create")) == 1
+    [watchdog] = logged(log_stream, "greeting_not_created")
+    assert watchdog["attempt"] == 1
+
+
+async def test_a_non_fatal_upstream_error_is_logged_with_its_code_and_the_lesson_goes_on(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.hear_greeting()
+        upstream = await simulator.next_connection()
+        await upstream._send_error(ClientEventError("rate_limit_exceeded", "Rate limit reached for requests.",
+                                                    error_type="rate_limit_exceeded"), None)
+        # The lesson goes on: the microphone is still relayed after the error.
+        await page.ws.send(SILENCE)
+        await upstream.wait_for("input_audio_buffer.append")
+        await page.send_json({"type": "end"})
+        close_code = await closed_with(page)
+    await upstream.wait_closed()
+    assert close_code == 1000
+    assert of_type(page.messages, "error") == []
+    [error] = logged(log_stream, "upstream_error")
+    assert (error["type"], error["code"]) == ("rate_limit_exceeded", "rate_limit_exceeded")
+    assert logged(log_stream, "lesson_ended")[0]["reason"] == "student_ended"
+
+
+async def test_an_upstream_error_the_lesson_cannot_survive_reaches_the_page(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.hear_greeting()
+        upstream = await simulator.next_connection()
+        await upstream._send_error(ClientEventError("insufficient_quota", "You exceeded your current quota.",
+                                                    error_type="insufficient_quota"), None)
+        error = await page.until_type("error")
+        close_code = await closed_with(page)
+    await upstream.wait_closed()
+    assert close_code == 1011
+    assert (error["code"], error["fatal"]) == ("insufficient_quota", True)
+    assert plain_words(error["message"])
+    [logged_error] = logged(log_stream, "upstream_error")
+    assert logged_error["code"] == "insufficient_quota"
+
+
+# ---- 5. browser faults ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["mid_greeting", "mid_conversation"])
+async def test_a_page_that_vanishes_closes_the_upstream_session(
+    simulator_with: SimulatorWith, log_stream: io.StringIO, when: str
+) -> None:
+    """The tab is killed or the network goes: no close frame. The paid upstream session closes at once."""
+    # Mid-greeting the greeting streams in real time, so it is surely still streaming when the page drops.
+    pace = 1.0 if when == "mid_greeting" else 4.0
+    async with simulator_with(audio_pace=pace) as simulator, relay_for(simulator, log_stream) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        if when == "mid_greeting":
+            await page.until_type("audio.start")
+        else:
+            await page.hear_greeting()
+            await speak(page, 30)
+            await pause(page, END_OF_TURN_FRAMES)
+            await page.until_type("audio.start")
+        upstream = await simulator.next_connection()
+        assert not upstream.closed
+        page.ws.transport.abort()  # no close frame, like a killed tab
+        await upstream.wait_closed(timeout=1)
+        registry = relay.app.state.lessons
+        assert await registry.drain(5)
+        assert registry.open_lessons == 0
+    if when == "mid_greeting":
+        assert of_type(upstream.sent, "response.done") == []  # dropped while the greeting was streaming
+    [ended] = logged(log_stream, "lesson_ended")
+    assert ended["reason"] == "browser_closed"
+    assert logged(log_stream, "upstream_closed") == []  # the relay closed it; the upstream did not
+
+
+async def _admitted(relay: AppServer) -> LessonClient:
+    ws = await connect(relay.lesson_url(name="Ana"), max_size=None)
+    page = LessonClient(ws)
+    await page.until_type("lesson")
+    return page
+
+
+async def _refused(relay: AppServer) -> None:
+    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+        error = await page.until_type("error")
+        assert (error["code"], error["fatal"]) == ("over_capacity", True)
+        assert await closed_with(page) == 1013
+
+
+async def _play_out(page: LessonClient, kind: str) -> None:
+    if kind == "drop_connecting":
+        page.ws.transport.abort()
+    elif kind == "drop_greeting":
+        await page.until_type("audio.start")
+        page.ws.transport.abort()
+    else:
+        await page.until_type("audio.start")
+        await page.send_json({"type": "end"})
+        assert await closed_with(page) == 1000
+    await page.ws.wait_closed()
+
+
+def _alive(kinds: tuple[type, ...]) -> int:
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, kinds))
+
+
+async def test_hundreds_of_short_lessons_leave_no_task_socket_or_session_behind(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    batches, admitted_per_batch, refused_per_batch = 10, 15, 5
+    kinds = ("end", "drop_connecting", "drop_greeting")
+    async with simulator_with(audio_pace=0) as simulator, \
+            relay_for(simulator, log_stream, max_sessions=admitted_per_batch, log_level="info") as relay:
+        async with httpx.AsyncClient(base_url=relay.base_url) as http:
+            assert (await http.get("/healthz")).status_code == 200  # the server is up: its own tasks exist
+        baseline = asyncio.all_tasks()
+        for _ in range(batches):
+            pages = await asyncio.gather(*(_admitted(relay) for _ in range(admitted_per_batch)))
+            # Every place is taken: these are refused by capacity, with no upstream session opened.
+            await asyncio.gather(*(_refused(relay) for _ in range(refused_per_batch)))
+            await asyncio.gather(*(_play_out(page, kinds[i % len(kinds)]) for i, page in enumerate(pages)))
+            del pages
+        registry = relay.app.state.lessons
+        assert await registry.drain(10), f"{registry.open_lessons} lessons still open"
+        for connection in simulator.connections:
+            await connection.wait_closed()
+        assert len(simulator.connections) == batches * admitted_per_batch
+        leftover = await _settled_tasks(baseline)
+        assert leftover == [], f"tasks left behind: {leftover}"
+        assert registry.open_lessons == 0
+        assert _alive((LessonSession, Relay)) == 0
+    ended = logged(log_stream, "lesson_ended")
+    reasons = sorted({line["reason"] for line in ended})
+    assert reasons == ["browser_closed", "student_ended"]
+    assert len(ended) == batches * admitted_per_batch
+    assert len(logged(log_stream, "lesson_refused")) == batches * refused_per_batch
+
+
+async def _settled_tasks(baseline: set[asyncio.Task[Any]], deadline_s: float = 5.0) -> list[str]:
+    """The tasks started since `baseline` that are still running once they had `deadline_s` to finish."""
+    me = asyncio.current_task()
+    give_up = time.monotonic() + deadline_s
+    while True:
+        extra = [t for t in asyncio.all_tasks() - baseline if t is not me and not t.done()]
+        if not extra or time.monotonic() > give_up:
+            return [f"{t.get_name()}: {t.get_coro()!r}" for t in extra]
+        await asyncio.sleep(0.01)  # a poll with a deadline: tasks end on their own, nothing to await
+
+
+# ---- 6. shutdown --------------------------------------------------------------------------------------
+
+
+async def test_draining_tells_the_open_lesson_refuses_new_ones_and_healthz_says_not_ready(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay, \
+            httpx.AsyncClient(base_url=relay.base_url) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            await page.hear_greeting()
+            upstream = await simulator.next_connection()
+            drain = asyncio.create_task(drain_lessons(relay.app, 5))
+            error = await page.until_type("error")
+            health = await http.get("/healthz")
+            close_code = await closed_with(page)
+        assert await asyncio.wait_for(drain, 10) is None
+        await upstream.wait_closed()
+        async with open_lesson(relay.lesson_url(name="Ben")) as late:
+            refusal = await late.until_type("error")
+            late_code = await closed_with(late)
+    assert (error["code"], error["fatal"]) == ("server_restarting", True)
+    assert plain_words(error["message"])
+    assert close_code == 1001
+    assert health.status_code == 503
+    assert health.json()["status"] == "draining"
+    assert late_code == 1013
+    assert plain_words(refusal["message"])
+    assert len(simulator.connections) == 1  # the refused lesson opened no upstream session
+    [drained] = logged(log_stream, "drained")
+    assert (drained["open_lessons_before"], drained["all_closed"]) == (1, True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_sigterm_drains_the_served_process_and_it_exits_cleanly(simulator_with: SimulatorWith) -> None:
+    port = _free_port()
+    async with simulator_with(audio_pace=0) as simulator:
+        env = os.environ | {
+            "OPENAI_API_KEY": "sk-test-fake-key", "OPENAI_REALTIME_URL": simulator.url, "PORT": str(port),
+            "HOST": "127.0.0.1", "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        output: list[str] = []
+
+        async def collect() -> None:
+            assert process.stdout is not None
+            async for line in process.stdout:
+                output.append(line.decode(errors="replace"))
+
+        collector = asyncio.create_task(collect())
+        try:
+            await _until_ready(f"http://127.0.0.1:{port}/healthz", process, output)
+            async with open_lesson(f"ws://127.0.0.1:{port}/ws/lesson?name=Ana") as page:
+                await page.hear_greeting()
+                process.send_signal(signal.SIGTERM)
+                error = await page.until_type("error")
+                close_code = await closed_with(page)
+            returncode = await asyncio.wait_for(process.wait(), 15)
+            await collector
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        upstream = await simulator.next_connection()
+        await upstream.wait_closed()
+    lines = [json.loads(line) for line in output if line.startswith("{")]
+    events = [line.get("event") for line in lines]
+    assert (error["code"], error["fatal"]) == ("server_restarting", True), output
+    assert plain_words(error["message"])
+    assert close_code == 1001
+    assert returncode == 0, output
+    assert "draining" in events, events
+    [drained] = [line for line in lines if line.get("event") == "drained"]
+    assert (drained["open_lessons_before"], drained["all_closed"]) == (1, True)
+    assert next(line for line in lines if line.get("event") == "lesson_ended")["reason"] == "server_shutdown"
+
+
+async def _until_ready(url: str, process: asyncio.subprocess.Process, output: list[str]) -> None:
+    """Poll /healthz until it answers 200 (a readiness poll with a deadline, as a load balancer does)."""
+    give_up = time.monotonic() + 20
+    async with httpx.AsyncClient() as http:
+        while True:
+            assert process.returncode is None, f"python -m app exited: {''.join(output)}"
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get(url)).status_code == 200:
+                    return
+            assert time.monotonic() < give_up, f"python -m app never became ready: {''.join(output)}"
+            await asyncio.sleep(0.1)
+
+
+# ---- 7. keepalive --------------------------------------------------------------------------------------
+
+
+async def test_the_upstream_leg_sends_keepalive_pings(simulator: RealtimeSimulator) -> None:
+    client = await RealtimeClient.connect(url=simulator.url, api_key="sk-test", auth_scheme="bearer",
+                                          open_timeout_s=5)
+    try:
+        connection = client._connection
+        assert connection.ping_interval == PING_INTERVAL_S
+        assert connection.ping_timeout == PING_TIMEOUT_S
+        assert 0 < PING_INTERVAL_S <= 30  # well under the usual 60 s proxy idle timeout
+    finally:
+        await client.close()
+
+
+def test_the_served_page_leg_sends_keepalive_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.__main__ as entry
+
+    configs: list[Any] = []
+
+    class Captured:
+        def __init__(self, config: Any, *, grace_s: float) -> None:
+            configs.append(config)
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake-key")
+    monkeypatch.setenv("PORT", "8123")
+    monkeypatch.setattr(entry, "DrainingServer", Captured)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        entry.main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() installs the process's SIGTERM handler
+    [config] = configs
+    assert config.port == 8123
+    assert 0 < config.ws_ping_interval <= 30
+    assert config.ws_ping_timeout > 0

@@ -10,6 +10,7 @@ Tests synchronise on messages, never on sleeps, and never assert wall-clock spee
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
 import io
@@ -79,8 +80,6 @@ def logged(stream: io.StringIO, event: str) -> Events:
 
 def sent_audio_ms(upstream: SimulatedConnection, item_id: str) -> int:
     """How much audio of `item_id` the simulator sent, in ms (what the API would accept a truncate up to)."""
-    import base64
-
     deltas = [e for e in of_type(upstream.sent, "response.output_audio.delta") if e["item_id"] == item_id]
     return sum(len(base64.b64decode(e["delta"])) for e in deltas) // 48
 
@@ -223,9 +222,35 @@ async def test_insufficient_quota_is_not_retried_and_the_student_is_told_why(
 # ---- 2 + 3. turn-taking and barge-in --------------------------------------------------------------
 
 
+LATE_PCM = b"\x7f\x7e" * 2400  # 100 ms no real delta contains: late audio is recognisable on the page
+LATE_WORD = " LATE-WORD"
+
+
+def upstream_with_late_audio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Script the real API's race: after speech_started, audio already on its way still arrives.
+
+    The simulator cancels a response the moment its VAD hears speech; the real server may send a few
+    more deltas first. Here three audio deltas and a transcript delta of the interrupted item follow
+    speech_started, then the response is cancelled (reason turn_detected) as before."""
+    original = SimulatedConnection._cancel_response
+
+    async def cancel_after_late_audio(self: SimulatedConnection, response: Any, reason: str) -> None:
+        if reason == "turn_detected" and response.cancel_reason is None and self._item_audio_ms:
+            where = {"response_id": response.id, "item_id": next(reversed(self._item_audio_ms)),
+                     "output_index": 0, "content_index": 0}
+            for _ in range(3):
+                await self._send({"type": "response.output_audio.delta", **where,
+                                  "delta": base64.b64encode(LATE_PCM).decode()})
+            await self._send({"type": "response.output_audio_transcript.delta", **where, "delta": LATE_WORD})
+        await original(self, response, reason)
+
+    monkeypatch.setattr(SimulatedConnection, "_cancel_response", cancel_after_late_audio)
+
+
 async def test_barge_in_flushes_the_page_truncates_to_what_was_heard_and_drops_late_audio(
-    simulator_with: SimulatorWith, log_stream: io.StringIO
+    simulator_with: SimulatorWith, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    upstream_with_late_audio(monkeypatch)
     async with simulator_with() as simulator, relay_for(simulator, log_stream) as relay, \
             open_lesson(relay.lesson_url(name="Ana")) as page:
         await page.hear_greeting()
@@ -248,14 +273,16 @@ async def test_barge_in_flushes_the_page_truncates_to_what_was_heard_and_drops_l
         await speak(page, 10)
         interrupt = await page.until_type("audio.interrupt")
         elapsed_since_report_ms = (time.monotonic() - reported_at) * 1000
-        frames_at_interrupt = len(page.audio)
+        audio_bytes_at_interrupt = len(page.audio)
         messages_at_interrupt = len(page.messages)
         # The student finishes the sentence; the next tutor turn starts. Nothing of the cut one in between.
         await pause(page, END_OF_TURN_FRAMES)
         following = await page.until_type("audio.start")
-        assert len(page.audio) == frames_at_interrupt
+        assert len(page.audio) == audio_bytes_at_interrupt
         late = [m for m in page.messages[messages_at_interrupt:] if m.get("item_id") == reply["item_id"]]
         assert late == []
+        assert LATE_PCM[:960] not in page.audio
+        assert not any(LATE_WORD in str(m.get("text")) for m in page.messages)
         await upstream.wait_for("conversation.item.truncate")
         await upstream.wait_for_sent(lambda sent: any(
             e["type"] == "conversation.item.truncated" and e["item_id"] == reply["item_id"] for e in sent))
@@ -265,6 +292,9 @@ async def test_barge_in_flushes_the_page_truncates_to_what_was_heard_and_drops_l
     assert close_code == 1000
     assert interrupt["item_id"] == reply["item_id"]
     assert following["item_id"] != reply["item_id"]
+    late_deltas = [e for e in of_type(upstream.sent, "response.output_audio.delta")
+                   if base64.b64decode(e["delta"]) == LATE_PCM]
+    assert len(late_deltas) == 3  # the race really happened upstream
     [truncate] = of_type(upstream.received, "conversation.item.truncate")
     assert truncate["item_id"] == reply["item_id"]
     assert truncate["content_index"] == 0

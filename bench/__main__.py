@@ -97,9 +97,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pin-relay-cpu",
         type=int,
-        default=None,
+        default=max(os.sched_getaffinity(0)) if len(os.sched_getaffinity(0)) >= 2 else None,
         metavar="CPU",
-        help="pin the relay to this CPU and the load generator and echo upstream to the others",
+        help="pin the relay to this CPU and the load generator and echo upstream to the others"
+        " (default: the last CPU, when there are at least two)",
+    )
+    parser.add_argument(
+        "--no-pin", dest="pin_relay_cpu", action="store_const", const=None, help="let the scheduler place everything"
     )
     parser.add_argument(
         "--wait-quiet",

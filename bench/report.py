@@ -16,9 +16,7 @@ from typing import Any
 import orjson
 
 from bench.processes import REPO_ROOT
-from bench.scenarios import CrossingReport, FirstAudioReport, LoadReport, Target
-
-NOISY_OTHER_CPU = 0.3  # cores used by other processes while streaming that make a run suspect
+from bench.scenarios import NOISY_OTHER_CPU, CrossingReport, FirstAudioReport, LoadReport, Target
 
 
 def machine() -> dict[str, Any]:
@@ -114,7 +112,11 @@ def first_audio_table(reports: list[FirstAudioReport]) -> str:
 def crossing_table(reports: list[CrossingReport]) -> str:
     rows = []
     for crossing in reports:
-        steps = ", ".join(f"{step.lessons}:{_ms(step.round_trip_p99_ms)}/{step.frames_lost}" for step in crossing.steps)
+        steps = ", ".join(
+            f"{step.lessons}:{_ms(step.round_trip_p99_ms)}/{step.frames_lost}"
+            + ("*" if (step.other_cpu_streaming or 0.0) > NOISY_OTHER_CPU else "")
+            for step in crossing.steps
+        )
         rows.append(
             [
                 crossing.target.value,
@@ -123,7 +125,7 @@ def crossing_table(reports: list[CrossingReport]) -> str:
                 steps,
             ]
         )
-    return _table(["target", "last N within", "first N over", "steps (N:p99 ms/lost)"], rows)
+    return _table(["target", "last N within", "first N over", "steps (N:p99 ms/lost, * = noisy)"], rows)
 
 
 def targets_check(

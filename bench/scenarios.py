@@ -25,6 +25,7 @@ LOST_LIMIT_FRACTION: Final = 0.001  # a step loses more than 0.1 % of its frames
 IDLE_SETTLE_SECONDS: Final = 1.0
 IDLE_SAMPLE_SECONDS: Final = 2.0
 KIB: Final = 1024
+NOISY_OTHER_CPU: Final = 0.3  # cores used by other processes while streaming that make a run suspect
 
 
 class Target(StrEnum):
@@ -298,6 +299,10 @@ async def find_p99_crossing(
         if time.perf_counter() + expected + harness.drain_seconds > deadline:
             break
         report = await run_load(endpoint, harness, lessons=lessons, seconds=seconds)
+        if report.over_limit and (report.other_cpu_streaming or 0.0) > NOISY_OTHER_CPU:
+            # Over the limit while other processes were busy: the neighbours may be the cause; once more.
+            await asyncio.sleep(1.0)
+            report = await run_load(endpoint, harness, lessons=lessons, seconds=seconds)
         reports.append(report)
         if report.over_limit:
             return CrossingReport(endpoint.target, reports, lessons, last_within)

@@ -123,7 +123,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def uvicorn_arguments(target: Target, arguments: argparse.Namespace) -> tuple[str, ...]:
-    own = RELAY_UVICORN_ARGUMENTS
+    own: tuple[str, ...] = RELAY_UVICORN_ARGUMENTS
     if target is Target.NAIVE and arguments.naive_server == "defaults":
         own = NAIVE_UVICORN_ARGUMENTS
     return (*own, *arguments.uvicorn_arg)

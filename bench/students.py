@@ -215,8 +215,9 @@ class Student:
         mic = asyncio.create_task(self.mic_open.wait())
         await asyncio.wait({mic, receiver}, return_when=asyncio.FIRST_COMPLETED)
         mic.cancel()
-        if receiver.done() and not receiver.cancelled() and receiver.exception() is not None:
-            raise receiver.exception()  # type: ignore[misc]
+        failure = receiver.exception() if receiver.done() and not receiver.cancelled() else None
+        if failure is not None:
+            raise failure
 
 
 class DirectStudent(Student):

@@ -57,7 +57,7 @@ class UpstreamRefused(UpstreamError):
     def __init__(self, detail: str, *, status: int, upstream_code: str | None = None) -> None:
         self.status = status
         self.upstream_code = upstream_code
-        code, message = _refusal_wording(status)
+        code, message = _refusal_wording(status, upstream_code)
         self.code = code
         super().__init__(detail, student_message=message)
 
@@ -78,8 +78,11 @@ class UpstreamClosed(UpstreamError):
         self.received_reason = received_reason
 
 
-def _refusal_wording(status: int) -> tuple[str, str]:
+def _refusal_wording(status: int, upstream_code: str | None = None) -> tuple[str, str]:
     """The page's error code and plain words for an HTTP status the upstream refused us with."""
+    # OpenAI answers 429 both for a rate limit (wait and retry) and for an exhausted quota (no retry helps).
+    if upstream_code == "insufficient_quota":
+        return "insufficient_quota", "The tutor service has run out of credit. Please tell your teacher."
     if status in (401, 403):
         return "upstream_auth", "The tutor service refused our credentials. Please tell your teacher."
     if status == 429:

@@ -31,6 +31,7 @@ import pytest
 from harness import AppServer, LessonClient, log_lines, open_lesson, relay_settings, serve_app
 from websockets.asyncio.client import connect
 
+from app import simulator as simulator_module
 from app.main import drain_lessons
 from app.relay import Relay
 from app.session import LessonSession
@@ -317,12 +318,20 @@ async def test_barge_in_flushes_the_page_truncates_to_what_was_heard_and_drops_l
 # ---- 4. upstream faults ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "code"), [
-    (401, "upstream_auth"), (403, "upstream_auth"), (429, "upstream_rate_limited"), (500, "upstream_unavailable"),
+@pytest.mark.parametrize(("status", "upstream_code", "code"), [
+    (401, "invalid_api_key", "upstream_auth"),
+    (403, "unsupported_country_region_territory", "upstream_auth"),
+    (429, "rate_limit_exceeded", "upstream_rate_limited"),
+    (429, "insufficient_quota", "insufficient_quota"),  # same status, but no retry helps: said so
+    (500, "server_error", "upstream_unavailable"),
 ])
 async def test_a_refused_handshake_names_the_cause_once_without_retrying(
-    simulator_with: SimulatorWith, log_stream: io.StringIO, status: int, code: str
+    simulator_with: SimulatorWith, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch,
+    status: int, upstream_code: str, code: str,
 ) -> None:
+    if upstream_code == "rate_limit_exceeded":  # the simulator's 429 is a quota refusal; this one a rate limit
+        monkeypatch.setitem(simulator_module.HANDSHAKE_ERRORS, 429, (
+            "requests", "rate_limit_exceeded", "Rate limit reached for requests per min."))
     async with simulator_with(refuse_handshake=status) as simulator, relay_for(simulator, log_stream) as relay, \
             open_lesson(relay.lesson_url(name="Ana")) as page:
         error = await page.until_type("error")
@@ -336,7 +345,7 @@ async def test_a_refused_handshake_names_the_cause_once_without_retrying(
     [failed] = logged(log_stream, "upstream_connect_failed")
     assert failed["status"] == status
     assert failed["code"] == code
-    assert failed["upstream_code"]  # the upstream's own error code from the JSON body
+    assert failed["upstream_code"] == upstream_code  # the upstream's own code, from its JSON body
     assert logged(log_stream, "lesson_ended")[0]["reason"] == code
 
 

@@ -253,7 +253,7 @@ class TestSignedLinks:
         assert 7100 < verified.expires_at - time.time() <= 7200
 
 
-CANARY_KEY = "sk-test-canary-0123456789-not-a-real-key"
+CANARY_KEY = "sk-test-canary-7f3e-fake"
 
 
 async def test_the_api_key_never_reaches_a_page_a_frame_or_a_log_line(
@@ -284,4 +284,4 @@ async def test_the_api_key_never_reaches_a_page_a_frame_or_a_log_line(
     assert any("greeting_failed" in text for text in seen)
     for text in seen:
         assert CANARY_KEY not in text
-        assert "canary-0123456789" not in text
+        assert "canary-7f3e" not in text

@@ -55,20 +55,6 @@ async def test_session_update_comes_first_then_exactly_one_response_create_and_n
     assert "OpenAI-Beta" not in upstream.request_headers
 
 
-async def test_no_session_updated_means_no_response_create(simulator_with: Callable[..., Any]) -> None:
-    async with simulator_with(never_update=True) as simulator, serve_app(
-        relay_settings(simulator.url, upstream_timeout_seconds=0.5)
-    ) as server, open_lesson(server.lesson_url(name="Ana")) as page:
-        error = await page.until_type("error")
-        await page.drain_until_closed()
-        upstream = await simulator.next_connection()
-        await upstream.wait_closed()
-    assert error["code"] == "upstream_timeout"
-    assert error["fatal"] is True
-    assert [e["type"] for e in upstream.received] == ["session.update"]
-    assert page.ws.close_code == 1011
-
-
 async def test_tutor_audio_reaches_the_page_byte_exact(relay: AppServer, simulator: RealtimeSimulator) -> None:
     async with open_lesson(relay.lesson_url(name="Ana")) as page:
         await page.hear_greeting()

@@ -94,8 +94,8 @@ class Relay:
         assert upstream is not None
         session, clock = self.session, self.clock
         try:
-            async for event in upstream.events():
-                await self._carry_out(session.handle_upstream(event, clock()))
+            async for message in upstream.messages():
+                await self._carry_out(session.handle_upstream_message(message, clock()))
         except UpstreamClosed as exc:
             await self._carry_out(session.handle_upstream_closed(exc.received_code, exc.received_reason, clock()))
         else:

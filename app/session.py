@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, assert_never
 
+import orjson
 from pydantic import ValidationError
 
 from app import messages, protocol
@@ -269,6 +270,17 @@ class LessonSession:
                 return self._finish("student_ended", 1000, now)
             case _:
                 assert_never(message)
+
+    def handle_upstream_message(self, message: bytes, now: float) -> Sequence[Action]:
+        """One server message as it came off the socket: a JSON event, or a warning in the log and nothing else."""
+        try:
+            event = orjson.loads(message)
+        except orjson.JSONDecodeError as exc:
+            return (Log("warning", "upstream_event_malformed", {"type": None, "problem": f"not JSON: {exc}"[:300]}),)
+        if not isinstance(event, dict):
+            return (Log("warning", "upstream_event_malformed",
+                        {"type": None, "problem": f"a JSON {type(event).__name__}, not an object"}),)
+        return self.handle_upstream(event, now)
 
     def handle_upstream(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
         """One decoded server event from the Realtime session."""

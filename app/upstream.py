@@ -6,19 +6,27 @@ It knows the URL, headers, frame limits, keepalive and timeouts, and translates 
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Literal, cast
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event, State
 
 from app.errors import UpstreamClosed, UpstreamRefused, UpstreamUnavailable
 
 # Keepalive: a ping every 20 s keeps idle proxies from cutting a lesson during a long pause.
 PING_INTERVAL_S = 20.0
 PING_TIMEOUT_S = 20.0
+# Unread server messages past which the socket stops being read (TCP then slows the server down).
+INBOX_HIGH_WATER = 64
+INBOX_LOW_WATER = 16
+DATA_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONT})
 
 
 def realtime_url(base_url: str, model: str) -> str:
@@ -33,10 +41,84 @@ def auth_headers(api_key: str, scheme: Literal["bearer", "api-key"]) -> dict[str
     return {"api-key": api_key} if scheme == "api-key" else {"Authorization": f"Bearer {api_key}"}
 
 
-class RealtimeClient:
-    """An open Realtime session. Iterate it for decoded server events; `send` serialised client events."""
+class LessonConnection(ClientConnection):
+    """websockets' client connection with a short path for the messages a lesson exchanges 50 times a second.
 
-    def __init__(self, connection: ClientConnection) -> None:
+    A lesson has one reader, so complete messages go into a deque with one waiter instead of websockets'
+    `Assembler` (locks, per-read futures, UTF-8 decoding orjson does anyway); a message is written the moment
+    it is sent while the connection is open, and the sender waits only when the socket's buffer is full.
+    Handshake, control frames, keepalive and the closing handshake stay websockets' own.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._inbox: deque[bytes] = deque()
+        self._fragments: list[bytes] = []
+        self._inbox_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+
+    def process_event(self, event: Event) -> None:
+        if not (isinstance(event, Frame) and event.opcode in DATA_OPCODES):
+            super().process_event(event)
+            return
+        if not event.fin:
+            self._fragments.append(bytes(event.data))
+            return
+        if self._fragments:
+            self._inbox.append(b"".join((*self._fragments, event.data)))
+            self._fragments.clear()
+        else:
+            self._inbox.append(bytes(event.data))
+        self._wake_reader()
+        if len(self._inbox) >= INBOX_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        waiter = self._inbox_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_message(self) -> bytes:
+        """The next complete server message; `ConnectionClosed` once the connection is closed and all is read."""
+        while not self._inbox:
+            if self.protocol.state is State.CLOSED:
+                raise self.close_exc
+            self._inbox_waiter = self.loop.create_future()
+            try:
+                await self._inbox_waiter
+            finally:
+                self._inbox_waiter = None
+        if self._reading_paused and len(self._inbox) <= INBOX_LOW_WATER:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return self._inbox.popleft()
+
+    async def send_text(self, message: bytes) -> None:
+        """Send one UTF-8 text message; `ConnectionClosed` when the connection is (or ends up) closed."""
+        if self.protocol.state is not State.OPEN or self.send_in_progress is not None:
+            await self.send(message, text=True)  # websockets' own path raises or waits as it should
+            return
+        self.protocol.send_text(message)
+        try:
+            self.send_data()
+        except OSError as exc:
+            self.set_connection_exc(exc)
+            self.transport.abort()
+            await asyncio.shield(self.connection_lost_waiter)
+            raise self.close_exc from exc
+        if self.paused:
+            await self.drain()
+
+
+class RealtimeClient:
+    """An open Realtime session: `messages()` yields server events as received; `send` serialised client events."""
+
+    def __init__(self, connection: LessonConnection) -> None:
         self._connection = connection
 
     @classmethod
@@ -61,6 +143,7 @@ class RealtimeClient:
                 max_size=None,
                 compression=None,
                 user_agent_header="lesson-relay",
+                create_connection=LessonConnection,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -74,19 +157,20 @@ class RealtimeClient:
         except (InvalidHandshake, OSError, TimeoutError) as exc:
             raise UpstreamUnavailable(
                 f"upstream {_safe_origin(url)!r} unreachable: {type(exc).__name__}: {exc}") from exc
-        return cls(connection)
+        return cls(cast(LessonConnection, connection))
 
     async def send(self, text: str) -> None:
         try:
-            await self._connection.send(text)
+            await self._connection.send_text(text.encode())
         except ConnectionClosed as exc:
             raise _closed(exc) from exc
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Decoded server events until the session closes; an unexpected close raises `UpstreamClosed`."""
+    async def messages(self) -> AsyncIterator[bytes]:
+        """Server messages (JSON, undecoded) until the session closes; an unexpected close raises `UpstreamClosed`."""
+        next_message = self._connection.next_message
         try:
-            async for message in self._connection:
-                yield orjson.loads(message)
+            while True:
+                yield await next_message()
         except ConnectionClosedOK:
             return
         except ConnectionClosed as exc:

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench                       # the full run behind docs/performance.md
     .venv/bin/python -m bench --quick               # a smoke run: 20 lessons, 5 s, no step search
     .venv/bin/python -m bench --targets direct,relay --lessons 100 --seconds 10 --no-sweep
+    git worktree add /tmp/before HEAD~1 && .venv/bin/python -m bench --before /tmp/before --targets before,relay
 
 Progress goes to stderr; the table to stdout; everything measured to bench/results/bench-<time>.json.
 """
@@ -33,7 +34,7 @@ from bench.scenarios import (
     run_load,
 )
 
-RELAY_APPS: Final = {Target.RELAY: "app.main:app", Target.NAIVE: "bench.naive_relay:app"}
+RELAY_APPS: Final = {Target.RELAY: "app.main:app", Target.NAIVE: "bench.naive_relay:app", Target.BEFORE: "app.main:app"}
 # The uvicorn settings `python -m app` (the deployed command) gives the relay, as CLI flags.
 RELAY_UVICORN_ARGUMENTS: Final = ("--ws-per-message-deflate", "false", "--ws-max-size", "65536")
 # A naive relay is started the naive way: uvicorn's defaults (permessage-deflate on when offered).
@@ -66,7 +67,15 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lessons", type=int, default=200, help="concurrent lessons of the main run (200)")
     parser.add_argument("--seconds", type=float, default=15.0, help="streaming seconds of the main run (15)")
-    parser.add_argument("--targets", default="direct,relay,naive", help="comma-separated: direct, relay, naive")
+    parser.add_argument(
+        "--targets", default="direct,relay,naive", help="comma-separated: direct, relay, naive, before"
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="a checkout of the relay at another commit, served as target 'before' (before/after a change)",
+    )
     parser.add_argument("--quick", action="store_true", help="20 lessons, 5 s, 5 greetings, no step search")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the p99 > 10 ms step search")
     parser.add_argument("--steps", default=DEFAULT_STEPS, help=f"lessons per step of the search ({DEFAULT_STEPS})")
@@ -119,6 +128,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         arguments.wait_quiet = min(arguments.wait_quiet, 5.0)
     arguments.targets = [Target(name.strip()) for name in arguments.targets.split(",") if name.strip()]
     arguments.steps = [int(step) for step in arguments.steps.split(",")]
+    if Target.BEFORE in arguments.targets and not (arguments.before and (arguments.before / "app").is_dir()):
+        parser.error("target 'before' needs --before DIR, a checkout of this repository (git worktree add DIR REF)")
     return arguments
 
 
@@ -143,6 +154,7 @@ def target_endpoint(
         environment=relay_environment(upstream.port),
         log_directory=arguments.results_dir / "logs",
         uvicorn_arguments=uvicorn_arguments(target, arguments),
+        working_directory=arguments.before if target is Target.BEFORE else REPO_ROOT,
     )
     try:
         if arguments.pin_relay_cpu is not None:

@@ -125,8 +125,10 @@ def start_uvicorn(
     environment: Mapping[str, str],
     log_directory: Path,
     uvicorn_arguments: tuple[str, ...] = (),
+    working_directory: Path = REPO_ROOT,
 ) -> ManagedProcess:
-    """`python -m uvicorn <app>` on a free port with `environment` added; returns once it accepts TCP."""
+    """`python -m uvicorn <app>` run in `working_directory` (where `app` is imported from) on a free port with
+    `environment` added; returns once it accepts TCP."""
     port = free_port()
     log_directory.mkdir(parents=True, exist_ok=True)
     log_path = log_directory / f"{name}.log"
@@ -134,7 +136,7 @@ def start_uvicorn(
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), *uvicorn_arguments],
-            cwd=REPO_ROOT,
+            cwd=working_directory,
             env={**os.environ, **environment},
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -32,6 +32,7 @@ class Target(StrEnum):
     DIRECT = "direct"  # students speak the Realtime protocol straight to the echo upstream: the floor
     RELAY = "relay"  # app.main:app, the product
     NAIVE = "naive"  # bench.naive_relay:app, the baseline
+    BEFORE = "before"  # app.main:app served from another checkout (--before DIR): before/after a change
 
 
 @dataclass(frozen=True)

@@ -443,6 +443,24 @@ async def test_a_non_fatal_upstream_error_is_logged_with_its_code_and_the_lesson
     assert logged(log_stream, "lesson_ended")[0]["reason"] == "student_ended"
 
 
+async def test_a_server_message_that_is_not_json_is_logged_and_the_lesson_goes_on(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.hear_greeting()
+        upstream = await simulator.next_connection()
+        await upstream._websocket.send("<html>502 Bad Gateway</html>")
+        await page.ws.send(SILENCE)
+        await upstream.wait_for("input_audio_buffer.append")
+        await page.send_json({"type": "end"})
+        close_code = await closed_with(page)
+    assert close_code == 1000
+    assert of_type(page.messages, "error") == []
+    [malformed] = logged(log_stream, "upstream_event_malformed")
+    assert malformed["problem"].startswith("not JSON")
+
+
 async def test_an_upstream_error_the_lesson_cannot_survive_reaches_the_page(
     simulator_with: SimulatorWith, log_stream: io.StringIO
 ) -> None:

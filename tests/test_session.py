@@ -183,6 +183,24 @@ class TestTutorAudio:
         assert logs(actions, "upstream_event_malformed")[0]["type"] == "response.done"
         assert session.state is LessonState.GREETING
 
+    @pytest.mark.parametrize(("message", "problem"), [(b"<html>502</html>", "not JSON"),
+                                                      (b"[1, 2]", "a JSON list, not an object")])
+    def test_a_server_message_that_is_not_a_json_object_is_logged_and_tolerated(
+            self, message: bytes, problem: str) -> None:
+        session = LessonSession(config())
+        configured(session)
+        actions = session.handle_upstream_message(message, 0.0)
+        [logged] = logs(actions, "upstream_event_malformed")
+        assert logged["problem"].startswith(problem)
+        assert session.state is LessonState.GREETING
+
+    def test_a_server_message_is_decoded_and_handled_as_its_event(self) -> None:
+        session = LessonSession(config())
+        configured(session)
+        pcm = b"\x01\x00" * 240
+        actions = session.handle_upstream_message(json.dumps(audio_delta(pcm)).encode(), 0.0)
+        assert [action.pcm for action in actions if isinstance(action, ToBrowserAudio)] == [pcm]
+
 
 class TestGreetingProtection:
     def test_microphone_is_discarded_until_the_greeting_is_heard(self) -> None:

@@ -1,0 +1,101 @@
+"""RealtimeClient's own connection: messages whole and in order, fragments joined, reading paused when unread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from app.errors import UpstreamClosed
+from app.upstream import INBOX_HIGH_WATER, LessonConnection, RealtimeClient
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def client_of(handler: Handler) -> AsyncIterator[RealtimeClient]:
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = await RealtimeClient.connect(url=f"ws://127.0.0.1:{port}/v1/realtime", api_key="sk-test",
+                                              auth_scheme="bearer", open_timeout_s=5)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+async def read_all(client: RealtimeClient) -> list[bytes]:
+    return [message async for message in client.messages()]
+
+
+async def test_messages_arrive_whole_and_in_order_and_a_normal_close_ends_them() -> None:
+    async def server(connection: ServerConnection) -> None:
+        await connection.send('{"type":"a"}')
+        await connection.send(["{\"type\":", "\"fragmented\"", "}"])  # one message in three frames
+        await connection.send(b'{"type":"binary"}')
+        await connection.close()
+
+    async with client_of(server) as client:
+        assert await read_all(client) == [b'{"type":"a"}', b'{"type":"fragmented"}', b'{"type":"binary"}']
+
+
+async def test_an_abnormal_close_is_raised_with_its_code_after_the_messages_before_it() -> None:
+    async def server(connection: ServerConnection) -> None:
+        await connection.send('{"type":"last"}')
+        await connection.close(4000, "bye")
+
+    received: list[bytes] = []
+
+    async def read_into_received(client: RealtimeClient) -> None:
+        async for message in client.messages():
+            received.append(message)
+
+    async with client_of(server) as client:
+        with pytest.raises(UpstreamClosed) as closed:
+            await read_into_received(client)
+    assert received == [b'{"type":"last"}']
+    assert (closed.value.received_code, closed.value.received_reason) == (4000, "bye")
+
+
+async def test_a_reader_that_falls_behind_pauses_the_socket_and_loses_nothing() -> None:
+    count = INBOX_HIGH_WATER * 4
+    all_sent = asyncio.Event()
+
+    async def server(connection: ServerConnection) -> None:
+        for number in range(count):
+            await connection.send(f'{{"n":{number}}}')
+        all_sent.set()
+        await connection.wait_closed()
+
+    async with client_of(server) as client:
+        connection = client._connection
+        assert isinstance(connection, LessonConnection)
+        async with asyncio.timeout(5):
+            # The server writes, nobody reads yet; the inbox filling up is seen only by looking.
+            while len(connection._inbox) < INBOX_HIGH_WATER:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert connection._reading_paused
+        received = []
+        async with asyncio.timeout(5):  # a socket never resumed would stall here
+            async for message in client.messages():
+                received.append(message)
+                if len(received) == count:
+                    break
+        assert not connection._reading_paused
+        await all_sent.wait()
+    assert received == [f'{{"n":{number}}}'.encode() for number in range(count)]
+
+
+async def test_sending_after_the_server_closed_raises_upstream_closed() -> None:
+    async def server(connection: ServerConnection) -> None:
+        await connection.close(1011, "gone")
+
+    async with client_of(server) as client:
+        with pytest.raises(UpstreamClosed):
+            await read_all(client)
+        with pytest.raises(UpstreamClosed) as closed:
+            await client.send('{"type":"input_audio_buffer.clear"}')
+    assert closed.value.received_code == 1011

@@ -228,6 +228,7 @@ def main() -> None:
     sections += ["", "Targets (issue 6)", *targets_check(record["loads"], record["first_audio"], record["crossings"])]
     record["arguments"]["targets"] = [target.value for target in arguments.targets]
     record["arguments"]["results_dir"] = str(arguments.results_dir)
+    record["arguments"]["before"] = str(arguments.before) if arguments.before else None
     path = write_json(arguments.results_dir, record)
     print("\n".join(sections))
     print(f"\nresults: {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")

@@ -10,6 +10,7 @@ The beta interface (header `OpenAI-Beta: realtime=v1`, `response.audio.delta`, t
 
 from __future__ import annotations
 
+import binascii
 from typing import Any, Literal
 
 import orjson
@@ -134,8 +135,9 @@ class SessionEvent(_Tolerant):
     session: EffectiveSession
 
 
-def dumps(event: dict[str, Any]) -> str:
-    return orjson.dumps(event).decode()
+def dumps(event: dict[str, Any]) -> bytes:
+    """A client event as the UTF-8 JSON text frame that carries it."""
+    return orjson.dumps(event)
 
 
 def session_update(
@@ -195,9 +197,9 @@ def item_truncate(*, event_id: str, item_id: str, audio_end_ms: int) -> dict[str
     }
 
 
-_APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
+_APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
 
 
-def audio_append(audio_base64: str) -> str:
-    """`input_audio_buffer.append`, serialised by hand: base64 needs no JSON escaping."""
-    return _APPEND_PREFIX + audio_base64 + '"}'
+def audio_append(pcm: bytes) -> bytes:
+    """`input_audio_buffer.append` of `pcm`, serialised by hand: base64 needs no JSON escaping."""
+    return b"".join((_APPEND_PREFIX, binascii.b2a_base64(pcm, newline=False), b'"}'))

@@ -127,7 +127,7 @@ class Relay:
             if type(action) is ToBrowserAudio:
                 await self._send_browser({"type": "websocket.send", "bytes": action.pcm})
             elif type(action) is ToUpstream:
-                await self._send_upstream(action.text)
+                await self._send_upstream(action.payload)
             elif type(action) is ToBrowser:
                 await self._send_browser({"type": "websocket.send", "text": orjson.dumps(action.message).decode()})
             elif type(action) is Log:
@@ -148,11 +148,11 @@ class Relay:
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self._browser_open = False
 
-    async def _send_upstream(self, text: str) -> None:
+    async def _send_upstream(self, payload: bytes) -> None:
         if self.upstream is None:
             return
         try:
-            await self.upstream.send(text)
+            await self.upstream.send(payload)
         except UpstreamClosed as exc:
             await self._carry_out(self.session.handle_upstream_closed(exc.received_code, exc.received_reason,
                                                                       self.clock()))

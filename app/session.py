@@ -65,9 +65,9 @@ class Timer(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ToUpstream:
-    """Send this serialised client event to the Realtime session."""
+    """Send this client event, serialised as UTF-8 JSON, to the Realtime session."""
 
-    text: str
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +253,7 @@ class LessonSession:
         if self.state is not LessonState.CONVERSING:
             self.discarded_frames += 1
             return NO_ACTIONS
-        return (ToUpstream(protocol.audio_append(base64.b64encode(frame).decode("ascii"))),)
+        return (ToUpstream(protocol.audio_append(frame)),)
 
     def handle_browser_text(self, text: str, now: float) -> Sequence[Action]:
         """A JSON message from the page: one of the allowlisted messages, or an error frame back."""

@@ -159,9 +159,10 @@ class RealtimeClient:
                 f"upstream {_safe_origin(url)!r} unreachable: {type(exc).__name__}: {exc}") from exc
         return cls(cast(LessonConnection, connection))
 
-    async def send(self, text: str) -> None:
+    async def send(self, payload: bytes) -> None:
+        """Send one client event, serialised as UTF-8 JSON."""
         try:
-            await self._connection.send_text(text.encode())
+            await self._connection.send_text(payload)
         except ConnectionClosed as exc:
             raise _closed(exc) from exc
 

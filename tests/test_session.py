@@ -37,7 +37,7 @@ def config(**overrides: Any) -> LessonConfig:
 
 
 def upstream_events(actions: Sequence[object]) -> list[dict[str, Any]]:
-    return [json.loads(a.text) for a in actions if isinstance(a, ToUpstream)]
+    return [json.loads(a.payload) for a in actions if isinstance(a, ToUpstream)]
 
 
 def browser_messages(actions: Sequence[object]) -> list[dict[str, Any]]:

@@ -97,5 +97,5 @@ async def test_sending_after_the_server_closed_raises_upstream_closed() -> None:
         with pytest.raises(UpstreamClosed):
             await read_all(client)
         with pytest.raises(UpstreamClosed) as closed:
-            await client.send('{"type":"input_audio_buffer.clear"}')
+            await client.send(b'{"type":"input_audio_buffer.clear"}')
     assert closed.value.received_code == 1011

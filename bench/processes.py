@@ -103,19 +103,27 @@ class ManagedProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_echo_upstream() -> ManagedProcess:
-    """`python -m bench.echo_upstream` on a free port; returns once it listens."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.echo_upstream", "--port", "0"],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def _start_listener(name: str, command: list[str]) -> ManagedProcess:
+    """Start `command`, a bench server that prints ``{"port": N}`` once it listens; returns then."""
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     first_line = process.stdout.readline()
     if not first_line:
-        raise RuntimeError(f"the echo upstream exited with {process.wait()} before listening")
-    return ManagedProcess("echo upstream", process, int(orjson.loads(first_line)["port"]), None)
+        raise RuntimeError(f"the {name} exited with {process.wait()} before listening")
+    return ManagedProcess(name, process, int(orjson.loads(first_line)["port"]), None)
+
+
+def start_echo_upstream() -> ManagedProcess:
+    """`python -m bench.echo_upstream` on a free port; returns once it listens."""
+    return _start_listener("echo upstream", [sys.executable, "-m", "bench.echo_upstream", "--port", "0"])
+
+
+def start_tcp_proxy(upstream_port: int) -> ManagedProcess:
+    """`python -m bench.tcp_proxy` forwarding to `upstream_port`, on a free port; returns once it listens."""
+    return _start_listener(
+        "tcp proxy",
+        [sys.executable, "-m", "bench.tcp_proxy", "--port", "0", "--upstream-port", str(upstream_port)],
+    )
 
 
 def start_uvicorn(

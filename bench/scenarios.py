@@ -32,6 +32,7 @@ class Target(StrEnum):
     DIRECT = "direct"  # students speak the Realtime protocol straight to the echo upstream: the floor
     RELAY = "relay"  # app.main:app, the product
     NAIVE = "naive"  # bench.naive_relay:app, the baseline
+    PROXY = "proxy"  # bench.tcp_proxy between direct students and the upstream: the cost of moving bytes
     BEFORE = "before"  # app.main:app served from another checkout (--before DIR): before/after a change
 
 
@@ -45,7 +46,7 @@ class Endpoint:
 
     @property
     def student_class(self) -> type[Student]:
-        return DirectStudent if self.target is Target.DIRECT else BrowserStudent
+        return DirectStudent if self.target in (Target.DIRECT, Target.PROXY) else BrowserStudent
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.echo_upstream import GREETING_CHUNKS, GREETING_TRANSCRIPT, EchoSession, bound_port, serve_echo
 from bench.markers import FRAME_BYTES, marked_frame, pcm_duration_ms, read_marker, tone
 from bench.students import DirectStudent, LoadClock
+from bench.tcp_proxy import open_proxy
 
 GREETING_SEQUENCE = [
     "response.created",
@@ -195,9 +197,14 @@ def test_echoes_are_counted_whether_split_or_merged() -> None:
     assert result.round_trips_ms == pytest.approx([1.0, 1.0, 3.0, 4.0])
 
 
-async def test_direct_students_greet_stream_and_get_every_frame_back() -> None:
-    async with serve_echo() as server:
-        url = f"ws://127.0.0.1:{bound_port(server)}/v1/realtime?model=bench"
+@pytest.mark.parametrize("through_proxy", [False, True], ids=["direct", "through the tcp proxy"])
+async def test_direct_students_greet_stream_and_get_every_frame_back(through_proxy: bool) -> None:
+    async with serve_echo() as server, contextlib.AsyncExitStack() as stack:
+        port = bound_port(server)
+        if through_proxy:
+            proxy = await stack.enter_async_context(await open_proxy(port))
+            port = proxy.sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/v1/realtime?model=bench"
         clock = LoadClock(drain_seconds=5.0)
         students = [DirectStudent(student_id, url, clock, compression=None) for student_id in range(3)]
         runs = [asyncio.create_task(student.run()) for student in students]

@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 # `bench` is not an installed package (only `app` is): import it from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.costs import step_costs
 from bench.echo_upstream import GREETING_CHUNKS, GREETING_TRANSCRIPT, EchoSession, bound_port, serve_echo
 from bench.markers import FRAME_BYTES, marked_frame, pcm_duration_ms, read_marker, tone
 from bench.students import DirectStudent, LoadClock
@@ -230,3 +231,16 @@ async def test_the_beta_interface_is_refused_with_close_4000() -> None:
             assert error["error"]["code"] == "beta_api_shape_disabled"
             await ws.wait_closed()
             assert ws.close_code == 4000
+
+
+def test_each_step_bench_costs_times_does_its_real_work() -> None:
+    steps = dict(step_costs())
+    [page_frame] = steps["websockets: parse the page's binary frame (masked)"]()
+    assert len(page_frame.data) == FRAME_BYTES
+    [upstream_frame] = steps["websockets: parse the upstream's text frame"]()
+    assert orjson.loads(upstream_frame.data)["type"] == "response.output_audio.delta"
+    assert len(b"".join(steps["websockets: serialise the binary frame to the page"]())) > FRAME_BYTES
+    assert len(b"".join(steps["websockets: serialise the append upstream (masked)"]())) > FRAME_BYTES
+    assert orjson.loads(steps["serialise input_audio_buffer.append (base64 + JSON)"]())["type"] == \
+        "input_audio_buffer.append"
+    assert len(steps["base64-decode the delta"]()) == FRAME_BYTES

@@ -1,0 +1,129 @@
+"""python -m bench.costs — what each step a relayed 20 ms frame goes through costs on this machine, alone.
+
+The load bench gives the relay's CPU per frame round trip as a whole; this splits the Python-level part
+of it into its steps, each timed in a loop with nothing else running: the WebSocket framing of the four
+messages (websockets' sans-I/O protocol, as uvicorn and the upstream client use it), the base64 and JSON
+work on the two legs, and one asyncio task wake-up. Whatever the load bench measures beyond the sum of
+these and the `proxy` target's floor is the plumbing between them (ASGI, queues, the relay's pumps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import timeit
+from collections.abc import Callable
+
+import orjson
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from app import protocol
+from bench.markers import FRAME_BYTES
+
+LOOPS = 20_000
+
+
+def _open_pair() -> tuple[ServerProtocol, ClientProtocol]:
+    """A server and a client protocol past their opening handshake, with nothing on the wire."""
+    server = ServerProtocol(max_size=65_536)
+    client = ClientProtocol(parse_uri("ws://relay.test/"), max_size=None)
+    client.send_request(client.connect())
+    server.receive_data(b"".join(client.data_to_send()))
+    [request] = server.events_received()
+    assert isinstance(request, Request)
+    server.send_response(server.accept(request))
+    client.receive_data(b"".join(server.data_to_send()))
+    client.events_received()
+    return server, client
+
+
+def step_costs() -> list[tuple[str, Callable[[], object]]]:
+    page_server, upstream_client = _open_pair()
+    pcm = bytes(range(256)) * (FRAME_BYTES // 256) + bytes(FRAME_BYTES % 256)
+    page_frame = Frame(Opcode.BINARY, pcm).serialize(mask=True, extensions=[])
+    delta_event = orjson.dumps({
+        "type": "response.output_audio.delta", "event_id": "event_1", "response_id": "resp_1", "item_id": "item_1",
+        "output_index": 0, "content_index": 0, "delta": base64.b64encode(pcm).decode(),
+    })
+    delta_frame = Frame(Opcode.TEXT, delta_event).serialize(mask=False, extensions=[])
+    append = protocol.audio_append(pcm)
+    delta_text = orjson.loads(delta_event)["delta"]
+
+    def read_page_frame() -> object:
+        page_server.receive_data(page_frame)
+        return page_server.events_received()
+
+    def write_page_frame() -> object:
+        page_server.send_binary(pcm)
+        return page_server.data_to_send()
+
+    def read_upstream_message() -> object:
+        upstream_client.receive_data(delta_frame)
+        return upstream_client.events_received()
+
+    def write_upstream_message() -> object:
+        upstream_client.send_text(append)
+        return upstream_client.data_to_send()
+
+    return [
+        ("websockets: parse the page's binary frame (masked)", read_page_frame),
+        ("websockets: serialise the binary frame to the page", write_page_frame),
+        ("websockets: parse the upstream's text frame", read_upstream_message),
+        ("websockets: serialise the append upstream (masked)", write_upstream_message),
+        ("serialise input_audio_buffer.append (base64 + JSON)", lambda: protocol.audio_append(pcm)),
+        ("orjson.loads of the audio delta event", lambda: orjson.loads(delta_event)),
+        ("base64-decode the delta", lambda: base64.b64decode(delta_text, validate=True)),
+    ]
+
+
+async def _task_wake_up_cost(loops: int) -> float:
+    """Seconds per wake-up of a task parked on a future, net of the loop turn that runs it."""
+    loop = asyncio.get_running_loop()
+    parked: asyncio.Future[None] = loop.create_future()
+    woken = 0
+
+    async def sleeper() -> None:
+        nonlocal parked, woken
+        while woken < loops:
+            parked = loop.create_future()
+            await parked
+            woken += 1
+
+    task = asyncio.ensure_future(sleeper())
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    while woken < loops:
+        parked.set_result(None)
+        await asyncio.sleep(0)
+    with_wake_ups = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(loops):
+        await asyncio.sleep(0)
+    bare_turns = time.perf_counter() - started
+    await task
+    return (with_wake_ups - bare_turns) / loops
+
+
+def main() -> None:
+    rows = [(name, min(timeit.repeat(step, number=LOOPS, repeat=5)) / LOOPS) for name, step in step_costs()]
+    try:
+        import uvloop
+
+        rows.append(("one asyncio task wake-up (uvloop)", uvloop.run(_task_wake_up_cost(LOOPS))))
+    except ImportError:
+        rows.append(("one asyncio task wake-up", asyncio.run(_task_wake_up_cost(LOOPS))))
+    width = max(len(name) for name, _ in rows)
+    print(f"{'step (one 20 ms frame, 960 B of PCM16)':<{width}}  us")
+    for name, seconds in rows:
+        print(f"{name:<{width}}  {seconds * 1e6:5.2f}")
+    framing = sum(seconds for name, seconds in rows if name.startswith("websockets"))
+    print(f"{'all four WebSocket messages of one relayed frame':<{width}}  {framing * 1e6:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,6 @@ Progress goes to stderr; the table to stdout; everything measured to bench/resul
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import sys
@@ -20,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from bench import run_on_uvloop
 from bench.processes import REPO_ROOT, ManagedProcess, start_echo_upstream, start_tcp_proxy, start_uvicorn
 from bench.report import crossing_table, first_audio_table, load_table, targets_check, write_json
 from bench.scenarios import (
@@ -212,12 +212,7 @@ async def run_bench(arguments: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     arguments = parse_arguments()
-    try:
-        import uvloop
-
-        record = uvloop.run(run_bench(arguments))
-    except ImportError:
-        record = asyncio.run(run_bench(arguments))
+    record = run_on_uvloop(run_bench(arguments))
     sections = [
         "Round trip per 20 ms frame, all lessons streaming (CPU: share of one core; KiB: relay RSS growth per lesson)",
         load_table(record["loads"]),

@@ -23,6 +23,7 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from app import protocol
+from bench import run_on_uvloop
 from bench.markers import FRAME_BYTES
 
 LOOPS = 20_000
@@ -111,12 +112,7 @@ async def _task_wake_up_cost(loops: int) -> float:
 
 def main() -> None:
     rows = [(name, min(timeit.repeat(step, number=LOOPS, repeat=5)) / LOOPS) for name, step in step_costs()]
-    try:
-        import uvloop
-
-        rows.append(("one asyncio task wake-up (uvloop)", uvloop.run(_task_wake_up_cost(LOOPS))))
-    except ImportError:
-        rows.append(("one asyncio task wake-up", asyncio.run(_task_wake_up_cost(LOOPS))))
+    rows.append(("one asyncio task wake-up", run_on_uvloop(_task_wake_up_cost(LOOPS))))
     width = max(len(name) for name, _ in rows)
     print(f"{'step (one 20 ms frame, 960 B of PCM16)':<{width}}  us")
     for name, seconds in rows:

@@ -40,6 +40,7 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from bench import run_on_uvloop
 from bench.markers import tone
 
 REALTIME_PATH: Final = "/v1/realtime"
@@ -429,12 +430,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port; it is printed as JSON")
     arguments = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.run(_serve_until_terminated(arguments.host, arguments.port))
-    except ImportError:
-        asyncio.run(_serve_until_terminated(arguments.host, arguments.port))
+    run_on_uvloop(_serve_until_terminated(arguments.host, arguments.port))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from typing import cast
 
 import orjson
 
+from bench import run_on_uvloop
+
 
 class _Pipe(asyncio.Protocol):
     """One side of a forwarded connection: what it reads is written to its peer's transport."""
@@ -107,12 +109,7 @@ def main() -> None:
     parser.add_argument("--upstream-port", type=int, required=True)
     arguments = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        try:
-            import uvloop  # the relays run on uvloop too (uvicorn picks it when it is installed)
-
-            uvloop.run(serve(arguments.port, arguments.upstream_port))
-        except ImportError:
-            asyncio.run(serve(arguments.port, arguments.upstream_port))
+        run_on_uvloop(serve(arguments.port, arguments.upstream_port))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -421,16 +421,17 @@ async def test_a_greeting_whose_response_is_never_created_is_reported_by_the_wat
     assert watchdog["attempt"] == 1
 
 
-async def test_a_non_fatal_upstream_error_is_logged_with_its_code_and_the_lesson_goes_on(
-    simulator_with: SimulatorWith, log_stream: io.StringIO
+async def lesson_that_survives(
+    simulator_with: SimulatorWith, log_stream: io.StringIO,
+    disturb: Callable[[SimulatedConnection], Awaitable[None]],
 ) -> None:
+    """A greeted lesson whose upstream session `disturb`s it, then goes on: the microphone is still relayed
+    after it and the student ends the lesson normally, with no error frame on the page."""
     async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay, \
             open_lesson(relay.lesson_url(name="Ana")) as page:
         await page.hear_greeting()
         upstream = await simulator.next_connection()
-        await upstream._send_error(ClientEventError("rate_limit_exceeded", "Rate limit reached for requests.",
-                                                    error_type="rate_limit_exceeded"), None)
-        # The lesson goes on: the microphone is still relayed after the error.
+        await disturb(upstream)
         await page.ws.send(SILENCE)
         await upstream.wait_for("input_audio_buffer.append")
         await page.send_json({"type": "end"})
@@ -438,25 +439,28 @@ async def test_a_non_fatal_upstream_error_is_logged_with_its_code_and_the_lesson
     await upstream.wait_closed()
     assert close_code == 1000
     assert of_type(page.messages, "error") == []
+    assert logged(log_stream, "lesson_ended")[0]["reason"] == "student_ended"
+
+
+async def test_a_non_fatal_upstream_error_is_logged_with_its_code_and_the_lesson_goes_on(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async def rate_limit_error(upstream: SimulatedConnection) -> None:
+        await upstream._send_error(ClientEventError("rate_limit_exceeded", "Rate limit reached for requests.",
+                                                    error_type="rate_limit_exceeded"), None)
+
+    await lesson_that_survives(simulator_with, log_stream, rate_limit_error)
     [error] = logged(log_stream, "upstream_error")
     assert (error["type"], error["code"]) == ("rate_limit_exceeded", "rate_limit_exceeded")
-    assert logged(log_stream, "lesson_ended")[0]["reason"] == "student_ended"
 
 
 async def test_a_server_message_that_is_not_json_is_logged_and_the_lesson_goes_on(
     simulator_with: SimulatorWith, log_stream: io.StringIO
 ) -> None:
-    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay, \
-            open_lesson(relay.lesson_url(name="Ana")) as page:
-        await page.hear_greeting()
-        upstream = await simulator.next_connection()
+    async def gateway_page(upstream: SimulatedConnection) -> None:
         await upstream._websocket.send("<html>502 Bad Gateway</html>")
-        await page.ws.send(SILENCE)
-        await upstream.wait_for("input_audio_buffer.append")
-        await page.send_json({"type": "end"})
-        close_code = await closed_with(page)
-    assert close_code == 1000
-    assert of_type(page.messages, "error") == []
+
+    await lesson_that_survives(simulator_with, log_stream, gateway_page)
     [malformed] = logged(log_stream, "upstream_event_malformed")
     assert malformed["problem"].startswith("not JSON")
 

@@ -23,6 +23,7 @@ import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,33 @@ async def relay_for(
         yield server
 
 
+@dataclass
+class FatalEnd:
+    """How a lesson the upstream could not carry ended, seen from the page and from the upstream."""
+
+    error: dict[str, Any]
+    page: LessonClient
+    upstream: SimulatedConnection
+
+
+async def fatal_lesson(
+    simulator_with: SimulatorWith, log_stream: io.StringIO, behaviour: dict[str, Any], **relay_overrides: Any
+) -> FatalEnd:
+    """A lesson against a simulator with `behaviour`, through to its end; checks what every fatal end shares:
+    one error frame marked fatal, in plain words, close 1011, and the upstream session closed."""
+    async with simulator_with(**behaviour) as simulator, \
+            relay_for(simulator, log_stream, **relay_overrides) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        error = await page.until_type("error")
+        close_code = await closed_with(page)
+        upstream = await simulator.next_connection()
+    await upstream.wait_closed()
+    assert close_code == 1011
+    assert error["fatal"] is True
+    assert plain_words(error["message"])
+    return FatalEnd(error, page, upstream)
+
+
 # ---- 1. greeting protection ---------------------------------------------------------------------
 
 
@@ -180,17 +208,10 @@ async def test_a_greeting_that_fails_once_is_asked_for_once_more_and_the_lesson_
 async def test_a_greeting_that_always_fails_ends_the_lesson_with_a_fatal_error_in_plain_words(
     simulator_with: SimulatorWith, log_stream: io.StringIO, fault: str, code: str | None
 ) -> None:
-    async with simulator_with(response_fault=fault, fault_times=None, audio_pace=0) as simulator, \
-            relay_for(simulator, log_stream) as relay, open_lesson(relay.lesson_url(name="Ana")) as page:
-        error = await page.until_type("error")
-        upstream = await simulator.next_connection()
-        close_code = await closed_with(page)
-    await upstream.wait_closed()
-    assert close_code == 1011
-    assert error["fatal"] is True
-    assert plain_words(error["message"])
-    assert page.messages[-1] == {"type": "status", "state": "ended", "reason": "greeting_failed"}
-    assert len(of_type(upstream.received, "response.create")) == 2
+    end = await fatal_lesson(simulator_with, log_stream,
+                             {"response_fault": fault, "fault_times": None, "audio_pace": 0})
+    assert end.page.messages[-1] == {"type": "status", "state": "ended", "reason": "greeting_failed"}
+    assert len(of_type(end.upstream.received, "response.create")) == 2
     [failed] = logged(log_stream, "greeting_failed")
     assert failed["attempt"] == 2
     assert failed["code"] == code
@@ -201,18 +222,10 @@ async def test_insufficient_quota_is_not_retried_and_the_student_is_told_why(
     simulator_with: SimulatorWith, log_stream: io.StringIO
 ) -> None:
     quota = {"response_fault": "failed", "fault_times": None, "failed_code": "insufficient_quota"}
-    async with simulator_with(**quota) as simulator, relay_for(simulator, log_stream) as relay, \
-            open_lesson(relay.lesson_url(name="Ana")) as page:
-        error = await page.until_type("error")
-        upstream = await simulator.next_connection()
-        close_code = await closed_with(page)
-    await upstream.wait_closed()
-    assert close_code == 1011
-    assert error["code"] == "insufficient_quota"
-    assert error["fatal"] is True
-    assert plain_words(error["message"])
-    assert "credit" in error["message"]
-    assert len(of_type(upstream.received, "response.create")) == 1
+    end = await fatal_lesson(simulator_with, log_stream, quota)
+    assert end.error["code"] == "insufficient_quota"
+    assert "credit" in end.error["message"]
+    assert len(of_type(end.upstream.received, "response.create")) == 1
     assert logged(log_stream, "greeting_retry") == []
     [failed] = logged(log_stream, "greeting_failed")
     assert (failed["status"], failed["code"], failed["attempt"]) == ("failed", "insufficient_quota", 1)
@@ -369,16 +382,9 @@ async def test_an_unreachable_upstream_is_reported_as_unavailable(log_stream: io
 async def test_an_upstream_cut_mid_response_ends_the_lesson_with_upstream_closed(
     simulator_with: SimulatorWith, log_stream: io.StringIO
 ) -> None:
-    async with simulator_with(cut_after_deltas=3) as simulator, relay_for(simulator, log_stream) as relay, \
-            open_lesson(relay.lesson_url(name="Ana")) as page:
-        await page.until_type("audio.start")
-        error = await page.until_type("error")
-        close_code = await closed_with(page)
-        upstream = await simulator.next_connection()
-    await upstream.wait_closed()
-    assert close_code == 1011
-    assert (error["code"], error["fatal"]) == ("upstream_closed", True)
-    assert plain_words(error["message"])
+    end = await fatal_lesson(simulator_with, log_stream, {"cut_after_deltas": 3})
+    assert of_type(end.page.messages, "audio.start")  # the cut came mid-response
+    assert end.error["code"] == "upstream_closed"
     [closed] = logged(log_stream, "upstream_closed")
     assert closed["code"] == 1011  # the upstream's own close code
     assert closed["reason"] == "simulated upstream failure"
@@ -388,17 +394,9 @@ async def test_an_upstream_cut_mid_response_ends_the_lesson_with_upstream_closed
 async def test_no_session_updated_within_the_upstream_timeout_sends_no_response_create(
     simulator_with: SimulatorWith, log_stream: io.StringIO
 ) -> None:
-    async with simulator_with(never_update=True) as simulator, \
-            relay_for(simulator, log_stream, upstream_timeout_seconds=0.5) as relay, \
-            open_lesson(relay.lesson_url(name="Ana")) as page:
-        error = await page.until_type("error")
-        close_code = await closed_with(page)
-        upstream = await simulator.next_connection()
-    await upstream.wait_closed()
-    assert close_code == 1011
-    assert (error["code"], error["fatal"]) == ("upstream_timeout", True)
-    assert plain_words(error["message"])
-    assert [e["type"] for e in upstream.received] == ["session.update"]
+    end = await fatal_lesson(simulator_with, log_stream, {"never_update": True}, upstream_timeout_seconds=0.5)
+    assert end.error["code"] == "upstream_timeout"
+    assert [e["type"] for e in end.upstream.received] == ["session.update"]
     [timeout] = logged(log_stream, "upstream_setup_timeout")
     assert (timeout["state"], timeout["timeout_s"]) == ("configuring", 0.5)
 
@@ -406,17 +404,9 @@ async def test_no_session_updated_within_the_upstream_timeout_sends_no_response_
 async def test_a_greeting_whose_response_is_never_created_is_reported_by_the_watchdog(
     simulator_with: SimulatorWith, log_stream: io.StringIO
 ) -> None:
-    async with simulator_with(never_create=True) as simulator, \
-            relay_for(simulator, log_stream, upstream_timeout_seconds=0.5) as relay, \
-            open_lesson(relay.lesson_url(name="Ana")) as page:
-        error = await page.until_type("error")
-        close_code = await closed_with(page)
-        upstream = await simulator.next_connection()
-    await upstream.wait_closed()
-    assert close_code == 1011
-    assert (error["code"], error["fatal"]) == ("greeting_timeout", True)
-    assert plain_words(error["message"])
-    assert len(of_type(upstream.received, "response.create")) == 1
+    end = await fatal_lesson(simulator_with, log_stream, {"never_create": True}, upstream_timeout_seconds=0.5)
+    assert end.error["code"] == "greeting_timeout"
+    assert len(of_type(end.upstream.received, "response.create")) == 1
     [watchdog] = logged(log_stream, "greeting_not_created")
     assert watchdog["attempt"] == 1
 

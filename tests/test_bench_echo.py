@@ -22,9 +22,11 @@ from websockets.asyncio.client import connect
 # `bench` is not an installed package (only `app` is): import it from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.__main__ import parse_arguments
 from bench.costs import step_costs
 from bench.echo_upstream import GREETING_CHUNKS, GREETING_TRANSCRIPT, EchoSession, bound_port, serve_echo
 from bench.markers import FRAME_BYTES, marked_frame, pcm_duration_ms, read_marker, tone
+from bench.scenarios import Target
 from bench.students import DirectStudent, LoadClock
 from bench.tcp_proxy import open_proxy
 
@@ -244,3 +246,14 @@ def test_each_step_bench_costs_times_does_its_real_work() -> None:
     assert orjson.loads(steps["serialise input_audio_buffer.append (base64 + JSON)"]())["type"] == \
         "input_audio_buffer.append"
     assert len(steps["base64-decode the delta"]()) == FRAME_BYTES
+
+
+def test_target_before_needs_a_checkout_to_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_arguments(["--targets", "before,relay"])
+    assert "--before DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_arguments(["--targets", "before,relay", "--before", str(tmp_path)])  # no app/ in it
+    (tmp_path / "app").mkdir()
+    arguments = parse_arguments(["--targets", "before,relay", "--before", str(tmp_path)])
+    assert arguments.targets == [Target.BEFORE, Target.RELAY]

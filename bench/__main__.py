@@ -23,6 +23,7 @@ from bench import run_on_uvloop
 from bench.processes import REPO_ROOT, ManagedProcess, start_echo_upstream, start_tcp_proxy, start_uvicorn
 from bench.report import crossing_table, first_audio_table, load_table, targets_check, write_json
 from bench.scenarios import (
+    REALTIME_TARGETS,
     CrossingReport,
     Endpoint,
     FirstAudioReport,
@@ -164,7 +165,7 @@ def target_endpoint(
     try:
         if arguments.pin_relay_cpu is not None:
             relay.pin({arguments.pin_relay_cpu})
-        path = UPSTREAM_PATH if target is Target.PROXY else LESSON_PATH
+        path = UPSTREAM_PATH if target in REALTIME_TARGETS else LESSON_PATH
         yield Endpoint(target, f"ws://127.0.0.1:{relay.port}{path}", relay.probe)
     finally:
         relay.stop()

@@ -19,6 +19,7 @@ import orjson
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
@@ -43,42 +44,47 @@ def _open_pair() -> tuple[ServerProtocol, ClientProtocol]:
     return server, client
 
 
+def _parsing(side: Protocol, wire: bytes) -> Callable[[], object]:
+    """A step that feeds `wire` to `side` and takes the frames it parsed."""
+
+    def parse() -> object:
+        side.receive_data(wire)
+        return side.events_received()
+
+    return parse
+
+
+def _serialising(side: Protocol, send: Callable[[bytes], None], data: bytes) -> Callable[[], object]:
+    """A step that sends `data` with `send` (a method of `side`) and takes the bytes to write."""
+
+    def serialise() -> object:
+        send(data)
+        return side.data_to_send()
+
+    return serialise
+
+
 def step_costs() -> list[tuple[str, Callable[[], object]]]:
     page_server, upstream_client = _open_pair()
     pcm = bytes(range(256)) * (FRAME_BYTES // 256) + bytes(FRAME_BYTES % 256)
     page_frame = Frame(Opcode.BINARY, pcm).serialize(mask=True, extensions=[])
+    delta_base64 = base64.b64encode(pcm).decode()
     delta_event = orjson.dumps({
         "type": "response.output_audio.delta", "event_id": "event_1", "response_id": "resp_1", "item_id": "item_1",
-        "output_index": 0, "content_index": 0, "delta": base64.b64encode(pcm).decode(),
+        "output_index": 0, "content_index": 0, "delta": delta_base64,
     })
     delta_frame = Frame(Opcode.TEXT, delta_event).serialize(mask=False, extensions=[])
     append = protocol.audio_append(pcm)
-    delta_text = orjson.loads(delta_event)["delta"]
-
-    def read_page_frame() -> object:
-        page_server.receive_data(page_frame)
-        return page_server.events_received()
-
-    def write_page_frame() -> object:
-        page_server.send_binary(pcm)
-        return page_server.data_to_send()
-
-    def read_upstream_message() -> object:
-        upstream_client.receive_data(delta_frame)
-        return upstream_client.events_received()
-
-    def write_upstream_message() -> object:
-        upstream_client.send_text(append)
-        return upstream_client.data_to_send()
 
     return [
-        ("websockets: parse the page's binary frame (masked)", read_page_frame),
-        ("websockets: serialise the binary frame to the page", write_page_frame),
-        ("websockets: parse the upstream's text frame", read_upstream_message),
-        ("websockets: serialise the append upstream (masked)", write_upstream_message),
+        ("websockets: parse the page's binary frame (masked)", _parsing(page_server, page_frame)),
+        ("websockets: serialise the binary frame to the page", _serialising(page_server, page_server.send_binary, pcm)),
+        ("websockets: parse the upstream's text frame", _parsing(upstream_client, delta_frame)),
+        ("websockets: serialise the append upstream (masked)", _serialising(upstream_client, upstream_client.send_text,
+                                                                            append)),
         ("serialise input_audio_buffer.append (base64 + JSON)", lambda: protocol.audio_append(pcm)),
         ("orjson.loads of the audio delta event", lambda: orjson.loads(delta_event)),
-        ("base64-decode the delta", lambda: base64.b64decode(delta_text, validate=True)),
+        ("base64-decode the delta", lambda: base64.b64decode(delta_base64, validate=True)),
     ]
 
 

@@ -36,6 +36,10 @@ class Target(StrEnum):
     BEFORE = "before"  # app.main:app served from another checkout (--before DIR): before/after a change
 
 
+# Targets whose students speak the Realtime protocol (to the upstream, or through the proxy to it).
+REALTIME_TARGETS: Final = frozenset({Target.DIRECT, Target.PROXY})
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where a target's students connect, how they speak, and which process to watch (None: direct)."""
@@ -46,7 +50,7 @@ class Endpoint:
 
     @property
     def student_class(self) -> type[Student]:
-        return DirectStudent if self.target in (Target.DIRECT, Target.PROXY) else BrowserStudent
+        return DirectStudent if self.target in REALTIME_TARGETS else BrowserStudent
 
 
 @dataclass(frozen=True)

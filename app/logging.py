@@ -39,10 +39,13 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     level = getattr(logging, settings.log_level.upper())
     log_format = settings.log_format or ("console" if stream.isatty() else "json")
     secrets = [s.get_secret_value() for s in (settings.openai_api_key, settings.lesson_secret) if s]
+    # `format_exc_info` is shared so records from the standard library (uvicorn's "Exception in ASGI
+    # application") carry a traceback string too, and it runs before the redactor so tracebacks are redacted.
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
         _redactor(secrets),
     ]
     renderer: structlog.types.Processor = (
@@ -51,7 +54,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,

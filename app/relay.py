@@ -69,8 +69,19 @@ class Relay:
                 pumps.create_task(self._watch_shutdown(shutdown))
         except* _LessonOver:
             pass
+        except* Exception as crash:
+            await self._end_after_crash(crash)
         finally:
             await self._close_both()
+
+    async def _end_after_crash(self, crash: ExceptionGroup[Exception]) -> None:
+        """A bug raised inside the lesson: log it with its traceback, tell the page, close both sockets 1011."""
+        error = crash.exceptions[0] if len(crash.exceptions) == 1 else crash
+        self.log.error("lesson_crashed", state=self.session.state.value, exc_info=error)
+        # Recorded first: should ending the lesson fail too, `finally` still closes with 1011.
+        self._close_code, self._close_reason = 1011, "internal_error"
+        with contextlib.suppress(_LessonOver):
+            await self._carry_out(self.session.handle_crash(self.clock()))
 
     async def _pump_browser(self) -> None:
         session, clock = self.session, self.clock

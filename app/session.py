@@ -340,6 +340,14 @@ class LessonSession:
             error=("server_restarting", "The lesson server is restarting. Please start the lesson again in a moment."),
         )
 
+    def handle_crash(self, now: float) -> Sequence[Action]:
+        """The lesson's own code raised unexpectedly: tell the student in plain words and end with 1011."""
+        if self.state is LessonState.ENDED:
+            return (Close(1011, "internal_error"),)
+        return self._finish("internal_error", 1011, now, error=(
+            "internal_error", "Something went wrong on our side and the lesson had to stop. "
+                              "Please start the lesson again."))
+
     def next_deadline(self) -> float | None:
         """The monotonic time at which `handle_timeout` must be called next, if any."""
         self.deadlines_changed = False

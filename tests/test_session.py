@@ -458,3 +458,10 @@ class TestLimitsAndEnding:
         session = LessonSession(config())
         with pytest.raises(InvalidTransition, match="'connecting' to 'conversing'"):
             session._transition(LessonState.CONVERSING)
+
+
+def test_a_crash_after_the_lesson_ended_only_closes_the_page_1011() -> None:
+    session = LessonSession(config())
+    session.begin(0.0)
+    session.handle_browser_closed(1.0)
+    assert session.handle_crash(2.0) == (Close(1011, "internal_error"),)

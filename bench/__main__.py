@@ -35,7 +35,12 @@ from bench.scenarios import (
     run_load,
 )
 
-RELAY_APPS: Final = {Target.RELAY: "app.main:app", Target.NAIVE: "bench.naive_relay:app", Target.BEFORE: "app.main:app"}
+RELAY_APPS: Final = {
+    Target.RELAY: "app.main:app",
+    Target.NAIVE: "bench.naive_relay:app",
+    Target.NAIVE_PYDANTIC: "bench.naive_relay:validating_app",
+    Target.BEFORE: "app.main:app",
+}
 # The uvicorn settings `python -m app` (the deployed command) gives the relay, as CLI flags.
 RELAY_UVICORN_ARGUMENTS: Final = ("--ws-per-message-deflate", "false", "--ws-max-size", "65536")
 # A naive relay is started the naive way: uvicorn's defaults (permessage-deflate on when offered).
@@ -43,7 +48,8 @@ NAIVE_UVICORN_ARGUMENTS: Final = ()
 LESSON_PATH: Final = "/ws/lesson?name=Bench&level=A1"
 UPSTREAM_PATH: Final = "/v1/realtime?model=gpt-realtime-bench"
 # The proxy's knee lies beyond what the harness's one core can drive: searching it would measure the harness.
-SEARCHED_TARGETS: Final = frozenset({Target.RELAY, Target.NAIVE, Target.BEFORE})
+SEARCHED_TARGETS: Final = frozenset({Target.RELAY, Target.NAIVE, Target.NAIVE_PYDANTIC, Target.BEFORE})
+NAIVE_TARGETS: Final = frozenset({Target.NAIVE, Target.NAIVE_PYDANTIC})
 DEFAULT_STEPS: Final = "25,50,75,100,125,150,200,250,300,400,500"
 
 
@@ -69,12 +75,12 @@ def relay_environment(upstream_port: int) -> dict[str, str]:
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lessons", type=int, default=200, help="concurrent lessons of the main run (200)")
+    parser.add_argument("--lessons", type=int, default=150, help="concurrent lessons of the main run (150)")
     parser.add_argument("--seconds", type=float, default=15.0, help="streaming seconds of the main run (15)")
     parser.add_argument(
         "--targets",
         default="direct,proxy,relay,naive",
-        help="comma-separated: direct, proxy, relay, naive, before (default: the first four)",
+        help="comma-separated: direct, proxy, relay, naive, naive-pydantic, before (default: the first four)",
     )
     parser.add_argument(
         "--before",
@@ -141,7 +147,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def uvicorn_arguments(target: Target, arguments: argparse.Namespace) -> tuple[str, ...]:
     own: tuple[str, ...] = RELAY_UVICORN_ARGUMENTS
-    if target is Target.NAIVE and arguments.naive_server == "defaults":
+    if target in NAIVE_TARGETS and arguments.naive_server == "defaults":
         own = NAIVE_UVICORN_ARGUMENTS
     return (*own, *arguments.uvicorn_arg)
 
@@ -227,7 +233,8 @@ def main() -> None:
             "Step search: where p99 passes 10 ms (or > 0.1 % lost) in two runs in a row",
             crossing_table(record["crossings"]),
         ]
-    sections += ["", "Targets (issue 6)", *targets_check(record["loads"], record["first_audio"], record["crossings"])]
+    checks = targets_check(record["loads"], record["first_audio"], record["crossings"])
+    sections += ["", "Targets (issues 6 and 14)", *checks]
     record["arguments"]["targets"] = [target.value for target in arguments.targets]
     record["arguments"]["results_dir"] = str(arguments.results_dir)
     record["arguments"]["before"] = str(arguments.before) if arguments.before else None

@@ -144,7 +144,13 @@ def targets_check(
             f"[WARN] other processes used more than {NOISY_OTHER_CPU:.0%} of a core during: {runs};"
             " those latencies measure the neighbours too: re-run on a quiet machine"
         )
-    direct, relay = by_target(loads, Target.DIRECT), by_target(loads, Target.RELAY)
+    direct, relay, naive = (by_target(loads, target) for target in (Target.DIRECT, Target.RELAY, Target.NAIVE))
+    if relay and naive and relay.relay_cpu_us_per_frame and naive.relay_cpu_us_per_frame:
+        ratio = relay.relay_cpu_us_per_frame / naive.relay_cpu_us_per_frame
+        lines.append(
+            f"[{'PASS' if ratio <= 0.5 else 'FAIL'}] relay CPU per frame {relay.relay_cpu_us_per_frame:.0f} us"
+            f" = {ratio:.2f}x naive {naive.relay_cpu_us_per_frame:.0f} us (target <= 0.5x)"
+        )
     if direct and relay and direct.round_trip_p99_ms and relay.round_trip_p99_ms:
         ratio = relay.round_trip_p99_ms / direct.round_trip_p99_ms
         holds = ratio <= 1.5 and relay.frames_lost == 0 and relay.lessons_ready == relay.lessons
@@ -167,7 +173,7 @@ def targets_check(
             )
     if relay and relay.relay_kib_per_idle_lesson is not None:
         kib = relay.relay_kib_per_idle_lesson
-        lines.append(f"[{'PASS' if kib <= 200 else 'FAIL'}] relay memory {kib:.0f} KiB per idle lesson (target <= 200)")
+        lines.append(f"[{'PASS' if kib <= 64 else 'FAIL'}] relay memory {kib:.0f} KiB per idle lesson (target <= 64)")
     direct_first, relay_first = by_target(first_audio, Target.DIRECT), by_target(first_audio, Target.RELAY)
     if direct_first and relay_first and direct_first.median_ms and relay_first.median_ms:
         extra = relay_first.median_ms - direct_first.median_ms

@@ -1,4 +1,4 @@
-"""What one measurement is, for one target (direct, relay or naive relay).
+"""What one measurement is, for one target (direct, proxy, a relay or a naive relay).
 
 A load run: open N lessons, start-staggered over a ramp; wait until every one got through its greeting
 (microphone open); measure the relay idle with N lessons open; start every student streaming (each at
@@ -31,7 +31,8 @@ NOISY_OTHER_CPU: Final = 0.3  # cores used by other processes while streaming th
 class Target(StrEnum):
     DIRECT = "direct"  # students speak the Realtime protocol straight to the echo upstream: the floor
     RELAY = "relay"  # app.main:app, the product
-    NAIVE = "naive"  # bench.naive_relay:app, the baseline
+    NAIVE = "naive"  # bench.naive_relay:app, the baseline: what the public samples do
+    NAIVE_PYDANTIC = "naive-pydantic"  # bench.naive_relay:validating_app, the baseline validating every message
     PROXY = "proxy"  # bench.tcp_proxy between direct students and the upstream: the cost of moving bytes
     BEFORE = "before"  # app.main:app served from another checkout (--before DIR): before/after a change
 

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 import pytest
 from sdk_oracle import assert_valid_client_event, assert_valid_server_event
+import uvicorn
+from harness import bound_socket
 from websockets.asyncio.client import connect
 
 # `bench` is not an installed package (only `app` is): import it from the repository root.
@@ -27,7 +29,9 @@ from bench.costs import step_costs
 from bench.echo_upstream import GREETING_CHUNKS, GREETING_TRANSCRIPT, EchoSession, bound_port, serve_echo
 from bench.markers import FRAME_BYTES, marked_frame, pcm_duration_ms, read_marker, tone
 from bench.scenarios import Target
-from bench.students import DirectStudent, LoadClock
+from bench.naive_relay import app as naive_app
+from bench.naive_relay import validating_app as naive_validating_app
+from bench.students import BrowserStudent, DirectStudent, LoadClock
 from bench.tcp_proxy import open_proxy
 
 GREETING_SEQUENCE = [
@@ -216,6 +220,35 @@ async def test_direct_students_greet_stream_and_get_every_frame_back(through_pro
         await asyncio.sleep(0.2)
         clock.stream_stopped.set()
         results = await asyncio.gather(*runs)
+    for result in results:
+        assert result.errors == []
+        assert result.greeting_ms is not None
+        assert result.frames_sent > 0
+        assert result.frames_lost == 0
+        assert result.misrouted_frames == result.duplicate_frames == result.unmarked_frames == 0
+
+
+@pytest.mark.parametrize("naive", [naive_app, naive_validating_app], ids=["naive", "naive-pydantic"])
+async def test_the_naive_relays_greet_browser_students_and_carry_every_frame(
+    naive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serve_echo() as upstream:
+        monkeypatch.setenv("OPENAI_REALTIME_URL", f"ws://127.0.0.1:{bound_port(upstream)}/v1/realtime")
+        sock = bound_socket()
+        server = uvicorn.Server(uvicorn.Config(naive, log_config=None, lifespan="off"))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/ws/lesson?name=Bench&level=A1"
+        clock = LoadClock(drain_seconds=5.0)
+        students = [BrowserStudent(student_id, url, clock, compression="deflate") for student_id in range(3)]
+        runs = [asyncio.create_task(student.run()) for student in students]
+        await asyncio.wait_for(asyncio.gather(*(student.mic_open.wait() for student in students)), 10)
+        clock.stream_started.set()
+        await asyncio.sleep(0.2)  # the length of the stream, not a synchronisation: every echo is awaited
+        clock.stream_stopped.set()
+        results = await asyncio.gather(*runs)
+        server.should_exit = True
+        await serving
+        sock.close()
     for result in results:
         assert result.errors == []
         assert result.greeting_ms is not None

@@ -1,8 +1,9 @@
 """create_app(settings) → the FastAPI application: routes, static files, templates and lifespan.
 
-The lifespan configures logging, starts the embedded Realtime simulator when no API key is set (the
-lesson then works offline end to end, over real sockets, through the same code path), and on shutdown
-drains open lessons: each is told the server is restarting and closed cleanly.
+The lifespan configures logging, opens the lesson records' database (migrating it to the newest schema;
+a database out of reach stops the start), starts the embedded Realtime simulator when no API key is set
+(the lesson then works offline end to end, over real sockets, through the same code path), and on
+shutdown drains open lessons: each is told the server is restarting and closed cleanly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from app.logging import configure_logging
 from app.routes import Upstream, router
 from app.settings import Settings, load_settings
 from app.simulator import RealtimeSimulator
+from app.store.runtime import open_store
 
 HERE = Path(__file__).parent
 # The simulator checks that a key is sent, like OpenAI does; this one never leaves the machine.
@@ -38,6 +40,8 @@ def create_app(settings: Settings | None = None, *, log_stream: TextIO | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings, log_stream)
+        store = await open_store(settings)
+        app.state.db = store.sessions
         simulator: RealtimeSimulator | None = None
         if settings.simulated:
             simulator = RealtimeSimulator(keep_history=False)
@@ -57,6 +61,7 @@ def create_app(settings: Settings | None = None, *, log_stream: TextIO | None = 
             await drain_lessons(app, settings.shutdown_grace_seconds)
             if simulator is not None:
                 await simulator.stop()
+            await store.close()
 
     app = FastAPI(title="lesson relay", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from app.store.database import DatabaseUrlError, database_url
+
 WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"])]
 
 
@@ -48,12 +50,14 @@ class Settings(BaseSettings):
     allowed_origins: str = ""
     lesson_secret: SecretStr | None = None
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=120)
+    # Where lesson records are kept: unset = SQLite file data/lessons.db; postgres(ql)://… = PostgreSQL.
+    database_url: SecretStr | None = None
     # USD per million tokens, by kind; a JSON object in the environment.
     price_per_million_tokens: dict[str, float] = Field(
         default={"audio_input": 32.0, "audio_output": 64.0, "text_input": 4.0, "text_output": 16.0, "cached": 0.4}
     )
 
-    @field_validator("openai_api_key", "lesson_secret", mode="before")
+    @field_validator("openai_api_key", "lesson_secret", "database_url", mode="before")
     @classmethod
     def _blank_is_absent(cls, value: object) -> object:
         # Railway and docker-compose often set an unused variable to the empty string.
@@ -63,6 +67,16 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_supported(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                database_url(value.get_secret_value())
+            except DatabaseUrlError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @property
     def simulated(self) -> bool:
@@ -85,7 +99,7 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"{str(error['loc'][0]).upper()}={error.get('input')!r}: {error['msg']}"
-            if "api_key" not in str(error["loc"][0]) and "secret" not in str(error["loc"][0])
+            if not any(part in str(error["loc"][0]) for part in ("api_key", "secret", "database_url"))
             else f"{str(error['loc'][0]).upper()}: {error['msg']}"
             for error in exc.errors()
         )

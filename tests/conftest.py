@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from databases import postgres_server, store_url  # noqa: F401  (fixtures for every test module)
 from harness import AppServer, relay_settings, serve_app
 
 from app.simulator import RealtimeSimulator, SimulatorBehaviour
@@ -33,3 +34,9 @@ def log_stream() -> io.StringIO:
 async def relay(simulator: RealtimeSimulator, log_stream: io.StringIO) -> AsyncIterator[AppServer]:
     async with serve_app(relay_settings(simulator.url), log_stream) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _records_in_the_test_folder(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app built without DATABASE_URL keeps its records in ./data/lessons.db: the test's own folder."""
+    monkeypatch.chdir(tmp_path)

@@ -622,12 +622,14 @@ def _free_port() -> int:
         return port
 
 
-async def test_sigterm_drains_the_served_process_and_it_exits_cleanly(simulator_with: SimulatorWith) -> None:
+async def test_sigterm_drains_the_served_process_and_it_exits_cleanly(simulator_with: SimulatorWith,
+                                                                      tmp_path: Path) -> None:
     port = _free_port()
     async with simulator_with(audio_pace=0) as simulator:
         env = os.environ | {
             "OPENAI_API_KEY": "sk-test-fake-key", "OPENAI_REALTIME_URL": simulator.url, "PORT": str(port),
             "HOST": "127.0.0.1", "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'lessons.db'}",
         }
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,

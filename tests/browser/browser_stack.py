@@ -126,6 +126,7 @@ def run_stack(workdir: Path, *simulator_args: str) -> Iterator[Stack]:
             "OPENAI_REALTIME_URL": simulator_url,
             # Every test and measurement starts a lesson from 127.0.0.1; the per-client limit is not under test.
             "LESSON_STARTS_PER_MINUTE": "1000",
+            "DATABASE_URL": f"sqlite:///{workdir / 'lessons.db'}",
         }
         with app_log.open("wb") as out:
             app = subprocess.Popen(

@@ -1,0 +1,1 @@
+"""The lesson records: models, migrations, the database connection and the one writer task."""

@@ -1,0 +1,63 @@
+"""The store for one running app: opened (and migrated) at start, closed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.settings import Settings
+from app.store.database import DatabaseUnavailable, create_engine, database_url, migrate, redact, session_factory
+
+log = structlog.get_logger("lesson_relay")
+
+
+@dataclass
+class Store:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _url(settings: Settings) -> URL:
+    return database_url(settings.database_url.get_secret_value() if settings.database_url else None)
+
+
+def prepare_database(settings: Settings) -> None:
+    """Migrate the database before the server starts, or stop the process with one line naming it.
+
+    `python -m app` calls this first so that an unreachable database ends the start with that line alone
+    (the lifespan's own failure would come wrapped in uvicorn's traceback); the lifespan migrates again,
+    which is a no-op on an up-to-date schema.
+    """
+
+    async def migrate_once() -> None:
+        engine = create_engine(_url(settings))
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(migrate_once())
+    except DatabaseUnavailable as exc:
+        raise SystemExit(str(exc)) from None
+
+
+async def open_store(settings: Settings) -> Store:
+    """The migrated store for `settings`, or `DatabaseUnavailable` (logged once, password-free) when out of reach."""
+    url = _url(settings)
+    engine = create_engine(url)
+    try:
+        await migrate(engine)
+    except DatabaseUnavailable as exc:
+        await engine.dispose()
+        log.error("database_unavailable", url=redact(url), error=str(exc))
+        raise
+    log.info("database_ready", url=redact(url))
+    return Store(engine=engine, sessions=session_factory(engine))

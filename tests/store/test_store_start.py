@@ -1,0 +1,98 @@
+"""Which database the app uses, and what a start does when it cannot be reached."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import serve_app
+
+from app.main import create_app
+from app.settings import ConfigurationError, Settings, load_settings
+from app.store.database import DatabaseUnavailable, DatabaseUrlError, database_url, redact
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (None, "sqlite+aiosqlite:///data/lessons.db"),
+    ("", "sqlite+aiosqlite:///data/lessons.db"),
+    ("sqlite:////srv/lessons.db", "sqlite+aiosqlite:////srv/lessons.db"),
+    ("postgres://u:pw@db.railway.internal:5432/railway", "postgresql+asyncpg://u:pw@db.railway.internal:5432/railway"),
+    ("postgresql://u@localhost/lessons", "postgresql+asyncpg://u@localhost/lessons"),
+    ("postgresql+asyncpg://u@localhost/lessons", "postgresql+asyncpg://u@localhost/lessons"),
+])
+def test_database_url_picks_the_async_driver(raw: str | None, expected: str) -> None:
+    assert database_url(raw).render_as_string(hide_password=False) == expected
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    ("mysql://u:pw@localhost/lessons", "scheme 'mysql' is not supported"),
+    ("sqlite://", "names no SQLite file"),
+    ("not a url", "is not a database URL"),
+])
+def test_an_unsupported_database_url_is_refused(raw: str, problem: str) -> None:
+    with pytest.raises(DatabaseUrlError, match=problem):
+        database_url(raw)
+
+
+def test_a_bad_database_url_stops_the_start_without_echoing_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://teacher:hunter2-pass@localhost/lessons")
+    with pytest.raises(ConfigurationError) as stopped:
+        load_settings()
+    assert "DATABASE_URL" in str(stopped.value)
+    assert "not supported" in str(stopped.value)
+    assert "hunter2-pass" not in str(stopped.value)
+
+
+def test_redact_hides_the_password() -> None:
+    assert redact("postgresql://teacher:hunter2-pass@db:5432/x") == "postgresql://teacher:***@db:5432/x"
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def test_an_unreachable_database_stops_the_start_with_one_line_naming_it() -> None:
+    port = _closed_port()
+    url = f"postgresql://teacher:hunter2-pass@127.0.0.1:{port}/lessons"
+    log_stream = io.StringIO()
+    app = create_app(Settings(database_url=url, log_format="json"), log_stream=log_stream)
+    with pytest.raises(DatabaseUnavailable):
+        async with app.router.lifespan_context(app):
+            pytest.fail("the app started without its database")
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    [failure] = [line for line in lines if line["event"] == "database_unavailable"]
+    assert failure["level"] == "error"
+    assert failure["url"] == f"postgresql+asyncpg://teacher:***@127.0.0.1:{port}/lessons"
+    assert "hunter2-pass" not in log_stream.getvalue()
+
+
+async def test_without_database_url_the_first_start_creates_data_lessons_db(tmp_path: Path) -> None:
+    # conftest runs every test in its own folder: the working directory here is tmp_path.
+    async with serve_app(Settings(log_format="json"), io.StringIO()) as server, httpx.AsyncClient() as client:
+        assert (await client.get(f"{server.base_url}/healthz")).status_code == 200
+    assert (tmp_path / "data" / "lessons.db").is_file()
+
+
+async def test_python_m_app_stops_with_a_clear_line_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    port = _closed_port()
+    url = f"postgresql://teacher:hunter2-pass@127.0.0.1:{port}/lessons"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", cwd=tmp_path,
+        env={"DATABASE_URL": url, "PORT": str(_closed_port()), "HOST": "127.0.0.1", "LOG_FORMAT": "json",
+             "PATH": ""},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 1
+    assert out == b""
+    [line] = err.decode().splitlines()
+    assert line.startswith(f"database postgresql+asyncpg://teacher:***@127.0.0.1:{port}/lessons cannot be reached: ")

@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.simulator import RealtimeSimulator, SimulatorBehaviour, tutor_facts
-from app.voice import SAMPLE_RATE, Utterance
+from app.simulator.voice import SAMPLE_RATE, Utterance
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "sk-test-fake"

@@ -1,0 +1,72 @@
+"""python -m app.simulator --port 8765: run the Realtime simulator alone until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from app.logging import configure_logging
+from app.settings import load_settings
+from app.simulator.behaviour import SimulatorBehaviour
+from app.simulator.server import RealtimeSimulator
+
+DESCRIPTION = "A protocol-faithful OpenAI Realtime (GA) server: the offline demo backend and the tests' upstream."
+
+def _fault_times(value: str) -> int | None:
+    if value == "always":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number or 'always', got {value!r}")
+    return int(value)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app.simulator", description=DESCRIPTION)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
+    parser.add_argument("--record-dir", type=Path, help="write appended audio to DIR/connection-<n>.pcm")
+    parser.add_argument("--fault", choices=["failed", "cancelled", "incomplete", "empty"])
+    parser.add_argument("--fault-times", type=_fault_times, default=1, help="a number of responses, or 'always'")
+    parser.add_argument("--failed-code", default="server_error")
+    parser.add_argument("--refuse-handshake", type=int, metavar="STATUS")
+    parser.add_argument("--event-delay-ms", type=float, default=0.0)
+    parser.add_argument("--audio-pace", type=float, default=4.0)
+    return parser.parse_args(argv)
+
+
+async def _serve_forever(arguments: argparse.Namespace) -> None:
+    behaviour = SimulatorBehaviour(
+        response_fault=arguments.fault or "none",
+        fault_times=arguments.fault_times,
+        failed_code=arguments.failed_code,
+        refuse_handshake=arguments.refuse_handshake,
+        event_delay_ms=arguments.event_delay_ms,
+        audio_pace=arguments.audio_pace,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
+    simulator = RealtimeSimulator(behaviour, record_dir=arguments.record_dir)
+    await simulator.start(arguments.host, arguments.port)
+    try:
+        # The one line a wrapper script or test reads to find the server.
+        sys.stdout.write(f"Realtime simulator listening on {simulator.url}\n")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        await simulator.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the simulator until SIGINT or SIGTERM, logging like the app (LOG_LEVEL, LOG_FORMAT)."""
+    arguments = _parse_args(argv)
+    configure_logging(load_settings())
+    asyncio.run(_serve_forever(arguments))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The conversation a connection has built: its items in order, and what the token counts need of it."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from app.simulator.validation import ClientEventError, check_type, expect_keys, expect_object, invalid_value
+from app.simulator.wire import JsonObject, new_id
+
+
+def text_tokens(text: str) -> int:
+    """About as many tokens as the real tokeniser counts for English text (four characters a token)."""
+    return max(1, round(len(text) / 4))
+
+
+@dataclass
+class Conversation:
+    """One connection's conversation (the default one; out-of-band responses are not added to it)."""
+
+    id: str = field(default_factory=lambda: new_id("conv"))
+    items: dict[str, JsonObject] = field(default_factory=dict)  # in order
+    item_audio_ms: dict[str, int] = field(default_factory=dict)  # assistant audio sent per item, for truncate
+    turns_spoken: int = 0  # responses that said something: a failed greeting is greeted again
+    assistant_audio_sent: bool = False  # the voice is fixed once audio was produced
+    audio_ms: int = 0  # input audio in the context (assistant audio counted twice: it costs about double)
+    text_tokens: int = 0
+    previous_input_tokens: int = 0  # of the last response, for the cached-token estimate
+
+    def last_item_id(self) -> str | None:
+        """The `previous_item_id` of an item appended now."""
+        return next(reversed(self.items), None)
+
+    def item(self, event: JsonObject) -> JsonObject:
+        """The item a conversation.item.retrieve/delete/truncate names in `item_id`."""
+        item_id = event.get("item_id")
+        if not isinstance(item_id, str):
+            raise ClientEventError(
+                "missing_required_parameter", "Missing required parameter: 'item_id'.", param="item_id"
+            )
+        item = self.items.get(item_id)
+        if item is None:
+            raise ClientEventError("item_not_found", f"Item with item_id {item_id!r} not found.", param="item_id")
+        return item
+
+    def create_item(self, event: JsonObject) -> tuple[str | None, JsonObject]:
+        """Add a conversation.item.create's message; (its previous_item_id, the item as the server shows it)."""
+        item = copy.deepcopy(expect_object(event.get("item"), "item"))
+        if item.get("type") != "message" or item.get("role") not in ("user", "assistant", "system"):
+            raise ClientEventError(
+                "invalid_value", "Only message items (user, assistant or system) are simulated.", param="item.type"
+            )
+        content = item.get("content")
+        if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+            raise ClientEventError(
+                "invalid_type", "Invalid type for 'item.content': expected an array.", param="item.content"
+            )
+        expect_keys(item, frozenset({"id", "type", "role", "content", "status", "object"}), "item")
+        item_id = item.setdefault("id", new_id("item"))
+        if item_id in self.items:
+            raise ClientEventError("invalid_value", f"Item with id {item_id!r} already exists.", param="item.id")
+        previous_item_id = event.get("previous_item_id")
+        if previous_item_id is not None and previous_item_id not in self.items:
+            raise ClientEventError(
+                "item_not_found", f"Item with item_id {previous_item_id!r} not found.", param="previous_item_id"
+            )
+        item.update(status="completed", object="realtime.item")
+        previous_item_id = previous_item_id or self.last_item_id()
+        self.items[item_id] = item
+        self.text_tokens += sum(text_tokens(str(part.get("text") or "")) for part in content)
+        return previous_item_id, item
+
+    def truncate(self, event: JsonObject) -> JsonObject:
+        """Check a conversation.item.truncate; the fields of the conversation.item.truncated that answers it."""
+        item = self.item(event)
+        content_index = event.get("content_index")
+        audio_end_ms = event.get("audio_end_ms")
+        check_type(content_index, int, "content_index")
+        check_type(audio_end_ms, int, "audio_end_ms")
+        assert isinstance(content_index, int)
+        assert isinstance(audio_end_ms, int)
+        if item["id"] not in self.item_audio_ms:
+            raise ClientEventError(
+                "invalid_value", "Only assistant messages with audio can be truncated.", param="item_id"
+            )
+        if content_index != 0:
+            raise invalid_value("content_index", content_index, "0")
+        if audio_end_ms < 0:
+            raise invalid_value("audio_end_ms", audio_end_ms, "a non-negative integer")
+        sent_ms = self.item_audio_ms[item["id"]]
+        if audio_end_ms > sent_ms:
+            raise ClientEventError(
+                "invalid_value", f"Audio content of {sent_ms}ms is already shorter than {audio_end_ms}ms",
+                param="audio_end_ms",
+            )
+        return {"item_id": item["id"], "content_index": content_index, "audio_end_ms": audio_end_ms}

@@ -12,9 +12,10 @@ import argparse
 import base64
 import hashlib
 import hmac
+import math
 import time
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 from pydantic import ValidationError
@@ -78,12 +79,38 @@ def verify_lesson_token(token: str, secret: str, *, now: float) -> LessonLink:
     return link
 
 
+# A link is for a course, not forever: a year at most.
+MAX_LINK_HOURS = 366 * 24
+
+
+def _hours(text: str) -> float:
+    """`--hours`: a finite number above 0 and at most a year."""
+    try:
+        hours = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
+    if not math.isfinite(hours) or not 0 < hours <= MAX_LINK_HOURS:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be above 0 and at most {MAX_LINK_HOURS} (a year)")
+    return hours
+
+
+def _base_url(text: str) -> str:
+    """`--base-url`: the page's public http(s) address, with no query or fragment of its own."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an http:// or https:// address with a host, "
+                                         "and no ? or # part")
+    return text.rstrip("/")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.links", description="Print a signed lesson link.")
     parser.add_argument("--name", required=True, help="the student's name, as the tutor will say it")
     parser.add_argument("--level", default="A1", choices=LEVELS)
-    parser.add_argument("--hours", type=float, default=24.0, help="how long the link stays valid")
-    parser.add_argument("--base-url", default="http://localhost:8000", help="the lesson page's public address")
+    parser.add_argument("--hours", type=_hours, default=24.0,
+                        help=f"how long the link stays valid: above 0, at most {MAX_LINK_HOURS}")
+    parser.add_argument("--base-url", type=_base_url, default="http://localhost:8000",
+                        help="the lesson page's public address")
     args = parser.parse_args(argv)
     settings = load_settings()
     if settings.lesson_secret is None:
@@ -93,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                                   expires_at=int(time.time() + args.hours * 3600))
     except ValidationError as exc:
         parser.error(f"--name {args.name!r}: {exc.errors()[0]['msg']}")
-    print(f"{args.base_url.rstrip('/')}/?{urlencode({'token': token})}")
+    print(f"{args.base_url}/?{urlencode({'token': token})}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,10 @@ def create_app(settings: Settings | None = None, *, log_stream: TextIO | None = 
                                           api_key=settings.openai_api_key.get_secret_value())
             log.info("upstream_configured", url=str(settings.openai_realtime_url),
                      model=settings.openai_realtime_model, voice=settings.openai_realtime_voice)
+            if settings.lesson_secret is None:
+                # A paid key with no links: anyone who can reach the server spends it.
+                log.warning("lessons_open_to_anyone", message="OPENAI_API_KEY is set but LESSON_SECRET is not: "
+                            "anyone who can reach this server can start paid lessons; set LESSON_SECRET")
         try:
             yield
         finally:

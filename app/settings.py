@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from app.store.database import DatabaseUrlError, database_url
 
+# The length of an HMAC-SHA256 key that is as strong as the hash.
+MIN_SECRET_BYTES = 32
+
 WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"])]
 
 
@@ -62,6 +65,15 @@ class Settings(BaseSettings):
     def _blank_is_absent(cls, value: object) -> object:
         # Railway and docker-compose often set an unused variable to the empty string.
         return None if value == "" else value
+
+    @field_validator("lesson_secret")
+    @classmethod
+    def _secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # Links are HMAC-SHA256 signatures: a short secret can be guessed offline from one link.
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes; make one with "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -189,7 +189,7 @@ async def test_usage_and_estimated_cost_reach_the_page_and_the_log_at_the_end(
 
 
 class TestSignedLinks:
-    SECRET = "test-lesson-secret-not-real"
+    SECRET = "test-lesson-secret-not-real-0123456789"
 
     def token(self, **overrides: Any) -> str:
         values: dict[str, Any] = {"name": "Ana", "level": "B1", "expires_at": int(time.time()) + 3600}

@@ -71,3 +71,32 @@ def test_good_lesson_parameters_are_normalised() -> None:
     assert request.level == "A1"
     assert request.support == "Spanish"
     assert parse_lesson_request({"name": "Zoë-李"}).name == "Zoë-李"
+
+
+@pytest.mark.parametrize("secret", ["a", "x" * 31, "é" * 15])
+def test_a_lesson_secret_shorter_than_32_bytes_is_refused(secret: str) -> None:
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        Settings(lesson_secret=secret)
+
+
+def test_a_lesson_secret_of_32_bytes_is_accepted() -> None:
+    assert Settings(lesson_secret="x" * 32).lesson_secret is not None
+    assert Settings(lesson_secret="é" * 16).lesson_secret is not None  # 32 bytes in UTF-8
+
+
+async def test_python_m_app_refuses_a_short_lesson_secret_with_one_line_and_never_echoes_it() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", env={"LESSON_SECRET": "short-secret", "PATH": ""},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(30):  # a server that accepted the secret would serve until killed
+            _, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 1
+    [line] = err.decode().strip().splitlines()
+    assert line.startswith("invalid configuration: LESSON_SECRET: Value error, must be at least 32 bytes")
+    assert "short-secret" not in line

@@ -221,6 +221,7 @@ class LessonSession:
         self._greeting_response_id: str | None = None
         self._greeting_first_audio_at: float | None = None
         self._greeting_done = False
+        self._greeting_audio_ms = 0
         self._active_response_id: str | None = None
         self._dropped_responses: set[str] = set()
         self._items: dict[str, _TutorItem] = {}
@@ -523,10 +524,8 @@ class LessonSession:
         failure_code = details.error.code if details and details.error else None
         if response.status == "completed" and audio_bytes > 0:
             self._greeting_done = True
-            start = self._greeting_first_audio_at if self._greeting_first_audio_at is not None else now
-            heard_at = start + audio_bytes / (protocol.BYTES_PER_MS * 1000) + GREETING_PLAYOUT_MARGIN_S
-            self._set_deadline(Timer.GREETING_HEARD, heard_at)
-            return self._open_microphone_if_heard(now)
+            self._greeting_audio_ms = audio_bytes // protocol.BYTES_PER_MS
+            return self._open_microphone_or_arm_timer(now)
         why = {
             "status": response.status,
             "reason": details.reason if details else None,
@@ -603,15 +602,32 @@ class LessonSession:
             return NO_ACTIONS
         item.played_ms = min(report.played_ms, item.received_ms)
         item.reported_at = now
-        return self._open_microphone_if_heard(now)
-
-    def _open_microphone_if_heard(self, now: float) -> Sequence[Action]:
         if self.state is not LessonState.GREETING or not self._greeting_done:
             return NO_ACTIONS
+        return self._open_microphone_or_arm_timer(now)
+
+    def _open_microphone_or_arm_timer(self, now: float) -> Sequence[Action]:
+        """The finished greeting was reported played: open the microphone; otherwise (re-)arm the elapsed rule."""
         greeting_items = [item for item in self._items.values() if item.response_id == self._greeting_response_id]
-        if not all(item.fully_heard() for item in greeting_items):
-            return NO_ACTIONS
-        return self._open_microphone(now, because="played")
+        if all(item.fully_heard() for item in greeting_items):
+            return self._open_microphone(now, because="played")
+        self._arm_greeting_heard(greeting_items, now)
+        return NO_ACTIONS
+
+    def _arm_greeting_heard(self, greeting_items: list[_TutorItem], now: float) -> None:
+        """Set when the greeting counts as heard without a final report (a page that stalls or never reports).
+
+        From the page's latest playback report of the greeting: what was still unplayed then, plus the margin.
+        Only a page that has not reported the greeting's playback gets the whole greeting from its first audio
+        frame plus the margin: late audio output (Bluetooth, a slow phone) must not open the microphone early."""
+        reports = [item.reported_at for item in greeting_items if item.reported_at is not None]
+        if reports:
+            start = max(reports)
+            unplayed_ms = sum(item.received_ms - item.played_ms for item in greeting_items)
+        else:
+            start = self._greeting_first_audio_at if self._greeting_first_audio_at is not None else now
+            unplayed_ms = self._greeting_audio_ms
+        self._set_deadline(Timer.GREETING_HEARD, start + unplayed_ms / 1000 + GREETING_PLAYOUT_MARGIN_S)
 
     def _open_microphone(self, now: float, *, because: str) -> Sequence[Action]:
         self._transition(LessonState.CONVERSING)

@@ -241,6 +241,58 @@ class TestGreetingProtection:
         assert session.state is LessonState.CONVERSING
         assert logs(actions, "microphone_open")[0]["because"] == "elapsed"
 
+    @staticmethod
+    def two_second_greeting(session: LessonSession) -> None:
+        """A greeting of 2 s of audio, all received at t=0 (faster than real time), its response done at t=0.1."""
+        configured(session)
+        session.handle_upstream({"type": "response.created", "response": {"id": "resp_1"}}, 0.0)
+        for _ in range(20):
+            session.handle_upstream(audio_delta(PCM_100MS), 0.0)
+        session.handle_upstream({"type": "response.output_audio.done", "item_id": "item_1"}, 0.0)
+        session.handle_upstream(response_done(), 0.1)
+
+    def test_a_page_whose_output_starts_late_gets_the_microphone_only_once_it_reports_the_greeting_played(
+            self) -> None:
+        session = LessonSession(config())
+        self.two_second_greeting(session)
+        # The page's audio output starts 1.5 s late (Bluetooth). Its microphone sends loud frames every 20 ms from
+        # the first moment; once its output runs it reports what it has played every 100 ms.
+        output_starts_at, frame = 1.5, PCM_100MS[:960]
+        opened: list[dict[str, Any]] = []
+        relayed_at: list[float] = []
+        reported_played_at = None
+        for tick in range(300):
+            now = tick * 0.02
+            deadline = session.next_deadline()
+            if deadline is not None and deadline <= now:
+                opened += logs(session.handle_timeout(now), "microphone_open")
+            played_ms = round((now - output_starts_at) * 1000)
+            if tick % 5 == 0 and played_ms > 0 and reported_played_at is None:
+                report = {"type": "playback", "item_id": "item_1", "played_ms": min(played_ms, 2000)}
+                opened += logs(session.handle_browser_text(json.dumps(report), now), "microphone_open")
+                if played_ms >= 2000:
+                    reported_played_at = now
+            if upstream_events(session.handle_browser_audio(frame, now)):
+                relayed_at.append(now)
+        assert reported_played_at == pytest.approx(3.5)
+        assert opened == [{"because": "played", "discarded_frames": 175}]
+        assert relayed_at[0] == reported_played_at
+
+    def test_a_page_that_stops_reporting_gets_the_microphone_when_what_remained_has_had_time_to_play(self) -> None:
+        session = LessonSession(config())
+        self.two_second_greeting(session)
+        assert session.next_deadline() == pytest.approx(2.5)  # no report yet: 2 s from the first audio + 0.5 s
+        session.handle_browser_text('{"type":"playback","item_id":"item_1","played_ms":100}', 1.6)
+        assert session.next_deadline() == pytest.approx(1.6 + 1.9 + 0.5)
+        session.handle_browser_text('{"type":"playback","item_id":"item_1","played_ms":300}', 1.9)
+        assert session.next_deadline() == pytest.approx(1.9 + 1.7 + 0.5)
+        # The reports stop (the output device stalled): the microphone opens once the rest could have played.
+        assert session.handle_timeout(4.09) == []
+        assert session.state is LessonState.GREETING
+        actions = session.handle_timeout(4.1)
+        assert logs(actions, "microphone_open")[0]["because"] == "elapsed"
+        assert session.state is LessonState.CONVERSING
+
 
 class TestGreetingFailures:
     def start_greeting(self, session: LessonSession) -> None:

@@ -8,9 +8,12 @@ shutdown drains open lessons: each is told the server is restarting and closed c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 import structlog
@@ -29,6 +32,12 @@ from app.store.runtime import open_store
 HERE = Path(__file__).parent
 # The simulator checks that a key is sent, like OpenAI does; this one never leaves the machine.
 SIMULATOR_KEY = "simulator-local-key"
+# The shutdown after SIGTERM, bounded so that it ends before the platform's kill (Railway's drainingSeconds):
+# lessons get SHUTDOWN_GRACE_SECONDS to close, then uvicorn gives the connections still open (a page that
+# never answers the close handshake) CONNECTIONS_CLOSE_SECONDS before cancelling them, and whatever still
+# runs EXIT_AFTER_GRACE_SECONDS after the grace (a hung close, the simulator's stop) ends with the process.
+CONNECTIONS_CLOSE_SECONDS = 2
+EXIT_AFTER_GRACE_SECONDS = 5
 
 log = structlog.get_logger("lesson_relay")
 
@@ -102,17 +111,60 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         # Railway (and most hosts) put a proxy in front: the client address is in X-Forwarded-For.
         "proxy_headers": True,
         "forwarded_allow_ips": "*",
-        "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds) + 5,
+        # Lessons are drained before this starts (DrainingServer): only stragglers are left.
+        "timeout_graceful_shutdown": CONNECTIONS_CLOSE_SECONDS,
     }
     return uvicorn.Config(app, **(options | overrides))
 
 
+def shutdown_worst_case_seconds(grace_s: float) -> float:
+    """The longest `python -m app` can take to exit after SIGTERM with SHUTDOWN_GRACE_SECONDS = `grace_s`."""
+    return grace_s + EXIT_AFTER_GRACE_SECONDS
+
+
+class ExitDeadline:
+    """Ends the process `seconds` after `arm()` if it is still running then (a thread: a stuck loop cannot stop it)."""
+
+    def __init__(self, seconds: float, *, exit_process: Callable[[int], object] = os._exit) -> None:
+        self.seconds = seconds
+        self._exit_process = exit_process
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        """Start counting (once: a second signal does not move the deadline)."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        log.error("shutdown_deadline_exceeded", after_s=self.seconds,
+                  message="the shutdown outlasted its deadline: exiting with whatever is still open")
+        self._exit_process(1)
+
+
 class DrainingServer(uvicorn.Server):
-    """uvicorn, but SIGTERM first drains the lessons (uvicorn alone would cut them with close 1012)."""
+    """uvicorn, but SIGTERM first drains the lessons (uvicorn alone would cut them with close 1012), and the
+    process is gone `shutdown_worst_case_seconds(grace_s)` after the signal at the latest."""
 
     def __init__(self, config: uvicorn.Config, *, grace_s: float) -> None:
         super().__init__(config)
         self.grace_s = grace_s
+        self.exit_deadline = ExitDeadline(shutdown_worst_case_seconds(grace_s))
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.exit_deadline.arm()
+        super().handle_exit(sig, frame)
+
+    def run(self, sockets: Any = None) -> None:
+        try:
+            super().run(sockets=sockets)
+        finally:
+            self.exit_deadline.disarm()
 
     async def shutdown(self, sockets: Any = None) -> None:
         app = self.config.app

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 import pytest
-from sdk_oracle import assert_valid_client_event, assert_valid_server_event
 import uvicorn
 from harness import bound_socket
+from sdk_oracle import assert_valid_client_event, assert_valid_server_event
 from websockets.asyncio.client import connect
 
 # `bench` is not an installed package (only `app` is): import it from the repository root.
@@ -28,9 +28,9 @@ from bench.__main__ import parse_arguments
 from bench.costs import step_costs
 from bench.echo_upstream import GREETING_CHUNKS, GREETING_TRANSCRIPT, EchoSession, bound_port, serve_echo
 from bench.markers import FRAME_BYTES, marked_frame, pcm_duration_ms, read_marker, tone
-from bench.scenarios import Target
 from bench.naive_relay import app as naive_app
 from bench.naive_relay import validating_app as naive_validating_app
+from bench.scenarios import Target
 from bench.students import BrowserStudent, DirectStudent, LoadClock
 from bench.tcp_proxy import open_proxy
 

@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 from pathlib import Path
 
 from app.logging import configure_logging
 from app.settings import load_settings
-from app.simulator.behaviour import SimulatorBehaviour
+from app.simulator.behaviour import SESSION_SECONDS, SimulatorBehaviour
 from app.simulator.server import RealtimeSimulator
 
 DESCRIPTION = "A protocol-faithful OpenAI Realtime (GA) server: the offline demo backend and the tests' upstream."
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {value!r}")
+    return int(value)
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {value!r}")
+    return seconds
+
 
 def _fault_times(value: str) -> int | None:
     if value == "always":
@@ -34,6 +52,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--refuse-handshake", type=int, metavar="STATUS")
     parser.add_argument("--event-delay-ms", type=float, default=0.0)
     parser.add_argument("--audio-pace", type=float, default=4.0)
+    parser.add_argument("--session-seconds", type=_positive_seconds, default=SESSION_SECONDS,
+                        help="then error session_expired and close 1001, like the real API at 60 minutes")
+    parser.add_argument("--feedback-fault", choices=["never", "failed", "invalid_json", "incomplete"])
+    parser.add_argument("--cut-after-deltas", type=_positive_int, metavar="N",
+                        help="end the connection after N output deltas of a response")
+    parser.add_argument("--cut-response", type=_positive_int, default=1, metavar="N",
+                        help="which response of a connection is cut (default the first)")
+    parser.add_argument("--cut-connection", type=_positive_int, metavar="N",
+                        help="cut only the N-th connection (default every one)")
+    parser.add_argument("--cut-how", choices=["close", "drop"], default="close",
+                        help="close 1011, or drop the TCP connection with no close frame")
     return parser.parse_args(argv)
 
 
@@ -45,6 +74,12 @@ async def _serve_forever(arguments: argparse.Namespace) -> None:
         refuse_handshake=arguments.refuse_handshake,
         event_delay_ms=arguments.event_delay_ms,
         audio_pace=arguments.audio_pace,
+        session_seconds=arguments.session_seconds,
+        feedback_fault=arguments.feedback_fault or "none",
+        cut_after_deltas=arguments.cut_after_deltas,
+        cut_response=arguments.cut_response,
+        cut_connection=arguments.cut_connection,
+        cut_how=arguments.cut_how,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

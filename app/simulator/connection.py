@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app.simulator.behaviour import SimulatorBehaviour
 from app.simulator.conversation import Conversation, text_tokens
+from app.simulator.feedback import is_feedback_request
 from app.simulator.responses import ResponseStream, SimulatedResponse, new_response
 from app.simulator.session_config import DEFAULT_MODEL, default_session, merge_session
 from app.simulator.turns import BYTES_PER_MS, SpeechStarted, SpeechStopped, TurnDetector
@@ -48,6 +49,14 @@ BETA_HEADER_VALUE = "realtime=v1"
 
 def _type_predicate(event_type: str) -> Callable[[list[JsonObject]], bool]:
     return lambda events: any(event.get("type") == event_type for event in events)
+
+
+def _duration(seconds: float) -> str:
+    """'60 minutes' for 3600, '1 minute' for 60, '5 seconds' for 5: how the expiry message says it."""
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes} minute" + ("s" if minutes != 1 else "")
+    return f"{seconds:g} second" + ("s" if seconds != 1 else "")
 
 
 def _model_of(websocket: ServerConnection) -> str:
@@ -87,7 +96,7 @@ class SimulatedConnection:
         self._response: SimulatedResponse | None = None
         self._responses_created = 0
         self._responses = ResponseStream(
-            send=self._send, close=websocket.close, conversation=self._conversation, behaviour=behaviour,
+            send=self._send, cut=self._cut, conversation=self._conversation, behaviour=behaviour,
             log=self._log,
         )
         # The input audio buffer and the VAD that watches it.
@@ -121,6 +130,22 @@ class SimulatedConnection:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    async def expire(self) -> None:
+        """End the session as the real API does at `expires_at`: error session_expired, then close 1001.
+
+        The simulator does this by itself `behaviour.session_seconds` after connecting; a test may call it
+        at the moment it chooses."""
+        message = f"Your session hit the maximum duration of {_duration(self._behaviour.session_seconds)}."
+        self._log.info("simulator_session_expired")
+        with contextlib.suppress(ConnectionClosed):
+            await self._send_error(ClientEventError("session_expired", message), client_event_id=None)
+            await self._websocket.close(1001, message)
+
+    def drop(self) -> None:
+        """End the connection with no close frame, as a lost network does (the client sees 1006)."""
+        self._log.info("simulator_connection_dropped")
+        self._websocket.transport.abort()
 
     @property
     def _item_audio_ms(self) -> dict[str, int]:
@@ -164,14 +189,16 @@ class SimulatedConnection:
             self._log.info("simulator_connection_closed", code=self._websocket.close_code)
 
     async def _expire_after(self, seconds: float) -> None:
-        """A Realtime session lasts at most `expires_at`: then an error, and the socket closes."""
+        """A Realtime session lasts at most until `expires_at`."""
         await asyncio.sleep(seconds)
-        with contextlib.suppress(ConnectionClosed):
-            await self._send_error(
-                ClientEventError("session_expired", f"Your session hit the maximum duration of {seconds:g} seconds."),
-                client_event_id=None,
-            )
-            await self._websocket.close(1000, "session expired")
+        await self.expire()
+
+    async def _cut(self) -> None:
+        """End the connection mid-response, the way behaviour.cut_how says."""
+        if self._behaviour.cut_how == "drop":
+            self.drop()
+        else:
+            await self._websocket.close(1011, "simulated upstream failure")
 
     async def _abandon_response(self) -> None:
         response = self._response
@@ -400,6 +427,9 @@ class SimulatedConnection:
         if self._behaviour.never_create:
             self._log.info("simulator_response_create_swallowed")
             return
+        if self._behaviour.feedback_fault == "never" and is_feedback_request(params.get("metadata")):
+            self._log.info("simulator_feedback_request_swallowed")
+            return
         self._start_response(params)
 
     async def _response_cancel(self, event: JsonObject) -> None:
@@ -420,7 +450,9 @@ class SimulatedConnection:
     def _start_response(self, params: JsonObject) -> None:
         self._responses_created += 1
         number = self._responses_created
-        response = new_response(params, self.session, number=number, fault=self._behaviour.fault_for(number))
+        response = new_response(
+            params, self.session, number=number, behaviour=self._behaviour, connection_number=self.number
+        )
         # Active from now on, so a second response.create is refused even before response.created.
         self._response = response
         response.task = asyncio.create_task(self._run_response(response), name=f"simulated-{response.id}")

@@ -4,8 +4,9 @@ A response in the conversation sends response.created, rate_limits.updated, resp
 conversation.item.added, response.content_part.added, the deltas (audio with its transcript in step, or
 text), their dones, response.output_item.done, conversation.item.done and response.done carrying the
 output and usage. An out-of-band response (`conversation: "none"`) sends the same minus the
-conversation.item events, and its item never joins the conversation. Faults replace the message with a
-failed, cancelled or incomplete response.done.
+conversation.item events, its item never joins the conversation, and it does not move the tutor on to
+its next line; a feedback request (metadata purpose "feedback") answers with the lesson's feedback JSON.
+Faults replace the message with a failed, cancelled or incomplete response.done.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app.simulator.behaviour import ResponseFault, SimulatorBehaviour
 from app.simulator.conversation import Conversation, text_tokens
+from app.simulator.feedback import feedback_text, is_feedback_request, not_feedback_text
 from app.simulator.turns import BYTES_PER_MS
 from app.simulator.tutor import tutor_text
 from app.simulator.voice import BYTES_PER_SAMPLE, CHUNK_SAMPLES, SAMPLE_RATE, Utterance
@@ -51,14 +53,24 @@ class SimulatedResponse:
     voice: str | JsonObject
     in_conversation: bool
     metadata: JsonObject | None
+    feedback: bool  # the lesson's feedback was asked for (metadata purpose "feedback")
+    cut_after_deltas: int | None  # the connection ends after this many of its output deltas
     cancel_reason: str | None = None
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
 
-def new_response(params: JsonObject, session: JsonObject, *, number: int, fault: ResponseFault) -> SimulatedResponse:
-    """The response a validated response.create's `params` asks for, with the session's defaults."""
+def new_response(
+    params: JsonObject, session: JsonObject, *, number: int, behaviour: SimulatorBehaviour, connection_number: int
+) -> SimulatedResponse:
+    """The `number`-th response of a connection, as a validated response.create's `params` ask for it,
+    with the session's defaults and the faults `behaviour` gives it."""
     audio_output = params.get("audio", {}).get("output", {})
+    metadata = params.get("metadata")
+    feedback = is_feedback_request(metadata)
+    fault = behaviour.fault_for(number)
+    if feedback and behaviour.feedback_fault == "failed":
+        fault = "failed"
     return SimulatedResponse(
         id=new_id("resp"),
         number=number,
@@ -69,7 +81,9 @@ def new_response(params: JsonObject, session: JsonObject, *, number: int, fault:
         output_modalities=list(params.get("output_modalities") or session["output_modalities"]),
         voice=audio_output.get("voice", session["audio"]["output"]["voice"]),
         in_conversation=params.get("conversation", "auto") != "none",
-        metadata=params.get("metadata"),
+        metadata=metadata,
+        feedback=feedback,
+        cut_after_deltas=behaviour.cuts(connection_number, number),
     )
 
 
@@ -102,7 +116,7 @@ def rate_limits() -> list[JsonObject]:
 
 
 class ConnectionCut(Exception):
-    """The simulator closed the socket on purpose (cut_after_deltas); the response stops here."""
+    """The simulator ended the connection on purpose (cut_after_deltas); the response stops here."""
 
 
 class SendEvent(Protocol):
@@ -118,13 +132,13 @@ class ResponseStream:
         self,
         *,
         send: SendEvent,
-        close: Callable[[int, str], Awaitable[None]],
+        cut: Callable[[], Awaitable[None]],
         conversation: Conversation,
         behaviour: SimulatorBehaviour,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         self._send = send
-        self._close = close
+        self._cut = cut
         self._conversation = conversation
         self._behaviour = behaviour
         self._log = log
@@ -214,7 +228,10 @@ class ResponseStream:
             conversation.items[item_id] = item
             await self._send({"type": "conversation.item.added", "previous_item_id": previous_item_id,
                               "item": copy.deepcopy(item)})
-        text = "" if response.fault == "empty" else tutor_text(response.facts, conversation.turns_spoken)
+        text = self._text_for(response)
+        cut_off = response.feedback and self._behaviour.feedback_fault == "incomplete"
+        if cut_off:
+            text = text[: len(text) // 2]  # as far as max_output_tokens let the model write
         audio_ms = 0
         if text and text_only:
             spoken = await self._stream_text(response, item_id, text)
@@ -224,11 +241,11 @@ class ResponseStream:
             item["content"] = [{"type": "output_audio", "transcript": spoken}]
         else:
             spoken = ""
-        if spoken:
+        if spoken and response.in_conversation:
             conversation.turns_spoken += 1
         cancelled = response.cancel_reason is not None
         usage = self._usage_for(response, spoken, audio_ms)  # before this item joins the context
-        item["status"] = "incomplete" if cancelled else "completed"
+        item["status"] = "incomplete" if cancelled or cut_off else "completed"
         await self._send({"type": "response.output_item.done", "response_id": response.id, "output_index": 0,
                           "item": copy.deepcopy(item)})
         if response.in_conversation:
@@ -239,18 +256,32 @@ class ResponseStream:
         if cancelled:
             await self._finish(response, "cancelled", [item], {"type": "cancelled", "reason": response.cancel_reason},
                                usage)
+        elif cut_off:
+            await self._finish(response, "incomplete", [item], {"type": "incomplete", "reason": "max_output_tokens"},
+                               usage)
         else:
             await self._finish(response, "completed", [item], {"type": "completed"}, usage)
+
+    def _text_for(self, response: SimulatedResponse) -> str:
+        if response.fault == "empty":
+            return ""
+        if not response.feedback:
+            return tutor_text(response.facts, self._conversation.turns_spoken)
+        if self._behaviour.feedback_fault == "invalid_json":
+            return not_feedback_text(response.facts)
+        # With no `input`, an out-of-band response sees the whole default conversation.
+        return feedback_text(self._conversation.items.values(), response.facts)
 
     async def _stream_text(self, response: SimulatedResponse, item_id: str, text: str) -> str:
         where = {"response_id": response.id, "item_id": item_id, "output_index": 0, "content_index": 0}
         await self._send({"type": "response.content_part.added", **where, "part": {"type": "text", "text": ""}})
         written: list[str] = []
-        for word in Utterance(text).words:
+        for deltas, word in enumerate(Utterance(text).words, start=1):
             if response.cancel_reason is not None:
                 break
             written.append(word.text)
             await self._send({"type": "response.output_text.delta", **where, "delta": word.text})
+            await self._cut_if_due(response, deltas)
         text = "".join(written).strip()
         await self._send({"type": "response.output_text.done", **where, "text": text})
         await self._send({"type": "response.content_part.done", **where, "part": {"type": "text", "text": text}})
@@ -276,10 +307,7 @@ class ResponseStream:
             conversation.assistant_audio_sent = True
             audio_bytes += len(chunk)
             conversation.item_audio_ms[item_id] = audio_bytes // BYTES_PER_MS
-            if response.number == 1 and deltas == self._behaviour.cut_after_deltas:
-                self._log.info("simulator_cut", deltas=deltas)
-                await self._close(1011, "simulated upstream failure")
-                raise ConnectionCut
+            await self._cut_if_due(response, deltas)
             # A word's transcript goes out with the audio chunk its first syllable starts in.
             chunk_end_sample = audio_bytes // BYTES_PER_SAMPLE
             while words and words[0].start_sample < chunk_end_sample:
@@ -302,3 +330,10 @@ class ResponseStream:
         await self._send({"type": "response.content_part.done", **where,
                           "part": {"type": "audio", "transcript": transcript}})
         return transcript, audio_bytes // BYTES_PER_MS
+
+    async def _cut_if_due(self, response: SimulatedResponse, deltas: int) -> None:
+        """End the connection when `response` has sent as many deltas as the behaviour's cut allows."""
+        if deltas == response.cut_after_deltas:
+            self._log.info("simulator_cut", deltas=deltas, how=self._behaviour.cut_how)
+            await self._cut()
+            raise ConnectionCut

@@ -35,6 +35,9 @@ RESPONSE_KEYS = frozenset({
     "audio", "conversation", "input", "instructions", "max_output_tokens", "metadata",
     "output_modalities", "parallel_tool_calls", "prompt", "reasoning", "tool_choice", "tools",
 })
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
 # Extra keys each client event type may carry besides `type` and `event_id`.
 CLIENT_EVENT_KEYS: dict[str, frozenset[str]] = {
     "session.update": frozenset({"session"}),
@@ -220,6 +223,21 @@ def validate_session(session: object) -> JsonObject:
     return checked
 
 
+def _check_metadata(value: object, path: str) -> None:
+    # Up to 16 pairs of strings: keys at most 64 characters, values at most 512.
+    metadata = expect_object(value, path)
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise invalid_value(path, f"{len(metadata)} pairs", f"at most {MAX_METADATA_PAIRS} key-value pairs")
+    for key, pair_value in metadata.items():
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise invalid_value(f"{path}.{key}", key, f"keys of at most {MAX_METADATA_KEY_CHARS} characters")
+        check_type(pair_value, str, f"{path}.{key}")
+        if len(pair_value) > MAX_METADATA_VALUE_CHARS:
+            raise invalid_value(
+                f"{path}.{key}", f"{pair_value[:20]}…", f"strings of at most {MAX_METADATA_VALUE_CHARS} characters"
+            )
+
+
 def validate_response_params(params: object) -> JsonObject:
     """Check a response.create's `response` (response-level overrides); return it when acceptable."""
     checked = expect_object(params, "response")
@@ -233,7 +251,7 @@ def validate_response_params(params: object) -> JsonObject:
     if "conversation" in checked:
         check_type(checked["conversation"], str, "response.conversation")
     if "metadata" in checked and checked["metadata"] is not None:
-        expect_object(checked["metadata"], "response.metadata")
+        _check_metadata(checked["metadata"], "response.metadata")
     if "audio" in checked:
         audio = expect_object(checked["audio"], "response.audio")
         expect_keys(audio, frozenset({"output"}), "response.audio")

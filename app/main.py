@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, *, log_stream: TextIO | None = 
         configure_logging(settings, log_stream)
         store = await open_store(settings)
         app.state.db = store.sessions
+        app.state.records = store.records
         simulator: RealtimeSimulator | None = None
         if settings.simulated:
             simulator = RealtimeSimulator(keep_history=False)

@@ -1,7 +1,8 @@
 """run_relay(): the only place where the page's socket and the upstream session meet.
 
 A thin shell around `LessonSession`: three pumps (page reader, upstream reader, timer) in one
-TaskGroup feed the machine and carry out the actions it returns, in order, before reading again. A
+TaskGroup feed the machine and carry out the actions it returns, in order, before reading again.
+`Record` actions go to the store's writer without waiting: the audio path never waits for the database. A
 `Close` action ends the lesson: both sockets are closed and the TaskGroup is torn down. Whatever
 happens, `finally` closes both sockets, so no upstream session outlives its page.
 """
@@ -19,6 +20,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app.errors import UpstreamClosed, UpstreamError
+from app.records import Record, RecordSink
 from app.session import Action, Close, LessonSession, Log, ToBrowser, ToBrowserAudio, ToUpstream
 from app.upstream import RealtimeClient
 
@@ -38,11 +40,13 @@ class Relay:
         session: LessonSession,
         *,
         log: structlog.typing.FilteringBoundLogger,
+        records: RecordSink,
         clock: Clock = time.monotonic,
     ) -> None:
         self.browser = browser
         self.session = session
         self.log = log
+        self.records = records
         self.clock = clock
         self.upstream: RealtimeClient | None = None
         self._timer_wake = asyncio.Event()
@@ -143,6 +147,9 @@ class Relay:
                 await self._send_browser({"type": "websocket.send", "text": orjson.dumps(action.message).decode()})
             elif type(action) is Log:
                 getattr(self.log, action.level)(action.event, **action.fields)
+            elif type(action) is Record:
+                # Never awaited: the writer's queue takes it or counts it dropped.
+                self.records.put(action.record)
             elif type(action) is Close:
                 # Recorded first: a pump cancelled mid-close still closes with this code in `finally`.
                 self._close_code, self._close_reason = action.code, action.reason

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -110,7 +111,7 @@ async def lesson_socket(websocket: WebSocket) -> None:
                     open_timeout_s=settings.upstream_timeout_seconds,
                 )
 
-            relay = Relay(websocket, LessonSession(config), log=lesson_log)
+            relay = Relay(websocket, LessonSession(config), log=lesson_log, records=state.records)
             await relay.run(connect_upstream, registry.draining)
     except (InvalidRequest, OverCapacity) as exc:
         await _refuse(websocket, exc, lesson_log)
@@ -157,6 +158,8 @@ def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Se
         max_lesson_s=settings.max_lesson_seconds,
         idle_timeout_s=settings.idle_timeout_seconds,
         prices_per_million=settings.price_per_million_tokens,
+        model=settings.openai_realtime_model,
+        started_at=datetime.now(UTC),
     )
 
 

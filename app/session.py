@@ -2,7 +2,7 @@
 
 Events go in (a browser frame, an upstream event, a timer firing, the socket closing) together with the
 current monotonic time; a sequence of actions comes out (`ToUpstream`, `ToBrowser`, `ToBrowserAudio`,
-`Close`, `Log`) for the shell in `relay.py` to carry out in order. The machine never awaits and never
+`Close`, `Log`, `Record`) for the shell in `relay.py` to carry out in order. The machine never awaits and never
 reads a clock, so every rule here is tested without sockets or sleeps.
 
 Invariants:
@@ -11,6 +11,8 @@ Invariants:
 - Microphone audio is discarded until the greeting has been heard, so noise cannot cancel it.
 - Every `response.done` is logged with its status, status_details and usage.
 - Once `Close` has been returned the machine is ENDED and ignores everything but the clock.
+- What the store keeps leaves as `Record` actions at turn boundaries, never per audio frame: the lesson's
+  start and end, each finished turn, and each failure with the upstream's own reason.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import binascii
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, assert_never
 
 import orjson
@@ -28,6 +31,8 @@ from pydantic import ValidationError
 from app import messages, protocol
 from app.errors import InvalidTransition
 from app.messages import End, InvalidMessage, Playback
+from app.recorder import LessonRecorder
+from app.records import Record
 
 # A greeting counts as heard this long after its audio should have finished playing.
 GREETING_PLAYOUT_MARGIN_S = 0.5
@@ -99,7 +104,7 @@ class Log:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
-Action = ToUpstream | ToBrowser | ToBrowserAudio | Close | Log
+Action = ToUpstream | ToBrowser | ToBrowserAudio | Close | Log | Record
 NO_ACTIONS: tuple[Action, ...] = ()
 
 
@@ -122,6 +127,13 @@ class LessonConfig:
     max_lesson_s: float
     idle_timeout_s: float
     prices_per_million: Mapping[str, float]
+    model: str
+    # Wall-clock time of the lesson's start, read by the shell: record times are counted from it.
+    started_at: datetime
+    # Who the lesson is recorded for: a link's student, or the open page's browser (its key's hash).
+    student_id: str | None = None
+    link_id: str | None = None
+    browser_key_hash: str | None = None
 
 
 @dataclass(slots=True)
@@ -131,6 +143,7 @@ class _TutorItem:
     item_id: str
     response_id: str
     first_sent_at: float
+    turn_seq: int
     received_bytes: int = 0
     audio_done: bool = False
     played_ms: int = 0
@@ -226,6 +239,7 @@ class LessonSession:
         self._dropped_responses: set[str] = set()
         self._items: dict[str, _TutorItem] = {}
         self._usage = _Usage()
+        self._recorder = LessonRecorder(config.lesson_id, config.started_at)
 
     # ---- inputs ----------------------------------------------------------------------------------
 
@@ -240,6 +254,9 @@ class LessonSession:
                                       level=cfg.level, sample_rate=protocol.SAMPLE_RATE)),
             ToBrowser(messages.status("connecting")),
             Log("info", "lesson_started", {"level": cfg.level, "simulated": cfg.simulated}),
+            self._recorder.started(now, level=cfg.level, model=cfg.model, simulated=cfg.simulated,
+                                   student_id=cfg.student_id, link_id=cfg.link_id,
+                                   browser_key_hash=cfg.browser_key_hash, student_name=cfg.name),
         )
 
     def handle_browser_audio(self, frame: bytes, now: float) -> Sequence[Action]:
@@ -292,7 +309,7 @@ class LessonSession:
         if event_type == protocol.AUDIO_DELTA:
             return self._on_audio_delta(event, now)
         if event_type == protocol.TRANSCRIPT_DELTA:
-            return self._on_tutor_transcript(event, done=False)
+            return self._on_tutor_transcript(event, now, done=False)
         try:
             return self._dispatch_upstream(event_type, event, now)
         except (ValidationError, KeyError, TypeError) as exc:
@@ -312,8 +329,10 @@ class LessonSession:
         """The upstream socket closed without us asking."""
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
+        fields = {"code": code, "reason": reason, "state": self.state.value}
         return (
-            Log("error", "upstream_closed", {"code": code, "reason": reason, "state": self.state.value}),
+            Log("error", "upstream_closed", fields),
+            self._recorder.event(now, "upstream_closed", fields),
             *self._finish(
                 "upstream_closed", 1011, now,
                 error=("upstream_closed", "The connection to the tutor was lost. Start the lesson again to continue."),
@@ -324,7 +343,8 @@ class LessonSession:
         """The upstream session could not be opened (refused handshake, unreachable, timeout)."""
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
-        return self._finish(code, close_code, now, error=(code, student_message))
+        return (self._recorder.event(now, "upstream_connect_failed", {"code": code}),
+                *self._finish(code, close_code, now, error=(code, student_message)))
 
     def handle_browser_closed(self, now: float) -> Sequence[Action]:
         """The page went away (tab closed, network gone): end the lesson so the upstream is closed."""
@@ -369,17 +389,22 @@ class LessonSession:
             case protocol.AUDIO_DONE:
                 return self._on_audio_done(event)
             case protocol.TRANSCRIPT_DONE:
-                return self._on_tutor_transcript(event, done=True)
+                return self._on_tutor_transcript(event, now, done=True)
             case protocol.SPEECH_STARTED:
-                return self._on_speech_started(now)
+                return self._on_speech_started(event, now)
+            case protocol.SPEECH_STOPPED:
+                self._recorder.student_stopped(event.get("item_id", ""), now)
+                return (Log("debug", "upstream_event", {"direction": "in", "type": protocol.SPEECH_STOPPED}),)
             case protocol.STUDENT_TRANSCRIPT_DELTA:
                 return (ToBrowser(messages.transcript_delta(role="student", item_id=event["item_id"],
                                                             text=event.get("delta") or "")),)
             case protocol.STUDENT_TRANSCRIPT_DONE:
-                return (ToBrowser(messages.transcript_done(role="student", item_id=event["item_id"],
-                                                           text=event.get("transcript") or "")),)
+                return self._on_student_transcript(event["item_id"], event.get("transcript") or "", now)
             case protocol.STUDENT_TRANSCRIPT_FAILED:
-                return (Log("warning", "student_transcription_failed", _error_fields(event.get("error"))),)
+                self._recorder.student_failed(event.get("item_id", ""))
+                fields = _error_fields(event.get("error"))
+                return (Log("warning", "student_transcription_failed", fields),
+                        self._recorder.event(now, "student_transcription_failed", fields))
             case protocol.ERROR:
                 return self._on_error(protocol.ErrorEvent.model_validate(event), now)
             case protocol.TEXT_DELTA:
@@ -416,6 +441,7 @@ class LessonSession:
             return (
                 log,
                 Log("error", "session_not_audio", {"output_modalities": modalities}),
+                self._recorder.event(now, "session_not_audio", {"output_modalities": modalities}),
                 *self._finish("session_not_audio", 1011, now,
                               error=("tutor_setup_failed",
                                      "The tutor could not be set up to speak. Please try again.")),
@@ -458,6 +484,7 @@ class LessonSession:
             item.received_bytes += len(pcm)
             return (ToBrowserAudio(pcm),)
         item = self._items[item_id] = _TutorItem(item_id=item_id, response_id=response_id, first_sent_at=now,
+                                                 turn_seq=self._recorder.tutor_turn_seq(item_id, now),
                                                  received_bytes=len(pcm))
         self._forget_heard_items(now)
         if response_id == self._greeting_response_id and self._greeting_first_audio_at is None:
@@ -475,14 +502,22 @@ class LessonSession:
         item.audio_done = True
         return (ToBrowser(messages.audio_done(item_id=item.item_id, duration_ms=item.received_ms)),)
 
-    def _on_tutor_transcript(self, event: Mapping[str, Any], *, done: bool) -> Sequence[Action]:
+    def _on_tutor_transcript(self, event: Mapping[str, Any], now: float, *, done: bool) -> Sequence[Action]:
         if event.get("response_id") in self._dropped_responses:
             return NO_ACTIONS
         item_id = event.get("item_id", "")
         if done:
             text = event.get("transcript") or ""
-            return (ToBrowser(messages.transcript_done(role="tutor", item_id=item_id, text=text)),)
-        return (ToBrowser(messages.transcript_delta(role="tutor", item_id=item_id, text=event.get("delta") or "")),)
+            return (ToBrowser(messages.transcript_done(role="tutor", item_id=item_id, text=text)),
+                    self._recorder.tutor_done(item_id, text, now))
+        delta = event.get("delta") or ""
+        self._recorder.tutor_text(item_id, delta, now)
+        return (ToBrowser(messages.transcript_delta(role="tutor", item_id=item_id, text=delta)),)
+
+    def _on_student_transcript(self, item_id: str, text: str, now: float) -> Sequence[Action]:
+        done = ToBrowser(messages.transcript_done(role="student", item_id=item_id, text=text))
+        turn = self._recorder.student_done(item_id, text, now)
+        return (done,) if turn is None else (done, turn)
 
     def _on_response_done(self, event: protocol.ResponseEvent, now: float) -> Sequence[Action]:
         response = event.response
@@ -500,6 +535,12 @@ class LessonSession:
         if self._active_response_id == response_id:
             self._active_response_id = None
         self._dropped_responses.discard(response_id)
+        if response.status != "completed":
+            # Every response that did not complete is kept with the upstream's reason (status_details).
+            actions.append(self._recorder.event(now, f"response_{response.status}", {
+                "response_id": response_id, "status": response.status,
+                "status_details": details.model_dump(exclude_none=True) if details else None,
+            }))
         if self.state is LessonState.GREETING and response_id == self._greeting_response_id:
             actions.extend(self._on_greeting_done(response, audio_bytes, now))
             return actions
@@ -538,9 +579,11 @@ class LessonSession:
                  for item in self._items.values() if item.response_id == response.id]
         retryable = failure_code not in protocol.UNRECOVERABLE_CODES
         if retryable and self._greeting_attempts < 2:
-            return (Log("warning", "greeting_retry", why), *flush, *self._request_greeting(now))
+            return (Log("warning", "greeting_retry", why), self._recorder.event(now, "greeting_retry", why), *flush,
+                    *self._request_greeting(now))
         return (
             Log("error", "greeting_failed", why),
+            self._recorder.event(now, "greeting_failed", why),
             *flush,
             *self._finish("greeting_failed", 1011, now, error=(
                 failure_code or "greeting_failed",
@@ -548,8 +591,10 @@ class LessonSession:
             )),
         )
 
-    def _on_speech_started(self, now: float) -> Sequence[Action]:
+    def _on_speech_started(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
         self._clear_deadline(Timer.IDLE)
+        if item_id := event.get("item_id"):
+            self._recorder.student_started(item_id, now)
         actions: list[Action] = [Log("debug", "student_speech_started")]
         playing = next((item for item in self._items.values()
                         if item.heard_ms(now) < item.received_ms or not item.audio_done), None)
@@ -568,6 +613,7 @@ class LessonSession:
         actions.append(Log("info", "barge_in", {
             "item_id": playing.item_id, "heard_ms": heard_ms, "received_ms": playing.received_ms,
         }))
+        actions.append(self._recorder.tutor_interrupted(playing.item_id, playing.turn_seq, heard_ms, now))
         for item in list(self._items.values()):
             if item.response_id == playing.response_id or item.item_id == playing.item_id:
                 del self._items[item.item_id]
@@ -578,12 +624,12 @@ class LessonSession:
         fields = _error_fields(error.model_dump())
         if error.code in protocol.HARMLESS_ERROR_CODES:
             return (Log("debug", "upstream_error_harmless", fields),)
-        log = Log("error", "upstream_error", fields)
+        logged = (Log("error", "upstream_error", fields), self._recorder.event(now, "upstream_error", fields))
         if error.event_id is not None and error.event_id == self._session_update_id:
-            return (log, *self._finish("session_refused", 1011, now, error=(
+            return (*logged, *self._finish("session_refused", 1011, now, error=(
                 "tutor_setup_failed", "The tutor could not be set up. Please tell your teacher.")))
         if error.code in protocol.UNRECOVERABLE_CODES:
-            return (log, *self._finish("upstream_error", 1011, now, error=(
+            return (*logged, *self._finish("upstream_error", 1011, now, error=(
                 error.code or "upstream_error",
                 _GREETING_FAILURE_WORDS.get(error.code or "", _GREETING_FAILURE_DEFAULT))))
         if (error.event_id is not None and error.event_id == self._greeting_request_id
@@ -591,8 +637,8 @@ class LessonSession:
             refused = protocol.Response(id=None, status="failed", status_details=protocol.StatusDetails(
                 type="failed", error=error))
             self._clear_deadline(Timer.GREETING_WATCHDOG)
-            return (log, *self._on_greeting_done(refused, 0, now))
-        return (log,)
+            return (*logged, *self._on_greeting_done(refused, 0, now))
+        return logged
 
     # ---- page messages and timers ----------------------------------------------------------------
 
@@ -641,16 +687,18 @@ class LessonSession:
     def _on_timer(self, timer: Timer, now: float) -> Sequence[Action]:
         match timer:
             case Timer.SETUP:
+                fields = {"state": self.state.value, "timeout_s": self.config.upstream_timeout_s}
                 return (
-                    Log("error", "upstream_setup_timeout", {"state": self.state.value,
-                                                            "timeout_s": self.config.upstream_timeout_s}),
+                    Log("error", "upstream_setup_timeout", fields),
+                    self._recorder.event(now, "upstream_setup_timeout", fields),
                     *self._finish("upstream_timeout", 1011, now, error=(
                         "upstream_timeout", "The tutor did not answer in time. Please try again.")),
                 )
             case Timer.GREETING_WATCHDOG:
+                fields = {"timeout_s": self.config.upstream_timeout_s, "attempt": self._greeting_attempts}
                 return (
-                    Log("error", "greeting_not_created", {"timeout_s": self.config.upstream_timeout_s,
-                                                          "attempt": self._greeting_attempts}),
+                    Log("error", "greeting_not_created", fields),
+                    self._recorder.event(now, "greeting_not_created", fields),
                     *self._finish("greeting_timeout", 1011, now, error=(
                         "greeting_timeout", "The tutor did not start speaking. Please try again.")),
                 )
@@ -676,6 +724,11 @@ class LessonSession:
         usage = self._usage
         duration_s = round(now - self._started_at, 3)
         cost = usage.cost_usd(self.config.prices_per_million)
+        tokens = {
+            "audio_input_tokens": usage.audio_input_tokens, "audio_output_tokens": usage.audio_output_tokens,
+            "text_input_tokens": usage.text_input_tokens, "text_output_tokens": usage.text_output_tokens,
+            "cached_tokens": usage.cached_tokens,
+        }
         actions: list[Action] = []
         if error is not None:
             actions.append(ToBrowser(messages.error(code=error[0], message=error[1], fatal=True)))
@@ -683,9 +736,7 @@ class LessonSession:
             ToBrowser({
                 "type": "usage", "responses": usage.responses,
                 "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-                "audio_input_tokens": usage.audio_input_tokens, "audio_output_tokens": usage.audio_output_tokens,
-                "text_input_tokens": usage.text_input_tokens, "text_output_tokens": usage.text_output_tokens,
-                "cached_tokens": usage.cached_tokens, "duration_s": duration_s, "estimated_cost_usd": cost,
+                **tokens, "duration_s": duration_s, "estimated_cost_usd": cost,
             }),
             ToBrowser(messages.status("ended", reason)),
             Log("info", "lesson_ended", {
@@ -694,6 +745,7 @@ class LessonSession:
                 "audio_input_tokens": usage.audio_input_tokens, "audio_output_tokens": usage.audio_output_tokens,
                 "cached_tokens": usage.cached_tokens, "estimated_cost_usd": cost,
             }),
+            self._recorder.ended(now, end_reason=reason, duration_s=duration_s, usage=tokens, estimated_cost_usd=cost),
             Close(close_code, reason),
         ]
         return actions

@@ -10,6 +10,8 @@ never pass without having tested PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import glob
 import os
 import pwd
@@ -103,15 +105,90 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         yield f"sqlite:///{tmp_path / 'lessons.db'}"
         return
     server: str = request.getfixturevalue("postgres_server")
+    name = await _create_database(server)
+    yield f"{server}/{name}"
+    await _drop_database(server, name)
+
+
+async def _create_database(server: str) -> str:
     name = f"test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(f"{server}/postgres")
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield f"{server}/{name}"
+    return name
+
+
+async def _drop_database(server: str, name: str) -> None:
     admin = await asyncpg.connect(f"{server}/postgres")
     try:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+class CuttableProxy:
+    """A TCP forwarder to the test PostgreSQL that can be cut (open connections closed, new ones refused
+    at once) and restored: the database going away and coming back, as a network outage looks."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.cut_off = False
+        # Set when a connection is refused while cut: someone tried the database during the outage.
+        self.refused = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.cut_off = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut_off:
+            self.refused.set()
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+@pytest.fixture
+async def postgres_behind_proxy(postgres_server: str) -> AsyncIterator[tuple[str, CuttableProxy]]:
+    """A fresh PostgreSQL database reached through a `CuttableProxy`: (its URL via the proxy, the proxy)."""
+    name = await _create_database(postgres_server)
+    proxy = CuttableProxy("127.0.0.1", int(postgres_server.rsplit(":", 1)[1]))
+    await proxy.start()
+    yield f"postgresql://{PG_USER}@127.0.0.1:{proxy.port}/{name}", proxy
+    await proxy.stop()
+    await _drop_database(postgres_server, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from app.session import (
     ToUpstream,
 )
 
+LESSON_START = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 PCM_100MS = bytes(range(256)) * 18 + bytes(192)  # 4 800 bytes: 100 ms of PCM16 at 24 kHz
 
 
@@ -32,6 +34,7 @@ def config(**overrides: Any) -> LessonConfig:
         "upstream_timeout_s": 10.0, "max_lesson_s": 1800.0, "idle_timeout_s": 300.0,
         "prices_per_million": {"audio_input": 32.0, "audio_output": 64.0, "text_input": 4.0,
                                "text_output": 16.0, "cached": 0.4},
+        "model": "gpt-realtime-2.1", "started_at": LESSON_START,
     }
     return LessonConfig(**(values | overrides))
 

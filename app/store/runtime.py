@@ -1,4 +1,5 @@
-"""The store for one running app: opened (and migrated) at start, closed at shutdown."""
+"""The store for one running app: opened (and migrated) at start with its record writer running, closed
+at shutdown once the writer has written what the drained lessons left."""
 
 from __future__ import annotations
 
@@ -11,16 +12,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.settings import Settings
 from app.store.database import DatabaseUnavailable, create_engine, database_url, migrate, redact, session_factory
+from app.store.writer import RecordWriter
 
 log = structlog.get_logger("lesson_relay")
+
+
+# At shutdown, after the lessons are drained, queued records get this long to be written.
+RECORDS_SHUTDOWN_GRACE_S = 5.0
 
 
 @dataclass
 class Store:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    records: RecordWriter
 
     async def close(self) -> None:
+        """Write what the lessons left queued (for a bounded time), then let the database go."""
+        await self.records.stop(RECORDS_SHUTDOWN_GRACE_S)
         await self.engine.dispose()
 
 
@@ -60,4 +69,7 @@ async def open_store(settings: Settings) -> Store:
         log.error("database_unavailable", url=redact(url), error=str(exc))
         raise
     log.info("database_ready", url=redact(url))
-    return Store(engine=engine, sessions=session_factory(engine))
+    sessions = session_factory(engine)
+    records = RecordWriter(sessions)
+    records.start()
+    return Store(engine=engine, sessions=sessions, records=records)

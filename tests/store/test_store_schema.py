@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -12,23 +11,10 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.store.database import create_engine, database_url, migrate, session_factory
+from app.store.database import migrate
 from app.store.models import Base, Lesson, LessonEvent, Link, Student, Turn
 
 TABLES = {"students", "links", "lessons", "turns", "lesson_events", "app_secrets", "alembic_version"}
-
-
-@pytest.fixture
-async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url(store_url))
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return session_factory(engine)
 
 
 async def test_migrations_create_exactly_the_models_schema(engine: AsyncEngine) -> None:

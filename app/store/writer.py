@@ -1,0 +1,204 @@
+"""RecordWriter: the one task per process that writes lesson records, fed by a bounded queue.
+
+Lessons hand records over with `put`, which never waits and never raises: the audio path never waits
+for the database. The task takes whatever has queued (records arrive at turn boundaries, so a batch is
+what the lessons finished while the last write ran) and writes it in one transaction. A database that is
+slow or gone is retried with growing pauses; past `give_up_after_s` the batch is dropped, counted and
+logged, and the next batch tries again. A record the database refuses (a student deleted mid-lesson) is
+dropped alone: the batch is then written one record per transaction. When the queue is full a record is
+dropped the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.records import (
+    LessonEnded,
+    LessonEventHappened,
+    LessonRecord,
+    LessonStarted,
+    TurnFinished,
+    TurnInterrupted,
+)
+from app.store.models import Lesson, LessonEvent, Student, Turn
+
+log = structlog.get_logger("lesson_relay")
+
+# What the database says about the data itself: retrying the same records cannot help.
+_REFUSED = (IntegrityError, DataError, ProgrammingError)
+
+
+class RecordWriter:
+    """Writes lesson records in the background; `put` is the only method a lesson calls."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        capacity: int = 10_000,
+        batch_size: int = 500,
+        write_timeout_s: float = 10.0,
+        first_retry_s: float = 0.5,
+        longest_retry_s: float = 30.0,
+        give_up_after_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sessions = sessions
+        self.queue: asyncio.Queue[LessonRecord] = asyncio.Queue(maxsize=capacity)
+        self.batch_size = batch_size
+        self.write_timeout_s = write_timeout_s
+        self.first_retry_s = first_retry_s
+        self.longest_retry_s = longest_retry_s
+        self.give_up_after_s = give_up_after_s
+        self.clock = clock
+        self.written = 0
+        self.dropped = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- what lessons call -----------------------------------------------------------------------
+
+    def put(self, record: LessonRecord) -> None:
+        """Queue `record` for writing; when the queue is full it is dropped, counted and logged."""
+        try:
+            self.queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self._count_dropped(1, "queue_full", record.lesson_id)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="record-writer")
+
+    async def flushed(self) -> None:
+        """Return once every record queued so far has been written or dropped."""
+        await self.queue.join()
+
+    async def stop(self, grace_s: float) -> None:
+        """Write what is queued for up to `grace_s`, then stop; what is left is counted and logged."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self.queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        if left := self.queue.qsize():
+            self._count_dropped(left, "shutdown", None)
+        log.info("records_writer_stopped", written=self.written, dropped=self.dropped)
+
+    # ---- the task --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.batch_size and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._write_with_retries(batch)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    async def _write_with_retries(self, batch: list[LessonRecord]) -> None:
+        first_try, pause = self.clock(), self.first_retry_s
+        while True:
+            try:
+                await self._write(batch)
+                self.written += len(batch)
+                return
+            except _REFUSED:
+                await self._write_one_by_one(batch)
+                return
+            except Exception as exc:  # the database is slow or gone: its driver's errors, OSError, timeouts
+                waited = self.clock() - first_try
+                if waited + pause > self.give_up_after_s:
+                    self._count_dropped(len(batch), f"database unavailable for {waited:.0f} s: {_reason(exc)}",
+                                        batch[0].lesson_id)
+                    return
+                log.warning("records_write_retry", records=len(batch), retry_in_s=pause, error=_reason(exc))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self.longest_retry_s)
+
+    async def _write_one_by_one(self, batch: list[LessonRecord]) -> None:
+        for record in batch:
+            try:
+                await self._write([record])
+                self.written += 1
+            except Exception as exc:
+                self._count_dropped(1, f"refused by the database: {_reason(exc)}", record.lesson_id)
+
+    async def _write(self, batch: list[LessonRecord]) -> None:
+        async with asyncio.timeout(self.write_timeout_s), self.sessions.begin() as session:
+            for record in batch:
+                await _apply(session, record)
+
+    def _count_dropped(self, count: int, reason: str, lesson_id: str | None) -> None:
+        before, self.dropped = self.dropped, self.dropped + count
+        # Logged on the first drop of a run of them and then at each power of two, not once per record.
+        if reason != "queue_full" or before == 0 or (self.dropped & (self.dropped - 1)) == 0:
+            log.error("records_dropped", count=count, dropped_total=self.dropped, reason=reason, lesson_id=lesson_id)
+
+
+async def _apply(session: AsyncSession, record: LessonRecord) -> None:
+    """Write one record inside the batch's transaction, in queue order (a turn before its interruption)."""
+    match record:
+        case LessonStarted():
+            student_id = record.student_id
+            if student_id is None and record.browser_key_hash is not None:
+                student_id = await _browser_student(session, record)
+            session.add(Lesson(
+                id=record.lesson_id, student_id=student_id, link_id=record.link_id, level=record.level,
+                started_at=record.started_at, model=record.model, simulated=record.simulated,
+            ))
+            await session.flush()
+        case TurnFinished():
+            session.add(Turn(
+                lesson_id=record.lesson_id, seq=record.seq, role=record.role, text=record.text,
+                started_at=record.started_at, ended_at=record.ended_at, interrupted=record.interrupted,
+                heard_ms=record.heard_ms,
+            ))
+            await session.flush()
+        case TurnInterrupted():
+            await session.execute(update(Turn).where(Turn.lesson_id == record.lesson_id, Turn.seq == record.seq)
+                                  .values(interrupted=True, heard_ms=record.heard_ms))
+        case LessonEventHappened():
+            session.add(LessonEvent(lesson_id=record.lesson_id, at=record.at, kind=record.kind,
+                                    detail=dict(record.detail)))
+            await session.flush()
+        case LessonEnded():
+            await session.execute(update(Lesson).where(Lesson.id == record.lesson_id).values(
+                ended_at=record.ended_at, end_reason=record.end_reason, duration_s=record.duration_s,
+                audio_input_tokens=record.audio_input_tokens, text_input_tokens=record.text_input_tokens,
+                cached_tokens=record.cached_tokens, audio_output_tokens=record.audio_output_tokens,
+                text_output_tokens=record.text_output_tokens, estimated_cost_usd=record.estimated_cost_usd,
+            ))
+
+
+async def _browser_student(session: AsyncSession, record: LessonStarted) -> str:
+    """The open page's student for this browser, made on its first lesson; name and level as chosen now."""
+    student = await session.scalar(select(Student).where(Student.browser_key_hash == record.browser_key_hash))
+    if student is None:
+        student = Student(name=record.student_name or "", level=record.level,
+                          browser_key_hash=record.browser_key_hash)
+        session.add(student)
+    else:
+        student.name, student.level = record.student_name or student.name, record.level
+    await session.flush()
+    return student.id
+
+
+def _reason(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip()
+    return (text.splitlines()[0] if text else type(original).__name__)[:300]

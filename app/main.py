@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from app.admission import LessonRegistry, StartRateLimiter
 from app.logging import configure_logging
 from app.routes import Upstream, router
+from app.security_headers import SecurityHeaders
 from app.settings import Settings, load_settings
 from app.simulator import RealtimeSimulator
 from app.store.runtime import open_store
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, *, log_stream: TextIO | None = 
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)
+    app.add_middleware(SecurityHeaders)
     return app
 
 

@@ -189,6 +189,9 @@ class LessonPage:
         page.on("pageerror", lambda error: lesson_page.console_errors.append(f"pageerror: {error}"))
         config = {"sampleRate": context_rate, "processing": processing}
         page.add_init_script(f"window.lessonTestConfig = {json.dumps(config)};")
+        page.add_init_script("""window.cspViolations = [];
+            document.addEventListener("securitypolicyviolation",
+                (event) => window.cspViolations.push(`${event.effectiveDirective} ${event.blockedURI}`));""")
         page.goto(url)
         return lesson_page
 
@@ -200,6 +203,11 @@ class LessonPage:
         self.page.get_by_label("Name").fill(name)
         self.page.get_by_label("Level").select_option(level)
         self.page.get_by_role("button", name="Start lesson").click()
+
+    def csp_violations(self) -> list[str]:
+        """Every Content-Security-Policy violation the page reported: 'directive blocked-uri'."""
+        violations: list[str] = self.page.evaluate("window.cspViolations")
+        return violations
 
     def debug(self, key: str) -> Any:
         return self.page.evaluate("(key) => window.lessonDebug[key]", key)

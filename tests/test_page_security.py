@@ -1,0 +1,38 @@
+"""Security headers on every page response, over a real socket."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from harness import AppServer
+
+EXPECTED = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "permissions-policy": "microphone=(self)",
+}
+
+
+@pytest.mark.parametrize("path", ["/", "/static/lesson.js", "/static/audio/capture-processor.js", "/healthz",
+                                  "/no-such-page"])
+async def test_every_response_carries_the_security_headers(relay: AppServer, path: str) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{relay.base_url}{path}")
+    for name, value in EXPECTED.items():
+        assert response.headers[name] == value, name
+    directives = response.headers["content-security-policy"].split(";")
+    policy = dict(directive.strip().split(" ", 1) for directive in directives)
+    assert policy["default-src"] == "'none'"
+    for directive in ("script-src", "style-src", "connect-src", "worker-src"):
+        assert policy[directive] == "'self'", directive
+    assert policy["frame-ancestors"] == "'none'"
+
+
+async def test_the_page_has_no_inline_script_style_or_handler(relay: AppServer) -> None:
+    async with httpx.AsyncClient() as http:
+        page = (await http.get(f"{relay.base_url}/")).text
+    assert "<style" not in page
+    assert " style=" not in page
+    assert "<script>" not in page
+    assert all(f" on{event}=" not in page for event in ("click", "load", "submit", "error"))
+    assert "data:" not in page

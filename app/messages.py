@@ -128,7 +128,7 @@ def parse_browser_message(text: str) -> Playback | End:
 
 # ---- relay → page -------------------------------------------------------------------------------
 
-StatusState = Literal["connecting", "greeting", "tutor_speaking", "listening", "ended"]
+StatusState = Literal["connecting", "greeting", "waiting", "tutor_speaking", "listening", "ended"]
 Role = Literal["tutor", "student"]
 
 
@@ -143,6 +143,11 @@ def status(state: StatusState, reason: str | None = None) -> dict[str, Any]:
     if reason is None:
         return {"type": "status", "state": state}
     return {"type": "status", "state": state, "reason": reason}
+
+
+def waiting(*, reason: str, retry_in_ms: int) -> dict[str, Any]:
+    """The greeting is asked for again in `retry_in_ms`, as long as the upstream asked us to wait."""
+    return {"type": "status", "state": "waiting", "reason": reason, "retry_in_ms": retry_in_ms}
 
 
 def audio_start(*, item_id: str, response_id: str) -> dict[str, Any]:

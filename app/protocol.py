@@ -38,6 +38,8 @@ ERROR = "error"
 
 # error.code values that are part of normal operation, not faults.
 HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active"})
+# The session reached its maximum duration (60 minutes): an `error` with this code, then close 1001.
+SESSION_EXPIRED = "session_expired"
 
 # failed-response or error codes that no retry can fix.
 UNRECOVERABLE_CODES = frozenset({

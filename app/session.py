@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +39,9 @@ from app.records import Record
 GREETING_PLAYOUT_MARGIN_S = 0.5
 # Page reports may fall short of the full item by a render quantum or two of rounding.
 PLAYED_TOLERANCE_MS = 40
+# A greeting retry waits as long as the upstream's failure asks ("try again in 6.9s"), but never longer than this.
+GREETING_RETRY_MAX_WAIT_S = 10.0
+_RETRY_AFTER = re.compile(r"try again in (?:(\d+)m)?(\d+(?:\.\d+)?)(ms|s)\b", re.IGNORECASE)
 
 
 class LessonState(enum.Enum):
@@ -61,6 +65,7 @@ class Timer(enum.Enum):
     SETUP = "setup"  # session.updated must arrive
     GREETING_WATCHDOG = "greeting_watchdog"  # response.created must follow the greeting's response.create
     GREETING_HEARD = "greeting_heard"  # the greeting's audio has had time to play out
+    GREETING_RETRY = "greeting_retry"  # the wait the upstream asked for before the greeting is asked for again
     LESSON_LIMIT = "lesson_limit"
     IDLE = "idle"
 
@@ -213,6 +218,13 @@ _GREETING_FAILURE_WORDS = {
     "invalid_api_key": "The tutor service refused our credentials. Please tell your teacher.",
 }
 _GREETING_FAILURE_DEFAULT = "The tutor could not start speaking. Please try starting the lesson again."
+# A response that ended `incomplete`, by status_details.reason.
+_INCOMPLETE_WORDS = {
+    "max_output_tokens": "The tutor was cut off because the answer got too long. Ask for a shorter answer.",
+    "content_filter": "The tutor was cut off by the safety filter. Please say it another way.",
+}
+_INCOMPLETE_DEFAULT = "The tutor was cut off before finishing. Please ask again."
+_EXPIRED_WORDS = "The lesson reached its time limit. Please start a new lesson to continue."
 
 
 class LessonSession:
@@ -330,6 +342,9 @@ class LessonSession:
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
         fields = {"code": code, "reason": reason, "state": self.state.value}
+        if code == 1001 and "maximum duration" in reason:
+            # The 60-minute cap, when its session_expired error did not come first.
+            return self._finish_expired(fields, now)
         return (
             Log("error", "upstream_closed", fields),
             self._recorder.event(now, "upstream_closed", fields),
@@ -534,6 +549,7 @@ class LessonSession:
         })]
         if self._active_response_id == response_id:
             self._active_response_id = None
+        dropped = response_id in self._dropped_responses
         self._dropped_responses.discard(response_id)
         if response.status != "completed":
             # Every response that did not complete is kept with the upstream's reason (status_details).
@@ -555,6 +571,11 @@ class LessonSession:
         if response.status == "failed":
             actions.append(ToBrowser(messages.error(
                 code="response_failed", message="The tutor did not answer. Please say that again.", fatal=False)))
+        if response.status == "incomplete" and not dropped:
+            reason = details.reason if details else None
+            actions.append(ToBrowser(messages.error(
+                code="response_incomplete", message=_INCOMPLETE_WORDS.get(reason or "", _INCOMPLETE_DEFAULT),
+                fatal=False)))
         if self.state is LessonState.CONVERSING:
             self._set_deadline(Timer.IDLE, now + self.config.idle_timeout_s)
             actions.append(ToBrowser(messages.status("listening")))
@@ -567,7 +588,7 @@ class LessonSession:
             self._greeting_done = True
             self._greeting_audio_ms = audio_bytes // protocol.BYTES_PER_MS
             return self._open_microphone_or_arm_timer(now)
-        why = {
+        why: dict[str, Any] = {
             "status": response.status,
             "reason": details.reason if details else None,
             "code": failure_code,
@@ -579,8 +600,14 @@ class LessonSession:
                  for item in self._items.values() if item.response_id == response.id]
         retryable = failure_code not in protocol.UNRECOVERABLE_CODES
         if retryable and self._greeting_attempts < 2:
-            return (Log("warning", "greeting_retry", why), self._recorder.event(now, "greeting_retry", why), *flush,
-                    *self._request_greeting(now))
+            wait_s = _retry_wait_s(details.error.message if details and details.error else None)
+            why["retry_in_ms"] = round(wait_s * 1000)
+            retry: tuple[Action, ...] = (
+                Log("warning", "greeting_retry", why), self._recorder.event(now, "greeting_retry", why), *flush)
+            if wait_s == 0:
+                return (*retry, *self._request_greeting(now))
+            self._set_deadline(Timer.GREETING_RETRY, now + wait_s)
+            return (*retry, ToBrowser(messages.waiting(reason="tutor_busy", retry_in_ms=why["retry_in_ms"])))
         return (
             Log("error", "greeting_failed", why),
             self._recorder.event(now, "greeting_failed", why),
@@ -624,6 +651,8 @@ class LessonSession:
         fields = _error_fields(error.model_dump())
         if error.code in protocol.HARMLESS_ERROR_CODES:
             return (Log("debug", "upstream_error_harmless", fields),)
+        if error.code == protocol.SESSION_EXPIRED:
+            return self._finish_expired(fields, now)
         logged = (Log("error", "upstream_error", fields), self._recorder.event(now, "upstream_error", fields))
         if error.event_id is not None and error.event_id == self._session_update_id:
             return (*logged, *self._finish("session_refused", 1011, now, error=(
@@ -706,6 +735,8 @@ class LessonSession:
                 if self.state is LessonState.GREETING:
                     return self._open_microphone(now, because="elapsed")
                 return NO_ACTIONS
+            case Timer.GREETING_RETRY:
+                return self._request_greeting(now)
             case Timer.LESSON_LIMIT:
                 return self._finish("time_limit", 1000, now)
             case Timer.IDLE:
@@ -750,6 +781,14 @@ class LessonSession:
         ]
         return actions
 
+    def _finish_expired(self, fields: Mapping[str, Any], now: float) -> Sequence[Action]:
+        """The upstream session reached its maximum duration: a time limit, not a lost connection."""
+        return (
+            Log("warning", "upstream_session_expired", fields),
+            self._recorder.event(now, "upstream_session_expired", fields),
+            *self._finish("session_expired", 1000, now, error=("session_expired", _EXPIRED_WORDS)),
+        )
+
     def _refuse_browser_input(self, code: str, detail: str) -> Sequence[Action]:
         return (
             ToBrowser(messages.error(code=code, message=detail, fatal=False)),
@@ -780,6 +819,16 @@ class LessonSession:
     def _clear_deadline(self, timer: Timer) -> None:
         if self._deadlines.pop(timer, None) is not None:
             self.deadlines_changed = True
+
+
+def _retry_wait_s(message: str | None) -> float:
+    """The wait an upstream failure message asks for ("Please try again in 6.9s."), bounded; 0 when it names none."""
+    found = _RETRY_AFTER.search(message or "")
+    if found is None:
+        return 0.0
+    minutes, amount, unit = found.groups()
+    seconds = int(minutes or 0) * 60 + float(amount) / (1000 if unit.lower() == "ms" else 1)
+    return min(seconds, GREETING_RETRY_MAX_WAIT_S)
 
 
 def _error_fields(error: object) -> dict[str, Any]:

@@ -35,6 +35,7 @@ const STATUS_TEXT = {
   starting: "Starting your microphone…",
   connecting: "Connecting to your tutor…",
   greeting: "Your tutor is saying hello…",
+  waiting: "The tutor service is busy. Trying again in a moment…",
   tutor_speaking: "Your tutor is speaking.",
   listening: "Your turn — speak now.",
   ending: "Ending the lesson…",

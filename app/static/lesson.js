@@ -24,9 +24,15 @@
 //                without it the device's native rate is used
 //   processing   false turns off echo cancellation, noise suppression and auto gain, so a
 //                measurement sees the capture worklet's filter alone
+//   audioStartTimeoutMs   how long the sound output may take to start (default AUDIO_START_TIMEOUT_MS)
 "use strict";
 
 const SOURCE_RATE = 24000;
+// Set-up is bounded: a browser whose output device never starts leaves AudioContext.resume() pending forever
+// (Firefox with no output device). Loading the worklets and starting the output involve no person.
+const AUDIO_START_TIMEOUT_MS = 10000;
+// The microphone waits for the student to answer the browser's permission prompt: a person's pace.
+const MICROPHONE_TIMEOUT_MS = 60000;
 // Mirrors the relay's rule (app/messages.py): letters and name punctuation, at least one letter.
 const NAME_PATTERN = /^(?=.*\p{L})[\p{L} .'-]{1,40}$/u;
 
@@ -53,6 +59,24 @@ const CLOSE_MESSAGES = {
   1014: "The tutor is not available right now. Please try again in a few minutes.",
 };
 const DROPPED_MESSAGE = "The connection to your tutor was lost. Check your internet connection and try again.";
+
+// A part of the audio set-up that did not finish in time.
+class SetupTimeout extends Error {
+  constructor(part) {
+    super(`${part} did not start in time`);
+    this.name = "SetupTimeout";
+    this.part = part;
+  }
+}
+
+// `promise`, or a SetupTimeout for `part` once `ms` have passed without it settling.
+function withDeadline(promise, ms, part) {
+  let timer;
+  const deadline = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new SetupTimeout(part)), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
 
 const page = {
   root: document.querySelector("main"),
@@ -190,20 +214,17 @@ class Lesson {
 
   async setUp(resumed) {
     const context = this.context;
-    const processing = window.lessonTestConfig?.processing ?? true;
-    const [stream] = await Promise.all([
-      navigator.mediaDevices.getUserMedia({
-        audio: { channelCount: 1, echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing },
-      }),
+    const audioStartMs = window.lessonTestConfig?.audioStartTimeoutMs ?? AUDIO_START_TIMEOUT_MS;
+    const output = Promise.all([
+      resumed,
       context.audioWorklet.addModule("/static/audio/capture-processor.js"),
       context.audioWorklet.addModule("/static/audio/playback-processor.js"),
-      resumed,
     ]);
-    if (this.stopped) {
-      for (const track of stream.getTracks()) track.stop();
-      return;
-    }
-    this.stream = stream;
+    const [stream] = await Promise.all([
+      withDeadline(this.openMicrophone(), MICROPHONE_TIMEOUT_MS, "microphone"),
+      withDeadline(output, audioStartMs, "output"),
+    ]);
+    if (this.stopped) return; // stop() has released the stream
     debug.contextRate = context.sampleRate;
     debug.outputLatencyMs = ((context.baseLatency || 0) + (context.outputLatency || 0)) * 1000;
 
@@ -223,16 +244,36 @@ class Lesson {
     this.open();
   }
 
+  // The microphone stream, held by the lesson the moment it is granted, so that every exit releases it,
+  // even one taken while the rest of the set-up is still pending.
+  async openMicrophone() {
+    const processing = window.lessonTestConfig?.processing ?? true;
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing },
+    });
+    if (this.stopped) {
+      for (const track of stream.getTracks()) track.stop(); // granted after the lesson ended
+    } else {
+      this.stream = stream;
+    }
+    return stream;
+  }
+
   failToStart(error) {
     if (this.stopped) return; // ended or replaced while starting
     this.stop();
     const blocked = error && (error.name === "NotAllowedError" || error.name === "SecurityError");
     const missing = error && (error.name === "NotFoundError" || error.name === "OverconstrainedError");
+    const timedOut = error instanceof SetupTimeout;
     const message = blocked
       ? "The page may not use your microphone. Allow microphone access in your browser, then try again."
       : missing
         ? "No microphone was found. Connect one, then try again."
-        : "Your browser could not start the lesson audio. Please try again, or use an up-to-date browser.";
+        : timedOut && error.part === "output"
+          ? "Your speakers or headphones did not start. Check that they are connected and not in use by another app, then try again."
+          : timedOut
+            ? "The microphone did not start. Allow the page to use it when your browser asks, then try again."
+            : "Your browser could not start the lesson audio. Please try again, or use an up-to-date browser.";
     showState("idle");
     showError(message, true);
     setLessonControls(false);

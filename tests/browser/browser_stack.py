@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,17 +181,20 @@ class LessonPage:
     console_errors: list[str] = field(default_factory=list)
 
     @classmethod
-    def open(cls, browser: Browser, url: str, *, context_rate: int | None = None,
-             processing: bool = True) -> LessonPage:
+    def open(cls, browser: Browser, url: str, *, context_rate: int | None = None, processing: bool = True,
+             test_config: dict[str, Any] | None = None, init_scripts: Sequence[str] = ()) -> LessonPage:
+        """The page at `url`; `test_config` adds to window.lessonTestConfig, `init_scripts` run before the page's."""
         page = browser.new_page()
         lesson_page = cls(page)
         page.on("console", lesson_page._on_console)
         page.on("pageerror", lambda error: lesson_page.console_errors.append(f"pageerror: {error}"))
-        config = {"sampleRate": context_rate, "processing": processing}
+        config = {"sampleRate": context_rate, "processing": processing} | (test_config or {})
         page.add_init_script(f"window.lessonTestConfig = {json.dumps(config)};")
         page.add_init_script("""window.cspViolations = [];
             document.addEventListener("securitypolicyviolation",
                 (event) => window.cspViolations.push(`${event.effectiveDirective} ${event.blockedURI}`));""")
+        for script in init_scripts:
+            page.add_init_script(script)
         page.goto(url)
         return lesson_page
 

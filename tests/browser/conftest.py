@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from browser_stack import CHROMIUM, LessonPage, OpenPage, Stack, launch_chromium, make_wav, run_stack
@@ -49,17 +50,18 @@ def stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture
 def open_page(playwright: Playwright, tmp_path: Path) -> Iterator[OpenPage]:
-    """open_page(url, tone_hz=None, wav_rate=48000, context_rate=None, tone_s=10, pause_s=0) → a LessonPage
-    on a fresh browser whose microphone loops that tone (then that pause), or silence."""
+    """open_page(url, tone_hz=None, wav_rate=48000, context_rate=None, tone_s=10, pause_s=0, **page_options) → a
+    LessonPage on a fresh browser whose microphone loops that tone (then that pause), or silence; page_options
+    go to LessonPage.open (test_config, init_scripts)."""
     browsers: list[Browser] = []
 
     def open_(url: str, *, tone_hz: float | None = None, wav_rate: int = 48_000, context_rate: int | None = None,
-              tone_s: float = 10.0, pause_s: float = 0.0) -> LessonPage:
+              tone_s: float = 10.0, pause_s: float = 0.0, **page_options: Any) -> LessonPage:
         wav = make_wav(tmp_path / f"mic-{len(browsers)}.wav", rate=wav_rate, tone_hz=tone_hz, seconds=tone_s,
                        pause_s=pause_s)
         browser = launch_chromium(playwright, wav)
         browsers.append(browser)
-        return LessonPage.open(browser, url, context_rate=context_rate)
+        return LessonPage.open(browser, url, context_rate=context_rate, **page_options)
 
     yield open_
     for browser in browsers:

@@ -29,6 +29,7 @@ from app.security_headers import SecurityHeaders
 from app.settings import Settings, load_settings
 from app.simulator import RealtimeSimulator
 from app.store.runtime import open_store
+from app.transport import protocol_options
 
 HERE = Path(__file__).parent
 # The simulator checks that a key is sent, like OpenAI does; this one never leaves the machine.
@@ -116,6 +117,7 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         "forwarded_allow_ips": "*",
         # Lessons are drained before this starts (DrainingServer): only stragglers are left.
         "timeout_graceful_shutdown": CONNECTIONS_CLOSE_SECONDS,
+        **protocol_options(),
     }
     return uvicorn.Config(app, **(options | overrides))
 

@@ -3,8 +3,13 @@
 A thin shell around `LessonSession`: three pumps (page reader, upstream reader, timer) in one
 TaskGroup feed the machine and carry out the actions it returns, in order, before reading again.
 `Record` actions go to the store's writer without waiting: the audio path never waits for the database. A
-`Close` action ends the lesson: both sockets are closed and the TaskGroup is torn down. Whatever
-happens, `finally` closes both sockets, so no upstream session outlives its page.
+`Close` action ends the lesson: the upstream session is closed first, then the page's socket, and the
+TaskGroup is torn down. Whatever happens, `finally` closes both sockets, so no upstream session outlives
+its page.
+
+A page that stops reading never holds the lesson: a send that cannot complete within `send_timeout_s`
+drops the page's connection and ends the lesson as `browser_stalled`, and closing the page's socket has
+the same deadline. The timers therefore fire, and the upstream closes, whatever the page does.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from app.errors import UpstreamClosed, UpstreamError
 from app.records import Record, RecordSink
 from app.session import Action, Close, LessonSession, Log, ToBrowser, ToBrowserAudio, ToUpstream
+from app.transport import PageConnection
 from app.upstream import RealtimeClient
 
 Clock = Callable[[], float]
@@ -41,16 +47,23 @@ class Relay:
         *,
         log: structlog.typing.FilteringBoundLogger,
         records: RecordSink,
+        page: PageConnection | None = None,
+        send_timeout_s: float = 5.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self.browser = browser
         self.session = session
         self.log = log
         self.records = records
+        # The page's connection beneath ASGI, to drop it when it stalls; None when served without the guards.
+        self.page = page
+        self.send_timeout_s = send_timeout_s
         self.clock = clock
         self.upstream: RealtimeClient | None = None
+        self._upstream_closing: asyncio.Future[None] | None = None
         self._timer_wake = asyncio.Event()
         self._browser_open = True
+        self._closing = False
         self._close_code = 1000
         self._close_reason = ""
 
@@ -59,7 +72,7 @@ class Relay:
         try:
             await self._carry_out(self.session.begin(self.clock()))
             try:
-                self.upstream = await connect_upstream()
+                upstream = self.upstream = await connect_upstream()
             except UpstreamError as exc:
                 self.log.error("upstream_connect_failed", error=exc.detail, code=exc.code,
                                status=getattr(exc, "status", None), upstream_code=getattr(exc, "upstream_code", None))
@@ -68,7 +81,7 @@ class Relay:
                 return
             async with asyncio.TaskGroup() as pumps:
                 pumps.create_task(self._pump_browser())
-                pumps.create_task(self._pump_upstream())
+                pumps.create_task(self._pump_upstream(upstream))
                 pumps.create_task(self._pump_timers())
                 pumps.create_task(self._watch_shutdown(shutdown))
         except* _LessonOver:
@@ -104,9 +117,7 @@ class Relay:
             else:
                 await self._carry_out(session.handle_browser_text(message.get("text") or "", clock()))
 
-    async def _pump_upstream(self) -> None:
-        upstream = self.upstream
-        assert upstream is not None
+    async def _pump_upstream(self, upstream: RealtimeClient) -> None:
         session, clock = self.session, self.clock
         try:
             async for message in upstream.messages():
@@ -115,7 +126,9 @@ class Relay:
             await self._carry_out(session.handle_upstream_closed(exc.received_code, exc.received_reason, clock()))
         else:
             await self._carry_out(session.handle_upstream_closed(upstream.close_code, upstream.close_reason, clock()))
-        raise _LessonOver
+        if not self._closing:
+            raise _LessonOver
+        # Closed by the lesson's own `Close`: the pump carrying it out ends the lesson once the page is told.
 
     async def _pump_timers(self) -> None:
         session, wake = self.session, self._timer_wake
@@ -137,6 +150,11 @@ class Relay:
         await self._carry_out(self.session.handle_shutdown(self.clock()))
 
     async def _carry_out(self, actions: Sequence[Action]) -> None:
+        if actions and type(actions[-1]) is Close:
+            # The lesson ends: the paid session closes before anything more is sent to the page.
+            self._closing = True
+            self._close_code, self._close_reason = actions[-1].code, actions[-1].reason
+            await self._close_upstream()
         for action in actions:
             # Audio first: it is nearly all of the traffic.
             if type(action) is ToBrowserAudio:
@@ -152,6 +170,7 @@ class Relay:
                 self.records.put(action.record)
             elif type(action) is Close:
                 # Recorded first: a pump cancelled mid-close still closes with this code in `finally`.
+                self._closing = True
                 self._close_code, self._close_reason = action.code, action.reason
                 await self._close_both()
                 raise _LessonOver
@@ -159,12 +178,26 @@ class Relay:
             self._timer_wake.set()
 
     async def _send_browser(self, frame: dict[str, Any]) -> None:
-        """Send one ASGI `websocket.send` frame; a page that has gone away only stops further sends."""
-        if self._browser_open:
-            try:
-                await self.browser.send(frame)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                self._browser_open = False
+        """Send one ASGI `websocket.send` frame; a page that has gone away only stops further sends, a page
+        that does not take it within `send_timeout_s` is dropped and the lesson ends."""
+        if not self._browser_open:
+            return
+        try:
+            if self.page is not None and not self.page.write_paused:
+                await self.browser.send(frame)  # the transport takes it without waiting
+            else:
+                async with asyncio.timeout(self.send_timeout_s):
+                    await self.browser.send(frame)
+        except TimeoutError:
+            self._drop_page()
+            await self._carry_out(self.session.handle_browser_stalled(self.send_timeout_s, self.clock()))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._browser_open = False
+
+    def _drop_page(self) -> None:
+        self._browser_open = False
+        if self.page is not None:
+            self.page.abort()
 
     async def _send_upstream(self, payload: bytes) -> None:
         if self.upstream is None:
@@ -175,12 +208,27 @@ class Relay:
             await self._carry_out(self.session.handle_upstream_closed(exc.received_code, exc.received_reason,
                                                                       self.clock()))
 
-    async def _close_both(self) -> None:
-        if self._browser_open and self.browser.application_state is WebSocketState.CONNECTED:
-            self._browser_open = False
-            with contextlib.suppress(RuntimeError, OSError):
-                await self.browser.close(self._close_code, self._close_reason[:120])
+    async def _close_upstream(self) -> None:
+        """Close the upstream session, once; a caller cancelled while waiting leaves the close running."""
         if self.upstream is not None:
             upstream, self.upstream = self.upstream, None
-            await upstream.close()
+            self._upstream_closing = asyncio.ensure_future(upstream.close())
+        if self._upstream_closing is not None:
+            await asyncio.shield(self._upstream_closing)
+
+    async def _close_both(self) -> None:
+        await self._close_upstream()
+        if self._browser_open and self.browser.application_state is WebSocketState.CONNECTED:
+            self._browser_open = False
+            try:
+                async with asyncio.timeout(self.send_timeout_s):
+                    await self.browser.close(self._close_code, self._close_reason[:120])
+            except TimeoutError:
+                self._drop_page()
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass
+            else:
+                if self.page is not None:
+                    # The page has as long to answer the close frame as it had to take any frame.
+                    self.page.close_within(self.send_timeout_s)
 

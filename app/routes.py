@@ -27,6 +27,7 @@ from app.prompts import tutor_instructions
 from app.relay import Relay
 from app.session import LessonConfig, LessonSession
 from app.settings import Settings
+from app.transport import current_page_connection
 from app.upstream import RealtimeClient, realtime_url
 
 router = APIRouter()
@@ -111,7 +112,8 @@ async def lesson_socket(websocket: WebSocket) -> None:
                     open_timeout_s=settings.upstream_timeout_seconds,
                 )
 
-            relay = Relay(websocket, LessonSession(config), log=lesson_log, records=state.records)
+            relay = Relay(websocket, LessonSession(config), log=lesson_log, records=state.records,
+                          page=current_page_connection(), send_timeout_s=settings.browser_send_timeout_seconds)
             await relay.run(connect_upstream, registry.draining)
     except (InvalidRequest, OverCapacity) as exc:
         await _refuse(websocket, exc, lesson_log)

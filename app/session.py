@@ -367,6 +367,16 @@ class LessonSession:
             return NO_ACTIONS
         return self._finish("browser_closed", 1000, now)
 
+    def handle_browser_stalled(self, timeout_s: float, now: float) -> Sequence[Action]:
+        """A send to the page did not finish within `timeout_s` (it stopped reading): the shell has dropped
+        its connection; end the lesson so the upstream is closed and the place freed."""
+        if self.state is LessonState.ENDED:
+            return NO_ACTIONS
+        return (
+            Log("warning", "browser_stalled", {"timeout_s": timeout_s, "state": self.state.value}),
+            *self._finish("browser_stalled", 1008, now),
+        )
+
     def handle_shutdown(self, now: float) -> Sequence[Action]:
         """The server is draining for a redeploy: tell the student and end the lesson."""
         if self.state is LessonState.ENDED:

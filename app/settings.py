@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] | None = None
 
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # A page that takes no frame for this long has stopped reading: its connection is dropped.
+    browser_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     max_frame_bytes: int = Field(default=4800, ge=960, le=96_000)
     max_sessions: int = Field(default=50, ge=1)
     max_lesson_seconds: float = Field(default=1800, gt=0, le=3500)

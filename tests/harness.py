@@ -26,9 +26,12 @@ from app.settings import Settings
 FAKE_KEY = "sk-test-fake-key-not-real"
 
 
-def bound_socket() -> socket.socket:
+def bound_socket(send_buffer: int | None = None) -> socket.socket:
+    """A listening socket on a free port; `send_buffer` (SO_SNDBUF) is inherited by every accepted socket."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     sock.setblocking(False)
@@ -47,10 +50,12 @@ class AppServer:
 
 
 @asynccontextmanager
-async def serve_app(settings: Settings, log_stream: io.StringIO | None = None) -> AsyncIterator[AppServer]:
+async def serve_app(
+    settings: Settings, log_stream: io.StringIO | None = None, *, send_buffer: int | None = None
+) -> AsyncIterator[AppServer]:
     """The app for `settings`, served on a free port until the block ends, logging JSON to `log_stream`."""
     app = create_app(settings, log_stream=log_stream)
-    sock = bound_socket()
+    sock = bound_socket(send_buffer)
     port = sock.getsockname()[1]
     config = server_config(app, settings, lifespan="on")
     server = uvicorn.Server(config)

@@ -3,6 +3,7 @@
     LessonError                      close 1011
     ├── InvalidRequest               1008  bad lesson parameters, origin or lesson link
     ├── OverCapacity                 1013  too many lessons, or lesson starts too fast
+    ├── StoreUnavailable             1013  a lesson link cannot be checked: the records' database is out of reach
     ├── InvalidTransition            1011  the lesson state machine was driven out of order (a bug)
     └── UpstreamError                1011  the Realtime session failed
         ├── UpstreamRefused          1014  the handshake was refused (HTTP status known)
@@ -40,6 +41,12 @@ class OverCapacity(LessonError):
     close_code = 1013
     code = "over_capacity"
     student_message = "All tutors are busy right now. Please try again in a minute."
+
+
+class StoreUnavailable(LessonError):
+    close_code = 1013
+    code = "link_unchecked"
+    student_message = "Your lesson link cannot be checked just now. Please try again in a minute."
 
 
 class InvalidTransition(LessonError):

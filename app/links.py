@@ -1,31 +1,36 @@
-"""Signed lesson links: when `LESSON_SECRET` is set, only a teacher's link opens a lesson.
+"""Personal lesson links: a signed token naming a student and one of their links.
 
 A token is `base64url(payload).base64url(hmac_sha256(secret, payload))`, the payload holding the
-student's name, level and expiry. Make one with:
+student's id, the link's id and its expiry (or none). The secret is `LESSON_SECRET`, or when that is
+unset one generated on first start and kept in the database (`app_secrets`), so links survive restarts;
+the running app holds it at `app.state.link_secret`. A valid signature is not enough: the link's row is
+checked when the link is used (revoked, expired, student archived or deleted) by `app.store.queries`.
+Make a student and their link with:
 
-    LESSON_SECRET=… python -m app.links --name Ana --level A1 --hours 48 --base-url https://lessons.example.org
+    python -m app.links --name Ana --level A1 --hours 48 --base-url https://lessons.example.org
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import hmac
 import math
-import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode, urlsplit
 
 import orjson
 from pydantic import ValidationError
 
 from app.messages import LEVELS, LessonRequest
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 
 
 class LinkError(ValueError):
-    """The lesson link is missing, altered or expired; `student_message` says so in plain words."""
+    """The lesson link is missing, altered, expired or withdrawn; `student_message` says so in plain words."""
 
     def __init__(self, detail: str, student_message: str) -> None:
         super().__init__(detail)
@@ -33,10 +38,12 @@ class LinkError(ValueError):
 
 
 @dataclass(frozen=True)
-class LessonLink:
-    name: str
-    level: str
-    expires_at: int
+class LinkClaim:
+    """What a validly signed token says; the store decides whether the link still opens a lesson."""
+
+    student_id: str
+    link_id: str
+    expires_at: int | None
 
 
 def _b64(data: bytes) -> str:
@@ -51,14 +58,13 @@ def _signature(secret: str, payload: bytes) -> bytes:
     return hmac.new(secret.encode(), payload, hashlib.sha256).digest()
 
 
-def make_lesson_token(secret: str, *, name: str, level: str, expires_at: int) -> str:
-    request = LessonRequest.model_validate({"name": name, "level": level})
-    payload = orjson.dumps({"n": request.name, "l": request.level, "e": expires_at})
+def make_lesson_token(secret: str, *, student_id: str, link_id: str, expires_at: int | None) -> str:
+    payload = orjson.dumps({"s": student_id, "k": link_id, "e": expires_at})
     return f"{_b64(payload)}.{_b64(_signature(secret, payload))}"
 
 
-def verify_lesson_token(token: str, secret: str, *, now: float) -> LessonLink:
-    """The link's contents, or `LinkError` when it is missing, altered or expired."""
+def verify_lesson_token(token: str, secret: str, *, now: float) -> LinkClaim:
+    """The token's claim, or `LinkError` when it is missing, altered or expired."""
     if not token:
         raise LinkError("no lesson link token", "This lesson needs a link from your teacher.")
     try:
@@ -70,13 +76,21 @@ def verify_lesson_token(token: str, secret: str, *, now: float) -> LessonLink:
         raise LinkError("lesson token signature does not match", "This lesson link is not valid.")
     try:
         data = orjson.loads(payload)
-        link = LessonLink(name=str(data["n"]), level=str(data["l"]), expires_at=int(data["e"]))
+        expires_at = None if data["e"] is None else int(data["e"])
+        claim = LinkClaim(student_id=str(data["s"]), link_id=str(data["k"]), expires_at=expires_at)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise LinkError("lesson token payload unreadable", "This lesson link is not valid.") from exc
-    if link.expires_at <= now:
-        raise LinkError(f"lesson token expired at {link.expires_at}",
-                        "This lesson link has expired. Ask your teacher for a new one.")
-    return link
+    if claim.expires_at is not None and claim.expires_at <= now:
+        raise LinkError(f"lesson token expired at {claim.expires_at}", EXPIRED_WORDS)
+    return claim
+
+
+EXPIRED_WORDS = "This lesson link has expired. Ask your teacher for a new one."
+
+
+def lesson_url(base_url: str, token: str) -> str:
+    """The full lesson address a student opens."""
+    return f"{base_url.rstrip('/')}/?{urlencode({'token': token})}"
 
 
 # A link is for a course, not forever: a year at most.
@@ -104,23 +118,39 @@ def _base_url(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.links", description="Print a signed lesson link.")
+    parser = argparse.ArgumentParser(prog="python -m app.links",
+                                     description="Add a student to the lesson records and print their lesson link.")
     parser.add_argument("--name", required=True, help="the student's name, as the tutor will say it")
     parser.add_argument("--level", default="A1", choices=LEVELS)
+    parser.add_argument("--target-language", default=None, help="the language they learn, when not the server's")
     parser.add_argument("--hours", type=_hours, default=24.0,
                         help=f"how long the link stays valid: above 0, at most {MAX_LINK_HOURS}")
     parser.add_argument("--base-url", type=_base_url, default="http://localhost:8000",
                         help="the lesson page's public address")
     args = parser.parse_args(argv)
-    settings = load_settings()
-    if settings.lesson_secret is None:
-        parser.error("LESSON_SECRET is not set: links are only needed (and only checked) when it is")
     try:
-        token = make_lesson_token(settings.lesson_secret.get_secret_value(), name=args.name, level=args.level,
-                                  expires_at=int(time.time() + args.hours * 3600))
+        name = LessonRequest.model_validate({"name": args.name, "level": args.level}).name
     except ValidationError as exc:
         parser.error(f"--name {args.name!r}: {exc.errors()[0]['msg']}")
-    print(f"{args.base_url}/?{urlencode({'token': token})}")
+    settings = load_settings()
+    expires_at = datetime.now(UTC) + timedelta(hours=args.hours)
+    token = asyncio.run(_create_student_link(settings, name=name, level=args.level,
+                                             target_language=args.target_language, expires_at=expires_at))
+    print(lesson_url(args.base_url, token))
+
+
+async def _create_student_link(settings: Settings, *, name: str, level: str, target_language: str | None,
+                               expires_at: datetime) -> str:
+    # Imported here: the store (SQLAlchemy, Alembic) is not needed to verify a token.
+    from app.store import queries
+    from app.store.runtime import opened_database
+
+    async with opened_database(settings) as sessions:
+        secret = await queries.lesson_link_secret(sessions, settings)
+        student = await queries.create_student(sessions, name=name, level=level, target_language=target_language)
+        link = await queries.create_link(sessions, student_id=student.id, expires_at=expires_at)
+    return make_lesson_token(secret, student_id=student.id, link_id=link.id,
+                             expires_at=math.floor(expires_at.timestamp()))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, *, log_stream: TextIO | None = 
         store = await open_store(settings)
         app.state.db = store.sessions
         app.state.records = store.records
+        app.state.link_secret = store.link_secret
         simulator: RealtimeSimulator | None = None
         if settings.simulated:
             simulator = RealtimeSimulator(keep_history=False)

@@ -29,6 +29,8 @@ class LessonRequest(BaseModel):
     support: str | None = Field(default=None, min_length=1, max_length=30)
     topic: str | None = Field(default=None, min_length=1, max_length=80)
     token: str | None = Field(default=None, max_length=1000)
+    # The open page's random key, kept in the browser's localStorage: the same browser is the same student.
+    student_key: str | None = Field(default=None, min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 
     @field_validator("name")
     @classmethod
@@ -60,6 +62,7 @@ _PARAMETER_WORDS = {
     "support": "The support language must be the name of a language, like Spanish.",
     "topic": "The topic must be short plain text (at most 80 characters).",
     "token": "This lesson link is not valid.",
+    "student_key": "This page's student key is not valid. Please reload the page.",
 }
 
 

@@ -1,8 +1,8 @@
 """HTTP and WebSocket routes: the page, the health check, and the lesson socket.
 
-The lesson route admits or refuses a lesson (origin, parameters, lesson link, capacity, start rate),
-then hands both sockets to `Relay`. A refusal always reaches the page as an `error` frame followed by
-the close code of the cause, and no upstream session is opened for it.
+The lesson route admits or refuses a lesson (origin, parameters, lesson link checked against the
+store, capacity, start rate), then hands both sockets to `Relay`. A refusal always reaches the page as an
+`error` frame followed by the close code of the cause, and no upstream session is opened for it.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from fastapi.templating import Jinja2Templates
 
 from app import messages
 from app.admission import LessonRegistry, StartRateLimiter, origin_allowed
-from app.errors import InvalidRequest, LessonError, OverCapacity
-from app.links import LinkError, verify_lesson_token
+from app.errors import InvalidRequest, LessonError, OverCapacity, StoreUnavailable
 from app.prompts import tutor_instructions
+from app.records import LessonEnded, LessonEventHappened, LessonStarted, RecordSink
 from app.relay import Relay
 from app.session import LessonConfig, LessonSession
 from app.settings import Settings
+from app.students import LessonStudent, linked_student, student_for_request
 from app.transport import current_page_connection
 from app.upstream import RealtimeClient, realtime_url
 
@@ -51,13 +52,17 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
     settings: Settings = _state(request).settings
     templates: Jinja2Templates = _state(request).templates
     name, level, locked = "", "A1", False
-    if settings.lesson_secret is not None:
+    if token or settings.lesson_secret is not None:
         try:
-            link = verify_lesson_token(token, settings.lesson_secret.get_secret_value(), now=time.time())
-        except LinkError as exc:
-            return templates.TemplateResponse(
-                request, "link_required.html", {"problem": str(exc.student_message)}, status_code=403)
-        name, level, locked = link.name, link.level, True
+            if not token:
+                raise InvalidRequest("no lesson link token", student_message="This lesson needs a link from "
+                                                                             "your teacher.")
+            student = await linked_student(token, link_secret=_state(request).link_secret,
+                                           sessions=_state(request).db)
+        except (InvalidRequest, StoreUnavailable) as exc:
+            return templates.TemplateResponse(request, "link_required.html", {"problem": exc.student_message},
+                                              status_code=503 if isinstance(exc, StoreUnavailable) else 403)
+        name, level, locked = student.name, student.level, True
     return templates.TemplateResponse(request, "lesson.html", {
         "simulated": settings.simulated,
         "levels": messages.LEVELS,
@@ -99,10 +104,15 @@ async def lesson_socket(websocket: WebSocket) -> None:
 
     await websocket.accept()
     registry: LessonRegistry = state.lessons
+    student = LessonStudent()
     try:
-        request = _admit(websocket, settings, state.start_limiter, client)
+        request = _parse(websocket)
+        request, student = await student_for_request(
+            request, lesson_secret_set=settings.lesson_secret is not None, link_secret=state.link_secret,
+            sessions=state.db)
+        _limit_starts(state.start_limiter, client)
         with registry.admit():
-            config = _lesson_config(lesson_id, request, settings)
+            config = _lesson_config(lesson_id, request, settings, student)
             upstream: Upstream = state.upstream
             url = realtime_url(upstream.url, settings.openai_realtime_model)
 
@@ -115,32 +125,45 @@ async def lesson_socket(websocket: WebSocket) -> None:
             relay = Relay(websocket, LessonSession(config), log=lesson_log, records=state.records,
                           page=current_page_connection(), send_timeout_s=settings.browser_send_timeout_seconds)
             await relay.run(connect_upstream, registry.draining)
-    except (InvalidRequest, OverCapacity) as exc:
+    except (InvalidRequest, OverCapacity, StoreUnavailable) as exc:
+        if student.student_id is not None and isinstance(exc, OverCapacity):
+            # A known student turned away for capacity or start rate: their teacher sees the attempt.
+            _record_refusal(state.records, lesson_id, request, settings, student, exc)
         await _refuse(websocket, exc, lesson_log)
 
 
-def _admit(websocket: WebSocket, settings: Settings, limiter: StartRateLimiter, client: str) -> messages.LessonRequest:
-    """The validated lesson request, or `InvalidRequest` / `OverCapacity` saying why not."""
+def _parse(websocket: WebSocket) -> messages.LessonRequest:
+    """The validated lesson request, or `InvalidRequest` naming the bad parameter."""
     try:
-        request = messages.parse_lesson_request(dict(websocket.query_params))
+        return messages.parse_lesson_request(dict(websocket.query_params))
     except messages.InvalidLessonRequest as exc:
         raise InvalidRequest(str(exc), student_message=exc.student_message) from exc
-    if settings.lesson_secret is not None:
-        try:
-            link = verify_lesson_token(request.token or "", settings.lesson_secret.get_secret_value(), now=time.time())
-        except LinkError as exc:
-            raise InvalidRequest(str(exc), student_message=exc.student_message) from exc
-        # A signed link fixes who the student is; the query cannot override it.
-        request = request.model_copy(update={"name": link.name, "level": link.level})
+
+
+def _limit_starts(limiter: StartRateLimiter, client: str) -> None:
     if not limiter.allow(client, time.monotonic()):
         raise OverCapacity(
             f"client {client!r} started more than {limiter.per_minute} lessons in a minute",
             student_message="Too many lessons were started from here just now. Please wait a minute and try again.",
         )
-    return request
 
 
-def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Settings) -> LessonConfig:
+def _record_refusal(records: RecordSink, lesson_id: str, request: messages.LessonRequest, settings: Settings,
+                    student: LessonStudent, exc: LessonError) -> None:
+    """A refused start is kept as a lesson of no length whose end_reason is the refusal's code."""
+    now = datetime.now(UTC)
+    records.put(LessonStarted(lesson_id=lesson_id, started_at=now, level=request.level,
+                              model=settings.openai_realtime_model, simulated=settings.simulated,
+                              student_id=student.student_id, link_id=student.link_id, student_name=request.name))
+    records.put(LessonEventHappened(lesson_id=lesson_id, at=now, kind="refused",
+                                    detail={"code": exc.code, "detail": exc.detail}))
+    records.put(LessonEnded(lesson_id=lesson_id, ended_at=now, end_reason=exc.code, duration_s=0.0,
+                            audio_input_tokens=0, text_input_tokens=0, cached_tokens=0, audio_output_tokens=0,
+                            text_output_tokens=0, estimated_cost_usd=0.0))
+
+
+def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Settings,
+                   student: LessonStudent) -> LessonConfig:
     return LessonConfig(
         lesson_id=lesson_id,
         name=request.name,
@@ -162,6 +185,9 @@ def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Se
         prices_per_million=settings.price_per_million_tokens,
         model=settings.openai_realtime_model,
         started_at=datetime.now(UTC),
+        student_id=student.student_id,
+        link_id=student.link_id,
+        browser_key_hash=student.browser_key_hash,
     )
 
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +13,6 @@ import pytest
 from harness import AppServer, log_lines, open_lesson, relay_settings, serve_app
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.links import make_lesson_token, verify_lesson_token
 from app.simulator import RealtimeSimulator
 
 ALLOWED_UPSTREAM = {"session.update", "response.create", "input_audio_buffer.append", "response.cancel",
@@ -186,71 +182,6 @@ async def test_usage_and_estimated_cost_reach_the_page_and_the_log_at_the_end(
     assert ended["reason"] == "student_ended"
     assert ended["estimated_cost_usd"] == usage["estimated_cost_usd"]
     assert ended["output_tokens"] == usage["output_tokens"]
-
-
-class TestSignedLinks:
-    SECRET = "test-lesson-secret-not-real-0123456789"
-
-    def token(self, **overrides: Any) -> str:
-        values: dict[str, Any] = {"name": "Ana", "level": "B1", "expires_at": int(time.time()) + 3600}
-        return make_lesson_token(self.SECRET, **(values | overrides))
-
-    async def test_without_a_link_the_page_and_the_socket_refuse(self, simulator: RealtimeSimulator) -> None:
-        async with serve_app(relay_settings(simulator.url, lesson_secret=self.SECRET)) as server:
-            async with httpx.AsyncClient() as http:
-                page = await http.get(f"{server.base_url}/")
-            async with open_lesson(server.lesson_url(name="Ana")) as lesson:
-                error = await lesson.until_type("error")
-                await lesson.drain_until_closed()
-        assert page.status_code == 403
-        assert "link" in page.text
-        assert error["code"] == "invalid_request"
-        assert lesson.ws.close_code == 1008
-        assert simulator.connections == []
-
-    @pytest.mark.parametrize("tamper", ["expired", "altered", "other_secret", "garbage"])
-    async def test_a_bad_link_is_refused(self, simulator: RealtimeSimulator, tamper: str) -> None:
-        token = {
-            "expired": self.token(expires_at=int(time.time()) - 1),
-            "altered": self.token().replace(self.token().split(".")[0], self.token(name="Eve").split(".")[0]),
-            "other_secret": make_lesson_token("another-secret", name="Ana", level="B1",
-                                              expires_at=int(time.time()) + 60),
-            "garbage": "abc.def",
-        }[tamper]
-        async with serve_app(relay_settings(simulator.url, lesson_secret=self.SECRET)) as server, \
-                open_lesson(server.lesson_url(name="Ana", token=token)) as lesson:
-            error = await lesson.until_type("error")
-            await lesson.drain_until_closed()
-        assert error["code"] == "invalid_request"
-        assert lesson.ws.close_code == 1008
-        assert simulator.connections == []
-
-    async def test_a_valid_link_fixes_name_and_level(self, simulator: RealtimeSimulator) -> None:
-        token = self.token()
-        async with serve_app(relay_settings(simulator.url, lesson_secret=self.SECRET)) as server:
-            async with httpx.AsyncClient() as http:
-                page = await http.get(f"{server.base_url}/", params={"token": token})
-            async with open_lesson(server.lesson_url(name="Mallory", level="C2", token=token)) as lesson:
-                started = await lesson.until_type("lesson")
-                transcript = await lesson.until_type("transcript.done", role="tutor")
-        assert page.status_code == 200
-        assert 'value="Ana"' in page.text
-        assert (started["name"], started["level"]) == ("Ana", "B1")
-        assert "Ana" in transcript["text"]
-
-    async def test_the_links_command_prints_a_link_that_verifies(self) -> None:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "app.links", "--name", "Zoë", "--level", "A2", "--hours", "2",
-            "--base-url", "https://lessons.example.org",
-            env={"LESSON_SECRET": self.SECRET, "PATH": ""}, stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await process.communicate()
-        link = out.decode().strip()
-        assert link.startswith("https://lessons.example.org/?token=")
-        token = httpx.URL(link).params["token"]
-        verified = verify_lesson_token(token, self.SECRET, now=time.time())
-        assert (verified.name, verified.level) == ("Zoë", "A2")
-        assert 7100 < verified.expires_at - time.time() <= 7200
 
 
 CANARY_KEY = "sk-test-canary-7f3e-fake"

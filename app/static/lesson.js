@@ -282,6 +282,7 @@ class Lesson {
   open() {
     const query = new URLSearchParams({ name: this.params.name, level: this.params.level });
     if (this.params.token) query.set("token", this.params.token);
+    else if (this.params.studentKey) query.set("student_key", this.params.studentKey);
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(`${scheme}//${location.host}/ws/lesson?${query}`);
     socket.binaryType = "arraybuffer";
@@ -461,7 +462,22 @@ function readParams() {
     return null;
   }
   page.name.setCustomValidity("");
-  return { name, level: page.level.value, token: page.root.dataset.token || "" };
+  return { name, level: page.level.value, token: page.root.dataset.token || "", studentKey: studentKey() };
+}
+
+// Without a link, this browser's random key (kept in localStorage) makes its lessons one student's.
+function studentKey() {
+  try {
+    let key = localStorage.getItem("lessonStudentKey");
+    if (!key) {
+      const bytes = crypto.getRandomValues(new Uint8Array(16));
+      key = Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+      localStorage.setItem("lessonStudentKey", key);
+    }
+    return key;
+  } catch {
+    return ""; // storage blocked: the lesson goes on, recorded without a student
+  }
 }
 
 function startLesson() {

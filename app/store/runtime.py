@@ -4,6 +4,8 @@ at shutdown once the writer has written what the drained lessons left."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
@@ -12,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.settings import Settings
 from app.store.database import DatabaseUnavailable, create_engine, database_url, migrate, redact, session_factory
+from app.store.queries import lesson_link_secret
 from app.store.writer import RecordWriter
 
 log = structlog.get_logger("lesson_relay")
@@ -26,6 +29,8 @@ class Store:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     records: RecordWriter
+    # Signs and checks personal lesson links: LESSON_SECRET, or the one kept in the database.
+    link_secret: str
 
     async def close(self) -> None:
         """Write what the lessons left queued (for a bounded time), then let the database go."""
@@ -70,6 +75,21 @@ async def open_store(settings: Settings) -> Store:
         raise
     log.info("database_ready", url=redact(url))
     sessions = session_factory(engine)
+    link_secret = await lesson_link_secret(sessions, settings)
     records = RecordWriter(sessions)
     records.start()
-    return Store(engine=engine, sessions=sessions, records=records)
+    return Store(engine=engine, sessions=sessions, records=records, link_secret=link_secret)
+
+
+@asynccontextmanager
+async def opened_database(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """The migrated database for a one-off command (`python -m app.links`), closed after the block."""
+    engine = create_engine(_url(settings))
+    try:
+        try:
+            await migrate(engine)
+        except DatabaseUnavailable as exc:
+            raise SystemExit(str(exc)) from None
+        yield session_factory(engine)
+    finally:
+        await engine.dispose()

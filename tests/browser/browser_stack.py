@@ -80,6 +80,7 @@ class Stack:
     record_dir: Path
     logs: tuple[Path, ...]
     app: subprocess.Popen[bytes]
+    database: Path  # the app's lesson records (SQLite)
 
     def recordings(self) -> set[Path]:
         return set(self.record_dir.glob("connection-*.pcm"))
@@ -136,7 +137,8 @@ def run_stack(workdir: Path, *simulator_args: str) -> Iterator[Stack]:
         processes.append(app)
         url = f"http://127.0.0.1:{app_port}"
         wait_for(lambda: _check_alive(app, app_log) or http_json(f"{url}/healthz"), timeout=30, what="/healthz")
-        yield Stack(url=url, record_dir=record_dir, logs=(simulator_log, app_log), app=app)
+        yield Stack(url=url, record_dir=record_dir, logs=(simulator_log, app_log), app=app,
+                    database=workdir / "lessons.db")
     finally:
         for process in reversed(processes):
             process.terminate()

@@ -2,10 +2,16 @@
 
 What these prove: microphone audio at 48 kHz and 44.1 kHz reaches the upstream as 24 kHz PCM16 at
 the right pitch; the greeting is shown and fully played by the playback worklet; End lesson closes the
-page's socket and the relay's lesson; refusals reach the student as a readable error with Try again.
+page's socket and the relay's lesson; refusals reach the student as a readable error with Try again;
+the open page's lesson is kept under the student of this browser's localStorage key.
 """
 
 from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import sqlite3
 
 import pytest
 from browser_stack import SAMPLE_RATE, OpenPage, Stack, dominant_hz, run_stack, wait_for, wait_recording
@@ -117,3 +123,25 @@ def test_dropped_connection_offers_to_reconnect(
         expect(alert.get_by_role("button", name="Try again")).to_be_visible()
         expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
         assert lesson.debug("socket") == "closed"
+
+
+def test_the_open_page_lesson_is_kept_for_this_browser_s_student(stack: Stack, open_page: OpenPage) -> None:
+    lesson = open_page(stack.url)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    lesson.page.get_by_role("button", name="End lesson").click()
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    key = lesson.page.evaluate("localStorage.getItem('lessonStudentKey')")
+    assert re.fullmatch(r"[0-9a-f]{32}", key)
+    key_hash = hashlib.sha256(key.encode()).hexdigest()
+
+    def lessons_of_this_browser() -> list[tuple[str, str | None]]:
+        with contextlib.closing(sqlite3.connect(stack.database)) as db:
+            return db.execute("SELECT students.name, lessons.end_reason FROM lessons JOIN students "
+                              "ON lessons.student_id = students.id WHERE students.browser_key_hash = ?",
+                              (key_hash,)).fetchall()
+
+    # The records are written by the app's writer task, after the lesson: wait for them to land.
+    wait_for(lambda: lessons_of_this_browser() == [("Ana", "student_ended")], timeout=15,
+             what="the lesson's record under this browser's student")
+    assert lesson.console_errors == []

@@ -1,0 +1,97 @@
+"""What the lesson path reads from (and `python -m app.links` writes to) the store.
+
+Lessons never wait on these for long: the route calls them under `LOOKUP_TIMEOUT_S` before a lesson is
+built. The teacher's desk has its own queries in app/teacher/.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.links import EXPIRED_WORDS, LinkClaim, LinkError
+from app.settings import Settings
+from app.store.models import AppSecret, Link, Student
+
+LINK_SECRET_NAME = "lesson_link_secret"
+# How long a lesson start waits for the store before going on without it (or refusing a link lesson).
+LOOKUP_TIMEOUT_S = 3.0
+
+_WITHDRAWN_WORDS = "This lesson link is no longer valid. Ask your teacher for a new one."
+
+
+async def lesson_link_secret(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> str:
+    """LESSON_SECRET, or the secret generated on the first start without it and kept in the database."""
+    if settings.lesson_secret is not None:
+        return settings.lesson_secret.get_secret_value()
+    async with sessions() as session:
+        kept = await session.get(AppSecret, LINK_SECRET_NAME)
+    if kept is not None:
+        return kept.value
+    value = secrets.token_urlsafe(32)
+    try:
+        async with sessions.begin() as session:
+            session.add(AppSecret(name=LINK_SECRET_NAME, value=value))
+    except IntegrityError:
+        # Another process started at the same moment and kept its own first: use that one.
+        async with sessions() as session:
+            return (await session.get_one(AppSecret, LINK_SECRET_NAME)).value
+    return value
+
+
+@dataclass(frozen=True)
+class LinkedStudent:
+    """The student a valid link belongs to, and what the link sets about its lessons."""
+
+    student_id: str
+    link_id: str
+    name: str
+    level: str
+    target_language: str | None
+    topic: str | None
+    support_language: str | None
+
+
+async def student_for_link(sessions: async_sessionmaker[AsyncSession], claim: LinkClaim,
+                           now: datetime) -> LinkedStudent:
+    """The link's student, or `LinkError` when the link was revoked, has expired or its student is gone."""
+    async with sessions() as session:
+        row = (await session.execute(
+            select(Link, Student).join(Student, Link.student_id == Student.id)
+            .where(Link.id == claim.link_id, Link.student_id == claim.student_id))).first()
+    if row is None:
+        raise LinkError(f"link {claim.link_id!r} of student {claim.student_id!r} is not in the store",
+                        _WITHDRAWN_WORDS)
+    link, student = row
+    if link.revoked_at is not None:
+        raise LinkError(f"link {link.id!r} was revoked at {link.revoked_at.isoformat()}", _WITHDRAWN_WORDS)
+    if link.expires_at is not None and link.expires_at <= now:
+        raise LinkError(f"link {link.id!r} expired at {link.expires_at.isoformat()}", EXPIRED_WORDS)
+    if student.archived_at is not None:
+        raise LinkError(f"student {student.id!r} was archived at {student.archived_at.isoformat()}",
+                        _WITHDRAWN_WORDS)
+    return LinkedStudent(student_id=student.id, link_id=link.id, name=student.name, level=student.level,
+                         target_language=student.target_language, topic=link.topic,
+                         support_language=link.support_language)
+
+
+async def create_student(sessions: async_sessionmaker[AsyncSession], *, name: str, level: str,
+                         target_language: str | None = None) -> Student:
+    async with sessions.begin() as session:
+        student = Student(name=name, level=level, target_language=target_language)
+        session.add(student)
+    return student
+
+
+async def create_link(sessions: async_sessionmaker[AsyncSession], *, student_id: str,
+                      expires_at: datetime | None = None, topic: str | None = None,
+                      support_language: str | None = None) -> Link:
+    async with sessions.begin() as session:
+        link = Link(student_id=student_id, expires_at=expires_at, topic=topic, support_language=support_language)
+        session.add(link)
+    return link

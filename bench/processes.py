@@ -28,26 +28,40 @@ STARTUP_TIMEOUT_SECONDS: Final = 30.0
 
 @dataclass(frozen=True)
 class ProcessSample:
-    """CPU seconds used so far (user + system) and resident memory, of one process, at one moment."""
+    """CPU seconds used so far (user + system) and resident memory, of a process tree, at one moment."""
 
     at: float
     cpu_seconds: float
     rss_bytes: int
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every live descendant (a multi-worker server's workers, granian's worker)."""
+    tree, position = [pid], 0
+    while position < len(tree):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{tree[position]}/task").iterdir():
+                tree += [int(child) for child in (task / "children").read_text().split()]
+        position += 1
+    return tree
+
+
 class ProcessProbe:
-    """Reads a process's CPU time and resident memory from /proc (Linux)."""
+    """Reads the CPU time and resident memory of a process and its descendants from /proc (Linux)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
 
     def sample(self) -> ProcessSample:
         at = time.perf_counter()
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        # Fields after the parenthesised command name; utime and stime are fields 14 and 15 of the whole line.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        cpu_ticks = int(fields[11]) + int(fields[12])
-        rss_pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])
+        cpu_ticks = rss_pages = 0
+        for pid in process_tree(self.pid):
+            with contextlib.suppress(OSError):  # a worker that exited meanwhile
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                # Fields after the parenthesised command name; utime and stime are fields 14 and 15 of the line.
+                fields = stat[stat.rindex(")") + 2 :].split()
+                cpu_ticks += int(fields[11]) + int(fields[12])
+                rss_pages += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
         return ProcessSample(at, cpu_ticks / CLOCK_TICKS_PER_SECOND, rss_pages * PAGE_BYTES)
 
 
@@ -84,9 +98,12 @@ class ManagedProcess:
         return ProcessProbe(self.process.pid)
 
     def pin(self, cpus: set[int] | None) -> None:
-        """Restrict the process to `cpus` (None leaves the scheduler free)."""
+        """Restrict the process, its threads and its workers to `cpus` (None leaves the scheduler free)."""
         if cpus is not None:
-            os.sched_setaffinity(self.process.pid, cpus)
+            for pid in process_tree(self.process.pid):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(int(task.name), cpus)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -138,12 +155,46 @@ def start_uvicorn(
     """`python -m uvicorn <app>` run in `working_directory` (where `app` is imported from) on a free port with
     `environment` added; returns once it accepts TCP."""
     port = free_port()
+    command = ["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), *uvicorn_arguments]
+    return start_server(name, command, port, environment=environment, log_directory=log_directory,
+                        working_directory=working_directory)
+
+
+def start_granian(
+    name: str,
+    app: str,
+    *,
+    environment: Mapping[str, str],
+    log_directory: Path,
+    granian_arguments: tuple[str, ...] = (),
+    working_directory: Path = REPO_ROOT,
+) -> ManagedProcess:
+    """`python -m granian` serving the ASGI `app` (one worker, uvloop) like `start_uvicorn`."""
+    port = free_port()
+    command = [
+        "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
+        "--workers", "1", "--no-access-log", "--log-level", "warning", *granian_arguments, app,
+    ]  # fmt: skip
+    return start_server(name, command, port, environment=environment, log_directory=log_directory,
+                        working_directory=working_directory)
+
+
+def start_server(
+    name: str,
+    python_arguments: list[str],
+    port: int,
+    *,
+    environment: Mapping[str, str],
+    log_directory: Path,
+    working_directory: Path = REPO_ROOT,
+) -> ManagedProcess:
+    """`python <python_arguments>`, a server that will listen on `port`; returns once it accepts TCP there."""
     log_directory.mkdir(parents=True, exist_ok=True)
     log_path = log_directory / f"{name}.log"
     log_file: TextIO
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), *uvicorn_arguments],
+            [sys.executable, *python_arguments],
             cwd=working_directory,
             env={**os.environ, **environment},
             stdout=log_file,

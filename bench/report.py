@@ -55,7 +55,7 @@ def _number(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _table(header: Sequence[str], rows: list[list[str]]) -> str:
+def text_table(header: Sequence[str], rows: list[list[str]]) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in [header, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
@@ -91,7 +91,7 @@ def load_table(reports: list[LoadReport]) -> str:
         ]
         for report in reports
     ]
-    return _table(header, rows)
+    return text_table(header, rows)
 
 
 def first_audio_table(reports: list[FirstAudioReport]) -> str:
@@ -106,7 +106,7 @@ def first_audio_table(reports: list[FirstAudioReport]) -> str:
         ]
         for report in reports
     ]
-    return _table(["target", "lessons", "median ms", "p90 ms", "+ over direct"], rows)
+    return text_table(["target", "lessons", "median ms", "p90 ms", "+ over direct"], rows)
 
 
 def crossing_table(reports: list[CrossingReport]) -> str:
@@ -125,7 +125,7 @@ def crossing_table(reports: list[CrossingReport]) -> str:
                 steps,
             ]
         )
-    return _table(["target", "last N within", "first N over", "steps (N:p99 ms/lost, * = noisy)"], rows)
+    return text_table(["target", "last N within", "first N over", "steps (N:p99 ms/lost, * = noisy)"], rows)
 
 
 def targets_check(

@@ -7,10 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 from websockets.asyncio.server import ServerConnection, serve
 
 from app.errors import UpstreamClosed
-from app.upstream import INBOX_HIGH_WATER, LessonConnection, RealtimeClient
+from app.upstream import INBOX_HIGH_WATER, PING_INTERVAL_S, RealtimeClient, UpstreamListener
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -71,20 +72,20 @@ async def test_a_reader_that_falls_behind_pauses_the_socket_and_loses_nothing() 
         await connection.wait_closed()
 
     async with client_of(server) as client:
-        connection = client._connection
-        assert isinstance(connection, LessonConnection)
+        listener = client._listener
+        assert isinstance(listener, UpstreamListener)
         async with asyncio.timeout(5):
             # The server writes, nobody reads yet; the inbox filling up is seen only by looking.
-            while len(connection._inbox) < INBOX_HIGH_WATER:  # noqa: ASYNC110
+            while len(listener.inbox) < INBOX_HIGH_WATER:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-        assert connection._reading_paused
+        assert listener.reading_paused
         received = []
         async with asyncio.timeout(5):  # a socket never resumed would stall here
             async for message in client.messages():
                 received.append(message)
                 if len(received) == count:
                     break
-        assert not connection._reading_paused
+        assert not listener.reading_paused
         await all_sent.wait()
     assert received == [f'{{"n":{number}}}'.encode() for number in range(count)]
 
@@ -99,3 +100,29 @@ async def test_sending_after_the_server_closed_raises_upstream_closed() -> None:
         with pytest.raises(UpstreamClosed) as closed:
             await client.send(b'{"type":"input_audio_buffer.clear"}')
     assert closed.value.received_code == 1011
+
+
+async def test_a_quiet_upstream_is_pinged_and_given_up_when_no_pong_comes() -> None:
+    assert 0 < PING_INTERVAL_S <= 30  # well under the usual 60 s idle timeout of proxies
+    pinged = asyncio.Event()
+
+    class SilentServer(WSListener):  # never answers a ping
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            if frame.msg_type is WSMsgType.PING:
+                pinged.set()
+
+    def listener(request: WSUpgradeRequest) -> WSListener:
+        return SilentServer()
+
+    server = await ws_create_server(listener, "127.0.0.1", 0, enable_auto_pong=False)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        client = await RealtimeClient.connect(url=f"ws://127.0.0.1:{port}/v1/realtime", api_key="sk-test",
+                                              auth_scheme="bearer", open_timeout_s=5,
+                                              ping_interval_s=0.05, ping_timeout_s=0.05)
+        try:
+            with pytest.raises(UpstreamClosed):
+                await asyncio.wait_for(read_all(client), 5)
+            assert pinged.is_set()
+        finally:
+            await client.close()

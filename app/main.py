@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from app.admission import LessonRegistry, StartRateLimiter
+from app.admission import LessonRegistry, LocalPlaces, Places
 from app.logging import configure_logging
 from app.routes import Upstream, router
 from app.security_headers import SecurityHeaders
@@ -44,8 +44,13 @@ EXIT_AFTER_GRACE_SECONDS = 5
 log = structlog.get_logger("lesson_relay")
 
 
-def create_app(settings: Settings | None = None, *, log_stream: TextIO | None = None) -> FastAPI:
-    """The application for `settings` (read from the environment when omitted), logging to `log_stream`."""
+def create_app(
+    settings: Settings | None = None, *, log_stream: TextIO | None = None, places: Places | None = None
+) -> FastAPI:
+    """The application for `settings` (read from the environment when omitted), logging to `log_stream`.
+
+    `places` counts the replica's lesson places; by default this process is the whole replica.
+    """
     settings = settings or load_settings()
 
     @asynccontextmanager
@@ -82,8 +87,8 @@ def create_app(settings: Settings | None = None, *, log_stream: TextIO | None = 
 
     app = FastAPI(title="lesson relay", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
-    app.state.lessons = LessonRegistry(settings.max_sessions)
-    app.state.start_limiter = StartRateLimiter(settings.lesson_starts_per_minute)
+    app.state.lessons = LessonRegistry(
+        places or LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute))
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)
@@ -177,6 +182,11 @@ class DrainingServer(uvicorn.Server):
         if isinstance(app, FastAPI):
             await drain_lessons(app, self.grace_s)
         await super().shutdown(sockets=sockets)
+
+
+def exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    """A signal handler: the process exits with status 0 (uvicorn re-raises the signal once it has shut down)."""
+    raise SystemExit(0)
 
 
 def __getattr__(name: str) -> Any:

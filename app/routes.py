@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
 from app import messages
-from app.admission import LessonRegistry, StartRateLimiter, origin_allowed
+from app.admission import LessonRegistry, origin_allowed
 from app.errors import InvalidRequest, LessonError, OverCapacity, StoreUnavailable
 from app.prompts import tutor_instructions
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, RecordSink
@@ -110,8 +110,7 @@ async def lesson_socket(websocket: WebSocket) -> None:
         request, student = await student_for_request(
             request, lesson_secret_set=settings.lesson_secret is not None, link_secret=state.link_secret,
             sessions=state.db)
-        _limit_starts(state.start_limiter, client)
-        with registry.admit():
+        async with registry.admit(client, time.monotonic()):
             config = _lesson_config(lesson_id, request, settings, student)
             upstream: Upstream = state.upstream
             url = realtime_url(upstream.url, settings.openai_realtime_model)
@@ -138,14 +137,6 @@ def _parse(websocket: WebSocket) -> messages.LessonRequest:
         return messages.parse_lesson_request(dict(websocket.query_params))
     except messages.InvalidLessonRequest as exc:
         raise InvalidRequest(str(exc), student_message=exc.student_message) from exc
-
-
-def _limit_starts(limiter: StartRateLimiter, client: str) -> None:
-    if not limiter.allow(client, time.monotonic()):
-        raise OverCapacity(
-            f"client {client!r} started more than {limiter.per_minute} lessons in a minute",
-            student_message="Too many lessons were started from here just now. Please wait a minute and try again.",
-        )
 
 
 def _record_refusal(records: RecordSink, lesson_id: str, request: messages.LessonRequest, settings: Settings,

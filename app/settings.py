@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     browser_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     max_frame_bytes: int = Field(default=4800, ge=960, le=96_000)
     max_sessions: int = Field(default=50, ge=1)
+    # Worker processes of `python -m app`; MAX_SESSIONS and the start rate hold for all of them together.
+    web_concurrency: int = Field(default=1, ge=1, le=64)
     max_lesson_seconds: float = Field(default=1800, gt=0, le=3500)
     idle_timeout_seconds: float = Field(default=300, gt=0)
     lesson_starts_per_minute: int = Field(default=10, ge=1)

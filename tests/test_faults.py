@@ -37,7 +37,6 @@ from app.main import drain_lessons
 from app.relay import Relay
 from app.session import LessonSession
 from app.simulator import ClientEventError, RealtimeSimulator, SimulatedConnection
-from app.upstream import RealtimeClient
 
 Events = list[dict[str, Any]]
 SimulatorWith = Callable[..., RealtimeSimulator]

@@ -1,0 +1,180 @@
+"""WEB_CONCURRENCY: several workers behind one port, with one replica's limits and one drain.
+
+The places are tested twice: in process, the supervisor's side of the workers' channels (the start rate
+and places given back by a worker that dies); and end to end, `python -m app` with two workers as a
+subprocess, where the lesson after MAX_SESSIONS is refused whichever worker takes it, and SIGTERM drains
+the lessons of both workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from harness import FAKE_KEY, LessonClient, open_lesson
+from test_faults import closed_with, plain_words
+
+from app.admission import LocalPlaces
+from app.errors import OverCapacity
+from app.replica import PlaceKeeper, SupervisorPlaces
+from app.simulator import RealtimeSimulator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.asynccontextmanager
+async def worker_channels(keeper: PlaceKeeper, count: int) -> AsyncIterator[list[SupervisorPlaces]]:
+    """`count` workers' views of the places, each served by `keeper` over its own socket pair."""
+    pairs = [socket.socketpair() for _ in range(count)]
+    served = [keeper.serve(index, ours) for index, (ours, _) in enumerate(pairs)]
+    workers = [SupervisorPlaces(theirs) for _, theirs in pairs]
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            worker.close()
+        await asyncio.gather(*served)
+
+
+async def test_the_start_rate_and_the_places_count_across_workers() -> None:
+    keeper = PlaceKeeper(LocalPlaces(max_lessons=3, starts_per_minute=2))
+    async with worker_channels(keeper, 2) as [first, second]:
+        await first.take("10.0.0.1", 0.0)
+        await second.take("10.0.0.1", 1.0)
+        with pytest.raises(OverCapacity, match="started more than 2 lessons"):
+            await first.take("10.0.0.1", 2.0)  # the same client's third start in a minute, on either worker
+        await second.take("10.0.0.2", 3.0)
+        with pytest.raises(OverCapacity, match="3 lessons open, MAX_SESSIONS is 3"):
+            await first.take("10.0.0.3", 4.0)
+        second.give_back()
+        await first.take("10.0.0.3", 5.0)  # answered after the give-back: the channel keeps order per worker
+
+
+async def test_the_places_of_a_worker_that_dies_are_given_back() -> None:
+    keeper = PlaceKeeper(LocalPlaces(max_lessons=2, starts_per_minute=100))
+    async with worker_channels(keeper, 2) as [first, second]:
+        await first.take("10.0.0.1", 0.0)
+        await first.take("10.0.0.2", 0.0)
+        with pytest.raises(OverCapacity):
+            await second.take("10.0.0.3", 0.0)
+        first.close()  # as when the worker's process dies
+        await keeper.worker_gone(0)
+        await second.take("10.0.0.3", 1.0)
+
+
+class ProcessOutput:
+    """The JSON lines a subprocess writes, collected as they come; `until` awaits one."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.text: list[str] = []
+        self._changed = asyncio.Condition()
+        self._task = asyncio.create_task(self._collect(stream))
+
+    async def _collect(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            line = raw.decode(errors="replace")
+            async with self._changed:
+                self.text.append(line)
+                if line.startswith("{"):
+                    self.lines.append(orjson.loads(line))
+                self._changed.notify_all()
+
+    async def until(self, predicate: Callable[[list[dict[str, Any]]], bool]) -> None:
+        async with asyncio.timeout(30), self._changed:
+            await self._changed.wait_for(lambda: predicate(self.lines) or self._task.done())
+        assert predicate(self.lines), "".join(self.text)
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == event]
+
+    async def finished(self) -> None:
+        await self._task
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def _lesson_on_its_worker(url: str, output: ProcessOutput,
+                                stack: contextlib.AsyncExitStack) -> tuple[LessonClient, int] | None:
+    """Open a lesson and hear its greeting: the page and the worker that took it; None if it was refused."""
+    page = await stack.enter_async_context(open_lesson(url))
+    first = await page.until(lambda m: m["type"] in ("lesson", "error"))
+    if first["type"] == "error":
+        await closed_with(page)
+        return None
+    await page.hear_greeting()
+    lesson_id = first["lesson_id"]
+    await output.until(lambda lines: any(line.get("lesson_id") == lesson_id and line.get("event") == "lesson_started"
+                                         for line in lines))
+    [started] = [line for line in output.of("lesson_started") if line["lesson_id"] == lesson_id]
+    return page, started["worker"]
+
+
+async def test_two_workers_hold_max_sessions_for_the_replica_and_drain_on_sigterm(
+    simulator: RealtimeSimulator, tmp_path: Path
+) -> None:
+    port = _free_port()
+    env = os.environ | {
+        "WEB_CONCURRENCY": "2", "MAX_SESSIONS": "2", "LESSON_STARTS_PER_MINUTE": "1000",
+        "OPENAI_API_KEY": FAKE_KEY, "OPENAI_REALTIME_URL": simulator.url, "PORT": str(port), "HOST": "127.0.0.1",
+        "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'lessons.db'}",
+    }
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    output = ProcessOutput(process.stdout)
+    url = f"ws://127.0.0.1:{port}/ws/lesson?name=Ana"
+    try:
+        await output.until(lambda lines: len([line for line in lines
+                                              if line.get("event") == "Application startup complete."]) == 2)
+        async with contextlib.AsyncExitStack() as stack:
+            # Until the two open lessons are on different workers: a lesson on the same worker as the one
+            # kept is ended again (its place may come back a moment later: a refusal then is retried).
+            kept: list[tuple[LessonClient, int]] = []
+            for _ in range(60):
+                opened = await _lesson_on_its_worker(url, output, stack)
+                if opened is None:
+                    continue
+                if kept and opened[1] == kept[0][1]:
+                    await opened[0].send_json({"type": "end"})
+                    await closed_with(opened[0])
+                    continue
+                kept.append(opened)
+                if len(kept) == 2:
+                    break
+            assert sorted(worker for _, worker in kept) == [0, 1], output.text
+
+            for _ in range(4):  # whichever worker takes it
+                async with open_lesson(url) as late:
+                    refusal = await late.until_type("error")
+                    assert (refusal["code"], await closed_with(late)) == ("over_capacity", 1013)
+            assert plain_words(refusal["message"])
+
+            process.send_signal(__import__("signal").SIGTERM)
+            for page, _ in kept:
+                error = await page.until_type("error")
+                assert (error["code"], error["fatal"], await closed_with(page)) == ("server_restarting", True, 1001)
+        assert await asyncio.wait_for(process.wait(), 30) == 0, "".join(output.text)
+        await output.finished()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    drained = output.of("drained")
+    assert sorted((line["worker"], line["open_lessons_before"], line["all_closed"]) for line in drained) == [
+        (0, 1, True), (1, 1, True)]
+    assert output.of("replica_stopped")[0]["exit_codes"] == [0, 0]

@@ -174,6 +174,7 @@ def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Se
         max_lesson_s=settings.max_lesson_seconds,
         idle_timeout_s=settings.idle_timeout_seconds,
         prices_per_million=settings.price_per_million_tokens,
+        max_cost_usd=settings.max_lesson_cost_usd,
         model=settings.openai_realtime_model,
         started_at=datetime.now(UTC),
         student_id=student.student_id,

@@ -8,7 +8,9 @@ reads a clock, so every rule here is tested without sockets or sleeps.
 Invariants:
 - `session.update` is the first client event; `response.create` is sent only after `session.updated`.
 - Exactly one greeting is asked for, plus at most one retry when it fails or comes back without audio.
-- Microphone audio is discarded until the greeting has been heard, so noise cannot cancel it.
+- Microphone audio is discarded until the greeting has been heard, so noise cannot cancel it; after it,
+  audio is relayed at no more than about real time (`app/pacing.py`) and tiny frames are joined.
+- A lesson whose estimated cost reaches `max_cost_usd` ends, telling the student in plain words.
 - Every `response.done` is logged with its status, status_details and usage.
 - Once `Close` has been returned the machine is ENDED and ignores everything but the clock.
 - What the store keeps leaves as `Record` actions at turn boundaries, never per audio frame: the lesson's
@@ -32,6 +34,7 @@ from pydantic import ValidationError
 from app import messages, protocol
 from app.errors import InvalidTransition
 from app.messages import End, InvalidMessage, Playback
+from app.pacing import FrameCoalescer, LogThrottle, microphone_bucket
 from app.recorder import LessonRecorder
 from app.records import Record
 
@@ -139,6 +142,8 @@ class LessonConfig:
     student_id: str | None = None
     link_id: str | None = None
     browser_key_hash: str | None = None
+    # The lesson ends when its estimated cost reaches this (USD); None = no cap.
+    max_cost_usd: float | None = None
 
 
 @dataclass(slots=True)
@@ -225,6 +230,8 @@ _INCOMPLETE_WORDS = {
 }
 _INCOMPLETE_DEFAULT = "The tutor was cut off before finishing. Please ask again."
 _EXPIRED_WORDS = "The lesson reached its time limit. Please start a new lesson to continue."
+_COST_LIMIT_WORDS = "This lesson has reached the most tutor time one lesson may use, so it has ended here."
+_TOO_FAST_WORDS = "Your microphone is sending sound faster than it is spoken, so some of it was left out."
 
 
 class LessonSession:
@@ -252,6 +259,10 @@ class LessonSession:
         self._items: dict[str, _TutorItem] = {}
         self._usage = _Usage()
         self._recorder = LessonRecorder(config.lesson_id, config.started_at)
+        self._microphone = microphone_bucket()
+        self._coalescer = FrameCoalescer()
+        self._too_fast = LogThrottle()
+        self._refusals = LogThrottle()
 
     # ---- inputs ----------------------------------------------------------------------------------
 
@@ -272,25 +283,28 @@ class LessonSession:
         )
 
     def handle_browser_audio(self, frame: bytes, now: float) -> Sequence[Action]:
-        """A binary frame from the page: relayed once the greeting was heard, discarded before."""
+        """A binary frame from the page: discarded before the greeting was heard; then relayed at real-time pace."""
         size = len(frame)
         if size == 0 or size % 2 or size > self.config.max_frame_bytes:
             return self._refuse_browser_input(
                 "invalid_audio",
                 f"audio frame of {size} bytes refused: it must be PCM16 (even length), "
-                f"1 to {self.config.max_frame_bytes} bytes",
+                f"1 to {self.config.max_frame_bytes} bytes", now,
             )
         if self.state is not LessonState.CONVERSING:
             self.discarded_frames += 1
             return NO_ACTIONS
-        return (ToUpstream(protocol.audio_append(frame)),)
+        if not self._microphone.take(size, now):
+            return self._audio_too_fast(size, now)
+        chunk = self._coalescer.add(frame)
+        return NO_ACTIONS if chunk is None else (ToUpstream(protocol.audio_append(chunk)),)
 
     def handle_browser_text(self, text: str, now: float) -> Sequence[Action]:
         """A JSON message from the page: one of the allowlisted messages, or an error frame back."""
         try:
             message = messages.parse_browser_message(text)
         except InvalidMessage as exc:
-            return self._refuse_browser_input("invalid_message", str(exc))
+            return self._refuse_browser_input("invalid_message", str(exc), now)
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
         match message:
@@ -567,6 +581,11 @@ class LessonSession:
                 "response_id": response_id, "status": response.status,
                 "status_details": details.model_dump(exclude_none=True) if details else None,
             }))
+        if (cap := self.config.max_cost_usd) is not None and (cost := self._usage.cost_usd(
+                self.config.prices_per_million)) >= cap:
+            actions.append(Log("warning", "cost_limit_reached", {"estimated_cost_usd": cost, "max_cost_usd": cap}))
+            actions.extend(self._finish("cost_limit", 1000, now, error=("cost_limit", _COST_LIMIT_WORDS)))
+            return actions
         if self.state is LessonState.GREETING and response_id == self._greeting_response_id:
             actions.extend(self._on_greeting_done(response, audio_bytes, now))
             return actions
@@ -770,7 +789,7 @@ class LessonSession:
             "text_input_tokens": usage.text_input_tokens, "text_output_tokens": usage.text_output_tokens,
             "cached_tokens": usage.cached_tokens,
         }
-        actions: list[Action] = []
+        actions: list[Action] = self._held_back_warnings()
         if error is not None:
             actions.append(ToBrowser(messages.error(code=error[0], message=error[1], fatal=True)))
         actions += [
@@ -799,11 +818,29 @@ class LessonSession:
             *self._finish("session_expired", 1000, now, error=("session_expired", _EXPIRED_WORDS)),
         )
 
-    def _refuse_browser_input(self, code: str, detail: str) -> Sequence[Action]:
+    def _refuse_browser_input(self, code: str, detail: str, now: float) -> Sequence[Action]:
+        refused = ToBrowser(messages.error(code=code, message=detail, fatal=False))
+        held_back = self._refusals.allow(now)
+        if held_back is None:
+            return (refused,)
+        return (refused, Log("warning", "browser_input_refused",
+                             {"code": code, "detail": detail, "suppressed": held_back}))
+
+    def _audio_too_fast(self, size: int, now: float) -> Sequence[Action]:
+        # Over the pace: the frame is dropped, never queued (queueing would only delay the same cost).
+        held_back = self._too_fast.allow(now)
+        if held_back is None:
+            return NO_ACTIONS
         return (
-            ToBrowser(messages.error(code=code, message=detail, fatal=False)),
-            Log("warning", "browser_input_refused", {"code": code, "detail": detail}),
+            ToBrowser(messages.error(code="audio_too_fast", message=_TOO_FAST_WORDS, fatal=False)),
+            Log("warning", "audio_too_fast", {"frame_bytes": size, "suppressed": held_back}),
         )
+
+    def _held_back_warnings(self) -> list[Action]:
+        """The counts of warnings held back since their last line, so the log never loses one."""
+        return [Log("warning", event, {"suppressed": throttle.suppressed})
+                for event, throttle in (("browser_input_refused", self._refusals), ("audio_too_fast", self._too_fast))
+                if throttle.suppressed]
 
     def _forget_heard_items(self, now: float) -> None:
         # Only items that may still be playing matter for barge-in and the greeting; drop the rest.

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=120)
     # Where lesson records are kept: unset = SQLite file data/lessons.db; postgres(ql)://… = PostgreSQL.
     database_url: SecretStr | None = None
+    # Sized for a busy 30-minute lesson at the default prices with room to spare (README: "What a lesson costs").
+    max_lesson_cost_usd: float = Field(default=5.0, gt=0)
     # USD per million tokens, by kind; a JSON object in the environment.
     price_per_million_tokens: dict[str, float] = Field(
         default={"audio_input": 32.0, "audio_output": 64.0, "text_input": 4.0, "text_output": 16.0, "cached": 0.4}

@@ -126,7 +126,11 @@ class _Page:
 
 
 async def _send(ws: ClientConnection, frames: Sequence[bytes]) -> None:
-    for frame in frames:
+    """Send microphone frames at the pace they are spoken (the relay drops audio far ahead of real time)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for index, frame in enumerate(frames):
+        await asyncio.sleep(max(0.0, start + index * FRAME_SAMPLES / 24_000 - loop.time()))
         await ws.send(frame)
 
 

@@ -21,9 +21,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.main import create_app, server_config
+from app.pacing import REAL_TIME_BYTES_PER_S
 from app.settings import Settings
 
 FAKE_KEY = "sk-test-fake-key-not-real"
+# A real microphone sends in real time; the relay drops audio that runs more than a burst ahead of it.
+MICROPHONE_LEAD_S = 0.5
 
 
 def bound_socket(send_buffer: int | None = None) -> socket.socket:
@@ -84,6 +87,8 @@ class LessonClient:
     messages: list[dict[str, Any]] = field(default_factory=list)
     audio: bytearray = field(default_factory=bytearray)
     audio_frames: int = 0
+    _audio_started_at: float | None = None
+    _audio_sent_s: float = 0.0
 
     async def receive(self) -> dict[str, Any] | bytes:
         frame = await self.ws.recv()
@@ -104,6 +109,18 @@ class LessonClient:
 
     async def until_type(self, message_type: str, **fields: Any) -> dict[str, Any]:
         return await self.until(lambda m: m["type"] == message_type and all(m.get(k) == v for k, v in fields.items()))
+
+    async def send_audio(self, frame: bytes) -> None:
+        """Send one microphone frame no faster than it would be spoken: after a head start of
+        `MICROPHONE_LEAD_S`, the audio sent never runs ahead of the time since the first frame."""
+        loop = asyncio.get_running_loop()
+        if self._audio_started_at is None:
+            self._audio_started_at = loop.time()
+        ahead = self._audio_sent_s - (loop.time() - self._audio_started_at) - MICROPHONE_LEAD_S
+        if ahead > 0:
+            await asyncio.sleep(ahead)  # the microphone's own pace, not a synchronisation
+        await self.ws.send(frame)
+        self._audio_sent_s += len(frame) / REAL_TIME_BYTES_PER_S
 
     async def send_json(self, message: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(message))

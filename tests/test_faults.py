@@ -61,14 +61,14 @@ END_OF_TURN_FRAMES = 50
 
 
 async def speak(page: LessonClient, frames: int) -> None:
-    """Send `frames` frames of 20 ms of loud tone from the page's microphone (as fast as the socket takes it)."""
+    """Send `frames` frames of 20 ms of loud tone from the page's microphone, at the pace it is spoken."""
     for i in range(frames):
-        await page.ws.send(LOUD[i % len(LOUD)])
+        await page.send_audio(LOUD[i % len(LOUD)])
 
 
 async def pause(page: LessonClient, frames: int) -> None:
     for _ in range(frames):
-        await page.ws.send(SILENCE)
+        await page.send_audio(SILENCE)
 
 
 def of_type(events: Iterable[dict[str, Any]], event_type: str) -> Events:

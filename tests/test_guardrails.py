@@ -53,8 +53,10 @@ async def test_every_bad_page_message_gets_an_error_frame_is_never_relayed_and_t
     assert {event["type"] for event in upstream.received} <= ALLOWED_UPSTREAM
     assert bytes(upstream.input_audio) == b"\x05\x00" * 480
     assert all("pirate" not in json.dumps(event) and "be rude" not in json.dumps(event) for event in upstream.received)
+    # One log line at the first refusal; the rest are counted, and the count is logged when the lesson ends.
     refused = [line for line in log_lines(log_stream) if line["event"] == "browser_input_refused"]
-    assert len(refused) == len(BAD_TEXT_FRAMES) + 3
+    assert [line.get("code") for line in refused] == ["invalid_message", None]
+    assert len(refused) + sum(line["suppressed"] for line in refused) == len(BAD_TEXT_FRAMES) + 3
 
 
 async def test_a_frame_far_over_the_limit_closes_1009_and_the_server_serves_the_next_lesson(
@@ -163,6 +165,27 @@ async def test_an_idle_student_ends_the_lesson(simulator: RealtimeSimulator) -> 
         await page.drain_until_closed()
     assert ended["reason"] == "idle"
     await (await simulator.next_connection()).wait_closed()
+
+
+async def test_audio_sent_faster_than_real_time_reaches_the_upstream_only_at_the_pace(
+    relay: AppServer, simulator: RealtimeSimulator, log_stream: io.StringIO
+) -> None:
+    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.hear_greeting()
+        for _ in range(100):  # 10 s of audio, sent as fast as the socket takes it
+            await page.ws.send(bytes(4800))
+        error = await page.until_type("error")
+        upstream = await simulator.next_connection()
+        await page.send_json({"type": "end"})
+        await page.drain_until_closed()
+        await upstream.wait_closed()
+    assert error["code"] == "audio_too_fast"
+    assert error["fatal"] is False
+    # At most the burst plus the pace over the time the flood took; far from the 10 s sent.
+    assert len(upstream.input_audio) < 5 * 48_000
+    [warning, *rest] = [line for line in log_lines(log_stream) if line["event"] == "audio_too_fast"]
+    assert warning["suppressed"] == 0
+    assert len(rest) <= 1
 
 
 async def test_usage_and_estimated_cost_reach_the_page_and_the_log_at_the_end(

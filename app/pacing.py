@@ -1,0 +1,90 @@
+"""What one lesson's page may cost the relay and the upstream: microphone pacing and rate-limited warnings.
+
+Plain objects driven by `LessonSession`, with the time passed in (no clock reads, no I/O):
+
+- `TokenBucket` lets microphone audio through at about real time, with a small burst, so a client
+  sending 600 s of audio in a second cannot turn one lesson place into ten minutes of paid input.
+- `FrameCoalescer` joins frames smaller than `MIN_APPEND_BYTES`, so a stream of tiny frames becomes a
+  few upstream `input_audio_buffer.append` events instead of one per frame.
+- `LogThrottle` turns a flood of the same warning into one line per interval carrying the count of
+  the lines it held back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from app import protocol
+
+REAL_TIME_BYTES_PER_S = protocol.SAMPLE_RATE * 2  # PCM16 mono: 48 000 bytes a second
+# A page records in real time; 20 % over absorbs clock drift between the page and the server.
+PACE_FACTOR = 1.2
+# How far ahead of real time a page may get at once: a network stall of up to a second, then delivered at once.
+BURST_S = 1.0
+# 10 ms of audio: smaller frames are held and joined (the page sends 20 ms frames, which pass untouched).
+MIN_APPEND_BYTES = 10 * protocol.BYTES_PER_MS
+# A repeated warning is logged at most once in this many seconds.
+WARNING_INTERVAL_S = 10.0
+
+
+class TokenBucket:
+    """`take(n, now)` succeeds while the bytes taken stay within `rate` per second plus `capacity` of burst."""
+
+    def __init__(self, *, rate: float, capacity: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self._tokens = capacity
+        self._updated_at: float | None = None
+
+    def take(self, amount: int, now: float) -> bool:
+        """Spend `amount` tokens if there are that many (True), or spend nothing (False)."""
+        if self._updated_at is not None:
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated_at) * self.rate)
+        self._updated_at = now
+        if amount > self._tokens:
+            return False
+        self._tokens -= amount
+        return True
+
+
+def microphone_bucket() -> TokenBucket:
+    """The bucket for one lesson's microphone: `PACE_FACTOR` times real time with `BURST_S` of burst."""
+    return TokenBucket(rate=PACE_FACTOR * REAL_TIME_BYTES_PER_S, capacity=BURST_S * REAL_TIME_BYTES_PER_S)
+
+
+class FrameCoalescer:
+    """Holds frames until at least `min_bytes` are waiting, then hands them over as one chunk."""
+
+    def __init__(self, min_bytes: int = MIN_APPEND_BYTES) -> None:
+        self.min_bytes = min_bytes
+        self._pending = bytearray()
+
+    def add(self, frame: bytes) -> bytes | None:
+        """The audio to send now (this frame, joined to what was held), or None while it is held."""
+        if not self._pending and len(frame) >= self.min_bytes:
+            return frame  # the common case: a page's 20 ms frame goes straight through, uncopied
+        self._pending += frame
+        if len(self._pending) < self.min_bytes:
+            return None
+        chunk = bytes(self._pending)
+        self._pending.clear()
+        return chunk
+
+
+@dataclass(slots=True)
+class LogThrottle:
+    """One warning line per `interval_s` for a repeated event; each line says how many were held back."""
+
+    interval_s: float = WARNING_INTERVAL_S
+    suppressed: int = 0
+    _next_at: float = field(default=-math.inf)
+
+    def allow(self, now: float) -> int | None:
+        """The count held back since the last line when a line may be logged now, else None (and counted)."""
+        if now < self._next_at:
+            self.suppressed += 1
+            return None
+        held_back, self.suppressed = self.suppressed, 0
+        self._next_at = now + self.interval_s
+        return held_back

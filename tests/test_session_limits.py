@@ -1,0 +1,216 @@
+"""What one lesson may cost: microphone pacing, tiny frames, the cost cap and rate-limited warnings.
+
+State-machine tests: no event loop, no sockets, time passed in.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from test_session import browser_messages, closes, config, greeted, logs, upstream_events
+
+from app.pacing import BURST_S, MIN_APPEND_BYTES, PACE_FACTOR, REAL_TIME_BYTES_PER_S, FrameCoalescer, TokenBucket
+from app.session import LessonSession, LessonState, ToUpstream
+from app.settings import Settings
+
+FRAME_20MS = b"\x01\x00" * 480
+
+
+def relayed_audio(actions: Sequence[object]) -> bytes:
+    return b"".join(base64.b64decode(event["audio"]) for event in upstream_events(actions)
+                    if event["type"] == "input_audio_buffer.append")
+
+
+def conversing(**overrides: Any) -> LessonSession:
+    session = LessonSession(config(**overrides))
+    greeted(session, 0.0)
+    assert session.state is LessonState.CONVERSING
+    return session
+
+
+class TestMicrophonePacing:
+    def test_audio_sent_600_times_faster_than_real_time_is_cut_to_the_pace(self) -> None:
+        # The attack: 600 s of audio in 1.4 s, in 100 ms frames.
+        session = conversing()
+        frame, frames, start, span = b"\x02\x00" * 2400, 6000, 1.0, 1.4
+        actions: list[object] = []
+        for index in range(frames):
+            actions += session.handle_browser_audio(frame, start + span * index / frames)
+        relayed_s = len(relayed_audio(actions)) / REAL_TIME_BYTES_PER_S
+        assert BURST_S <= relayed_s <= BURST_S + PACE_FACTOR * span + 0.1
+        # One warning line for the whole flood, and one error frame to the page.
+        assert logs(actions, "audio_too_fast") == [{"frame_bytes": 4800, "suppressed": 0}]
+        assert [m["code"] for m in browser_messages(actions) if m["type"] == "error"] == ["audio_too_fast"]
+        # The frames held back are counted in the log when the lesson ends.
+        ended = session.handle_browser_text('{"type": "end"}', start + span)
+        relayed_frames = round(relayed_s * 10)
+        assert logs(ended, "audio_too_fast") == [{"suppressed": frames - relayed_frames - 1}]
+
+    def test_a_warning_line_per_interval_while_the_flood_goes_on(self) -> None:
+        session = conversing()
+        actions: list[object] = []
+        for index in range(2500):  # 100 ms of audio every 10 ms for 25 s
+            actions += session.handle_browser_audio(b"\x02\x00" * 2400, 1.0 + index * 0.01)
+        assert len(logs(actions, "audio_too_fast")) == 3  # at 0 s, 10 s and 20 s of the flood
+
+    def test_a_real_time_microphone_loses_nothing_even_after_a_network_stall(self) -> None:
+        session = conversing()
+        actions: list[object] = []
+        sent = bytearray()
+        now = 1.0
+        for second in range(120):
+            # Every tenth second the network holds the frames back and delivers a second of them at once.
+            bunched = second % 10 == 9
+            for index in range(50):
+                frame = bytes([second % 251, index]) * 480
+                sent += frame
+                at = now + 0.98 if bunched else now + index * 0.02
+                actions += session.handle_browser_audio(frame, at)
+            now += 1.0
+        assert relayed_audio(actions) == bytes(sent)
+        assert logs(actions, "audio_too_fast") == []
+
+    def test_a_microphone_a_little_fast_loses_nothing_and_one_far_too_fast_loses_the_excess(self) -> None:
+        for speed, loses in ((1.1, False), (1.5, True)):
+            session = conversing()
+            actions: list[object] = []
+            for index in range(50 * 120):  # 120 s of audio
+                actions += session.handle_browser_audio(FRAME_20MS, 1.0 + index * 0.02 / speed)
+            relayed_s = len(relayed_audio(actions)) / REAL_TIME_BYTES_PER_S
+            if loses:
+                assert relayed_s == pytest.approx(BURST_S + PACE_FACTOR * 120 / speed, abs=0.1)
+            else:
+                assert relayed_s == pytest.approx(120)
+
+    def test_audio_before_the_greeting_was_heard_does_not_spend_the_pace(self) -> None:
+        session = LessonSession(config())
+        session.begin(0.0)
+        for index in range(500):  # 10 s of audio in 0.5 s while the lesson is being set up
+            session.handle_browser_audio(FRAME_20MS, index * 0.001)
+        greeted(session, 1.0)
+        actions: list[object] = []
+        for _ in range(50):
+            actions += session.handle_browser_audio(FRAME_20MS, 1.2)
+        assert len(relayed_audio(actions)) == 50 * len(FRAME_20MS)
+
+    def test_token_bucket_refills_at_its_rate_up_to_its_capacity(self) -> None:
+        bucket = TokenBucket(rate=100, capacity=50)
+        assert bucket.take(50, 0.0)
+        assert not bucket.take(1, 0.0)
+        assert bucket.take(10, 0.1)
+        assert not bucket.take(1, 0.1)
+        assert bucket.take(50, 100.0)
+        assert not bucket.take(1, 100.0)
+
+
+class TestTinyFrames:
+    def test_200_000_two_byte_frames_become_a_few_hundred_appends_and_lose_nothing(self) -> None:
+        session = conversing()
+        actions: list[object] = []
+        frames = 200_000
+        for index in range(frames):  # 8.3 s of audio over 10 s: within the pace
+            actions += session.handle_browser_audio((index % 65_536).to_bytes(2, "little"), 1.0 + 10 * index / frames)
+        appends = [a for a in actions if isinstance(a, ToUpstream)]
+        assert len(appends) == frames * 2 // MIN_APPEND_BYTES
+        # In order and whole; only the last few ms, under the minimum, wait for the next frame.
+        sent = b"".join((i % 65_536).to_bytes(2, "little") for i in range(frames))
+        assert relayed_audio(actions) == sent[: len(appends) * MIN_APPEND_BYTES]
+
+    def test_the_pages_20ms_frames_go_straight_through(self) -> None:
+        session = conversing()
+        actions = session.handle_browser_audio(FRAME_20MS, 1.0)
+        assert relayed_audio(actions) == FRAME_20MS
+
+    def test_coalescer_holds_until_the_minimum_then_sends_everything_held(self) -> None:
+        coalescer = FrameCoalescer(min_bytes=8)
+        assert coalescer.add(b"ab") is None
+        assert coalescer.add(b"cd") is None
+        assert coalescer.add(b"efgh") == b"abcdefgh"
+        assert coalescer.add(b"0123456789") == b"0123456789"
+
+
+def usage_done(response_id: str, *, audio_in: int, cached: int, text_in: int, audio_out: int,
+               text_out: int) -> dict[str, Any]:
+    return {"type": "response.done", "response": {
+        "id": response_id, "status": "completed", "status_details": None,
+        "usage": {"total_tokens": audio_in + text_in + audio_out + text_out,
+                  "input_tokens": audio_in + text_in, "output_tokens": audio_out + text_out,
+                  "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in, "cached_tokens": cached},
+                  "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}}}}
+
+
+def busy_lesson_responses(*, cached: bool) -> list[dict[str, Any]]:
+    """A busy 30-minute lesson, as the README sizes the cost cap: 60 exchanges of 15 s of student and 15 s
+    of tutor speech; every response re-reads the conversation so far (10 audio tokens a second, 700 tokens
+    of instructions); all of it but the newest turn is cached when `cached`."""
+    responses, previous_context = [], 0
+    for turn in range(1, 61):
+        audio_context = 150 * turn + 150 * (turn - 1)
+        responses.append(usage_done(f"resp_{turn + 1}", audio_in=audio_context, text_in=700,
+                                    cached=previous_context if cached else 0, audio_out=300, text_out=45))
+        previous_context = audio_context + 700
+    return responses
+
+
+class TestCostCap:
+    def test_the_lesson_ends_in_plain_words_when_its_cost_reaches_the_cap(self) -> None:
+        session = conversing(max_cost_usd=0.01)
+        spent = usage_done("resp_2", audio_in=0, cached=0, text_in=0, audio_out=100, text_out=0)  # $0.0064
+        first = session.handle_upstream(spent, 5.0)
+        assert closes(first) == []
+        second = session.handle_upstream({**spent, "response": {**spent["response"], "id": "resp_3"}}, 9.0)
+        [close] = closes(second)
+        assert (close.code, close.reason) == (1000, "cost_limit")
+        [error] = [m for m in browser_messages(second) if m["type"] == "error"]
+        assert error["fatal"] is True
+        assert error["code"] == "cost_limit"
+        assert "ended" in error["message"]
+        [reached] = logs(second, "cost_limit_reached")
+        assert reached["max_cost_usd"] == 0.01
+        assert reached["estimated_cost_usd"] >= 0.01
+        assert session.state is LessonState.ENDED
+
+    def test_a_busy_30_minute_lesson_stays_under_the_default_cap_by_a_wide_margin(self) -> None:
+        cap = Settings().max_lesson_cost_usd
+        session = conversing(max_cost_usd=cap)
+        for at, done in enumerate(busy_lesson_responses(cached=True)):
+            assert closes(session.handle_upstream(done, 30.0 * at)) == []
+        ended = session.handle_browser_text('{"type": "end"}', 1800.0)
+        [summary] = logs(ended, "lesson_ended")
+        assert summary["estimated_cost_usd"] < cap / 2
+
+    def test_the_same_lesson_with_its_context_never_cached_is_stopped_at_the_default_cap(self) -> None:
+        cap = Settings().max_lesson_cost_usd
+        session = conversing(max_cost_usd=cap)
+        for at, done in enumerate(busy_lesson_responses(cached=False)):
+            actions = session.handle_upstream(done, 30.0 * at)
+            if closes(actions):
+                break
+        assert session.ended_reason == "cost_limit"
+        assert logs(actions, "cost_limit_reached")[0]["estimated_cost_usd"] < cap * 1.1
+
+
+class TestRefusedInputWarnings:
+    def test_every_bad_frame_gets_its_error_but_the_log_one_line_per_interval_with_a_count(self) -> None:
+        session = conversing()
+        actions: list[object] = []
+        for index in range(1000):  # over 25 s
+            actions += session.handle_browser_text("not json", 1.0 + index * 0.025)
+            actions += session.handle_browser_audio(b"\x01", 1.0 + index * 0.025)
+        errors = [m for m in browser_messages(actions) if m["type"] == "error"]
+        assert len(errors) == 2000
+        lines = logs(actions, "browser_input_refused")
+        assert len(lines) == 3  # at 0 s, 10 s and 20 s
+        assert lines[0]["suppressed"] == 0
+        assert all(line["suppressed"] > 0 for line in lines[1:])
+        [last] = logs(session.handle_browser_text('{"type": "end"}', 30.0), "browser_input_refused")
+        assert len(lines) + sum(line["suppressed"] for line in [*lines, last]) == 2000
+
+    def test_a_refusal_line_names_what_was_wrong(self) -> None:
+        session = conversing()
+        [line] = logs(session.handle_browser_text('{"type": "session.update"}', 1.0), "browser_input_refused")
+        assert line["code"] == "invalid_message"
+        assert "session.update" in line["detail"]

@@ -24,6 +24,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.admission import LessonRegistry, LocalPlaces, Places
 from app.logging import configure_logging
+from app.metrics import LessonMetrics, metrics_router
 from app.routes import Upstream, router
 from app.security_headers import SecurityHeaders
 from app.settings import Settings, load_settings
@@ -87,11 +88,13 @@ def create_app(
 
     app = FastAPI(title="lesson relay", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
-    app.state.lessons = LessonRegistry(
+    app.state.lessons = lessons = LessonRegistry(
         places or LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute))
+    app.state.metrics = LessonMetrics(lambda: lessons.open_lessons)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)
+    app.include_router(metrics_router)
     app.add_middleware(SecurityHeaders)
     return app
 

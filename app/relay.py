@@ -25,6 +25,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app.errors import UpstreamClosed, UpstreamError
+from app.metrics import LessonMetrics
 from app.records import Record, RecordSink
 from app.session import Action, Close, LessonSession, Log, ToBrowser, ToBrowserAudio, ToUpstream
 from app.transport import PageConnection
@@ -47,6 +48,7 @@ class Relay:
         *,
         log: structlog.typing.FilteringBoundLogger,
         records: RecordSink,
+        metrics: LessonMetrics,
         page: PageConnection | None = None,
         send_timeout_s: float = 5.0,
         clock: Clock = time.monotonic,
@@ -58,6 +60,7 @@ class Relay:
         # The page's connection beneath ASGI, to drop it when it stalls; None when served without the guards.
         self.page = page
         self.send_timeout_s = send_timeout_s
+        self.metrics = metrics
         self.clock = clock
         self.upstream: RealtimeClient | None = None
         self._upstream_closing: asyncio.Future[None] | None = None
@@ -71,6 +74,7 @@ class Relay:
         """Carry the lesson from the accepted page socket to its end; returns once both sockets are closed."""
         try:
             await self._carry_out(self.session.begin(self.clock()))
+            connecting_at = self.clock()
             try:
                 upstream = self.upstream = await connect_upstream()
             except UpstreamError as exc:
@@ -79,6 +83,9 @@ class Relay:
                 await self._carry_out(self.session.handle_upstream_failed(
                     exc.code, exc.student_message, exc.close_code, self.clock()))
                 return
+            connect_s = self.clock() - connecting_at
+            self.metrics.upstream_connect_seconds.observe(connect_s)
+            self.log.info("upstream_connected", connect_s=round(connect_s, 3))
             async with asyncio.TaskGroup() as pumps:
                 pumps.create_task(self._pump_browser())
                 pumps.create_task(self._pump_upstream(upstream))
@@ -165,6 +172,7 @@ class Relay:
                 await self._send_browser({"type": "websocket.send", "text": orjson.dumps(action.message).decode()})
             elif type(action) is Log:
                 getattr(self.log, action.level)(action.event, **action.fields)
+                self.metrics.observe(action)
             elif type(action) is Record:
                 # Never awaited: the writer's queue takes it or counts it dropped.
                 self.records.put(action.record)

@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from app import messages
 from app.admission import LessonRegistry, origin_allowed
 from app.errors import InvalidRequest, LessonError, OverCapacity, StoreUnavailable
+from app.metrics import LessonMetrics, bearer_allowed
 from app.prompts import tutor_instructions
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, RecordSink
 from app.relay import Relay
@@ -77,13 +78,14 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
 
 @router.get("/healthz")
 async def healthz(request: Request) -> JSONResponse:
-    registry: LessonRegistry = _state(request).lessons
+    """Ready or draining, for anyone; how many lessons are open and whether it is simulated, only for the
+    holder of METRICS_TOKEN."""
+    state = _state(request)
+    registry: LessonRegistry = state.lessons
     draining = registry.draining.is_set()
-    body = {
-        "status": "draining" if draining else "ok",
-        "open_lessons": registry.open_lessons,
-        "simulated": _state(request).settings.simulated,
-    }
+    body: dict[str, Any] = {"status": "draining" if draining else "ok"}
+    if state.settings.metrics_token is not None and bearer_allowed(request, state.settings):
+        body |= {"open_lessons": registry.open_lessons, "simulated": state.settings.simulated}
     return JSONResponse(body, status_code=503 if draining else 200)
 
 
@@ -94,11 +96,13 @@ async def lesson_socket(websocket: WebSocket) -> None:
     lesson_id = uuid.uuid4().hex[:12]
     client = websocket.client.host if websocket.client else "unknown"
     lesson_log = log.bind(lesson_id=lesson_id, client=client)
+    metrics: LessonMetrics = state.metrics
 
     origin = websocket.headers.get("origin")
     if not origin_allowed(origin, websocket.headers.get("host"), settings.origin_allowlist):
         # Cross-site WebSocket hijacking: refuse the handshake itself (HTTP 403).
         lesson_log.warning("lesson_refused", code="origin_not_allowed", origin=origin)
+        metrics.refused("origin_not_allowed")
         await websocket.close(code=1008)
         return
 
@@ -121,10 +125,11 @@ async def lesson_socket(websocket: WebSocket) -> None:
                     open_timeout_s=settings.upstream_timeout_seconds,
                 )
 
-            relay = Relay(websocket, LessonSession(config), log=lesson_log, records=state.records,
+            relay = Relay(websocket, LessonSession(config), log=lesson_log, records=state.records, metrics=metrics,
                           page=current_page_connection(), send_timeout_s=settings.browser_send_timeout_seconds)
             await relay.run(connect_upstream, registry.draining)
     except (InvalidRequest, OverCapacity, StoreUnavailable) as exc:
+        metrics.refused(exc.code)
         if student.student_id is not None and isinstance(exc, OverCapacity):
             # A known student turned away for capacity or start rate: their teacher sees the attempt.
             _record_refusal(state.records, lesson_id, request, settings, student, exc)

@@ -252,6 +252,7 @@ class LessonSession:
         self._greeting_attempts = 0
         self._greeting_response_id: str | None = None
         self._greeting_first_audio_at: float | None = None
+        self._greeting_audio_started = False  # any attempt's first audio reached the page
         self._greeting_done = False
         self._greeting_audio_ms = 0
         self._active_response_id: str | None = None
@@ -526,13 +527,18 @@ class LessonSession:
                                                  turn_seq=self._recorder.tutor_turn_seq(item_id, now),
                                                  received_bytes=len(pcm))
         self._forget_heard_items(now)
-        if response_id == self._greeting_response_id and self._greeting_first_audio_at is None:
-            self._greeting_first_audio_at = now
-        return (
+        actions: tuple[Action, ...] = (
             ToBrowser(messages.status("tutor_speaking")),
             ToBrowser(messages.audio_start(item_id=item_id, response_id=response_id)),
             ToBrowserAudio(pcm),
         )
+        if response_id == self._greeting_response_id and self._greeting_first_audio_at is None:
+            self._greeting_first_audio_at = now
+            if not self._greeting_audio_started:
+                self._greeting_audio_started = True
+                # After the audio: by the time the shell logs this, the first greeting byte is on its way.
+                actions += (Log("info", "greeting_audio_started", {"after_s": round(now - self._started_at, 3)}),)
+        return actions
 
     def _on_audio_done(self, event: Mapping[str, Any]) -> Sequence[Action]:
         item = self._items.get(event["item_id"])
@@ -563,6 +569,7 @@ class LessonSession:
         response_id = response.id or ""
         details = response.status_details
         audio_bytes = sum(item.received_bytes for item in self._items.values() if item.response_id == response_id)
+        cost_before = self._usage.cost_usd(self.config.prices_per_million)
         self._usage.add(response.usage)
         actions: list[Action] = [Log("info", "response_done", {
             "response_id": response_id,
@@ -570,6 +577,7 @@ class LessonSession:
             "status_details": details.model_dump(exclude_none=True) if details else None,
             "usage": response.usage.model_dump(exclude_none=True) if response.usage else None,
             "audio_ms": audio_bytes // protocol.BYTES_PER_MS,
+            "estimated_cost_usd": round(self._usage.cost_usd(self.config.prices_per_million) - cost_before, 6),
         })]
         if self._active_response_id == response_id:
             self._active_response_id = None

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     lesson_starts_per_minute: int = Field(default=10, ge=1)
     allowed_origins: str = ""
     lesson_secret: SecretStr | None = None
+    # When set, GET /metrics and the details of /healthz need `Authorization: Bearer <this>`.
+    metrics_token: SecretStr | None = None
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=120)
     # Where lesson records are kept: unset = SQLite file data/lessons.db; postgres(ql)://… = PostgreSQL.
     database_url: SecretStr | None = None
@@ -66,7 +68,7 @@ class Settings(BaseSettings):
         default={"audio_input": 32.0, "audio_output": 64.0, "text_input": 4.0, "text_output": 16.0, "cached": 0.4}
     )
 
-    @field_validator("openai_api_key", "lesson_secret", "database_url", mode="before")
+    @field_validator("openai_api_key", "lesson_secret", "database_url", "metrics_token", mode="before")
     @classmethod
     def _blank_is_absent(cls, value: object) -> object:
         # Railway and docker-compose often set an unused variable to the empty string.
@@ -117,7 +119,7 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"{str(error['loc'][0]).upper()}={error.get('input')!r}: {error['msg']}"
-            if not any(part in str(error["loc"][0]) for part in ("api_key", "secret", "database_url"))
+            if not any(part in str(error["loc"][0]) for part in ("api_key", "secret", "database_url", "token"))
             else f"{str(error['loc'][0]).upper()}: {error['msg']}"
             for error in exc.errors()
         )

@@ -61,10 +61,15 @@ def _listening_url(log: Path) -> str | None:
     return match.group(1) if match else None
 
 
+# The stack's METRICS_TOKEN: /healthz shows the open lessons only to its bearer.
+METRICS_TOKEN = "browser-stack-metrics-token"
+
+
 def http_json(url: str) -> dict[str, Any] | None:
     """The JSON body of a GET, or None while the server is not answering (any status is an answer)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2) as response:
             body: dict[str, Any] = json.loads(response.read())
             return body
     except urllib.error.HTTPError as exc:
@@ -128,6 +133,7 @@ def run_stack(workdir: Path, *simulator_args: str) -> Iterator[Stack]:
             # Every test and measurement starts a lesson from 127.0.0.1; the per-client limit is not under test.
             "LESSON_STARTS_PER_MINUTE": "1000",
             "DATABASE_URL": f"sqlite:///{workdir / 'lessons.db'}",
+            "METRICS_TOKEN": METRICS_TOKEN,
         }
         with app_log.open("wb") as out:
             app = subprocess.Popen(

@@ -1,0 +1,105 @@
+"""Prometheus metrics: what an operator watches without reading logs, served at GET /metrics.
+
+Counting happens where the shells already handle the lesson machine's `Log` actions: `LessonMetrics.observe`
+looks the event name up once per logged event (a lesson started, a response done, a greeting retried),
+never per audio frame. Each app owns its `CollectorRegistry`, so several apps in one process (the tests)
+never share counts. With `METRICS_TOKEN` set, /metrics (and the details of /healthz) need
+`Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from app.session import Log
+from app.settings import Settings
+
+# Token kinds as the prices name them; `cached` is the part of the input served from the cache.
+_INPUT_KINDS = {"text_tokens": "text_input", "audio_tokens": "audio_input", "cached_tokens": "cached"}
+_OUTPUT_KINDS = {"text_tokens": "text_output", "audio_tokens": "audio_output"}
+
+
+class LessonMetrics:
+    """The relay's metrics in their own registry; `observe` counts the machine's logged events."""
+
+    def __init__(self, open_lessons: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.lessons_open = Gauge("lesson_relay_lessons_open", "Lessons open now.", registry=registry)
+        self.lessons_open.set_function(lambda: float(open_lessons()))
+        self.lessons_started = Counter("lesson_relay_lessons_started", "Lessons started.", registry=registry)
+        self.lessons_ended = Counter("lesson_relay_lessons_ended", "Lessons ended, by reason.", ["reason"],
+                                     registry=registry)
+        self.greetings = Counter("lesson_relay_greetings", "Greetings: heard, retried or failed.", ["outcome"],
+                                 registry=registry)
+        self.responses = Counter("lesson_relay_responses", "Upstream responses done, by status.", ["status"],
+                                 registry=registry)
+        self.refusals = Counter("lesson_relay_refusals", "Lessons refused before they started, by code.", ["code"],
+                                registry=registry)
+        self.upstream_connect_seconds = Histogram(
+            "lesson_relay_upstream_connect_seconds", "Time to open the upstream Realtime session.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0), registry=registry)
+        self.first_audio_seconds = Histogram(
+            "lesson_relay_first_audio_seconds", "From the page's socket opening to the greeting's first audio.",
+            buckets=(0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0), registry=registry)
+        self.tokens = Counter("lesson_relay_tokens", "Tokens used by upstream responses, by kind.", ["kind"],
+                              registry=registry)
+        self.cost_usd = Counter("lesson_relay_estimated_cost_usd", "Estimated upstream cost in USD.",
+                                registry=registry)
+        self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
+            "lesson_started": lambda fields: self.lessons_started.inc(),
+            "lesson_ended": lambda fields: self.lessons_ended.labels(reason=str(fields.get("reason"))).inc(),
+            "microphone_open": lambda fields: self.greetings.labels(outcome="heard").inc(),
+            "greeting_retry": lambda fields: self.greetings.labels(outcome="retried").inc(),
+            "greeting_failed": lambda fields: self.greetings.labels(outcome="failed").inc(),
+            "greeting_audio_started": lambda fields: self.first_audio_seconds.observe(fields["after_s"]),
+            "response_done": self._response_done,
+        }
+
+    def observe(self, action: Log) -> None:
+        """Count one logged event of a lesson, if it is one the metrics follow."""
+        handler = self._handlers.get(action.event)
+        if handler is not None:
+            handler(action.fields)
+
+    def refused(self, code: str) -> None:
+        self.refusals.labels(code=code).inc()
+
+    def _response_done(self, fields: Mapping[str, Any]) -> None:
+        self.responses.labels(status=str(fields.get("status"))).inc()
+        usage = fields.get("usage") or {}
+        for details, kinds in (("input_token_details", _INPUT_KINDS), ("output_token_details", _OUTPUT_KINDS)):
+            counts = usage.get(details) or {}
+            for field, kind in kinds.items():
+                if count := counts.get(field):
+                    self.tokens.labels(kind=kind).inc(count)
+        if cost := fields.get("estimated_cost_usd"):
+            self.cost_usd.inc(cost)
+
+
+def bearer_allowed(request: Request, settings: Settings) -> bool:
+    """True when METRICS_TOKEN is unset or the request carries it as its Bearer token."""
+    if settings.metrics_token is None:
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    expected = settings.metrics_token.get_secret_value()
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
+
+
+metrics_router = APIRouter()
+
+
+@metrics_router.get("/metrics")
+async def metrics_endpoint(request: Request) -> Response:
+    if not bearer_allowed(request, request.app.state.settings):
+        return Response("a Bearer token (METRICS_TOKEN) is required\n", status_code=401,
+                        media_type="text/plain", headers={"WWW-Authenticate": "Bearer"})
+    metrics: LessonMetrics = request.app.state.metrics
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

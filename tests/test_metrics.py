@@ -1,0 +1,136 @@
+"""GET /metrics (Prometheus text format) and /healthz, read over real sockets after real lessons."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from harness import AppServer, open_lesson, relay_settings, serve_app
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.logging import REDACTED, configure_logging
+from app.settings import Settings
+from app.simulator import RealtimeSimulator
+
+TOKEN = "metrics-test-token-not-a-secret"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def scrape(relay: AppServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample /metrics serves, by (name, labels)."""
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:
+        response = await http.get("/metrics", headers=BEARER)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.text) for sample in family.samples}
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_after_a_lesson_count_it_from_start_to_end_with_its_tokens_and_cost(
+    simulator: RealtimeSimulator, log_stream: io.StringIO
+) -> None:
+    async with serve_app(relay_settings(simulator.url, metrics_token=TOKEN), log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            await page.hear_greeting()
+            during = await scrape(relay)
+            await page.send_json({"type": "end"})
+            usage = await page.until_type("usage")
+            await page.drain_until_closed()
+        assert await relay.app.state.lessons.drain(5)
+        after = await scrape(relay)
+    assert value(during, "lesson_relay_lessons_open") == 1
+    assert value(after, "lesson_relay_lessons_open") == 0
+    assert value(after, "lesson_relay_lessons_started_total") == 1
+    assert value(after, "lesson_relay_lessons_ended_total", reason="student_ended") == 1
+    assert value(after, "lesson_relay_greetings_total", outcome="heard") == 1
+    assert value(after, "lesson_relay_greetings_total", outcome="failed") == 0
+    assert value(after, "lesson_relay_responses_total", status="completed") == 1
+    assert value(after, "lesson_relay_upstream_connect_seconds_count") == 1
+    assert value(after, "lesson_relay_first_audio_seconds_count") == 1
+    assert value(after, "lesson_relay_first_audio_seconds_sum") > 0
+    # The same tokens and cost the lesson reported to the page at its end.
+    assert usage["audio_output_tokens"] > 0
+    assert value(after, "lesson_relay_tokens_total", kind="audio_output") == usage["audio_output_tokens"]
+    assert value(after, "lesson_relay_tokens_total", kind="text_input") == usage["text_input_tokens"]
+    assert value(after, "lesson_relay_estimated_cost_usd_total") == pytest.approx(usage["estimated_cost_usd"])
+
+
+async def test_metrics_after_a_failed_greeting_count_the_retry_the_failure_and_the_failed_responses(
+    simulator_with: Any, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(response_fault="failed", fault_times=None, audio_pace=0) as simulator, \
+            serve_app(relay_settings(simulator.url, metrics_token=TOKEN), log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            error = await page.until_type("error")
+            await page.drain_until_closed()
+        assert await relay.app.state.lessons.drain(5)
+        after = await scrape(relay)
+    assert error["fatal"] is True
+    assert value(after, "lesson_relay_greetings_total", outcome="retried") == 1
+    assert value(after, "lesson_relay_greetings_total", outcome="failed") == 1
+    assert value(after, "lesson_relay_greetings_total", outcome="heard") == 0
+    assert value(after, "lesson_relay_responses_total", status="failed") == 2
+    assert value(after, "lesson_relay_lessons_ended_total", reason="greeting_failed") == 1
+    assert value(after, "lesson_relay_first_audio_seconds_count") == 0
+
+
+async def test_refused_lessons_are_counted_by_code(simulator: RealtimeSimulator, log_stream: io.StringIO) -> None:
+    async with serve_app(relay_settings(simulator.url, metrics_token=TOKEN), log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana", level="Z9")) as page:
+            await page.until_type("error")
+            await page.drain_until_closed()
+        after = await scrape(relay)
+    assert value(after, "lesson_relay_refusals_total", code="invalid_request") == 1
+    assert value(after, "lesson_relay_lessons_started_total") == 0
+
+
+async def test_metrics_need_the_bearer_token_when_one_is_set(simulator: RealtimeSimulator) -> None:
+    async with serve_app(relay_settings(simulator.url, metrics_token=TOKEN)) as relay, \
+            httpx.AsyncClient(base_url=relay.base_url) as http:
+        missing = await http.get("/metrics")
+        wrong = await http.get("/metrics", headers={"Authorization": "Bearer not-the-token"})
+        basic = await http.get("/metrics", headers={"Authorization": f"Basic {TOKEN}"})
+        right = await http.get("/metrics", headers=BEARER)
+    assert [missing.status_code, wrong.status_code, basic.status_code] == [401, 401, 401]
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert "lesson_relay" not in missing.text
+    assert right.status_code == 200
+    assert "lesson_relay_lessons_open" in right.text
+
+
+async def test_healthz_tells_anyone_only_ready_and_the_token_holder_the_details(simulator: RealtimeSimulator) -> None:
+    async with serve_app(relay_settings(simulator.url, metrics_token=TOKEN)) as relay, \
+            httpx.AsyncClient(base_url=relay.base_url) as http:
+        public = await http.get("/healthz")
+        wrong = await http.get("/healthz", headers={"Authorization": "Bearer not-the-token"})
+        private = await http.get("/healthz", headers=BEARER)
+    assert (public.status_code, public.json()) == (200, {"status": "ok"})
+    assert wrong.json() == {"status": "ok"}
+    assert private.json() == {"status": "ok", "open_lessons": 0, "simulated": False}
+
+
+async def test_without_a_metrics_token_metrics_are_open_and_healthz_shows_no_details(
+    simulator: RealtimeSimulator,
+) -> None:
+    async with serve_app(relay_settings(simulator.url, metrics_token="")) as relay, \
+            httpx.AsyncClient(base_url=relay.base_url) as http:
+        metrics = await http.get("/metrics")
+        health = await http.get("/healthz", headers=BEARER)
+    assert metrics.status_code == 200
+    assert "lesson_relay_lessons_started_total 0.0" in metrics.text
+    assert health.json() == {"status": "ok"}
+
+
+def test_the_metrics_token_never_reaches_a_log_line() -> None:
+    stream = io.StringIO()
+    configure_logging(Settings(metrics_token=TOKEN, log_format="json"), stream)
+    structlog.get_logger("lesson_relay").warning("probe", header=f"Bearer {TOKEN}")
+    assert TOKEN not in stream.getvalue()
+    assert REDACTED in stream.getvalue()

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     # Sized for a busy 30-minute lesson at the default prices with room to spare (README: "What a lesson costs").
     max_lesson_cost_usd: float = Field(default=5.0, gt=0)
+    # Transcripts (the turns) of lessons older than this are deleted, at start and then daily.
+    retention_days: int = Field(default=365, ge=1, le=36_500)
     # USD per million tokens, by kind; a JSON object in the environment.
     price_per_million_tokens: dict[str, float] = Field(
         default={"audio_input": 32.0, "audio_output": 64.0, "text_input": 4.0, "text_output": 16.0, "cached": 0.4}

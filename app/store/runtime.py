@@ -1,9 +1,10 @@
-"""The store for one running app: opened (and migrated) at start with its record writer running, closed
-at shutdown once the writer has written what the drained lessons left."""
+"""The store for one running app: opened (and migrated) at start with its record writer and the daily
+retention sweep running, closed at shutdown once the writer has written what the drained lessons left."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.settings import Settings
+from app.store import retention
 from app.store.database import DatabaseUnavailable, create_engine, database_url, migrate, redact, session_factory
 from app.store.queries import lesson_link_secret
 from app.store.writer import RecordWriter
@@ -31,9 +33,13 @@ class Store:
     records: RecordWriter
     # Signs and checks personal lesson links: LESSON_SECRET, or the one kept in the database.
     link_secret: str
+    retention: asyncio.Task[None]
 
     async def close(self) -> None:
         """Write what the lessons left queued (for a bounded time), then let the database go."""
+        self.retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.retention
         await self.records.stop(RECORDS_SHUTDOWN_GRACE_S)
         await self.engine.dispose()
 
@@ -76,9 +82,11 @@ async def open_store(settings: Settings) -> Store:
     log.info("database_ready", url=redact(url))
     sessions = session_factory(engine)
     link_secret = await lesson_link_secret(sessions, settings)
+    await retention.sweep(sessions, settings.retention_days)
     records = RecordWriter(sessions)
     records.start()
-    return Store(engine=engine, sessions=sessions, records=records, link_secret=link_secret)
+    daily = asyncio.create_task(retention.sweep_daily(sessions, settings.retention_days), name="retention")
+    return Store(engine=engine, sessions=sessions, records=records, link_secret=link_secret, retention=daily)
 
 
 @asynccontextmanager

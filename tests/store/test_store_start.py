@@ -99,7 +99,7 @@ async def test_python_m_app_stops_with_a_clear_line_when_the_database_is_unreach
 
 
 def test_retention_days_must_be_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().retention_days == 365
     monkeypatch.setenv("RETENTION_DAYS", "0")
     with pytest.raises(ConfigurationError, match="RETENTION_DAYS='0'"):
         load_settings()
-    assert Settings().retention_days == 365

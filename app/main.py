@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from app.admission import LessonRegistry, LocalPlaces, Places
 from app.logging import configure_logging
 from app.metrics import LessonMetrics, metrics_router
+from app.records import RecordSink
 from app.routes import Upstream, router
 from app.security_headers import SecurityHeaders
 from app.settings import Settings, load_settings
@@ -46,11 +47,14 @@ log = structlog.get_logger("lesson_relay")
 
 
 def create_app(
-    settings: Settings | None = None, *, log_stream: TextIO | None = None, places: Places | None = None
+    settings: Settings | None = None, *, log_stream: TextIO | None = None, places: Places | None = None,
+    record_sink: RecordSink | None = None,
 ) -> FastAPI:
     """The application for `settings` (read from the environment when omitted), logging to `log_stream`.
 
-    `places` counts the replica's lesson places; by default this process is the whole replica.
+    `places` counts the replica's lesson places; by default this process is the whole replica. Lessons
+    hand their records to `record_sink`, by default the store's writer (the bench's baseline passes one
+    that discards).
     """
     settings = settings or load_settings()
 
@@ -59,7 +63,7 @@ def create_app(
         configure_logging(settings, log_stream)
         store = await open_store(settings)
         app.state.db = store.sessions
-        app.state.records = store.records
+        app.state.records = store.records if record_sink is None else record_sink
         app.state.link_secret = store.link_secret
         simulator: RealtimeSimulator | None = None
         if settings.simulated:

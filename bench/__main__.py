@@ -4,6 +4,7 @@
     .venv/bin/python -m bench --quick               # a smoke run: 20 lessons, 5 s, no step search
     .venv/bin/python -m bench --targets direct,relay --lessons 100 --seconds 10 --no-sweep
     git worktree add /tmp/before HEAD~1 && .venv/bin/python -m bench --before /tmp/before --targets before,relay
+    .venv/bin/python -m bench --targets relay,relay-unrecorded --no-sweep   # what lesson records cost
 
 Progress goes to stderr; the table to stdout; everything measured to bench/results/bench-<time>.json.
 """
@@ -37,6 +38,7 @@ from bench.scenarios import (
 
 RELAY_APPS: Final = {
     Target.RELAY: "app.main:app",
+    Target.UNRECORDED: "bench.unrecorded_relay:app",
     Target.NAIVE: "bench.naive_relay:app",
     Target.NAIVE_PYDANTIC: "bench.naive_relay:validating_app",
     Target.BEFORE: "app.main:app",
@@ -48,7 +50,8 @@ NAIVE_UVICORN_ARGUMENTS: Final = ()
 LESSON_PATH: Final = "/ws/lesson?name=Bench&level=A1"
 UPSTREAM_PATH: Final = "/v1/realtime?model=gpt-realtime-bench"
 # The proxy's knee lies beyond what the harness's one core can drive: searching it would measure the harness.
-SEARCHED_TARGETS: Final = frozenset({Target.RELAY, Target.NAIVE, Target.NAIVE_PYDANTIC, Target.BEFORE})
+SEARCHED_TARGETS: Final = frozenset({Target.RELAY, Target.UNRECORDED, Target.NAIVE, Target.NAIVE_PYDANTIC,
+                                     Target.BEFORE})
 NAIVE_TARGETS: Final = frozenset({Target.NAIVE, Target.NAIVE_PYDANTIC})
 DEFAULT_STEPS: Final = "25,50,75,100,125,150,200,250,300,400,500"
 
@@ -58,9 +61,11 @@ def _progress(message: str) -> None:
     sys.stderr.flush()
 
 
-def relay_environment(upstream_port: int) -> dict[str, str]:
-    """The relay's environment: the echo upstream, a fake key, and every limit out of the bench's way."""
+def relay_environment(upstream_port: int, results_directory: Path) -> dict[str, str]:
+    """The relay's environment: the echo upstream, a fake key, every limit out of the bench's way, and its
+    lesson records in a SQLite file of the run's own."""
     return {
+        "DATABASE_URL": f"sqlite:///{results_directory.resolve() / 'lessons.db'}",
         "OPENAI_API_KEY": "sk-bench-fake",
         "OPENAI_REALTIME_URL": f"ws://127.0.0.1:{upstream_port}/v1/realtime",
         "LOG_LEVEL": "warning",
@@ -80,7 +85,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         default="direct,proxy,relay,naive",
-        help="comma-separated: direct, proxy, relay, naive, naive-pydantic, before (default: the first four)",
+        help="comma-separated: direct, proxy, relay, relay-unrecorded, naive, naive-pydantic, before "
+             "(default: direct, proxy, relay, naive)",
     )
     parser.add_argument(
         "--before",
@@ -163,7 +169,7 @@ def target_endpoint(
     relay = start_tcp_proxy(upstream.port) if target is Target.PROXY else start_uvicorn(
         target.value,
         RELAY_APPS[target],
-        environment=relay_environment(upstream.port),
+        environment=relay_environment(upstream.port, arguments.results_dir),
         log_directory=arguments.results_dir / "logs",
         uvicorn_arguments=uvicorn_arguments(target, arguments),
         working_directory=arguments.before if target is Target.BEFORE else REPO_ROOT,

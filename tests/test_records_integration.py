@@ -13,8 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from test_faults import END_OF_TURN_FRAMES, pause, speak
 
+from app.main import create_app
+from app.records import DiscardRecords
 from app.simulator import RealtimeSimulator
 from app.store.models import Lesson, LessonEvent, Turn
+from app.store.writer import RecordWriter
 
 SimulatorWith = Callable[..., RealtimeSimulator]
 
@@ -108,3 +111,15 @@ async def test_the_database_going_away_mid_lesson_does_not_disturb_the_lesson(
     assert lesson.end_reason == "student_ended"
     assert [turn.role for turn in turns] == ["tutor", "student", "tutor"]
     assert server.app.state.records.dropped == 0
+
+
+async def test_an_app_given_a_record_sink_hands_lessons_records_to_it_instead_of_the_writer(
+        simulator: RealtimeSimulator, log_stream: io.StringIO) -> None:
+    """The bench's `relay-unrecorded` baseline: the same app, its records discarded."""
+    settings = relay_settings(simulator.url)
+    app = create_app(settings, log_stream=log_stream, record_sink=DiscardRecords())
+    async with app.router.lifespan_context(app):
+        assert isinstance(app.state.records, DiscardRecords)
+    recorded = create_app(settings, log_stream=log_stream)
+    async with recorded.router.lifespan_context(recorded):
+        assert isinstance(recorded.state.records, RecordWriter)

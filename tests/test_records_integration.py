@@ -16,6 +16,7 @@ from test_faults import END_OF_TURN_FRAMES, pause, speak
 from app.main import create_app
 from app.records import DiscardRecords
 from app.simulator import RealtimeSimulator
+from app.store.database import create_engine, database_url, session_factory
 from app.store.models import Lesson, LessonEvent, Turn
 from app.store.writer import RecordWriter
 
@@ -123,3 +124,22 @@ async def test_an_app_given_a_record_sink_hands_lessons_records_to_it_instead_of
     recorded = create_app(settings, log_stream=log_stream)
     async with recorded.router.lifespan_context(recorded):
         assert isinstance(recorded.state.records, RecordWriter)
+
+
+async def test_records_still_queued_at_shutdown_are_written_before_the_app_stops(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with serve_app(relay_settings(simulator.url, database_url=store_url), log_stream) as server, \
+            open_lesson(server.lesson_url(name="Ana")) as page:
+        await page.hear_greeting()
+        await page.send_json({"type": "end"})
+        await page.drain_until_closed()
+    # No flush asked for: the shutdown itself wrote what the lesson left.
+    engine = create_engine(database_url(store_url))
+    try:
+        async with session_factory(engine)() as session:
+            lesson = (await session.scalars(select(Lesson))).one()
+            turns = (await session.scalars(select(Turn))).all()
+    finally:
+        await engine.dispose()
+    assert lesson.end_reason == "student_ended"
+    assert [turn.role for turn in turns] == ["tutor"]

@@ -22,8 +22,9 @@ from app.store.writer import RecordWriter
 log = structlog.get_logger("lesson_relay")
 
 
-# At shutdown, after the lessons are drained, queued records get this long to be written.
-RECORDS_SHUTDOWN_GRACE_S = 5.0
+# At shutdown, after the lessons are drained, queued records get this long to be written: inside the
+# EXIT_AFTER_GRACE_SECONDS that app.main leaves after the lessons' grace, with the connections' close.
+RECORDS_SHUTDOWN_GRACE_S = 3.0
 
 
 @dataclass

@@ -62,7 +62,7 @@ def _as_cluster_owner(command: list[str]) -> list[str]:
     return command if _cluster_owner() is None else ["runuser", "-u", PG_USER, "--", *command]
 
 
-def _unavailable(reason: str) -> None:
+def postgresql_unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"PostgreSQL store tests cannot run in CI: {reason}")
     pytest.skip(f"PostgreSQL store tests need a local PostgreSQL: {reason}")
@@ -73,7 +73,7 @@ def postgres_server() -> Iterator[str]:
     """The URL (without a database) of a throw-away PostgreSQL cluster on 127.0.0.1."""
     pg_ctl = find_pg_ctl()
     if pg_ctl is None or not pg_ctl.exists():
-        _unavailable("pg_ctl not found (install Debian's postgresql, or set PG_CTL)")
+        postgresql_unavailable("pg_ctl not found (install Debian's postgresql, or set PG_CTL)")
     assert pg_ctl is not None
     initdb = pg_ctl.parent / "initdb"
     workdir = Path(tempfile.mkdtemp(prefix="lesson-relay-pg-"))

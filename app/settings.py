@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AnyUrl, Field, SecretStr, UrlConstraints, ValidationError, field_validator
+from pydantic import AnyHttpUrl, AnyUrl, Field, SecretStr, UrlConstraints, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from app.store.database import DatabaseUrlError, database_url
@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     lesson_secret: SecretStr | None = None
     # When set, GET /metrics and the details of /healthz need `Authorization: Bearer <this>`.
     metrics_token: SecretStr | None = None
+    # The teacher's desk (/teacher) and JSON API (/api) are off while this is unset.
+    teacher_password: SecretStr | None = Field(default=None, min_length=8)
+    # The address students reach the app at, for the lesson links the desk hands out; unset = the request's.
+    public_url: AnyHttpUrl | None = None
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=120)
     # Where lesson records are kept: unset = SQLite file data/lessons.db; postgres(ql)://… = PostgreSQL.
     database_url: SecretStr | None = None
@@ -70,7 +74,8 @@ class Settings(BaseSettings):
         default={"audio_input": 32.0, "audio_output": 64.0, "text_input": 4.0, "text_output": 16.0, "cached": 0.4}
     )
 
-    @field_validator("openai_api_key", "lesson_secret", "database_url", "metrics_token", mode="before")
+    @field_validator("openai_api_key", "lesson_secret", "database_url", "metrics_token", "teacher_password",
+                     "public_url", mode="before")
     @classmethod
     def _blank_is_absent(cls, value: object) -> object:
         # Railway and docker-compose often set an unused variable to the empty string.
@@ -110,6 +115,10 @@ class Settings(BaseSettings):
         return frozenset(origin.strip().rstrip("/") for origin in self.allowed_origins.split(",") if origin.strip())
 
 
+# Settings whose names hold one of these are named in errors but their values never echoed.
+_SECRET_WORDS = ("api_key", "secret", "password", "database_url", "token")
+
+
 class ConfigurationError(SystemExit):
     """A bad environment variable: the process stops at start with one line saying which and why."""
 
@@ -121,7 +130,7 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"{str(error['loc'][0]).upper()}={error.get('input')!r}: {error['msg']}"
-            if not any(part in str(error["loc"][0]) for part in ("api_key", "secret", "database_url", "token"))
+            if not any(word in str(error["loc"][0]) for word in _SECRET_WORDS)
             else f"{str(error['loc'][0]).upper()}: {error['msg']}"
             for error in exc.errors()
         )

@@ -31,6 +31,7 @@ from app.security_headers import SecurityHeaders
 from app.settings import Settings, load_settings
 from app.simulator import RealtimeSimulator
 from app.store.runtime import open_store
+from app.teacher import install as install_teacher_desk
 from app.transport import protocol_options
 
 HERE = Path(__file__).parent
@@ -99,6 +100,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)
     app.include_router(metrics_router)
+    install_teacher_desk(app, settings)
     app.add_middleware(SecurityHeaders)
     return app
 

@@ -1,0 +1,119 @@
+"""The desk's forms (POST): add a student, change their level, archive, restore, delete, make and revoke links.
+
+Each reads its form through `checked_form` (size and CSRF first), validates it, writes in one
+transaction and redirects (303) to the page that shows the result. A refused form writes nothing: a bad
+field re-renders the page with the field named (422), an unknown id is a 404 page.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from app.teacher import queries
+from app.teacher.inputs import InvalidInput, LevelChange, NewStudent, validate
+from app.teacher.pages import not_found, students_context
+from app.teacher.web import DESK_PATH, DeskError, Teacher, checked_form, database, redirect, render
+
+router = APIRouter()
+log = structlog.get_logger("lesson_relay")
+
+MAX_LINK_DAYS = 365
+
+
+def _student_path(student_id: str) -> str:
+    return f"{DESK_PATH}/students/{student_id}"
+
+
+@router.post(f"{DESK_PATH}/students")
+async def add_student(request: Request, teacher: Teacher) -> Response:
+    form = await checked_form(request, teacher)
+    fields = {key: value for key, value in form.items() if value.strip() != ""}
+    async with database(request) as db:
+        try:
+            new = validate(NewStudent, fields)
+        except InvalidInput as exc:
+            context = await students_context(db, request)
+            context |= {"errors": {exc.field: f"{exc.field.replace('_', ' ').capitalize()} {exc.problem}."},
+                        "values": form}
+            return render(request, "students.html", teacher, context, status_code=422)
+        student = await queries.add_student(db, name=new.name, level=new.level,
+                                            target_language=new.target_language)
+        await queries.create_link(db, student.id, expires_at=None)
+    log.info("teacher_student_added", student_id=student.id, level=student.level)
+    return redirect(_student_path(student.id), notice="student_added")
+
+
+@router.post(f"{DESK_PATH}/students/{{student_id}}/level")
+async def change_level(request: Request, teacher: Teacher, student_id: str) -> Response:
+    form = await checked_form(request, teacher)
+    try:
+        change = validate(LevelChange, {"level": form.get("level", "")})
+    except InvalidInput as exc:
+        raise DeskError(422, "Level not changed", f"The level {exc.problem}.", back=_student_path(student_id)) \
+            from None
+    async with database(request) as db:
+        if not await queries.set_level(db, student_id, change.level):
+            raise not_found("student")
+    return redirect(_student_path(student_id), notice="level_changed")
+
+
+@router.post(f"{DESK_PATH}/students/{{student_id}}/archive")
+async def archive_student(request: Request, teacher: Teacher, student_id: str) -> Response:
+    await checked_form(request, teacher)
+    async with database(request) as db:
+        if not await queries.set_archived(db, student_id, archived_at=datetime.now(UTC)):
+            raise not_found("student")
+    return redirect(DESK_PATH, notice="archived")
+
+
+@router.post(f"{DESK_PATH}/students/{{student_id}}/restore")
+async def restore_student(request: Request, teacher: Teacher, student_id: str) -> Response:
+    await checked_form(request, teacher)
+    async with database(request) as db:
+        if not await queries.set_archived(db, student_id, archived_at=None):
+            raise not_found("student")
+    return redirect(_student_path(student_id), notice="restored")
+
+
+@router.post(f"{DESK_PATH}/students/{{student_id}}/delete")
+async def delete_student(request: Request, teacher: Teacher, student_id: str) -> Response:
+    form = await checked_form(request, teacher)
+    if form.get("confirm") != "yes":
+        raise DeskError(422, "Not deleted", "Tick the box that confirms the deletion, then press Delete again.",
+                        back=_student_path(student_id))
+    async with database(request) as db:
+        if not await queries.delete_student(db, student_id):
+            raise not_found("student")
+    log.info("teacher_student_deleted", student_id=student_id)
+    return redirect(DESK_PATH, notice="deleted")
+
+
+@router.post(f"{DESK_PATH}/students/{{student_id}}/links")
+async def make_link(request: Request, teacher: Teacher, student_id: str) -> Response:
+    form = await checked_form(request, teacher)
+    valid_days = form.get("valid_days", "").strip()
+    expires_at = None
+    if valid_days:
+        if not valid_days.isdigit() or not 1 <= int(valid_days) <= MAX_LINK_DAYS:
+            raise DeskError(422, "No link made", f"Valid for (days) must be a whole number from 1 to {MAX_LINK_DAYS}.",
+                            back=_student_path(student_id))
+        expires_at = datetime.now(UTC) + timedelta(days=int(valid_days))
+    async with database(request) as db:
+        if await queries.get_student(db, student_id) is None:
+            raise not_found("student")
+        await queries.create_link(db, student_id, expires_at=expires_at)
+    return redirect(_student_path(student_id), notice="link_created")
+
+
+@router.post(f"{DESK_PATH}/students/{{student_id}}/links/{{link_id}}/revoke")
+async def revoke_link(request: Request, teacher: Teacher, student_id: str, link_id: str) -> Response:
+    await checked_form(request, teacher)
+    async with database(request) as db:
+        if not await queries.revoke_link(db, student_id, link_id, now=datetime.now(UTC)):
+            raise not_found("lesson link")
+    log.info("teacher_link_revoked", student_id=student_id, link_id=link_id)
+    return redirect(_student_path(student_id), notice="link_revoked")

@@ -1,0 +1,150 @@
+"""The JSON API (docs/api.md): the desk's records for scripts, behind `Authorization: Bearer <TEACHER_PASSWORD>`.
+
+Every answer is JSON; every refusal is `{"error": …}` with its status (and `"field"` for a bad body):
+401 without the right token, 404 for an unknown id, 413 for a body over the limit (refused before it is
+parsed), 422 for a body that is not the JSON object asked for, 429 after repeated wrong tokens, 503
+while TEACHER_PASSWORD is unset. A refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.teacher import exports, queries
+from app.teacher.auth import SignInLimiter, TeacherAuth, bearer_token
+from app.teacher.inputs import BodyTooLarge, InvalidInput, NewStudent, read_json_object, validate
+from app.teacher.pages import ExportFormat, export_response
+from app.teacher.web import client_address, database, lesson_link_url
+
+router = APIRouter(prefix="/api")
+log = structlog.get_logger("lesson_relay")
+
+
+class ApiError(Exception):
+    """A refused API request: answered as `{"error": message, "field"?: field}` with `status`."""
+
+    def __init__(self, status: int, message: str, *, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {"error": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def api_teacher(request: Request) -> None:
+    """Let the request through with the right Bearer token; `ApiError` 401/429/503 otherwise."""
+    auth: TeacherAuth | None = request.app.state.teacher_auth
+    if auth is None:
+        raise ApiError(503, "the teacher API is off: set TEACHER_PASSWORD to turn it on")
+    client = client_address(request)
+    limiter: SignInLimiter = request.app.state.sign_in_limiter
+    now = time.monotonic()
+    wait_s = limiter.blocked_for(client, now)
+    if wait_s > 0:
+        raise ApiError(429, "too many wrong tokens from this address; try again later",
+                       headers={"Retry-After": str(int(wait_s) + 1)})
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None or not auth.password_matches(token):
+        if token is not None:
+            limiter.record_failure(client, now)
+        log.warning("teacher_api_refused", client=client, reason="no token" if token is None else "wrong token")
+        raise ApiError(401, "an Authorization: Bearer <TEACHER_PASSWORD> header is required",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+Authorized = Annotated[None, Depends(api_teacher)]
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        return await read_json_object(request)
+    except BodyTooLarge as exc:
+        raise ApiError(413, str(exc), field="body") from None
+    except InvalidInput as exc:
+        raise ApiError(422, exc.problem, field=exc.field) from None
+
+
+def _not_found(what: str, identifier: str) -> ApiError:
+    return ApiError(404, f"no {what} with id {identifier!r}")
+
+
+@router.post("/students", status_code=201)
+async def create_student(request: Request, _: Authorized) -> JSONResponse:
+    body = await _json_body(request)
+    try:
+        new = validate(NewStudent, body)
+    except InvalidInput as exc:
+        raise ApiError(422, f"{exc.field} {exc.problem}", field=exc.field) from None
+    async with database(request) as db:
+        student = await queries.add_student(db, name=new.name, level=new.level, target_language=new.target_language)
+        link = await queries.create_link(db, student.id, expires_at=None)
+        link_url = lesson_link_url(request, link)
+    log.info("teacher_student_added", student_id=student.id, level=student.level, via="api")
+    return JSONResponse(exports.student_json(student) | {"link": link_url}, status_code=201)
+
+
+@router.get("/students")
+async def list_students(request: Request, _: Authorized) -> JSONResponse:
+    async with database(request) as db:
+        summaries = [*await queries.student_summaries(db), *await queries.student_summaries(db, archived=True)]
+    return JSONResponse({"students": [
+        exports.student_json(summary.student) | {
+            "lesson_count": summary.lesson_count,
+            "minutes": round(summary.minutes, 2),
+            "estimated_cost_usd": summary.cost_usd,
+            "last_lesson_id": summary.last_lesson_id,
+            "last_lesson_at": exports.iso(summary.last_lesson_at),
+        }
+        for summary in summaries
+    ]})
+
+
+@router.get("/students/{student_id}/lessons")
+async def list_lessons(request: Request, _: Authorized, student_id: str) -> JSONResponse:
+    async with database(request) as db:
+        if await queries.get_student(db, student_id) is None:
+            raise _not_found("student", student_id)
+        lessons = await queries.student_lessons(db, student_id)
+    return JSONResponse({"lessons": [
+        exports.lesson_summary_json(summary.lesson) | {"event_count": summary.event_count} for summary in lessons
+    ]})
+
+
+@router.get("/lessons/{lesson_id}")
+async def get_lesson(request: Request, _: Authorized, lesson_id: str) -> JSONResponse:
+    async with database(request) as db:
+        lesson = await queries.get_lesson(db, lesson_id)
+        if lesson is None:
+            raise _not_found("lesson", lesson_id)
+        return JSONResponse(exports.lesson_json(lesson))
+
+
+@router.get("/lessons/{lesson_id}/export")
+async def export_lesson(request: Request, _: Authorized, lesson_id: str,
+                        export_format: ExportFormat = "md") -> Response:
+    async with database(request) as db:
+        lesson = await queries.get_lesson(db, lesson_id)
+        if lesson is None:
+            raise _not_found("lesson", lesson_id)
+        return export_response(lesson, export_format)
+
+
+@router.delete("/students/{student_id}", status_code=204)
+async def delete_student(request: Request, _: Authorized, student_id: str) -> Response:
+    async with database(request) as db:
+        if not await queries.delete_student(db, student_id):
+            raise _not_found("student", student_id)
+    log.info("teacher_student_deleted", student_id=student_id, via="api")
+    return Response(status_code=204)

@@ -1,0 +1,200 @@
+"""A lesson as data (the API's JSON and the JSON export), as Markdown, and all lessons as CSV rows.
+
+Also the small formatters the desk's templates use, so a page, an export and the API say the same
+duration, cost and failure reason for the same record.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from app.store.models import Lesson, LessonEvent, Student
+
+USAGE_FIELDS = ("audio_input_tokens", "text_input_tokens", "cached_tokens", "audio_output_tokens",
+                "text_output_tokens")
+CSV_COLUMNS = ("lesson_id", "student_id", "student_name", "level", "started_at", "ended_at", "duration_s",
+               "end_reason", "model", "simulated", *USAGE_FIELDS, "estimated_cost_usd")
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def student_json(student: Student) -> dict[str, Any]:
+    return {
+        "id": student.id,
+        "name": student.name,
+        "level": student.level,
+        "target_language": student.target_language,
+        "created_at": iso(student.created_at),
+        "archived_at": iso(student.archived_at),
+    }
+
+
+def lesson_summary_json(lesson: Lesson) -> dict[str, Any]:
+    """A lesson without its transcript: what a list of lessons holds."""
+    return {
+        "id": lesson.id,
+        "student_id": lesson.student_id,
+        "level": lesson.level,
+        "started_at": iso(lesson.started_at),
+        "ended_at": iso(lesson.ended_at),
+        "end_reason": lesson.end_reason,
+        "duration_s": lesson.duration_s,
+        "model": lesson.model,
+        "simulated": lesson.simulated,
+        "usage": {field: getattr(lesson, field) for field in USAGE_FIELDS},
+        "estimated_cost_usd": lesson.estimated_cost_usd,
+    }
+
+
+def lesson_json(lesson: Lesson) -> dict[str, Any]:
+    """The whole lesson: `GET /api/lessons/{id}` and the JSON export. Turns and events must be loaded."""
+    return lesson_summary_json(lesson) | {
+        "student_name": lesson.student.name if lesson.student else None,
+        "turns": [
+            {
+                "seq": turn.seq,
+                "role": turn.role,
+                "text": turn.text,
+                "started_at": iso(turn.started_at),
+                "ended_at": iso(turn.ended_at),
+                "interrupted": turn.interrupted,
+                "heard_ms": turn.heard_ms,
+            }
+            for turn in lesson.turns
+        ],
+        "events": [{"kind": event.kind, "at": iso(event.at), "detail": event.detail} for event in lesson.events],
+    }
+
+
+def lesson_json_text(lesson: Lesson) -> str:
+    return orjson.dumps(lesson_json(lesson), option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+def event_reason(event: LessonEvent) -> str:
+    """Why it happened, in the upstream's own words where it gave any: message, reason, code, status."""
+    detail = _mapping(event.detail)
+    status_details = _mapping(detail.get("status_details"))
+    error = _mapping(status_details.get("error"))
+    parts = [
+        detail.get("message") or error.get("message"),
+        detail.get("reason") or status_details.get("reason"),
+        detail.get("code") or error.get("code"),
+        detail.get("status") or status_details.get("type"),
+    ]
+    seen: list[str] = []
+    for part in parts:
+        if part not in (None, "") and str(part) not in seen:
+            seen.append(str(part))
+    return " · ".join(seen) if seen else "no reason given"
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    whole = round(seconds)
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def usd(amount: float | None) -> str:
+    return f"${amount or 0:.4f}"
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "—"
+
+
+def offset(value: datetime, start: datetime) -> str:
+    """`value` as minutes:seconds into the lesson."""
+    seconds = max(0, round((value - start).total_seconds()))
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+def compact(value: object) -> str:
+    """An event detail's value on one line: nested objects as compact JSON."""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+TEMPLATE_FILTERS = {"when": when, "usd": usd, "duration": duration, "offset": offset, "reason": event_reason,
+                    "compact": compact}
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+|!~])")
+
+
+def _md(text: str) -> str:
+    # Transcript text is the student's and the model's words: shown as written, never as markup.
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+def lesson_markdown(lesson: Lesson) -> str:
+    """The lesson as a Markdown document: facts, transcript, events and usage. Turns and events loaded."""
+    student = _md(lesson.student.name) if lesson.student else "no student record"
+    lines = [
+        f"# Lesson {lesson.id}",
+        "",
+        f"- Student: {student} ({lesson.level})",
+        f"- Started: {when(lesson.started_at)}",
+        f"- Duration: {duration(lesson.duration_s)}",
+        f"- Ended: {_md(lesson.end_reason or 'not recorded')}",
+        f"- Model: {_md(lesson.model)}{' (simulator)' if lesson.simulated else ''}",
+        f"- Estimated cost: {usd(lesson.estimated_cost_usd)}",
+        "",
+        "## Transcript",
+        "",
+    ]
+    for turn in lesson.turns:
+        heard = f" *(interrupted: {turn.heard_ms or 0} ms heard)*" if turn.interrupted else ""
+        lines += [f"**{turn.role.capitalize()}** ({offset(turn.started_at, lesson.started_at)}): "
+                  f"{_md(turn.text)}{heard}", ""]
+    if not lesson.turns:
+        lines += ["No turns were recorded.", ""]
+    lines += ["## Events", ""]
+    if lesson.events:
+        lines += ["| at | kind | reason |", "|---|---|---|"]
+        lines += [f"| {offset(event.at, lesson.started_at)} | {_md(event.kind)} | {_md(event_reason(event))} |"
+                  for event in lesson.events]
+    else:
+        lines += ["No failures, retries or errors."]
+    lines += ["", "## Usage", "", "| tokens | count |", "|---|---:|"]
+    lines += [f"| {field.removesuffix('_tokens').replace('_', ' ')} | {getattr(lesson, field)} |"
+              for field in USAGE_FIELDS]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: object) -> object:
+    # A cell starting with = + - @ is a formula to a spreadsheet: quote it as text.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def csv_header() -> str:
+    return _csv_line(CSV_COLUMNS)
+
+
+def csv_row(lesson: Lesson, student_name: str | None) -> str:
+    values = [lesson.id, lesson.student_id, student_name, lesson.level, iso(lesson.started_at),
+              iso(lesson.ended_at), lesson.duration_s, lesson.end_reason, lesson.model, lesson.simulated,
+              *(getattr(lesson, field) for field in USAGE_FIELDS), lesson.estimated_cost_usd]
+    return _csv_line(_cell(value) for value in values)
+
+
+def _csv_line(values: Iterable[object]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow(["" if value is None else value for value in values])
+    return buffer.getvalue()

@@ -1,0 +1,132 @@
+"""What the desk's forms and the JSON API accept: size-limited bodies and validated fields.
+
+A body larger than `MAX_BODY_BYTES` is refused (413) from its Content-Length, or as soon as the stream
+passes the limit, before any of it is parsed. Bad fields raise `InvalidInput` naming the field, which the
+pages show next to the form and the API returns as 422 `{"error", "field"}`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import Request
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from app.messages import LEVELS, LessonRequest, Level
+
+MAX_BODY_BYTES = 16 * 1024
+_MAX_FORM_FIELDS = 20
+
+
+class BodyTooLarge(Exception):
+    """The request body is over `MAX_BODY_BYTES`; nothing of it was parsed."""
+
+
+class InvalidInput(ValueError):
+    """A bad body or field: `field` names it, the message says what is wrong in plain words."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The whole body, or `BodyTooLarge` once it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body of {declared} bytes, the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"body over {limit} bytes, the limit is {limit}")
+    return bytes(body)
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """An `application/x-www-form-urlencoded` body as a dict (the last value of a repeated field wins)."""
+    body = await read_body(request)
+    try:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=_MAX_FORM_FIELDS, errors="strict")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput("form", "the form could not be read") from exc
+    return dict(pairs)
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """A JSON object body, or `InvalidInput('body', …)`."""
+    body = await read_body(request)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput("body", f"not valid JSON ({exc.msg} at position {exc.pos})") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("body", f"must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _spoken_name(name: str) -> str:
+    # The same rule as the lesson page's name: the tutor says it, and it lands in the tutor's instructions.
+    try:
+        return LessonRequest.model_validate({"name": name}).name
+    except ValidationError:
+        raise ValueError("may hold only letters, spaces, hyphens, apostrophes and dots") from None
+
+
+StudentName = Annotated[str, Field(min_length=1, max_length=40), AfterValidator(_spoken_name)]
+LanguageName = Annotated[str, Field(min_length=2, max_length=30, pattern=r"^[A-Za-z]+(?: [A-Za-z]+)*$")]
+
+
+class NewStudent(BaseModel):
+    """`POST /api/students` and the desk's add-student form."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+    name: StudentName
+    level: Level
+    target_language: LanguageName | None = None
+
+
+class LevelChange(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+    level: Level
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    """`data` as `model`, or `InvalidInput` naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "body"
+        raise InvalidInput(field, _problem(first)) from None
+
+
+def _problem(error: Any) -> str:
+    match error["type"]:
+        case "missing":
+            return "is required"
+        case "extra_forbidden":
+            return "is not a field this accepts"
+        case "literal_error":
+            return f"must be one of {', '.join(LEVELS)}"
+        case "string_pattern_mismatch":
+            return "must be a language name in Latin letters, like Spanish"
+        case "string_too_short":
+            return "is required" if error["ctx"]["min_length"] == 1 else \
+                f"must be at least {error['ctx']['min_length']} characters"
+        case "string_too_long":
+            return f"must be at most {error['ctx']['max_length']} characters"
+        case "string_type" | "int_type" | "dict_type":
+            return "must be text"
+        case _:
+            message: str = error["msg"]
+            return message.removeprefix("Value error, ")

@@ -1,0 +1,216 @@
+"""What the desk and the API read and write in the lesson records (the models of app.store.models).
+
+Every function takes an open `AsyncSession` and leaves committing to the caller's `async with
+db.begin()`, so a request's writes land together or not at all. Unknown ids are `None`/`False`, never an
+exception: the routes turn them into 404s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from app.store.models import Lesson, LessonEvent, Link, Student
+
+
+@dataclass(frozen=True)
+class StudentSummary:
+    """A student with what the students page shows of their lessons."""
+
+    student: Student
+    lesson_count: int
+    minutes: float
+    cost_usd: float
+    last_lesson_id: str | None
+    last_lesson_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LessonSummary:
+    lesson: Lesson
+    event_count: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One lesson event with the lesson and student it belongs to."""
+
+    event: LessonEvent
+    lesson_id: str
+    student_id: str | None
+    student_name: str | None
+
+
+@dataclass(frozen=True)
+class FailureDay:
+    day: date
+    failures: list[Failure]
+
+    @property
+    def by_kind(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for failure in self.failures:
+            counts[failure.event.kind] = counts.get(failure.event.kind, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+async def student_summaries(db: AsyncSession, *, archived: bool = False) -> list[StudentSummary]:
+    """Every student (archived or not, as asked), by name, with lesson count, minutes, cost and last lesson."""
+    last_lesson = (
+        select(Lesson.id).where(Lesson.student_id == Student.id)
+        .order_by(Lesson.started_at.desc()).limit(1).correlate(Student).scalar_subquery()
+    )
+    query = (
+        select(
+            Student,
+            func.count(Lesson.id),
+            func.coalesce(func.sum(Lesson.duration_s), 0.0),
+            func.coalesce(func.sum(Lesson.estimated_cost_usd), 0.0),
+            func.max(Lesson.started_at),
+            last_lesson,
+        )
+        .outerjoin(Lesson, Lesson.student_id == Student.id)
+        .where(Student.archived_at.is_not(None) if archived else Student.archived_at.is_(None))
+        .group_by(Student.id)
+        .order_by(func.lower(Student.name), Student.created_at)
+    )
+    rows = (await db.execute(query)).all()
+    return [
+        StudentSummary(student=student, lesson_count=count, minutes=float(seconds) / 60, cost_usd=float(cost),
+                       last_lesson_id=last_id, last_lesson_at=_aware(last_at))
+        for student, count, seconds, cost, last_at, last_id in rows
+    ]
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # max() over a column skips the column type's conversion on SQLite: the value comes back naive UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+async def get_student(db: AsyncSession, student_id: str) -> Student | None:
+    return await db.get(Student, student_id)
+
+
+async def add_student(db: AsyncSession, *, name: str, level: str, target_language: str | None) -> Student:
+    student = Student(name=name, level=level, target_language=target_language)
+    db.add(student)
+    await db.flush()
+    return student
+
+
+async def set_level(db: AsyncSession, student_id: str, level: str) -> bool:
+    result = await db.execute(update(Student).where(Student.id == student_id).values(level=level))
+    return _changed(result)
+
+
+async def set_archived(db: AsyncSession, student_id: str, *, archived_at: datetime | None) -> bool:
+    """Archive the student at `archived_at`, or restore them with None; False for an unknown id."""
+    result = await db.execute(update(Student).where(Student.id == student_id).values(archived_at=archived_at))
+    return _changed(result)
+
+
+async def delete_student(db: AsyncSession, student_id: str) -> bool:
+    """Delete the student; their links, lessons, turns and events go with them (ON DELETE CASCADE)."""
+    result = await db.execute(delete(Student).where(Student.id == student_id))
+    return _changed(result)
+
+
+def _changed(result: object) -> bool:
+    rowcount: int = getattr(result, "rowcount", 0)
+    return rowcount > 0
+
+
+async def create_link(db: AsyncSession, student_id: str, *, expires_at: datetime | None) -> Link:
+    """A new lesson link for the student (who must exist), valid until `expires_at` or until revoked."""
+    link = Link(student_id=student_id, expires_at=expires_at)
+    db.add(link)
+    await db.flush()
+    return link
+
+
+async def revoke_link(db: AsyncSession, student_id: str, link_id: str, *, now: datetime) -> bool:
+    """Revoke the student's link (a link revoked before stays revoked then); False if they have no such link."""
+    link = await db.get(Link, link_id)
+    if link is None or link.student_id != student_id:
+        return False
+    if link.revoked_at is None:
+        link.revoked_at = now
+    return True
+
+
+async def active_links(db: AsyncSession, student_id: str, *, now: datetime) -> list[Link]:
+    """The student's links that still open a lesson (not revoked, not expired), newest first."""
+    query = (
+        select(Link)
+        .where(Link.student_id == student_id, Link.revoked_at.is_(None),
+               or_(Link.expires_at.is_(None), Link.expires_at > now))
+        .order_by(Link.created_at.desc())
+    )
+    return list((await db.execute(query)).scalars())
+
+
+async def newest_links(db: AsyncSession, *, now: datetime) -> dict[str, Link]:
+    """Each student's newest link that still opens a lesson, by student id."""
+    query = (
+        select(Link)
+        .where(Link.revoked_at.is_(None), or_(Link.expires_at.is_(None), Link.expires_at > now))
+        .order_by(Link.created_at)
+    )
+    # Oldest first, so the newest overwrites the others.
+    return {link.student_id: link for link in (await db.execute(query)).scalars()}
+
+
+async def student_lessons(db: AsyncSession, student_id: str) -> list[LessonSummary]:
+    """The student's lessons, newest first, each with how many events (failures, retries) it had."""
+    query = (
+        select(Lesson, func.count(LessonEvent.id))
+        .outerjoin(LessonEvent, LessonEvent.lesson_id == Lesson.id)
+        .where(Lesson.student_id == student_id)
+        .group_by(Lesson.id)
+        .order_by(Lesson.started_at.desc())
+    )
+    return [LessonSummary(lesson, count) for lesson, count in (await db.execute(query)).all()]
+
+
+async def get_lesson(db: AsyncSession, lesson_id: str) -> Lesson | None:
+    """The lesson with its turns (in order), events and student loaded, or None."""
+    query = (
+        select(Lesson).where(Lesson.id == lesson_id)
+        .options(selectinload(Lesson.turns), selectinload(Lesson.events), selectinload(Lesson.student))
+    )
+    lesson: Lesson | None = (await db.execute(query)).scalar_one_or_none()
+    return lesson
+
+
+async def failures_since(db: AsyncSession, since: datetime) -> list[FailureDay]:
+    """Every lesson event at or after `since`, grouped by UTC day, newest day (and event) first."""
+    query = (
+        select(LessonEvent, Lesson.id, Student.id, Student.name)
+        .join(Lesson, Lesson.id == LessonEvent.lesson_id)
+        .outerjoin(Student, Student.id == Lesson.student_id)
+        .where(LessonEvent.at >= since)
+        .order_by(LessonEvent.at.desc(), LessonEvent.id.desc())
+    )
+    days: dict[date, list[Failure]] = {}
+    for event, lesson_id, student_id, student_name in (await db.execute(query)).all():
+        days.setdefault(event.at.date(), []).append(Failure(event, lesson_id, student_id, student_name))
+    return [FailureDay(day, failures) for day, failures in days.items()]
+
+
+async def lessons_for_export(db: AsyncSession) -> AsyncIterator[tuple[Lesson, str | None]]:
+    """Every lesson with its student's name, oldest first, streamed (for the CSV of all lessons)."""
+    query = (
+        select(Lesson, Student.name)
+        .outerjoin(Student, Student.id == Lesson.student_id)
+        .order_by(Lesson.started_at, Lesson.id)
+        .execution_options(yield_per=500)
+    )
+    async for lesson, student_name in await db.stream(query):
+        yield lesson, student_name

@@ -1,0 +1,200 @@
+"""The plumbing every desk page shares: who is signed in, checked forms, rendering, and error pages.
+
+Pages depend on `signed_in` (a session with a good password behind it, else a redirect to the sign-in
+page) and read POST bodies only through `checked_form`, which refuses an oversized body (413) and a
+missing or wrong CSRF token (403) before a field is looked at, so a refused form writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.links import lesson_url, make_lesson_token
+from app.settings import Settings
+from app.store.models import Link
+from app.teacher.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_MAX_AGE_S, DeskSession, TeacherAuth, csrf_matches
+from app.teacher.inputs import BodyTooLarge, InvalidInput, read_form
+
+DESK_PATH = "/teacher"
+
+# What a page may announce after a redirect; the query carries only the key, never text to reflect.
+NOTICES = {
+    "student_added": "Student added. Their lesson link is below.",
+    "level_changed": "Level changed.",
+    "archived": "Student archived.",
+    "restored": "Student restored.",
+    "deleted": "Student and all their records deleted.",
+    "link_created": "New lesson link made.",
+    "link_revoked": "Lesson link revoked: it no longer opens a lesson.",
+}
+
+
+class DeskError(Exception):
+    """A page-level refusal: shown as the error page with `status`, `heading` and `problem`."""
+
+    def __init__(self, status: int, heading: str, problem: str, *, back: str | None = None) -> None:
+        super().__init__(f"{status} {heading}: {problem}")
+        self.status = status
+        self.heading = heading
+        self.problem = problem
+        self.back = back
+
+
+class DeskOff(Exception):
+    """`TEACHER_PASSWORD` is unset: every desk page says how to turn the desk on."""
+
+
+class SignInRequired(Exception):
+    """No signed-in session: the page redirects to the sign-in form, coming back to `next_path` after."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def teacher_auth(request: Request) -> TeacherAuth:
+    auth: TeacherAuth | None = request.app.state.teacher_auth
+    if auth is None:
+        raise DeskOff()
+    return auth
+
+
+def current_session(request: Request, auth: TeacherAuth) -> DeskSession | None:
+    return auth.decode(request.cookies.get(SESSION_COOKIE), now=time.time())
+
+
+def signed_in(request: Request, auth: Annotated[TeacherAuth, Depends(teacher_auth)]) -> DeskSession:
+    """The signed-in session, or `SignInRequired` (a redirect to the sign-in page)."""
+    session = current_session(request, auth)
+    if session is None or not session.signed_in:
+        raise SignInRequired(request.url.path)
+    return session
+
+
+Teacher = Annotated[DeskSession, Depends(signed_in)]
+
+
+async def checked_form(request: Request, session: DeskSession | None) -> dict[str, str]:
+    """The POSTed form once its size and CSRF token are good; `DeskError` otherwise, nothing read further."""
+    try:
+        form = await read_form(request)
+    except BodyTooLarge as exc:
+        raise DeskError(413, "Form too large", "That form was larger than the desk accepts.") from exc
+    except InvalidInput as exc:
+        raise DeskError(400, "Form not readable", "That form could not be read. Reload the page and try again.") \
+            from exc
+    if not csrf_matches(session, form.get(CSRF_FIELD)):
+        raise DeskError(403, "Form refused", "This form expired or did not come from the desk. "
+                        "Reload the page and send it again.")
+    form.pop(CSRF_FIELD)
+    return form
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """A lesson link as the desk shows it: the full URL to send the student."""
+
+    id: str
+    url: str
+    expires_at: datetime | None
+
+
+def lesson_link_url(request: Request, link: Link) -> str:
+    """The full lesson URL for `link`: PUBLIC_URL when set, else the address this request came to.
+
+    Starlette takes the request's address from a Host header only when it is a valid host; the pages
+    show the URL autoescaped all the same.
+    """
+    settings: Settings = request.app.state.settings
+    base = str(settings.public_url) if settings.public_url else str(request.base_url)
+    expires_at = int(link.expires_at.timestamp()) if link.expires_at is not None else None
+    token = make_lesson_token(request.app.state.link_secret, student_id=link.student_id, link_id=link.id,
+                              expires_at=expires_at)
+    return lesson_url(base, token)
+
+
+def link_view(request: Request, link: Link) -> LinkView:
+    return LinkView(id=link.id, url=lesson_link_url(request, link), expires_at=link.expires_at)
+
+
+def database(request: Request) -> AbstractAsyncContextManager[AsyncSession]:
+    """One transaction on the lesson records: committed when the block ends, rolled back if it raises."""
+    return _transaction(request.app.state.db)
+
+
+@asynccontextmanager
+async def _transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    async with sessions() as db, db.begin():
+        yield db
+
+
+def render(request: Request, template: str, session: DeskSession | None, context: dict[str, Any] | None = None,
+           *, status_code: int = 200) -> HTMLResponse:
+    templates: Jinja2Templates = request.app.state.templates
+    notice = NOTICES.get(request.query_params.get("notice", ""))
+    base = {
+        "signed_in": session is not None and session.signed_in,
+        "csrf_token": session.csrf_token if session else "",
+        "notice": notice,
+    }
+    response = templates.TemplateResponse(request, f"teacher/{template}", base | (context or {}),
+                                          status_code=status_code)
+    # Desk pages hold students' names and links: never kept by a shared cache or the back-forward cache.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def redirect(path: str, *, notice: str | None = None) -> RedirectResponse:
+    """A 303 to `path` (a desk path), announcing `notice` (a key of NOTICES) there."""
+    assert notice is None or notice in NOTICES
+    return RedirectResponse(f"{path}?{urlencode({'notice': notice})}" if notice else path, status_code=303)
+
+
+def set_session_cookie(request: Request, response: Response, auth: TeacherAuth, session: DeskSession) -> None:
+    response.set_cookie(
+        SESSION_COOKIE, auth.encode(session), max_age=SESSION_MAX_AGE_S, path=DESK_PATH,
+        httponly=True, samesite="strict", secure=request.url.scheme == "https",
+    )
+
+
+def clear_session_cookie(request: Request, response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, path=DESK_PATH, httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
+
+
+def safe_next(path: str | None) -> str:
+    """Where to go after signing in: a desk path only, so the sign-in form cannot redirect off-site."""
+    if path and (path == DESK_PATH or path.startswith(DESK_PATH + "/")) and "//" not in path and "\\" not in path:
+        return path
+    return DESK_PATH
+
+
+def error_page(request: Request, error: DeskError) -> HTMLResponse:
+    auth: TeacherAuth | None = request.app.state.teacher_auth
+    session = current_session(request, auth) if auth else None
+    return render(request, "error.html", session, {
+        "heading": error.heading, "problem": error.problem, "back": error.back,
+    }, status_code=error.status)
+
+
+def off_page(request: Request) -> HTMLResponse:
+    return render(request, "off.html", None, status_code=503)
+
+
+def sign_in_redirect(error: SignInRequired) -> RedirectResponse:
+    return RedirectResponse(f"{DESK_PATH}/signin?{urlencode({'next': safe_next(error.next_path)})}", status_code=303)

@@ -9,6 +9,7 @@ import pytest
 from desk_client import PASSWORD, Desk, csrf_token, serve_desk
 from pydantic import SecretStr
 
+from app.settings import ConfigurationError, load_settings
 from app.teacher.auth import SESSION_MAX_AGE_S, DeskSession, SignInLimiter, TeacherAuth
 
 
@@ -171,3 +172,14 @@ def test_password_comparison_is_exact() -> None:
     assert not auth.password_matches(PASSWORD + " ")
     assert not auth.password_matches(PASSWORD[:-1])
     assert not auth.password_matches("")
+
+
+def test_a_short_teacher_password_stops_the_start_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEACHER_PASSWORD", "hunter2")
+    monkeypatch.setenv("PUBLIC_URL", "ftp://lessons.example.org")
+    with pytest.raises(ConfigurationError) as stopped:
+        load_settings()
+    message = str(stopped.value)
+    assert "TEACHER_PASSWORD: Value should have at least 8 items" in message
+    assert "hunter2" not in message
+    assert "PUBLIC_URL='ftp://lessons.example.org'" in message

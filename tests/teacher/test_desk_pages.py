@@ -53,7 +53,8 @@ async def test_adding_a_student_gives_them_a_link(desk_on: Desk) -> None:
     assert "<h1>Ana Lima" in student_page.text
     assert "Spanish" in student_page.text
     link = re.search(r'class="link-field" type="text" readonly value="([^"]+)"', student_page.text)
-    assert link and link.group(1).startswith(f"{desk_on.server.base_url}/?token=")
+    assert link
+    assert link.group(1).startswith(f"{desk_on.server.base_url}/?token=")
     assert await count(desk_on.app, Student) == 1
     assert await count(desk_on.app, Link) == 1
     assert "Ana Lima" in (await desk_on.client.get("/teacher")).text
@@ -200,9 +201,9 @@ async def test_forms_for_unknown_students_are_404_and_write_nothing(desk_on: Des
 
 async def test_lesson_page_shows_the_conversation_failures_usage_and_cost(desk_on: Desk) -> None:
     ana = await add_student(desk_on.app)
+    upstream_error = {"code": "server_error", "message": "The server had an error"}
     await add_lesson(desk_on.app, ana.id, "lesson-1", turns=CONVERSATION, cost=0.0456,
-                     events=(("greeting_retry", GREETING_FAILED), ("upstream_error", {"code": "server_error",
-                                                                                      "message": "The server had an error"})))
+                     events=(("greeting_retry", GREETING_FAILED), ("upstream_error", upstream_error)))
 
     page = await desk_on.client.get("/teacher/lessons/lesson-1")
 
@@ -226,9 +227,9 @@ async def test_failures_page_groups_every_failure_by_day(desk_on: Desk) -> None:
     # The page counts back from now, so these failures are placed relative to now.
     await add_lesson(desk_on.app, ana.id, "day-1", started_at=_days_ago(10),
                      events=(("greeting_failed", GREETING_FAILED),))
+    incomplete = {"status": "incomplete", "reason": "max_output_tokens"}
     await add_lesson(desk_on.app, ana.id, "day-2", started_at=_days_ago(2),
-                     events=(("greeting_retry", GREETING_FAILED), ("response_incomplete",
-                                                                   {"status": "incomplete", "reason": "max_output_tokens"})))
+                     events=(("greeting_retry", GREETING_FAILED), ("response_incomplete", incomplete)))
     await add_lesson(desk_on.app, None, "day-3", started_at=_days_ago(1), events=(("refused", {"message": "origin"}),))
 
     page = await desk_on.client.get("/teacher/failures?days=7")
@@ -340,4 +341,5 @@ async def test_every_desk_page_is_labelled_headed_and_free_of_inline_code(desk_o
     audit = _PageAudit()
     audit.feed((await desk_on.client.get("/teacher/signin")).text)
     assert audit.inline == []
-    assert audit.controls == ["password"] and "password" in audit.labels
+    assert audit.controls == ["password"]
+    assert "password" in audit.labels

@@ -108,8 +108,9 @@ def _check_alive(process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextlib.contextmanager
-def run_stack(workdir: Path, *simulator_args: str) -> Iterator[Stack]:
-    """The simulator (`python -m app.simulator`) and the app (uvicorn) as processes, ready to use."""
+def run_stack(workdir: Path, *simulator_args: str, app_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """The simulator (`python -m app.simulator`) and the app (uvicorn) as processes, ready to use; the app's
+    environment has `app_env` on top of the stack's own."""
     record_dir = workdir / "recordings"
     record_dir.mkdir(parents=True, exist_ok=True)
     simulator_port, app_port = free_port(), free_port()
@@ -134,7 +135,7 @@ def run_stack(workdir: Path, *simulator_args: str) -> Iterator[Stack]:
             "LESSON_STARTS_PER_MINUTE": "1000",
             "DATABASE_URL": f"sqlite:///{workdir / 'lessons.db'}",
             "METRICS_TOKEN": METRICS_TOKEN,
-        }
+        } | (app_env or {})
         with app_log.open("wb") as out:
             app = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(app_port)],

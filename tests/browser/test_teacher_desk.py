@@ -1,0 +1,94 @@
+"""The teacher's desk in headless Chromium against the app and the simulator, as processes.
+
+What this proves: a teacher signs in with the keyboard, adds a student, and the personal link the desk
+shows opens a lesson (in a second page) that belongs to that student; once the lesson has ended its
+transcript and cost are on the desk, and the desk's pages fit a phone's width.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from browser_stack import LessonPage, Stack, launch_chromium, make_wav, run_stack, wait_for
+from playwright.sync_api import Page, Playwright, expect
+
+pytestmark = pytest.mark.browser
+
+PASSWORD = "desk-browser-test-password"
+PHONE = {"width": 375, "height": 740}
+
+
+def lesson_ended_line(stack: Stack) -> dict[str, object] | None:
+    for line in stack.logs[-1].read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"lesson_ended"' in line:
+            entry: dict[str, object] = json.loads(line)
+            return entry
+    return None
+
+
+def fits_the_width(page: Page) -> bool:
+    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+def test_teacher_adds_a_student_whose_lesson_shows_on_the_desk(
+    playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with run_stack(tmp_path_factory.mktemp("desk"), app_env={"TEACHER_PASSWORD": PASSWORD}) as stack:
+        browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
+        try:
+            desk = browser.new_page()
+            desk_errors: list[str] = []
+            desk.on("console", lambda message: desk_errors.append(message.text) if message.type == "error" else None)
+
+            # Sign in with the keyboard alone: the password field has focus, Enter sends the form.
+            desk.goto(f"{stack.url}/teacher")
+            expect(desk.get_by_role("heading", name="Sign in")).to_be_visible()
+            expect(desk.get_by_label("Password")).to_be_focused()
+            desk.keyboard.type(PASSWORD)
+            desk.keyboard.press("Enter")
+            expect(desk.get_by_role("heading", name="Students", exact=True)).to_be_visible()
+
+            desk.get_by_label("Name", exact=True).fill("Ana")
+            desk.get_by_label("Level", exact=True).select_option("A2")
+            desk.get_by_role("button", name="Add student").click()
+            expect(desk.get_by_role("heading", name="Ana", level=1)).to_be_visible()
+            expect(desk.get_by_role("status")).to_contain_text("Student added")
+            link = desk.get_by_label("Lesson link for Ana").input_value()
+            assert link.startswith(f"{stack.url}/?token=")
+
+            lesson = LessonPage.open(browser, link)
+            expect(lesson.page.get_by_label("Name")).to_have_value("Ana")
+            lesson.page.get_by_role("button", name="Start lesson").click()
+            expect(lesson.page.locator("#transcript .turn--tutor").first).to_contain_text("Ana", timeout=30_000)
+            lesson.wait_greeting_played()
+            lesson.page.get_by_role("button", name="End lesson").click()
+            lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+            ended = wait_for(lambda: lesson_ended_line(stack), timeout=15, what="the lesson_ended log line")
+
+            # The records reach the database through the writer's queue: reload until the lesson is listed.
+            lesson_links = desk.locator("a[href^='/teacher/lessons/']")
+
+            def lesson_listed() -> bool:
+                desk.reload()
+                return lesson_links.count() == 1
+
+            wait_for(lesson_listed, timeout=30, what="the lesson on the student's page")
+            lesson_links.first.click()
+
+            expect(desk.get_by_role("heading", name="Transcript")).to_be_visible()
+            expect(desk.locator(".conversation .turn--tutor").first).to_contain_text("Ana")
+            cost = f"${float(str(ended['estimated_cost_usd'])):.4f}"
+            expect(desk.locator(".facts")).to_contain_text(cost)
+            assert re.fullmatch(r"\$\d+\.\d{4}", cost)
+
+            desk.set_viewport_size(PHONE)
+            assert fits_the_width(desk), "the lesson page is wider than a phone"
+            desk.goto(f"{stack.url}/teacher")
+            assert fits_the_width(desk), "the students page is wider than a phone"
+            assert desk_errors == []
+            assert lesson.console_errors == []
+        finally:
+            browser.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -82,16 +82,9 @@ async def student_summaries(db: AsyncSession, *, archived: bool = False) -> list
     rows = (await db.execute(query)).all()
     return [
         StudentSummary(student=student, lesson_count=count, minutes=float(seconds) / 60, cost_usd=float(cost),
-                       last_lesson_id=last_id, last_lesson_at=_aware(last_at))
+                       last_lesson_id=last_id, last_lesson_at=last_at)
         for student, count, seconds, cost, last_at, last_id in rows
     ]
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # max() over a column skips the column type's conversion on SQLite: the value comes back naive UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 async def get_student(db: AsyncSession, student_id: str) -> Student | None:

@@ -165,6 +165,7 @@ async def test_listing_students_with_their_lessons(api: Desk) -> None:
     assert [(s["name"], s["lesson_count"], s["minutes"], s["estimated_cost_usd"]) for s in students] == [
         ("Ana", 1, 1.5, 0.25), ("Zoe", 0, 0.0, 0.0)]
     assert students[0]["last_lesson_id"] == "lesson-1"
+    assert students[0]["last_lesson_at"] == "2026-03-02T09:30:00+00:00"
     assert students[0]["archived_at"] is None
     assert students[1]["archived_at"] is not None
 

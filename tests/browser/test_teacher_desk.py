@@ -39,12 +39,11 @@ def test_teacher_adds_a_student_whose_lesson_shows_on_the_desk(
     with run_stack(tmp_path_factory.mktemp("desk"), app_env={"TEACHER_PASSWORD": PASSWORD}) as stack:
         browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
         try:
-            desk = browser.new_page()
-            desk_errors: list[str] = []
-            desk.on("console", lambda message: desk_errors.append(message.text) if message.type == "error" else None)
+            # LessonPage keeps any page's console errors and Content-Security-Policy violations.
+            teacher = LessonPage.open(browser, f"{stack.url}/teacher")
+            desk = teacher.page
 
             # Sign in with the keyboard alone: the password field has focus, Enter sends the form.
-            desk.goto(f"{stack.url}/teacher")
             expect(desk.get_by_role("heading", name="Sign in")).to_be_visible()
             expect(desk.get_by_label("Password")).to_be_focused()
             desk.keyboard.type(PASSWORD)
@@ -84,11 +83,13 @@ def test_teacher_adds_a_student_whose_lesson_shows_on_the_desk(
             expect(desk.locator(".facts")).to_contain_text(cost)
             assert re.fullmatch(r"\$\d+\.\d{4}", cost)
 
+            assert teacher.csp_violations() == []
             desk.set_viewport_size(PHONE)
             assert fits_the_width(desk), "the lesson page is wider than a phone"
             desk.goto(f"{stack.url}/teacher")
             assert fits_the_width(desk), "the students page is wider than a phone"
-            assert desk_errors == []
+            assert teacher.csp_violations() == []
+            assert teacher.console_errors == []
             assert lesson.console_errors == []
         finally:
             browser.close()

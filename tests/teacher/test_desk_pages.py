@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from desk_client import Desk
 from records import GREETING_FAILED, START, add_lesson, add_student, count
 
+from app.links import LinkError, verify_lesson_token
 from app.store.models import Lesson, LessonEvent, Link, Student, Turn
+from app.store.queries import student_for_link
 
 CONVERSATION = (("tutor", "Hello Ana! How are you today?"), ("student", "I am fine, thank you."),
                 ("tutor", "Great. What did you do <b>yesterday</b>?"))
@@ -21,6 +26,12 @@ CONVERSATION = (("tutor", "Hello Ana! How are you today?"), ("student", "I am fi
 
 def ids_of(html: str, pattern: str) -> list[str]:
     return re.findall(pattern, html)
+
+
+def shown_links(page: str) -> list[str]:
+    """The lesson links a desk page shows, as the teacher copies them."""
+    found = re.findall(r'class="link-field" type="text" readonly value="([^"]+)"', page)
+    return [html.unescape(link) for link in found]
 
 
 async def test_students_page_shows_lessons_minutes_cost_and_last_lesson(desk_on: Desk) -> None:
@@ -52,9 +63,9 @@ async def test_adding_a_student_gives_them_a_link(desk_on: Desk) -> None:
     assert "Student added. Their lesson link is below." in student_page.text
     assert "<h1>Ana Lima" in student_page.text
     assert "Spanish" in student_page.text
-    link = re.search(r'class="link-field" type="text" readonly value="([^"]+)"', student_page.text)
-    assert link
-    assert link.group(1).startswith(f"{desk_on.server.base_url}/?token=")
+    links = shown_links(student_page.text)
+    assert len(links) == 1
+    assert links[0].startswith(f"{desk_on.server.base_url}/?token=")
     assert await count(desk_on.app, Student) == 1
     assert await count(desk_on.app, Link) == 1
     assert "Ana Lima" in (await desk_on.client.get("/teacher")).text
@@ -343,3 +354,30 @@ async def test_every_desk_page_is_labelled_headed_and_free_of_inline_code(desk_o
     assert audit.inline == []
     assert audit.controls == ["password"]
     assert "password" in audit.labels
+
+
+async def _link_opens_a_lesson_for(desk: Desk, link_url: str) -> str:
+    """The student name the lesson path finds for `link_url`, or LinkError when it refuses the link."""
+    token = parse_qs(urlsplit(link_url).query)["token"][0]
+    claim = verify_lesson_token(token, desk.app.state.link_secret, now=time.time())
+    return (await student_for_link(desk.app.state.db, claim, datetime.now(UTC))).name
+
+
+async def test_the_desks_link_opens_a_lesson_until_revoked_or_archived(desk_on: Desk) -> None:
+    added = await desk_on.submit("/teacher/students", {"name": "Ana", "level": "A2"})
+    page = added.headers["location"].split("?")[0]
+    student_id = page.rsplit("/", 1)[1]
+    first_link = shown_links((await desk_on.client.get(page)).text)[0]
+    assert await _link_opens_a_lesson_for(desk_on, first_link) == "Ana"
+
+    first_id = ids_of((await desk_on.client.get(page)).text, r"/links/([0-9a-f]+)/revoke")[0]
+    await desk_on.submit(f"{page}/links/{first_id}/revoke", page=page)
+    with pytest.raises(LinkError, match="revoked"):
+        await _link_opens_a_lesson_for(desk_on, first_link)
+
+    await desk_on.submit(f"{page}/links", page=page)
+    second_link = shown_links((await desk_on.client.get(page)).text)[0]
+    assert await _link_opens_a_lesson_for(desk_on, second_link) == "Ana"
+    await desk_on.submit(f"/teacher/students/{student_id}/archive", page=page)
+    with pytest.raises(LinkError, match="archived"):
+        await _link_opens_a_lesson_for(desk_on, second_link)

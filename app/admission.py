@@ -1,60 +1,109 @@
 """Who may start a lesson, and how many run at once.
 
 `LessonRegistry` holds a place for each lesson this process runs and drains them on shutdown; the
-places themselves (`MAX_SESSIONS`, and `LESSON_STARTS_PER_MINUTE` per client) are counted for the whole
-replica by a `Places`: `LocalPlaces` when the replica is this one process, the supervisor's (see
-`app.replica`) when it has several workers. `origin_allowed` refuses cross-site WebSocket handshakes.
-All are plain objects driven by the route, with the time passed in.
+places themselves (`MAX_SESSIONS`, `LESSON_STARTS_PER_MINUTE` per client address, and for a lesson link
+`LINK_STARTS_PER_MINUTE` and one live lesson) are counted for the whole replica by a `Places`:
+`LocalPlaces` when the replica is this one process, the supervisor's (see `app.replica`) when it has
+several workers. `origin_allowed` refuses cross-site WebSocket handshakes. All are plain objects driven
+by the route, with the time passed in.
+
+A lesson link opens one live lesson at a time: a second start **replaces** the first, which ends telling
+its page so. Refusing it instead would lock the student out whenever the first lesson's page vanished
+without closing (a crashed tab, a phone that lost its network) until the server noticed, up to a minute;
+replacing lets the student who has the link in front of them now carry on, while the link's start rate
+bounds what a link shared by mistake can spend.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from app.errors import OverCapacity
 
 
+@dataclass(frozen=True, slots=True)
+class Start:
+    """A lesson asking for a place: its id, the client address it came from, and its lesson link if any."""
+
+    lesson_id: str
+    client: str
+    link_id: str | None = None
+
+
+ReplaceLesson = Callable[[str], None]
+
+
+def ignore_replacement(lesson_id: str) -> None:
+    """Until a registry listens, there is no lesson to end."""
+
+
 class Places(Protocol):
-    """The replica's lesson places: capacity and the start rate per client, for every worker together."""
+    """The replica's lesson places: capacity, the start rates and one live lesson per link, for every worker."""
 
-    async def take(self, client: str, now: float) -> None:
-        """Hold a place for a lesson of `client`, or raise `OverCapacity` saying why not."""
+    # Set by the registry: called with the id of a lesson that a newer start of its link replaces.
+    on_replaced: ReplaceLesson
 
-    def give_back(self) -> None:
+    async def take(self, start: Start, now: float) -> None:
+        """Hold a place for `start`, or raise `OverCapacity` saying why not."""
+
+    def give_back(self, start: Start) -> None:
         """A lesson that held a place has ended."""
 
 
 class LocalPlaces:
-    """The places of a replica that is one process: `MAX_SESSIONS` and the start rate, counted here.
+    """The places of a replica that is one process: `MAX_SESSIONS`, the start rates and the links' live
+    lessons, counted here.
 
-    Capacity is checked before the start rate, so a refusal over capacity spends none of the client's starts.
+    Every limit is checked before any is spent, so a refusal (over capacity, or too many starts from the
+    address or the link) spends none of the client's or the link's starts. A start that replaces its link's
+    live lesson takes over that lesson's place, so a reload is never refused for capacity.
     """
 
-    def __init__(self, max_lessons: int, starts_per_minute: int) -> None:
+    def __init__(self, max_lessons: int, starts_per_minute: int, link_starts_per_minute: int = 4) -> None:
         self.max_lessons = max_lessons
         self.limiter = StartRateLimiter(starts_per_minute)
+        self.link_limiter = StartRateLimiter(link_starts_per_minute)
         self.taken = 0
+        self.on_replaced: ReplaceLesson = ignore_replacement
+        self._link_lessons: dict[str, str] = {}  # link id → the id of its live lesson
 
-    def take_now(self, client: str, now: float) -> None:
-        if self.taken >= self.max_lessons:
+    def take_now(self, start: Start, now: float) -> None:
+        link = start.link_id
+        replaced = self._link_lessons.get(link) if link is not None else None
+        if self.taken - (replaced is not None) >= self.max_lessons:
             raise OverCapacity(f"{self.taken} lessons open, MAX_SESSIONS is {self.max_lessons}")
-        if not self.limiter.allow(client, now):
+        if not self.limiter.allows(start.client, now):
             raise OverCapacity(
-                f"client {client!r} started more than {self.limiter.per_minute} lessons in a minute",
+                f"client {start.client!r} started more than {self.limiter.per_minute} lessons in a minute",
                 student_message="Too many lessons were started from here just now. Please wait a minute and try again.",
             )
+        if link is not None and not self.link_limiter.allows(link, now):
+            raise OverCapacity(
+                f"link {link!r} started more than {self.link_limiter.per_minute} lessons in a minute",
+                student_message="This lesson link was used to start a lesson several times just now. "
+                                "Please wait a minute and try again.",
+            )
+        self.limiter.record(start.client, now)
         self.taken += 1
+        if link is not None:
+            self.link_limiter.record(link, now)
+            self._link_lessons[link] = start.lesson_id
+        if replaced is not None:
+            self.on_replaced(replaced)
 
-    async def take(self, client: str, now: float) -> None:
-        self.take_now(client, now)
+    async def take(self, start: Start, now: float) -> None:
+        self.take_now(start, now)
 
-    def give_back(self) -> None:
+    def give_back(self, start: Start) -> None:
         self.taken -= 1
+        if start.link_id is not None and self._link_lessons.get(start.link_id) == start.lesson_id:
+            del self._link_lessons[start.link_id]
 
 
 class LessonRegistry:
@@ -62,7 +111,9 @@ class LessonRegistry:
 
     def __init__(self, places: Places) -> None:
         self.places = places
+        places.on_replaced = self._replace
         self.draining = asyncio.Event()
+        self._replaced: dict[str, asyncio.Event] = {}  # lesson id → set when a newer start of its link came
         self._open = 0
         self._all_closed = asyncio.Event()
         self._all_closed.set()
@@ -72,21 +123,28 @@ class LessonRegistry:
         return self._open
 
     @asynccontextmanager
-    async def admit(self, client: str, now: float) -> AsyncIterator[None]:
-        """Hold one lesson place for the block, or raise `OverCapacity` (also while draining)."""
+    async def admit(self, start: Start, now: float) -> AsyncIterator[asyncio.Event]:
+        """Hold one lesson place for the block, or raise `OverCapacity` (also while draining). The block gets
+        the event that is set when a newer start of the same lesson link replaces this lesson."""
         if self.draining.is_set():
             raise OverCapacity("server is draining for shutdown",
                                student_message="The lesson server is restarting. Please try again in a moment.")
-        await self.places.take(client, now)
+        await self.places.take(start, now)
+        replaced = self._replaced[start.lesson_id] = asyncio.Event()
         self._open += 1
         self._all_closed.clear()
         try:
-            yield
+            yield replaced
         finally:
             self._open -= 1
-            self.places.give_back()
+            del self._replaced[start.lesson_id]
+            self.places.give_back(start)
             if self._open == 0:
                 self._all_closed.set()
+
+    def _replace(self, lesson_id: str) -> None:
+        if (replaced := self._replaced.get(lesson_id)) is not None:
+            replaced.set()
 
     async def drain(self, grace_s: float) -> bool:
         """Tell every open lesson to end, then wait up to `grace_s` for them; True if all ended."""
@@ -110,16 +168,20 @@ class StartRateLimiter:
         self.per_minute = per_minute
         self._starts: dict[str, deque[float]] = {}
 
-    def allow(self, client: str, now: float) -> bool:
+    def allows(self, client: str, now: float) -> bool:
+        """Whether `client` may start a lesson at `now`; spends nothing (see `record`)."""
         if len(self._starts) > self._MAX_CLIENTS_BEFORE_SWEEP:
             self._sweep(now)
-        starts = self._starts.setdefault(client, deque())
+        starts = self._starts.get(client)
+        if starts is None:
+            return True
         while starts and starts[0] <= now - self.WINDOW_S:
             starts.popleft()
-        if len(starts) >= self.per_minute:
-            return False
-        starts.append(now)
-        return True
+        return len(starts) < self.per_minute
+
+    def record(self, client: str, now: float) -> None:
+        """Count a start of `client` at `now`."""
+        self._starts.setdefault(client, deque()).append(now)
 
     def _sweep(self, now: float) -> None:
         for client in [c for c, starts in self._starts.items() if not starts or starts[-1] <= now - self.WINDOW_S]:

@@ -7,7 +7,13 @@ the running app holds it at `app.state.link_secret`. A valid signature is not en
 checked when the link is used (revoked, expired, student archived or deleted) by `app.store.queries`.
 Make a student and their link with:
 
-    python -m app.links --name Ana --level A1 --hours 48 --base-url https://lessons.example.org
+    python -m app.links --name Ana --level A1 --hours 48 --base-url https://lessons.example.org \
+        [--topic "ordering food"] [--support Spanish]
+
+The link fixes everything the tutor's instructions say about the lesson: the student's name and level
+(their record), the topic and the support language (the link's row); the page's query can change none of
+it. The payload's keys are short and versioned by what they hold: `s` student id, `k` link id, `e` expiry
+(Unix seconds, or null); a key added later is ignored by older servers.
 """
 
 from __future__ import annotations
@@ -123,24 +129,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="the student's name, as the tutor will say it")
     parser.add_argument("--level", default="A1", choices=LEVELS)
     parser.add_argument("--target-language", default=None, help="the language they learn, when not the server's")
+    parser.add_argument("--topic", default=None, help="what the lessons are about, e.g. 'ordering food'")
+    parser.add_argument("--support", default=None,
+                        help="a language the tutor may use for a single word when the student is stuck")
     parser.add_argument("--hours", type=_hours, default=24.0,
                         help=f"how long the link stays valid: above 0, at most {MAX_LINK_HOURS}")
     parser.add_argument("--base-url", type=_base_url, default="http://localhost:8000",
                         help="the lesson page's public address")
     args = parser.parse_args(argv)
     try:
-        name = LessonRequest.model_validate({"name": args.name, "level": args.level}).name
+        request = LessonRequest.model_validate({"name": args.name, "level": args.level, "topic": args.topic,
+                                                "support": args.support})
     except ValidationError as exc:
-        parser.error(f"--name {args.name!r}: {exc.errors()[0]['msg']}")
+        first = exc.errors()[0]
+        parser.error(f"--{first['loc'][0]} {first['input']!r}: {first['msg']}")
     settings = load_settings()
     expires_at = datetime.now(UTC) + timedelta(hours=args.hours)
-    token = asyncio.run(_create_student_link(settings, name=name, level=args.level,
-                                             target_language=args.target_language, expires_at=expires_at))
+    token = asyncio.run(_create_student_link(settings, name=request.name, level=args.level,
+                                             target_language=args.target_language, topic=request.topic,
+                                             support_language=request.support, expires_at=expires_at))
     print(lesson_url(args.base_url, token))
 
 
 async def _create_student_link(settings: Settings, *, name: str, level: str, target_language: str | None,
-                               expires_at: datetime) -> str:
+                               topic: str | None, support_language: str | None, expires_at: datetime) -> str:
     # Imported here: the store (SQLAlchemy, Alembic) is not needed to verify a token.
     from app.store import queries
     from app.store.runtime import opened_database
@@ -148,7 +160,8 @@ async def _create_student_link(settings: Settings, *, name: str, level: str, tar
     async with opened_database(settings) as sessions:
         secret = await queries.lesson_link_secret(sessions, settings)
         student = await queries.create_student(sessions, name=name, level=level, target_language=target_language)
-        link = await queries.create_link(sessions, student_id=student.id, expires_at=expires_at)
+        link = await queries.create_link(sessions, student_id=student.id, expires_at=expires_at, topic=topic,
+                                         support_language=support_language)
     return make_lesson_token(secret, student_id=student.id, link_id=link.id,
                              expires_at=math.floor(expires_at.timestamp()))
 

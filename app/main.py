@@ -94,7 +94,8 @@ def create_app(
     app = FastAPI(title="lesson relay", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.lessons = lessons = LessonRegistry(
-        places or LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute))
+        places or LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute,
+                              settings.link_starts_per_minute))
     app.state.metrics = LessonMetrics(lambda: lessons.open_lessons)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

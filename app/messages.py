@@ -7,6 +7,7 @@ What the page may send is an allowlist validated here; anything else is refused 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -15,8 +16,35 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 LEVELS = ("A1", "A2", "B1", "B2", "C1", "C2")
 Level = Literal["A1", "A2", "B1", "B2", "C1", "C2"]
 
-_NAME_PUNCTUATION = frozenset(" -'.")
-_LANGUAGE = re.compile(r"^[^\W\d_]+(?: [^\W\d_]+)*$")
+# What a name looks like (lesson.js's NAME_PATTERN mirrors it): at most MAX_NAME_WORDS words of at most
+# MAX_NAME_LENGTH characters in all, each word either letters (with their accents) joined by single hyphens
+# or apostrophes, straight or curly ("Jean-Luc", "O'Brien") or initials ("J.", "J.R.R."). A dot may only follow a
+# single letter, so nothing shaped like a sentence ("Ana. Speak only French.") passes, while
+# "María de los Ángeles" and "J. R. R. Tolkien" do.
+MAX_NAME_WORDS = 5
+MAX_NAME_LENGTH = 40
+# A word's shape: each letter or combining mark becomes "L", anything else stays as it is.
+_NAME_WORD_SHAPE = re.compile(r"^(?:L+(?:['\u2019-]L+)*|(?:L\.)+)$")
+# A language name: one to three words of letters ("Spanish", "Brazilian Portuguese").
+_LANGUAGE = re.compile(r"^[^\W\d_]+(?: [^\W\d_]+){0,2}$")
+
+
+def _word_shape(word: str) -> str:
+    return "".join("L" if unicodedata.category(ch)[0] in "LM" else ch for ch in word)
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` is not a name, or None when it is one (runs of spaces count as one)."""
+    if any(ch.isspace() and ch != " " for ch in name):
+        return "holds a line break or a tab; a name is one line of words separated by spaces"
+    words = name.split()
+    if len(words) > MAX_NAME_WORDS:
+        return f"has {len(words)} words; a name has at most {MAX_NAME_WORDS}"
+    for word in words:
+        if not _NAME_WORD_SHAPE.match(_word_shape(word)):
+            return (f"word {word!r} is not part of a name: letters, joined by - or ' if need be, "
+                    "or an initial with its dot")
+    return None
 
 
 class LessonRequest(BaseModel):
@@ -24,7 +52,7 @@ class LessonRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
-    name: str = Field(min_length=1, max_length=40)
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     level: Level = "A1"
     support: str | None = Field(default=None, min_length=1, max_length=30)
     topic: str | None = Field(default=None, min_length=1, max_length=80)
@@ -35,9 +63,10 @@ class LessonRequest(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_is_a_name(cls, name: str) -> str:
-        # The name is spoken by the tutor and lands in its instructions: letters and name punctuation only.
-        if not any(ch.isalpha() for ch in name) or not all(ch.isalpha() or ch in _NAME_PUNCTUATION for ch in name):
-            raise ValueError(f"name {name!r} may hold only letters, spaces, hyphens, apostrophes and dots")
+        # The name is spoken by the tutor and lands in its instructions (quoted, as data): it must look like one.
+        name = unicodedata.normalize("NFC", name)
+        if (problem := name_problem(name)) is not None:
+            raise ValueError(f"name {name!r} {problem}")
         return " ".join(name.split())
 
     @field_validator("support")
@@ -57,9 +86,10 @@ class LessonRequest(BaseModel):
 
 # What the student reads when a lesson parameter is refused; the log gets pydantic's own wording.
 _PARAMETER_WORDS = {
-    "name": "Please type your name with letters only (at most 40).",
+    "name": "Please type your name: at most 5 words of letters (a hyphen, an apostrophe or an initial's dot "
+            "is fine), 40 characters in all.",
     "level": "Please choose a level from A1 to C2.",
-    "support": "The support language must be the name of a language, like Spanish.",
+    "support": "The support language must be the name of a language, like Spanish (at most 3 words).",
     "topic": "The topic must be short plain text (at most 80 characters).",
     "token": "This lesson link is not valid.",
     "student_key": "This page's student key is not valid. Please reload the page.",

@@ -6,6 +6,7 @@ per level. The template is rendered with StrictUndefined so a missing variable f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -70,6 +71,8 @@ _TEMPLATES = Environment(
     autoescape=False,
     keep_trailing_newline=False,
 )
+# Text from outside the template enters it as a JSON string: quoted, with nothing that could close the quotes.
+_TEMPLATES.filters["quoted"] = lambda value: json.dumps(str(value), ensure_ascii=False)
 
 
 def tutor_instructions(

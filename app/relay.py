@@ -70,8 +70,10 @@ class Relay:
         self._close_code = 1000
         self._close_reason = ""
 
-    async def run(self, connect_upstream: Callable[[], Awaitable[RealtimeClient]], shutdown: asyncio.Event) -> None:
-        """Carry the lesson from the accepted page socket to its end; returns once both sockets are closed."""
+    async def run(self, connect_upstream: Callable[[], Awaitable[RealtimeClient]], shutdown: asyncio.Event,
+                  replaced: asyncio.Event | None = None) -> None:
+        """Carry the lesson from the accepted page socket to its end; returns once both sockets are closed.
+        `shutdown` ends it for a drain, `replaced` when its lesson link started another lesson."""
         try:
             await self._carry_out(self.session.begin(self.clock()))
             connecting_at = self.clock()
@@ -91,6 +93,8 @@ class Relay:
                 pumps.create_task(self._pump_upstream(upstream))
                 pumps.create_task(self._pump_timers())
                 pumps.create_task(self._watch_shutdown(shutdown))
+                if replaced is not None:
+                    pumps.create_task(self._watch_replaced(replaced))
         except* _LessonOver:
             pass
         except* Exception as crash:
@@ -155,6 +159,10 @@ class Relay:
     async def _watch_shutdown(self, shutdown: asyncio.Event) -> None:
         await shutdown.wait()
         await self._carry_out(self.session.handle_shutdown(self.clock()))
+
+    async def _watch_replaced(self, replaced: asyncio.Event) -> None:
+        await replaced.wait()
+        await self._carry_out(self.session.handle_replaced(self.clock()))
 
     async def _carry_out(self, actions: Sequence[Action]) -> None:
         if actions and type(actions[-1]) is Close:

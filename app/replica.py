@@ -9,9 +9,11 @@ on the audio path). A worker that dies has its places given back (its socket pai
 replaced. SIGTERM (or SIGINT) is passed to every worker, each drains its own lessons, and the supervisor
 exits 0 once all have.
 
-Wire format on a worker's socket pair, one JSON object per line: the worker sends `{"take": client}` and
-reads `{}` (a place is held) or `{"detail": …, "student_message": …}` (refused); `{"give_back": true}`
-returns a place and has no answer.
+Wire format on a worker's socket pair, one JSON object per line: the worker sends
+`{"take": client, "lesson": lesson_id, "link": link_id or null}` and reads `{}` (a place is held) or
+`{"detail": …, "student_message": …}` (refused); `{"give_back": lesson_id}` returns a place and has no
+answer. Unasked, the supervisor may send `{"replace": lesson_id}`: a newer start of that lesson's link
+took its place, and the worker ends it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 import orjson
 import structlog
 
-from app.admission import LocalPlaces
+from app.admission import LocalPlaces, ReplaceLesson, Start, ignore_replacement
 from app.errors import OverCapacity
 from app.logging import configure_logging
 from app.main import DrainingServer, create_app, exit_cleanly, server_config, shutdown_worst_case_seconds
@@ -45,67 +47,91 @@ class SupervisorPlaces:
 
     def __init__(self, channel: socket.socket) -> None:
         self._channel = channel
-        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reading: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
+        self._answer: asyncio.Future[dict[str, Any] | None] | None = None
+        self.on_replaced: ReplaceLesson = ignore_replacement
 
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._streams is None:
-            self._streams = await asyncio.open_connection(sock=self._channel)
-        return self._streams
+    async def _open(self) -> asyncio.StreamWriter:
+        if self._writer is None:
+            reader, self._writer = await asyncio.open_connection(sock=self._channel)
+            self._reading = asyncio.create_task(self._read(reader))
+        return self._writer
 
-    async def take(self, client: str, now: float) -> None:
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Hand each answer to the start waiting for it, and each replacement to the registry."""
+        while line := await reader.readline():
+            message: dict[str, Any] = orjson.loads(line)
+            if "replace" in message:
+                self.on_replaced(str(message["replace"]))
+            elif self._answer is not None and not self._answer.done():
+                self._answer.set_result(message)
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result(None)  # the supervisor is gone
+
+    async def take(self, start: Start, now: float) -> None:
         self._lock = self._lock or asyncio.Lock()
         async with self._lock:  # one question at a time: answers come back in order
-            reader, writer = await self._open()
-            writer.write(orjson.dumps({"take": client}) + b"\n")
-            answer = await reader.readline()
-        if not answer:
+            writer = await self._open()
+            self._answer = asyncio.get_running_loop().create_future()
+            if self._reading is not None and self._reading.done():
+                self._answer.set_result(None)
+            writer.write(orjson.dumps({"take": start.client, "lesson": start.lesson_id, "link": start.link_id})
+                         + b"\n")
+            refusal = await self._answer
+        if refusal is None:
             raise OverCapacity("the replica's supervisor is gone",
                                student_message="The lesson server is restarting. Please try again in a moment.")
-        refusal = orjson.loads(answer)
         if refusal:
             raise OverCapacity(refusal["detail"], student_message=refusal["student_message"])
 
-    def give_back(self) -> None:
-        if self._streams is not None:
-            self._streams[1].write(b'{"give_back":true}\n')
+    def give_back(self, start: Start) -> None:
+        if self._writer is not None:
+            self._writer.write(orjson.dumps({"give_back": start.lesson_id}) + b"\n")
 
     def close(self) -> None:
         """The worker is done: the supervisor gives back whatever places it still held."""
-        if self._streams is not None:
-            self._streams[1].close()
+        if self._writer is not None:
+            self._writer.close()
         else:
             self._channel.close()
 
 
 class PlaceKeeper:
-    """The supervisor's side of the workers' channels: the replica's places, and how many each worker holds."""
+    """The supervisor's side of the workers' channels: the replica's places, and which lessons each worker holds."""
 
     def __init__(self, places: LocalPlaces) -> None:
         self.places = places
-        self._held: dict[int, int] = {}
+        places.on_replaced = self._tell_replaced
+        self._held: dict[int, dict[str, Start]] = {}  # worker → its lessons holding a place, by id
+        self._writers: dict[int, asyncio.StreamWriter] = {}
         self._served: dict[int, asyncio.Event] = {}
 
     def serve(self, worker: int, channel: socket.socket) -> asyncio.Task[None]:
         """Answer `worker`'s questions on `channel` until it closes, then give back whatever it held."""
         self._served[worker] = asyncio.Event()
-        self._held[worker] = 0
+        self._held[worker] = {}
         return asyncio.create_task(self._answer(worker, channel))
 
     async def _answer(self, worker: int, channel: socket.socket) -> None:
         served = self._served[worker]
         reader, writer = await asyncio.open_connection(sock=channel)
+        self._writers[worker] = writer
         try:
             while line := await reader.readline():
                 question: dict[str, Any] = orjson.loads(line)
                 if "take" in question:
-                    writer.write(orjson.dumps(self._take(worker, str(question["take"]))) + b"\n")
-                elif question.get("give_back") and self._held[worker]:
-                    self._held[worker] -= 1
-                    self.places.give_back()
+                    link = question.get("link")
+                    start = Start(lesson_id=str(question["lesson"]), client=str(question["take"]),
+                                  link_id=None if link is None else str(link))
+                    writer.write(orjson.dumps(self._take(worker, start)) + b"\n")
+                elif (given := self._held[worker].pop(str(question.get("give_back")), None)) is not None:
+                    self.places.give_back(given)
         finally:
-            for _ in range(self._held.pop(worker)):
-                self.places.give_back()
+            del self._writers[worker]
+            for start in self._held.pop(worker).values():
+                self.places.give_back(start)
             writer.close()
             served.set()
 
@@ -113,13 +139,19 @@ class PlaceKeeper:
         """Return once the places of `worker`, whose channel has closed, are given back."""
         await self._served[worker].wait()
 
-    def _take(self, worker: int, client: str) -> dict[str, str]:
+    def _take(self, worker: int, start: Start) -> dict[str, str]:
         try:
-            self.places.take_now(client, time.monotonic())
+            self.places.take_now(start, time.monotonic())
         except OverCapacity as exc:
             return {"detail": exc.detail, "student_message": exc.student_message}
-        self._held[worker] += 1
+        self._held[worker][start.lesson_id] = start
         return {}
+
+    def _tell_replaced(self, lesson_id: str) -> None:
+        """Tell the worker running `lesson_id` to end it: its link started a newer lesson."""
+        for worker, lessons in self._held.items():
+            if lesson_id in lessons and worker in self._writers:
+                self._writers[worker].write(orjson.dumps({"replace": lesson_id}) + b"\n")
 
 
 @dataclass
@@ -149,7 +181,8 @@ class Supervisor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keeper = PlaceKeeper(LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute))
+        self.keeper = PlaceKeeper(LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute,
+                                              settings.link_starts_per_minute))
         self.workers = [Worker(index, sock) for index, sock in
                         enumerate(listening_sockets(settings.host, settings.port, settings.web_concurrency))]
         self._spawn = multiprocessing.get_context("spawn")

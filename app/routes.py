@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
 from app import messages
-from app.admission import LessonRegistry, origin_allowed
+from app.admission import LessonRegistry, Start, origin_allowed
 from app.errors import InvalidRequest, LessonError, OverCapacity, StoreUnavailable
 from app.metrics import LessonMetrics, bearer_allowed
 from app.prompts import tutor_instructions
@@ -114,7 +114,8 @@ async def lesson_socket(websocket: WebSocket) -> None:
         request, student = await student_for_request(
             request, lesson_secret_set=settings.lesson_secret is not None, link_secret=state.link_secret,
             sessions=state.db)
-        async with registry.admit(client, time.monotonic()):
+        start = Start(lesson_id=lesson_id, client=client, link_id=student.link_id)
+        async with registry.admit(start, time.monotonic()) as replaced:
             config = _lesson_config(lesson_id, request, settings, student)
             upstream: Upstream = state.upstream
             url = realtime_url(upstream.url, settings.openai_realtime_model)
@@ -127,7 +128,7 @@ async def lesson_socket(websocket: WebSocket) -> None:
 
             relay = Relay(websocket, LessonSession(config), log=lesson_log, records=state.records, metrics=metrics,
                           page=current_page_connection(), send_timeout_s=settings.browser_send_timeout_seconds)
-            await relay.run(connect_upstream, registry.draining)
+            await relay.run(connect_upstream, registry.draining, replaced)
     except (InvalidRequest, OverCapacity, StoreUnavailable) as exc:
         metrics.refused(exc.code)
         if student.student_id is not None and isinstance(exc, OverCapacity):

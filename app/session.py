@@ -401,6 +401,13 @@ class LessonSession:
             error=("server_restarting", "The lesson server is restarting. Please start the lesson again in a moment."),
         )
 
+    def handle_replaced(self, now: float) -> Sequence[Action]:
+        """The same lesson link started another lesson (a reload, another tab or device): end this one."""
+        if self.state is LessonState.ENDED:
+            return NO_ACTIONS
+        return self._finish("replaced", 1000, now, error=(
+            "lesson_replaced", "This lesson was opened again in another window or device, so it ended here."))
+
     def handle_crash(self, now: float) -> Sequence[Action]:
         """The lesson's own code raised unexpectedly: tell the student in plain words and end with 1011."""
         if self.state is LessonState.ENDED:

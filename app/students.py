@@ -58,9 +58,9 @@ async def student_for_request(request: LessonRequest, *, lesson_secret_set: bool
     whose lesson it is; `InvalidRequest` when a link is needed and missing, bad or withdrawn."""
     if request.token:
         student = await linked_student(request.token, link_secret=link_secret, sessions=sessions)
+        # Everything the instructions say about the lesson comes from the teacher's link, never the query.
         fixed = request.model_copy(update={
-            "name": student.name, "level": student.level,
-            "topic": student.topic or request.topic, "support": student.support_language or request.support,
+            "name": student.name, "level": student.level, "topic": student.topic, "support": student.support_language,
         })
         return fixed, LessonStudent(student_id=student.student_id, link_id=student.link_id)
     if lesson_secret_set:

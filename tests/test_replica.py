@@ -22,7 +22,7 @@ import pytest
 from harness import FAKE_KEY, LessonClient, open_lesson
 from test_faults import closed_with, plain_words
 
-from app.admission import LocalPlaces
+from app.admission import LocalPlaces, Start
 from app.errors import OverCapacity
 from app.replica import PlaceKeeper, SupervisorPlaces
 from app.simulator import RealtimeSimulator
@@ -44,30 +44,53 @@ async def worker_channels(keeper: PlaceKeeper, count: int) -> AsyncIterator[list
         await asyncio.gather(*served)
 
 
+def start(lesson_id: str, client: str, link_id: str | None = None) -> Start:
+    return Start(lesson_id=lesson_id, client=client, link_id=link_id)
+
+
 async def test_the_start_rate_and_the_places_count_across_workers() -> None:
     keeper = PlaceKeeper(LocalPlaces(max_lessons=3, starts_per_minute=2))
     async with worker_channels(keeper, 2) as [first, second]:
-        await first.take("10.0.0.1", 0.0)
-        await second.take("10.0.0.1", 1.0)
+        await first.take(start("L1", "10.0.0.1"), 0.0)
+        await second.take(start("L2", "10.0.0.1"), 1.0)
         with pytest.raises(OverCapacity, match="started more than 2 lessons"):
-            await first.take("10.0.0.1", 2.0)  # the same client's third start in a minute, on either worker
-        await second.take("10.0.0.2", 3.0)
+            await first.take(start("L3", "10.0.0.1"), 2.0)  # the client's third start in a minute, on either worker
+        await second.take(start("L4", "10.0.0.2"), 3.0)
         with pytest.raises(OverCapacity, match="3 lessons open, MAX_SESSIONS is 3"):
-            await first.take("10.0.0.3", 4.0)
-        second.give_back()
-        await first.take("10.0.0.3", 5.0)  # answered after the give-back: the channel keeps order per worker
+            await first.take(start("L5", "10.0.0.3"), 4.0)
+        second.give_back(start("L2", "10.0.0.1"))
+        await first.take(start("L6", "10.0.0.3"), 5.0)  # after the give-back: the channel keeps order per worker
 
 
 async def test_the_places_of_a_worker_that_dies_are_given_back() -> None:
     keeper = PlaceKeeper(LocalPlaces(max_lessons=2, starts_per_minute=100))
     async with worker_channels(keeper, 2) as [first, second]:
-        await first.take("10.0.0.1", 0.0)
-        await first.take("10.0.0.2", 0.0)
+        await first.take(start("L1", "10.0.0.1", "link-1"), 0.0)
+        await first.take(start("L2", "10.0.0.2"), 0.0)
         with pytest.raises(OverCapacity):
-            await second.take("10.0.0.3", 0.0)
+            await second.take(start("L3", "10.0.0.3"), 0.0)
         first.close()  # as when the worker's process dies
         await keeper.worker_gone(0)
-        await second.take("10.0.0.3", 1.0)
+        await second.take(start("L3", "10.0.0.3"), 1.0)
+        # The dead worker's link lesson is gone too: a new start of that link replaces nothing.
+        replaced: list[str] = []
+        second.on_replaced = replaced.append
+        await second.take(start("L4", "10.0.0.1", "link-1"), 2.0)
+        assert replaced == []
+
+
+async def test_a_link_started_again_on_another_worker_ends_its_lesson_on_the_first() -> None:
+    keeper = PlaceKeeper(LocalPlaces(max_lessons=1, starts_per_minute=100, link_starts_per_minute=2))
+    async with worker_channels(keeper, 2) as [first, second]:
+        replaced_on_first: asyncio.Queue[str] = asyncio.Queue()
+        first.on_replaced = replaced_on_first.put_nowait
+        await first.take(start("L1", "10.0.0.1", "link-1"), 0.0)
+        # The replica is full, but the new start takes over the place of the lesson it replaces.
+        await second.take(start("L2", "10.0.0.2", "link-1"), 1.0)
+        assert await replaced_on_first.get() == "L1"
+        first.give_back(start("L1", "10.0.0.1", "link-1"))  # the replaced lesson ends
+        with pytest.raises(OverCapacity, match="link 'link-1' started more than 2 lessons"):
+            await first.take(start("L3", "10.0.0.1", "link-1"), 2.0)
 
 
 class ProcessOutput:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_NAME_LINE = re.compile(r"The student's name is (.+?)\.[ \t]*$", re.MULTILINE)
+# The relay quotes the name ("Ana"); other clients may not (Ana).
+_NAME_LINE = re.compile(r"""The student's name is (?:"([^"\n]+)"|(.+?))\.[ \t]*$""", re.MULTILINE)
 _LEVEL_LINE = re.compile(r"The student's CEFR level is ([ABC][12])\.", re.MULTILINE)
 _LANGUAGE_LINE = re.compile(r"The target language is (.+?)\.[ \t]*$", re.MULTILINE)
 _MEMORY_HEADING = re.compile(r"^#[ \t]+What you remember about (.+?)[ \t]*$", re.MULTILINE)
@@ -80,7 +81,7 @@ def tutor_facts(instructions: str) -> tuple[str | None, str, str]:
     level = _LEVEL_LINE.search(instructions)
     language = _LANGUAGE_LINE.search(instructions)
     return (
-        name.group(1).strip() if name else None,
+        (name.group(1) or name.group(2)).strip() if name else None,
         level.group(1) if level else "A1",
         language.group(1).strip() if language else "English",
     )

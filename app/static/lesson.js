@@ -33,8 +33,10 @@ const SOURCE_RATE = 24000;
 const AUDIO_START_TIMEOUT_MS = 10000;
 // The microphone waits for the student to answer the browser's permission prompt: a person's pace.
 const MICROPHONE_TIMEOUT_MS = 60000;
-// Mirrors the relay's rule (app/messages.py): letters and name punctuation, at least one letter.
-const NAME_PATTERN = /^(?=.*\p{L})[\p{L} .'-]{1,40}$/u;
+// Mirrors the relay's rule (app/messages.py): at most 5 words, 40 characters, each word letters joined by
+// single hyphens or apostrophes, or initials with their dots ("J.", "J.R.R.").
+const NAME_WORD = String.raw`(?:[\p{L}\p{M}]+(?:['’-][\p{L}\p{M}]+)*|(?:\p{L}\.)+)`;
+const NAME_PATTERN = new RegExp(`^(?=.{1,40}$)${NAME_WORD}(?: ${NAME_WORD}){0,4}$`, "u");
 
 const STATUS_TEXT = {
   idle: "Ready when you are.",
@@ -455,9 +457,10 @@ function formatDuration(seconds) {
 let lesson = null;
 
 function readParams() {
-  const name = page.name.value.trim();
-  if (!NAME_PATTERN.test(name)) {
-    page.name.setCustomValidity("Please type your name: letters, spaces, - ' and . only, up to 40 characters.");
+  const name = page.name.value.trim().split(/ +/).join(" ");
+  if (!NAME_PATTERN.test(name.normalize("NFC"))) {
+    page.name.setCustomValidity(
+      "Please type your name: at most 5 words of letters (a hyphen, an apostrophe or an initial's dot is fine).");
     page.name.reportValidity();
     return null;
   }

@@ -49,7 +49,7 @@ async def test_session_update_comes_first_then_exactly_one_response_create_and_n
     assert types[0] == "session.update"
     assert types.count("response.create") == 1
     assert "conversation.item.create" not in types
-    assert upstream.received[0]["session"]["instructions"].count("The student's name is Ana.") == 1
+    assert upstream.received[0]["session"]["instructions"].count('The student\'s name is "Ana".') == 1
     assert upstream.request_headers is not None
     assert upstream.request_headers["Authorization"] == "Bearer sk-test-fake-key-not-real"
     assert "OpenAI-Beta" not in upstream.request_headers

@@ -74,7 +74,8 @@ def _spoken_name(name: str) -> str:
     try:
         return LessonRequest.model_validate({"name": name}).name
     except ValidationError:
-        raise ValueError("may hold only letters, spaces, hyphens, apostrophes and dots") from None
+        raise ValueError("may hold only letters in at most 5 words (joined by - or ' if need be) or initials "
+                         "with their dots, 40 characters in all") from None
 
 
 StudentName = Annotated[str, Field(min_length=1, max_length=40), AfterValidator(_spoken_name)]

@@ -49,13 +49,13 @@ log = structlog.get_logger("lesson_relay")
 
 def create_app(
     settings: Settings | None = None, *, log_stream: TextIO | None = None, places: Places | None = None,
-    record_sink: RecordSink | None = None,
+    record_sink: RecordSink | None = None, metrics_dir: str | None = None,
 ) -> FastAPI:
     """The application for `settings` (read from the environment when omitted), logging to `log_stream`.
 
-    `places` counts the replica's lesson places; by default this process is the whole replica. Lessons
-    hand their records to `record_sink`, by default the store's writer (the bench's baseline passes one
-    that discards).
+    `places` counts the replica's lesson places, and `metrics_dir` holds its metrics; by default this
+    process is the whole replica. Lessons hand their records to `record_sink`, by default the store's
+    writer (the bench's baseline passes one that discards).
     """
     settings = settings or load_settings()
 
@@ -93,10 +93,10 @@ def create_app(
 
     app = FastAPI(title="lesson relay", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
-    app.state.lessons = lessons = LessonRegistry(
+    app.state.lessons = LessonRegistry(
         places or LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute,
                               settings.link_starts_per_minute))
-    app.state.metrics = LessonMetrics(lambda: lessons.open_lessons)
+    app.state.metrics = LessonMetrics(shared_dir=metrics_dir)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)

@@ -3,8 +3,9 @@
 Counting happens where the shells already handle the lesson machine's `Log` actions: `LessonMetrics.observe`
 looks the event name up once per logged event (a lesson started, a response done, a greeting retried),
 never per audio frame. Each app owns its `CollectorRegistry`, so several apps in one process (the tests)
-never share counts. With `METRICS_TOKEN` set, /metrics (and the details of /healthz) need
-`Authorization: Bearer <token>`.
+never share counts. With several workers (`WEB_CONCURRENCY`) the supervisor gives them one directory
+for prometheus-client's multiprocess mode, and every worker's /metrics answers for the whole replica.
+With `METRICS_TOKEN` set, /metrics (and the details of /healthz) need `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.session import Log
 from app.settings import Settings
@@ -29,11 +31,15 @@ _OUTPUT_KINDS = {"text_tokens": "text_output", "audio_tokens": "audio_output"}
 class LessonMetrics:
     """The relay's metrics in their own registry; `observe` counts the machine's logged events."""
 
-    def __init__(self, open_lessons: Callable[[], int]) -> None:
+    def __init__(self, shared_dir: str | None = None) -> None:
+        """`shared_dir`: the replica's multiprocess directory, when this process is one of several workers
+        (prometheus-client then keeps every value there, as PROMETHEUS_MULTIPROC_DIR told it at import)."""
         self.registry = CollectorRegistry(auto_describe=True)
+        self.shared_dir = shared_dir
         registry = self.registry
-        self.lessons_open = Gauge("lesson_relay_lessons_open", "Lessons open now.", registry=registry)
-        self.lessons_open.set_function(lambda: float(open_lessons()))
+        # Held by the route around each admitted lesson (`track_inprogress`); summed over live workers.
+        self.lessons_open = Gauge("lesson_relay_lessons_open", "Lessons open now.", multiprocess_mode="livesum",
+                                  registry=registry)
         self.lessons_started = Counter("lesson_relay_lessons_started", "Lessons started.", registry=registry)
         self.lessons_ended = Counter("lesson_relay_lessons_ended", "Lessons ended, by reason.", ["reason"],
                                      registry=registry)
@@ -72,6 +78,14 @@ class LessonMetrics:
     def refused(self, code: str) -> None:
         self.refusals.labels(code=code).inc()
 
+    def exposition(self) -> bytes:
+        """The text /metrics serves: this process's metrics, or the whole replica's when it has workers."""
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        replica = CollectorRegistry()
+        MultiProcessCollector(replica, path=self.shared_dir)
+        return generate_latest(replica)
+
     def _response_done(self, fields: Mapping[str, Any]) -> None:
         self.responses.labels(status=str(fields.get("status"))).inc()
         usage = fields.get("usage") or {}
@@ -102,4 +116,4 @@ async def metrics_endpoint(request: Request) -> Response:
         return Response("a Bearer token (METRICS_TOKEN) is required\n", status_code=401,
                         media_type="text/plain", headers={"WWW-Authenticate": "Bearer"})
     metrics: LessonMetrics = request.app.state.metrics
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

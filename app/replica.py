@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
@@ -30,6 +32,7 @@ from typing import Any
 
 import orjson
 import structlog
+from prometheus_client import multiprocess
 
 from app.admission import LocalPlaces, ReplaceLesson, Start, ignore_replacement
 from app.errors import OverCapacity
@@ -181,6 +184,10 @@ class Supervisor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # The workers' metrics live here (prometheus-client's multiprocess mode), so that each worker's
+        # /metrics answers for the replica. The variable is read by prometheus-client in each spawned worker.
+        self.metrics_dir = tempfile.mkdtemp(prefix="lesson-relay-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         self.keeper = PlaceKeeper(LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute,
                                               settings.link_starts_per_minute))
         self.workers = [Worker(index, sock) for index, sock in
@@ -209,13 +216,14 @@ class Supervisor:
                 worker.process.kill()
         await asyncio.gather(*late, return_exceptions=True)
         exit_codes = [worker.process.exitcode for worker in self.workers if worker.process is not None]
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
         log.info("replica_stopped", exit_codes=exit_codes)
         return 0 if all(code == 0 for code in exit_codes) else 1
 
     async def _start(self, worker: Worker) -> None:
         ours, theirs = socket.socketpair()
         process = self._spawn.Process(target=run_worker, name=f"lesson-relay-worker-{worker.index}",
-                                      args=(worker.index, worker.listener, theirs), daemon=False)
+                                      args=(worker.index, worker.listener, theirs, self.metrics_dir), daemon=False)
         process.start()
         theirs.close()
         worker.process = process
@@ -235,6 +243,8 @@ class Supervisor:
                 loop.remove_reader(process.sentinel)
             process.join()
             await self.keeper.worker_gone(worker.index)
+            if process.pid is not None:
+                multiprocess.mark_process_dead(process.pid, self.metrics_dir)  # its open lessons are gone
             if self._stopping.is_set():
                 return
             log.error("worker_exited", worker=worker.index, exit_code=process.exitcode, restarting=True)
@@ -247,11 +257,12 @@ def run_replica(settings: Settings) -> int:
     return asyncio.run(Supervisor(settings).run())
 
 
-def run_worker(index: int, listener: socket.socket, channel: socket.socket) -> None:
-    """One worker: the app on `listener`, asking the supervisor over `channel` for lesson places."""
+def run_worker(index: int, listener: socket.socket, channel: socket.socket, metrics_dir: str) -> None:
+    """One worker: the app on `listener`, asking the supervisor over `channel` for lesson places, its metrics
+    kept in `metrics_dir` with the other workers'."""
     settings = load_settings()
     structlog.contextvars.bind_contextvars(worker=index, pid=os.getpid())
-    app = create_app(settings, places=SupervisorPlaces(channel))
+    app = create_app(settings, places=SupervisorPlaces(channel), metrics_dir=metrics_dir)
     # uvicorn drains on either signal, then raises it again for these handlers: exit 0 after a clean drain.
     # (Ctrl+C in a terminal reaches the workers directly as well as through the supervisor.)
     signal.signal(signal.SIGINT, exit_cleanly)

@@ -128,7 +128,8 @@ async def lesson_socket(websocket: WebSocket) -> None:
 
             relay = Relay(websocket, LessonSession(config), log=lesson_log, records=state.records, metrics=metrics,
                           page=current_page_connection(), send_timeout_s=settings.browser_send_timeout_seconds)
-            await relay.run(connect_upstream, registry.draining, replaced)
+            with metrics.lessons_open.track_inprogress():
+                await relay.run(connect_upstream, registry.draining, replaced)
     except (InvalidRequest, OverCapacity, StoreUnavailable) as exc:
         metrics.refused(exc.code)
         if student.student_id is not None and isinstance(exc, OverCapacity):

@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from harness import FAKE_KEY, LessonClient, open_lesson
+from prometheus_client.parser import text_string_to_metric_families
 from test_faults import closed_with, plain_words
 
 from app.admission import LocalPlaces, Start
@@ -201,3 +204,72 @@ async def test_two_workers_hold_max_sessions_for_the_replica_and_drain_on_sigter
     assert sorted((line["worker"], line["open_lessons_before"], line["all_closed"]) for line in drained) == [
         (0, 1, True), (1, 1, True)]
     assert output.of("replica_stopped")[0]["exit_codes"] == [0, 0]
+
+
+async def test_every_worker_answers_metrics_for_the_whole_replica(simulator: RealtimeSimulator, tmp_path: Path) -> None:
+    port = _free_port()
+    token = "replica-metrics-token"
+    env = os.environ | {
+        "WEB_CONCURRENCY": "2", "LESSON_STARTS_PER_MINUTE": "1000", "METRICS_TOKEN": token,
+        "OPENAI_API_KEY": FAKE_KEY, "OPENAI_REALTIME_URL": simulator.url, "PORT": str(port), "HOST": "127.0.0.1",
+        "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'lessons.db'}",
+    }
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    output = ProcessOutput(process.stdout)
+    url = f"ws://127.0.0.1:{port}/ws/lesson?name=Ana"
+    try:
+        await output.until(lambda lines: len([line for line in lines
+                                              if line.get("event") == "Application startup complete."]) == 2)
+        # Lessons, one after the other, until each worker has had two (connections land on workers at random).
+        lessons_on = {0: 0, 1: 0}
+        for _ in range(60):
+            async with contextlib.AsyncExitStack() as stack:
+                opened = await _lesson_on_its_worker(url, output, stack)
+                assert opened is not None, output.text
+                page, worker = opened
+                await page.send_json({"type": "end"})
+                await closed_with(page)
+            lessons_on[worker] += 1
+            if min(lessons_on.values()) >= 2:
+                break
+        total = sum(lessons_on.values())
+        assert min(lessons_on.values()) >= 2, output.text
+        await output.until(lambda lines: len([line for line in lines if line.get("event") == "lesson_ended"]) == total)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            scrapes = []
+            for _ in range(6):  # a new connection each: whichever worker the kernel gives it answers
+                response = await http.get("/metrics", headers={"Authorization": f"Bearer {token}",
+                                                               "Connection": "close"})
+                assert response.status_code == 200
+                scrapes.append({(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                                for family in text_string_to_metric_families(response.text)
+                                for sample in family.samples})
+            # A worker killed in the middle of a lesson: its open lesson is no longer counted.
+            async with contextlib.AsyncExitStack() as stack:
+                opened = await _lesson_on_its_worker(url, output, stack)
+                assert opened is not None, output.text
+                [started] = [line for line in output.of("lesson_started") if line["worker"] == opened[1]][-1:]
+                os.kill(started["pid"], signal.SIGKILL)
+                await output.until(lambda lines: any(line.get("event") == "worker_exited" for line in lines))
+                response = await http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        # Its replacement is up before the replica is stopped (a worker stopped while starting exits 1).
+        await output.until(lambda lines: len([line for line in lines
+                                              if line.get("event") == "Application startup complete."]) == 3)
+        open_after_kill = [sample.value for family in text_string_to_metric_families(response.text)
+                           for sample in family.samples if sample.name == "lesson_relay_lessons_open"]
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0, "".join(output.text)
+        await output.finished()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert open_after_kill == [0.0]
+    for samples in scrapes:
+        assert samples[("lesson_relay_lessons_started_total", ())] == total
+        assert samples[("lesson_relay_lessons_ended_total", (("reason", "student_ended"),))] == total
+        assert samples[("lesson_relay_greetings_total", (("outcome", "heard"),))] == total
+        assert samples[("lesson_relay_first_audio_seconds_count", ())] == total

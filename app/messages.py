@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -161,7 +162,7 @@ def parse_browser_message(text: str) -> Playback | End:
 
 # ---- relay → page -------------------------------------------------------------------------------
 
-StatusState = Literal["connecting", "greeting", "waiting", "tutor_speaking", "listening", "ended"]
+StatusState = Literal["connecting", "greeting", "waiting", "tutor_speaking", "listening", "feedback", "ended"]
 Role = Literal["tutor", "student"]
 
 
@@ -205,3 +206,19 @@ def transcript_done(*, role: Role, item_id: str, text: str) -> dict[str, Any]:
 
 def error(*, code: str, message: str, fatal: bool) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message, "fatal": fatal}
+
+
+def feedback_pending(*, timeout_s: float) -> dict[str, Any]:
+    """`status` `feedback`: the lesson is over and its feedback comes within `timeout_s` (or word that it will not)."""
+    return {"type": "status", "state": "feedback", "timeout_s": timeout_s}
+
+
+def feedback(content: Mapping[str, Any]) -> dict[str, Any]:
+    """The lesson's feedback: `summary`, `corrections` [{said, better, why}], `new_words` [{word, meaning}],
+    `next_step`; sent before `status` `ended`."""
+    return {"type": "feedback", **content}
+
+
+def feedback_unavailable(*, reason: str) -> dict[str, Any]:
+    return {"type": "feedback.unavailable", "reason": reason,
+            "message": "Your feedback could not be prepared this time."}

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from app.session import Log
+from app.actions import Log
 from app.settings import Settings
 
 # Token kinds as the prices name them; `cached` is the part of the input served from the cache.
@@ -47,6 +47,8 @@ class LessonMetrics:
                                  registry=registry)
         self.responses = Counter("lesson_relay_responses", "Upstream responses done, by status.", ["status"],
                                  registry=registry)
+        self.feedback = Counter("lesson_relay_feedback", "Lesson feedback at a normal end: given, or why not.",
+                                ["outcome"], registry=registry)
         self.refusals = Counter("lesson_relay_refusals", "Lessons refused before they started, by code.", ["code"],
                                 registry=registry)
         self.upstream_connect_seconds = Histogram(
@@ -67,6 +69,8 @@ class LessonMetrics:
             "greeting_failed": lambda fields: self.greetings.labels(outcome="failed").inc(),
             "greeting_audio_started": lambda fields: self.first_audio_seconds.observe(fields["after_s"]),
             "response_done": self._response_done,
+            "feedback_given": lambda fields: self.feedback.labels(outcome="given").inc(),
+            "feedback_unavailable": lambda fields: self.feedback.labels(outcome=str(fields.get("reason"))).inc(),
         }
 
     def observe(self, action: Log) -> None:

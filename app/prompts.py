@@ -1,4 +1,5 @@
-"""The tutor's instructions, rendered from `app/templates/prompts/tutor.j2`.
+"""The tutor's instructions (`app/templates/prompts/tutor.j2`) and the request for the lesson's feedback
+(`feedback.j2`).
 
 The level rules follow the CEFR descriptors: concrete speaking rules the model can follow, one list
 per level. The template is rendered with StrictUndefined so a missing variable fails loudly at once.
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from app.feedback import MAX_CORRECTIONS, MAX_NEW_WORDS
 from app.messages import Level
 
 LEVEL_RULES: dict[str, tuple[str, ...]] = {
@@ -92,4 +94,12 @@ def tutor_instructions(
         topic=topic,
         level_rules=LEVEL_RULES[level],
         greeting_question=GREETING_QUESTIONS[level],
+    )
+
+
+def feedback_instructions(*, name: str, level: Level, target_language: str, support_language: str | None = None) -> str:
+    """The `instructions` of the out-of-band `response.create` that asks for the lesson's feedback object."""
+    return _TEMPLATES.get_template("feedback.j2").render(
+        name=name, level=level, target_language=target_language, support_language=support_language,
+        max_corrections=MAX_CORRECTIONS, max_new_words=MAX_NEW_WORDS,
     )

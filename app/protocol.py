@@ -29,6 +29,7 @@ AUDIO_DONE = "response.output_audio.done"
 TRANSCRIPT_DELTA = "response.output_audio_transcript.delta"
 TRANSCRIPT_DONE = "response.output_audio_transcript.done"
 TEXT_DELTA = "response.output_text.delta"
+TEXT_DONE = "response.output_text.done"
 SPEECH_STARTED = "input_audio_buffer.speech_started"
 SPEECH_STOPPED = "input_audio_buffer.speech_stopped"
 STUDENT_TRANSCRIPT_DELTA = "conversation.item.input_audio_transcription.delta"
@@ -102,12 +103,31 @@ class Usage(_Tolerant):
     output_token_details: OutputTokenDetails | None = None
 
 
+class ContentPart(_Tolerant):
+    type: str | None = None
+    text: str | None = None
+    transcript: str | None = None
+
+
+class OutputItem(_Tolerant):
+    type: str | None = None
+    content: list[ContentPart] | None = None
+
+
 class Response(_Tolerant):
     id: str | None = None
     status: str | None = None
     status_details: StatusDetails | None = None
     usage: Usage | None = None
     output_modalities: list[str] | None = None
+    # Echoed from response.create: tells an out-of-band response (the lesson's feedback) apart.
+    metadata: dict[str, Any] | None = None
+    output: list[OutputItem] | None = None
+
+    def output_text(self) -> str:
+        """All the `output_text` of the response's output items, joined."""
+        return "".join(part.text or "" for item in self.output or () for part in item.content or ()
+                       if part.type == "output_text")
 
 
 class ResponseEvent(_Tolerant):
@@ -184,6 +204,30 @@ def session_update(
 def response_create(*, event_id: str) -> dict[str, Any]:
     # No trigger item and no response-level instructions: the session's tutor prompt asks for the greeting.
     return {"type": "response.create", "event_id": event_id}
+
+
+def out_of_band_text_response(*, event_id: str, instructions: str, metadata: dict[str, str],
+                               max_output_tokens: int) -> dict[str, Any]:
+    """A `response.create` outside the conversation (`conversation: "none"`, nothing added to it) answered in text.
+
+    Without `input` it sees the whole conversation; `metadata` comes back in `response.created` and
+    `response.done`, which is how the answer is told apart from the tutor's turns."""
+    return {
+        "type": "response.create",
+        "event_id": event_id,
+        "response": {
+            "conversation": "none",
+            "output_modalities": ["text"],
+            "instructions": instructions,
+            "metadata": metadata,
+            "max_output_tokens": max_output_tokens,
+        },
+    }
+
+
+def input_audio_clear(*, event_id: str) -> dict[str, Any]:
+    """`input_audio_buffer.clear`: drop the microphone audio the server has not turned into a turn yet."""
+    return {"type": "input_audio_buffer.clear", "event_id": event_id}
 
 
 def response_cancel(*, event_id: str, response_id: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from app.records import (
+    FeedbackGiven,
     LessonEnded,
     LessonEventHappened,
     LessonStarted,
@@ -63,6 +64,9 @@ class LessonRecorder:
 
     def event(self, now: float, kind: str, detail: Mapping[str, Any]) -> Record:
         return Record(LessonEventHappened(lesson_id=self.lesson_id, at=self.wall(now), kind=kind, detail=dict(detail)))
+
+    def feedback(self, content: Mapping[str, Any]) -> Record:
+        return Record(FeedbackGiven(lesson_id=self.lesson_id, feedback=content))
 
     # ---- the tutor's turns: response.output_audio(_transcript) -----------------------------------
 

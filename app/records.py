@@ -77,7 +77,15 @@ class LessonEnded:
     estimated_cost_usd: float
 
 
-LessonRecord = LessonStarted | TurnFinished | TurnInterrupted | LessonEventHappened | LessonEnded
+@dataclass(frozen=True, slots=True)
+class FeedbackGiven:
+    """The lesson's feedback as the student got it: summary, corrections, new_words, next_step."""
+
+    lesson_id: str
+    feedback: Mapping[str, Any]
+
+
+LessonRecord = LessonStarted | TurnFinished | TurnInterrupted | LessonEventHappened | FeedbackGiven | LessonEnded
 
 
 class RecordSink(Protocol):

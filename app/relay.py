@@ -24,10 +24,11 @@ import orjson
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from app.actions import Action, Close, Log, ToBrowser, ToBrowserAudio, ToUpstream
 from app.errors import UpstreamClosed, UpstreamError
 from app.metrics import LessonMetrics
 from app.records import Record, RecordSink
-from app.session import Action, Close, LessonSession, Log, ToBrowser, ToBrowserAudio, ToUpstream
+from app.session import LessonSession
 from app.transport import PageConnection
 from app.upstream import RealtimeClient
 

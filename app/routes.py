@@ -22,11 +22,12 @@ from fastapi.templating import Jinja2Templates
 from app import messages
 from app.admission import LessonRegistry, Start, origin_allowed
 from app.errors import InvalidRequest, LessonError, OverCapacity, StoreUnavailable
+from app.lesson_config import LessonConfig
 from app.metrics import LessonMetrics, bearer_allowed
-from app.prompts import tutor_instructions
+from app.prompts import feedback_instructions, tutor_instructions
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, RecordSink
 from app.relay import Relay
-from app.session import LessonConfig, LessonSession
+from app.session import LessonSession
 from app.settings import Settings
 from app.students import LessonStudent, linked_student, student_for_request
 from app.transport import current_page_connection
@@ -180,6 +181,11 @@ def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Se
         upstream_timeout_s=settings.upstream_timeout_seconds,
         max_lesson_s=settings.max_lesson_seconds,
         idle_timeout_s=settings.idle_timeout_seconds,
+        feedback_instructions=feedback_instructions(
+            name=request.name, level=request.level, target_language=settings.target_language,
+            support_language=request.support,
+        ),
+        feedback_timeout_s=settings.feedback_timeout_seconds,
         prices_per_million=settings.price_per_million_tokens,
         max_cost_usd=settings.max_lesson_cost_usd,
         model=settings.openai_realtime_model,

@@ -11,6 +11,8 @@ Invariants:
 - Microphone audio is discarded until the greeting has been heard, so noise cannot cancel it; after it,
   audio is relayed at no more than about real time (`app/pacing.py`) and tiny frames are joined.
 - A lesson whose estimated cost reaches `max_cost_usd` ends, telling the student in plain words.
+- A lesson that ends normally after a conversation (End, time limit, idle) asks for its feedback out of band
+  first, and ends at its answer or at FEEDBACK_TIMEOUT_SECONDS; its text never reaches the transcript.
 - Every `response.done` is logged with its status, status_details and usage.
 - Once `Close` has been returned the machine is ENDED and ignores everything but the clock.
 - What the store keeps leaves as `Record` actions at turn boundaries, never per audio frame: the lesson's
@@ -21,208 +23,25 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal, assert_never
+from typing import Any, assert_never
 
 import orjson
 from pydantic import ValidationError
 
 from app import messages, protocol
-from app.errors import InvalidTransition
+from app.actions import NO_ACTIONS, Action, Close, Log, ToBrowser, ToBrowserAudio, ToUpstream
+from app.ending import closing_actions, feedback_actions
+from app.feedback import ACTIVE_RESPONSE_CODE, FeedbackExchange, FeedbackUnavailable, ParsedFeedback
+from app.greeting import Greeting, failure_words, retry_wait_s
+from app.heard import TutorItem, TutorItems
+from app.lesson_config import LessonConfig
+from app.lesson_state import LessonState, Timer, check_transition
 from app.messages import End, InvalidMessage, Playback
 from app.pacing import FrameCoalescer, LogThrottle, microphone_bucket
 from app.recorder import LessonRecorder
-from app.records import Record
+from app.usage import LessonUsage
 
-# A greeting counts as heard this long after its audio should have finished playing.
-GREETING_PLAYOUT_MARGIN_S = 0.5
-# Page reports may fall short of the full item by a render quantum or two of rounding.
-PLAYED_TOLERANCE_MS = 40
-# A greeting retry waits as long as the upstream's failure asks ("try again in 6.9s"), but never longer than this.
-GREETING_RETRY_MAX_WAIT_S = 10.0
-_RETRY_AFTER = re.compile(r"try again in (?:(\d+)m)?(\d+(?:\.\d+)?)(ms|s)\b", re.IGNORECASE)
-
-
-class LessonState(enum.Enum):
-    CONNECTING = "connecting"  # waiting for session.created
-    CONFIGURING = "configuring"  # session.update sent, waiting for session.updated
-    GREETING = "greeting"  # response.create sent; microphone held until the greeting is heard
-    CONVERSING = "conversing"  # microphone relayed, turns taken by server-side turn detection
-    ENDED = "ended"
-
-
-_ALLOWED = {
-    LessonState.CONNECTING: {LessonState.CONFIGURING, LessonState.ENDED},
-    LessonState.CONFIGURING: {LessonState.GREETING, LessonState.ENDED},
-    LessonState.GREETING: {LessonState.CONVERSING, LessonState.ENDED},
-    LessonState.CONVERSING: {LessonState.ENDED},
-    LessonState.ENDED: set(),
-}
-
-
-class Timer(enum.Enum):
-    SETUP = "setup"  # session.updated must arrive
-    GREETING_WATCHDOG = "greeting_watchdog"  # response.created must follow the greeting's response.create
-    GREETING_HEARD = "greeting_heard"  # the greeting's audio has had time to play out
-    GREETING_RETRY = "greeting_retry"  # the wait the upstream asked for before the greeting is asked for again
-    LESSON_LIMIT = "lesson_limit"
-    IDLE = "idle"
-
-
-# ---- actions ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ToUpstream:
-    """Send this client event, serialised as UTF-8 JSON, to the Realtime session."""
-
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ToBrowser:
-    """Send this JSON message to the page."""
-
-    message: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ToBrowserAudio:
-    """Send these PCM16 bytes to the page as one binary frame."""
-
-    pcm: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """End the lesson: close the page's socket with `code` and the upstream session."""
-
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Log:
-    level: Literal["debug", "info", "warning", "error"]
-    event: str
-    fields: Mapping[str, Any] = field(default_factory=dict)
-
-
-Action = ToUpstream | ToBrowser | ToBrowserAudio | Close | Log | Record
-NO_ACTIONS: tuple[Action, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class LessonConfig:
-    """What one lesson needs to know; built by the route from the request and `Settings`."""
-
-    lesson_id: str
-    name: str
-    level: str
-    instructions: str
-    simulated: bool
-    voice: str
-    transcription_model: str
-    language_code: str
-    turn_detection: Literal["server_vad", "semantic_vad"]
-    vad_eagerness: str
-    max_frame_bytes: int
-    upstream_timeout_s: float
-    max_lesson_s: float
-    idle_timeout_s: float
-    prices_per_million: Mapping[str, float]
-    model: str
-    # Wall-clock time of the lesson's start, read by the shell: record times are counted from it.
-    started_at: datetime
-    # Who the lesson is recorded for: a link's student, or the open page's browser (its key's hash).
-    student_id: str | None = None
-    link_id: str | None = None
-    browser_key_hash: str | None = None
-    # The lesson ends when its estimated cost reaches this (USD); None = no cap.
-    max_cost_usd: float | None = None
-
-
-@dataclass(slots=True)
-class _TutorItem:
-    """One tutor audio item as sent to the page, and what the page says it has played of it."""
-
-    item_id: str
-    response_id: str
-    first_sent_at: float
-    turn_seq: int
-    received_bytes: int = 0
-    audio_done: bool = False
-    played_ms: int = 0
-    reported_at: float | None = None
-
-    @property
-    def received_ms(self) -> int:
-        return self.received_bytes // protocol.BYTES_PER_MS
-
-    def heard_ms(self, now: float) -> int:
-        """What the student has heard by `now`: the last report advanced by the time since, capped."""
-        if self.reported_at is None:
-            estimate = (now - self.first_sent_at) * 1000
-        elif self.played_ms >= self.received_ms:
-            return self.received_ms
-        else:
-            estimate = self.played_ms + (now - self.reported_at) * 1000
-        return max(0, min(round(estimate), self.received_ms))
-
-    def fully_heard(self) -> bool:
-        return self.audio_done and self.played_ms >= self.received_ms - PLAYED_TOLERANCE_MS
-
-
-@dataclass(slots=True)
-class _Usage:
-    responses: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    text_input_tokens: int = 0
-    audio_input_tokens: int = 0
-    cached_tokens: int = 0
-    text_output_tokens: int = 0
-    audio_output_tokens: int = 0
-
-    def add(self, usage: protocol.Usage | None) -> None:
-        self.responses += 1
-        if usage is None:
-            return
-        self.input_tokens += usage.input_tokens
-        self.output_tokens += usage.output_tokens
-        if details := usage.input_token_details:
-            self.text_input_tokens += details.text_tokens
-            self.audio_input_tokens += details.audio_tokens
-            self.cached_tokens += details.cached_tokens
-        if out := usage.output_token_details:
-            self.text_output_tokens += out.text_tokens
-            self.audio_output_tokens += out.audio_tokens
-
-    def cost_usd(self, prices: Mapping[str, float]) -> float:
-        # Cached tokens are billed at the cached rate and taken off the audio input first (most of a lesson).
-        cached_audio = min(self.cached_tokens, self.audio_input_tokens)
-        cached_text = min(self.cached_tokens - cached_audio, self.text_input_tokens)
-        per_token = {kind: price / 1_000_000 for kind, price in prices.items()}
-        return round(
-            (self.audio_input_tokens - cached_audio) * per_token.get("audio_input", 0)
-            + (self.text_input_tokens - cached_text) * per_token.get("text_input", 0)
-            + self.cached_tokens * per_token.get("cached", 0)
-            + self.audio_output_tokens * per_token.get("audio_output", 0)
-            + self.text_output_tokens * per_token.get("text_output", 0),
-            6,
-        )
-
-
-# Plain words for the student when the greeting cannot be had; the log carries the upstream's own codes.
-_GREETING_FAILURE_WORDS = {
-    "insufficient_quota": "The tutor service has run out of credit. Please tell your teacher.",
-    "invalid_api_key": "The tutor service refused our credentials. Please tell your teacher.",
-}
-_GREETING_FAILURE_DEFAULT = "The tutor could not start speaking. Please try starting the lesson again."
 # A response that ended `incomplete`, by status_details.reason.
 _INCOMPLETE_WORDS = {
     "max_output_tokens": "The tutor was cut off because the answer got too long. Ask for a shorter answer.",
@@ -241,6 +60,8 @@ class LessonSession:
         self.config = config
         self.state = LessonState.CONNECTING
         self.ended_reason: str | None = None
+        # Why a lesson waiting for its feedback ended (student_ended, time_limit, idle).
+        self._ending_reason = ""
         self.discarded_frames = 0
         self._deadlines: dict[Timer, float] = {}
         # The relay re-arms its timer only when this flips; cheaper than comparing deadlines per frame.
@@ -248,17 +69,11 @@ class LessonSession:
         self._event_counter = 0
         self._started_at = 0.0
         self._session_update_id: str | None = None
-        self._greeting_request_id: str | None = None
-        self._greeting_attempts = 0
-        self._greeting_response_id: str | None = None
-        self._greeting_first_audio_at: float | None = None
-        self._greeting_audio_started = False  # any attempt's first audio reached the page
-        self._greeting_done = False
-        self._greeting_audio_ms = 0
+        self._greeting = Greeting()
+        self._feedback = FeedbackExchange(config.feedback_instructions)
         self._active_response_id: str | None = None
-        self._dropped_responses: set[str] = set()
-        self._items: dict[str, _TutorItem] = {}
-        self._usage = _Usage()
+        self._items = TutorItems()
+        self._usage = LessonUsage()
         self._recorder = LessonRecorder(config.lesson_id, config.started_at)
         self._microphone = microphone_bucket()
         self._coalescer = FrameCoalescer()
@@ -312,7 +127,7 @@ class LessonSession:
             case Playback():
                 return self._on_playback(message, now)
             case End():
-                return self._finish("student_ended", 1000, now)
+                return NO_ACTIONS if self.state is LessonState.FEEDBACK else self._end_normally("student_ended", now)
             case _:
                 assert_never(message)
 
@@ -357,12 +172,14 @@ class LessonSession:
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
         fields = {"code": code, "reason": reason, "state": self.state.value}
-        if code == 1001 and "maximum duration" in reason:
+        if code == 1001 and "maximum duration" in reason and self.state is not LessonState.FEEDBACK:
             # The 60-minute cap, when its session_expired error did not come first.
             return self._finish_expired(fields, now)
+        logged = (Log("error", "upstream_closed", fields), self._recorder.event(now, "upstream_closed", fields))
+        if self.state is LessonState.FEEDBACK:
+            return (*logged, *self._end_with_feedback(FeedbackUnavailable("upstream_closed", fields), now))
         return (
-            Log("error", "upstream_closed", fields),
-            self._recorder.event(now, "upstream_closed", fields),
+            *logged,
             *self._finish(
                 "upstream_closed", 1011, now,
                 error=("upstream_closed", "The connection to the tutor was lost. Start the lesson again to continue."),
@@ -380,6 +197,8 @@ class LessonSession:
         """The page went away (tab closed, network gone): end the lesson so the upstream is closed."""
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
+        if self.state is LessonState.FEEDBACK:
+            return self._end_with_feedback(FeedbackUnavailable("page_gone"), now)
         return self._finish("browser_closed", 1000, now)
 
     def handle_browser_stalled(self, timeout_s: float, now: float) -> Sequence[Action]:
@@ -396,6 +215,9 @@ class LessonSession:
         """The server is draining for a redeploy: tell the student and end the lesson."""
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
+        if self.state is LessonState.FEEDBACK:
+            # The lesson itself is over: it ends as it was going to, without its feedback.
+            return self._end_with_feedback(FeedbackUnavailable("server_shutdown"), now)
         return self._finish(
             "server_shutdown", 1001, now,
             error=("server_restarting", "The lesson server is restarting. Please start the lesson again in a moment."),
@@ -455,7 +277,9 @@ class LessonSession:
             case protocol.ERROR:
                 return self._on_error(protocol.ErrorEvent.model_validate(event), now)
             case protocol.TEXT_DELTA:
-                # Text output means the session is not in audio mode: the student would hear nothing.
+                if self._feedback.take_text(event):
+                    return NO_ACTIONS
+                # Text output from a tutor turn means the session is not in audio mode: the student hears nothing.
                 return (Log("warning", "upstream_text_output", {"response_id": event.get("response_id")}),)
             case _:
                 return (Log("debug", "upstream_event", {"direction": "in", "type": str(event_type)}),)
@@ -497,65 +321,64 @@ class LessonSession:
         return (log, *self._request_greeting(now))
 
     def _request_greeting(self, now: float) -> Sequence[Action]:
-        self._greeting_attempts += 1
-        self._greeting_request_id = self._next_event_id()
-        self._greeting_response_id = None
-        self._greeting_first_audio_at = None
+        event_id = self._next_event_id()
+        self._greeting.requested(event_id)
         self._set_deadline(Timer.GREETING_WATCHDOG, now + self.config.upstream_timeout_s)
         return (
-            ToUpstream(protocol.dumps(protocol.response_create(event_id=self._greeting_request_id))),
+            ToUpstream(protocol.dumps(protocol.response_create(event_id=event_id))),
             ToBrowser(messages.status("greeting")),
-            Log("info", "greeting_requested", {"attempt": self._greeting_attempts}),
+            Log("info", "greeting_requested", {"attempt": self._greeting.attempts}),
         )
 
     def _on_response_created(self, event: protocol.ResponseEvent, now: float) -> Sequence[Action]:
         response_id = event.response.id or ""
         self._active_response_id = response_id
-        if self.state is LessonState.GREETING and self._greeting_response_id is None:
-            self._greeting_response_id = response_id
+        if self.state is LessonState.FEEDBACK:
+            return self._on_response_created_while_ending(event.response)
+        if self.state is LessonState.GREETING and self._greeting.response_id is None:
+            self._greeting.response_id = response_id
             self._clear_deadline(Timer.GREETING_WATCHDOG)
         self._clear_deadline(Timer.IDLE)
         return (Log("debug", "response_created", {"response_id": response_id}),)
 
     def _on_audio_delta(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
         response_id = event.get("response_id", "")
-        if response_id in self._dropped_responses:
+        if response_id in self._items.dropped_responses:
             return NO_ACTIONS
         try:
             pcm = base64.b64decode(event["delta"], validate=True)
             item_id = event["item_id"]
         except (KeyError, TypeError, binascii.Error):
             return (Log("warning", "upstream_event_malformed", {"type": protocol.AUDIO_DELTA}),)
-        item = self._items.get(item_id)
+        item = self._items.by_id.get(item_id)
         if item is not None:
             item.received_bytes += len(pcm)
             return (ToBrowserAudio(pcm),)
-        item = self._items[item_id] = _TutorItem(item_id=item_id, response_id=response_id, first_sent_at=now,
-                                                 turn_seq=self._recorder.tutor_turn_seq(item_id, now),
-                                                 received_bytes=len(pcm))
-        self._forget_heard_items(now)
+        self._items.add(TutorItem(item_id=item_id, response_id=response_id, first_sent_at=now,
+                                  turn_seq=self._recorder.tutor_turn_seq(item_id, now), received_bytes=len(pcm)),
+                        now)
         actions: tuple[Action, ...] = (
             ToBrowser(messages.status("tutor_speaking")),
             ToBrowser(messages.audio_start(item_id=item_id, response_id=response_id)),
             ToBrowserAudio(pcm),
         )
-        if response_id == self._greeting_response_id and self._greeting_first_audio_at is None:
-            self._greeting_first_audio_at = now
-            if not self._greeting_audio_started:
-                self._greeting_audio_started = True
+        if response_id == self._greeting.response_id and self._greeting.first_audio_at is None:
+            self._greeting.first_audio_at = now
+            if not self._greeting.audio_started:
+                self._greeting.audio_started = True
                 # After the audio: by the time the shell logs this, the first greeting byte is on its way.
                 actions += (Log("info", "greeting_audio_started", {"after_s": round(now - self._started_at, 3)}),)
         return actions
 
     def _on_audio_done(self, event: Mapping[str, Any]) -> Sequence[Action]:
-        item = self._items.get(event["item_id"])
-        if item is None or item.response_id in self._dropped_responses:
+        item = self._items.by_id.get(event["item_id"])
+        if item is None or item.response_id in self._items.dropped_responses:
             return NO_ACTIONS
         item.audio_done = True
         return (ToBrowser(messages.audio_done(item_id=item.item_id, duration_ms=item.received_ms)),)
 
     def _on_tutor_transcript(self, event: Mapping[str, Any], now: float, *, done: bool) -> Sequence[Action]:
-        if event.get("response_id") in self._dropped_responses:
+        if event.get("response_id") in self._items.dropped_responses:
             return NO_ACTIONS
         item_id = event.get("item_id", "")
         if done:
@@ -575,7 +398,7 @@ class LessonSession:
         response = event.response
         response_id = response.id or ""
         details = response.status_details
-        audio_bytes = sum(item.received_bytes for item in self._items.values() if item.response_id == response_id)
+        audio_bytes = sum(item.received_bytes for item in self._items.of_response(response_id))
         cost_before = self._usage.cost_usd(self.config.prices_per_million)
         self._usage.add(response.usage)
         actions: list[Action] = [Log("info", "response_done", {
@@ -588,29 +411,34 @@ class LessonSession:
         })]
         if self._active_response_id == response_id:
             self._active_response_id = None
-        dropped = response_id in self._dropped_responses
-        self._dropped_responses.discard(response_id)
+        dropped = response_id in self._items.dropped_responses
+        self._items.dropped_responses.discard(response_id)
         if response.status != "completed":
             # Every response that did not complete is kept with the upstream's reason (status_details).
             actions.append(self._recorder.event(now, f"response_{response.status}", {
                 "response_id": response_id, "status": response.status,
                 "status_details": details.model_dump(exclude_none=True) if details else None,
             }))
-        if (cap := self.config.max_cost_usd) is not None and (cost := self._usage.cost_usd(
-                self.config.prices_per_million)) >= cap:
+        # A lesson waiting for its feedback is already ending: its last response is not cut short.
+        if (cap := self.config.max_cost_usd) is not None and self.state is not LessonState.FEEDBACK and (
+                cost := self._usage.cost_usd(self.config.prices_per_million)) >= cap:
             actions.append(Log("warning", "cost_limit_reached", {"estimated_cost_usd": cost, "max_cost_usd": cap}))
             actions.extend(self._finish("cost_limit", 1000, now, error=("cost_limit", _COST_LIMIT_WORDS)))
             return actions
-        if self.state is LessonState.GREETING and response_id == self._greeting_response_id:
+        if self.state is LessonState.GREETING and response_id == self._greeting.response_id:
             actions.extend(self._on_greeting_done(response, audio_bytes, now))
+            return actions
+        if self.state is LessonState.FEEDBACK:
+            if self._feedback.claims(response):
+                actions.extend(self._end_with_feedback(self._feedback.answer(response), now))
+            elif not self._feedback.asked:
+                # The tutor's last response is done: only now may the feedback's response.create go out.
+                actions.extend(self._ask_for_feedback(now))
             return actions
         failure_code = details.error.code if details and details.error else None
         if response.status == "failed" and failure_code in protocol.UNRECOVERABLE_CODES:
-            actions.extend(self._finish(
-                "response_failed", 1011, now,
-                error=(failure_code or "response_failed",
-                       _GREETING_FAILURE_WORDS.get(failure_code or "", _GREETING_FAILURE_DEFAULT)),
-            ))
+            actions.extend(self._finish("response_failed", 1011, now,
+                                        error=(failure_code or "response_failed", failure_words(failure_code))))
             return actions
         if response.status == "failed":
             actions.append(ToBrowser(messages.error(
@@ -629,22 +457,21 @@ class LessonSession:
         details = response.status_details
         failure_code = details.error.code if details and details.error else None
         if response.status == "completed" and audio_bytes > 0:
-            self._greeting_done = True
-            self._greeting_audio_ms = audio_bytes // protocol.BYTES_PER_MS
+            self._greeting.done = True
+            self._greeting.audio_ms = audio_bytes // protocol.BYTES_PER_MS
             return self._open_microphone_or_arm_timer(now)
         why: dict[str, Any] = {
             "status": response.status,
             "reason": details.reason if details else None,
             "code": failure_code,
             "audio_ms": audio_bytes // protocol.BYTES_PER_MS,
-            "attempt": self._greeting_attempts,
+            "attempt": self._greeting.attempts,
         }
         # Partial audio of a failed greeting is flushed so the retry starts from silence.
         flush = [ToBrowser(messages.audio_interrupt(item_id=item.item_id))
-                 for item in self._items.values() if item.response_id == response.id]
-        retryable = failure_code not in protocol.UNRECOVERABLE_CODES
-        if retryable and self._greeting_attempts < 2:
-            wait_s = _retry_wait_s(details.error.message if details and details.error else None)
+                 for item in self._items.of_response(response.id)]
+        if self._greeting.may_retry(failure_code):
+            wait_s = retry_wait_s(details.error.message if details and details.error else None)
             why["retry_in_ms"] = round(wait_s * 1000)
             retry: tuple[Action, ...] = (
                 Log("warning", "greeting_retry", why), self._recorder.event(now, "greeting_retry", why), *flush)
@@ -656,25 +483,25 @@ class LessonSession:
             Log("error", "greeting_failed", why),
             self._recorder.event(now, "greeting_failed", why),
             *flush,
-            *self._finish("greeting_failed", 1011, now, error=(
-                failure_code or "greeting_failed",
-                _GREETING_FAILURE_WORDS.get(failure_code or "", _GREETING_FAILURE_DEFAULT),
-            )),
+            *self._finish("greeting_failed", 1011, now,
+                          error=(failure_code or "greeting_failed", failure_words(failure_code))),
         )
 
     def _on_speech_started(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
+        if self.state is LessonState.FEEDBACK:
+            # Audio the server had before input_audio_buffer.clear: the lesson is over, nothing to interrupt.
+            return (Log("debug", "upstream_event", {"direction": "in", "type": protocol.SPEECH_STARTED}),)
         self._clear_deadline(Timer.IDLE)
         if item_id := event.get("item_id"):
             self._recorder.student_started(item_id, now)
         actions: list[Action] = [Log("debug", "student_speech_started")]
-        playing = next((item for item in self._items.values()
-                        if item.heard_ms(now) < item.received_ms or not item.audio_done), None)
+        playing = self._items.playing(now)
         if playing is None:
             return actions
         # speech_started while the tutor speaks = barge-in: flush the page, cancel, truncate to what was heard.
         heard_ms = playing.heard_ms(now)
         actions.append(ToBrowser(messages.audio_interrupt(item_id=playing.item_id)))
-        self._dropped_responses.add(playing.response_id)
+        self._items.interrupt(playing)
         if self._active_response_id == playing.response_id:
             actions.append(ToUpstream(protocol.dumps(protocol.response_cancel(
                 event_id=self._next_event_id(), response_id=playing.response_id))))
@@ -685,9 +512,6 @@ class LessonSession:
             "item_id": playing.item_id, "heard_ms": heard_ms, "received_ms": playing.received_ms,
         }))
         actions.append(self._recorder.tutor_interrupted(playing.item_id, playing.turn_seq, heard_ms, now))
-        for item in list(self._items.values()):
-            if item.response_id == playing.response_id or item.item_id == playing.item_id:
-                del self._items[item.item_id]
         return actions
 
     def _on_error(self, event: protocol.ErrorEvent, now: float) -> Sequence[Action]:
@@ -698,15 +522,16 @@ class LessonSession:
         if error.code == protocol.SESSION_EXPIRED:
             return self._finish_expired(fields, now)
         logged = (Log("error", "upstream_error", fields), self._recorder.event(now, "upstream_error", fields))
+        if self.state is LessonState.FEEDBACK:
+            return (*logged, *self._on_error_while_ending(error, fields, now))
         if error.event_id is not None and error.event_id == self._session_update_id:
             return (*logged, *self._finish("session_refused", 1011, now, error=(
                 "tutor_setup_failed", "The tutor could not be set up. Please tell your teacher.")))
         if error.code in protocol.UNRECOVERABLE_CODES:
-            return (*logged, *self._finish("upstream_error", 1011, now, error=(
-                error.code or "upstream_error",
-                _GREETING_FAILURE_WORDS.get(error.code or "", _GREETING_FAILURE_DEFAULT))))
-        if (error.event_id is not None and error.event_id == self._greeting_request_id
-                and self._greeting_response_id is None):
+            return (*logged, *self._finish("upstream_error", 1011, now,
+                                           error=(error.code or "upstream_error", failure_words(error.code))))
+        if (error.event_id is not None and error.event_id == self._greeting.request_id
+                and self._greeting.response_id is None):
             refused = protocol.Response(id=None, status="failed", status_details=protocol.StatusDetails(
                 type="failed", error=error))
             self._clear_deadline(Timer.GREETING_WATCHDOG)
@@ -716,37 +541,22 @@ class LessonSession:
     # ---- page messages and timers ----------------------------------------------------------------
 
     def _on_playback(self, report: Playback, now: float) -> Sequence[Action]:
-        item = self._items.get(report.item_id)
+        item = self._items.by_id.get(report.item_id)
         if item is None:
             return NO_ACTIONS
         item.played_ms = min(report.played_ms, item.received_ms)
         item.reported_at = now
-        if self.state is not LessonState.GREETING or not self._greeting_done:
+        if self.state is not LessonState.GREETING or not self._greeting.done:
             return NO_ACTIONS
         return self._open_microphone_or_arm_timer(now)
 
     def _open_microphone_or_arm_timer(self, now: float) -> Sequence[Action]:
         """The finished greeting was reported played: open the microphone; otherwise (re-)arm the elapsed rule."""
-        greeting_items = [item for item in self._items.values() if item.response_id == self._greeting_response_id]
+        greeting_items = self._items.of_response(self._greeting.response_id)
         if all(item.fully_heard() for item in greeting_items):
             return self._open_microphone(now, because="played")
-        self._arm_greeting_heard(greeting_items, now)
+        self._set_deadline(Timer.GREETING_HEARD, self._greeting.heard_at(greeting_items, now))
         return NO_ACTIONS
-
-    def _arm_greeting_heard(self, greeting_items: list[_TutorItem], now: float) -> None:
-        """Set when the greeting counts as heard without a final report (a page that stalls or never reports).
-
-        From the page's latest playback report of the greeting: what was still unplayed then, plus the margin.
-        Only a page that has not reported the greeting's playback gets the whole greeting from its first audio
-        frame plus the margin: late audio output (Bluetooth, a slow phone) must not open the microphone early."""
-        reports = [item.reported_at for item in greeting_items if item.reported_at is not None]
-        if reports:
-            start = max(reports)
-            unplayed_ms = sum(item.received_ms - item.played_ms for item in greeting_items)
-        else:
-            start = self._greeting_first_audio_at if self._greeting_first_audio_at is not None else now
-            unplayed_ms = self._greeting_audio_ms
-        self._set_deadline(Timer.GREETING_HEARD, start + unplayed_ms / 1000 + GREETING_PLAYOUT_MARGIN_S)
 
     def _open_microphone(self, now: float, *, because: str) -> Sequence[Action]:
         self._transition(LessonState.CONVERSING)
@@ -768,7 +578,7 @@ class LessonSession:
                         "upstream_timeout", "The tutor did not answer in time. Please try again.")),
                 )
             case Timer.GREETING_WATCHDOG:
-                fields = {"timeout_s": self.config.upstream_timeout_s, "attempt": self._greeting_attempts}
+                fields = {"timeout_s": self.config.upstream_timeout_s, "attempt": self._greeting.attempts}
                 return (
                     Log("error", "greeting_not_created", fields),
                     self._recorder.event(now, "greeting_not_created", fields),
@@ -782,11 +592,66 @@ class LessonSession:
             case Timer.GREETING_RETRY:
                 return self._request_greeting(now)
             case Timer.LESSON_LIMIT:
-                return self._finish("time_limit", 1000, now)
+                return self._end_normally("time_limit", now)
             case Timer.IDLE:
-                return self._finish("idle", 1000, now)
+                return self._end_normally("idle", now)
+            case Timer.FEEDBACK:
+                return self._end_with_feedback(
+                    FeedbackUnavailable("timeout", {"timeout_s": self.config.feedback_timeout_s}), now)
             case _:
                 assert_never(timer)
+
+    # ---- the normal end and its feedback ---------------------------------------------------------
+
+    def _end_normally(self, reason: str, now: float) -> Sequence[Action]:
+        """The student's End, the time limit or idleness: after a conversation, the feedback is asked for first."""
+        if self.state is not LessonState.CONVERSING:
+            return self._finish(reason, 1000, now)
+        self._transition(LessonState.FEEDBACK)
+        self._ending_reason = reason
+        self._deadlines.clear()
+        self._set_deadline(Timer.FEEDBACK, now + self.config.feedback_timeout_s)
+        actions: list[Action] = [
+            ToBrowser(messages.feedback_pending(timeout_s=self.config.feedback_timeout_s)),
+            # The microphone is no longer relayed; what the server holds of it must not become a turn.
+            ToUpstream(protocol.dumps(protocol.input_audio_clear(event_id=self._next_event_id()))),
+        ]
+        if self._active_response_id is None:
+            return (*actions, *self._ask_for_feedback(now))
+        # One response at a time: the tutor's is cancelled and the feedback asked for at its response.done.
+        return (*actions, *self._cancel_while_ending(self._active_response_id))
+
+    def _ask_for_feedback(self, now: float) -> Sequence[Action]:
+        return (ToUpstream(self._feedback.request(self._next_event_id(), now)),
+                Log("info", "feedback_requested", {"ending": self._ending_reason}))
+
+    def _cancel_while_ending(self, response_id: str) -> Sequence[Action]:
+        self._items.dropped_responses.add(response_id)
+        return (ToUpstream(protocol.dumps(protocol.response_cancel(event_id=self._next_event_id(),
+                                                                   response_id=response_id))),
+                Log("info", "response_cancelled_for_feedback", {"response_id": response_id}))
+
+    def _on_response_created_while_ending(self, response: protocol.Response) -> Sequence[Action]:
+        if self._feedback.claims(response):
+            return (Log("debug", "feedback_created", {"response_id": response.id}),)
+        # A tutor turn the server started from audio it had before the end: nobody is listening any more.
+        return self._cancel_while_ending(response.id or "")
+
+    def _on_error_while_ending(self, error: protocol.ErrorDetail, fields: Mapping[str, Any],
+                               now: float) -> Sequence[Action]:
+        if error.event_id is None or error.event_id != self._feedback.request_id:
+            return NO_ACTIONS
+        if error.code == ACTIVE_RESPONSE_CODE and self._feedback.refused_while_busy():
+            # Asked again at the active response's response.done (which the server still sends).
+            return NO_ACTIONS
+        return self._end_with_feedback(FeedbackUnavailable("request_refused", fields), now)
+
+    def _end_with_feedback(self, outcome: ParsedFeedback | FeedbackUnavailable, now: float) -> Sequence[Action]:
+        """The page gets the feedback (or word that there is none) before `status` `ended`; the store keeps it."""
+        asked_at = self._feedback.asked_at
+        fields = {"ending": self._ending_reason, "waited_s": None if asked_at is None else round(now - asked_at, 3)}
+        return (*feedback_actions(outcome, recorder=self._recorder, fields=fields, now=now),
+                *self._finish(self._ending_reason, 1000, now))
 
     # ---- helpers ---------------------------------------------------------------------------------
 
@@ -796,34 +661,9 @@ class LessonSession:
         self.ended_reason = reason
         self._deadlines.clear()
         self.deadlines_changed = True
-        usage = self._usage
-        duration_s = round(now - self._started_at, 3)
-        cost = usage.cost_usd(self.config.prices_per_million)
-        tokens = {
-            "audio_input_tokens": usage.audio_input_tokens, "audio_output_tokens": usage.audio_output_tokens,
-            "text_input_tokens": usage.text_input_tokens, "text_output_tokens": usage.text_output_tokens,
-            "cached_tokens": usage.cached_tokens,
-        }
-        actions: list[Action] = self._held_back_warnings()
-        if error is not None:
-            actions.append(ToBrowser(messages.error(code=error[0], message=error[1], fatal=True)))
-        actions += [
-            ToBrowser({
-                "type": "usage", "responses": usage.responses,
-                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-                **tokens, "duration_s": duration_s, "estimated_cost_usd": cost,
-            }),
-            ToBrowser(messages.status("ended", reason)),
-            Log("info", "lesson_ended", {
-                "reason": reason, "duration_s": duration_s, "responses": usage.responses,
-                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-                "audio_input_tokens": usage.audio_input_tokens, "audio_output_tokens": usage.audio_output_tokens,
-                "cached_tokens": usage.cached_tokens, "estimated_cost_usd": cost,
-            }),
-            self._recorder.ended(now, end_reason=reason, duration_s=duration_s, usage=tokens, estimated_cost_usd=cost),
-            Close(close_code, reason),
-        ]
-        return actions
+        return (*self._held_back_warnings(), *closing_actions(
+            reason=reason, close_code=close_code, duration_s=round(now - self._started_at, 3), usage=self._usage,
+            prices=self.config.prices_per_million, recorder=self._recorder, now=now, error=error))
 
     def _finish_expired(self, fields: Mapping[str, Any], now: float) -> Sequence[Action]:
         """The upstream session reached its maximum duration: a time limit, not a lost connection."""
@@ -857,17 +697,8 @@ class LessonSession:
                 for event, throttle in (("browser_input_refused", self._refusals), ("audio_too_fast", self._too_fast))
                 if throttle.suppressed]
 
-    def _forget_heard_items(self, now: float) -> None:
-        # Only items that may still be playing matter for barge-in and the greeting; drop the rest.
-        heard = [item_id for item_id, item in self._items.items()
-                 if item.audio_done and item.heard_ms(now) >= item.received_ms]
-        for item_id in heard:
-            del self._items[item_id]
-
     def _transition(self, new: LessonState) -> None:
-        if new not in _ALLOWED[self.state]:
-            raise InvalidTransition(f"lesson {self.config.lesson_id!r}: cannot go from {self.state.value!r} "
-                                    f"to {new.value!r}")
+        check_transition(self.config.lesson_id, self.state, new)
         self.state = new
 
     def _next_event_id(self) -> str:
@@ -881,16 +712,6 @@ class LessonSession:
     def _clear_deadline(self, timer: Timer) -> None:
         if self._deadlines.pop(timer, None) is not None:
             self.deadlines_changed = True
-
-
-def _retry_wait_s(message: str | None) -> float:
-    """The wait an upstream failure message asks for ("Please try again in 6.9s."), bounded; 0 when it names none."""
-    found = _RETRY_AFTER.search(message or "")
-    if found is None:
-        return 0.0
-    minutes, amount, unit = found.groups()
-    seconds = int(minutes or 0) * 60 + float(amount) / (1000 if unit.lower() == "ms" else 1)
-    return min(seconds, GREETING_RETRY_MAX_WAIT_S)
 
 
 def _error_fields(error: object) -> dict[str, Any]:

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     web_concurrency: int = Field(default=1, ge=1, le=64)
     max_lesson_seconds: float = Field(default=1800, gt=0, le=3500)
     idle_timeout_seconds: float = Field(default=300, gt=0)
+    # How long the lesson's feedback may take after a normal end before the lesson ends without it.
+    feedback_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
     # A class of 30 behind one school NAT all starting in the same minute, each once more (a reload, a retry).
     lesson_starts_per_minute: int = Field(default=60, ge=1)
     # One student's link: a start, a retry after a failure, a reload and one to spare.

@@ -36,9 +36,10 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from app import protocol
+from app.actions import Action
 from app.logging import configure_logging
 from app.main import create_app, server_config
-from app.session import Action, LessonSession
+from app.session import LessonSession
 from app.settings import Settings
 from app.simulator import RealtimeSimulator, SimulatorBehaviour
 

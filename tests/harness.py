@@ -147,6 +147,11 @@ async def open_lesson(url: str, **connect_kwargs: Any) -> AsyncIterator[LessonCl
         yield LessonClient(ws)
 
 
+def tutor_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Client or server events without the lesson's feedback (its out-of-band response.create, created and done)."""
+    return [event for event in events if not (event.get("response") or {}).get("metadata")]
+
+
 def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
     """The JSON log lines the app has written to `stream` so far."""
     return [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]

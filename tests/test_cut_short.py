@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from harness import open_lesson
+from harness import open_lesson, tutor_events
 from test_faults import (
     END_OF_TURN_FRAMES,
     SimulatorWith,
@@ -45,7 +45,8 @@ async def test_a_reply_cut_off_by_the_content_filter_is_said_and_the_lesson_goes
         await page.send_json({"type": "end"})
         close_code = await closed_with(page)
     await upstream.wait_closed()
-    assert [d["response"]["status"] for d in of_type(upstream.sent, "response.done")] == ["completed", "incomplete"]
+    assert [d["response"]["status"] for d in tutor_events(of_type(upstream.sent, "response.done"))] == [
+        "completed", "incomplete"]
     assert (error["code"], error["fatal"]) == ("response_incomplete", False)
     assert error["message"].startswith("The tutor was cut off")
     assert plain_words(error["message"])
@@ -86,7 +87,7 @@ async def test_a_greeting_refused_with_a_wait_is_asked_for_again_after_it_and_th
         close_code = await closed_with(page)
     await upstream.wait_closed()
     assert close_code == 1000
-    assert len(of_type(upstream.received, "response.create")) == 2
+    assert len(tutor_events(of_type(upstream.received, "response.create"))) == 2
     states = [(m["state"], m.get("retry_in_ms")) for m in page.messages if m["type"] == "status"]
     assert states[:4] == [("connecting", None), ("greeting", None), ("waiting", 300), ("greeting", None)]
     assert of_type(page.messages, "error") == []

@@ -18,7 +18,7 @@ from typing import Any
 
 from harness import LessonClient, log_lines, open_lesson, relay_settings, serve_app
 
-from app.session import PLAYED_TOLERANCE_MS
+from app.heard import PLAYED_TOLERANCE_MS
 from app.simulator import RealtimeSimulator
 
 OUTPUT_DELAY_S = 1.5
@@ -90,8 +90,10 @@ async def test_a_page_whose_output_starts_late_in_a_noisy_room_hears_the_whole_g
     assert len(page.audio) // 48 == done["duration_ms"]
     assert not [m for m in page.messages if m["type"] == "audio.interrupt"]
     assert not [e for e in upstream.received if e["type"] == "conversation.item.truncate"]
-    [greeting] = [e for e in upstream.sent if e["type"] == "response.done"]
+    # The greeting, then the lesson's feedback after End: no other response was made.
+    greeting, feedback = [e for e in upstream.sent if e["type"] == "response.done"]
     assert greeting["response"]["status"] == "completed"
+    assert feedback["response"]["metadata"] == {"purpose": "feedback"}
     lines = log_lines(log_stream)
     [opened] = [line for line in lines if line["event"] == "microphone_open"]
     assert opened["because"] == "played"

@@ -15,8 +15,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.simulator import RealtimeSimulator
 
+# What the relay itself sends upstream; input_audio_buffer.clear when a lesson ends and asks for its feedback.
 ALLOWED_UPSTREAM = {"session.update", "response.create", "input_audio_buffer.append", "response.cancel",
-                    "conversation.item.truncate"}
+                    "conversation.item.truncate", "input_audio_buffer.clear"}
 
 BAD_TEXT_FRAMES = [
     "this is not json",
@@ -199,8 +200,10 @@ async def test_usage_and_estimated_cost_reach_the_page_and_the_log_at_the_end(
         usage = await page.until_type("usage")
         await page.drain_until_closed()
     upstream = await simulator.next_connection()
-    [done] = [e for e in upstream.sent if e["type"] == "response.done"]
-    assert usage["output_tokens"] == done["response"]["usage"]["output_tokens"] > 0
+    # The greeting and the lesson's feedback: both are paid for.
+    greeting, feedback = [e for e in upstream.sent if e["type"] == "response.done"]
+    assert usage["output_tokens"] == sum(done["response"]["usage"]["output_tokens"] for done in (greeting, feedback))
+    assert usage["text_output_tokens"] >= feedback["response"]["usage"]["output_tokens"] > 0
     assert usage["audio_output_tokens"] > 0
     assert usage["estimated_cost_usd"] > 0
     [ended] = [line for line in log_lines(log_stream) if line["event"] == "lesson_ended"]

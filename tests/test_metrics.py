@@ -51,7 +51,8 @@ async def test_metrics_after_a_lesson_count_it_from_start_to_end_with_its_tokens
     assert value(after, "lesson_relay_lessons_ended_total", reason="student_ended") == 1
     assert value(after, "lesson_relay_greetings_total", outcome="heard") == 1
     assert value(after, "lesson_relay_greetings_total", outcome="failed") == 0
-    assert value(after, "lesson_relay_responses_total", status="completed") == 1
+    assert value(after, "lesson_relay_responses_total", status="completed") == 2  # the greeting, the feedback
+    assert value(after, "lesson_relay_feedback_total", outcome="given") == 1
     assert value(after, "lesson_relay_upstream_connect_seconds_count") == 1
     assert value(after, "lesson_relay_first_audio_seconds_count") == 1
     assert value(after, "lesson_relay_first_audio_seconds_sum") > 0
@@ -79,6 +80,20 @@ async def test_metrics_after_a_failed_greeting_count_the_retry_the_failure_and_t
     assert value(after, "lesson_relay_responses_total", status="failed") == 2
     assert value(after, "lesson_relay_lessons_ended_total", reason="greeting_failed") == 1
     assert value(after, "lesson_relay_first_audio_seconds_count") == 0
+
+
+async def test_a_lesson_without_its_feedback_is_counted_by_why(simulator_with: Any, log_stream: io.StringIO) -> None:
+    async with simulator_with(feedback_fault="invalid_json") as simulator, \
+            serve_app(relay_settings(simulator.url, metrics_token=TOKEN), log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            await page.hear_greeting()
+            await page.send_json({"type": "end"})
+            await page.until_type("feedback.unavailable")
+            await page.drain_until_closed()
+        assert await relay.app.state.lessons.drain(5)
+        after = await scrape(relay)
+    assert value(after, "lesson_relay_feedback_total", outcome="invalid_feedback") == 1
+    assert value(after, "lesson_relay_feedback_total", outcome="given") == 0
 
 
 async def test_refused_lessons_are_counted_by_code(simulator: RealtimeSimulator, log_stream: io.StringIO) -> None:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from harness import AppServer, bound_socket, log_lines, open_lesson, relay_settings, serve_app
+from harness import AppServer, bound_socket, log_lines, open_lesson, relay_settings, serve_app, tutor_events
 from sdk_oracle import assert_valid_client_event
 
 from app.simulator import RealtimeSimulator
@@ -45,7 +45,7 @@ async def test_session_update_comes_first_then_exactly_one_response_create_and_n
         await page.drain_until_closed()
     upstream = await simulator.next_connection()
     await upstream.wait_closed()
-    types = [e["type"] for e in upstream.received]
+    types = [e["type"] for e in tutor_events(upstream.received)]
     assert types[0] == "session.update"
     assert types.count("response.create") == 1
     assert "conversation.item.create" not in types

@@ -10,17 +10,9 @@ from typing import Any
 
 import pytest
 
+from app.actions import Close, Log, ToBrowser, ToBrowserAudio, ToUpstream
 from app.errors import InvalidTransition
-from app.session import (
-    Close,
-    LessonConfig,
-    LessonSession,
-    LessonState,
-    Log,
-    ToBrowser,
-    ToBrowserAudio,
-    ToUpstream,
-)
+from app.session import LessonConfig, LessonSession, LessonState
 
 LESSON_START = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 PCM_100MS = bytes(range(256)) * 18 + bytes(192)  # 4 800 bytes: 100 ms of PCM16 at 24 kHz
@@ -32,6 +24,7 @@ def config(**overrides: Any) -> LessonConfig:
         "simulated": False, "voice": "marin", "transcription_model": "gpt-transcribe", "language_code": "en",
         "turn_detection": "server_vad", "vad_eagerness": "low", "max_frame_bytes": 4800,
         "upstream_timeout_s": 10.0, "max_lesson_s": 1800.0, "idle_timeout_s": 300.0,
+        "feedback_instructions": "Write the lesson's feedback as one JSON object.", "feedback_timeout_s": 20.0,
         "prices_per_million": {"audio_input": 32.0, "audio_output": 64.0, "text_input": 4.0,
                                "text_output": 16.0, "cached": 0.4},
         "model": "gpt-realtime-2.1", "started_at": LESSON_START,
@@ -67,6 +60,35 @@ def response_done(response_id: str = "resp_1", status: str = "completed", **deta
         "usage": {"total_tokens": 30, "input_tokens": 20, "output_tokens": 10,
                   "input_token_details": {"text_tokens": 20, "audio_tokens": 0, "cached_tokens": 0},
                   "output_token_details": {"text_tokens": 2, "audio_tokens": 8}}}}
+
+
+FEEDBACK = {"summary": "We talked about your dog Max. You answered well.",
+            "corrections": [{"said": "He have a ball", "better": "He has a ball", "why": "He has."}],
+            "new_words": [{"word": "leash", "meaning": "a rope for a dog"}],
+            "next_step": "Practise 'he has'."}
+
+
+FEEDBACK_PENDING = {"type": "status", "state": "feedback", "timeout_s": 20.0}
+
+
+def feedback_created(response_id: str = "resp_fb") -> dict[str, Any]:
+    return {"type": "response.created", "response": {"id": response_id, "status": "in_progress",
+                                                     "metadata": {"purpose": "feedback"}, "conversation_id": None}}
+
+
+def feedback_done(text: str | None = None, *, response_id: str = "resp_fb", status: str = "completed",
+                  **details: Any) -> dict[str, Any]:
+    """The feedback's response.done: `text` (the FEEDBACK object by default) as its output_text."""
+    event = response_done(response_id, status, **details)
+    output_text = json.dumps(FEEDBACK) if text is None else text
+    event["response"] |= {"metadata": {"purpose": "feedback"}, "output": [
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": output_text}]}]}
+    return event
+
+
+def end_lesson(session: LessonSession, now: float) -> list[object]:
+    """The student's End and the lesson's feedback coming back at once: every action up to the close."""
+    return [*session.handle_browser_text('{"type":"end"}', now), *session.handle_upstream(feedback_done(), now)]
 
 
 def configured(session: LessonSession, now: float = 0.0) -> list[object]:
@@ -449,16 +471,17 @@ class TestBrowserInput:
         assert error["code"] == "invalid_message"
         assert session.state is LessonState.CONVERSING
 
-    def test_end_closes_normally_with_usage(self) -> None:
+    def test_end_closes_normally_with_usage_counting_the_feedback(self) -> None:
         session = LessonSession(config())
         greeted(session)
-        actions = session.handle_browser_text('{"type":"end"}', 60.0)
+        session.handle_browser_text('{"type":"end"}', 60.0)
+        session.handle_upstream(feedback_created(), 60.1)
+        actions = session.handle_upstream(feedback_done(), 61.0)
         usage = next(m for m in browser_messages(actions) if m["type"] == "usage")
-        assert usage["input_tokens"] == 20
-        assert usage["output_tokens"] == 10
-        assert usage["duration_s"] == 60.0
-        # 20 text-in at 4 $/M, 2 text-out at 16 $/M, 8 audio-out at 64 $/M
-        assert usage["estimated_cost_usd"] == pytest.approx((20 * 4 + 2 * 16 + 8 * 64) / 1e6)
+        assert (usage["responses"], usage["input_tokens"], usage["output_tokens"]) == (2, 40, 20)
+        assert usage["duration_s"] == 61.0
+        # Greeting and feedback alike: 20 text-in at 4 $/M, 2 text-out at 16 $/M, 8 audio-out at 64 $/M
+        assert usage["estimated_cost_usd"] == pytest.approx(2 * (20 * 4 + 2 * 16 + 8 * 64) / 1e6)
         assert closes(actions) == [Close(1000, "student_ended")]
         assert session.handle_browser_text('{"type":"end"}', 61.0) == ()
 
@@ -467,7 +490,8 @@ class TestLimitsAndEnding:
     def test_the_lesson_ends_at_its_time_limit(self) -> None:
         session = LessonSession(config(max_lesson_s=60.0))
         greeted(session)
-        actions = session.handle_timeout(60.0)
+        assert browser_messages(session.handle_timeout(60.0)) == [FEEDBACK_PENDING]
+        actions = session.handle_upstream(feedback_done(), 61.0)
         assert {"type": "status", "state": "ended", "reason": "time_limit"} in browser_messages(actions)
         assert closes(actions) == [Close(1000, "time_limit")]
 
@@ -475,7 +499,8 @@ class TestLimitsAndEnding:
         session = LessonSession(config(idle_timeout_s=30.0))
         greeted(session)
         assert session.handle_timeout(20.0) == []
-        assert closes(session.handle_timeout(30.2)) == [Close(1000, "idle")]
+        assert browser_messages(session.handle_timeout(30.2)) == [FEEDBACK_PENDING]
+        assert closes(session.handle_upstream(feedback_done(), 31.0)) == [Close(1000, "idle")]
 
     def test_student_speech_postpones_the_idle_timeout(self) -> None:
         session = LessonSession(config(idle_timeout_s=30.0))
@@ -484,7 +509,8 @@ class TestLimitsAndEnding:
         session.handle_upstream({"type": "response.created", "response": {"id": "resp_2"}}, 21.0)
         session.handle_upstream(response_done("resp_2"), 22.0)
         assert session.handle_timeout(31.0) == []
-        assert closes(session.handle_timeout(52.0)) == [Close(1000, "idle")]
+        session.handle_timeout(52.0)
+        assert closes(session.handle_upstream(feedback_done(), 53.0)) == [Close(1000, "idle")]
 
     def test_upstream_closing_mid_lesson_tells_the_page(self) -> None:
         session = LessonSession(config())

@@ -16,7 +16,8 @@ from test_session import (
     upstream_events,
 )
 
-from app.session import Close, LessonSession, LessonState
+from app.actions import Close
+from app.session import LessonSession, LessonState
 
 EXPIRY_MESSAGE = "Your session hit the maximum duration of 60 minutes."
 

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from test_session import browser_messages, closes, config, greeted, logs, upstream_events
+from test_session import browser_messages, closes, config, end_lesson, greeted, logs, upstream_events
 
+from app.actions import ToUpstream
 from app.pacing import BURST_S, MIN_APPEND_BYTES, PACE_FACTOR, REAL_TIME_BYTES_PER_S, FrameCoalescer, TokenBucket
-from app.session import LessonSession, LessonState, ToUpstream
+from app.session import LessonSession, LessonState
 from app.settings import Settings
 
 FRAME_20MS = b"\x01\x00" * 480
@@ -45,7 +46,7 @@ class TestMicrophonePacing:
         assert logs(actions, "audio_too_fast") == [{"frame_bytes": 4800, "suppressed": 0}]
         assert [m["code"] for m in browser_messages(actions) if m["type"] == "error"] == ["audio_too_fast"]
         # The frames held back are counted in the log when the lesson ends.
-        ended = session.handle_browser_text('{"type": "end"}', start + span)
+        ended = end_lesson(session, start + span)
         relayed_frames = round(relayed_s * 10)
         assert logs(ended, "audio_too_fast") == [{"suppressed": frames - relayed_frames - 1}]
 
@@ -178,7 +179,7 @@ class TestCostCap:
         session = conversing(max_cost_usd=cap)
         for at, done in enumerate(busy_lesson_responses(cached=True)):
             assert closes(session.handle_upstream(done, 30.0 * at)) == []
-        ended = session.handle_browser_text('{"type": "end"}', 1800.0)
+        ended = end_lesson(session, 1800.0)
         [summary] = logs(ended, "lesson_ended")
         assert summary["estimated_cost_usd"] < cap / 2
 
@@ -206,7 +207,7 @@ class TestRefusedInputWarnings:
         assert len(lines) == 3  # at 0 s, 10 s and 20 s
         assert lines[0]["suppressed"] == 0
         assert all(line["suppressed"] > 0 for line in lines[1:])
-        [last] = logs(session.handle_browser_text('{"type": "end"}', 30.0), "browser_input_refused")
+        [last] = logs(end_lesson(session, 30.0), "browser_input_refused")
         assert len(lines) + sum(line["suppressed"] for line in [*lines, last]) == 2000
 
     def test_a_refusal_line_names_what_was_wrong(self) -> None:

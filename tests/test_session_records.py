@@ -148,10 +148,10 @@ def test_an_upstream_error_is_kept_with_its_code_and_message() -> None:
 def test_the_lesson_end_carries_its_reason_usage_and_cost() -> None:
     session = LessonSession(config())
     greeted(session, 0.0)
-    actions = session.handle_browser_text('{"type":"end"}', 60.0)
-    [ended] = records(actions)
+    session.handle_browser_text('{"type":"end"}', 60.0)
+    *_, ended = records(session.handle_timeout(80.0))
     assert ended == LessonEnded(
-        lesson_id="L1", ended_at=at(60.0), end_reason="student_ended", duration_s=60.0, audio_input_tokens=0,
+        lesson_id="L1", ended_at=at(80.0), end_reason="student_ended", duration_s=80.0, audio_input_tokens=0,
         text_input_tokens=20, cached_tokens=0, audio_output_tokens=8, text_output_tokens=2,
         estimated_cost_usd=round(20 * 4 / 1e6 + 8 * 64 / 1e6 + 2 * 16 / 1e6, 6))
 

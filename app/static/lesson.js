@@ -18,6 +18,8 @@
 //     outputLatencyMs,  the context's own base + output latency
 //     underruns,        playback underruns (the jitter buffer ran dry mid-item)
 //     errors,           [{code, message, fatal}] error frames received
+//     feedback,         the lesson's feedback frame once shown as the card (or its feedback.unavailable)
+//     endedAt, feedbackShownAt   performance.now() of the End click and of the card (or its absence) shown
 //   }
 // window.lessonTestConfig, set before Start, is for tests and measurements only:
 //   sampleRate   create the AudioContext at this rate (stand in for a 48 kHz or 44.1 kHz device);
@@ -47,6 +49,7 @@ const STATUS_TEXT = {
   tutor_speaking: "Your tutor is speaking.",
   listening: "Your turn — speak now.",
   ending: "Ending the lesson…",
+  feedback: "Preparing your feedback…",
   ended: "The lesson has ended.",
 };
 
@@ -95,6 +98,9 @@ const page = {
   simulatedNotice: document.getElementById("simulated-notice"),
   transcript: document.getElementById("transcript"),
   usage: document.getElementById("usage"),
+  feedback: document.getElementById("feedback"),
+  feedbackStatus: document.getElementById("feedback-status"),
+  feedbackCard: document.getElementById("feedback-card"),
 };
 
 const debug = {
@@ -115,6 +121,9 @@ const debug = {
   outputLatencyMs: 0,
   underruns: 0,
   errors: [],
+  feedback: null,
+  endedAt: null,
+  feedbackShownAt: null,
 };
 window.lessonDebug = debug;
 
@@ -184,6 +193,67 @@ class Transcript {
 }
 
 const transcript = new Transcript(page.transcript);
+
+// The lesson's feedback card. Every field is model output: it is set as text, never parsed as HTML.
+// The personal page's server-rendered cards (templates/_feedback.html) have the same structure.
+const feedbackCard = {
+  clear() {
+    page.feedback.hidden = true;
+    page.feedbackStatus.textContent = "";
+    page.feedbackCard.replaceChildren();
+  },
+
+  pending() {
+    page.feedbackStatus.textContent = "Preparing your feedback…";
+    page.feedback.hidden = false;
+  },
+
+  unavailable(message) {
+    page.feedbackStatus.textContent = message;
+    page.feedback.hidden = false;
+    debug.feedbackShownAt = performance.now();
+  },
+
+  show(feedback) {
+    const element = (tag, className, text) => {
+      const node = document.createElement(tag);
+      if (className) node.className = className;
+      if (text !== undefined) node.textContent = String(text);
+      return node;
+    };
+    const section = (title, className, items, fill) => {
+      if (!Array.isArray(items) || items.length === 0) return [];
+      const list = element("ul", className);
+      for (const item of items) {
+        const entry = element("li");
+        fill(entry, item ?? {});
+        list.append(entry);
+      }
+      return [element("h3", "feedback-card__heading", title), list];
+    };
+    const card = element("article", "feedback-card");
+    card.append(
+      element("p", "feedback-card__summary", feedback.summary ?? ""),
+      ...section("Say it better", "feedback-card__corrections", feedback.corrections, (entry, correction) => {
+        entry.append(
+          element("span", "feedback-card__said", correction.said ?? ""),
+          " → ",
+          element("span", "feedback-card__better", correction.better ?? ""),
+          element("span", "feedback-card__why", correction.why ?? ""),
+        );
+      }),
+      ...section("New words", "feedback-card__words", feedback.new_words, (entry, word) => {
+        entry.append(element("strong", "feedback-card__word", word.word ?? ""), " — ", String(word.meaning ?? ""));
+      }),
+      element("h3", "feedback-card__heading", "Next time"),
+      element("p", "feedback-card__next", feedback.next_step ?? ""),
+    );
+    page.feedbackStatus.textContent = "";
+    page.feedbackCard.replaceChildren(card);
+    page.feedback.hidden = false;
+    debug.feedbackShownAt = performance.now();
+  },
+};
 
 // One lesson: its audio graph and its socket. stop() releases everything and is safe to repeat.
 class Lesson {
@@ -357,7 +427,16 @@ class Lesson {
         break;
       case "status":
         if (message.state === "ended") this.serverEnded = true;
-        if (!this.ending || message.state === "ended") showState(message.state);
+        if (message.state === "feedback") this.awaitFeedback(message.timeout_s);
+        if (!this.ending || message.state === "ended" || message.state === "feedback") showState(message.state);
+        break;
+      case "feedback":
+        debug.feedback = message;
+        feedbackCard.show(message);
+        break;
+      case "feedback.unavailable":
+        debug.feedback = message;
+        feedbackCard.unavailable(message.message);
         break;
       case "audio.start":
         this.currentItem = message.item_id;
@@ -404,9 +483,22 @@ class Lesson {
     showError(CLOSE_MESSAGES[event.code] ?? DROPPED_MESSAGE, true);
   }
 
+  // The lesson is over and its feedback is on its way: nothing more to hear or say; the relay closes once
+  // the feedback came or its timeout passed.
+  awaitFeedback(timeoutSeconds) {
+    this.ending = true;
+    this.releaseAudio();
+    feedbackCard.pending();
+    setLessonControls(false);
+    clearTimeout(this.closeTimer);
+    const seconds = Number.isFinite(timeoutSeconds) ? timeoutSeconds : 20;
+    this.closeTimer = setTimeout(() => this.stop(), (seconds + 5) * 1000);
+  }
+
   // End lesson: ask the relay to finish (it answers with usage and status ended, then closes).
   end() {
     this.ending = true;
+    debug.endedAt = performance.now();
     if (this.socket?.readyState === WebSocket.OPEN) {
       this.send({ type: "end" });
       showState("ending");
@@ -489,6 +581,7 @@ function startLesson() {
   lesson?.stop();
   hideError();
   transcript.clear();
+  feedbackCard.clear();
   page.usage.hidden = true;
   page.mute.setAttribute("aria-pressed", "false");
   page.mute.textContent = "Mute microphone";

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.records import (
+    FeedbackGiven,
     LessonEnded,
     LessonEventHappened,
     LessonRecord,
@@ -176,6 +177,9 @@ async def _apply(session: AsyncSession, record: LessonRecord) -> None:
             session.add(LessonEvent(lesson_id=record.lesson_id, at=record.at, kind=record.kind,
                                     detail=dict(record.detail)))
             await session.flush()
+        case FeedbackGiven():
+            await session.execute(update(Lesson).where(Lesson.id == record.lesson_id)
+                                  .values(feedback=dict(record.feedback)))
         case LessonEnded():
             await session.execute(update(Lesson).where(Lesson.id == record.lesson_id).values(
                 ended_at=record.ended_at, end_reason=record.end_reason, duration_s=record.duration_s,

@@ -1,0 +1,61 @@
+"""A lesson's token usage, added up from every `response.done`, and its estimated cost."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from app import protocol
+
+
+@dataclass(slots=True)
+class LessonUsage:
+    responses: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    text_input_tokens: int = 0
+    audio_input_tokens: int = 0
+    cached_tokens: int = 0
+    text_output_tokens: int = 0
+    audio_output_tokens: int = 0
+
+    def add(self, usage: protocol.Usage | None) -> None:
+        self.responses += 1
+        if usage is None:
+            return
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        if details := usage.input_token_details:
+            self.text_input_tokens += details.text_tokens
+            self.audio_input_tokens += details.audio_tokens
+            self.cached_tokens += details.cached_tokens
+        if out := usage.output_token_details:
+            self.text_output_tokens += out.text_tokens
+            self.audio_output_tokens += out.audio_tokens
+
+    def tokens_by_kind(self) -> dict[str, int]:
+        """The five counts the cost is made of, named as the records and the page's `usage` frame name them."""
+        return {
+            "audio_input_tokens": self.audio_input_tokens, "audio_output_tokens": self.audio_output_tokens,
+            "text_input_tokens": self.text_input_tokens, "text_output_tokens": self.text_output_tokens,
+            "cached_tokens": self.cached_tokens,
+        }
+
+    def totals(self) -> dict[str, int]:
+        """Every count: responses, input and output tokens, and the counts by kind."""
+        return {"responses": self.responses, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                **self.tokens_by_kind()}
+
+    def cost_usd(self, prices: Mapping[str, float]) -> float:
+        # Cached tokens are billed at the cached rate and taken off the audio input first (most of a lesson).
+        cached_audio = min(self.cached_tokens, self.audio_input_tokens)
+        cached_text = min(self.cached_tokens - cached_audio, self.text_input_tokens)
+        per_token = {kind: price / 1_000_000 for kind, price in prices.items()}
+        return round(
+            (self.audio_input_tokens - cached_audio) * per_token.get("audio_input", 0)
+            + (self.text_input_tokens - cached_text) * per_token.get("text_input", 0)
+            + self.cached_tokens * per_token.get("cached", 0)
+            + self.audio_output_tokens * per_token.get("audio_output", 0)
+            + self.text_output_tokens * per_token.get("text_output", 0),
+            6,
+        )

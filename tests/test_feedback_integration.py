@@ -1,0 +1,103 @@
+"""The lesson's feedback over real sockets with the simulator: asked of the same session at a normal end,
+it reaches the page before `status` `ended` and the store keeps it; without it the lesson ends as before."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+from harness import AppServer, LessonClient, log_lines, open_lesson, relay_settings, serve_app
+from test_faults import END_OF_TURN_FRAMES, of_type, pause, speak
+from test_records_integration import stored
+
+from app.simulator import RealtimeSimulator
+
+SimulatorWith = Callable[..., RealtimeSimulator]
+
+
+async def converse(page: LessonClient) -> None:
+    """Hear the greeting, answer it, and hear the tutor's reply to the end."""
+    await page.hear_greeting()
+    await speak(page, 30)
+    await pause(page, END_OF_TURN_FRAMES)
+    reply = await page.until_type("audio.done")
+    await page.send_json({"type": "playback", "item_id": reply["item_id"], "played_ms": reply["duration_ms"]})
+    await page.until_type("status", state="listening")
+
+
+async def end_and_read(server: AppServer, **settings_query: str) -> list[dict[str, Any]]:
+    """A lesson that converses and ends with End: every JSON frame after the End, up to the close."""
+    async with open_lesson(server.lesson_url(name="Ana", level="A2")) as page:
+        await converse(page)
+        before = len(page.messages)
+        await page.send_json({"type": "end"})
+        await page.drain_until_closed()
+        assert page.ws.close_code == 1000
+        return page.messages[before:]
+
+
+async def test_end_brings_the_feedback_to_the_page_before_ended_and_into_the_store(
+        simulator: RealtimeSimulator, relay: AppServer, log_stream: io.StringIO) -> None:
+    frames = await end_and_read(relay)
+    assert [(f["type"], f.get("state")) for f in frames] == [
+        ("status", "feedback"), ("feedback", None), ("usage", None), ("status", "ended")]
+    feedback = {key: value for key, value in frames[1].items() if key != "type"}
+    assert set(feedback) == {"summary", "corrections", "new_words", "next_step"}
+    # The simulator's feedback is built from the conversation it had: its greeting and its reply.
+    assert feedback["summary"].startswith("Today we talked about how you are and your favourite food.")
+    assert {"word": "favourite", "meaning": "the one you like best"} in feedback["new_words"]
+    assert frames[2]["responses"] == 3
+    assert frames[2]["text_output_tokens"] > 0
+
+    upstream = simulator.connections[-1]
+    [request] = [e for e in of_type(upstream.received, "response.create") if "metadata" in e.get("response", {})]
+    assert request["response"]["conversation"] == "none"
+    assert request["response"]["output_modalities"] == ["text"]
+    assert "Ana is learning English at CEFR level A2" in request["response"]["instructions"]
+
+    lesson, turns, _ = await stored(relay)
+    assert lesson.feedback == feedback
+    assert lesson.end_reason == "student_ended"
+    assert lesson.text_output_tokens == frames[2]["text_output_tokens"]
+    # Its text is not a turn of the conversation.
+    assert all(feedback["summary"] not in turn.text for turn in turns)
+    assert [line for line in log_lines(log_stream) if line["event"] == "upstream_text_output"] == []
+
+
+async def feedback_fault_lesson(simulator_with: SimulatorWith, log_stream: io.StringIO, fault: str,
+                                **settings: Any) -> tuple[list[dict[str, Any]], dict[str, Any], AppServer]:
+    async with simulator_with(feedback_fault=fault) as simulator, \
+            serve_app(relay_settings(simulator.url, **settings), log_stream) as server:
+        frames = await end_and_read(server)
+        lesson, _, events = await stored(server)
+        [why] = [event.detail for event in events if event.kind == "feedback_unavailable"]
+        assert lesson.feedback is None
+        assert lesson.end_reason == "student_ended"
+    return frames, why, server
+
+
+async def test_a_feedback_that_is_not_json_leaves_the_lesson_ending_as_before(
+        simulator_with: SimulatorWith, log_stream: io.StringIO) -> None:
+    frames, why, _ = await feedback_fault_lesson(simulator_with, log_stream, "invalid_json")
+    assert [(f["type"], f.get("reason")) for f in frames] == [
+        ("status", None), ("feedback.unavailable", "invalid_feedback"), ("usage", None), ("status", "student_ended")]
+    assert why["problem"].startswith("not JSON")
+
+
+async def test_a_failed_feedback_response_is_kept_with_its_status_details(
+        simulator_with: SimulatorWith, log_stream: io.StringIO) -> None:
+    frames, why, _ = await feedback_fault_lesson(simulator_with, log_stream, "failed")
+    assert frames[1]["reason"] == "response_failed"
+    assert why["status_details"]["error"]["code"] == "server_error"
+    [logged] = [line for line in log_lines(log_stream) if line["event"] == "feedback_unavailable"]
+    assert logged["reason"] == "response_failed"
+
+
+async def test_an_unanswered_feedback_request_ends_the_lesson_at_the_timeout(
+        simulator_with: SimulatorWith, log_stream: io.StringIO) -> None:
+    frames, why, _ = await feedback_fault_lesson(simulator_with, log_stream, "never",
+                                                 feedback_timeout_seconds=0.5)
+    assert frames[0] == {"type": "status", "state": "feedback", "timeout_s": 0.5}
+    assert frames[1]["reason"] == "timeout"
+    assert why["timeout_s"] == 0.5

@@ -1,5 +1,5 @@
-"""The tutor's instructions (`app/templates/prompts/tutor.j2`) and the request for the lesson's feedback
-(`feedback.j2`).
+"""The tutor's instructions (`app/templates/prompts/tutor.j2`), with what the tutor remembers about a
+returning student (`memory.j2`), and the request for the lesson's feedback (`feedback.j2`).
 
 The level rules follow the CEFR descriptors: concrete speaking rules the model can follow, one list
 per level. The template is rendered with StrictUndefined so a missing variable fails loudly at once.
@@ -8,11 +8,14 @@ per level. The template is rendered with StrictUndefined so a missing variable f
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from app.feedback import MAX_CORRECTIONS, MAX_NEW_WORDS
+from app.memory import RememberedLesson
 from app.messages import Level
 
 LEVEL_RULES: dict[str, tuple[str, ...]] = {
@@ -77,6 +80,12 @@ _TEMPLATES = Environment(
 _TEMPLATES.filters["quoted"] = lambda value: json.dumps(str(value), ensure_ascii=False)
 
 
+# The memory section's bound, heading included: it rides along in every lesson's instructions.
+MEMORY_MAX_CHARS = 1200
+# How much of each remembered lesson goes in, richest first: (corrections, new words) per lesson.
+_MEMORY_DETAIL = ((3, 6), (2, 4), (1, 2), (0, 0))
+
+
 def tutor_instructions(
     *,
     name: str,
@@ -84,8 +93,11 @@ def tutor_instructions(
     target_language: str,
     support_language: str | None = None,
     topic: str | None = None,
+    memory: Sequence[RememberedLesson] = (),
 ) -> str:
-    """The `instructions` of the lesson's `session.update`: greeting protocol plus the level's rules."""
+    """The `instructions` of the lesson's `session.update`: greeting protocol plus the level's rules; for a
+    returning student (`memory`: their last lessons, newest first) what the tutor remembers and a
+    welcome-back greeting."""
     return _TEMPLATES.get_template("tutor.j2").render(
         name=name,
         level=level,
@@ -94,7 +106,30 @@ def tutor_instructions(
         topic=topic,
         level_rules=LEVEL_RULES[level],
         greeting_question=GREETING_QUESTIONS[level],
+        memory=memory_section(memory),
     )
+
+
+def memory_section(lessons: Sequence[RememberedLesson]) -> str:
+    """`# What you remember about the student` from `lessons` (newest first), at most MEMORY_MAX_CHARS long:
+    with fewer corrections and words per lesson, then fewer (older) lessons, until it fits; "" without lessons."""
+    for corrections, words in _MEMORY_DETAIL:
+        for count in range(len(lessons), 0, -1):
+            text = _render_memory(lessons[:count], corrections, words)
+            if len(text) <= MEMORY_MAX_CHARS:
+                return text
+    return ""
+
+
+def _render_memory(lessons: Sequence[RememberedLesson], corrections: int, words: int) -> str:
+    shown: list[dict[str, Any]] = [{
+        "date": f"{lesson.started_at.day} {lesson.started_at:%B %Y}",
+        "summary": lesson.feedback.summary,
+        "new_words": lesson.feedback.new_words[:words],
+        "corrections": lesson.feedback.corrections[:corrections],
+        "next_step": lesson.feedback.next_step,
+    } for lesson in lessons]
+    return _TEMPLATES.get_template("memory.j2").render(lessons=shown).strip()
 
 
 def feedback_instructions(*, name: str, level: Level, target_language: str, support_language: str | None = None) -> str:

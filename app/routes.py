@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,7 @@ from app import messages
 from app.admission import LessonRegistry, Start, origin_allowed
 from app.errors import InvalidRequest, LessonError, OverCapacity, StoreUnavailable
 from app.lesson_config import LessonConfig
+from app.memory import RememberedLesson, StudentHistory, load_memory, student_history
 from app.metrics import LessonMetrics, bearer_allowed
 from app.prompts import feedback_instructions, tutor_instructions
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, RecordSink
@@ -54,6 +56,7 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
     settings: Settings = _state(request).settings
     templates: Jinja2Templates = _state(request).templates
     name, level, locked = "", "A1", False
+    history: StudentHistory | None = None
     if token or settings.lesson_secret is not None:
         try:
             if not token:
@@ -65,6 +68,7 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
             return templates.TemplateResponse(request, "link_required.html", {"problem": exc.student_message},
                                               status_code=503 if isinstance(exc, StoreUnavailable) else 403)
         name, level, locked = student.name, student.level, True
+        history = await student_history(_state(request).db, student.student_id)
     return templates.TemplateResponse(request, "lesson.html", {
         "simulated": settings.simulated,
         "levels": messages.LEVELS,
@@ -74,6 +78,7 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
         "locked": locked,
         "target_language": settings.target_language,
         "max_frame_bytes": settings.max_frame_bytes,
+        "history": history,
     })
 
 
@@ -117,7 +122,11 @@ async def lesson_socket(websocket: WebSocket) -> None:
             sessions=state.db)
         start = Start(lesson_id=lesson_id, client=client, link_id=student.link_id)
         async with registry.admit(start, time.monotonic()) as replaced:
-            config = _lesson_config(lesson_id, request, settings, student)
+            # What the tutor remembers is read before the lesson is built; without it the lesson goes on.
+            memory = await load_memory(state.db, student)
+            if memory:
+                lesson_log.info("student_remembered", lessons=len(memory))
+            config = _lesson_config(lesson_id, request, settings, student, memory)
             upstream: Upstream = state.upstream
             url = realtime_url(upstream.url, settings.openai_realtime_model)
 
@@ -162,14 +171,14 @@ def _record_refusal(records: RecordSink, lesson_id: str, request: messages.Lesso
 
 
 def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Settings,
-                   student: LessonStudent) -> LessonConfig:
+                   student: LessonStudent, memory: Sequence[RememberedLesson]) -> LessonConfig:
     return LessonConfig(
         lesson_id=lesson_id,
         name=request.name,
         level=request.level,
         instructions=tutor_instructions(
             name=request.name, level=request.level, target_language=settings.target_language,
-            support_language=request.support, topic=request.topic,
+            support_language=request.support, topic=request.topic, memory=memory,
         ),
         simulated=settings.simulated,
         voice=settings.openai_realtime_voice,

@@ -295,6 +295,18 @@ async def test_a_remembered_student_is_welcomed_back_with_one_remembered_thing(
     )
 
 
+async def test_a_quoted_remembered_thing_is_said_without_its_quotes(simulator: RealtimeSimulator) -> None:
+    quoted = '# What you remember about the student\n- "You told me about your dog Max."\n'
+    async with realtime_client(simulator) as client:
+        await client.configure({**GA_SESSION, "instructions": PROMPT + "\n" + quoted})
+        await client.send({"type": "response.create"})
+        greeting = (await client.until("response.done"))[-1]["response"]
+    assert greeting["output"][0]["content"][0]["transcript"] == (
+        "Welcome back, Ana! I remember from last time: You told me about your dog Max. "
+        "What can you tell me about that today?"
+    )
+
+
 async def test_without_remembered_bullets_the_greeting_is_the_first_lesson_one(
     simulator: RealtimeSimulator,
 ) -> None:

@@ -3,8 +3,9 @@
 It reads the student's name, level and language from the lines the relay's prompt always has
 (app/templates/prompts/tutor.j2), so a lesson over the simulator sounds like the lesson it asked for.
 
-Memory: when the instructions hold a section headed `# What you remember about <name>` with bullet lines
-(`- …`) under it, the greeting welcomes the student back, mentions the first bullet and asks about it.
+Memory: when the instructions hold a section headed `# What you remember about <name>` (the relay writes
+`… about the student`) with bullet lines (`- …`) under it, the greeting welcomes the student back, mentions
+the first bullet (without its quotes) and asks about it.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def tutor_text(instructions: str, turns_spoken: int) -> str:
         memory = remembered(instructions)
         if memory is not None:
             remembered_name, bullets = memory
-            thing = bullets[0].rstrip(".!?;: ")
+            # The relay quotes what it remembers ("…"), as data; said aloud, the quotes go.
+            thing = bullets[0].strip('"').rstrip(".!?;: ")
             return (
                 f"Welcome back, {name or remembered_name}! I remember from last time: {thing}. "
                 "What can you tell me about that today?"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.links import EXPIRED_WORDS, LinkClaim, LinkError
 from app.settings import Settings
-from app.store.models import AppSecret, Link, Student
+from app.store.models import AppSecret, Lesson, Link, Student
 
 LINK_SECRET_NAME = "lesson_link_secret"
 # How long a lesson start waits for the store before going on without it (or refusing a link lesson).
@@ -95,3 +96,19 @@ async def create_link(sessions: async_sessionmaker[AsyncSession], *, student_id:
         link = Link(student_id=student_id, expires_at=expires_at, topic=topic, support_language=support_language)
         session.add(link)
     return link
+
+
+async def recent_feedback(sessions: async_sessionmaker[AsyncSession], *, student_id: str | None = None,
+                          browser_key_hash: str | None = None, limit: int) -> list[tuple[datetime, dict[str, Any]]]:
+    """(start, feedback) of the student's last `limit` lessons that have feedback, newest first; the student is
+    a link's (`student_id`) or the open page's browser (`browser_key_hash`)."""
+    query = select(Lesson.started_at, Lesson.feedback).where(Lesson.feedback.is_not(None))
+    if student_id is not None:
+        query = query.where(Lesson.student_id == student_id)
+    elif browser_key_hash is not None:
+        query = query.join(Student, Lesson.student_id == Student.id).where(Student.browser_key_hash == browser_key_hash)
+    else:
+        return []
+    async with sessions() as session:
+        rows = await session.execute(query.order_by(Lesson.started_at.desc()).limit(limit))
+    return [(started_at, feedback) for started_at, feedback in rows if feedback is not None]

@@ -122,7 +122,11 @@ class Relay:
             if message["type"] == "websocket.disconnect":
                 self._browser_open = False
                 await self._carry_out(session.handle_browser_closed(clock()))
-                raise _LessonOver
+                if not self._closing:
+                    raise _LessonOver
+                # The lesson was already ending (the page was dropped for stalling): the pump carrying out
+                # its `Close` logs the end and tears the lesson down; cancelling it here would lose that.
+                return
             pcm = message.get("bytes")
             if pcm is not None:
                 await self._carry_out(session.handle_browser_audio(pcm, clock()))

@@ -32,7 +32,7 @@ from app.settings import Settings, load_settings
 from app.simulator import RealtimeSimulator
 from app.store.runtime import open_store
 from app.teacher import install as install_teacher_desk
-from app.transport import protocol_options
+from app.transport import TransportLimits, protocol_options
 
 HERE = Path(__file__).parent
 # The simulator checks that a key is sent, like OpenAI does; this one never leaves the machine.
@@ -133,7 +133,8 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         "forwarded_allow_ips": "*",
         # Lessons are drained before this starts (DrainingServer): only stragglers are left.
         "timeout_graceful_shutdown": CONNECTIONS_CLOSE_SECONDS,
-        **protocol_options(),
+        **protocol_options(TransportLimits(request_timeout_s=settings.request_timeout_seconds,
+                                           max_connections=settings.max_connections)),
     }
     return uvicorn.Config(app, **(options | overrides))
 

@@ -7,6 +7,7 @@ store, capacity, start rate), then hands both sockets to `Relay`. A refusal alwa
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 import orjson
 import structlog
-from fastapi import APIRouter, Request, WebSocket
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
@@ -145,7 +146,7 @@ async def lesson_socket(websocket: WebSocket) -> None:
         if student.student_id is not None and isinstance(exc, OverCapacity):
             # A known student turned away for capacity or start rate: their teacher sees the attempt.
             _record_refusal(state.records, lesson_id, request, settings, student, exc)
-        await _refuse(websocket, exc, lesson_log)
+        await _refuse(websocket, exc, lesson_log, settings.browser_send_timeout_seconds)
 
 
 def _parse(websocket: WebSocket) -> messages.LessonRequest:
@@ -205,12 +206,19 @@ def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Se
     )
 
 
-async def _refuse(websocket: WebSocket, exc: LessonError, lesson_log: structlog.typing.FilteringBoundLogger) -> None:
+async def _refuse(websocket: WebSocket, exc: LessonError, lesson_log: structlog.typing.FilteringBoundLogger,
+                  send_timeout_s: float) -> None:
+    """Tell the page why in plain words, close, and drop the connection at once: a refused lesson waits on
+    nothing from its client (not even the answer to the close frame)."""
     lesson_log.warning("lesson_refused", code=exc.code, detail=exc.detail)
     frame = messages.error(code=exc.code, message=exc.student_message, fatal=True)
     try:
-        await websocket.send_text(orjson.dumps(frame).decode())
-        await websocket.send_text(orjson.dumps(messages.status("ended", exc.code)).decode())
-        await websocket.close(exc.close_code, exc.code)
-    except (RuntimeError, OSError):
+        async with asyncio.timeout(send_timeout_s):
+            await websocket.send_text(orjson.dumps(frame).decode())
+            await websocket.send_text(orjson.dumps(messages.status("ended", exc.code)).decode())
+            await websocket.close(exc.close_code, exc.code)
+    except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
         lesson_log.info("refusal_not_delivered", code=exc.code)
+    page = current_page_connection()
+    if page is not None:
+        page.close_within(0)

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     # A page that takes no frame for this long has stopped reading: its connection is dropped.
     browser_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # A request (head and body) must have arrived this long after it began, or after the connection opened.
+    request_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    max_connections: int = Field(default=500, ge=2)
     max_frame_bytes: int = Field(default=4800, ge=960, le=96_000)
     max_sessions: int = Field(default=50, ge=1)
     # Worker processes of `python -m app`; MAX_SESSIONS and the start rate hold for all of them together.

@@ -77,12 +77,29 @@ class RawWebSocket:
     async def send_raw(self, data: bytes) -> None:
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
 
-    async def until_closed(self) -> None:
-        """Read (and discard) until the server ends the connection, by closing or dropping it."""
+    async def until_closed(self) -> bytes:
+        """Read until the server ends the connection, by closing or dropping it; everything it sent."""
         loop = asyncio.get_running_loop()
+        received = bytearray()
         with contextlib.suppress(ConnectionResetError):
-            while await loop.sock_recv(self.sock, 65_536):
-                pass
+            while chunk := await loop.sock_recv(self.sock, 65_536):
+                received += chunk
+        return bytes(received)
 
     def close(self) -> None:
         self.sock.close()
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The complete (unmasked) server frames in `data`, as (opcode, payload), in order."""
+    frames, position = [], 0
+    while position + 2 <= len(data):
+        opcode, length, position = data[position] & 0x0F, data[position + 1] & 0x7F, position + 2
+        if length >= 126:
+            size = 2 if length == 126 else 8
+            length, position = int.from_bytes(data[position:position + size], "big"), position + size
+        if position + length > len(data):
+            break
+        frames.append((opcode, data[position:position + length]))
+        position += length
+    return frames

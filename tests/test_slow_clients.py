@@ -12,19 +12,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
+import os
+import re
+import socket
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 from harness import AppServer, log_lines, open_lesson, relay_settings, serve_app
 from websockets.asyncio.client import connect
 
+from app.links import make_lesson_token
 from app.main import drain_lessons
 from app.simulator import RealtimeSimulator
-from bench.raw_client import TEXT, RawWebSocket
+from bench.raw_client import CLOSE, PING, TEXT, RawWebSocket, client_frame, open_socket, server_frames
 
 SimulatorWith = Callable[..., RealtimeSimulator]
 SMALL_RECEIVE_BUFFER = 4096
 SMALL_SEND_BUFFER = 16_384
+LESSON_SECRET = "test-lesson-secret-not-real-0123456789"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MB = 1_000_000
 # Not JSON: each one is answered with an error frame, which the stuck page never reads.
 BAD_FRAME = b"not json " * 100
 
@@ -32,8 +45,8 @@ BAD_FRAME = b"not json " * 100
 @contextlib.asynccontextmanager
 async def stuck_page(relay: AppServer, name: str = "Mallory") -> AsyncIterator[RawWebSocket]:
     """A lesson opened by a page that reads nothing and keeps sending bad frames until the block ends."""
-    host, port = relay.base_url.removeprefix("http://").split(":")
-    page = await RawWebSocket.open(host, int(port), f"/ws/lesson?name={name}", receive_buffer=SMALL_RECEIVE_BUFFER)
+    host, port = _address(relay)
+    page = await RawWebSocket.open(host, port, f"/ws/lesson?name={name}", receive_buffer=SMALL_RECEIVE_BUFFER)
     assert page.status == 101
 
     async def flood() -> None:
@@ -148,3 +161,178 @@ async def test_a_page_that_connects_and_closes_at_once_ends_normally(
     [ended] = logged(log_stream, "lesson_ended")
     assert ended["reason"] == "browser_closed"
     assert [line for line in log_lines(log_stream) if line["level"] in ("error", "critical")] == []
+
+
+# ---- a refused lesson costs nothing --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("query", "code", "words"), [
+    ("level=A1", "invalid_request", "type your name"),
+    ("name=Ana&token=forged.link", "invalid_request", "link is not valid"),
+    ("name=Ana&token=EXPIRED", "invalid_request", "expired"),
+])
+async def test_a_refused_lesson_says_why_and_is_closed_at_once_without_waiting_on_the_client(
+    simulator: RealtimeSimulator, query: str, code: str, words: str,
+) -> None:
+    settings = relay_settings(simulator.url, lesson_secret=LESSON_SECRET)
+    async with serve_app(settings) as relay:
+        async with httpx.AsyncClient(base_url=relay.base_url) as http:
+            assert (await http.get("/healthz")).status_code == 200  # the lifespan has run: the link secret is set
+        expired = make_lesson_token(relay.app.state.link_secret, student_id="s" * 32, link_id="k" * 32,
+                                    expires_at=int(time.time()) - 60)
+        host, port = _address(relay)
+        page = await RawWebSocket.open(host, port, "/ws/lesson?" + query.replace("EXPIRED", expired))
+        # The client never answers the close frame; uvicorn alone would wait 10 s for that answer.
+        async with asyncio.timeout(5):
+            frames = server_frames(await page.until_closed())
+        page.close()
+    [error, ended] = [json.loads(payload) for opcode, payload in frames if opcode == TEXT]
+    assert (error["code"], error["fatal"]) == (code, True)
+    assert words in error["message"]
+    assert (ended["state"], ended["reason"]) == ("ended", code)
+    [close] = [payload for opcode, payload in frames if opcode == CLOSE]
+    assert int.from_bytes(close[:2], "big") == 1008
+    assert simulator.connections == []
+
+
+# ---- bounded memory per connection --------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def relay_process(**environment: str) -> AsyncIterator[tuple[int, int]]:
+    """`python -m app` in simulator mode as its own process on a free port, until the block ends: (port, pid)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = os.environ | {"PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "error", **environment}
+    env.pop("OPENAI_API_KEY", None)
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
+                                                   stdout=asyncio.subprocess.DEVNULL)
+    try:
+        async with asyncio.timeout(30), httpx.AsyncClient() as http:
+            while True:  # a readiness poll, as a load balancer does
+                assert process.returncode is None, "python -m app exited at start"
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        yield port, process.pid
+    finally:
+        process.kill()
+        await process.wait()
+
+
+def resident_bytes(pid: int) -> int:
+    """The process's resident memory, from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+async def test_a_ping_flood_whose_pongs_are_never_read_is_dropped_and_the_server_stays_small() -> None:
+    flood_limit, burst = 96 * MB, client_frame(PING, b"p" * 125) * 1000
+    async with relay_process() as (port, pid):
+        baseline = peak = resident_bytes(pid)
+        page = await RawWebSocket.open("127.0.0.1", port, "/ws/lesson?name=Eve", receive_buffer=SMALL_RECEIVE_BUFFER)
+        sent, dropped = 0, False
+        try:
+            while sent < flood_limit:
+                await page.send_raw(burst)
+                sent += len(burst)
+                peak = max(peak, resident_bytes(pid))
+        except OSError:
+            dropped = True
+        page.close()
+    assert dropped, f"{sent // MB} MB of pings sent, the server still answering; {(peak - baseline) // MB} MB more"
+    assert peak - baseline < 24 * MB
+
+
+# ---- requests: size, time, and the number of connections --------------------------------------------------
+
+
+async def http_exchange(relay: AppServer, request: bytes) -> bytes:
+    """Send `request` on a fresh connection and read until the server closes it; what it answered."""
+    loop = asyncio.get_running_loop()
+    host, port = _address(relay)
+    sock = open_socket()
+    try:
+        await loop.sock_connect(sock, (host, port))
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            await loop.sock_sendall(sock, request)
+        answer = bytearray()
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := await loop.sock_recv(sock, 65_536):
+                    answer += chunk
+        return bytes(answer)
+    finally:
+        sock.close()
+
+
+async def test_a_request_head_that_never_ends_gets_431_and_the_connection_closes(relay: AppServer) -> None:
+    answer = await http_exchange(relay, b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"a" * (4 * MB))
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_a_url_over_the_limit_gets_414(relay: AppServer) -> None:
+    answer = await http_exchange(relay, b"GET /?token=" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 414 ")
+
+
+async def test_a_half_sent_request_gets_408_after_the_request_timeout(simulator: RealtimeSimulator) -> None:
+    async with serve_app(relay_settings(simulator.url, request_timeout_seconds=0.5)) as relay:
+        answer = await http_exchange(relay, b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_requests_with_bodies_and_keep_alive_are_followed_request_by_request(
+    simulator: RealtimeSimulator,
+) -> None:
+    # Both body framings, pipelined on one connection: the guard must find each request after a body, or
+    # the next one would be taken for a half-sent request and time out.
+    pipelined = (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello there"
+                 b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"5;note=x\r\nhello\r\n6\r\n there\r\n0\r\nX-Trailer: 1\r\n\r\n"
+                 b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    async with serve_app(relay_settings(simulator.url, request_timeout_seconds=0.5)) as relay:
+        answer = await http_exchange(relay, pipelined)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"405", b"405", b"200"]
+
+
+async def test_at_max_connections_a_real_request_takes_the_place_of_the_oldest_half_sent_one(
+    simulator: RealtimeSimulator,
+) -> None:
+    async with serve_app(relay_settings(simulator.url, max_connections=3)) as relay:
+        half_sent = [asyncio.create_task(http_exchange(relay, b"GET / HTTP/1.1\r\nHost: x\r\n")) for _ in range(3)]
+        await until_connections(relay, 3)
+        async with httpx.AsyncClient(base_url=relay.base_url) as http:
+            assert (await http.get("/healthz")).status_code == 200
+        oldest = await half_sent[0]
+        for task in half_sent[1:]:
+            task.cancel()
+        await asyncio.gather(*half_sent[1:], return_exceptions=True)
+    assert oldest.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_at_max_connections_with_none_waiting_a_new_connection_gets_503(simulator: RealtimeSimulator) -> None:
+    async with serve_app(relay_settings(simulator.url, max_connections=2)) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as first, open_lesson(relay.lesson_url(name="Ben")) as second:
+        await first.until_type("lesson")
+        await second.until_type("lesson")
+        answer = await http_exchange(relay, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 503 ")
+
+
+async def until_connections(relay: AppServer, count: int) -> None:
+    """Poll, with a deadline, until the server holds `count` connections."""
+    async with asyncio.timeout(10):
+        while True:
+            if len(relay.server.server_state.connections) >= count:
+                return
+            await asyncio.sleep(0.01)  # a poll with a deadline: accepting a connection signals nothing
+
+
+def _address(relay: AppServer) -> tuple[str, int]:
+    host, port = relay.base_url.removeprefix("http://").split(":")
+    return host, int(port)

@@ -1,0 +1,321 @@
+"""python -m bench.attacks — what one anonymous client costs the server, and what a real student then waits.
+
+    git worktree add /tmp/before <ref>
+    .venv/bin/python -m bench.attacks --checkout /tmp/before                # the relay at <ref>
+    .venv/bin/python -m bench.attacks                                       # this checkout
+    .venv/bin/python -m bench.attacks --ws wsproto --scenarios ping_flood   # another uvicorn WebSocket protocol
+
+Each scenario starts the relay of `--checkout` as its own process (simulator mode, loopback only), attacks it
+from this process, reads the server's resident memory and open descriptors from /proc/<pid>, and times a
+real student beside the attack. Every loop is bounded in time and bytes; nothing leaves the machine.
+
+- stalled: pages that stop reading (4 kB receive buffer) and keep sending bad frames, one per place
+  (MAX_SESSIONS=10, IDLE_TIMEOUT_SECONDS=10, MAX_LESSON_SECONDS=30); a student retries every second.
+- ping_flood: 125-byte pings, pongs never read, on a lesson socket and on a refused one (bad link).
+- huge_header: a request header that never ends; a health probe every half second.
+- half_sent: many connections that send half a request and wait; a student loads the page meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import orjson
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from bench import run_on_uvloop
+from bench.processes import REPO_ROOT, ProcessProbe, free_port
+from bench.raw_client import PING, TEXT, RawWebSocket, client_frame, open_socket
+
+STARTUP_SECONDS: Final = 30.0
+# Stops any scenario before it can take the shared machine down with it.
+RSS_SAFETY_BYTES: Final = 1_500_000_000
+LESSON_SECRET: Final = "bench-attacks-lesson-secret-0123456789"
+MB: Final = 1_000_000
+
+
+@dataclass
+class Server:
+    process: asyncio.subprocess.Process
+    port: int
+    probe: ProcessProbe
+    peak_rss: int = 0
+    samples: list[tuple[float, int, int]] = field(default_factory=list)
+
+    def sample(self, since: float) -> tuple[int, int]:
+        """Resident memory (bytes) and open descriptors now; kept, and the peak memory updated."""
+        rss = self.probe.sample().rss_bytes
+        descriptors = len(os.listdir(f"/proc/{self.process.pid}/fd"))
+        self.peak_rss = max(self.peak_rss, rss)
+        self.samples.append((round(time.monotonic() - since, 1), rss, descriptors))
+        return rss, descriptors
+
+
+@contextlib.asynccontextmanager
+async def serve(checkout: Path, ws: str | None, environment: dict[str, str]) -> AsyncIterator[Server]:
+    """`python -m app` in `checkout` (or `uvicorn app.main:app --ws <ws>`), until the block ends."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "error", "LOG_FORMAT": "json",
+           **environment}
+    env.pop("OPENAI_API_KEY", None)
+    command = ([sys.executable, "-m", "app"] if ws is None else
+               [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+                "--ws", ws, "--log-level", "error"])
+    process = await asyncio.create_subprocess_exec(*command, cwd=checkout, env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=asyncio.subprocess.DEVNULL)
+    try:
+        server = Server(process, port, ProcessProbe(process.pid))
+        give_up = time.monotonic() + STARTUP_SECONDS
+        async with httpx.AsyncClient() as http:
+            while True:
+                if process.returncode is not None:
+                    raise RuntimeError(f"the server exited with {process.returncode} at start")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                if time.monotonic() > give_up:
+                    raise RuntimeError("the server did not become ready")
+                await asyncio.sleep(0.1)
+        yield server
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def student_admitted(port: int, path: str = "/ws/lesson?name=Ana") -> str:
+    """One start of a real student's lesson: 'admitted' (tutor audio arrived), or the refusal's code."""
+    try:
+        async with asyncio.timeout(15), connect(f"ws://127.0.0.1:{port}{path}", max_size=None) as page:
+            async for frame in page:
+                if isinstance(frame, bytes):
+                    return "admitted"
+                message = orjson.loads(frame)
+                if message["type"] == "error":
+                    return str(message["code"])
+    except (ConnectionClosed, InvalidStatus, OSError, TimeoutError) as exc:
+        return type(exc).__name__
+    return "closed"
+
+
+async def while_sampling(server: Server, seconds: float, until: Callable[[], bool] = lambda: False) -> float:
+    """Sample the server every half second for up to `seconds` or until `until()`; the time it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds and not until():
+        rss, _ = server.sample(started)
+        if rss > RSS_SAFETY_BYTES:
+            break
+        await asyncio.sleep(0.5)
+    return time.monotonic() - started
+
+
+async def stalled(checkout: Path, ws: str | None, bound_s: float) -> dict[str, Any]:
+    # The student shares the attacker's address: the start rate limit is lifted so only places are measured.
+    environment = {"MAX_SESSIONS": "10", "IDLE_TIMEOUT_SECONDS": "10", "MAX_LESSON_SECONDS": "30",
+                   "LESSON_STARTS_PER_MINUTE": "1000"}
+    async with serve(checkout, ws, environment) as server:
+        pages = [await RawWebSocket.open("127.0.0.1", server.port, f"/ws/lesson?name=Eve{chr(97 + i)}",
+                                         receive_buffer=4096) for i in range(10)]
+
+        async def flood(page: RawWebSocket) -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    await page.send(TEXT, b"not json " * 100)
+                    await asyncio.sleep(0)  # a send the kernel takes at once does not yield to the student
+
+        floods = [asyncio.create_task(flood(page)) for page in pages]
+        started = time.monotonic()
+        attempts: list[str] = []
+        try:
+            while time.monotonic() - started < bound_s:
+                server.sample(started)
+                attempts.append(await student_admitted(server.port))
+                if attempts[-1] == "admitted":
+                    break
+                await asyncio.sleep(1)
+            waited = time.monotonic() - started
+        finally:
+            for task in floods:
+                task.cancel()
+            await asyncio.gather(*floods, return_exceptions=True)
+            for page in pages:
+                page.close()
+        return {"student": attempts[-1], "student_waited_s": round(waited, 1), "bound_s": bound_s,
+                "refusals": len(attempts) - (attempts[-1] == "admitted"), "peak_rss_mb": round(server.peak_rss / MB)}
+
+
+async def ping_flood(checkout: Path, ws: str | None, bound_s: float, *, refused: bool) -> dict[str, Any]:
+    environment = {"LESSON_SECRET": LESSON_SECRET} if refused else {}
+    path = "/ws/lesson?name=Eve&token=forged.link" if refused else "/ws/lesson?name=Eve"
+    async with serve(checkout, ws, environment) as server:
+        started = time.monotonic()
+        server.sample(started)
+        baseline = server.peak_rss
+        page = await RawWebSocket.open("127.0.0.1", server.port, path, receive_buffer=4096)
+        burst = client_frame(PING, b"p" * 125) * 1000
+        sent, dropped = 0, False
+
+        async def flood() -> None:
+            nonlocal sent, dropped
+            try:
+                while True:
+                    await page.send_raw(burst)
+                    sent += len(burst)
+                    await asyncio.sleep(0)
+            except OSError:
+                dropped = True
+
+        flooding = asyncio.create_task(flood())
+        student = asyncio.create_task(_timed(student_admitted(server.port))) if not refused else None
+        took = await while_sampling(server, bound_s, until=lambda: dropped or flooding.done())
+        flooding.cancel()
+        await asyncio.gather(flooding, return_exceptions=True)
+        page.close()
+        result: dict[str, Any] = {
+            "sent_mb": round(sent / MB), "seconds": round(took, 1), "dropped_by_server": dropped,
+            "rss_before_mb": round(baseline / MB), "peak_rss_mb": round(server.peak_rss / MB),
+        }
+        if student is not None:
+            result["student"], result["student_first_audio_s"] = await student
+        return result
+
+
+async def huge_header(checkout: Path, ws: str | None, bound_s: float, limit_bytes: int) -> dict[str, Any]:
+    async with serve(checkout, ws, {}) as server:
+        loop = asyncio.get_running_loop()
+        sock = open_socket()
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nHost: bench\r\nX-Endless: ")
+        chunk = b"a" * 65_536
+        sent, closed = 0, False
+
+        async def flood() -> None:
+            nonlocal sent, closed
+            try:
+                while sent < limit_bytes:
+                    await loop.sock_sendall(sock, chunk)
+                    sent += len(chunk)
+                    await asyncio.sleep(0)
+            except OSError:
+                closed = True
+
+        probes: list[float] = []
+
+        async def probe() -> None:
+            async with httpx.AsyncClient(timeout=30) as http:
+                while True:
+                    asked = time.monotonic()
+                    with contextlib.suppress(httpx.TransportError):
+                        await http.get(f"http://127.0.0.1:{server.port}/healthz")
+                    probes.append(time.monotonic() - asked)
+                    await asyncio.sleep(0.5)
+
+        flooding, probing = asyncio.create_task(flood()), asyncio.create_task(probe())
+        took = await while_sampling(server, bound_s, until=flooding.done)
+        for task in (flooding, probing):
+            task.cancel()
+        await asyncio.gather(flooding, probing, return_exceptions=True)
+        answer = b""
+        with contextlib.suppress(OSError):
+            sock.setblocking(True)
+            sock.settimeout(1)
+            answer = sock.recv(100)
+        sock.close()
+        return {"sent_mb": round(sent / MB), "seconds": round(took, 1), "closed_by_server": closed,
+                "answer": answer.split(b"\r\n", 1)[0].decode(errors="replace"),
+                "peak_rss_mb": round(server.peak_rss / MB),
+                "health_probes": len(probes), "slowest_health_probe_s": round(max(probes, default=0.0), 2)}
+
+
+async def half_sent(checkout: Path, ws: str | None, bound_s: float, connections: int) -> dict[str, Any]:
+    async with serve(checkout, ws, {}) as server:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        _, descriptors_before = server.sample(started)
+        sockets: list[socket.socket] = []
+        for _ in range(connections):
+            sock = open_socket()
+            await loop.sock_connect(sock, ("127.0.0.1", server.port))
+            await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nHost: bench\r\n")
+            sockets.append(sock)
+        opened = time.monotonic()
+        page_load = await _timed(_page_load(server.port))
+        series: list[tuple[float, int]] = []
+        while time.monotonic() - opened < bound_s:
+            _, descriptors = server.sample(started)
+            series.append((round(time.monotonic() - opened, 1), descriptors))
+            if descriptors <= descriptors_before + 5:
+                break
+            await asyncio.sleep(1)
+        for sock in sockets:
+            sock.close()
+        return {"connections": connections, "descriptors_before": descriptors_before,
+                "descriptors_peak": max(d for _, d in series), "descriptors_last": series[-1],
+                "freed_within_s": series[-1][0] if series[-1][1] <= descriptors_before + 5 else None,
+                "bound_s": bound_s, "page_load": page_load[0], "page_load_s": page_load[1],
+                "peak_rss_mb": round(server.peak_rss / MB)}
+
+
+async def _page_load(port: int) -> str:
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            return str((await http.get(f"http://127.0.0.1:{port}/")).status_code)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+async def _timed(outcome: Any) -> tuple[Any, float]:
+    asked = time.monotonic()
+    result = await outcome
+    return result, round(time.monotonic() - asked, 2)
+
+
+SCENARIOS: Final = ("stalled", "ping_flood", "ping_flood_refused", "huge_header", "half_sent")
+
+
+async def main(arguments: argparse.Namespace) -> None:
+    checkout: Path = arguments.checkout
+    for scenario in arguments.scenarios.split(","):
+        if scenario == "stalled":
+            result = await stalled(checkout, arguments.ws, arguments.seconds * 2)
+        elif scenario in ("ping_flood", "ping_flood_refused"):
+            result = await ping_flood(checkout, arguments.ws, arguments.seconds, refused=scenario.endswith("refused"))
+        elif scenario == "huge_header":
+            result = await huge_header(checkout, arguments.ws, arguments.seconds, arguments.header_mb * MB)
+        elif scenario == "half_sent":
+            result = await half_sent(checkout, arguments.ws, arguments.seconds * 1.5, arguments.connections)
+        else:
+            raise SystemExit(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+        record = {"scenario": scenario, "checkout": str(checkout), "ws": arguments.ws or "python -m app", **result}
+        print(orjson.dumps(record).decode(), flush=True)
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.attacks", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkout", type=Path, default=REPO_ROOT, help="the relay to serve (default: this one)")
+    parser.add_argument("--ws", default=None,
+                        help="serve with `uvicorn app.main:app --ws WS` instead of `python -m app`")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--seconds", type=float, default=40.0, help="the bound on each attack (stalled: twice)")
+    parser.add_argument("--header-mb", type=int, default=250, help="the bound on the endless header")
+    parser.add_argument("--connections", type=int, default=2000, help="half-sent requests opened")
+    arguments = parser.parse_args(argv)
+    if not (arguments.checkout / "app").is_dir():
+        parser.error(f"--checkout {arguments.checkout}: not a checkout of this repository")
+    return arguments
+
+
+if __name__ == "__main__":
+    run_on_uvloop(main(parse_arguments()))

@@ -77,7 +77,8 @@ def verify_lesson_token(token: str, secret: str, *, now: float) -> LinkClaim:
         payload_part, signature_part = token.split(".")
         payload, signature = _unb64(payload_part), _unb64(signature_part)
     except (ValueError, TypeError) as exc:
-        raise LinkError(f"malformed lesson token {token[:20]!r}…", "This lesson link is not valid.") from exc
+        raise LinkError(f"malformed lesson token ({len(token)} characters, not two base64 parts)",
+                        "This lesson link is not valid.") from exc
     if not hmac.compare_digest(signature, _signature(secret, payload)):
         raise LinkError("lesson token signature does not match", "This lesson link is not valid.")
     try:

@@ -33,6 +33,22 @@ def _redactor(secrets: Iterable[str]) -> structlog.types.Processor:
     return redact
 
 
+class _PathsWithoutQueries(logging.Filter):
+    """uvicorn's access lines and WebSocket lines print each request's path with its query, which carries a
+    lesson link's token and the student's name: only the path reaches the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_path_only(arg) for arg in record.args)
+        return True
+
+
+def _path_only(value: object) -> object:
+    if isinstance(value, str) and value.startswith("/") and "?" in value:
+        return value.partition("?")[0]
+    return value
+
+
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     """Route structlog and the standard library (uvicorn's own lines) to `stream` (stdout) in one format."""
     stream = stream or sys.stdout
@@ -61,6 +77,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)
+    handler.addFilter(_PathsWithoutQueries())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
@@ -72,6 +89,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # websockets (and uvicorn's use of it) log every frame, payload included, at debug: never wanted.
-    for name in ("websockets", "uvicorn.error"):
+    # websockets (and uvicorn's use of it) log every frame, payload included, at debug, and aiosqlite every
+    # statement with its parameters (a student's name, a transcript): never wanted.
+    for name in ("websockets", "uvicorn.error", "aiosqlite"):
         logging.getLogger(name).setLevel(max(level, logging.INFO))

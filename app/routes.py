@@ -154,7 +154,9 @@ def _parse(websocket: WebSocket) -> messages.LessonRequest:
     try:
         return messages.parse_lesson_request(dict(websocket.query_params))
     except messages.InvalidLessonRequest as exc:
-        raise InvalidRequest(str(exc), student_message=exc.student_message) from exc
+        # What a student typed as their name stays out of the log, even refused: the detail names the parameter.
+        detail = "name: not accepted as a name" if exc.parameter == "name" else str(exc)
+        raise InvalidRequest(detail, student_message=exc.student_message) from exc
 
 
 def _record_refusal(records: RecordSink, lesson_id: str, request: messages.LessonRequest, settings: Settings,

@@ -84,7 +84,7 @@ async def open_store(settings: Settings) -> Store:
     sessions = session_factory(engine)
     link_secret = await lesson_link_secret(sessions, settings)
     await retention.sweep(sessions, settings.retention_days)
-    records = RecordWriter(sessions)
+    records = RecordWriter(engine)
     records.start()
     daily = asyncio.create_task(retention.sweep_daily(sessions, settings.retention_days), name="retention")
     return Store(engine=engine, sessions=sessions, records=records, link_secret=link_secret, retention=daily)

@@ -2,7 +2,8 @@
 
 Lessons hand records over with `put`, which never waits and never raises: the audio path never waits
 for the database. The task takes whatever has queued (records arrive at turn boundaries, so a batch is
-what the lessons finished while the last write ran) and writes it in one transaction. A database that is
+what the lessons finished during a short linger) and writes it in one transaction, each run of records of
+one kind as one statement over many rows. A database that is
 slow or gone is retried with growing pauses; past `give_up_after_s` the batch is dropped, counted and
 logged, and the next batch tries again. A record the database refuses (a student deleted mid-lesson) is
 dropped alone: the batch is then written one record per transaction. When the queue is full a record is
@@ -15,11 +16,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from itertools import groupby
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.records import (
     FeedbackGiven,
@@ -30,10 +32,12 @@ from app.records import (
     TurnFinished,
     TurnInterrupted,
 )
-from app.store.models import Lesson, LessonEvent, Student, Turn
+from app.store.models import Lesson, LessonEvent, Student, Turn, new_id, utcnow
 
 log = structlog.get_logger("lesson_relay")
 
+# Records are not urgent: waiting this long after the first lets a busy relay write many in one transaction.
+LINGER_S = 0.25
 # What the database says about the data itself: retrying the same records cannot help.
 _REFUSED = (IntegrityError, DataError, ProgrammingError)
 
@@ -43,17 +47,19 @@ class RecordWriter:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        engine: AsyncEngine,
         *,
         capacity: int = 10_000,
         batch_size: int = 500,
+        linger_s: float = LINGER_S,
         write_timeout_s: float = 10.0,
         first_retry_s: float = 0.5,
         longest_retry_s: float = 30.0,
         give_up_after_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.sessions = sessions
+        self.engine = engine
+        self.linger_s = linger_s
         self.queue: asyncio.Queue[LessonRecord] = asyncio.Queue(maxsize=capacity)
         self.batch_size = batch_size
         self.write_timeout_s = write_timeout_s
@@ -103,6 +109,8 @@ class RecordWriter:
     async def _run(self) -> None:
         while True:
             batch = [await self.queue.get()]
+            if self.linger_s:
+                await asyncio.sleep(self.linger_s)
             while len(batch) < self.batch_size and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
@@ -140,9 +148,8 @@ class RecordWriter:
                 self._count_dropped(1, f"refused by the database: {_reason(exc)}", record.lesson_id)
 
     async def _write(self, batch: list[LessonRecord]) -> None:
-        async with asyncio.timeout(self.write_timeout_s), self.sessions.begin() as session:
-            for record in batch:
-                await _apply(session, record)
+        async with asyncio.timeout(self.write_timeout_s), self.engine.begin() as connection:
+            await _apply(connection, batch)
 
     def _count_dropped(self, count: int, reason: str, lesson_id: str | None) -> None:
         before, self.dropped = self.dropped, self.dropped + count
@@ -151,55 +158,66 @@ class RecordWriter:
             log.error("records_dropped", count=count, dropped_total=self.dropped, reason=reason, lesson_id=lesson_id)
 
 
-async def _apply(session: AsyncSession, record: LessonRecord) -> None:
-    """Write one record inside the batch's transaction, in queue order (a turn before its interruption)."""
-    match record:
-        case LessonStarted():
-            student_id = record.student_id
-            if student_id is None and record.browser_key_hash is not None:
-                student_id = await _browser_student(session, record)
-            session.add(Lesson(
-                id=record.lesson_id, student_id=student_id, link_id=record.link_id, level=record.level,
-                started_at=record.started_at, model=record.model, simulated=record.simulated,
-            ))
-            await session.flush()
-        case TurnFinished():
-            session.add(Turn(
-                lesson_id=record.lesson_id, seq=record.seq, role=record.role, text=record.text,
-                started_at=record.started_at, ended_at=record.ended_at, interrupted=record.interrupted,
-                heard_ms=record.heard_ms,
-            ))
-            await session.flush()
-        case TurnInterrupted():
-            await session.execute(update(Turn).where(Turn.lesson_id == record.lesson_id, Turn.seq == record.seq)
-                                  .values(interrupted=True, heard_ms=record.heard_ms))
-        case LessonEventHappened():
-            session.add(LessonEvent(lesson_id=record.lesson_id, at=record.at, kind=record.kind,
-                                    detail=dict(record.detail)))
-            await session.flush()
-        case FeedbackGiven():
-            await session.execute(update(Lesson).where(Lesson.id == record.lesson_id)
-                                  .values(feedback=dict(record.feedback)))
-        case LessonEnded():
-            await session.execute(update(Lesson).where(Lesson.id == record.lesson_id).values(
-                ended_at=record.ended_at, end_reason=record.end_reason, duration_s=record.duration_s,
-                audio_input_tokens=record.audio_input_tokens, text_input_tokens=record.text_input_tokens,
-                cached_tokens=record.cached_tokens, audio_output_tokens=record.audio_output_tokens,
-                text_output_tokens=record.text_output_tokens, estimated_cost_usd=record.estimated_cost_usd,
-            ))
+async def _apply(connection: AsyncConnection, batch: list[LessonRecord]) -> None:
+    """Write `batch` in queue order (a lesson before its turns, a turn before its interruption), each run of
+    records of one kind as one statement over many rows."""
+    for kind, run in groupby(batch, key=type):
+        records = list(run)
+        if kind is LessonStarted:
+            rows = [await _lesson_row(connection, record) for record in records if isinstance(record, LessonStarted)]
+            await connection.execute(insert(Lesson), rows)
+        elif kind is TurnFinished:
+            await connection.execute(insert(Turn), [
+                {"lesson_id": r.lesson_id, "seq": r.seq, "role": r.role, "text": r.text, "started_at": r.started_at,
+                 "ended_at": r.ended_at, "interrupted": r.interrupted, "heard_ms": r.heard_ms}
+                for r in records if isinstance(r, TurnFinished)])
+        elif kind is LessonEventHappened:
+            await connection.execute(insert(LessonEvent), [
+                {"lesson_id": r.lesson_id, "at": r.at, "kind": r.kind, "detail": dict(r.detail)}
+                for r in records if isinstance(r, LessonEventHappened)])
+        elif kind is TurnInterrupted:
+            await connection.execute(
+                update(Turn).where(Turn.lesson_id == bindparam("b_lesson"), Turn.seq == bindparam("b_seq"))
+                .values(interrupted=True, heard_ms=bindparam("b_heard_ms")),
+                [{"b_lesson": r.lesson_id, "b_seq": r.seq, "b_heard_ms": r.heard_ms}
+                 for r in records if isinstance(r, TurnInterrupted)])
+        elif kind is FeedbackGiven:
+            await connection.execute(
+                update(Lesson).where(Lesson.id == bindparam("b_lesson")).values(feedback=bindparam("b_feedback")),
+                [{"b_lesson": r.lesson_id, "b_feedback": dict(r.feedback)}
+                 for r in records if isinstance(r, FeedbackGiven)])
+        elif kind is LessonEnded:
+            await connection.execute(
+                update(Lesson).where(Lesson.id == bindparam("b_lesson")).values(
+                    {name: bindparam(f"b_{name}") for name in _ENDED_COLUMNS}),
+                [{"b_lesson": r.lesson_id, **{f"b_{name}": getattr(r, name) for name in _ENDED_COLUMNS}}
+                 for r in records if isinstance(r, LessonEnded)])
 
 
-async def _browser_student(session: AsyncSession, record: LessonStarted) -> str:
+_ENDED_COLUMNS = ("ended_at", "end_reason", "duration_s", "audio_input_tokens", "text_input_tokens",
+                  "cached_tokens", "audio_output_tokens", "text_output_tokens", "estimated_cost_usd")
+
+
+async def _lesson_row(connection: AsyncConnection, record: LessonStarted) -> dict[str, object]:
+    student_id = record.student_id
+    if student_id is None and record.browser_key_hash is not None:
+        student_id = await _browser_student(connection, record)
+    return {"id": record.lesson_id, "student_id": student_id, "link_id": record.link_id, "level": record.level,
+            "started_at": record.started_at, "model": record.model, "simulated": record.simulated}
+
+
+async def _browser_student(connection: AsyncConnection, record: LessonStarted) -> str:
     """The open page's student for this browser, made on its first lesson; name and level as chosen now."""
-    student = await session.scalar(select(Student).where(Student.browser_key_hash == record.browser_key_hash))
-    if student is None:
-        student = Student(name=record.student_name or "", level=record.level,
-                          browser_key_hash=record.browser_key_hash)
-        session.add(student)
-    else:
-        student.name, student.level = record.student_name or student.name, record.level
-    await session.flush()
-    return student.id
+    name = record.student_name or ""
+    key_hash = record.browser_key_hash
+    found = await connection.scalar(select(Student.id).where(Student.browser_key_hash == key_hash))
+    if found is None:
+        student_id = new_id()
+        await connection.execute(insert(Student).values(
+            id=student_id, name=name, level=record.level, created_at=utcnow(), browser_key_hash=key_hash))
+        return student_id
+    await connection.execute(update(Student).where(Student.id == found).values(name=name, level=record.level))
+    return str(found)
 
 
 def _reason(exc: BaseException) -> str:

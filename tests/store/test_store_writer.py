@@ -11,7 +11,7 @@ import pytest
 import structlog
 from databases import CuttableProxy
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, TurnFinished, TurnInterrupted
 from app.store.database import create_engine, database_url, migrate, session_factory
@@ -51,8 +51,8 @@ def log_lines(stream: io.StringIO, event: str) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-async def writer(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[RecordWriter]:
-    writer = RecordWriter(sessions)
+async def writer(engine: AsyncEngine) -> AsyncIterator[RecordWriter]:
+    writer = RecordWriter(engine)
     writer.start()
     yield writer
     await writer.stop(grace_s=5)
@@ -123,9 +123,8 @@ async def test_a_record_the_database_refuses_is_dropped_alone(
     assert str(line["reason"]).startswith("refused by the database")
 
 
-async def test_a_full_queue_drops_counts_and_logs_without_blocking(
-        sessions: async_sessionmaker[AsyncSession], logged: io.StringIO) -> None:
-    writer = RecordWriter(sessions, capacity=2)  # not started: nothing leaves the queue
+async def test_a_full_queue_drops_counts_and_logs_without_blocking(engine: AsyncEngine, logged: io.StringIO) -> None:
+    writer = RecordWriter(engine, capacity=2)  # not started: nothing leaves the queue
     for lesson_id in ("L1", "L2", "L3", "L4"):
         writer.put(started(lesson_id))
     assert (writer.queue.qsize(), writer.dropped) == (2, 2)
@@ -139,7 +138,7 @@ async def test_records_wait_out_an_outage_and_are_written_when_the_database_is_b
     engine = create_engine(database_url(url))
     await migrate(engine)
     sessions = session_factory(engine)
-    writer = RecordWriter(sessions, write_timeout_s=2, first_retry_s=0.05, longest_retry_s=0.2, give_up_after_s=60)
+    writer = RecordWriter(engine, write_timeout_s=2, first_retry_s=0.05, longest_retry_s=0.2, give_up_after_s=60)
     writer.start()
     try:
         proxy.cut()
@@ -163,7 +162,7 @@ async def test_past_the_bound_an_unreachable_database_s_records_are_dropped_coun
     url, proxy = postgres_behind_proxy
     engine = create_engine(database_url(url))
     await migrate(engine)
-    writer = RecordWriter(session_factory(engine), write_timeout_s=2, first_retry_s=0.01, longest_retry_s=0.02,
+    writer = RecordWriter(engine, write_timeout_s=2, first_retry_s=0.01, longest_retry_s=0.02,
                           give_up_after_s=0.1)
     writer.start()
     try:

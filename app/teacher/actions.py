@@ -1,4 +1,5 @@
-"""The desk's forms (POST): add a student, change their level, archive, restore, delete, make and revoke links.
+"""The desk's forms (POST): add a student, change their level, archive, restore, delete, make and revoke links,
+and delete a wrong correction or word from a lesson's feedback.
 
 Each reads its form through `checked_form` (size and CSRF first), validates it, writes in one
 transaction and redirects (303) to the page that shows the result. A refused form writes nothing: a bad
@@ -117,3 +118,22 @@ async def revoke_link(request: Request, teacher: Teacher, student_id: str, link_
             raise not_found("lesson link")
     log.info("teacher_link_revoked", student_id=student_id, link_id=link_id)
     return redirect(_student_path(student_id), notice="link_revoked")
+
+
+@router.post(f"{DESK_PATH}/lessons/{{lesson_id}}/feedback/{{kind}}/{{index}}/delete")
+async def delete_feedback_entry(request: Request, teacher: Teacher, lesson_id: str, kind: str, index: str) -> Response:
+    """Delete a correction or a word the model got wrong, so it does not follow the student into memory."""
+    form = await checked_form(request, teacher)
+    if kind not in queries.FEEDBACK_LISTS or not index.isdigit():
+        raise not_found("feedback entry")
+    lesson_path = f"{DESK_PATH}/lessons/{lesson_id}"
+    async with database(request) as db:
+        outcome = await queries.delete_feedback_entry(db, lesson_id, kind, int(index),
+                                                      form.get(queries.FEEDBACK_LISTS[kind], ""))
+    if outcome is None:
+        raise not_found("lesson")
+    if outcome == "changed":
+        raise DeskError(409, "Not deleted", "This feedback changed since the page was shown. "
+                        "Reload the lesson and delete the entry again.", back=lesson_path)
+    log.info("teacher_feedback_entry_deleted", lesson_id=lesson_id, kind=kind, index=int(index))
+    return redirect(lesson_path, notice="correction_deleted" if kind == "corrections" else "word_deleted")

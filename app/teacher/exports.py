@@ -72,6 +72,8 @@ def lesson_json(lesson: Lesson) -> dict[str, Any]:
             for turn in lesson.turns
         ],
         "events": [{"kind": event.kind, "at": iso(event.at), "detail": event.detail} for event in lesson.events],
+        # summary, corrections [{said, better, why}], new_words [{word, meaning}], next_step; null without any.
+        "feedback": lesson.feedback,
     }
 
 
@@ -170,10 +172,24 @@ def lesson_markdown(lesson: Lesson) -> str:
                   for event in lesson.events]
     else:
         lines += ["No failures, retries or errors."]
+    lines += ["", "## Feedback", "", *_feedback_markdown(lesson.feedback)]
     lines += ["", "## Usage", "", "| tokens | count |", "|---|---:|"]
     lines += [f"| {field.removesuffix('_tokens').replace('_', ' ')} | {getattr(lesson, field)} |"
               for field in USAGE_FIELDS]
     return "\n".join(lines) + "\n"
+
+
+def _feedback_markdown(feedback: dict[str, Any] | None) -> list[str]:
+    if not feedback:
+        return ["No feedback for this lesson."]
+    lines = [_md(str(feedback.get("summary", ""))), ""]
+    for correction in feedback.get("corrections") or []:
+        lines.append(f"- Say it better: {_md(str(correction.get('said', '')))} → "
+                     f"**{_md(str(correction.get('better', '')))}** ({_md(str(correction.get('why', '')))})")
+    for word in feedback.get("new_words") or []:
+        lines.append(f"- New word: **{_md(str(word.get('word', '')))}**: {_md(str(word.get('meaning', '')))}")
+    lines += ["", f"Next time: {_md(str(feedback.get('next_step', '')))}"]
+    return lines
 
 
 def _cell(value: object) -> object:

@@ -207,3 +207,26 @@ async def lessons_for_export(db: AsyncSession) -> AsyncIterator[tuple[Lesson, st
     )
     async for lesson, student_name in await db.stream(query):
         yield lesson, student_name
+
+
+# What a teacher may delete from a lesson's feedback, and the field that names an entry.
+FEEDBACK_LISTS = {"corrections": "said", "words": "word"}
+
+
+async def delete_feedback_entry(db: AsyncSession, lesson_id: str, kind: str, index: int, named: str) -> str | None:
+    """Delete entry `index` of the lesson's feedback list `kind` ("corrections" or "words"), if it is still the
+    one the teacher saw (its `said` or `word` is `named`): "deleted", "changed" when it is not, None without
+    such a lesson. Memory and the student's page read the feedback, so a deleted entry follows nobody."""
+    lesson = await db.get(Lesson, lesson_id, with_for_update=True)
+    if lesson is None:
+        return None
+    feedback = dict(lesson.feedback or {})
+    key = "corrections" if kind == "corrections" else "new_words"
+    entries = list(feedback.get(key) or [])
+    if not (0 <= index < len(entries) and isinstance(entries[index], dict)
+            and entries[index].get(FEEDBACK_LISTS[kind]) == named):
+        return "changed"
+    del entries[index]
+    # A new object: SQLAlchemy writes a JSON column when it is assigned, not when it is changed in place.
+    lesson.feedback = {**feedback, key: entries}
+    return "deleted"

@@ -37,6 +37,8 @@ NOTICES = {
     "deleted": "Student and all their records deleted.",
     "link_created": "New lesson link made.",
     "link_revoked": "Lesson link revoked: it no longer opens a lesson.",
+    "correction_deleted": "Correction deleted: it no longer follows the student into their next lessons.",
+    "word_deleted": "Word deleted: it no longer follows the student into their next lessons.",
 }
 
 

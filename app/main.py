@@ -128,9 +128,10 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         # Keepalive on the page's leg: idle proxies must not cut a lesson during a long pause.
         "ws_ping_interval": 20.0,
         "ws_ping_timeout": 20.0,
-        # Railway (and most hosts) put a proxy in front: the client address is in X-Forwarded-For.
+        # Railway (and most hosts) put a proxy in front: the client address is in X-Forwarded-For, believed
+        # only from FORWARDED_ALLOW_IPS (uvicorn then takes the rightmost address that is not a trusted proxy).
         "proxy_headers": True,
-        "forwarded_allow_ips": "*",
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
         # Lessons are drained before this starts (DrainingServer): only stragglers are left.
         "timeout_graceful_shutdown": CONNECTIONS_CLOSE_SECONDS,
         **protocol_options(TransportLimits(request_timeout_s=settings.request_timeout_seconds,

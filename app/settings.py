@@ -6,6 +6,7 @@ values from it) as arguments, so tests build `Settings(...)` directly.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
     # One student's link: a start, a retry after a failure, a reload and one to spare.
     link_starts_per_minute: int = Field(default=4, ge=1)
     allowed_origins: str = ""
+    # The proxies whose X-Forwarded-For names the client (addresses or networks, comma-separated); from any
+    # other peer the header is ignored, so a client cannot choose the address its lessons are counted against.
+    forwarded_allow_ips: str = "127.0.0.1"
     lesson_secret: SecretStr | None = None
     # When set, GET /metrics and the details of /healthz need `Authorization: Bearer <this>`.
     metrics_token: SecretStr | None = None
@@ -97,6 +101,20 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes; make one with "
                              "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies_are_addresses(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network, like 10.0.0.1 or 100.64.0.0/10"
+                                 ) from None
+        return ",".join(entries)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,52 +1,47 @@
 """RealtimeClient: one WebSocket session with the OpenAI Realtime API (GA interface).
 
 It knows the URL, headers, frame limits, keepalive and timeouts, and translates every foreign failure
-(picows, OSError, timeouts) into the project's `UpstreamError` tree. It knows nothing of lessons.
+(websockets, OSError, timeouts) into the project's `UpstreamError` tree. It knows nothing of lessons.
 
-The connection is picows' (a WebSocket client whose framing and masking are compiled): frames arrive in
-`UpstreamListener.on_ws_frame` on the event loop, and complete messages wait in a deque for the lesson's
-one reader, which stops the socket being read while too many are unread.
+The connection is websockets' sans-I/O client protocol (`websockets.client.ClientProtocol`, its public
+API for bringing one's own I/O) driven by `UpstreamConnection`, an asyncio protocol with a lesson's short
+path: complete messages wait in a deque for the lesson's one reader, which stops the socket being read
+while too many are unread; a message is written the moment it is sent. Control frames and the closing
+handshake are the sans-I/O protocol's; keepalive pings are sent from here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
+import os
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Literal, cast
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
-from picows import (
-    WSAutoPingStrategy,
-    WSCloseCode,
-    WSError,
-    WSFrame,
-    WSHandshakeError,
-    WSInvalidURL,
-    WSListener,
-    WSMsgType,
-    WSTransport,
-    ws_connect,
-)
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from app.errors import UpstreamClosed, UpstreamRefused, UpstreamUnavailable
 
-# Keepalive: a ping after 20 s without a byte from the upstream keeps idle proxies from cutting a lesson
-# during a long pause; no pong within 20 s more and the connection is given up.
+# Keepalive: a ping every 20 s keeps idle proxies from cutting a lesson during a long pause; no pong
+# within 20 s and the connection is given up.
 PING_INTERVAL_S = 20.0
 PING_TIMEOUT_S = 20.0
 # Unread server messages past which the socket stops being read (TCP then slows the server down).
 INBOX_HIGH_WATER = 64
 INBOX_LOW_WATER = 16
-# Some server events (session.updated with long instructions, big deltas) exceed 1 MiB.
-MAX_FRAME_BYTES = 64 * 1024 * 1024
+# How long the server gets to close TCP once the closing handshake is under way.
 CLOSE_TIMEOUT_S = 2.0
-NORMAL_CLOSE_CODES = frozenset({1000, 1001})
-NO_STATUS_RECEIVED = 1005  # a close frame without a code (RFC 6455 7.4.1)
-# picows says "Disconnected" at info for every connection: the lesson's own lines say it better.
-logging.getLogger("picows").setLevel(logging.WARNING)
+NORMAL_CLOSE_CODES = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY})
+DATA_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY})
 
 
 def realtime_url(base_url: str, model: str) -> str:
@@ -61,52 +56,52 @@ def auth_headers(api_key: str, scheme: Literal["bearer", "api-key"]) -> dict[str
     return {"api-key": api_key} if scheme == "api-key" else {"Authorization": f"Bearer {api_key}"}
 
 
-class UpstreamListener(WSListener):
-    """The lesson's side of one picows connection: messages whole into an inbox, the closing handshake answered."""
+class UpstreamConnection(asyncio.Protocol):
+    """A `ClientProtocol` on an asyncio transport: handshake, one-reader inbox, direct sends, keepalive, close."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.transport: WSTransport | None = None
+    def __init__(self, protocol: ClientProtocol) -> None:
+        loop = asyncio.get_running_loop()
+        self.protocol = protocol
+        self.transport: asyncio.Transport | None = None
         self.inbox: deque[bytes] = deque()
         self.reading_paused = False
-        self.received_close: tuple[int, str] | None = None
-        self.disconnected = False
+        self.response_received: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
         self._fragments: list[bytes] = []
-        self._reader_waiter: asyncio.Future[None] | None = None
+        self._reader: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
+        self._pong: tuple[bytes, asyncio.Future[None]] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._keepalive: asyncio.Task[None] | None = None
 
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self.transport = transport
+    # -- asyncio.Protocol ---------------------------------------------------------------------------
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        kind = frame.msg_type
-        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-            if frame.fin:
-                self._deliver(frame.get_payload_as_bytes())
-            else:
-                self._fragments = [frame.get_payload_as_bytes()]
-        elif kind is WSMsgType.CONTINUATION:
-            self._fragments.append(frame.get_payload_as_bytes())
-            if frame.fin:
-                self._deliver(b"".join(self._fragments))
-                self._fragments = []
-        elif kind is WSMsgType.CLOSE:
-            code = frame.get_close_code()
-            received = NO_STATUS_RECEIVED if code is WSCloseCode.NO_INFO else code.value
-            self.received_close = (received, frame.get_close_reason() or "")
-            # Answer, then let the server close TCP (RFC 6455 7.1.1); `close()` bounds the wait.
-            transport.send_close(WSCloseCode.OK if code is WSCloseCode.NO_INFO else code)
-            self._wake_reader()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
 
-    def _deliver(self, message: bytes) -> None:
-        self.inbox.append(message)
-        self._wake_reader()
-        if len(self.inbox) >= INBOX_HIGH_WATER and not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.underlying_transport.pause_reading()
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self.flush()  # automatic replies: pongs, the close frame echoed
+        for event in events:
+            if type(event) is Frame:
+                self._frame_received(event)
+            elif isinstance(event, Response) and not self.response_received.done():
+                self.response_received.set_result(None)
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.disconnected = True
+    def eof_received(self) -> None:
+        self.protocol.receive_eof()
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.receive_eof()  # idempotent: the protocol's state is now CLOSED
+        for future in (self.response_received, self.lost):
+            if not future.done():
+                future.set_result(None)
+        for timer in (self._close_timer, self._keepalive):
+            if timer is not None:
+                timer.cancel()
         self._wake_reader()
         self.resume_writing()
 
@@ -119,29 +114,74 @@ class UpstreamListener(WSListener):
         if writable is not None and not writable.done():
             writable.set_result(None)
 
+    # -- frames in, bytes out -----------------------------------------------------------------------
+
+    def _frame_received(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode in DATA_OPCODES:
+            if frame.fin:
+                self._deliver(bytes(frame.data))
+            else:
+                self._fragments = [bytes(frame.data)]
+        elif opcode is Opcode.CONT:
+            self._fragments.append(bytes(frame.data))
+            if frame.fin:
+                self._deliver(b"".join(self._fragments))
+                self._fragments = []
+        elif opcode is Opcode.PONG:
+            if self._pong is not None and frame.data == self._pong[0] and not self._pong[1].done():
+                self._pong[1].set_result(None)
+        elif opcode is Opcode.CLOSE:
+            self._wake_reader()
+
+    def _deliver(self, message: bytes) -> None:
+        self.inbox.append(message)
+        self._wake_reader()
+        if len(self.inbox) >= INBOX_HIGH_WATER and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
     def _wake_reader(self) -> None:
-        waiter = self._reader_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    def flush(self) -> None:
+        """Write what the protocol has to send; once it expects TCP to close, give the server a deadline."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for data in self.protocol.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                with contextlib.suppress(OSError, RuntimeError):
+                    transport.write_eof()
+            else:
+                transport.close()
+        if self._close_timer is None and self.protocol.close_expected():
+            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, transport.abort)
+
+    # -- the lesson's side --------------------------------------------------------------------------
 
     @property
-    def closed(self) -> bool:
-        """No more messages will come: the server sent its close frame, or the connection is gone."""
-        return self.received_close is not None or self.disconnected
+    def receiving(self) -> bool:
+        """More messages may come: no close frame received and the connection is there."""
+        return self.protocol.close_rcvd is None and not self.lost.done()
 
     async def next_message(self) -> bytes | None:
-        """The next complete server message; None once the connection is closed and all is read."""
+        """The next complete server message; None once the connection is closing and all is read."""
         while not self.inbox:
-            if self.closed:
+            if not self.receiving:
                 return None
-            self._reader_waiter = asyncio.get_running_loop().create_future()
+            self._reader = asyncio.get_running_loop().create_future()
             try:
-                await self._reader_waiter
+                await self._reader
             finally:
-                self._reader_waiter = None
+                self._reader = None
         if self.reading_paused and len(self.inbox) <= INBOX_LOW_WATER and self.transport is not None:
             self.reading_paused = False
-            self.transport.underlying_transport.resume_reading()
+            self.transport.resume_reading()
         return self.inbox.popleft()
 
     async def until_writable(self) -> None:
@@ -149,13 +189,36 @@ class UpstreamListener(WSListener):
         if self._writable is not None:
             await self._writable
 
+    def start_keepalive(self, interval_s: float, timeout_s: float) -> None:
+        self._keepalive = asyncio.create_task(self._ping_every(interval_s, timeout_s))
+
+    async def _ping_every(self, interval_s: float, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        while self.protocol.state is State.OPEN:
+            await asyncio.sleep(interval_s)
+            if self.protocol.state is not State.OPEN:
+                return
+            payload = os.urandom(4)
+            pong = self._pong = (payload, loop.create_future())
+            self.protocol.send_ping(payload)
+            self.flush()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await pong[1]
+            except TimeoutError:
+                # A server that does not answer is gone: the reader learns it as a close without a frame.
+                self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                self.flush()
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+
 
 class RealtimeClient:
     """An open Realtime session: `messages()` yields server events as received; `send` serialised client events."""
 
-    def __init__(self, transport: WSTransport, listener: UpstreamListener) -> None:
-        self._transport = transport
-        self._listener = listener
+    def __init__(self, connection: UpstreamConnection) -> None:
+        self._connection = connection
 
     @classmethod
     async def connect(
@@ -170,87 +233,93 @@ class RealtimeClient:
     ) -> RealtimeClient:
         """Open the session or raise `UpstreamRefused` (HTTP status) / `UpstreamUnavailable`."""
         try:
+            uri = parse_uri(url)
+        except InvalidURI as exc:
+            raise UpstreamUnavailable(f"upstream URL {url!r} is not a WebSocket URL") from exc
+        # Some server events (session.updated with long instructions, big deltas) exceed 1 MiB.
+        protocol = ClientProtocol(uri, max_size=None)
+        connection: UpstreamConnection | None = None
+        try:
             async with asyncio.timeout(open_timeout_s):
-                transport, listener = await ws_connect(
-                    UpstreamListener,
-                    url,
-                    extra_headers={**auth_headers(api_key, auth_scheme), "User-Agent": "lesson-relay"},
-                    websocket_handshake_timeout=open_timeout_s,
-                    enable_auto_ping=True,
-                    auto_ping_idle_timeout=ping_interval_s,
-                    auto_ping_reply_timeout=min(ping_timeout_s, ping_interval_s),
-                    auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
-                    max_frame_size=MAX_FRAME_BYTES,
-                    # A redirect would carry the key to another host: the Realtime endpoint never sends one.
-                    max_redirects=0,
-                    logger_name="upstream",
+                _, connection = await asyncio.get_running_loop().create_connection(
+                    lambda: UpstreamConnection(protocol), uri.host, uri.port,
+                    ssl=ssl.create_default_context() if uri.secure else None,
+                    server_hostname=uri.host if uri.secure else None,
                 )
-        except WSHandshakeError as exc:
-            status = int(exc.response.status) if exc.response is not None else None
-            if status is None or status == 101:
-                raise UpstreamUnavailable(
-                    f"upstream {_safe_origin(url)!r} answered the handshake wrongly: {exc}") from exc
-            upstream_code, message = _error_body(exc.raw_body)
-            reason = exc.response.status.phrase if exc.response is not None else ""
+                request = protocol.connect()
+                request.headers.update(auth_headers(api_key, auth_scheme))
+                request.headers["User-Agent"] = "lesson-relay"
+                protocol.send_request(request)
+                connection.flush()
+                await connection.response_received
+            if protocol.handshake_exc is not None:
+                raise protocol.handshake_exc
+        except InvalidStatus as exc:
+            _abort(connection)
+            status = exc.response.status_code
+            upstream_code, message = _error_body(exc.response.body)
             raise UpstreamRefused(
-                f"upstream refused the handshake with HTTP {status}: {message or reason!r}",
+                f"upstream refused the handshake with HTTP {status}: {message or exc.response.reason_phrase!r}",
                 status=status, upstream_code=upstream_code,
             ) from exc
-        except WSInvalidURL as exc:
-            raise UpstreamUnavailable(f"upstream URL {url!r} is not a WebSocket URL") from exc
-        except (WSError, OSError, TimeoutError) as exc:
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            _abort(connection)
             raise UpstreamUnavailable(
                 f"upstream {_safe_origin(url)!r} unreachable: {type(exc).__name__}: {exc}") from exc
-        assert isinstance(listener, UpstreamListener)
-        return cls(transport, listener)
+        connection.start_keepalive(ping_interval_s, ping_timeout_s)
+        return cls(connection)
 
     async def send(self, payload: bytes) -> None:
-        """Send one client event, serialised as UTF-8 JSON; `UpstreamClosed` once the session is closed."""
-        listener = self._listener
-        if listener.closed or self._transport.is_close_frame_sent:
+        """Send one client event, serialised as UTF-8 JSON; `UpstreamClosed` once the session is closing."""
+        connection = self._connection
+        if connection.protocol.state is not State.OPEN or connection.lost.done():
             raise self._closed()
-        self._transport.send(WSMsgType.TEXT, payload)
-        await listener.until_writable()
+        connection.protocol.send_text(payload)
+        connection.flush()
+        await connection.until_writable()
 
     async def messages(self) -> AsyncIterator[bytes]:
         """Server messages (JSON, undecoded) until the session closes; an unexpected close raises `UpstreamClosed`."""
-        next_message = self._listener.next_message
+        next_message = self._connection.next_message
         while (message := await next_message()) is not None:
             yield message
-        received = self._listener.received_close
-        if received is None or received[0] not in NORMAL_CLOSE_CODES:
+        received = self._connection.protocol.close_rcvd
+        if received is None or received.code not in NORMAL_CLOSE_CODES:
             raise self._closed()
 
     def _closed(self) -> UpstreamClosed:
-        received = self._listener.received_close
-        code, reason = received if received is not None else (None, "no close frame")
+        received = self._connection.protocol.close_rcvd
+        code, reason = (received.code, received.reason) if received is not None else (None, "no close frame")
         return UpstreamClosed(f"upstream closed the session: code {code}, reason {reason!r}",
                               received_code=code, received_reason=reason)
 
     @property
     def close_code(self) -> int | None:
-        received = self._listener.received_close
-        return received[0] if received is not None else None
+        received = self._connection.protocol.close_rcvd
+        return received.code if received is not None else None
 
     @property
     def close_reason(self) -> str:
-        received = self._listener.received_close
-        return received[1] if received is not None else ""
+        received = self._connection.protocol.close_rcvd
+        return received.reason if received is not None else ""
 
     async def close(self) -> None:
-        """Close the session (code 1000) and wait up to 2 s for the server to finish the closing handshake."""
-        transport = self._transport
-        if transport.is_disconnected:
-            return
-        if not transport.is_close_frame_sent:
-            transport.send_close(WSCloseCode.OK)
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await transport.wait_disconnected()
-        except TimeoutError:
-            transport.disconnect(graceful=False)
-        except WSError:
-            pass  # a protocol failure already logged by picows; the connection is gone either way
+        """Close the session (code 1000) and wait up to 2 s for the server to close the connection."""
+        connection = self._connection
+        if connection.protocol.state is State.OPEN:
+            connection.protocol.send_close(CloseCode.NORMAL_CLOSURE)
+            connection.flush()
+        if connection.transport is not None and not connection.lost.done():
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await connection.lost
+            except TimeoutError:
+                connection.transport.abort()
+
+
+def _abort(connection: UpstreamConnection | None) -> None:
+    if connection is not None and connection.transport is not None:
+        connection.transport.abort()
 
 
 def _error_body(body: bytes | bytearray | None) -> tuple[str | None, str | None]:

@@ -7,11 +7,13 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
 
 from app.errors import UpstreamClosed
-from app.upstream import INBOX_HIGH_WATER, PING_INTERVAL_S, RealtimeClient, UpstreamListener
+from app.upstream import INBOX_HIGH_WATER, PING_INTERVAL_S, RealtimeClient, UpstreamConnection
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -72,8 +74,8 @@ async def test_a_reader_that_falls_behind_pauses_the_socket_and_loses_nothing() 
         await connection.wait_closed()
 
     async with client_of(server) as client:
-        listener = client._listener
-        assert isinstance(listener, UpstreamListener)
+        listener = client._connection
+        assert isinstance(listener, UpstreamConnection)
         async with asyncio.timeout(5):
             # The server writes, nobody reads yet; the inbox filling up is seen only by looking.
             while len(listener.inbox) < INBOX_HIGH_WATER:  # noqa: ASYNC110
@@ -102,19 +104,34 @@ async def test_sending_after_the_server_closed_raises_upstream_closed() -> None:
     assert closed.value.received_code == 1011
 
 
+class SilentServer(asyncio.Protocol):
+    """Accepts the WebSocket handshake, then reads everything and answers nothing, pings included."""
+
+    def __init__(self, pinged: asyncio.Event) -> None:
+        self.protocol = ServerProtocol()
+        self.pinged = pinged
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Request):
+                self.protocol.send_response(self.protocol.accept(event))
+                self.transport.writelines(self.protocol.data_to_send())
+            elif isinstance(event, Frame) and event.opcode is Opcode.PING:
+                self.pinged.set()
+        self.protocol.data_to_send()  # the pong it would answer is dropped
+
+
 async def test_a_quiet_upstream_is_pinged_and_given_up_when_no_pong_comes() -> None:
     assert 0 < PING_INTERVAL_S <= 30  # well under the usual 60 s idle timeout of proxies
     pinged = asyncio.Event()
-
-    class SilentServer(WSListener):  # never answers a ping
-        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-            if frame.msg_type is WSMsgType.PING:
-                pinged.set()
-
-    def listener(request: WSUpgradeRequest) -> WSListener:
-        return SilentServer()
-
-    server = await ws_create_server(listener, "127.0.0.1", 0, enable_auto_pong=False)
+    server = await asyncio.get_running_loop().create_server(lambda: SilentServer(pinged), "127.0.0.1", 0)
     async with server:
         port = server.sockets[0].getsockname()[1]
         client = await RealtimeClient.connect(url=f"ws://127.0.0.1:{port}/v1/realtime", api_key="sk-test",

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import run_on_uvloop
-from bench.processes import REPO_ROOT, ManagedProcess, start_echo_upstream, start_tcp_proxy, start_uvicorn
+from bench.processes import (
+    REPO_ROOT,
+    ManagedProcess,
+    start_app,
+    start_echo_upstream,
+    start_tcp_proxy,
+    start_uvicorn,
+)
 from bench.report import crossing_table, first_audio_table, load_table, targets_check, write_json
 from bench.scenarios import (
     REALTIME_TARGETS,
@@ -36,23 +43,25 @@ from bench.scenarios import (
     run_load,
 )
 
-RELAY_APPS: Final = {
-    Target.RELAY: "app.main:app",
-    Target.UNRECORDED: "bench.unrecorded_relay:app",
-    Target.NAIVE: "bench.naive_relay:app",
-    Target.NAIVE_PYDANTIC: "bench.naive_relay:validating_app",
-    Target.BEFORE: "app.main:app",
-}
-# The uvicorn settings `python -m app` (the deployed command) gives the relay, as CLI flags.
+NAIVE_APPS: Final = {Target.NAIVE: "bench.naive_relay:app", Target.NAIVE_PYDANTIC: "bench.naive_relay:validating_app"}
+# The WebSocket settings `python -m app` gives uvicorn, as CLI flags: for the naive relay (--naive-server relay)
+# and for the relay under plain uvicorn (bench.candidates).
 RELAY_UVICORN_ARGUMENTS: Final = ("--ws-per-message-deflate", "false", "--ws-max-size", "65536")
 # A naive relay is started the naive way: uvicorn's defaults (permessage-deflate on when offered).
 NAIVE_UVICORN_ARGUMENTS: Final = ()
 LESSON_PATH: Final = "/ws/lesson?name=Bench&level=A1"
 UPSTREAM_PATH: Final = "/v1/realtime?model=gpt-realtime-bench"
 # The proxy's knee lies beyond what the harness's one core can drive: searching it would measure the harness.
-SEARCHED_TARGETS: Final = frozenset({Target.RELAY, Target.UNRECORDED, Target.NAIVE, Target.NAIVE_PYDANTIC,
-                                     Target.BEFORE})
-NAIVE_TARGETS: Final = frozenset({Target.NAIVE, Target.NAIVE_PYDANTIC})
+SEARCHED_TARGETS: Final = frozenset(
+    {Target.RELAY, Target.RELAY_TWO_WORKERS, Target.UNRECORDED, Target.NAIVE, Target.NAIVE_PYDANTIC, Target.BEFORE}
+)
+# Served as deployed, by `python -m <module>` with this WEB_CONCURRENCY: the uvicorn settings are the app's own.
+APP_SERVED: Final = {
+    Target.RELAY: ("app", 1),
+    Target.RELAY_TWO_WORKERS: ("app", 2),
+    Target.BEFORE: ("app", 1),
+    Target.UNRECORDED: ("bench.unrecorded_relay", 1),
+}
 DEFAULT_STEPS: Final = "25,50,75,100,125,150,200,250,300,400,500"
 
 
@@ -84,9 +93,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15.0, help="streaming seconds of the main run (15)")
     parser.add_argument(
         "--targets",
-        default="direct,proxy,relay,naive",
-        help="comma-separated: direct, proxy, relay, relay-unrecorded, naive, naive-pydantic, before "
-             "(default: direct, proxy, relay, naive)",
+        default="direct,proxy,relay,relay-2w,naive",
+        help="comma-separated: direct, proxy, relay, relay-2w, relay-unrecorded, naive, naive-pydantic, before "
+             "(default: direct, proxy, relay, relay-2w, naive)",
     )
     parser.add_argument(
         "--before",
@@ -113,7 +122,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="ARG",
-        help="extra uvicorn argument for both relays, repeatable (e.g. --uvicorn-arg=--ws-per-message-deflate=false)",
+        help="extra uvicorn argument for the naive relays, repeatable (e.g. --uvicorn-arg=--loop=asyncio)",
     )
     parser.add_argument(
         "--naive-server",
@@ -151,10 +160,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return arguments
 
 
-def uvicorn_arguments(target: Target, arguments: argparse.Namespace) -> tuple[str, ...]:
-    own: tuple[str, ...] = RELAY_UVICORN_ARGUMENTS
-    if target in NAIVE_TARGETS and arguments.naive_server == "defaults":
-        own = NAIVE_UVICORN_ARGUMENTS
+def naive_uvicorn_arguments(arguments: argparse.Namespace) -> tuple[str, ...]:
+    own = NAIVE_UVICORN_ARGUMENTS if arguments.naive_server == "defaults" else RELAY_UVICORN_ARGUMENTS
     return (*own, *arguments.uvicorn_arg)
 
 
@@ -162,20 +169,27 @@ def uvicorn_arguments(target: Target, arguments: argparse.Namespace) -> tuple[st
 def target_endpoint(
     target: Target, upstream: ManagedProcess, arguments: argparse.Namespace, harness_cpus: set[int] | None
 ) -> Iterator[Endpoint]:
-    """The target's endpoint; for a relay, its uvicorn process runs while the block does."""
+    """The target's endpoint; for a relay, its server process runs while the block does."""
     if target is Target.DIRECT:
         yield Endpoint(target, f"ws://127.0.0.1:{upstream.port}{UPSTREAM_PATH}", None)
         return
-    relay = start_tcp_proxy(upstream.port) if target is Target.PROXY else start_uvicorn(
-        target.value,
-        RELAY_APPS[target],
-        environment=relay_environment(upstream.port, arguments.results_dir),
-        log_directory=arguments.results_dir / "logs",
-        uvicorn_arguments=uvicorn_arguments(target, arguments),
-        working_directory=arguments.before if target is Target.BEFORE else REPO_ROOT,
-    )
+    served = {
+        "environment": relay_environment(upstream.port, arguments.results_dir),
+        "log_directory": arguments.results_dir / "logs",
+        "working_directory": arguments.before if target is Target.BEFORE else REPO_ROOT,
+    }
+    relay: ManagedProcess
+    if target is Target.PROXY:
+        relay = start_tcp_proxy(upstream.port)
+    elif target in APP_SERVED:
+        module, workers = APP_SERVED[target]
+        relay = start_app(target.value, module=module, workers=workers, **served)
+    else:
+        relay = start_uvicorn(target.value, NAIVE_APPS[target], uvicorn_arguments=naive_uvicorn_arguments(arguments),
+                              **served)
     try:
-        if arguments.pin_relay_cpu is not None:
+        # Several workers are not pinned to one CPU: on a machine of 2 they share the harness's.
+        if arguments.pin_relay_cpu is not None and APP_SERVED.get(target, ("", 1))[1] == 1:
             relay.pin({arguments.pin_relay_cpu})
         path = UPSTREAM_PATH if target in REALTIME_TARGETS else LESSON_PATH
         yield Endpoint(target, f"ws://127.0.0.1:{relay.port}{path}", relay.probe)

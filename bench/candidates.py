@@ -8,13 +8,14 @@ median and range over the rounds of the relay's CPU per frame round trip — the
 and the medians of p50/p99 and memory per idle lesson.
 
     .venv/bin/python -m bench.candidates --lessons 150 --seconds 10 --rounds 3 \\
-        --candidate 'sansio=uvicorn --ws websockets-sansio' --candidate 'wsproto=uvicorn --ws wsproto' \\
-        --candidate 'granian=granian' --candidate 'before=uvicorn@/tmp/before' --candidate 'naive=naive'
+        --candidate 'deployed=app' --candidate 'before=app@/tmp/before' --candidate 'wsproto=uvicorn --ws wsproto' \\
+        --candidate 'granian=granian' --candidate 'naive=naive'
 
-A candidate is `LABEL=SERVER[@CHECKOUT] [ARGUMENT …]`: SERVER is `uvicorn` or `granian` (serving
-`app.main:app` with the settings `python -m app` uses), `naive` or `naive-pydantic` (the baselines,
-under uvicorn's defaults); CHECKOUT is a directory holding another version of this repository (default:
-this one). Ratios are to the first candidate unless `--reference LABEL` says otherwise.
+A candidate is `LABEL=SERVER[@CHECKOUT] [ARGUMENT …]`: SERVER is `app` (`python -m app`, as deployed; no
+arguments), `uvicorn` or `granian` (serving `app.main:app` with the WebSocket limits `python -m app` gives
+uvicorn, but not its own WebSocket protocol), `naive` or `naive-pydantic` (the baselines, under uvicorn's
+defaults); CHECKOUT is a directory holding another version of this repository (default: this one).
+Ratios are to the first candidate unless `--reference LABEL` says otherwise.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from pathlib import Path
 from typing import Final
 
 from bench import run_on_uvloop
-from bench.processes import REPO_ROOT, ManagedProcess, start_echo_upstream, start_granian, start_uvicorn
+from bench.processes import REPO_ROOT, ManagedProcess, start_app, start_echo_upstream, start_granian, start_uvicorn
 from bench.report import text_table, write_json
 from bench.scenarios import Endpoint, Harness, LoadReport, Target, measure_first_audio, run_load
 
-SERVERS: Final = ("uvicorn", "granian", "naive", "naive-pydantic")
+SERVERS: Final = ("app", "uvicorn", "granian", "naive", "naive-pydantic")
 NAIVE_APPS: Final = {"naive": "bench.naive_relay:app", "naive-pydantic": "bench.naive_relay:validating_app"}
 WARM_UP_LESSONS: Final = 5
 
@@ -94,7 +95,9 @@ def serving(candidate: Candidate, upstream_port: int, results_dir: Path, relay_c
               "working_directory": candidate.checkout}
     name = f"candidate-{candidate.label}"
     relay: ManagedProcess
-    if candidate.server == "granian":
+    if candidate.server == "app":
+        relay = start_app(name, workers=1, **common)
+    elif candidate.server == "granian":
         relay = start_granian(name, "app.main:app", granian_arguments=candidate.arguments, **common)
     elif candidate.server in NAIVE_APPS:
         relay = start_uvicorn(name, NAIVE_APPS[candidate.server], uvicorn_arguments=candidate.arguments, **common)

@@ -179,6 +179,23 @@ def start_granian(
                         working_directory=working_directory)
 
 
+def start_app(
+    name: str,
+    *,
+    module: str = "app",
+    workers: int = 1,
+    environment: Mapping[str, str],
+    log_directory: Path,
+    working_directory: Path = REPO_ROOT,
+) -> ManagedProcess:
+    """`python -m app` (the deployed command, or `module` serving like it) with WEB_CONCURRENCY=`workers` on
+    a free port, like `start_uvicorn`."""
+    port = free_port()
+    served = {**environment, "WEB_CONCURRENCY": str(workers), "HOST": "127.0.0.1", "PORT": str(port)}
+    return start_server(name, ["-m", module], port, environment=served, log_directory=log_directory,
+                        working_directory=working_directory)
+
+
 def start_server(
     name: str,
     python_arguments: list[str],

@@ -171,6 +171,17 @@ def targets_check(
                 f"[{'PASS' if holds else 'FAIL'}] p99 crosses 10 ms: relay {relay_text} lessons,"
                 f" naive at {naive_n} (target relay >= 2x naive)"
             )
+    two = by_target(loads, Target.RELAY_TWO_WORKERS)
+    if relay and two and relay.relay_cpu_us_per_frame and two.relay_cpu_us_per_frame:
+        two_crossing = by_target(crossings, Target.RELAY_TWO_WORKERS)
+        knees = ""
+        if relay_crossing and two_crossing:
+            knees = (f"; p99 passes 10 ms at {two_crossing.first_over_limit or '-'} lessons"
+                     f" (one worker: {relay_crossing.first_over_limit or '-'})")
+        lines.append(
+            f"[INFO] two workers: CPU per frame {two.relay_cpu_us_per_frame:.0f} us"
+            f" (one worker {relay.relay_cpu_us_per_frame:.0f} us){knees}; not pinned, they share the harness's CPU"
+        )
     if relay and relay.relay_kib_per_idle_lesson is not None:
         kib = relay.relay_kib_per_idle_lesson
         lines.append(f"[{'PASS' if kib <= 64 else 'FAIL'}] relay memory {kib:.0f} KiB per idle lesson (target <= 64)")

@@ -30,8 +30,9 @@ NOISY_OTHER_CPU: Final = 0.3  # cores used by other processes while streaming th
 
 class Target(StrEnum):
     DIRECT = "direct"  # students speak the Realtime protocol straight to the echo upstream: the floor
-    RELAY = "relay"  # app.main:app, the product
-    UNRECORDED = "relay-unrecorded"  # bench.unrecorded_relay:app, the product with its lesson records discarded
+    RELAY = "relay"  # python -m app, the product, one worker pinned to one CPU
+    RELAY_TWO_WORKERS = "relay-2w"  # python -m app with WEB_CONCURRENCY=2, not pinned
+    UNRECORDED = "relay-unrecorded"  # the product with its lesson records discarded (bench.unrecorded_relay)
     NAIVE = "naive"  # bench.naive_relay:app, the baseline: what the public samples do
     NAIVE_PYDANTIC = "naive-pydantic"  # bench.naive_relay:validating_app, the baseline validating every message
     PROXY = "proxy"  # bench.tcp_proxy between direct students and the upstream: the cost of moving bytes

@@ -30,7 +30,8 @@ from bench.echo_upstream import GREETING_CHUNKS, GREETING_TRANSCRIPT, EchoSessio
 from bench.markers import FRAME_BYTES, marked_frame, pcm_duration_ms, read_marker, tone
 from bench.naive_relay import app as naive_app
 from bench.naive_relay import validating_app as naive_validating_app
-from bench.scenarios import Target
+from bench.report import targets_check
+from bench.scenarios import LoadReport, Target
 from bench.students import BrowserStudent, DirectStudent, LoadClock
 from bench.tcp_proxy import open_proxy
 
@@ -290,3 +291,20 @@ def test_target_before_needs_a_checkout_to_serve(tmp_path: Path, capsys: pytest.
     (tmp_path / "app").mkdir()
     arguments = parse_arguments(["--targets", "before,relay", "--before", str(tmp_path)])
     assert arguments.targets == [Target.BEFORE, Target.RELAY]
+
+
+def test_the_targets_of_issue_14_are_checked_against_the_honest_naive_relay() -> None:
+    def load(target: Target, cpu: float, frames: int, idle_kib: int) -> LoadReport:
+        report = LoadReport(target, lessons=150, seconds=10.0, lessons_ready=150, frames_sent=frames,
+                            relay_cpu_streaming=cpu, relay_rss_before_kib=0, relay_rss_idle_kib=idle_kib)
+        report.round_trip_p99_ms = 5.0
+        return report
+
+    relay, naive = load(Target.RELAY, 0.4, 75_000, 150 * 60), load(Target.NAIVE, 0.6, 75_000, 150 * 110)
+    lines = targets_check([relay, naive], [], [])
+    [cpu_line] = [line for line in lines if "CPU per frame" in line]
+    assert cpu_line.startswith("[FAIL]")
+    assert "0.67x naive" in cpu_line
+    [memory_line] = [line for line in lines if "memory" in line]
+    assert memory_line.startswith("[PASS]")
+    assert "60 KiB" in memory_line

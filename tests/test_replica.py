@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import logging
 import os
 import signal
 import socket
@@ -21,13 +23,16 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import structlog
 from harness import FAKE_KEY, LessonClient, open_lesson
 from prometheus_client.parser import text_string_to_metric_families
 from test_faults import closed_with, plain_words
 
 from app.admission import LocalPlaces, Start
 from app.errors import OverCapacity
+from app.logging import configure_logging
 from app.replica import PlaceKeeper, SupervisorPlaces
+from app.settings import Settings
 from app.simulator import RealtimeSimulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -273,3 +278,26 @@ async def test_every_worker_answers_metrics_for_the_whole_replica(simulator: Rea
         assert samples[("lesson_relay_lessons_ended_total", (("reason", "student_ended"),))] == total
         assert samples[("lesson_relay_greetings_total", (("outcome", "heard"),))] == total
         assert samples[("lesson_relay_first_audio_seconds_count", ())] == total
+
+
+class WriteRecorder(io.StringIO):
+    """A stream that remembers each write call: what another process's output could land between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_each_log_line_is_one_write_so_that_workers_sharing_stdout_never_splice_lines() -> None:
+    stream = WriteRecorder()
+    configure_logging(Settings(log_format="json"), stream)
+    structlog.get_logger("lesson_relay").info("lesson_started", level="A1")
+    logging.getLogger("uvicorn.error").info("Application startup complete.")
+    assert len(stream.writes) == 2
+    for written in stream.writes:
+        assert written.endswith("\n")
+        orjson.loads(written)

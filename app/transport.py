@@ -40,6 +40,9 @@ log = structlog.get_logger("lesson_relay")
 _HEAD_END = b"\r\n\r\n"
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
             431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+# After the server's half of a WebSocket closes, what the peer still sends is read (and dropped) this long:
+# closing with unread bytes would reset the connection, and a reset can destroy the page's last frames.
+_LINGER_S = 2.0
 # A chunk-size line or a trailer line longer than this is not HTTP.
 _MAX_CHUNK_LINE_BYTES = 1024
 # One log line per kind of refusal per this many seconds, with a count of those not logged.
@@ -70,8 +73,9 @@ class PageConnection(Protocol):
         """Drop the connection now; nothing more is sent."""
 
     def close_within(self, grace_s: float) -> None:
-        """The close frame is sent: drop the connection if the peer has not closed it within `grace_s`
-        (0: close it now, cleanly when everything was sent, else by dropping it)."""
+        """The close frame is sent: end the connection if the peer has not closed it within `grace_s`. Ending
+        it (at once for 0) sends FIN when everything was sent and reads what the peer still sends for a
+        moment, so a reset cannot destroy the page's last frames; else it drops the connection."""
 
 
 _current_page: contextvars.ContextVar[PageConnection | None] = contextvars.ContextVar("page_connection",
@@ -332,6 +336,7 @@ class GuardedWebSocket(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._write_paused = False
         self._lost = False
+        self._lingering = False
         self._close_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -354,7 +359,9 @@ class GuardedWebSocket(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
     def eof_received(self) -> None:
-        self._inner.eof_received()
+        # Returning None closes the transport: after the peer's FIN there is nothing more to wait for.
+        if not self._lingering:
+            self._inner.eof_received()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -367,6 +374,8 @@ class GuardedWebSocket(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         transport = self._transport
         assert transport is not None
+        if self._lingering:
+            return
         # The handshake creates the connection's ASGI task, which copies this context.
         token = _current_page.set(self)
         try:
@@ -393,6 +402,11 @@ class GuardedWebSocket(asyncio.Protocol):
             return
         if transport.get_write_buffer_size():
             transport.abort()
+        elif transport.can_write_eof() and not self._lingering:
+            # FIN after the close frame: the page has all it was sent; its own last bytes are read and dropped.
+            self._lingering = True
+            transport.write_eof()
+            self._close_timer = self._loop.call_later(_LINGER_S, transport.close)
         else:
             transport.close()
 

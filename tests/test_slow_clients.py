@@ -30,7 +30,17 @@ from websockets.asyncio.client import connect
 from app.links import make_lesson_token
 from app.main import drain_lessons
 from app.simulator import RealtimeSimulator
-from bench.raw_client import CLOSE, PING, TEXT, RawWebSocket, client_frame, open_socket, server_frames
+from bench.raw_client import (
+    BINARY,
+    CLOSE,
+    PING,
+    TEXT,
+    RawWebSocket,
+    client_frame,
+    handshake_request,
+    open_socket,
+    server_frames,
+)
 
 SimulatorWith = Callable[..., RealtimeSimulator]
 SMALL_RECEIVE_BUFFER = 4096
@@ -193,6 +203,33 @@ async def test_a_refused_lesson_says_why_and_is_closed_at_once_without_waiting_o
     [close] = [payload for opcode, payload in frames if opcode == CLOSE]
     assert int.from_bytes(close[:2], "big") == 1008
     assert simulator.connections == []
+
+
+async def test_a_refused_page_that_is_still_sending_audio_gets_every_frame_of_its_refusal(
+    simulator: RealtimeSimulator,
+) -> None:
+    # A page streams its microphone from the start: 400 kB of it arrive with the handshake, more than the
+    # server reads before it refuses. Closing with those bytes unread would reset the connection, and the
+    # reset would destroy the refusal's last frames on their way to the page.
+    async with serve_app(relay_settings(simulator.url)) as relay:
+        host, port = _address(relay)
+        loop = asyncio.get_running_loop()
+        sock = open_socket()
+        try:
+            await loop.sock_connect(sock, (host, port))
+            await loop.sock_sendall(sock, handshake_request(host, port, "/ws/lesson?level=A1")
+                                    + client_frame(BINARY, bytes(960)) * 400)
+            received = bytearray()
+            async with asyncio.timeout(10):
+                while chunk := await loop.sock_recv(sock, 65_536):  # a reset raises here
+                    received += chunk
+        finally:
+            sock.close()
+    frames = server_frames(bytes(received).partition(b"\r\n\r\n")[2])
+    texts = [json.loads(payload) for opcode, payload in frames if opcode == TEXT]
+    assert [(text["type"], text.get("code") or text.get("reason")) for text in texts] == [
+        ("error", "invalid_request"), ("status", "invalid_request")]
+    assert [int.from_bytes(payload[:2], "big") for opcode, payload in frames if opcode == CLOSE] == [1008]
 
 
 # ---- bounded memory per connection --------------------------------------------------------------------

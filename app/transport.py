@@ -43,6 +43,8 @@ _REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
 # After the server's half of a WebSocket closes, what the peer still sends is read (and dropped) this long:
 # closing with unread bytes would reset the connection, and a reset can destroy the page's last frames.
 _LINGER_S = 2.0
+# ... or until this much has been read: a page's microphone sends about 100 kB in that time, a flood far more.
+_LINGER_MAX_BYTES = 262_144
 # A chunk-size line or a trailer line longer than this is not HTTP.
 _MAX_CHUNK_LINE_BYTES = 1024
 # One log line per kind of refusal per this many seconds, with a count of those not logged.
@@ -337,6 +339,7 @@ class GuardedWebSocket(asyncio.Protocol):
         self._write_paused = False
         self._lost = False
         self._lingering = False
+        self._lingered_bytes = 0
         self._close_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -375,6 +378,9 @@ class GuardedWebSocket(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         if self._lingering:
+            self._lingered_bytes += len(data)
+            if self._lingered_bytes > _LINGER_MAX_BYTES:
+                transport.abort()
             return
         # The handshake creates the connection's ASGI task, which copies this context.
         token = _current_page.set(self)

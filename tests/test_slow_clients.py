@@ -232,6 +232,24 @@ async def test_a_refused_page_that_is_still_sending_audio_gets_every_frame_of_it
     assert [int.from_bytes(payload[:2], "big") for opcode, payload in frames if opcode == CLOSE] == [1008]
 
 
+async def test_a_refused_page_that_floods_after_its_refusal_is_dropped(simulator: RealtimeSimulator) -> None:
+    # After a refusal the server reads what the page still sends for a moment, and no more than a page
+    # sends in that moment: a flood is dropped instead of read at network speed.
+    flood_limit, burst = 128 * MB, client_frame(PING, b"p" * 125) * 8000
+    async with serve_app(relay_settings(simulator.url)) as relay:
+        host, port = _address(relay)
+        page = await RawWebSocket.open(host, port, "/ws/lesson?level=A1")
+        sent, dropped = 0, False
+        try:
+            while sent < flood_limit:
+                await page.send_raw(burst)
+                sent += len(burst)
+        except OSError:
+            dropped = True
+        page.close()
+    assert dropped, f"{sent // MB} MB sent after the refusal, all of it read"
+
+
 # ---- bounded memory per connection --------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ real student beside the attack. Every loop is bounded in time and bytes; nothing
 - stalled: pages that stop reading (4 kB receive buffer) and keep sending bad frames, one per place
   (MAX_SESSIONS=10, IDLE_TIMEOUT_SECONDS=10, MAX_LESSON_SECONDS=30); a student retries every second.
 - ping_flood: 125-byte pings, pongs never read, on a lesson socket and on a refused one (bad link).
+- drain: two such pages, then SIGTERM; how long until the process has exited.
 - huge_header: a request header that never ends; a health probe every half second.
 - half_sent: many connections that send half a request and wait; a student loads the page meanwhile.
 """
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import sys
 import time
@@ -129,13 +131,7 @@ async def stalled(checkout: Path, ws: str | None, bound_s: float) -> dict[str, A
         pages = [await RawWebSocket.open("127.0.0.1", server.port, f"/ws/lesson?name=Eve{chr(97 + i)}",
                                          receive_buffer=4096) for i in range(10)]
 
-        async def flood(page: RawWebSocket) -> None:
-            with contextlib.suppress(OSError):
-                while True:
-                    await page.send(TEXT, b"not json " * 100)
-                    await asyncio.sleep(0)  # a send the kernel takes at once does not yield to the student
-
-        floods = [asyncio.create_task(flood(page)) for page in pages]
+        floods = [asyncio.create_task(_flood_bad_frames(page)) for page in pages]
         started = time.monotonic()
         attempts: list[str] = []
         try:
@@ -154,6 +150,36 @@ async def stalled(checkout: Path, ws: str | None, bound_s: float) -> dict[str, A
                 page.close()
         return {"student": attempts[-1], "student_waited_s": round(waited, 1), "bound_s": bound_s,
                 "refusals": len(attempts) - (attempts[-1] == "admitted"), "peak_rss_mb": round(server.peak_rss / MB)}
+
+
+async def drain(checkout: Path, ws: str | None, bound_s: float) -> dict[str, Any]:
+    async with serve(checkout, ws, {}) as server:
+        pages = [await RawWebSocket.open("127.0.0.1", server.port, f"/ws/lesson?name=Eve{n}", receive_buffer=4096)
+                 for n in ("a", "b")]
+        floods = [asyncio.create_task(_flood_bad_frames(page)) for page in pages]
+        # Long enough for the greeting and the bad frames' answers to fill what the kernel holds.
+        await asyncio.sleep(5)
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(bound_s):
+                status = await server.process.wait()
+        except TimeoutError:
+            status = None
+        exited_after = time.monotonic() - signalled
+        for task in floods:
+            task.cancel()
+        await asyncio.gather(*floods, return_exceptions=True)
+        for page in pages:
+            page.close()
+        return {"exit_status": status, "exited_after_s": round(exited_after, 1), "bound_s": bound_s}
+
+
+async def _flood_bad_frames(page: RawWebSocket) -> None:
+    with contextlib.suppress(OSError):
+        while True:
+            await page.send(TEXT, b"not json " * 100)
+            await asyncio.sleep(0)  # a send the kernel takes at once does not yield to the rest
 
 
 async def ping_flood(checkout: Path, ws: str | None, bound_s: float, *, refused: bool) -> dict[str, Any]:
@@ -282,7 +308,7 @@ async def _timed(outcome: Any) -> tuple[Any, float]:
     return result, round(time.monotonic() - asked, 2)
 
 
-SCENARIOS: Final = ("stalled", "ping_flood", "ping_flood_refused", "huge_header", "half_sent")
+SCENARIOS: Final = ("stalled", "drain", "ping_flood", "ping_flood_refused", "huge_header", "half_sent")
 
 
 async def main(arguments: argparse.Namespace) -> None:
@@ -290,6 +316,8 @@ async def main(arguments: argparse.Namespace) -> None:
     for scenario in arguments.scenarios.split(","):
         if scenario == "stalled":
             result = await stalled(checkout, arguments.ws, arguments.seconds * 2)
+        elif scenario == "drain":
+            result = await drain(checkout, arguments.ws, arguments.seconds * 1.5)
         elif scenario in ("ping_flood", "ping_flood_refused"):
             result = await ping_flood(checkout, arguments.ws, arguments.seconds, refused=scenario.endswith("refused"))
         elif scenario == "huge_header":

@@ -59,6 +59,8 @@ class LessonMetrics:
             buckets=(0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0), registry=registry)
         self.tokens = Counter("lesson_relay_tokens", "Tokens used by upstream responses, by kind.", ["kind"],
                               registry=registry)
+        self.records_dropped = Counter("lesson_relay_records_dropped", "Lesson records the writer dropped, by cause.",
+                                       ["cause"], registry=registry)
         self.cost_usd = Counter("lesson_relay_estimated_cost_usd", "Estimated upstream cost in USD.",
                                 registry=registry)
         self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
@@ -78,6 +80,9 @@ class LessonMetrics:
         handler = self._handlers.get(action.event)
         if handler is not None:
             handler(action.fields)
+
+    def records_lost(self, cause: str, count: int) -> None:
+        self.records_dropped.labels(cause=cause).inc(count)
 
     def refused(self, code: str) -> None:
         self.refusals.labels(code=code).inc()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -70,8 +70,9 @@ def prepare_database(settings: Settings) -> None:
         raise SystemExit(str(exc)) from None
 
 
-async def open_store(settings: Settings) -> Store:
-    """The migrated store for `settings`, or `DatabaseUnavailable` (logged once, password-free) when out of reach."""
+async def open_store(settings: Settings, *, on_records_dropped: Callable[[str, int], None] | None = None) -> Store:
+    """The migrated store for `settings`, or `DatabaseUnavailable` (logged once, password-free) when out of reach;
+    `on_records_dropped(cause, count)` is told of every record the writer has to drop."""
     url = _url(settings)
     engine = create_engine(url)
     try:
@@ -84,7 +85,7 @@ async def open_store(settings: Settings) -> Store:
     sessions = session_factory(engine)
     link_secret = await lesson_link_secret(sessions, settings)
     await retention.sweep(sessions, settings.retention_days)
-    records = RecordWriter(engine)
+    records = RecordWriter(engine, on_dropped=on_records_dropped)
     records.start()
     daily = asyncio.create_task(retention.sweep_daily(sessions, settings.retention_days), name="retention")
     return Store(engine=engine, sessions=sessions, records=records, link_secret=link_secret, retention=daily)

@@ -56,8 +56,10 @@ class RecordWriter:
         first_retry_s: float = 0.5,
         longest_retry_s: float = 30.0,
         give_up_after_s: float = 300.0,
+        on_dropped: Callable[[str, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`on_dropped(cause, count)` is told of every drop (the metrics count them by cause)."""
         self.engine = engine
         self.linger_s = linger_s
         self.queue: asyncio.Queue[LessonRecord] = asyncio.Queue(maxsize=capacity)
@@ -66,6 +68,7 @@ class RecordWriter:
         self.first_retry_s = first_retry_s
         self.longest_retry_s = longest_retry_s
         self.give_up_after_s = give_up_after_s
+        self.on_dropped = on_dropped
         self.clock = clock
         self.written = 0
         self.dropped = 0
@@ -78,7 +81,7 @@ class RecordWriter:
         try:
             self.queue.put_nowait(record)
         except asyncio.QueueFull:
-            self._count_dropped(1, "queue_full", record.lesson_id)
+            self._count_dropped(1, "queue_full", "queue_full", record.lesson_id)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -101,7 +104,7 @@ class RecordWriter:
             await self._task
         self._task = None
         if left := self.queue.qsize():
-            self._count_dropped(left, "shutdown", None)
+            self._count_dropped(left, "shutdown", "shutdown", None)
         log.info("records_writer_stopped", written=self.written, dropped=self.dropped)
 
     # ---- the task --------------------------------------------------------------------------------
@@ -132,8 +135,8 @@ class RecordWriter:
             except Exception as exc:  # the database is slow or gone: its driver's errors, OSError, timeouts
                 waited = self.clock() - first_try
                 if waited + pause > self.give_up_after_s:
-                    self._count_dropped(len(batch), f"database unavailable for {waited:.0f} s: {_reason(exc)}",
-                                        batch[0].lesson_id)
+                    self._count_dropped(len(batch), "database_unavailable",
+                                        f"database unavailable for {waited:.0f} s: {_reason(exc)}", batch[0].lesson_id)
                     return
                 log.warning("records_write_retry", records=len(batch), retry_in_s=pause, error=_reason(exc))
                 await asyncio.sleep(pause)
@@ -145,16 +148,18 @@ class RecordWriter:
                 await self._write([record])
                 self.written += 1
             except Exception as exc:
-                self._count_dropped(1, f"refused by the database: {_reason(exc)}", record.lesson_id)
+                self._count_dropped(1, "refused", f"refused by the database: {_reason(exc)}", record.lesson_id)
 
     async def _write(self, batch: list[LessonRecord]) -> None:
         async with asyncio.timeout(self.write_timeout_s), self.engine.begin() as connection:
             await _apply(connection, batch)
 
-    def _count_dropped(self, count: int, reason: str, lesson_id: str | None) -> None:
+    def _count_dropped(self, count: int, cause: str, reason: str, lesson_id: str | None) -> None:
         before, self.dropped = self.dropped, self.dropped + count
+        if self.on_dropped is not None:
+            self.on_dropped(cause, count)
         # Logged on the first drop of a run of them and then at each power of two, not once per record.
-        if reason != "queue_full" or before == 0 or (self.dropped & (self.dropped - 1)) == 0:
+        if cause != "queue_full" or before == 0 or (self.dropped & (self.dropped - 1)) == 0:
             log.error("records_dropped", count=count, dropped_total=self.dropped, reason=reason, lesson_id=lesson_id)
 
 

@@ -10,9 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import structlog
 from databases import CuttableProxy
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.metrics import LessonMetrics
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, TurnFinished, TurnInterrupted
 from app.store.database import create_engine, database_url, migrate, session_factory
 from app.store.models import Lesson, LessonEvent, Student, Turn
@@ -129,6 +131,18 @@ async def test_a_full_queue_drops_counts_and_logs_without_blocking(engine: Async
         writer.put(started(lesson_id))
     assert (writer.queue.qsize(), writer.dropped) == (2, 2)
     assert [line["dropped_total"] for line in log_lines(logged, "records_dropped")] == [1, 2]
+
+
+async def test_every_drop_reaches_the_metrics_by_its_cause(engine: AsyncEngine) -> None:
+    metrics = LessonMetrics()
+    writer = RecordWriter(engine, capacity=1, on_dropped=metrics.records_lost)  # not started
+    for lesson_id in ("L1", "L2", "L3"):
+        writer.put(started(lesson_id))
+    await writer.stop(0)
+    samples = {(sample.name, tuple(sample.labels.values())): sample.value
+               for family in text_string_to_metric_families(metrics.exposition().decode())
+               for sample in family.samples}
+    assert samples[("lesson_relay_records_dropped_total", ("queue_full",))] == 2
 
 
 async def test_records_wait_out_an_outage_and_are_written_when_the_database_is_back(

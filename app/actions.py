@@ -49,5 +49,10 @@ class Log:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
-Action = ToUpstream | ToBrowser | ToBrowserAudio | Close | Log | Record
+@dataclass(frozen=True, slots=True)
+class ReplaceUpstream:
+    """Let the current upstream session go (close it, unheard from now on) and open a new one."""
+
+
+Action = ToUpstream | ToBrowser | ToBrowserAudio | Close | Log | Record | ReplaceUpstream
 NO_ACTIONS: tuple[Action, ...] = ()

@@ -4,6 +4,8 @@
     ├── InvalidRequest               1008  bad lesson parameters, origin or lesson link
     ├── OverCapacity                 1013  too many lessons, or lesson starts too fast
     ├── StoreUnavailable             1013  a lesson link cannot be checked: the records' database is out of reach
+    ├── ResumeRefused                1008  a resume token that is altered, expired, foreign or of an ended lesson
+    ├── ResumeNotYet                 1013  a resumed lesson is still being handed over: the page tries again
     ├── InvalidTransition            1011  the lesson state machine was driven out of order (a bug)
     └── UpstreamError                1011  the Realtime session failed
         ├── UpstreamRefused          1014  the handshake was refused (HTTP status known)
@@ -47,6 +49,45 @@ class StoreUnavailable(LessonError):
     close_code = 1013
     code = "link_unchecked"
     student_message = "Your lesson link cannot be checked just now. Please try again in a minute."
+
+
+class ResumeRefused(LessonError):
+    """A resume the page must not retry: it is told in plain words and starts a new lesson."""
+
+    close_code = 1008
+    code = "resume_refused"
+
+    def __init__(self, detail: str, *, code: str, student_message: str) -> None:
+        super().__init__(detail, student_message=student_message)
+        self.code = code
+
+    @classmethod
+    def invalid(cls, detail: str) -> ResumeRefused:
+        return cls(detail, code="resume_invalid",
+                   student_message="This lesson cannot be continued from here. Please start a new lesson.")
+
+    @classmethod
+    def expired(cls, detail: str) -> ResumeRefused:
+        return cls(detail, code="resume_expired",
+                   student_message="This lesson was away too long and has ended. Please start a new lesson.")
+
+    @classmethod
+    def unknown(cls, detail: str) -> ResumeRefused:
+        return cls(detail, code="resume_unknown",
+                   student_message="This lesson is not known here. Please start a new lesson.")
+
+    @classmethod
+    def ended(cls, detail: str) -> ResumeRefused:
+        return cls(detail, code="lesson_ended",
+                   student_message="This lesson has already ended. Please start a new lesson.")
+
+
+class ResumeNotYet(LessonError):
+    """The lesson is being handed over from an instance that is restarting: the page tries again shortly."""
+
+    close_code = 1013
+    code = "resume_not_yet"
+    student_message = "Your lesson is moving to another server. Reconnecting…"
 
 
 class InvalidTransition(LessonError):

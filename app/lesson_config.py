@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from app.continuity import CarriedOver
+
 
 @dataclass(frozen=True, slots=True)
 class LessonConfig:
@@ -40,3 +42,8 @@ class LessonConfig:
     browser_key_hash: str | None = None
     # The lesson ends when its estimated cost reaches this (USD); None = no cap.
     max_cost_usd: float | None = None
+    # The page may come back within `resume_grace_s` with this token (0: a page that leaves ends the lesson).
+    resume_token: str = ""
+    resume_grace_s: float = 0.0
+    # Set when this instance takes over a lesson another one handed over (a redeploy).
+    carried: CarriedOver | None = None

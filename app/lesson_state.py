@@ -14,14 +14,18 @@ class LessonState(enum.Enum):
     GREETING = "greeting"  # response.create sent; microphone held until the greeting is heard
     CONVERSING = "conversing"  # microphone relayed, turns taken by server-side turn detection
     FEEDBACK = "feedback"  # ended normally: microphone held, the lesson's feedback asked for out of band
+    # The upstream session is being replaced: a new one is opened and configured with the conversation so
+    # far; microphone held. Then back to CONVERSING, or to GREETING when the greeting had not been heard.
+    RECONNECTING = "reconnecting"
     ENDED = "ended"
 
 
 ALLOWED = {
-    LessonState.CONNECTING: {LessonState.CONFIGURING, LessonState.ENDED},
+    LessonState.CONNECTING: {LessonState.CONFIGURING, LessonState.RECONNECTING, LessonState.ENDED},
     LessonState.CONFIGURING: {LessonState.GREETING, LessonState.ENDED},
-    LessonState.GREETING: {LessonState.CONVERSING, LessonState.ENDED},
-    LessonState.CONVERSING: {LessonState.FEEDBACK, LessonState.ENDED},
+    LessonState.GREETING: {LessonState.CONVERSING, LessonState.RECONNECTING, LessonState.ENDED},
+    LessonState.CONVERSING: {LessonState.FEEDBACK, LessonState.RECONNECTING, LessonState.ENDED},
+    LessonState.RECONNECTING: {LessonState.GREETING, LessonState.CONVERSING, LessonState.ENDED},
     LessonState.FEEDBACK: {LessonState.ENDED},
     LessonState.ENDED: set(),
 }
@@ -35,6 +39,9 @@ class Timer(enum.Enum):
     LESSON_LIMIT = "lesson_limit"
     IDLE = "idle"
     FEEDBACK = "feedback"  # the feedback's response.done must arrive (FEEDBACK_TIMEOUT_SECONDS)
+    PAGE_GRACE = "page_grace"  # the page that went away must be back by now
+    UPSTREAM_RETRY = "upstream_retry"  # the pause before the next attempt at a new upstream session
+    ROLL_OVER = "roll_over"  # the upstream session nears its cap: replace it at the next turn boundary
 
 
 def check_transition(lesson_id: str, current: LessonState, new: LessonState) -> None:

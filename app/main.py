@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app.admission import LessonRegistry, LocalPlaces, Places
+from app.live_lessons import LiveLessons
 from app.logging import configure_logging
 from app.metrics import LessonMetrics, metrics_router
 from app.records import RecordSink
@@ -97,6 +98,7 @@ def create_app(
         places or LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute,
                               settings.link_starts_per_minute))
     app.state.metrics = LessonMetrics(shared_dir=metrics_dir)
+    app.state.live_lessons = LiveLessons()
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)

@@ -162,14 +162,19 @@ def parse_browser_message(text: str) -> Playback | End:
 
 # ---- relay → page -------------------------------------------------------------------------------
 
-StatusState = Literal["connecting", "greeting", "waiting", "tutor_speaking", "listening", "feedback", "ended"]
+StatusState = Literal["connecting", "greeting", "waiting", "tutor_speaking", "listening", "feedback",
+                      "reconnecting", "ended"]
 Role = Literal["tutor", "student"]
 
 
-def lesson(*, lesson_id: str, simulated: bool, name: str, level: str, sample_rate: int) -> dict[str, Any]:
+def lesson(*, lesson_id: str, simulated: bool, name: str, level: str, sample_rate: int, resume_token: str,
+           resume_grace_s: float, resumed: bool) -> dict[str, Any]:
+    """The lesson is accepted (`resumed`: it goes on); a page that loses its socket may come back within
+    `resume_grace_s` with `resume_token`."""
     return {
         "type": "lesson", "lesson_id": lesson_id, "simulated": simulated,
         "sample_rate": sample_rate, "name": name, "level": level,
+        "resumed": resumed, "resume_token": resume_token, "resume_grace_s": resume_grace_s,
     }
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from app.feedback import MAX_CORRECTIONS, MAX_NEW_WORDS
 from app.memory import RememberedLesson
-from app.messages import Level
+from app.messages import Level, Role
 
 LEVEL_RULES: dict[str, tuple[str, ...]] = {
     "A1": (
@@ -137,4 +137,37 @@ def feedback_instructions(*, name: str, level: Level, target_language: str, supp
     return _TEMPLATES.get_template("feedback.j2").render(
         name=name, level=level, target_language=target_language, support_language=support_language,
         max_corrections=MAX_CORRECTIONS, max_new_words=MAX_NEW_WORDS,
+    )
+
+
+class PastTurn(NamedTuple):
+    role: Role
+    text: str
+
+
+# A renewed session gets the end of the conversation, bounded: long lessons must not swell its instructions.
+CONTINUATION_MAX_TURNS = 30
+CONTINUATION_MAX_CHARS = 6000
+CONTINUATION_TURN_CHARS = 500
+
+
+def continued_instructions(instructions: str, *, name: str, turns: Sequence[PastTurn]) -> str:
+    """`instructions` plus the recent conversation, for an upstream session that takes over a lesson under way:
+    the last `CONTINUATION_MAX_TURNS` turns (each cut to `CONTINUATION_TURN_CHARS`) that fit in
+    `CONTINUATION_MAX_CHARS`, and the rule not to greet again."""
+    kept: list[PastTurn] = []
+    size = 0
+    for turn in reversed(turns[-CONTINUATION_MAX_TURNS:]):
+        text = " ".join(turn.text.split())
+        if len(text) > CONTINUATION_TURN_CHARS:
+            text = text[: CONTINUATION_TURN_CHARS - 1] + "…"
+        if not text:
+            continue
+        size += len(text) + 10
+        if size > CONTINUATION_MAX_CHARS:
+            break
+        kept.append(PastTurn(turn.role, text))
+    kept.reverse()
+    return _TEMPLATES.get_template("continuation.j2").render(
+        instructions=instructions, name=name, turns=kept, omitted=len(kept) < len([t for t in turns if t.text.strip()]),
     )

@@ -1,14 +1,16 @@
-"""run_relay(): the only place where the page's socket and the upstream session meet.
+"""Relay: one lesson's shell, alive as long as the lesson, whichever sockets it has at the moment.
 
-A thin shell around `LessonSession`: three pumps (page reader, upstream reader, timer) in one
-TaskGroup feed the machine and carry out the actions it returns, in order, before reading again.
-`Record` actions go to the store's writer without waiting: the audio path never waits for the database. A
-`Close` action ends the lesson: the upstream session is closed first, then the page's socket, and the
-TaskGroup is torn down. Whatever happens, `finally` closes both sockets, so no upstream session outlives
-its page.
+A thin shell around `LessonSession`. The lesson outlives its sockets: its page may leave and come back
+(`attach`, a resumed socket replacing any page still attached) and its upstream session may be replaced
+(the machine's `ReplaceUpstream`). Its tasks run in one TaskGroup: a reader per attached page, a reader per
+upstream session, the machine's timer and the shutdown watch. Each feeds the machine and carries out the
+actions it returns, in order, before reading again. `Record` actions go to the store's writer without
+waiting: the audio path never waits for the database. A `Close` action ends the lesson: the upstream
+session is closed first, then the page's socket, and the TaskGroup is torn down. Whatever happens, `finally`
+closes both, so no upstream session outlives its lesson.
 
-A page that stops reading never holds the lesson: a send that cannot complete within `send_timeout_s`
-drops the page's connection and ends the lesson as `browser_stalled`, and closing the page's socket has
+A page that stops reading never holds the lesson: a send that cannot complete within `send_timeout_s` drops
+the page's connection (the machine treats it as a page that went away), and closing the page's socket has
 the same deadline. The timers therefore fire, and the upstream closes, whatever the page does.
 """
 
@@ -18,13 +20,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from app.actions import Action, Close, Log, ToBrowser, ToBrowserAudio, ToUpstream
+from app import messages
+from app.actions import Action, Close, Log, ReplaceUpstream, ToBrowser, ToBrowserAudio, ToUpstream
 from app.errors import UpstreamClosed, UpstreamError
 from app.metrics import LessonMetrics
 from app.records import Record, RecordSink
@@ -33,75 +37,111 @@ from app.transport import PageConnection
 from app.upstream import RealtimeClient
 
 Clock = Callable[[], float]
+ConnectUpstream = Callable[[], Awaitable[RealtimeClient]]
+
+# A page replaced by a newer socket of the same lesson is closed with this (private-use) code.
+REPLACED_CLOSE_CODE = 4001
 
 
 class _LessonOver(Exception):
-    """Raised by a pump once the lesson has been closed, to tear the TaskGroup down."""
+    """Raised by a task once the lesson has been closed, to tear the TaskGroup down."""
+
+
+@dataclass(eq=False)
+class PageSocket:
+    """One page socket of a lesson; `done` is set once the lesson no longer uses it."""
+
+    websocket: WebSocket
+    connection: PageConnection | None = None
+    open: bool = True
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Relay:
-    """One lesson's shell: owns both sockets for the lesson's lifetime."""
+    """One lesson's shell: owns its upstream session for the lesson's lifetime, and whichever page is attached."""
 
     def __init__(
         self,
-        browser: WebSocket,
         session: LessonSession,
         *,
+        connect_upstream: ConnectUpstream,
         log: structlog.typing.FilteringBoundLogger,
         records: RecordSink,
         metrics: LessonMetrics,
-        page: PageConnection | None = None,
         send_timeout_s: float = 5.0,
         clock: Clock = time.monotonic,
     ) -> None:
-        self.browser = browser
         self.session = session
+        self.connect_upstream = connect_upstream
         self.log = log
         self.records = records
-        # The page's connection beneath ASGI, to drop it when it stalls; None when served without the guards.
-        self.page = page
-        self.send_timeout_s = send_timeout_s
         self.metrics = metrics
+        self.send_timeout_s = send_timeout_s
         self.clock = clock
+        self.page: PageSocket | None = None
         self.upstream: RealtimeClient | None = None
-        self._upstream_closing: asyncio.Future[None] | None = None
+        self.over = False
+        self._tasks: asyncio.TaskGroup | None = None
+        self._upstream_closing: set[asyncio.Future[None]] = set()
         self._timer_wake = asyncio.Event()
-        self._browser_open = True
         self._closing = False
         self._close_code = 1000
         self._close_reason = ""
 
-    async def run(self, connect_upstream: Callable[[], Awaitable[RealtimeClient]], shutdown: asyncio.Event,
-                  replaced: asyncio.Event | None = None) -> None:
-        """Carry the lesson from the accepted page socket to its end; returns once both sockets are closed.
-        `shutdown` ends it for a drain, `replaced` when its lesson link started another lesson."""
+    async def run(self, page: PageSocket, shutdown: asyncio.Event, replaced: asyncio.Event | None = None, *,
+                  replay: bool = False) -> None:
+        """Carry the lesson from its first page socket to its end; returns once every socket is closed.
+        `shutdown` hands it over for a drain, `replaced` ends it when its lesson link started another lesson;
+        `replay`: the page asked for the transcript so far (a lesson taken over from another instance)."""
+        self.page = page
         try:
-            await self._carry_out(self.session.begin(self.clock()))
-            connecting_at = self.clock()
-            try:
-                upstream = self.upstream = await connect_upstream()
-            except UpstreamError as exc:
-                self.log.error("upstream_connect_failed", error=exc.detail, code=exc.code,
-                               status=getattr(exc, "status", None), upstream_code=getattr(exc, "upstream_code", None))
-                await self._carry_out(self.session.handle_upstream_failed(
-                    exc.code, exc.student_message, exc.close_code, self.clock()))
-                return
-            connect_s = self.clock() - connecting_at
-            self.metrics.upstream_connect_seconds.observe(connect_s)
-            self.log.info("upstream_connected", connect_s=round(connect_s, 3))
-            async with asyncio.TaskGroup() as pumps:
-                pumps.create_task(self._pump_browser())
-                pumps.create_task(self._pump_upstream(upstream))
-                pumps.create_task(self._pump_timers())
-                pumps.create_task(self._watch_shutdown(shutdown))
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                await self._carry_out(self.session.begin(self.clock(), replay=replay))
+                tasks.create_task(self._pump_page(page))
+                tasks.create_task(self._pump_timers())
+                tasks.create_task(self._watch_shutdown(shutdown))
                 if replaced is not None:
-                    pumps.create_task(self._watch_replaced(replaced))
+                    tasks.create_task(self._watch_replaced(replaced))
+                tasks.create_task(self._connect_and_pump_upstream())
         except* _LessonOver:
             pass
         except* Exception as crash:
             await self._end_after_crash(crash)
         finally:
-            await self._close_both()
+            self.over = True
+            await self._close_all()
+
+    def attach(self, page: PageSocket, *, replay: bool) -> None:
+        """A resumed socket of this lesson: it replaces the attached page, if any, and is served until it leaves
+        or the lesson ends (`page.done`). `replay`: the page has no transcript (a reload) and gets it all."""
+        if self._tasks is None or self.over:
+            page.done.set()
+            return
+        self._tasks.create_task(self._serve_resumed(page, replay))
+
+    async def _serve_resumed(self, page: PageSocket, replay: bool) -> None:
+        previous, self.page = self.page, page
+        if previous is not None:
+            await self._retire(previous)
+        await self._carry_out(self.session.handle_page_attached(self.clock(), replay=replay))
+        await self._pump_page(page)
+
+    async def _retire(self, page: PageSocket) -> None:
+        """The page a newer socket replaced: told in plain words, then closed; it must not come back."""
+        page.open = False
+        frame = messages.error(code="lesson_resumed_elsewhere", fatal=True,
+                               message="This lesson went on in another window or tab.")
+        try:
+            async with asyncio.timeout(self.send_timeout_s):
+                await page.websocket.send_text(orjson.dumps(frame).decode())
+                await page.websocket.close(REPLACED_CLOSE_CODE, "resumed_elsewhere")
+        except TimeoutError:
+            if page.connection is not None:
+                page.connection.abort()
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        page.done.set()
 
     async def _end_after_crash(self, crash: ExceptionGroup[Exception]) -> None:
         """A bug raised inside the lesson: log it with its traceback, tell the page, close both sockets 1011."""
@@ -112,39 +152,61 @@ class Relay:
         with contextlib.suppress(_LessonOver):
             await self._carry_out(self.session.handle_crash(self.clock()))
 
-    async def _pump_browser(self) -> None:
+    # ---- readers ---------------------------------------------------------------------------------
+
+    async def _pump_page(self, page: PageSocket) -> None:
         session, clock = self.session, self.clock
         while True:
             try:
-                message = await self.browser.receive()
+                message = await page.websocket.receive()
             except (WebSocketDisconnect, RuntimeError):
                 message = {"type": "websocket.disconnect"}
             if message["type"] == "websocket.disconnect":
-                self._browser_open = False
-                await self._carry_out(session.handle_browser_closed(clock()))
-                if not self._closing:
-                    raise _LessonOver
-                # The lesson was already ending (the page was dropped for stalling): the pump carrying out
-                # its `Close` logs the end and tears the lesson down; cancelling it here would lose that.
+                page.open = False
+                page.done.set()
+                if self.page is page:
+                    # Gone without a goodbye: the machine keeps the lesson for the grace period.
+                    self.page = None
+                    await self._carry_out(session.handle_page_detached(clock()))
                 return
+            if self.page is not page:
+                continue  # a replaced page's last frames
             pcm = message.get("bytes")
             if pcm is not None:
                 await self._carry_out(session.handle_browser_audio(pcm, clock()))
             else:
                 await self._carry_out(session.handle_browser_text(message.get("text") or "", clock()))
 
-    async def _pump_upstream(self, upstream: RealtimeClient) -> None:
+    async def _connect_and_pump_upstream(self) -> None:
         session, clock = self.session, self.clock
+        connecting_at = clock()
+        try:
+            upstream = await self.connect_upstream()
+        except UpstreamError as exc:
+            self.log.error("upstream_connect_failed", error=exc.detail, code=exc.code,
+                           status=getattr(exc, "status", None), upstream_code=getattr(exc, "upstream_code", None))
+            await self._carry_out(session.handle_upstream_failed(exc.code, exc.student_message, exc.close_code,
+                                                                 clock()))
+            return
+        if self._closing:
+            await upstream.close()
+            return
+        connect_s = clock() - connecting_at
+        self.metrics.upstream_connect_seconds.observe(connect_s)
+        self.log.info("upstream_connected", connect_s=round(connect_s, 3))
+        self.upstream = upstream
         try:
             async for message in upstream.messages():
-                await self._carry_out(session.handle_upstream_message(message, clock()))
+                if upstream is self.upstream:
+                    await self._carry_out(session.handle_upstream_message(message, clock()))
+                # else: replaced or closed by the lesson, it is closing: what it still says is not heard
         except UpstreamClosed as exc:
-            await self._carry_out(session.handle_upstream_closed(exc.received_code, exc.received_reason, clock()))
+            code, reason = exc.received_code, exc.received_reason
         else:
-            await self._carry_out(session.handle_upstream_closed(upstream.close_code, upstream.close_reason, clock()))
-        if not self._closing:
-            raise _LessonOver
-        # Closed by the lesson's own `Close`: the pump carrying it out ends the lesson once the page is told.
+            code, reason = upstream.close_code, upstream.close_reason
+        if upstream is self.upstream:
+            self.upstream = None
+            await self._carry_out(session.handle_upstream_closed(code, reason, clock()))
 
     async def _pump_timers(self) -> None:
         session, wake = self.session, self._timer_wake
@@ -169,6 +231,8 @@ class Relay:
         await replaced.wait()
         await self._carry_out(self.session.handle_replaced(self.clock()))
 
+    # ---- carrying out actions --------------------------------------------------------------------
+
     async def _carry_out(self, actions: Sequence[Action]) -> None:
         if actions and type(actions[-1]) is Close:
             # The lesson ends: the paid session closes before anything more is sent to the page.
@@ -189,67 +253,83 @@ class Relay:
             elif type(action) is Record:
                 # Never awaited: the writer's queue takes it or counts it dropped.
                 self.records.put(action.record)
+            elif type(action) is ReplaceUpstream:
+                self._replace_upstream()
             elif type(action) is Close:
-                # Recorded first: a pump cancelled mid-close still closes with this code in `finally`.
+                # Recorded first: a task cancelled mid-close still closes with this code in `finally`.
                 self._closing = True
                 self._close_code, self._close_reason = action.code, action.reason
-                await self._close_both()
+                await self._close_all()
                 raise _LessonOver
         if self.session.deadlines_changed:
             self._timer_wake.set()
 
+    def _replace_upstream(self) -> None:
+        """Let the current upstream session go (closed in the background) and open a new one."""
+        self._let_upstream_go()
+        if self._tasks is not None and not self._closing:
+            self._tasks.create_task(self._connect_and_pump_upstream())
+
     async def _send_browser(self, frame: dict[str, Any]) -> None:
-        """Send one ASGI `websocket.send` frame; a page that has gone away only stops further sends, a page
-        that does not take it within `send_timeout_s` is dropped and the lesson ends."""
-        if not self._browser_open:
+        """Send one ASGI `websocket.send` frame to the attached page, if any; a page that has gone only stops
+        further sends, a page that does not take it within `send_timeout_s` is dropped."""
+        page = self.page
+        if page is None or not page.open:
             return
         try:
-            if self.page is not None and not self.page.write_paused:
-                await self.browser.send(frame)  # the transport takes it without waiting
+            if page.connection is not None and not page.connection.write_paused:
+                await page.websocket.send(frame)  # the transport takes it without waiting
             else:
                 async with asyncio.timeout(self.send_timeout_s):
-                    await self.browser.send(frame)
+                    await page.websocket.send(frame)
         except TimeoutError:
-            self._drop_page()
-            await self._carry_out(self.session.handle_browser_stalled(self.send_timeout_s, self.clock()))
+            self._drop(page)
+            if self.page is page:
+                self.page = None
+                await self._carry_out(self.session.handle_browser_stalled(self.send_timeout_s, self.clock()))
         except (WebSocketDisconnect, RuntimeError, OSError):
-            self._browser_open = False
+            page.open = False
 
-    def _drop_page(self) -> None:
-        self._browser_open = False
-        if self.page is not None:
-            self.page.abort()
+    def _drop(self, page: PageSocket) -> None:
+        page.open = False
+        if page.connection is not None:
+            page.connection.abort()
 
     async def _send_upstream(self, payload: bytes) -> None:
-        if self.upstream is None:
-            return
-        try:
-            await self.upstream.send(payload)
-        except UpstreamClosed as exc:
-            await self._carry_out(self.session.handle_upstream_closed(exc.received_code, exc.received_reason,
-                                                                      self.clock()))
+        upstream = self.upstream
+        if upstream is None:
+            return  # none open (being replaced): the machine sends nothing that must arrive then
+        with contextlib.suppress(UpstreamClosed):
+            # Its reader sees the close too, and tells the machine once.
+            await upstream.send(payload)
+
+    def _let_upstream_go(self) -> None:
+        if self.upstream is not None:
+            upstream, self.upstream = self.upstream, None
+            self._upstream_closing.add(asyncio.ensure_future(upstream.close()))
 
     async def _close_upstream(self) -> None:
         """Close the upstream session, once; a caller cancelled while waiting leaves the close running."""
-        if self.upstream is not None:
-            upstream, self.upstream = self.upstream, None
-            self._upstream_closing = asyncio.ensure_future(upstream.close())
-        if self._upstream_closing is not None:
-            await asyncio.shield(self._upstream_closing)
+        self._let_upstream_go()
+        if self._upstream_closing:
+            await asyncio.shield(asyncio.gather(*self._upstream_closing, return_exceptions=True))
 
-    async def _close_both(self) -> None:
+    async def _close_all(self) -> None:
         await self._close_upstream()
-        if self._browser_open and self.browser.application_state is WebSocketState.CONNECTED:
-            self._browser_open = False
+        page = self.page
+        if page is None:
+            return
+        if page.open and page.websocket.application_state is WebSocketState.CONNECTED:
+            page.open = False
             try:
                 async with asyncio.timeout(self.send_timeout_s):
-                    await self.browser.close(self._close_code, self._close_reason[:120])
+                    await page.websocket.close(self._close_code, self._close_reason[:120])
             except TimeoutError:
-                self._drop_page()
+                self._drop(page)
             except (WebSocketDisconnect, RuntimeError, OSError):
                 pass
             else:
-                if self.page is not None:
+                if page.connection is not None:
                     # The page has as long to answer the close frame as it had to take any frame.
-                    self.page.close_within(self.send_timeout_s)
-
+                    page.connection.close_within(self.send_timeout_s)
+        page.done.set()

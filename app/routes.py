@@ -1,13 +1,16 @@
 """HTTP and WebSocket routes: the page, the health check, and the lesson socket.
 
 The lesson route admits or refuses a lesson (origin, parameters, lesson link checked against the
-store, capacity, start rate), then hands both sockets to `Relay`. A refusal always reaches the page as an
-`error` frame followed by the close code of the cause, and no upstream session is opened for it.
+store, capacity, start rate), then starts its `Relay` in its own task, which outlives the socket. A socket
+with `resume=<token>` is attached to its running lesson, or takes over a lesson another instance handed
+over. A refusal always reaches the page as an `error` frame followed by the close code of the cause, and
+no upstream session is opened for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -20,18 +23,24 @@ import structlog
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import messages
 from app.admission import LessonRegistry, Start, origin_allowed
-from app.errors import InvalidRequest, LessonError, OverCapacity, StoreUnavailable
+from app.continuity import CarriedOver, TranscriptLine
+from app.errors import InvalidRequest, LessonError, OverCapacity, ResumeNotYet, ResumeRefused, StoreUnavailable
 from app.lesson_config import LessonConfig
+from app.live_lessons import LiveLessons
 from app.memory import RememberedLesson, StudentHistory, load_memory, student_history
 from app.metrics import LessonMetrics, bearer_allowed
 from app.prompts import feedback_instructions, tutor_instructions
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, RecordSink
-from app.relay import Relay
+from app.relay import PageSocket, Relay
+from app.resume import ResumeClaim, make_resume_token, verify_resume_token
 from app.session import LessonSession
 from app.settings import Settings
+from app.store.handover import TakenOverLesson, take_over_lesson
+from app.store.queries import LOOKUP_TIMEOUT_S
 from app.students import LessonStudent, linked_student, student_for_request
 from app.transport import current_page_connection
 from app.upstream import RealtimeClient, realtime_url
@@ -114,39 +123,125 @@ async def lesson_socket(websocket: WebSocket) -> None:
         return
 
     await websocket.accept()
+    resume_token = websocket.query_params.get("resume")
+    if resume_token is not None:
+        await _resume(websocket, resume_token, replay=websocket.query_params.get("replay") == "1", client=client)
+        return
     registry: LessonRegistry = state.lessons
     student = LessonStudent()
+    place = contextlib.AsyncExitStack()
     try:
         request = _parse(websocket)
         request, student = await student_for_request(
             request, lesson_secret_set=settings.lesson_secret is not None, link_secret=state.link_secret,
             sessions=state.db)
         start = Start(lesson_id=lesson_id, client=client, link_id=student.link_id)
-        async with registry.admit(start, time.monotonic()) as replaced:
-            # What the tutor remembers is read before the lesson is built; without it the lesson goes on.
-            memory = await load_memory(state.db, student)
-            if memory:
-                lesson_log.info("student_remembered", lessons=len(memory))
-            config = _lesson_config(lesson_id, request, settings, student, memory)
-            upstream: Upstream = state.upstream
-            url = realtime_url(upstream.url, settings.openai_realtime_model)
-
-            async def connect_upstream() -> RealtimeClient:
-                return await RealtimeClient.connect(
-                    url=url, api_key=upstream.api_key, auth_scheme=settings.openai_auth_header,
-                    open_timeout_s=settings.upstream_timeout_seconds,
-                )
-
-            relay = Relay(websocket, LessonSession(config), log=lesson_log, records=state.records, metrics=metrics,
-                          page=current_page_connection(), send_timeout_s=settings.browser_send_timeout_seconds)
-            with metrics.lessons_open.track_inprogress():
-                await relay.run(connect_upstream, registry.draining, replaced)
+        replaced = await place.enter_async_context(registry.admit(start, time.monotonic()))
     except (InvalidRequest, OverCapacity, StoreUnavailable) as exc:
         metrics.refused(exc.code)
         if student.student_id is not None and isinstance(exc, OverCapacity):
             # A known student turned away for capacity or start rate: their teacher sees the attempt.
             _record_refusal(state.records, lesson_id, request, settings, student, exc)
         await _refuse(websocket, exc, lesson_log, settings.browser_send_timeout_seconds)
+        return
+    try:
+        # What the tutor remembers is read before the lesson is built; without it the lesson goes on.
+        memory = await load_memory(state.db, student)
+        if memory:
+            lesson_log.info("student_remembered", lessons=len(memory))
+        started_at = datetime.now(UTC)
+        claim = ResumeClaim(lesson_id=lesson_id, name=request.name, level=request.level, support=request.support,
+                            topic=request.topic, expires_at=int(started_at.timestamp() + settings.max_lesson_seconds
+                                                                + settings.resume_grace_seconds) + 1)
+        config = _lesson_config(lesson_id, request, settings, student, memory, started_at=started_at,
+                                resume_token=make_resume_token(state.link_secret, claim))
+    except BaseException:
+        await place.aclose()
+        raise
+    await _run_lesson(websocket, config, lesson_log, place, replaced)
+
+
+async def _run_lesson(websocket: WebSocket, config: LessonConfig, lesson_log: structlog.typing.FilteringBoundLogger,
+                      place: contextlib.AsyncExitStack, replaced: asyncio.Event, *, replay: bool = False) -> None:
+    """Start the lesson in its own task with this socket as its page (the task lets `place` go when the lesson
+    ends); return once the lesson is done with this socket."""
+    state = _state(websocket)
+    settings: Settings = state.settings
+    metrics: LessonMetrics = state.metrics
+    upstream: Upstream = state.upstream
+    url = realtime_url(upstream.url, settings.openai_realtime_model)
+
+    async def connect_upstream() -> RealtimeClient:
+        return await RealtimeClient.connect(
+            url=url, api_key=upstream.api_key, auth_scheme=settings.openai_auth_header,
+            open_timeout_s=settings.upstream_timeout_seconds,
+        )
+
+    relay = Relay(LessonSession(config), connect_upstream=connect_upstream, log=lesson_log, records=state.records,
+                  metrics=metrics, send_timeout_s=settings.browser_send_timeout_seconds)
+    page = PageSocket(websocket, current_page_connection())
+    place.enter_context(metrics.lessons_open.track_inprogress())
+    live: LiveLessons = state.live_lessons
+    registry: LessonRegistry = state.lessons
+    live.start(config.lesson_id, relay, page, shutdown=registry.draining, replaced=replaced, place=place,
+               replay=replay)
+    await page.done.wait()
+
+
+async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str) -> None:
+    """Attach this socket to its lesson: running here, or handed over by an instance that restarted."""
+    state = _state(websocket)
+    settings: Settings = state.settings
+    registry: LessonRegistry = state.lessons
+    metrics: LessonMetrics = state.metrics
+    resume_log = log.bind(client=client)
+    place = contextlib.AsyncExitStack()
+    try:
+        if registry.draining.is_set():
+            raise ResumeNotYet("this instance is draining",
+                               student_message="The lesson server is restarting. Reconnecting…")
+        claim = verify_resume_token(token, state.link_secret, now=time.time())
+        resume_log = resume_log.bind(lesson_id=claim.lesson_id)
+        relay = state.live_lessons.get(claim.lesson_id)
+        if relay is not None:
+            page = PageSocket(websocket, current_page_connection())
+            relay.attach(page, replay=replay)
+            await page.done.wait()
+            return
+        taken = await _take_over(state, claim.lesson_id, settings)
+        student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id)
+        replaced = await place.enter_async_context(
+            registry.admit(Start(lesson_id=claim.lesson_id, client=client, link_id=taken.link_id), time.monotonic()))
+    except (ResumeRefused, ResumeNotYet, OverCapacity, StoreUnavailable) as exc:
+        metrics.refused(exc.code)
+        await _refuse_resume(websocket, exc, resume_log, settings.browser_send_timeout_seconds)
+        return
+    try:
+        memory = await load_memory(state.db, student)
+        request = messages.LessonRequest(name=claim.name, level=taken.level, support=claim.support,
+                                         topic=claim.topic)
+        config = _lesson_config(
+            claim.lesson_id, request, settings, student, memory, started_at=taken.started_at, resume_token=token,
+            carried=CarriedOver(
+                elapsed_s=(datetime.now(UTC) - taken.started_at).total_seconds(),
+                turns=[TranscriptLine(seq, role, f"turn-{seq}", text) for seq, role, text in taken.turns],
+                tokens=taken.tokens, greeted=any(role == "tutor" for _, role, _ in taken.turns)),
+        )
+    except BaseException:
+        await place.aclose()
+        raise
+    await _run_lesson(websocket, config, resume_log, place, replaced, replay=replay)
+
+
+async def _take_over(state: Any, lesson_id: str, settings: Settings) -> TakenOverLesson:
+    try:
+        async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+            return await take_over_lesson(state.db, lesson_id, grace_s=settings.resume_grace_seconds,
+                                          now=datetime.now(UTC))
+    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+        raise StoreUnavailable(f"lesson {lesson_id!r} not taken over: the store did not answer "
+                               f"({type(exc).__name__}: {str(exc)[:200]})",
+                               student_message="Your lesson cannot be reached just now. Reconnecting…") from exc
 
 
 def _parse(websocket: WebSocket) -> messages.LessonRequest:
@@ -173,8 +268,9 @@ def _record_refusal(records: RecordSink, lesson_id: str, request: messages.Lesso
                             text_output_tokens=0, estimated_cost_usd=0.0))
 
 
-def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Settings,
-                   student: LessonStudent, memory: Sequence[RememberedLesson]) -> LessonConfig:
+def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Settings, student: LessonStudent,
+                   memory: Sequence[RememberedLesson], *, started_at: datetime, resume_token: str,
+                   carried: CarriedOver | None = None) -> LessonConfig:
     return LessonConfig(
         lesson_id=lesson_id,
         name=request.name,
@@ -201,10 +297,13 @@ def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Se
         prices_per_million=settings.price_per_million_tokens,
         max_cost_usd=settings.max_lesson_cost_usd,
         model=settings.openai_realtime_model,
-        started_at=datetime.now(UTC),
+        started_at=started_at,
         student_id=student.student_id,
         link_id=student.link_id,
         browser_key_hash=student.browser_key_hash,
+        resume_token=resume_token,
+        resume_grace_s=settings.resume_grace_seconds,
+        carried=carried,
     )
 
 
@@ -221,6 +320,29 @@ async def _refuse(websocket: WebSocket, exc: LessonError, lesson_log: structlog.
             await websocket.close(exc.close_code, exc.code)
     except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
         lesson_log.info("refusal_not_delivered", code=exc.code)
+    page = current_page_connection()
+    if page is not None:
+        page.close_within(0)
+
+
+async def _refuse_resume(websocket: WebSocket, exc: LessonError, resume_log: structlog.typing.FilteringBoundLogger,
+                         send_timeout_s: float) -> None:
+    """A refused resume: for good (1008, `status ended`: the page starts a new lesson), or for now (1013, not
+    fatal: the page tries again within its grace)."""
+    final = isinstance(exc, ResumeRefused)
+    if final:
+        resume_log.warning("resume_refused", code=exc.code, detail=exc.detail)
+    else:
+        resume_log.info("resume_not_yet", code=exc.code, detail=exc.detail)
+    try:
+        async with asyncio.timeout(send_timeout_s):
+            await websocket.send_text(orjson.dumps(messages.error(code=exc.code, message=exc.student_message,
+                                                                  fatal=final)).decode())
+            if final:
+                await websocket.send_text(orjson.dumps(messages.status("ended", exc.code)).decode())
+            await websocket.close(exc.close_code if final else 1013, exc.code)
+    except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
+        resume_log.info("refusal_not_delivered", code=exc.code)
     page = current_page_connection()
     if page is not None:
         page.close_within(0)

@@ -15,6 +15,9 @@ Invariants:
   first, and ends at its answer or at FEEDBACK_TIMEOUT_SECONDS; its text never reaches the transcript.
 - Every `response.done` is logged with its status, status_details and usage.
 - Once `Close` has been returned the machine is ENDED and ignores everything but the clock.
+- The lesson outlives its sockets: a page that leaves is waited for `resume_grace_s` (the tutor cut where the
+  student stopped hearing it), and a lost upstream session is replaced (at most twice before one answers) by
+  one told the conversation so far, which does not greet again. `page_attached` says whether a page is there.
 - What the store keeps leaves as `Record` actions at turn boundaries, never per audio frame: the lesson's
   start and end, each finished turn, and each failure with the upstream's own reason.
 """
@@ -30,7 +33,16 @@ import orjson
 from pydantic import ValidationError
 
 from app import messages, protocol
-from app.actions import NO_ACTIONS, Action, Close, Log, ToBrowser, ToBrowserAudio, ToUpstream
+from app.actions import NO_ACTIONS, Action, Close, Log, ReplaceUpstream, ToBrowser, ToBrowserAudio, ToUpstream
+from app.continuity import (
+    MAX_RECONNECT_ATTEMPTS,
+    RECONNECT_BACKOFF_S,
+    ROLL_OVER_RECHECK_S,
+    UNRETRYABLE_CODES,
+    CarriedOver,
+    Transcript,
+    roll_over_after_s,
+)
 from app.ending import closing_actions, feedback_actions
 from app.feedback import ACTIVE_RESPONSE_CODE, FeedbackExchange, FeedbackUnavailable, ParsedFeedback
 from app.greeting import Greeting, failure_words, retry_wait_s
@@ -39,7 +51,9 @@ from app.lesson_config import LessonConfig
 from app.lesson_state import LessonState, Timer, check_transition
 from app.messages import End, InvalidMessage, Playback
 from app.pacing import FrameCoalescer, LogThrottle, microphone_bucket
+from app.prompts import continued_instructions
 from app.recorder import LessonRecorder
+from app.records import Record, TurnFinished
 from app.usage import LessonUsage
 
 # A response that ended `incomplete`, by status_details.reason.
@@ -51,6 +65,9 @@ _INCOMPLETE_DEFAULT = "The tutor was cut off before finishing. Please ask again.
 _EXPIRED_WORDS = "The lesson reached its time limit. Please start a new lesson to continue."
 _COST_LIMIT_WORDS = "This lesson has reached the most tutor time one lesson may use, so it has ended here."
 _TOO_FAST_WORDS = "Your microphone is sending sound faster than it is spoken, so some of it was left out."
+_UPSTREAM_LOST_WORDS = "The connection to the tutor was lost. Start the lesson again to continue."
+_NOT_RESTORED_WORDS = ("The connection to the tutor was lost and could not be restored. "
+                       "Please start a new lesson.")
 
 
 class LessonSession:
@@ -79,18 +96,31 @@ class LessonSession:
         self._coalescer = FrameCoalescer()
         self._too_fast = LogThrottle()
         self._refusals = LogThrottle()
+        # What outlives the sockets: whether a page is attached, the conversation so far, the upstream's renewal.
+        self.page_attached = True
+        self._page_left_at = 0.0
+        self._page_stalled = False
+        self._page_seen_lines = 0
+        self._greeting_on_return = False
+        self._transcript = Transcript()
+        self._greeted = False  # the greeting was heard once: a new upstream session does not greet again
+        self._reconnect_attempts = 0
+        self._reconnect_why = ""
+        self._student_speaking = False
 
     # ---- inputs ----------------------------------------------------------------------------------
 
-    def begin(self, now: float) -> Sequence[Action]:
-        """The page's socket is accepted: announce the lesson; the shell connects upstream next."""
+    def begin(self, now: float, *, replay: bool = False) -> Sequence[Action]:
+        """The page's socket is accepted: announce the lesson; the shell connects upstream next. A lesson
+        carried over from another instance goes on (`replay`: its page asked for the transcript so far)."""
+        cfg = self.config
+        if cfg.carried is not None:
+            return self._take_over(cfg.carried, now, replay=replay)
         self._started_at = now
         self._set_deadline(Timer.SETUP, now + self.config.upstream_timeout_s)
         self._set_deadline(Timer.LESSON_LIMIT, now + self.config.max_lesson_s)
-        cfg = self.config
         return (
-            ToBrowser(messages.lesson(lesson_id=cfg.lesson_id, simulated=cfg.simulated, name=cfg.name,
-                                      level=cfg.level, sample_rate=protocol.SAMPLE_RATE)),
+            ToBrowser(self._lesson_frame(resumed=False)),
             ToBrowser(messages.status("connecting")),
             Log("info", "lesson_started", {"level": cfg.level, "simulated": cfg.simulated}),
             self._recorder.started(now, level=cfg.level, model=cfg.model, simulated=cfg.simulated,
@@ -168,56 +198,115 @@ class LessonSession:
         return actions
 
     def handle_upstream_closed(self, code: int | None, reason: str, now: float) -> Sequence[Action]:
-        """The upstream socket closed without us asking."""
+        """The upstream socket closed without us asking: a lesson under way gets a new session."""
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
         fields = {"code": code, "reason": reason, "state": self.state.value}
-        if code == 1001 and "maximum duration" in reason and self.state is not LessonState.FEEDBACK:
+        expired = code == 1001 and "maximum duration" in reason
+        if self.state is LessonState.RECONNECTING:
+            return self._reconnect_failed("upstream_closed", fields, now)
+        if self.state in (LessonState.GREETING, LessonState.CONVERSING):
+            return self._replace_upstream("session_expired" if expired else "upstream_closed", fields, now)
+        if expired and self.state is not LessonState.FEEDBACK:
             # The 60-minute cap, when its session_expired error did not come first.
             return self._finish_expired(fields, now)
         logged = (Log("error", "upstream_closed", fields), self._recorder.event(now, "upstream_closed", fields))
         if self.state is LessonState.FEEDBACK:
             return (*logged, *self._end_with_feedback(FeedbackUnavailable("upstream_closed", fields), now))
-        return (
-            *logged,
-            *self._finish(
-                "upstream_closed", 1011, now,
-                error=("upstream_closed", "The connection to the tutor was lost. Start the lesson again to continue."),
-            ),
-        )
+        return (*logged, *self._finish("upstream_closed", 1011, now, error=("upstream_closed", _UPSTREAM_LOST_WORDS)))
 
     def handle_upstream_failed(self, code: str, student_message: str, close_code: int, now: float) -> Sequence[Action]:
         """The upstream session could not be opened (refused handshake, unreachable, timeout)."""
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
+        if self.state is LessonState.RECONNECTING and code not in UNRETRYABLE_CODES:
+            return self._reconnect_failed("upstream_connect_failed", {"code": code}, now)
         return (self._recorder.event(now, "upstream_connect_failed", {"code": code}),
                 *self._finish(code, close_code, now, error=(code, student_message)))
 
-    def handle_browser_closed(self, now: float) -> Sequence[Action]:
-        """The page went away (tab closed, network gone): end the lesson so the upstream is closed."""
-        if self.state is LessonState.ENDED:
+    def handle_page_detached(self, now: float) -> Sequence[Action]:
+        """The page's socket went away (network lost, tab reloaded or closed): the lesson waits for it for the
+        grace period, relays nothing to it, and cuts the tutor short where the student stopped hearing."""
+        if self.state is LessonState.ENDED or not self.page_attached:
             return NO_ACTIONS
         if self.state is LessonState.FEEDBACK:
+            # The lesson itself is over: it ends as it was going to, without its feedback.
             return self._end_with_feedback(FeedbackUnavailable("page_gone"), now)
-        return self._finish("browser_closed", 1000, now)
+        if self.config.resume_grace_s <= 0:
+            return self._finish(self._page_gone_reason(), 1008 if self._page_stalled else 1000, now)
+        self.page_attached = False
+        self._page_left_at = now
+        self._page_seen_lines = len(self._transcript.lines)
+        fields = {"state": self.state.value, "grace_s": self.config.resume_grace_s}
+        actions: list[Action] = [Log("info", "page_away", fields), self._recorder.event(now, "page_away", fields)]
+        actions += self._cut_tutor_short(now, why="page_away", tell_upstream=True)
+        if self.state is LessonState.GREETING:
+            # The student has not heard the greeting: it is asked for again when the page is back.
+            self._greeting_on_return = True
+            for timer in (Timer.GREETING_WATCHDOG, Timer.GREETING_HEARD, Timer.GREETING_RETRY):
+                self._clear_deadline(timer)
+        self._clear_deadline(Timer.IDLE)
+        self._set_deadline(Timer.PAGE_GRACE, now + self.config.resume_grace_s)
+        return actions
+
+    def handle_page_attached(self, now: float, *, replay: bool) -> Sequence[Action]:
+        """A page resumed the lesson (a replaced page counts as gone first): it gets the lesson frame, the
+        turns it missed (all of them with `replay`) and where the lesson is; the lesson goes on."""
+        if self.state is LessonState.ENDED:
+            return NO_ACTIONS
+        replaced = self.page_attached
+        actions: list[Action] = list(self.handle_page_detached(now)) if replaced else []
+        if self.ended_reason is not None:
+            return actions  # resuming is off, or the lesson was ending: the replaced page ended it
+        self.page_attached = True
+        self._page_stalled = False
+        self._clear_deadline(Timer.PAGE_GRACE)
+        missed = self._transcript.frames(0 if replay else self._page_seen_lines)
+        actions += [
+            ToBrowser(self._lesson_frame(resumed=True)),
+            Log("info", "page_back", {"away_s": round(now - self._page_left_at, 3), "replaced": replaced,
+                                      "replay": replay, "state": self.state.value}),
+            *(ToBrowser(frame) for frame in (missed if replay or self._page_seen_lines < len(self._transcript.lines)
+                                              else ())),
+        ]
+        match self.state:
+            case LessonState.RECONNECTING:
+                actions.append(ToBrowser(messages.status("reconnecting", "upstream")))
+            case LessonState.CONNECTING | LessonState.CONFIGURING:
+                actions.append(ToBrowser(messages.status("connecting")))
+            case LessonState.GREETING:
+                if self._greeting_on_return and self._session_update_id is not None:
+                    self._greeting_on_return = False
+                    self._greeting.attempts = 0
+                    actions += self._request_greeting(now)
+                else:
+                    actions.append(ToBrowser(messages.status("greeting")))
+            case LessonState.CONVERSING:
+                self._set_deadline(Timer.IDLE, now + self.config.idle_timeout_s)
+                actions.append(ToBrowser(messages.status("listening")))
+        return actions
 
     def handle_browser_stalled(self, timeout_s: float, now: float) -> Sequence[Action]:
         """A send to the page did not finish within `timeout_s` (it stopped reading): the shell has dropped
-        its connection; end the lesson so the upstream is closed and the place freed."""
+        its connection. Like a page that went away; if it does not come back the lesson ends `browser_stalled`."""
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
+        self._page_stalled = True
         return (
             Log("warning", "browser_stalled", {"timeout_s": timeout_s, "state": self.state.value}),
-            *self._finish("browser_stalled", 1008, now),
+            *self.handle_page_detached(now),
         )
 
     def handle_shutdown(self, now: float) -> Sequence[Action]:
-        """The server is draining for a redeploy: tell the student and end the lesson."""
+        """The server is draining for a redeploy: the lesson is handed over (the page is told it will
+        reconnect, and resumes on whichever instance answers), or ends when resuming is off."""
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
         if self.state is LessonState.FEEDBACK:
             # The lesson itself is over: it ends as it was going to, without its feedback.
             return self._end_with_feedback(FeedbackUnavailable("server_shutdown"), now)
+        if self.config.resume_grace_s > 0:
+            return self._hand_over(now)
         return self._finish(
             "server_shutdown", 1001, now,
             error=("server_restarting", "The lesson server is restarting. Please start the lesson again in a moment."),
@@ -248,7 +337,7 @@ class LessonSession:
     def _dispatch_upstream(self, event_type: object, event: Mapping[str, Any], now: float) -> Sequence[Action]:
         match event_type:
             case protocol.SESSION_CREATED:
-                return self._on_session_created(now)
+                return self._on_session_created(event, now)
             case protocol.SESSION_UPDATED:
                 return self._on_session_updated(protocol.SessionEvent.model_validate(event), now)
             case protocol.RESPONSE_CREATED:
@@ -262,6 +351,7 @@ class LessonSession:
             case protocol.SPEECH_STARTED:
                 return self._on_speech_started(event, now)
             case protocol.SPEECH_STOPPED:
+                self._student_speaking = False
                 self._recorder.student_stopped(event.get("item_id", ""), now)
                 return (Log("debug", "upstream_event", {"direction": "in", "type": protocol.SPEECH_STOPPED}),)
             case protocol.STUDENT_TRANSCRIPT_DELTA:
@@ -284,14 +374,22 @@ class LessonSession:
             case _:
                 return (Log("debug", "upstream_event", {"direction": "in", "type": str(event_type)}),)
 
-    def _on_session_created(self, now: float) -> Sequence[Action]:
-        if self.state is not LessonState.CONNECTING:
+    def _on_session_created(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
+        renewed = self.state is LessonState.RECONNECTING
+        if (self.state is not LessonState.CONNECTING and not renewed) or self._session_update_id is not None:
             return (Log("warning", "upstream_event_unexpected", {"type": protocol.SESSION_CREATED}),)
-        self._transition(LessonState.CONFIGURING)
+        if not renewed:
+            self._transition(LessonState.CONFIGURING)
+        self._arm_roll_over(event.get("session"), now)
         cfg = self.config
+        instructions = cfg.instructions
+        if renewed:
+            # Told the conversation so far, not replayed as items: the new session carries on without a greeting.
+            instructions = continued_instructions(cfg.instructions, name=cfg.name,
+                                                  turns=self._transcript.past_turns())
         self._session_update_id = self._next_event_id()
         update = protocol.session_update(
-            event_id=self._session_update_id, instructions=cfg.instructions, voice=cfg.voice,
+            event_id=self._session_update_id, instructions=instructions, voice=cfg.voice,
             transcription_model=cfg.transcription_model, language_code=cfg.language_code,
             turn_detection=cfg.turn_detection, vad_eagerness=cfg.vad_eagerness,
         )
@@ -301,7 +399,7 @@ class LessonSession:
         )
 
     def _on_session_updated(self, event: protocol.SessionEvent, now: float) -> Sequence[Action]:
-        if self.state is not LessonState.CONFIGURING:
+        if self.state not in (LessonState.CONFIGURING, LessonState.RECONNECTING) or self._session_update_id is None:
             return (Log("debug", "upstream_event", {"direction": "in", "type": protocol.SESSION_UPDATED}),)
         self._clear_deadline(Timer.SETUP)
         session = event.session
@@ -317,7 +415,13 @@ class LessonSession:
                               error=("tutor_setup_failed",
                                      "The tutor could not be set up to speak. Please try again.")),
             )
+        if self.state is LessonState.RECONNECTING:
+            return (log, *self._upstream_replaced(now))
         self._transition(LessonState.GREETING)
+        if not self.page_attached:
+            # Nobody would hear it: asked for when the page is back.
+            self._greeting_on_return = True
+            return (log,)
         return (log, *self._request_greeting(now))
 
     def _request_greeting(self, now: float) -> Sequence[Action]:
@@ -339,7 +443,13 @@ class LessonSession:
             self._greeting.response_id = response_id
             self._clear_deadline(Timer.GREETING_WATCHDOG)
         self._clear_deadline(Timer.IDLE)
-        return (Log("debug", "response_created", {"response_id": response_id}),)
+        log = Log("debug", "response_created", {"response_id": response_id})
+        if not self.page_attached and response_id not in self._items.dropped_responses:
+            # Asked for before the page left: nobody would hear it.
+            self._items.dropped_responses.add(response_id)
+            return (log, ToUpstream(protocol.dumps(protocol.response_cancel(
+                event_id=self._next_event_id(), response_id=response_id))))
+        return (log,)
 
     def _on_audio_delta(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
         response_id = event.get("response_id", "")
@@ -383,8 +493,8 @@ class LessonSession:
         item_id = event.get("item_id", "")
         if done:
             text = event.get("transcript") or ""
-            return (ToBrowser(messages.transcript_done(role="tutor", item_id=item_id, text=text)),
-                    self._recorder.tutor_done(item_id, text, now))
+            turn = self._kept(self._recorder.tutor_done(item_id, text, now), item_id)
+            return (ToBrowser(messages.transcript_done(role="tutor", item_id=item_id, text=text)), turn)
         delta = event.get("delta") or ""
         self._recorder.tutor_text(item_id, delta, now)
         return (ToBrowser(messages.transcript_delta(role="tutor", item_id=item_id, text=delta)),)
@@ -392,7 +502,7 @@ class LessonSession:
     def _on_student_transcript(self, item_id: str, text: str, now: float) -> Sequence[Action]:
         done = ToBrowser(messages.transcript_done(role="student", item_id=item_id, text=text))
         turn = self._recorder.student_done(item_id, text, now)
-        return (done,) if turn is None else (done, turn)
+        return (done,) if turn is None else (done, self._kept(turn, item_id))
 
     def _on_response_done(self, event: protocol.ResponseEvent, now: float) -> Sequence[Action]:
         response = event.response
@@ -411,6 +521,8 @@ class LessonSession:
         })]
         if self._active_response_id == response_id:
             self._active_response_id = None
+        if response.status == "completed":
+            self._reconnect_attempts = 0  # this session works: a later loss gets its attempts again
         dropped = response_id in self._items.dropped_responses
         self._items.dropped_responses.discard(response_id)
         if response.status != "completed":
@@ -426,6 +538,8 @@ class LessonSession:
             actions.extend(self._finish("cost_limit", 1000, now, error=("cost_limit", _COST_LIMIT_WORDS)))
             return actions
         if self.state is LessonState.GREETING and response_id == self._greeting.response_id:
+            if dropped and self._greeting_on_return:
+                return actions  # cancelled because the page left: asked for again when it is back
             actions.extend(self._on_greeting_done(response, audio_bytes, now))
             return actions
         if self.state is LessonState.FEEDBACK:
@@ -492,26 +606,41 @@ class LessonSession:
             # Audio the server had before input_audio_buffer.clear: the lesson is over, nothing to interrupt.
             return (Log("debug", "upstream_event", {"direction": "in", "type": protocol.SPEECH_STARTED}),)
         self._clear_deadline(Timer.IDLE)
+        self._student_speaking = True
         if item_id := event.get("item_id"):
             self._recorder.student_started(item_id, now)
-        actions: list[Action] = [Log("debug", "student_speech_started")]
+        # speech_started while the tutor speaks = barge-in.
+        return (Log("debug", "student_speech_started"), *self._cut_tutor_short(now, why="barge_in", tell_upstream=True))
+
+    def _cut_tutor_short(self, now: float, *, why: str, tell_upstream: bool) -> Sequence[Action]:
+        """The student stops hearing the tutor now (a barge-in, the page gone, the upstream gone): flush the
+        page, cancel the response, truncate the item to what was heard (`tell_upstream`: the upstream is still
+        there to be told), and keep the turn as it was cut. Logged as `why`."""
+        actions: list[Action] = []
         playing = self._items.playing(now)
+        active = self._active_response_id
         if playing is None:
+            if tell_upstream and why != "barge_in" and active is not None \
+                    and active not in self._items.dropped_responses:
+                # An answer under way that has not reached the page yet: nobody will hear it.
+                self._items.dropped_responses.add(active)
+                actions.append(ToUpstream(protocol.dumps(protocol.response_cancel(
+                    event_id=self._next_event_id(), response_id=active))))
             return actions
-        # speech_started while the tutor speaks = barge-in: flush the page, cancel, truncate to what was heard.
         heard_ms = playing.heard_ms(now)
         actions.append(ToBrowser(messages.audio_interrupt(item_id=playing.item_id)))
         self._items.interrupt(playing)
-        if self._active_response_id == playing.response_id:
+        if tell_upstream and active == playing.response_id:
             actions.append(ToUpstream(protocol.dumps(protocol.response_cancel(
                 event_id=self._next_event_id(), response_id=playing.response_id))))
-        if heard_ms > 0:
+        if tell_upstream and heard_ms > 0:
             actions.append(ToUpstream(protocol.dumps(protocol.item_truncate(
                 event_id=self._next_event_id(), item_id=playing.item_id, audio_end_ms=heard_ms))))
-        actions.append(Log("info", "barge_in", {
+        actions.append(Log("info", why, {
             "item_id": playing.item_id, "heard_ms": heard_ms, "received_ms": playing.received_ms,
         }))
-        actions.append(self._recorder.tutor_interrupted(playing.item_id, playing.turn_seq, heard_ms, now))
+        actions.append(self._kept(self._recorder.tutor_interrupted(playing.item_id, playing.turn_seq, heard_ms, now),
+                                  playing.item_id))
         return actions
 
     def _on_error(self, event: protocol.ErrorEvent, now: float) -> Sequence[Action]:
@@ -519,9 +648,16 @@ class LessonSession:
         fields = _error_fields(error.model_dump())
         if error.code in protocol.HARMLESS_ERROR_CODES:
             return (Log("debug", "upstream_error_harmless", fields),)
+        under_way = self.state in (LessonState.GREETING, LessonState.CONVERSING)
         if error.code == protocol.SESSION_EXPIRED:
+            if under_way:
+                return self._replace_upstream("session_expired", fields, now)
+            if self.state is LessonState.RECONNECTING:
+                return self._reconnect_failed("session_expired", fields, now)
             return self._finish_expired(fields, now)
         logged = (Log("error", "upstream_error", fields), self._recorder.event(now, "upstream_error", fields))
+        if error.type == "server_error" and under_way:
+            return (*logged, *self._replace_upstream("server_error", fields, now))
         if self.state is LessonState.FEEDBACK:
             return (*logged, *self._on_error_while_ending(error, fields, now))
         if error.event_id is not None and error.event_id == self._session_update_id:
@@ -560,6 +696,7 @@ class LessonSession:
 
     def _open_microphone(self, now: float, *, because: str) -> Sequence[Action]:
         self._transition(LessonState.CONVERSING)
+        self._greeted = True
         self._clear_deadline(Timer.GREETING_HEARD)
         self._set_deadline(Timer.IDLE, now + self.config.idle_timeout_s)
         return (
@@ -571,6 +708,8 @@ class LessonSession:
         match timer:
             case Timer.SETUP:
                 fields = {"state": self.state.value, "timeout_s": self.config.upstream_timeout_s}
+                if self.state is LessonState.RECONNECTING:
+                    return self._reconnect_failed("upstream_timeout", fields, now)
                 return (
                     Log("error", "upstream_setup_timeout", fields),
                     self._recorder.event(now, "upstream_setup_timeout", fields),
@@ -598,6 +737,13 @@ class LessonSession:
             case Timer.FEEDBACK:
                 return self._end_with_feedback(
                     FeedbackUnavailable("timeout", {"timeout_s": self.config.feedback_timeout_s}), now)
+            case Timer.PAGE_GRACE:
+                fields = {"grace_s": self.config.resume_grace_s, "stalled": self._page_stalled}
+                return (Log("info", "page_not_back", fields), *self._finish(self._page_gone_reason(), 1000, now))
+            case Timer.UPSTREAM_RETRY:
+                return self._open_new_upstream(now)
+            case Timer.ROLL_OVER:
+                return self._roll_over_if_at_a_boundary(now)
             case _:
                 assert_never(timer)
 
@@ -652,6 +798,148 @@ class LessonSession:
         fields = {"ending": self._ending_reason, "waited_s": None if asked_at is None else round(now - asked_at, 3)}
         return (*feedback_actions(outcome, recorder=self._recorder, fields=fields, now=now),
                 *self._finish(self._ending_reason, 1000, now))
+
+    # ---- the lesson outlives its sockets ---------------------------------------------------------
+
+    def _lesson_frame(self, *, resumed: bool) -> dict[str, Any]:
+        cfg = self.config
+        return messages.lesson(lesson_id=cfg.lesson_id, simulated=cfg.simulated, name=cfg.name, level=cfg.level,
+                               sample_rate=protocol.SAMPLE_RATE, resume_token=cfg.resume_token,
+                               resume_grace_s=cfg.resume_grace_s, resumed=resumed)
+
+    def _kept(self, turn: Record, item_id: str) -> Record:
+        """A finished turn's record, kept in the lesson's transcript too."""
+        if isinstance(turn.record, TurnFinished):
+            self._transcript.add(turn.record.seq, turn.record.role, item_id, turn.record.text)
+        return turn
+
+    def _page_gone_reason(self) -> str:
+        return "browser_stalled" if self._page_stalled else "browser_gone"
+
+    def _take_over(self, carried: CarriedOver, now: float, *, replay: bool) -> Sequence[Action]:
+        """Begin a lesson another instance handed over: its clock, turns and usage carry on, and a new upstream
+        session is opened as for a lost one."""
+        self._started_at = now - carried.elapsed_s
+        self._greeted = carried.greeted
+        self._usage.carry(carried.tokens)
+        for line in carried.turns:
+            self._transcript.add(line.seq, line.role, line.item_id, line.text)
+        self._set_deadline(Timer.LESSON_LIMIT, self._started_at + self.config.max_lesson_s)
+        self._transition(LessonState.RECONNECTING)
+        self._reconnect_why = "taken_over"
+        last_seq = max((line.seq for line in carried.turns), default=0)
+        return (
+            ToBrowser(self._lesson_frame(resumed=True)),
+            *(ToBrowser(frame) for frame in (self._transcript.frames() if replay else ())),
+            ToBrowser(messages.status("reconnecting", "upstream")),
+            Log("info", "lesson_taken_over", {"elapsed_s": round(carried.elapsed_s, 3), "turns": len(carried.turns),
+                                              "replay": replay}),
+            self._recorder.taken_over(now, elapsed_s=carried.elapsed_s, last_seq=last_seq),
+            *self._next_attempt(now),
+        )
+
+    def _replace_upstream(self, why: str, fields: Mapping[str, Any], now: float) -> Sequence[Action]:
+        """The upstream session is lost (or about to be, at its cap): the lesson goes on with a new one, told the
+        conversation so far. What the tutor was saying is cut where the student stopped hearing it."""
+        logged = {**fields, "why": why, "state": self.state.value}
+        actions: list[Action] = [
+            Log("warning", "upstream_lost", logged), self._recorder.event(now, "upstream_lost", logged),
+            *self._cut_tutor_short(now, why="tutor_cut_off", tell_upstream=False),
+        ]
+        if self.state is LessonState.GREETING and not self.page_attached:
+            self._greeting_on_return = True
+        for timer in (Timer.IDLE, Timer.GREETING_WATCHDOG, Timer.GREETING_HEARD, Timer.GREETING_RETRY,
+                      Timer.ROLL_OVER):
+            self._clear_deadline(timer)
+        self._active_response_id = None
+        self._items = TutorItems()
+        self._student_speaking = False
+        self._transition(LessonState.RECONNECTING)
+        self._reconnect_why = why
+        return (*actions, ToBrowser(messages.status("reconnecting", "upstream")), *self._next_attempt(now))
+
+    def _next_attempt(self, now: float) -> Sequence[Action]:
+        """A new upstream session: the first attempt at once, the next after a pause; none past the last.
+        Attempts count from the last session that completed a response, so a session lost again and again
+        before it answers ends the lesson instead of looping."""
+        if self._reconnect_attempts >= MAX_RECONNECT_ATTEMPTS:
+            return self._finish("upstream_closed", 1011, now, error=("upstream_closed", _NOT_RESTORED_WORDS))
+        self._reconnect_attempts += 1
+        if self._reconnect_attempts == 1:
+            return self._open_new_upstream(now)
+        self._set_deadline(Timer.UPSTREAM_RETRY, now + RECONNECT_BACKOFF_S * 2 ** (self._reconnect_attempts - 2))
+        return NO_ACTIONS
+
+    def _open_new_upstream(self, now: float) -> Sequence[Action]:
+        self._session_update_id = None
+        self._greeting.request_id = None
+        self._greeting.response_id = None
+        self._set_deadline(Timer.SETUP, now + self.config.upstream_timeout_s)
+        return (Log("info", "upstream_reconnecting", {"why": self._reconnect_why,
+                                                      "attempt": self._reconnect_attempts}),
+                ReplaceUpstream())
+
+    def _reconnect_failed(self, failure: str, fields: Mapping[str, Any], now: float) -> Sequence[Action]:
+        """An attempt at a new upstream session failed: one more after a pause, then the lesson ends."""
+        logged = {**fields, "failure": failure, "why": self._reconnect_why, "attempt": self._reconnect_attempts}
+        self._clear_deadline(Timer.SETUP)
+        return (Log("warning", "upstream_reconnect_failed", logged),
+                self._recorder.event(now, "upstream_reconnect_failed", logged), *self._next_attempt(now))
+
+    def _upstream_replaced(self, now: float) -> Sequence[Action]:
+        """The new session confirmed its configuration: the lesson goes on where it was, without a greeting
+        once the greeting was heard."""
+        actions: list[Action] = [Log("info", "upstream_replaced", {"why": self._reconnect_why,
+                                                                   "attempt": self._reconnect_attempts})]
+        if not self._greeted:
+            self._transition(LessonState.GREETING)
+            self._greeting.attempts = 0
+            if not self.page_attached:
+                self._greeting_on_return = True
+                return actions
+            return (*actions, *self._request_greeting(now))
+        self._transition(LessonState.CONVERSING)
+        if self.page_attached:
+            self._set_deadline(Timer.IDLE, now + self.config.idle_timeout_s)
+        return (*actions, ToBrowser(messages.status("listening")))
+
+    def _arm_roll_over(self, session: object, now: float) -> None:
+        """`session.created` says when the session expires: replace it before then, at a turn boundary."""
+        expires_at = session.get("expires_at") if isinstance(session, Mapping) else None
+        expires_in_s = None
+        if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
+            expires_in_s = expires_at - self._recorder.wall(now).timestamp()
+        self._set_deadline(Timer.ROLL_OVER, now + roll_over_after_s(expires_in_s))
+
+    def _roll_over_if_at_a_boundary(self, now: float) -> Sequence[Action]:
+        """At a turn boundary (the tutor has finished and been heard, the student is not speaking) roll the
+        upstream session over; otherwise look again shortly."""
+        if (self.state is not LessonState.CONVERSING or self._active_response_id is not None
+                or self._items.playing(now) is not None or self._student_speaking):
+            self._set_deadline(Timer.ROLL_OVER, now + ROLL_OVER_RECHECK_S)
+            return NO_ACTIONS
+        return self._replace_upstream("roll_over", {}, now)
+
+    def _hand_over(self, now: float) -> Sequence[Action]:
+        """Redeploy: the lesson leaves this instance as `handed_off` (its turns, usage and time so far in the
+        store) and its page is told the server restarts and that it reconnects: no `status ended`."""
+        cut = self._cut_tutor_short(now, why="tutor_cut_off", tell_upstream=False)
+        self._transition(LessonState.ENDED)
+        self.ended_reason = "handed_off"
+        self._deadlines.clear()
+        self.deadlines_changed = True
+        duration_s = round(now - self._started_at, 3)
+        cost = self._usage.cost_usd(self.config.prices_per_million)
+        tokens = self._usage.tokens_by_kind()
+        return (
+            *cut,
+            ToBrowser(messages.status("reconnecting", "server_restarting")),
+            Log("info", "lesson_handed_off", {"duration_s": duration_s, "page_attached": self.page_attached,
+                                              "estimated_cost_usd": cost, **tokens}),
+            self._recorder.ended(now, end_reason="handed_off", duration_s=duration_s, usage=tokens,
+                                 estimated_cost_usd=cost),
+            Close(1001, "server_restarting"),
+        )
 
     # ---- helpers ---------------------------------------------------------------------------------
 

@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     max_sessions: int = Field(default=50, ge=1)
     # Worker processes of `python -m app`; MAX_SESSIONS and the start rate hold for all of them together.
     web_concurrency: int = Field(default=1, ge=1, le=64)
-    max_lesson_seconds: float = Field(default=1800, gt=0, le=3500)
+    # A lesson may outlast the upstream's 60-minute session: the relay rolls over to a new one.
+    max_lesson_seconds: float = Field(default=3600, gt=0, le=4 * 3600)
+    # How long a lesson waits for its page to come back (network loss, reload, redeploy); 0 = not at all.
+    resume_grace_seconds: float = Field(default=30, ge=0, le=600)
     idle_timeout_seconds: float = Field(default=300, gt=0)
     # How long the lesson's feedback may take after a normal end before the lesson ends without it.
     feedback_timeout_seconds: float = Field(default=20.0, gt=0, le=120)

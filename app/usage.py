@@ -33,6 +33,16 @@ class LessonUsage:
             self.text_output_tokens += out.text_tokens
             self.audio_output_tokens += out.audio_tokens
 
+    def carry(self, tokens: Mapping[str, int]) -> None:
+        """Start from what the lesson used on the instance that handed it over (`tokens_by_kind`'s counts)."""
+        self.audio_input_tokens = tokens.get("audio_input_tokens", 0)
+        self.text_input_tokens = tokens.get("text_input_tokens", 0)
+        self.cached_tokens = tokens.get("cached_tokens", 0)
+        self.audio_output_tokens = tokens.get("audio_output_tokens", 0)
+        self.text_output_tokens = tokens.get("text_output_tokens", 0)
+        self.input_tokens = self.audio_input_tokens + self.text_input_tokens
+        self.output_tokens = self.audio_output_tokens + self.text_output_tokens
+
     def tokens_by_kind(self) -> dict[str, int]:
         """The five counts the cost is made of, named as the records and the page's `usage` frame name them."""
         return {

@@ -63,16 +63,18 @@ async def test_every_bad_page_message_gets_an_error_frame_is_never_relayed_and_t
 
 
 async def test_a_frame_far_over_the_limit_closes_1009_and_the_server_serves_the_next_lesson(
-    relay: AppServer, simulator: RealtimeSimulator
+    simulator: RealtimeSimulator
 ) -> None:
-    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+    async with serve_app(relay_settings(simulator.url, resume_grace_seconds=0.2)) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
         await page.until_type("lesson")
         await page.ws.send(bytes(70_000))
         await page.drain_until_closed()
-    assert page.ws.close_code == 1009
-    await (await simulator.next_connection()).wait_closed()
-    async with open_lesson(relay.lesson_url(name="Ben")) as page:
-        transcript = await page.until_type("transcript.done", role="tutor")
+        assert page.ws.close_code == 1009
+        # Its page gone (and not back within the grace), the lesson ends and its upstream session closes.
+        await (await simulator.next_connection()).wait_closed()
+        async with open_lesson(relay.lesson_url(name="Ben")) as page:
+            transcript = await page.until_type("transcript.done", role="tutor")
     assert "Ben" in transcript["text"]
 
 

@@ -157,7 +157,7 @@ class TestGreetingSequence:
         messages = browser_messages(LessonSession(config(simulated=True)).begin(0.0))
         assert messages == [
             {"type": "lesson", "lesson_id": "L1", "simulated": True, "sample_rate": 24000, "name": "Ana",
-             "level": "A1"},
+             "level": "A1", "resumed": False, "resume_token": "", "resume_grace_s": 0.0},
             {"type": "status", "state": "connecting"},
         ]
 
@@ -512,11 +512,12 @@ class TestLimitsAndEnding:
         session.handle_timeout(52.0)
         assert closes(session.handle_upstream(feedback_done(), 53.0)) == [Close(1000, "idle")]
 
-    def test_upstream_closing_mid_lesson_tells_the_page(self) -> None:
+    def test_upstream_closing_while_the_lesson_is_set_up_tells_the_page(self) -> None:
         session = LessonSession(config())
-        greeted(session)
+        session.begin(0.0)
+        session.handle_upstream({"type": "session.created", "session": {}}, 0.1)
         actions = session.handle_upstream_closed(1011, "internal error", 3.0)
-        assert logs(actions, "upstream_closed") == [{"code": 1011, "reason": "internal error", "state": "conversing"}]
+        assert logs(actions, "upstream_closed") == [{"code": 1011, "reason": "internal error", "state": "configuring"}]
         assert browser_messages(actions)[0]["code"] == "upstream_closed"
         assert closes(actions) == [Close(1011, "upstream_closed")]
 
@@ -530,7 +531,7 @@ class TestLimitsAndEnding:
     def test_an_ended_lesson_ignores_everything(self) -> None:
         session = LessonSession(config())
         greeted(session)
-        session.handle_browser_closed(3.0)
+        session.handle_page_detached(3.0)
         assert session.handle_upstream(audio_delta(PCM_100MS), 3.1) == ()
         assert session.handle_upstream_closed(1000, "", 3.2) == ()
         assert session.next_deadline() is None
@@ -544,5 +545,5 @@ class TestLimitsAndEnding:
 def test_a_crash_after_the_lesson_ended_only_closes_the_page_1011() -> None:
     session = LessonSession(config())
     session.begin(0.0)
-    session.handle_browser_closed(1.0)
+    session.handle_page_detached(1.0)
     assert session.handle_crash(2.0) == (Close(1011, "internal_error"),)

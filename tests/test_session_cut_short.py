@@ -51,9 +51,10 @@ class TestPartialAnswers:
 
 
 class TestSessionExpiry:
-    def test_session_expired_ends_the_lesson_at_its_time_limit_not_as_a_lost_connection(self) -> None:
+    def test_session_expired_before_the_lesson_is_under_way_ends_it_at_its_time_limit(self) -> None:
         session = LessonSession(config())
-        greeted(session)
+        session.begin(0.0)
+        session.handle_upstream({"type": "session.created", "session": {}}, 0.0)
         actions = session.handle_upstream({"type": "error", "error": {
             "type": "invalid_request_error", "code": "session_expired", "message": EXPIRY_MESSAGE}}, 3600.0)
         error = browser_messages(actions)[0]
@@ -68,14 +69,15 @@ class TestSessionExpiry:
 
     def test_a_close_1001_at_the_maximum_duration_says_time_limit_too(self) -> None:
         session = LessonSession(config())
-        greeted(session)
+        session.begin(0.0)
+        session.handle_upstream({"type": "session.created", "session": {}}, 0.0)
         actions = session.handle_upstream_closed(1001, EXPIRY_MESSAGE, 3600.0)
         assert browser_messages(actions)[0]["code"] == "session_expired"
         assert closes(actions) == [Close(1000, "session_expired")]
         assert logs(actions, "upstream_closed") == []
         # Any other close 1001 is still a lost connection.
         session = LessonSession(config())
-        greeted(session)
+        session.begin(0.0)
         actions = session.handle_upstream_closed(1001, "going away", 30.0)
         assert browser_messages(actions)[0]["code"] == "upstream_closed"
         assert closes(actions) == [Close(1011, "upstream_closed")]

@@ -78,14 +78,13 @@ def test_a_normal_end_asks_the_same_session_for_feedback_out_of_band(
 
 
 @pytest.mark.parametrize(("end", "close"), [
-    (lambda s: s.handle_upstream_closed(1011, "server error", 5.0), Close(1011, "upstream_closed")),
-    (lambda s: s.handle_browser_closed(5.0), Close(1000, "browser_closed")),
+    (lambda s: s.handle_page_detached(5.0), Close(1000, "browser_gone")),
     (lambda s: s.handle_shutdown(5.0), Close(1001, "server_shutdown")),
     (lambda s: s.handle_crash(5.0), Close(1011, "internal_error")),
     (lambda s: s.handle_upstream({"type": "error", "error": {"type": "invalid_request_error",
                                                              "code": "insufficient_quota"}}, 5.0),
      Close(1011, "upstream_error")),
-], ids=["upstream_failed", "page_gone", "shutdown", "crash", "quota"])
+], ids=["page_gone", "shutdown", "crash", "quota"])
 def test_any_other_end_closes_at_once_without_feedback(
     end: Callable[[LessonSession], Sequence[object]], close: Close
 ) -> None:
@@ -228,7 +227,7 @@ def test_a_refused_request_ends_the_lesson_without_feedback() -> None:
 
 @pytest.mark.parametrize(("end", "reason"), [
     (lambda s: s.handle_upstream_closed(1006, "", 11.0), "upstream_closed"),
-    (lambda s: s.handle_browser_closed(11.0), "page_gone"),
+    (lambda s: s.handle_page_detached(11.0), "page_gone"),
     (lambda s: s.handle_shutdown(11.0), "server_shutdown"),
 ])
 def test_losing_a_socket_while_waiting_ends_the_lesson_as_it_was_ending(

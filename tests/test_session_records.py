@@ -156,9 +156,15 @@ def test_the_lesson_end_carries_its_reason_usage_and_cost() -> None:
         estimated_cost_usd=round(20 * 4 / 1e6 + 8 * 64 / 1e6 + 2 * 16 / 1e6, 6))
 
 
-def test_a_lost_upstream_is_kept_as_an_event_before_the_end() -> None:
+def test_a_lost_upstream_is_kept_as_an_event_and_so_is_each_failed_attempt_before_the_end() -> None:
     session = LessonSession(config())
     greeted(session)
     actions = session.handle_upstream_closed(1006, "", 5.0)
+    assert events(actions) == [("upstream_lost", {"code": 1006, "reason": "", "state": "conversing",
+                                                  "why": "upstream_closed"})]
+    session.handle_upstream_failed("upstream_unavailable", "unreachable", 1014, 5.1)
+    actions = [*session.handle_timeout(6.1), *session.handle_upstream_failed("upstream_unavailable", "", 1014, 6.2)]
     assert [type(r).__name__ for r in records(actions)] == ["LessonEventHappened", "LessonEnded"]
-    assert events(actions) == [("upstream_closed", {"code": 1006, "reason": "", "state": "conversing"})]
+    assert events(actions) == [("upstream_reconnect_failed", {"code": "upstream_unavailable",
+                                                              "failure": "upstream_connect_failed",
+                                                              "why": "upstream_closed", "attempt": 2})]

@@ -6,6 +6,9 @@ It reads the student's name, level and language from the lines the relay's promp
 Memory: when the instructions hold a section headed `# What you remember about <name>` (the relay writes
 `… about the student`) with bullet lines (`- …`) under it, the greeting welcomes the student back, mentions
 the first bullet (without its quotes) and asks about it.
+
+Continuation: when the instructions hold a section headed `# The lesson so far` (a renewed session taking over a
+lesson under way), the `Tutor:` lines under it count as turns already spoken: no greeting, the next reply.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ _NAME_LINE = re.compile(r"""The student's name is (?:"([^"\n]+)"|(.+?))\.[ \t]*$
 _LEVEL_LINE = re.compile(r"The student's CEFR level is ([ABC][12])\.", re.MULTILINE)
 _LANGUAGE_LINE = re.compile(r"The target language is (.+?)\.[ \t]*$", re.MULTILINE)
 _MEMORY_HEADING = re.compile(r"^#[ \t]+What you remember about (.+?)[ \t]*$", re.MULTILINE)
+_CONTINUATION_HEADING = re.compile(r"^#[ \t]+The lesson so far[ \t]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -103,9 +107,24 @@ def remembered(instructions: str) -> tuple[str, list[str]] | None:
     return (heading.group(1), bullets) if bullets else None
 
 
+def turns_already_spoken(instructions: str) -> int:
+    """How many tutor turns the instructions' `# The lesson so far` section shows (0 without one)."""
+    heading = _CONTINUATION_HEADING.search(instructions)
+    if heading is None:
+        return 0
+    spoken = 0
+    for line in instructions[heading.end():].splitlines():
+        if line.startswith("#"):
+            break
+        spoken += line.startswith("Tutor: ")
+    return spoken
+
+
 def tutor_text(instructions: str, turns_spoken: int) -> str:
-    """What the tutor says after `turns_spoken` earlier turns with content: a greeting first, then replies."""
+    """What the tutor says after `turns_spoken` earlier turns with content (plus those of a lesson it took
+    over): a greeting first, then replies."""
     name, level, language = tutor_facts(instructions)
+    turns_spoken += turns_already_spoken(instructions)
     if turns_spoken == 0:
         memory = remembered(instructions)
         if memory is not None:

@@ -20,6 +20,10 @@
 //     errors,           [{code, message, fatal}] error frames received
 //     feedback,         the lesson's feedback frame once shown as the card (or its feedback.unavailable)
 //     endedAt, feedbackShownAt   performance.now() of the End click and of the card (or its absence) shown
+//     lessonId,         the lesson's id, from its `lesson` frame
+//     resumes,          how many times a socket resumed the lesson (`lesson` frames with resumed: true)
+//     reconnecting,     true while the page is reconnecting its own socket
+//     statuses,         every status state received, in order ("reconnecting:upstream" with a reason)
 //   }
 // window.lessonTestConfig, set before Start, is for tests and measurements only:
 //   sampleRate   create the AudioContext at this rate (stand in for a 48 kHz or 44.1 kHz device);
@@ -35,6 +39,10 @@ const SOURCE_RATE = 24000;
 const AUDIO_START_TIMEOUT_MS = 10000;
 // The microphone waits for the student to answer the browser's permission prompt: a person's pace.
 const MICROPHONE_TIMEOUT_MS = 60000;
+// A lost socket is reopened after 0.5, 1, 2, 4 … s, for as long as the relay keeps the lesson (its grace).
+const RECONNECT_FIRST_MS = 500;
+// The lesson this tab may resume (after a reload): {token, graceMs, name, level, leftAt}.
+const RESUME_KEY = "lessonResume";
 // Mirrors the relay's rule (app/messages.py): at most 5 words, 40 characters, each word letters joined by
 // single hyphens or apostrophes, or initials with their dots ("J.", "J.R.R.").
 const NAME_WORD = String.raw`(?:[\p{L}\p{M}]+(?:['’-][\p{L}\p{M}]+)*|(?:\p{L}\.)+)`;
@@ -51,6 +59,10 @@ const STATUS_TEXT = {
   ending: "Ending the lesson…",
   feedback: "Preparing your feedback…",
   ended: "The lesson has ended.",
+  reconnecting: "Reconnecting…",
+  "reconnecting:upstream": "Reconnecting to your tutor…",
+  "reconnecting:server_restarting": "The lesson server is restarting. Reconnecting…",
+  sound_off: "Your lesson is back. Press “Continue lesson” to turn the sound on.",
 };
 
 // What a close code means to a student, when no error frame said it better.
@@ -95,6 +107,7 @@ const page = {
   error: document.getElementById("error"),
   errorMessage: document.getElementById("error-message"),
   retry: document.getElementById("retry"),
+  resumeAudio: document.getElementById("resume-audio"),
   simulatedNotice: document.getElementById("simulated-notice"),
   transcript: document.getElementById("transcript"),
   usage: document.getElementById("usage"),
@@ -124,14 +137,52 @@ const debug = {
   feedback: null,
   endedAt: null,
   feedbackShownAt: null,
+  lessonId: null,
+  resumes: 0,
+  reconnecting: false,
+  statuses: [],
 };
 window.lessonDebug = debug;
 
-function showState(state) {
+function showState(state, reason) {
   debug.state = state;
   document.body.dataset.state = state;
-  page.status.textContent = STATUS_TEXT[state] ?? state;
+  page.status.textContent = STATUS_TEXT[reason ? `${state}:${reason}` : state] ?? STATUS_TEXT[state] ?? state;
 }
+
+// What this tab needs to resume its lesson after a reload; forgotten once the lesson is over.
+const resumeStore = {
+  save(lesson) {
+    const saved = { token: lesson.resumeToken, graceMs: lesson.graceMs, name: lesson.params.name, level: lesson.params.level };
+    this.write(saved);
+  },
+  left() {
+    const saved = this.load();
+    if (saved) this.write({ ...saved, leftAt: Date.now() });
+  },
+  write(saved) {
+    try {
+      sessionStorage.setItem(RESUME_KEY, JSON.stringify(saved));
+    } catch {
+      // Storage off (private mode): the lesson still resumes while the tab lives.
+    }
+  },
+  load() {
+    try {
+      const saved = JSON.parse(sessionStorage.getItem(RESUME_KEY) ?? "null");
+      return saved && typeof saved.token === "string" ? saved : null;
+    } catch {
+      return null;
+    }
+  },
+  forget() {
+    try {
+      sessionStorage.removeItem(RESUME_KEY);
+    } catch {
+      // nothing was kept
+    }
+  },
+};
 
 function showError(message, canRetry) {
   page.errorMessage.textContent = message;
@@ -257,8 +308,15 @@ const feedbackCard = {
 
 // One lesson: its audio graph and its socket. stop() releases everything and is safe to repeat.
 class Lesson {
-  constructor(params) {
+  // `resume`: {token, graceMs} of a lesson this tab had before a reload; the relay then sends its transcript.
+  constructor(params, resume = null) {
     this.params = params;
+    this.resumeToken = resume?.token ?? null;
+    this.graceMs = resume?.graceMs ?? 0;
+    this.replay = resume !== null;
+    this.lostAt = null;
+    this.attempt = 0;
+    this.reconnectTimer = null;
     this.socket = null;
     this.context = null;
     this.stream = null;
@@ -280,8 +338,15 @@ class Lesson {
     const rate = window.lessonTestConfig?.sampleRate;
     this.context = new AudioContext(rate ? { sampleRate: rate, latencyHint: "interactive" } : { latencyHint: "interactive" });
     const resumed = this.context.resume();
-    showState("starting");
+    if (this.socket === null) showState("starting");
+    page.resumeAudio.hidden = true;
     this.setUp(resumed).catch((error) => this.failToStart(error));
+  }
+
+  // After a reload: the lesson resumes at once (its transcript comes back); the sound needs a click first.
+  resumeWithoutSound() {
+    this.open();
+    page.resumeAudio.hidden = false;
   }
 
   async setUp(resumed) {
@@ -313,7 +378,7 @@ class Lesson {
     this.playback.port.onmessage = (event) => this.onPlaybackMessage(event.data);
     this.playback.connect(context.destination);
 
-    this.open();
+    if (this.socket === null && this.reconnectTimer === null) this.open();
   }
 
   // The microphone stream, held by the lesson the moment it is granted, so that every exit releases it,
@@ -352,22 +417,91 @@ class Lesson {
   }
 
   open() {
-    const query = new URLSearchParams({ name: this.params.name, level: this.params.level });
-    if (this.params.token) query.set("token", this.params.token);
-    else if (this.params.studentKey) query.set("student_key", this.params.studentKey);
+    this.reconnectTimer = null;
+    const query = new URLSearchParams();
+    if (this.resumeToken) {
+      query.set("resume", this.resumeToken);
+      if (this.replay) query.set("replay", "1");
+    } else {
+      query.set("name", this.params.name);
+      query.set("level", this.params.level);
+      if (this.params.token) query.set("token", this.params.token);
+      else if (this.params.studentKey) query.set("student_key", this.params.studentKey);
+    }
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(`${scheme}//${location.host}/ws/lesson?${query}`);
     socket.binaryType = "arraybuffer";
+    // A socket this lesson has let go of (lost, replaced) may still deliver: only the current one counts.
     socket.onopen = () => {
-      if (this.isCurrent()) debug.socket = "open";
+      if (this.isCurrent() && socket === this.socket) debug.socket = "open";
     };
     socket.onmessage = (event) => {
+      if (socket !== this.socket) return;
       if (typeof event.data === "string") this.onControl(JSON.parse(event.data));
       else this.onAudio(event.data);
     };
-    socket.onclose = (event) => this.onClose(event);
+    socket.onclose = (event) => {
+      if (socket === this.socket) this.onClose(event);
+    };
     this.socket = socket;
-    showState("connecting");
+    if (this.lostAt === null && !this.replay) showState("connecting");
+  }
+
+  // The socket is gone but the lesson is not: open a new one after 0.5, 1, 2, 4 … s, within the grace.
+  reconnect() {
+    if (this.lostAt === null) {
+      this.lostAt = Date.now();
+      this.attempt = 0;
+      // The relay cut the tutor where the student stopped hearing it: what is still queued must not play.
+      this.currentItem = null;
+      this.playback?.port.postMessage({ type: "flush" });
+    }
+    this.socket = null;
+    debug.socket = "closed";
+    debug.reconnecting = true;
+    const left = this.lostAt + this.graceMs - Date.now();
+    if (left <= 0) {
+      this.giveUp();
+      return;
+    }
+    if (debug.state !== "reconnecting") showState("reconnecting");
+    const delay = Math.min(RECONNECT_FIRST_MS * 2 ** this.attempt, left);
+    this.attempt += 1;
+    this.reconnectTimer = setTimeout(() => this.open(), delay);
+  }
+
+  // Whether a lost socket is worth reopening: the lesson may be resumed, and it is not ending anyway.
+  canResume() {
+    return Boolean(this.resumeToken) && this.graceMs > 0 && !this.stopped && !this.ending
+      && (this.lostAt === null || Date.now() < this.lostAt + this.graceMs);
+  }
+
+  // The network came back: try at once instead of waiting out the pause.
+  retryNow() {
+    if (this.reconnectTimer === null) return;
+    clearTimeout(this.reconnectTimer);
+    this.open();
+  }
+
+  // The network went away: this socket will deliver nothing more; let it go and reconnect.
+  dropSocket() {
+    const socket = this.socket;
+    if (socket === null || !this.canResume()) return;
+    this.socket = null;
+    socket.close(4000, "offline");
+    this.reconnect();
+  }
+
+  // The grace is over and no socket got through: the lesson is lost.
+  giveUp() {
+    debug.reconnecting = false;
+    resumeStore.forget();
+    this.stop();
+    if (!this.isCurrent()) return;
+    debug.closeCode = 1006;
+    setLessonControls(false);
+    showState("ended");
+    showError(DROPPED_MESSAGE, true);
   }
 
   isCurrent() {
@@ -424,11 +558,30 @@ class Lesson {
     switch (message.type) {
       case "lesson":
         if (message.simulated && page.simulatedNotice) page.simulatedNotice.hidden = false;
+        debug.lessonId = message.lesson_id;
+        this.resumeToken = message.resume_token || null;
+        this.graceMs = (message.resume_grace_s ?? 0) * 1000;
+        if (message.resumed) {
+          debug.resumes += 1;
+          this.replay = false;
+          this.lostAt = null;
+          this.attempt = 0;
+          debug.reconnecting = false;
+          hideError();
+        }
+        if (this.resumeToken) resumeStore.save(this);
         break;
       case "status":
-        if (message.state === "ended") this.serverEnded = true;
+        debug.statuses.push(message.reason ? `${message.state}:${message.reason}` : message.state);
+        if (message.state === "ended") {
+          this.serverEnded = true;
+          resumeStore.forget();
+        }
         if (message.state === "feedback") this.awaitFeedback(message.timeout_s);
-        if (!this.ending || message.state === "ended" || message.state === "feedback") showState(message.state);
+        if (!this.ending || message.state === "ended" || message.state === "feedback") {
+          showState(message.state, message.state === "reconnecting" ? message.reason : undefined);
+          if (!page.resumeAudio.hidden && message.state === "listening") showState("sound_off");
+        }
         break;
       case "feedback":
         debug.feedback = message;
@@ -465,14 +618,23 @@ class Lesson {
         break;
       case "error":
         debug.errors.push({ code: message.code, message: message.message, fatal: message.fatal });
-        if (message.fatal) this.fatalError = true;
-        showError(message.message, message.fatal);
+        if (message.fatal) {
+          this.fatalError = true;
+          resumeStore.forget();
+        }
+        // A resume refused for now (another server is taking the lesson over) is retried, not shown.
+        if (message.fatal || this.lostAt === null) showError(message.message, message.fatal);
         break;
     }
   }
 
   onClose(event) {
     const expected = this.stopped || (this.serverEnded && !this.fatalError && event.code === 1000);
+    if (!expected && !this.serverEnded && !this.fatalError && this.canResume()) {
+      this.reconnect();
+      return;
+    }
+    debug.reconnecting = false;
     this.stop();
     if (!this.isCurrent()) return; // a replaced lesson closing late must not touch the page
     debug.socket = "closed";
@@ -499,6 +661,7 @@ class Lesson {
   end() {
     this.ending = true;
     debug.endedAt = performance.now();
+    resumeStore.forget();
     if (this.socket?.readyState === WebSocket.OPEN) {
       this.send({ type: "end" });
       showState("ending");
@@ -511,9 +674,10 @@ class Lesson {
     }
   }
 
-  // pagehide: no time to wait for the relay's answer.
+  // pagehide (a reload, or the tab closing): the lesson is kept for the grace period, for this tab to resume.
   leave() {
-    this.send({ type: "end" });
+    if (this.canResume() && !this.serverEnded) resumeStore.left();
+    else this.send({ type: "end" });
     this.stop();
   }
 
@@ -531,6 +695,8 @@ class Lesson {
   stop() {
     this.stopped = true;
     clearTimeout(this.closeTimer);
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
     this.releaseAudio();
     if (this.socket && this.socket.readyState <= WebSocket.OPEN) this.socket.close(1000, "lesson ended");
   }
@@ -578,6 +744,7 @@ function studentKey() {
 function startLesson() {
   const params = readParams();
   if (params === null) return;
+  resumeStore.forget();
   lesson?.stop();
   hideError();
   transcript.clear();
@@ -595,6 +762,9 @@ page.form.addEventListener("submit", (event) => {
   startLesson();
 });
 page.retry.addEventListener("click", startLesson);
+page.resumeAudio.addEventListener("click", () => lesson?.start());
+window.addEventListener("offline", () => lesson?.dropSocket());
+window.addEventListener("online", () => lesson?.retryNow());
 page.end.addEventListener("click", () => {
   lesson?.end();
   setLessonControls(false);
@@ -608,3 +778,22 @@ page.mute.addEventListener("click", () => {
 page.name.addEventListener("input", () => page.name.setCustomValidity(""));
 window.addEventListener("pagehide", () => lesson?.leave());
 showState("idle");
+
+// A reload within the grace: the lesson this tab had goes on, its transcript sent back by the relay.
+function resumeAfterReload() {
+  const saved = resumeStore.load();
+  if (saved === null || saved.leftAt === undefined || Date.now() - saved.leftAt >= saved.graceMs) {
+    resumeStore.forget();
+    return;
+  }
+  if (page.root.dataset.locked !== "true") {
+    page.name.value = saved.name;
+    page.level.value = saved.level;
+  }
+  setLessonControls(true);
+  lesson = new Lesson({ name: saved.name, level: saved.level, token: page.root.dataset.token || "" },
+    { token: saved.token, graceMs: saved.graceMs });
+  showState("reconnecting");
+  lesson.resumeWithoutSound();
+}
+resumeAfterReload();

@@ -1,0 +1,79 @@
+"""Resume tokens: how a page that lost its socket finds its lesson again, here or on another instance.
+
+A token is `base64url(payload).base64url(hmac_sha256(key, payload))`, the key derived from the app's link
+secret (LESSON_SECRET, or the one kept in the store) under its own label, so a lesson link never passes for
+a resume token nor the other way round. The payload binds the token to one lesson and carries what another
+instance needs to rebuild that lesson's tutor (name, level, support language, topic: the same fields a
+lesson request has) and its expiry: the lesson's longest possible end plus the grace. Whether the lesson
+can still be resumed (its page has been away no longer than the grace, it has not ended) is decided by
+its live state, or by the store when another instance handed it over.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+import orjson
+
+from app.errors import ResumeRefused
+
+_KEY_LABEL = b"lesson-resume-token"
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeClaim:
+    """What a validly signed resume token says."""
+
+    lesson_id: str
+    name: str
+    level: str
+    support: str | None
+    topic: str | None
+    expires_at: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _signature(secret: str, payload: bytes) -> bytes:
+    key = hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
+    return hmac.new(key, payload, hashlib.sha256).digest()
+
+
+def make_resume_token(secret: str, claim: ResumeClaim) -> str:
+    payload = orjson.dumps({"l": claim.lesson_id, "n": claim.name, "v": claim.level, "s": claim.support,
+                            "t": claim.topic, "e": claim.expires_at})
+    return f"{_b64(payload)}.{_b64(_signature(secret, payload))}"
+
+
+def verify_resume_token(token: str, secret: str, *, now: float) -> ResumeClaim:
+    """The token's claim, or `ResumeRefused` when it is malformed, altered, signed elsewhere or expired."""
+    try:
+        payload_part, signature_part = token.split(".")
+        payload, signature = _unb64(payload_part), _unb64(signature_part)
+    except (ValueError, TypeError) as exc:
+        raise ResumeRefused.invalid(f"malformed resume token {token[:16]!r}…") from exc
+    if not hmac.compare_digest(signature, _signature(secret, payload)):
+        # Altered, or signed with another server's secret: either way not a lesson of this service.
+        raise ResumeRefused.invalid("resume token signature does not match")
+    try:
+        data = orjson.loads(payload)
+        claim = ResumeClaim(lesson_id=str(data["l"]), name=str(data["n"]), level=str(data["v"]),
+                            support=_optional(data["s"]), topic=_optional(data["t"]), expires_at=int(data["e"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ResumeRefused.invalid("resume token payload unreadable") from exc
+    if claim.expires_at <= now:
+        raise ResumeRefused.expired(f"resume token of lesson {claim.lesson_id!r} expired at {claim.expires_at}")
+    return claim
+
+
+def _optional(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,360 @@
+"""A lesson that survives, over real sockets: the page dropped and back, the upstream lost or rolled over and
+replaced, a redeploy handing the lesson to another instance, and resumes refused or racing.
+
+The relay runs under uvicorn on port 0 against the Realtime simulator; tests wait on frames and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from harness import AppServer, LessonClient, open_lesson, relay_settings, serve_app
+from sqlalchemy import select
+from test_faults import (
+    END_OF_TURN_FRAMES,
+    REPO_ROOT,
+    SimulatorWith,
+    _free_port,
+    _until_ready,
+    closed_with,
+    logged,
+    of_type,
+    pause,
+    plain_words,
+    relay_for,
+    speak,
+)
+from websockets.asyncio.client import connect
+
+from app.resume import ResumeClaim, make_resume_token
+from app.store.database import create_engine, database_url, session_factory
+from app.store.models import Lesson, LessonEvent, Turn
+
+Messages = list[dict[str, Any]]
+
+
+def resume_url(server: AppServer | str, token: str, *, replay: bool = False) -> str:
+    base = server if isinstance(server, str) else server.ws_url
+    query = {"resume": token} | ({"replay": "1"} if replay else {})
+    return f"{base}/ws/lesson?{urlencode(query)}"
+
+
+async def until_status(page: LessonClient, state: str) -> dict[str, Any]:
+    return await page.until(lambda m: m["type"] == "status" and m["state"] == state)
+
+
+async def a_turn(page: LessonClient) -> dict[str, Any]:
+    """The student says something and the tutor answers: the answer's `transcript.done`."""
+    await speak(page, 30)
+    await pause(page, END_OF_TURN_FRAMES)
+    return await page.until_type("transcript.done", role="tutor")
+
+
+def statuses(messages: Messages) -> list[str]:
+    return [f"{m['state']}:{m['reason']}" if m.get("reason") else m["state"]
+            for m in messages if m["type"] == "status"]
+
+
+# ---- the page away and back ----------------------------------------------------------------------
+
+
+async def test_a_page_dropped_mid_turn_comes_back_to_the_same_lesson_and_it_goes_on(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(audio_pace=1.0) as simulator, relay_for(simulator, log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            lesson = await page.until_type("lesson")
+            await page.hear_greeting()
+            await speak(page, 30)
+            await pause(page, END_OF_TURN_FRAMES)
+            await page.until_type("audio.start")  # the tutor is answering, in real time
+            page.ws.transport.abort()  # the network goes: no close frame
+        upstream = await simulator.next_connection()
+        await upstream.wait_for("response.cancel")  # nobody hears the tutor any more: cut at once
+        async with open_lesson(resume_url(relay, lesson["resume_token"])) as back:
+            resumed = await back.until_type("lesson")
+            await until_status(back, "listening")
+            answer = await a_turn(back)
+            await back.send_json({"type": "end"})
+            await closed_with(back)
+    assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
+    assert answer["text"]
+    assert len(simulator.connections) == 1  # one upstream session all along
+    assert [line["away_s"] > 0 for line in logged(log_stream, "page_back")] == [True]
+    [ended] = logged(log_stream, "lesson_ended")
+    assert ended["reason"] == "student_ended"
+
+
+async def test_a_page_dropped_mid_greeting_hears_the_greeting_when_it_is_back(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(audio_pace=1.0) as simulator, relay_for(simulator, log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            lesson = await page.until_type("lesson")
+            await page.until_type("audio.start")
+            page.ws.transport.abort()
+        upstream = await simulator.next_connection()
+        await upstream.wait_for("response.cancel")
+        async with open_lesson(resume_url(relay, lesson["resume_token"])) as back:
+            await until_status(back, "greeting")
+            await back.hear_greeting()
+    # The cut greeting's words so far, then the whole greeting asked for again.
+    cut, greeting = of_type(back.messages, "transcript.done")
+    assert cut["item_id"] != greeting["item_id"]
+    assert "Ana" in greeting["text"]
+    assert len(of_type(upstream.received, "response.create")) == 2  # asked again for the page that is back
+    assert len(simulator.connections) == 1
+
+
+async def test_a_page_away_for_5_seconds_comes_back_to_the_same_lesson(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            lesson = await page.until_type("lesson")
+            await page.hear_greeting()
+            page.ws.transport.abort()
+        await asyncio.sleep(5)  # the page is away this long: the absence under test, not a synchronisation
+        async with open_lesson(resume_url(relay, lesson["resume_token"])) as back:
+            resumed = await back.until_type("lesson")
+            await until_status(back, "listening")
+            answer = await a_turn(back)
+    assert resumed["lesson_id"] == lesson["lesson_id"]
+    assert answer["text"]
+    assert len(simulator.connections) == 1
+    [back_line] = logged(log_stream, "page_back")
+    assert back_line["away_s"] >= 5
+
+
+async def test_a_reloaded_page_gets_the_transcript_so_far(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            lesson = await page.until_type("lesson")
+            await page.hear_greeting()
+            reply = await a_turn(page)
+            student = next(m for m in page.messages if m["type"] == "transcript.done" and m["role"] == "student")
+            before = [m for m in page.messages if m["type"] == "transcript.done"]
+            await page.ws.close(1001)  # a reload: the browser closes the socket going away
+        async with open_lesson(resume_url(relay, lesson["resume_token"], replay=True)) as reloaded:
+            await until_status(reloaded, "listening")
+    replayed = of_type(reloaded.messages, "transcript.done")
+    assert [(m["role"], m["text"]) for m in replayed] == [(m["role"], m["text"]) for m in before]
+    assert [m["role"] for m in replayed] == ["tutor", "student", "tutor"]
+    assert (replayed[1]["item_id"], replayed[2]["text"]) == (student["item_id"], reply["text"])
+
+
+# ---- the upstream lost or rolled over ------------------------------------------------------------
+
+
+async def test_an_upstream_cut_mid_response_is_replaced_by_a_session_told_the_conversation_that_does_not_greet(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    cut = {"cut_after_deltas": 3, "cut_response": 2, "cut_connection": 1, "audio_pace": 0}
+    async with simulator_with(**cut) as simulator, relay_for(simulator, log_stream) as relay, \
+            open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.hear_greeting()
+        greeting = next(m for m in page.messages if m["type"] == "transcript.done")
+        await speak(page, 30)
+        await pause(page, END_OF_TURN_FRAMES)
+        await until_status(page, "reconnecting")
+        await until_status(page, "listening")
+        first, renewed = await simulator.next_connection(), await simulator.next_connection()
+        answer = await a_turn(page)
+    await first.wait_closed()
+    received = [e["type"] for e in renewed.received]
+    assert received[0] == "session.update"
+    instructions = renewed.received[0]["session"]["instructions"]
+    assert "# The lesson so far" in instructions
+    assert f"Tutor: {greeting['text']}" in instructions
+    assert "response.create" not in received  # no second greeting
+    assert not answer["text"].startswith("Hello")
+    assert of_type(page.messages, "error") == []
+    assert "reconnecting:upstream" in statuses(page.messages)
+    [lost] = logged(log_stream, "upstream_lost")
+    assert (lost["why"], lost["code"]) == ("upstream_closed", 1011)
+
+
+async def test_a_lesson_longer_than_the_session_cap_goes_on_across_two_sessions(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    """The simulator's sessions last 6 s: the relay rolls over at a turn boundary before the cap, and the
+    student sees nothing but "Reconnecting to your tutor…"."""
+    async with simulator_with(audio_pace=0, session_seconds=6) as simulator, \
+            relay_for(simulator, log_stream) as relay, open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.hear_greeting()
+        first = await simulator.next_connection()
+        await until_status(page, "reconnecting")
+        await until_status(page, "listening")
+        second = await simulator.next_connection()
+        answer = await a_turn(page)
+        await page.send_json({"type": "end"})
+        await closed_with(page)
+    await first.wait_closed()
+    assert of_type(first.sent, "error") == []  # rolled over before the cap: never expired
+    # No greeting on the new session: its only response.create is the lesson's feedback at the end.
+    assert [e for e in second.received if e["type"] == "response.create"
+            and not (e.get("response") or {}).get("metadata")] == []
+    assert answer["text"]
+    assert of_type(page.messages, "error") == []
+    after_greeting = statuses(page.messages)[statuses(page.messages).index("listening"):]
+    assert after_greeting[:3] == ["listening", "reconnecting:upstream", "listening"]
+    [lost] = logged(log_stream, "upstream_lost")
+    assert lost["why"] == "roll_over"
+    assert logged(log_stream, "lesson_ended")[0]["reason"] == "student_ended"
+
+
+# ---- resumes refused or racing -------------------------------------------------------------------
+
+
+async def refused(url: str) -> tuple[dict[str, Any], int | None, Messages]:
+    async with open_lesson(url) as page:
+        error = await page.until_type("error")
+        code = await closed_with(page)
+    return error, code, page.messages
+
+
+async def test_tampered_foreign_expired_and_ended_tokens_are_refused_in_plain_words(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            lesson = await page.until_type("lesson")
+            await page.until_type("audio.start")
+            await page.send_json({"type": "end"})
+            await closed_with(page)
+        await relay.app.state.records.flushed()
+        token = lesson["resume_token"]
+        secret = relay.app.state.link_secret
+        claim = ResumeClaim(lesson_id=lesson["lesson_id"], name="Ana", level="A1", support=None, topic=None,
+                            expires_at=1)
+        cases = {
+            "tampered": resume_url(relay, token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")),
+            "foreign": resume_url(relay, make_resume_token("another-servers-secret-0123456789abcdef", claim)),
+            "expired": resume_url(relay, make_resume_token(secret, claim)),
+            "ended": resume_url(relay, token),
+        }
+        answers = {case: await refused(url) for case, url in cases.items()}
+    codes = {case: (error["code"], error["fatal"], code) for case, (error, code, _) in answers.items()}
+    assert codes == {"tampered": ("resume_invalid", True, 1008), "foreign": ("resume_invalid", True, 1008),
+                     "expired": ("resume_expired", True, 1008), "ended": ("lesson_ended", True, 1008)}
+    for error, _, messages in answers.values():
+        assert plain_words(error["message"])
+        assert messages[-1]["type"] == "status"
+        assert messages[-1]["state"] == "ended"
+    assert len(simulator.connections) == 1  # no refused resume opened an upstream session
+    assert len(logged(log_stream, "resume_refused")) == 4
+
+
+async def test_two_resumes_at_once_leave_one_page_and_one_upstream_session(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            lesson = await page.until_type("lesson")
+            await page.hear_greeting()
+            page.ws.transport.abort()
+        url = resume_url(relay, lesson["resume_token"])
+        async with connect(url, max_size=None) as one, connect(url, max_size=None) as two:
+            pages = {asyncio.create_task(page.until_type("error")): page
+                     for page in (LessonClient(one), LessonClient(two))}
+            done, pending = await asyncio.wait(pages, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in pending:
+                waiting.cancel()  # cancelling recv() loses no frame
+            [replaced] = done
+            error, let_go = replaced.result(), pages[replaced]
+            [kept] = [pages[waiting] for waiting in pending]
+            answer = await a_turn(kept)
+            await let_go.drain_until_closed()
+    assert (error["code"], error["fatal"]) == ("lesson_resumed_elsewhere", True)
+    assert plain_words(error["message"])
+    assert let_go.ws.close_code == 4001
+    assert of_type(kept.messages, "error") == []
+    assert [m["resumed"] for m in of_type(kept.messages, "lesson")] == [True]
+    assert answer["text"]
+    assert len(simulator.connections) == 1
+
+
+# ---- a redeploy ------------------------------------------------------------------------------------
+
+
+async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_goes_on_from_the_store(
+    simulator_with: SimulatorWith, log_stream: io.StringIO, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'lessons.db'}"
+    port = _free_port()
+    async with simulator_with(audio_pace=0) as simulator:
+        env = os.environ | {
+            "OPENAI_API_KEY": "sk-test-fake-key", "OPENAI_REALTIME_URL": simulator.url, "PORT": str(port),
+            "HOST": "127.0.0.1", "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+            "DATABASE_URL": database,
+        }
+        old = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output: list[str] = []
+
+        async def collect() -> None:
+            assert old.stdout is not None
+            async for line in old.stdout:
+                output.append(line.decode(errors="replace"))
+
+        collector = asyncio.create_task(collect())
+        try:
+            await _until_ready(f"http://127.0.0.1:{port}/healthz", old, output)
+            # The new instance starts while the old one serves (Railway's overlap), on the same store.
+            async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as new:
+                async with open_lesson(f"ws://127.0.0.1:{port}/ws/lesson?name=Ana") as page:
+                    lesson = await page.until_type("lesson")
+                    await page.hear_greeting()
+                    reply = await a_turn(page)
+                    old.send_signal(signal.SIGTERM)
+                    told = await until_status(page, "reconnecting")
+                    close_code = await closed_with(page)
+                assert await asyncio.wait_for(old.wait(), 20) == 0, output
+                await collector
+                async with open_lesson(resume_url(new, lesson["resume_token"])) as back:
+                    resumed = await back.until_type("lesson")
+                    await until_status(back, "listening")
+                    answer = await a_turn(back)
+                    await back.send_json({"type": "end"})
+                    await closed_with(back)
+                await new.app.state.records.flushed()
+        finally:
+            if old.returncode is None:
+                old.kill()
+                await old.wait()
+        renewed = simulator.connections[-1]
+    assert told["reason"] == "server_restarting"
+    assert of_type(page.messages, "error") == []
+    assert close_code == 1001
+    assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
+    instructions = renewed.received[0]["session"]["instructions"]
+    assert f"Tutor: {reply['text']}" in instructions
+    assert [e for e in renewed.received if e["type"] == "response.create"
+            and not (e.get("response") or {}).get("metadata")] == []  # no greeting on the new instance
+    assert answer["text"]
+    engine = create_engine(database_url(database))
+    try:
+        async with session_factory(engine)() as session:
+            row = await session.get(Lesson, lesson["lesson_id"])
+            seqs = (await session.scalars(select(Turn.seq).where(Turn.lesson_id == lesson["lesson_id"])
+                                          .order_by(Turn.seq))).all()
+            kinds = (await session.scalars(select(LessonEvent.kind).where(LessonEvent.lesson_id == lesson["lesson_id"])
+                                           )).all()
+    finally:
+        await engine.dispose()
+    assert row is not None
+    assert row.end_reason == "student_ended"
+    assert list(seqs) == list(range(1, len(seqs) + 1))
+    assert len(seqs) >= 5
+    assert "lesson_taken_over" in kinds
+    assert pytest.approx(row.duration_s, abs=1) == (row.ended_at - row.started_at).total_seconds()

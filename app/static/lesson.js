@@ -467,7 +467,8 @@ class Lesson {
     if (debug.state !== "reconnecting") showState("reconnecting");
     const delay = Math.min(RECONNECT_FIRST_MS * 2 ** this.attempt, left);
     this.attempt += 1;
-    this.reconnectTimer = setTimeout(() => this.open(), delay);
+    // While the browser knows it is offline an attempt cannot succeed: the `online` event tries at once.
+    this.reconnectTimer = setTimeout(() => (navigator.onLine === false ? this.reconnect() : this.open()), delay);
   }
 
   // Whether a lost socket is worth reopening: the lesson may be resumed, and it is not ending anyway.

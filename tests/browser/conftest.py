@@ -6,6 +6,7 @@ where `.ci/run` installs it: the audio path must be proven on every CI run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from browser_stack import CHROMIUM, LessonPage, OpenPage, Stack, launch_chromium, make_wav, run_stack
 from playwright.sync_api import Browser, Playwright, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 _MISSING = f"{CHROMIUM} is missing: apt-get install chromium"
 
@@ -65,4 +67,9 @@ def open_page(playwright: Playwright, tmp_path: Path) -> Iterator[OpenPage]:
 
     yield open_
     for browser in browsers:
+        for context in browser.contexts:
+            for page in context.pages:
+                # A closed tab keeps its lesson for the resume grace (it may be a reload); the student ends it.
+                with contextlib.suppress(PlaywrightError):
+                    page.evaluate("() => { if (typeof lesson !== 'undefined' && lesson) lesson.end(); }")
         browser.close()

@@ -1,0 +1,135 @@
+"""Resume gaps: how long a student waits when a connection of the lesson goes, over the Realtime simulator.
+
+    .venv/bin/python -m bench.resume_gaps [--runs 20] [--audio-pace 0]
+
+One relay (uvicorn, port 0) and one simulator, both in this process over real sockets. Each run opens a
+lesson, hears the greeting, and then measures, on the page's side (`time.monotonic()` of this process):
+
+- upstream drop: the simulator ends the upstream connection without a close frame (`connection.drop()`)
+  → the page has `status` `listening` again, on a new upstream session told the conversation;
+- upstream expiry: the simulator sends `session_expired` and closes 1001 (`connection.expire()`) → `listening`;
+- page drop: the page's socket is cut without a close frame and a new one opens at once with the resume
+  token → the page has `lesson` (`resumed`) and `status` `listening`. lesson.js waits 0.5 s before its first
+  attempt, so a student waits that much longer;
+- roll-over is not timed here: it happens at a turn boundary the student is not waiting at.
+
+It measures and prints; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import socket
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
+
+from app.logging import configure_logging
+from app.main import create_app, server_config
+from app.settings import Settings
+from app.simulator import RealtimeSimulator, SimulatedConnection, SimulatorBehaviour
+
+
+async def _until(ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    while True:
+        frame = await ws.recv()
+        if isinstance(frame, str) and predicate(message := json.loads(frame)):
+            return message
+
+
+def _status(state: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda m: m["type"] == "status" and m["state"] == state
+
+
+async def _greeted(ws: ClientConnection) -> dict[str, Any]:
+    """The lesson frame, once the greeting was played and reported as lesson.js does."""
+    lesson = await _until(ws, lambda m: m["type"] == "lesson")
+    done = await _until(ws, lambda m: m["type"] == "audio.done")
+    await ws.send(json.dumps({"type": "playback", "item_id": done["item_id"], "played_ms": done["duration_ms"]}))
+    await _until(ws, _status("listening"))
+    return lesson
+
+
+async def _upstream_gap(base: str, simulator: RealtimeSimulator,
+                        end: Callable[[SimulatedConnection], Awaitable[None]]) -> float:
+    async with connect(f"{base}/ws/lesson?name=Ana", max_size=None) as ws:
+        await _greeted(ws)
+        upstream = simulator.connections[-1]
+        began = time.monotonic()
+        await end(upstream)
+        await _until(ws, _status("reconnecting"))
+        await _until(ws, _status("listening"))
+        gap = time.monotonic() - began
+        await ws.send(json.dumps({"type": "end"}))
+        await _until(ws, _status("ended"))
+    return gap
+
+
+async def _page_gap(base: str) -> float:
+    async with connect(f"{base}/ws/lesson?name=Ana", max_size=None) as ws:
+        lesson = await _greeted(ws)
+        began = time.monotonic()
+        ws.transport.abort()
+    async with connect(f"{base}/ws/lesson?{urlencode({'resume': lesson['resume_token']})}", max_size=None) as back:
+        await _until(back, lambda m: m["type"] == "lesson" and m["resumed"])
+        await _until(back, _status("listening"))
+        gap = time.monotonic() - began
+        await back.send(json.dumps({"type": "end"}))
+        await _until(back, _status("ended"))
+    return gap
+
+
+async def _drop(connection: SimulatedConnection) -> None:
+    connection.drop()
+
+
+async def run(runs: int, audio_pace: float) -> dict[str, list[float]]:
+    configure_logging(Settings(log_level="warning", log_format="json"), io.StringIO())
+    gaps: dict[str, list[float]] = {"upstream drop → listening": [], "upstream expiry → listening": [],
+                                    "page drop → resumed, listening": []}
+    async with RealtimeSimulator(SimulatorBehaviour(audio_pace=audio_pace), keep_history=False) as simulator:
+        settings = Settings(openai_api_key="sk-bench-fake-key", openai_realtime_url=simulator.url,
+                            log_level="warning", log_format="json", lesson_starts_per_minute=10_000)
+        app = create_app(settings, log_stream=io.StringIO())
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        server = uvicorn.Server(server_config(app, settings, lifespan="on"))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        base = f"ws://127.0.0.1:{sock.getsockname()[1]}"
+        try:
+            for _ in range(runs):
+                gaps["upstream drop → listening"].append(await _upstream_gap(base, simulator, _drop))
+                gaps["upstream expiry → listening"].append(
+                    await _upstream_gap(base, simulator, lambda connection: connection.expire()))
+                gaps["page drop → resumed, listening"].append(await _page_gap(base))
+        finally:
+            server.should_exit = True
+            await serving
+            sock.close()
+    return gaps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.resume_gaps", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--audio-pace", type=float, default=0.0, help="the simulator's audio pace (0 = at once)")
+    args = parser.parse_args()
+    gaps = asyncio.run(run(args.runs, args.audio_pace))
+    print(f"{'gap (ms)':34} {'n':>3} {'median':>8} {'p95':>8} {'max':>8}")
+    for name, values in gaps.items():
+        ms = sorted(value * 1000 for value in values)
+        p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+        print(f"{name:34} {len(ms):>3} {statistics.median(ms):>8.1f} {p95:>8.1f} {ms[-1]:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -33,16 +33,8 @@ import orjson
 from pydantic import ValidationError
 
 from app import messages, protocol
-from app.actions import NO_ACTIONS, Action, Close, Log, ReplaceUpstream, ToBrowser, ToBrowserAudio, ToUpstream
-from app.continuity import (
-    MAX_RECONNECT_ATTEMPTS,
-    RECONNECT_BACKOFF_S,
-    ROLL_OVER_RECHECK_S,
-    UNRETRYABLE_CODES,
-    CarriedOver,
-    Transcript,
-    roll_over_after_s,
-)
+from app.actions import NO_ACTIONS, Action, Close, Log, ToBrowser, ToBrowserAudio, ToUpstream
+from app.continuity import UNRETRYABLE_CODES
 from app.ending import closing_actions, feedback_actions
 from app.feedback import ACTIVE_RESPONSE_CODE, FeedbackExchange, FeedbackUnavailable, ParsedFeedback
 from app.greeting import Greeting, failure_words, retry_wait_s
@@ -53,7 +45,7 @@ from app.messages import End, InvalidMessage, Playback
 from app.pacing import FrameCoalescer, LogThrottle, microphone_bucket
 from app.prompts import continued_instructions
 from app.recorder import LessonRecorder
-from app.records import Record, TurnFinished
+from app.resumable import ResumableLesson
 from app.usage import LessonUsage
 
 # A response that ended `incomplete`, by status_details.reason.
@@ -66,12 +58,13 @@ _EXPIRED_WORDS = "The lesson reached its time limit. Please start a new lesson t
 _COST_LIMIT_WORDS = "This lesson has reached the most tutor time one lesson may use, so it has ended here."
 _TOO_FAST_WORDS = "Your microphone is sending sound faster than it is spoken, so some of it was left out."
 _UPSTREAM_LOST_WORDS = "The connection to the tutor was lost. Start the lesson again to continue."
-_NOT_RESTORED_WORDS = ("The connection to the tutor was lost and could not be restored. "
-                       "Please start a new lesson.")
 
 
-class LessonSession:
-    """One lesson's protocol state. Feed it events; carry out the actions it returns, in order."""
+class LessonSession(ResumableLesson):
+    """One lesson's protocol state. Feed it events; carry out the actions it returns, in order.
+
+    How it outlives its sockets (the page away and back, the upstream replaced, the hand-over) is its base
+    class, `ResumableLesson` (app/resumable.py)."""
 
     def __init__(self, config: LessonConfig) -> None:
         self.config = config
@@ -96,17 +89,7 @@ class LessonSession:
         self._coalescer = FrameCoalescer()
         self._too_fast = LogThrottle()
         self._refusals = LogThrottle()
-        # What outlives the sockets: whether a page is attached, the conversation so far, the upstream's renewal.
-        self.page_attached = True
-        self._page_left_at = 0.0
-        self._page_stalled = False
-        self._page_seen_lines = 0
-        self._greeting_on_return = False
-        self._transcript = Transcript()
-        self._greeted = False  # the greeting was heard once: a new upstream session does not greet again
-        self._reconnect_attempts = 0
-        self._reconnect_why = ""
-        self._student_speaking = False
+        self._init_resumable()
 
     # ---- inputs ----------------------------------------------------------------------------------
 
@@ -223,79 +206,6 @@ class LessonSession:
             return self._reconnect_failed("upstream_connect_failed", {"code": code}, now)
         return (self._recorder.event(now, "upstream_connect_failed", {"code": code}),
                 *self._finish(code, close_code, now, error=(code, student_message)))
-
-    def handle_page_detached(self, now: float) -> Sequence[Action]:
-        """The page's socket went away (network lost, tab reloaded or closed): the lesson waits for it for the
-        grace period, relays nothing to it, and cuts the tutor short where the student stopped hearing."""
-        if self.state is LessonState.ENDED or not self.page_attached:
-            return NO_ACTIONS
-        if self.state is LessonState.FEEDBACK:
-            # The lesson itself is over: it ends as it was going to, without its feedback.
-            return self._end_with_feedback(FeedbackUnavailable("page_gone"), now)
-        if self.config.resume_grace_s <= 0:
-            return self._finish(self._page_gone_reason(), 1008 if self._page_stalled else 1000, now)
-        self.page_attached = False
-        self._page_left_at = now
-        self._page_seen_lines = len(self._transcript.lines)
-        fields = {"state": self.state.value, "grace_s": self.config.resume_grace_s}
-        actions: list[Action] = [Log("info", "page_away", fields), self._recorder.event(now, "page_away", fields)]
-        actions += self._cut_tutor_short(now, why="page_away", tell_upstream=True)
-        if self.state is LessonState.GREETING:
-            # The student has not heard the greeting: it is asked for again when the page is back.
-            self._greeting_on_return = True
-            for timer in (Timer.GREETING_WATCHDOG, Timer.GREETING_HEARD, Timer.GREETING_RETRY):
-                self._clear_deadline(timer)
-        self._clear_deadline(Timer.IDLE)
-        self._set_deadline(Timer.PAGE_GRACE, now + self.config.resume_grace_s)
-        return actions
-
-    def handle_page_attached(self, now: float, *, replay: bool) -> Sequence[Action]:
-        """A page resumed the lesson (a replaced page counts as gone first): it gets the lesson frame, the
-        turns it missed (all of them with `replay`) and where the lesson is; the lesson goes on."""
-        if self.state is LessonState.ENDED:
-            return NO_ACTIONS
-        replaced = self.page_attached
-        actions: list[Action] = list(self.handle_page_detached(now)) if replaced else []
-        if self.ended_reason is not None:
-            return actions  # resuming is off, or the lesson was ending: the replaced page ended it
-        self.page_attached = True
-        self._page_stalled = False
-        self._clear_deadline(Timer.PAGE_GRACE)
-        missed = self._transcript.frames(0 if replay else self._page_seen_lines)
-        actions += [
-            ToBrowser(self._lesson_frame(resumed=True)),
-            Log("info", "page_back", {"away_s": round(now - self._page_left_at, 3), "replaced": replaced,
-                                      "replay": replay, "state": self.state.value}),
-            *(ToBrowser(frame) for frame in (missed if replay or self._page_seen_lines < len(self._transcript.lines)
-                                              else ())),
-        ]
-        match self.state:
-            case LessonState.RECONNECTING:
-                actions.append(ToBrowser(messages.status("reconnecting", "upstream")))
-            case LessonState.CONNECTING | LessonState.CONFIGURING:
-                actions.append(ToBrowser(messages.status("connecting")))
-            case LessonState.GREETING:
-                if self._greeting_on_return and self._session_update_id is not None:
-                    self._greeting_on_return = False
-                    self._greeting.attempts = 0
-                    actions += self._request_greeting(now)
-                else:
-                    actions.append(ToBrowser(messages.status("greeting")))
-            case LessonState.CONVERSING:
-                self._set_deadline(Timer.IDLE, now + self.config.idle_timeout_s)
-                actions.append(ToBrowser(messages.status("listening")))
-        return actions
-
-    def handle_browser_stalled(self, timeout_s: float, now: float) -> Sequence[Action]:
-        """A send to the page did not finish within `timeout_s` (it stopped reading): the shell has dropped
-        its connection. Like a page that went away; if it does not come back the lesson ends `browser_stalled`."""
-        if self.state is LessonState.ENDED:
-            return NO_ACTIONS
-        self._page_stalled = True
-        return (
-            Log("warning", "browser_stalled", {"timeout_s": timeout_s, "state": self.state.value}),
-            *self.handle_page_detached(now),
-        )
 
     def handle_shutdown(self, now: float) -> Sequence[Action]:
         """The server is draining for a redeploy: the lesson is handed over (the page is told it will
@@ -798,148 +708,6 @@ class LessonSession:
         fields = {"ending": self._ending_reason, "waited_s": None if asked_at is None else round(now - asked_at, 3)}
         return (*feedback_actions(outcome, recorder=self._recorder, fields=fields, now=now),
                 *self._finish(self._ending_reason, 1000, now))
-
-    # ---- the lesson outlives its sockets ---------------------------------------------------------
-
-    def _lesson_frame(self, *, resumed: bool) -> dict[str, Any]:
-        cfg = self.config
-        return messages.lesson(lesson_id=cfg.lesson_id, simulated=cfg.simulated, name=cfg.name, level=cfg.level,
-                               sample_rate=protocol.SAMPLE_RATE, resume_token=cfg.resume_token,
-                               resume_grace_s=cfg.resume_grace_s, resumed=resumed)
-
-    def _kept(self, turn: Record, item_id: str) -> Record:
-        """A finished turn's record, kept in the lesson's transcript too."""
-        if isinstance(turn.record, TurnFinished):
-            self._transcript.add(turn.record.seq, turn.record.role, item_id, turn.record.text)
-        return turn
-
-    def _page_gone_reason(self) -> str:
-        return "browser_stalled" if self._page_stalled else "browser_gone"
-
-    def _take_over(self, carried: CarriedOver, now: float, *, replay: bool) -> Sequence[Action]:
-        """Begin a lesson another instance handed over: its clock, turns and usage carry on, and a new upstream
-        session is opened as for a lost one."""
-        self._started_at = now - carried.elapsed_s
-        self._greeted = carried.greeted
-        self._usage.carry(carried.tokens)
-        for line in carried.turns:
-            self._transcript.add(line.seq, line.role, line.item_id, line.text)
-        self._set_deadline(Timer.LESSON_LIMIT, self._started_at + self.config.max_lesson_s)
-        self._transition(LessonState.RECONNECTING)
-        self._reconnect_why = "taken_over"
-        last_seq = max((line.seq for line in carried.turns), default=0)
-        return (
-            ToBrowser(self._lesson_frame(resumed=True)),
-            *(ToBrowser(frame) for frame in (self._transcript.frames() if replay else ())),
-            ToBrowser(messages.status("reconnecting", "upstream")),
-            Log("info", "lesson_taken_over", {"elapsed_s": round(carried.elapsed_s, 3), "turns": len(carried.turns),
-                                              "replay": replay}),
-            self._recorder.taken_over(now, elapsed_s=carried.elapsed_s, last_seq=last_seq),
-            *self._next_attempt(now),
-        )
-
-    def _replace_upstream(self, why: str, fields: Mapping[str, Any], now: float) -> Sequence[Action]:
-        """The upstream session is lost (or about to be, at its cap): the lesson goes on with a new one, told the
-        conversation so far. What the tutor was saying is cut where the student stopped hearing it."""
-        logged = {**fields, "why": why, "state": self.state.value}
-        actions: list[Action] = [
-            Log("warning", "upstream_lost", logged), self._recorder.event(now, "upstream_lost", logged),
-            *self._cut_tutor_short(now, why="tutor_cut_off", tell_upstream=False),
-        ]
-        if self.state is LessonState.GREETING and not self.page_attached:
-            self._greeting_on_return = True
-        for timer in (Timer.IDLE, Timer.GREETING_WATCHDOG, Timer.GREETING_HEARD, Timer.GREETING_RETRY,
-                      Timer.ROLL_OVER):
-            self._clear_deadline(timer)
-        self._active_response_id = None
-        self._items = TutorItems()
-        self._student_speaking = False
-        self._transition(LessonState.RECONNECTING)
-        self._reconnect_why = why
-        return (*actions, ToBrowser(messages.status("reconnecting", "upstream")), *self._next_attempt(now))
-
-    def _next_attempt(self, now: float) -> Sequence[Action]:
-        """A new upstream session: the first attempt at once, the next after a pause; none past the last.
-        Attempts count from the last session that completed a response, so a session lost again and again
-        before it answers ends the lesson instead of looping."""
-        if self._reconnect_attempts >= MAX_RECONNECT_ATTEMPTS:
-            return self._finish("upstream_closed", 1011, now, error=("upstream_closed", _NOT_RESTORED_WORDS))
-        self._reconnect_attempts += 1
-        if self._reconnect_attempts == 1:
-            return self._open_new_upstream(now)
-        self._set_deadline(Timer.UPSTREAM_RETRY, now + RECONNECT_BACKOFF_S * 2 ** (self._reconnect_attempts - 2))
-        return NO_ACTIONS
-
-    def _open_new_upstream(self, now: float) -> Sequence[Action]:
-        self._session_update_id = None
-        self._greeting.request_id = None
-        self._greeting.response_id = None
-        self._set_deadline(Timer.SETUP, now + self.config.upstream_timeout_s)
-        return (Log("info", "upstream_reconnecting", {"why": self._reconnect_why,
-                                                      "attempt": self._reconnect_attempts}),
-                ReplaceUpstream())
-
-    def _reconnect_failed(self, failure: str, fields: Mapping[str, Any], now: float) -> Sequence[Action]:
-        """An attempt at a new upstream session failed: one more after a pause, then the lesson ends."""
-        logged = {**fields, "failure": failure, "why": self._reconnect_why, "attempt": self._reconnect_attempts}
-        self._clear_deadline(Timer.SETUP)
-        return (Log("warning", "upstream_reconnect_failed", logged),
-                self._recorder.event(now, "upstream_reconnect_failed", logged), *self._next_attempt(now))
-
-    def _upstream_replaced(self, now: float) -> Sequence[Action]:
-        """The new session confirmed its configuration: the lesson goes on where it was, without a greeting
-        once the greeting was heard."""
-        actions: list[Action] = [Log("info", "upstream_replaced", {"why": self._reconnect_why,
-                                                                   "attempt": self._reconnect_attempts})]
-        if not self._greeted:
-            self._transition(LessonState.GREETING)
-            self._greeting.attempts = 0
-            if not self.page_attached:
-                self._greeting_on_return = True
-                return actions
-            return (*actions, *self._request_greeting(now))
-        self._transition(LessonState.CONVERSING)
-        if self.page_attached:
-            self._set_deadline(Timer.IDLE, now + self.config.idle_timeout_s)
-        return (*actions, ToBrowser(messages.status("listening")))
-
-    def _arm_roll_over(self, session: object, now: float) -> None:
-        """`session.created` says when the session expires: replace it before then, at a turn boundary."""
-        expires_at = session.get("expires_at") if isinstance(session, Mapping) else None
-        expires_in_s = None
-        if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
-            expires_in_s = expires_at - self._recorder.wall(now).timestamp()
-        self._set_deadline(Timer.ROLL_OVER, now + roll_over_after_s(expires_in_s))
-
-    def _roll_over_if_at_a_boundary(self, now: float) -> Sequence[Action]:
-        """At a turn boundary (the tutor has finished and been heard, the student is not speaking) roll the
-        upstream session over; otherwise look again shortly."""
-        if (self.state is not LessonState.CONVERSING or self._active_response_id is not None
-                or self._items.playing(now) is not None or self._student_speaking):
-            self._set_deadline(Timer.ROLL_OVER, now + ROLL_OVER_RECHECK_S)
-            return NO_ACTIONS
-        return self._replace_upstream("roll_over", {}, now)
-
-    def _hand_over(self, now: float) -> Sequence[Action]:
-        """Redeploy: the lesson leaves this instance as `handed_off` (its turns, usage and time so far in the
-        store) and its page is told the server restarts and that it reconnects: no `status ended`."""
-        cut = self._cut_tutor_short(now, why="tutor_cut_off", tell_upstream=False)
-        self._transition(LessonState.ENDED)
-        self.ended_reason = "handed_off"
-        self._deadlines.clear()
-        self.deadlines_changed = True
-        duration_s = round(now - self._started_at, 3)
-        cost = self._usage.cost_usd(self.config.prices_per_million)
-        tokens = self._usage.tokens_by_kind()
-        return (
-            *cut,
-            ToBrowser(messages.status("reconnecting", "server_restarting")),
-            Log("info", "lesson_handed_off", {"duration_s": duration_s, "page_attached": self.page_attached,
-                                              "estimated_cost_usd": cost, **tokens}),
-            self._recorder.ended(now, end_reason="handed_off", duration_s=duration_s, usage=tokens,
-                                 estimated_cost_usd=cost),
-            Close(1001, "server_restarting"),
-        )
 
     # ---- helpers ---------------------------------------------------------------------------------
 

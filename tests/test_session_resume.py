@@ -23,9 +23,10 @@ from test_session import (
     upstream_events,
 )
 
+from app.actions import ReplaceUpstream
 from app.continuity import CarriedOver, TranscriptLine
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, Record, TurnFinished
-from app.session import LessonSession, LessonState, ReplaceUpstream
+from app.session import LessonSession, LessonState
 
 GRACE = 30.0
 SESSION_UPDATED = {"type": "session.updated", "session": {"output_modalities": ["audio"]}}

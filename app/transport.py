@@ -352,6 +352,11 @@ class GuardedWebSocket(asyncio.Protocol):
         if sock is not None:
             # A fixed size also stops the kernel growing it (to 4 MB on Linux) for a peer that reads nothing.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._shared.limits.send_buffer_bytes)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                # Small frames go at once: with Nagle a frame sent right after another waits for the page's
+                # delayed ACK (40 ms on Linux). asyncio sets this only on sockets made with IPPROTO_TCP, and
+                # uvicorn's listening socket is not.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import io
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,16 @@ async def test_a_lesson_longer_than_the_session_cap_goes_on_across_two_sessions(
     [lost] = logged(log_stream, "upstream_lost")
     assert lost["why"] == "roll_over"
     assert logged(log_stream, "lesson_ended")[0]["reason"] == "student_ended"
+
+
+async def test_the_page_leg_sends_small_frames_at_once(relay: AppServer) -> None:
+    """`reconnecting` then `listening` are two small frames in a row: with Nagle's algorithm on, the second
+    (and every control frame that follows another) would wait for the page's delayed ACK, 40 ms on Linux."""
+    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.until_type("lesson")
+        [connection] = relay.server.server_state.connections
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
 
 
 # ---- resumes refused or racing -------------------------------------------------------------------

@@ -35,6 +35,7 @@ from test_faults import (
 )
 from websockets.asyncio.client import connect
 
+from app.main import drain_lessons
 from app.resume import ResumeClaim, make_resume_token
 from app.store.database import create_engine, database_url, session_factory
 from app.store.models import Lesson, LessonEvent, Turn
@@ -264,6 +265,31 @@ async def test_tampered_foreign_expired_and_ended_tokens_are_refused_in_plain_wo
         assert messages[-1]["state"] == "ended"
     assert len(simulator.connections) == 1  # no refused resume opened an upstream session
     assert len(logged(log_stream, "resume_refused")) == 4
+
+
+async def test_a_resume_that_may_succeed_later_is_refused_for_now_and_the_page_tries_again(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            lesson = await page.until_type("lesson")
+            await page.hear_greeting()
+            unknown = ResumeClaim(lesson_id="notyetknown1", name="Ana", level="A1", support=None, topic=None,
+                                  expires_at=2_000_000_000)
+            # Signed here, but its lesson is in no store yet: its first record may still be on its way.
+            not_yet, not_yet_code, not_yet_messages = await refused(
+                resume_url(relay, make_resume_token(relay.app.state.link_secret, unknown)))
+            drain = asyncio.create_task(drain_lessons(relay.app, 5))
+            await until_status(page, "reconnecting")
+            await closed_with(page)
+        # This instance is restarting: the page is to find the one that answers next.
+        draining, draining_code, draining_messages = await refused(resume_url(relay, lesson["resume_token"]))
+        await drain
+    for error, code, messages in ((not_yet, not_yet_code, not_yet_messages),
+                                  (draining, draining_code, draining_messages)):
+        assert (error["code"], error["fatal"], code) == ("resume_not_yet", False, 1013)
+        assert not any(m["type"] == "status" and m["state"] == "ended" for m in messages)
+    assert len(simulator.connections) == 1
 
 
 async def test_two_resumes_at_once_leave_one_page_and_one_upstream_session(

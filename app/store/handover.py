@@ -37,24 +37,18 @@ class TakenOverLesson:
 async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id: str, *, grace_s: float,
                            now: datetime) -> TakenOverLesson:
     """Claim a lesson handed over no longer than `grace_s` ago, or say why not: `ResumeNotYet` while it has not
-    been handed over yet (the page tries again), `ResumeRefused` when it ended or waited too long."""
+    been handed over yet (the page tries again), `ResumeRefused` when it ended or waited too long.
+
+    The claim is the first statement, so it takes the database's write lock before anything is read: of two
+    resumes at once, the second waits for the first and then finds the lesson open again."""
     async with sessions.begin() as session:
-        lesson = await session.get(Lesson, lesson_id)
-        if lesson is None:
-            # Its first record may still be on its way from the instance that started it.
-            raise ResumeNotYet(f"lesson {lesson_id!r} is not in the store (yet)")
-        if lesson.ended_at is None:
-            raise ResumeNotYet(f"lesson {lesson_id!r} is still open on another instance")
-        if lesson.end_reason != HANDED_OFF:
-            raise ResumeRefused.ended(f"lesson {lesson_id!r} ended: {lesson.end_reason}")
-        if lesson.ended_at + timedelta(seconds=grace_s) < now:
-            raise ResumeRefused.expired(f"lesson {lesson_id!r} was handed off at {lesson.ended_at.isoformat()}, "
-                                        f"more than {grace_s:g} s ago")
         claimed = cast(CursorResult[tuple[()]], await session.execute(
-            update(Lesson).where(Lesson.id == lesson_id, Lesson.end_reason == HANDED_OFF)
+            update(Lesson).where(Lesson.id == lesson_id, Lesson.end_reason == HANDED_OFF,
+                                 Lesson.ended_at >= now - timedelta(seconds=grace_s))
             .values(ended_at=None, end_reason=None)))
-        if claimed.rowcount != 1:
-            raise ResumeNotYet(f"lesson {lesson_id!r} was just taken over by another resume")
+        lesson = await session.get(Lesson, lesson_id)
+        if claimed.rowcount != 1 or lesson is None:
+            raise _why_not(lesson, lesson_id, grace_s)
         turns = (await session.execute(
             select(Turn.seq, Turn.role, Turn.text).where(Turn.lesson_id == lesson_id).order_by(Turn.seq))).all()
         return TakenOverLesson(
@@ -65,3 +59,15 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
                     "cached_tokens": lesson.cached_tokens, "audio_output_tokens": lesson.audio_output_tokens,
                     "text_output_tokens": lesson.text_output_tokens},
         )
+
+
+def _why_not(lesson: Lesson | None, lesson_id: str, grace_s: float) -> ResumeNotYet | ResumeRefused:
+    if lesson is None:
+        # Its first record may still be on its way from the instance that started it.
+        return ResumeNotYet(f"lesson {lesson_id!r} is not in the store (yet)")
+    if lesson.ended_at is None:
+        return ResumeNotYet(f"lesson {lesson_id!r} is open on another instance, or was just taken over")
+    if lesson.end_reason != HANDED_OFF:
+        return ResumeRefused.ended(f"lesson {lesson_id!r} ended: {lesson.end_reason}")
+    return ResumeRefused.expired(f"lesson {lesson_id!r} was handed off at {lesson.ended_at.isoformat()}, "
+                                 f"more than {grace_s:g} s ago")

@@ -63,6 +63,12 @@ class LessonMetrics:
                                        ["cause"], registry=registry)
         self.cost_usd = Counter("lesson_relay_estimated_cost_usd", "Estimated upstream cost in USD.",
                                 registry=registry)
+        self.resumes = Counter("lesson_relay_resumes", "Sockets that resumed a lesson: here, or taken over from "
+                               "an instance that handed it over.", ["kind"], registry=registry)
+        self.upstream_lost = Counter("lesson_relay_upstream_lost", "Upstream sessions lost or rolled over and "
+                                     "replaced, by why.", ["why"], registry=registry)
+        self.handed_off = Counter("lesson_relay_lessons_handed_off", "Lessons handed over on a redeploy.",
+                                  registry=registry)
         self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
             "lesson_started": lambda fields: self.lessons_started.inc(),
             "lesson_ended": lambda fields: self.lessons_ended.labels(reason=str(fields.get("reason"))).inc(),
@@ -73,6 +79,10 @@ class LessonMetrics:
             "response_done": self._response_done,
             "feedback_given": lambda fields: self.feedback.labels(outcome="given").inc(),
             "feedback_unavailable": lambda fields: self.feedback.labels(outcome=str(fields.get("reason"))).inc(),
+            "page_back": lambda fields: self.resumes.labels(kind="page").inc(),
+            "lesson_taken_over": lambda fields: self.resumes.labels(kind="taken_over").inc(),
+            "upstream_lost": lambda fields: self.upstream_lost.labels(why=str(fields.get("why"))).inc(),
+            "lesson_handed_off": lambda fields: self.handed_off.inc(),
         }
 
     def observe(self, action: Log) -> None:

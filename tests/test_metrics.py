@@ -63,6 +63,27 @@ async def test_metrics_after_a_lesson_count_it_from_start_to_end_with_its_tokens
     assert value(after, "lesson_relay_estimated_cost_usd_total") == pytest.approx(usage["estimated_cost_usd"])
 
 
+async def test_metrics_count_resumed_pages_replaced_sessions_and_handed_over_lessons(
+    simulator: RealtimeSimulator, log_stream: io.StringIO
+) -> None:
+    async with serve_app(relay_settings(simulator.url, metrics_token=TOKEN), log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            lesson = await page.until_type("lesson")
+            await page.hear_greeting()
+            page.ws.transport.abort()
+        async with open_lesson(f"{relay.ws_url}/ws/lesson?resume={lesson['resume_token']}") as back:
+            await back.until(lambda m: m["type"] == "status" and m["state"] == "listening")
+            await (await simulator.next_connection()).expire()
+            await back.until(lambda m: m["type"] == "status" and m["state"] == "reconnecting")
+            await back.until(lambda m: m["type"] == "status" and m["state"] == "listening")
+            assert await relay.app.state.lessons.drain(5)
+        after = await scrape(relay)
+    assert value(after, "lesson_relay_resumes_total", kind="page") == 1
+    assert value(after, "lesson_relay_upstream_lost_total", why="session_expired") == 1
+    assert value(after, "lesson_relay_lessons_handed_off_total") == 1
+    assert value(after, "lesson_relay_lessons_open") == 0
+
+
 async def test_metrics_after_a_failed_greeting_count_the_retry_the_failure_and_the_failed_responses(
     simulator_with: Any, log_stream: io.StringIO
 ) -> None:

@@ -91,7 +91,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def serving(candidate: Candidate, upstream_port: int, results_dir: Path, relay_cpu: int | None) -> Iterator[Endpoint]:
     from bench.__main__ import LESSON_PATH, RELAY_UVICORN_ARGUMENTS, relay_environment
 
-    common = {"environment": relay_environment(upstream_port), "log_directory": results_dir / "logs",
+    common = {"environment": relay_environment(upstream_port, results_dir), "log_directory": results_dir / "logs",
               "working_directory": candidate.checkout}
     name = f"candidate-{candidate.label}"
     relay: ManagedProcess

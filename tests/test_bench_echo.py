@@ -7,6 +7,7 @@ round trips and losses would be wrong.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -25,6 +26,7 @@ from websockets.asyncio.client import connect
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.__main__ import parse_arguments
+from bench.candidates import Candidate
 from bench.costs import step_costs
 from bench.echo_upstream import GREETING_CHUNKS, GREETING_TRANSCRIPT, EchoSession, bound_port, serve_echo
 from bench.markers import FRAME_BYTES, marked_frame, pcm_duration_ms, read_marker, tone
@@ -308,3 +310,14 @@ def test_the_targets_of_issue_14_are_checked_against_the_honest_naive_relay() ->
     [memory_line] = [line for line in lines if "memory" in line]
     assert memory_line.startswith("[PASS]")
     assert "60 KiB" in memory_line
+
+
+def test_a_candidate_names_its_server_checkout_and_arguments(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    candidate = Candidate.parse(f"wsproto=uvicorn@{tmp_path} --ws wsproto")
+    assert (candidate.label, candidate.server, candidate.checkout) == ("wsproto", "uvicorn", tmp_path)
+    assert candidate.arguments == ("--ws", "wsproto")
+    with pytest.raises(argparse.ArgumentTypeError, match="server 'hypercorn'"):
+        Candidate.parse("h=hypercorn")
+    with pytest.raises(argparse.ArgumentTypeError, match="holds no app/"):
+        Candidate.parse(f"old=app@{tmp_path / 'missing'}")

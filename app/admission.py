@@ -48,6 +48,12 @@ class Places(Protocol):
 
     # Set by the registry: called with the id of a lesson that a newer start of its link replaces.
     on_replaced: ReplaceLesson
+    # Set by the registry: called with the id of a lesson this worker runs that a page resumes on another.
+    on_handover: ReplaceLesson
+
+    async def request_handover(self, lesson_id: str) -> None:
+        """A page resumes `lesson_id` here, but another worker of the replica runs it: ask that one to hand
+        it over (the page tries again meanwhile)."""
 
     async def take(self, start: Start, now: float) -> None:
         """Hold a place for `start`, or raise `OverCapacity` saying why not."""
@@ -71,6 +77,7 @@ class LocalPlaces:
         self.link_limiter = StartRateLimiter(link_starts_per_minute)
         self.taken = 0
         self.on_replaced: ReplaceLesson = ignore_replacement
+        self.on_handover: ReplaceLesson = ignore_replacement
         self._link_lessons: dict[str, str] = {}  # link id → the id of its live lesson
 
     def take_now(self, start: Start, now: float) -> None:
@@ -100,6 +107,9 @@ class LocalPlaces:
     async def take(self, start: Start, now: float) -> None:
         self.take_now(start, now)
 
+    async def request_handover(self, lesson_id: str) -> None:
+        """One process: a lesson it runs is found in its own registry of live lessons, never asked for."""
+
     def give_back(self, start: Start) -> None:
         self.taken -= 1
         if start.link_id is not None and self._link_lessons.get(start.link_id) == start.lesson_id:
@@ -112,8 +122,10 @@ class LessonRegistry:
     def __init__(self, places: Places) -> None:
         self.places = places
         places.on_replaced = self._replace
+        places.on_handover = self._hand_over
         self.draining = asyncio.Event()
         self._replaced: dict[str, asyncio.Event] = {}  # lesson id → set when a newer start of its link came
+        self._handovers: dict[str, asyncio.Event] = {}  # lesson id → set when a page resumes it on another worker
         self._open = 0
         self._all_closed = asyncio.Event()
         self._all_closed.set()
@@ -131,6 +143,7 @@ class LessonRegistry:
                                student_message="The lesson server is restarting. Please try again in a moment.")
         await self.places.take(start, now)
         replaced = self._replaced[start.lesson_id] = asyncio.Event()
+        self._handovers[start.lesson_id] = asyncio.Event()
         self._open += 1
         self._all_closed.clear()
         try:
@@ -138,9 +151,22 @@ class LessonRegistry:
         finally:
             self._open -= 1
             del self._replaced[start.lesson_id]
+            del self._handovers[start.lesson_id]
             self.places.give_back(start)
             if self._open == 0:
                 self._all_closed.set()
+
+    def handover_requested(self, lesson_id: str) -> asyncio.Event:
+        """The event set when a page resumes `lesson_id` (admitted here) on another worker of the replica."""
+        return self._handovers[lesson_id]
+
+    async def request_handover(self, lesson_id: str) -> None:
+        """Ask the worker of this replica that runs `lesson_id` to hand it over."""
+        await self.places.request_handover(lesson_id)
+
+    def _hand_over(self, lesson_id: str) -> None:
+        if (requested := self._handovers.get(lesson_id)) is not None:
+            requested.set()
 
     def _replace(self, lesson_id: str) -> None:
         if (replaced := self._replaced.get(lesson_id)) is not None:

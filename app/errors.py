@@ -6,6 +6,7 @@
     ├── StoreUnavailable             1013  a lesson link cannot be checked: the records' database is out of reach
     ├── ResumeRefused                1008  a resume token that is altered, expired, foreign or of an ended lesson
     ├── ResumeNotYet                 1013  a resumed lesson is still being handed over: the page tries again
+    │   └── ResumeElsewhere          1013  … it runs on another worker, which is asked to hand it over
     ├── InvalidTransition            1011  the lesson state machine was driven out of order (a bug)
     └── UpstreamError                1011  the Realtime session failed
         ├── UpstreamRefused          1014  the handshake was refused (HTTP status known)
@@ -88,6 +89,10 @@ class ResumeNotYet(LessonError):
     close_code = 1013
     code = "resume_not_yet"
     student_message = "Your lesson is moving to another server. Reconnecting…"
+
+
+class ResumeElsewhere(ResumeNotYet):
+    """The lesson runs on another worker of the replica: it is asked to hand the lesson over."""
 
 
 class InvalidTransition(LessonError):

@@ -24,11 +24,12 @@ class LiveLessons:
         return None if relay is None or relay.over else relay
 
     def start(self, lesson_id: str, relay: Relay, page: PageSocket, *, shutdown: asyncio.Event,
-              replaced: asyncio.Event, place: contextlib.AsyncExitStack, replay: bool = False) -> None:
+              replaced: asyncio.Event, moved: asyncio.Event, place: contextlib.AsyncExitStack,
+              replay: bool = False) -> None:
         """Run `relay` from `page` on in its own task; `place` (the lesson's place, and what else the lesson
         holds while it runs) is let go when the lesson ends."""
         self._lessons[lesson_id] = relay
-        task = asyncio.create_task(self._run(lesson_id, relay, page, shutdown, replaced, place, replay),
+        task = asyncio.create_task(self._run(lesson_id, relay, page, shutdown, replaced, moved, place, replay),
                                    name=f"lesson-{lesson_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -39,9 +40,10 @@ class LiveLessons:
             await asyncio.wait(set(self._tasks))
 
     async def _run(self, lesson_id: str, relay: Relay, page: PageSocket, shutdown: asyncio.Event,
-                   replaced: asyncio.Event, place: contextlib.AsyncExitStack, replay: bool) -> None:
+                   replaced: asyncio.Event, moved: asyncio.Event, place: contextlib.AsyncExitStack,
+                   replay: bool) -> None:
         try:
-            await relay.run(page, shutdown, replaced, replay=replay)
+            await relay.run(page, shutdown, replaced, moved, replay=replay)
         finally:
             if self._lessons.get(lesson_id) is relay:
                 del self._lessons[lesson_id]

@@ -88,11 +88,12 @@ class Relay:
         self._close_code = 1000
         self._close_reason = ""
 
-    async def run(self, page: PageSocket, shutdown: asyncio.Event, replaced: asyncio.Event | None = None, *,
-                  replay: bool = False) -> None:
+    async def run(self, page: PageSocket, shutdown: asyncio.Event, replaced: asyncio.Event | None = None,
+                  moved: asyncio.Event | None = None, *, replay: bool = False) -> None:
         """Carry the lesson from its first page socket to its end; returns once every socket is closed.
-        `shutdown` hands it over for a drain, `replaced` ends it when its lesson link started another lesson;
-        `replay`: the page asked for the transcript so far (a lesson taken over from another instance)."""
+        `shutdown` hands it over for a drain, `replaced` ends it when its lesson link started another lesson,
+        `moved` hands it over when a page resumes it on another worker of the replica; `replay`: the page
+        asked for the transcript so far (a lesson taken over from another instance)."""
         self.page = page
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -103,6 +104,8 @@ class Relay:
                 tasks.create_task(self._watch_shutdown(shutdown))
                 if replaced is not None:
                     tasks.create_task(self._watch_replaced(replaced))
+                if moved is not None:
+                    tasks.create_task(self._watch_moved(moved))
                 tasks.create_task(self._connect_and_pump_upstream())
         except* _LessonOver:
             pass
@@ -230,6 +233,10 @@ class Relay:
     async def _watch_replaced(self, replaced: asyncio.Event) -> None:
         await replaced.wait()
         await self._carry_out(self.session.handle_replaced(self.clock()))
+
+    async def _watch_moved(self, moved: asyncio.Event) -> None:
+        await moved.wait()
+        await self._carry_out(self.session.handle_moved(self.clock()))
 
     # ---- carrying out actions --------------------------------------------------------------------
 

@@ -13,7 +13,9 @@ Wire format on a worker's socket pair, one JSON object per line: the worker send
 `{"take": client, "lesson": lesson_id, "link": link_id or null}` and reads `{}` (a place is held) or
 `{"detail": …, "student_message": …}` (refused); `{"give_back": lesson_id}` returns a place and has no
 answer. Unasked, the supervisor may send `{"replace": lesson_id}`: a newer start of that lesson's link
-took its place, and the worker ends it.
+took its place, and the worker ends it. A worker on which a page resumes a lesson another worker runs sends
+`{"hand_over": lesson_id}` (no answer); the supervisor passes it to the worker holding that lesson, which
+hands the lesson over through the store for the page to take it over on its next attempt.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class SupervisorPlaces:
         self._lock: asyncio.Lock | None = None
         self._answer: asyncio.Future[dict[str, Any] | None] | None = None
         self.on_replaced: ReplaceLesson = ignore_replacement
+        self.on_handover: ReplaceLesson = ignore_replacement
 
     async def _open(self) -> asyncio.StreamWriter:
         if self._writer is None:
@@ -68,6 +71,8 @@ class SupervisorPlaces:
             message: dict[str, Any] = orjson.loads(line)
             if "replace" in message:
                 self.on_replaced(str(message["replace"]))
+            elif "hand_over" in message:
+                self.on_handover(str(message["hand_over"]))
             elif self._answer is not None and not self._answer.done():
                 self._answer.set_result(message)
         if self._answer is not None and not self._answer.done():
@@ -88,6 +93,10 @@ class SupervisorPlaces:
                                student_message="The lesson server is restarting. Please try again in a moment.")
         if refusal:
             raise OverCapacity(refusal["detail"], student_message=refusal["student_message"])
+
+    async def request_handover(self, lesson_id: str) -> None:
+        writer = await self._open()
+        writer.write(orjson.dumps({"hand_over": lesson_id}) + b"\n")
 
     def give_back(self, start: Start) -> None:
         if self._writer is not None:
@@ -129,6 +138,8 @@ class PlaceKeeper:
                     start = Start(lesson_id=str(question["lesson"]), client=str(question["take"]),
                                   link_id=None if link is None else str(link))
                     writer.write(orjson.dumps(self._take(worker, start)) + b"\n")
+                elif "hand_over" in question:
+                    self._tell("hand_over", str(question["hand_over"]))
                 elif (given := self._held[worker].pop(str(question.get("give_back")), None)) is not None:
                     self.places.give_back(given)
         finally:
@@ -152,9 +163,13 @@ class PlaceKeeper:
 
     def _tell_replaced(self, lesson_id: str) -> None:
         """Tell the worker running `lesson_id` to end it: its link started a newer lesson."""
+        self._tell("replace", lesson_id)
+
+    def _tell(self, what: str, lesson_id: str) -> None:
+        """Tell the worker running `lesson_id` to `replace` (end) it or to `hand_over` it."""
         for worker, lessons in self._held.items():
             if lesson_id in lessons and worker in self._writers:
-                self._writers[worker].write(orjson.dumps({"replace": lesson_id}) + b"\n")
+                self._writers[worker].write(orjson.dumps({what: lesson_id}) + b"\n")
 
 
 @dataclass

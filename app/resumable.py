@@ -36,6 +36,8 @@ from app.recorder import LessonRecorder
 from app.records import Record, TurnFinished
 from app.usage import LessonUsage
 
+# A redeploy closes the page's socket with this: the page resumes on whichever instance answers.
+_RESTARTING = Close(1001, "server_restarting")
 _NOT_RESTORED_WORDS = ("The connection to the tutor was lost and could not be restored. "
                        "Please start a new lesson.")
 
@@ -290,9 +292,20 @@ class ResumableLesson(abc.ABC):
             return NO_ACTIONS
         return self._replace_upstream("roll_over", {}, now)
 
-    def _hand_over(self, now: float) -> Sequence[Action]:
-        """Redeploy: the lesson leaves this instance as `handed_off` (its turns, usage and time so far in the
-        store) and its page is told the server restarts and that it reconnects: no `status ended`."""
+    def handle_moved(self, now: float) -> Sequence[Action]:
+        """A page resumes this lesson on another worker of the replica: hand the lesson over, for that page to
+        take it over from the store. A page still attached here is told the lesson went on elsewhere, as a
+        page a newer socket replaces is, so that two tabs do not pull the lesson back and forth."""
+        if self.state in (LessonState.ENDED, LessonState.FEEDBACK):
+            return NO_ACTIONS
+        told = messages.error(code="lesson_resumed_elsewhere", fatal=True,
+                              message="This lesson went on in another window or tab.")
+        return self._hand_over(now, why="moved", told=told, close=Close(4001, "resumed_elsewhere"))
+
+    def _hand_over(self, now: float, *, why: str = "server_restarting", told: Mapping[str, Any] | None = None,
+                   close: Close = _RESTARTING) -> Sequence[Action]:
+        """The lesson leaves this instance as `handed_off` (its turns, usage and time so far in the store). On a
+        redeploy its page is told the server restarts and that it reconnects: no `status ended`."""
         cut = self._cut_tutor_short(now, why="tutor_cut_off", tell_upstream=False)
         self._transition(LessonState.ENDED)
         self.ended_reason = "handed_off"
@@ -303,10 +316,11 @@ class ResumableLesson(abc.ABC):
         tokens = self._usage.tokens_by_kind()
         return (
             *cut,
-            ToBrowser(messages.status("reconnecting", "server_restarting")),
-            Log("info", "lesson_handed_off", {"duration_s": duration_s, "page_attached": self.page_attached,
-                                              "estimated_cost_usd": cost, **tokens}),
+            ToBrowser(messages.status("reconnecting", "server_restarting") if told is None else told),
+            Log("info", "lesson_handed_off", {"why": why, "duration_s": duration_s,
+                                              "page_attached": self.page_attached, "estimated_cost_usd": cost,
+                                              **tokens}),
             self._recorder.ended(now, end_reason="handed_off", duration_s=duration_s, usage=tokens,
                                  estimated_cost_usd=cost),
-            Close(1001, "server_restarting"),
+            close,
         )

@@ -28,7 +28,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import messages
 from app.admission import LessonRegistry, Start, origin_allowed
 from app.continuity import CarriedOver, TranscriptLine
-from app.errors import InvalidRequest, LessonError, OverCapacity, ResumeNotYet, ResumeRefused, StoreUnavailable
+from app.errors import (
+    InvalidRequest,
+    LessonError,
+    OverCapacity,
+    ResumeElsewhere,
+    ResumeNotYet,
+    ResumeRefused,
+    StoreUnavailable,
+)
 from app.lesson_config import LessonConfig
 from app.live_lessons import LiveLessons
 from app.memory import RememberedLesson, StudentHistory, load_memory, student_history
@@ -183,8 +191,8 @@ async def _run_lesson(websocket: WebSocket, config: LessonConfig, lesson_log: st
     place.enter_context(metrics.lessons_open.track_inprogress())
     live: LiveLessons = state.live_lessons
     registry: LessonRegistry = state.lessons
-    live.start(config.lesson_id, relay, page, shutdown=registry.draining, replaced=replaced, place=place,
-               replay=replay)
+    live.start(config.lesson_id, relay, page, shutdown=registry.draining, replaced=replaced,
+               moved=registry.handover_requested(config.lesson_id), place=place, replay=replay)
     await page.done.wait()
 
 
@@ -213,6 +221,9 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
         replaced = await place.enter_async_context(
             registry.admit(Start(lesson_id=claim.lesson_id, client=client, link_id=taken.link_id), time.monotonic()))
     except (ResumeRefused, ResumeNotYet, OverCapacity, StoreUnavailable) as exc:
+        if isinstance(exc, ResumeElsewhere):
+            # Another worker of this replica runs it: it hands the lesson over for the page's next attempt.
+            await registry.request_handover(claim.lesson_id)
         metrics.refused(exc.code)
         await _refuse_resume(websocket, exc, resume_log, settings.browser_send_timeout_seconds)
         return

@@ -101,6 +101,17 @@ async def test_a_link_started_again_on_another_worker_ends_its_lesson_on_the_fir
             await first.take(start("L3", "10.0.0.1", "link-1"), 2.0)
 
 
+async def test_a_lesson_resumed_on_another_worker_is_asked_of_the_worker_that_runs_it() -> None:
+    keeper = PlaceKeeper(LocalPlaces(max_lessons=5, starts_per_minute=100))
+    async with worker_channels(keeper, 2) as [first, second]:
+        handed_over_by_first: asyncio.Queue[str] = asyncio.Queue()
+        first.on_handover = handed_over_by_first.put_nowait
+        second.on_handover = lambda lesson_id: pytest.fail(f"the second worker does not run {lesson_id}")
+        await first.take(start("L1", "10.0.0.1"), 0.0)
+        await second.request_handover("L1")
+        assert await handed_over_by_first.get() == "L1"
+
+
 class ProcessOutput:
     """The JSON lines a subprocess writes, collected as they come; `until` awaits one."""
 
@@ -302,3 +313,62 @@ def test_each_log_line_is_one_write_so_that_workers_sharing_stdout_never_splice_
     for written in stream.writes:
         assert written.endswith("\n")
         orjson.loads(written)
+
+
+async def _resume_until_back(base: str, token: str, stack: contextlib.AsyncExitStack) -> tuple[LessonClient, int]:
+    """Resume as lesson.js does: try again after 0.5, 1, 2 … s while the answer is "not yet"; the page that got
+    its lesson back and how many attempts it took."""
+    for attempt in range(1, 8):
+        page = await stack.enter_async_context(open_lesson(f"{base}/ws/lesson?resume={token}"))
+        first = await page.until(lambda m: m["type"] in ("lesson", "error"))
+        if first["type"] == "lesson":
+            return page, attempt
+        assert (first["code"], first["fatal"]) == ("resume_not_yet", False)
+        assert await closed_with(page) == 1013
+        await asyncio.sleep(0.5 * 2 ** (attempt - 1))  # the page's own pause before its next attempt
+    raise AssertionError("the lesson never came back")
+
+
+async def test_a_page_resumes_its_lesson_whichever_worker_its_socket_lands_on(
+    simulator: RealtimeSimulator, tmp_path: Path
+) -> None:
+    port = _free_port()
+    env = os.environ | {
+        "WEB_CONCURRENCY": "2", "LESSON_STARTS_PER_MINUTE": "1000", "OPENAI_API_KEY": FAKE_KEY,
+        "OPENAI_REALTIME_URL": simulator.url, "PORT": str(port), "HOST": "127.0.0.1", "SHUTDOWN_GRACE_SECONDS": "5",
+        "LOG_FORMAT": "json", "LOG_LEVEL": "info", "DATABASE_URL": f"sqlite:///{tmp_path / 'lessons.db'}",
+    }
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    output = ProcessOutput(process.stdout)
+    base = f"ws://127.0.0.1:{port}"
+    try:
+        await output.until(lambda lines: len([line for line in lines
+                                              if line.get("event") == "Application startup complete."]) == 2)
+        async with contextlib.AsyncExitStack() as stack:
+            page = await stack.enter_async_context(open_lesson(f"{base}/ws/lesson?name=Ana"))
+            lesson = await page.until_type("lesson")
+            await page.hear_greeting()
+            attempts = []
+            # Each dropped page comes back on whichever worker the kernel gives its new connection to.
+            for _ in range(6):
+                page.ws.transport.abort()
+                page, tries = await _resume_until_back(base, lesson["resume_token"], stack)
+                attempts.append(tries)
+                assert (page.messages[0]["lesson_id"], page.messages[0]["resumed"]) == (lesson["lesson_id"], True)
+                await page.until(lambda m: m["type"] == "status" and m["state"] == "listening")
+            await page.send_json({"type": "end"})
+            await page.until(lambda m: m["type"] == "status" and m["state"] == "ended")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0, "".join(output.text)
+        await output.finished()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    moved = [line for line in output.of("lesson_handed_off") if line.get("why") == "moved"]
+    # Every hand-over to another worker was taken over there; the lesson ended once, as the student ended it.
+    assert len(output.of("lesson_taken_over")) == len(moved)
+    assert [line["reason"] for line in output.of("lesson_ended")] == ["student_ended"]
+    assert all(tries <= 4 for tries in attempts), attempts

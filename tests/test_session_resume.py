@@ -343,6 +343,24 @@ class TestHandOver:
         assert ended.end_reason == "handed_off"
         assert any(isinstance(r, TurnFinished) and r.interrupted for r in records(actions))
 
+    def test_a_lesson_resumed_on_another_worker_is_handed_over_and_its_page_here_let_go(self) -> None:
+        session = resumable()
+        greeted(session)
+        actions = session.handle_moved(5.0)
+        error = next(m for m in browser_messages(actions) if m["type"] == "error")
+        assert (error["code"], error["fatal"]) == ("lesson_resumed_elsewhere", True)
+        assert closes(actions)[0].code == 4001
+        ended = records(actions)[-1]
+        assert isinstance(ended, LessonEnded)
+        assert ended.end_reason == "handed_off"
+        assert logs(actions, "lesson_handed_off")[0]["why"] == "moved"
+
+    def test_a_lesson_waiting_for_its_feedback_is_not_moved(self) -> None:
+        session = resumable()
+        greeted(session)
+        session.handle_browser_text('{"type":"end"}', 5.0)
+        assert session.handle_moved(5.1) == ()
+
     def test_without_resuming_a_redeploy_ends_the_lesson_as_before(self) -> None:
         session = LessonSession(config())
         greeted(session)

@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import ResumeNotYet, ResumeRefused
+from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
 from app.store.models import Lesson, Turn
 
 HANDED_OFF = "handed_off"
@@ -66,7 +66,7 @@ def _why_not(lesson: Lesson | None, lesson_id: str, grace_s: float) -> ResumeNot
         # Its first record may still be on its way from the instance that started it.
         return ResumeNotYet(f"lesson {lesson_id!r} is not in the store (yet)")
     if lesson.ended_at is None:
-        return ResumeNotYet(f"lesson {lesson_id!r} is open on another instance, or was just taken over")
+        return ResumeElsewhere(f"lesson {lesson_id!r} is open on another instance, or was just taken over")
     if lesson.end_reason != HANDED_OFF:
         return ResumeRefused.ended(f"lesson {lesson_id!r} ended: {lesson.end_reason}")
     return ResumeRefused.expired(f"lesson {lesson_id!r} was handed off at {lesson.ended_at.isoformat()}, "

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -116,6 +116,51 @@ class LocalPlaces:
             del self._link_lessons[start.link_id]
 
 
+class LessonSignal(StrEnum):
+    """What the registry tells a lesson it admitted, while the lesson runs."""
+
+    SHUTDOWN = "shutdown"  # this process drains: hand the lesson over
+    REPLACED = "replaced"  # a newer start of its lesson link replaces it
+    MOVED = "moved"  # a page resumes it on another worker of the replica: hand it over
+
+
+LessonListener = Callable[[LessonSignal], None]
+
+
+class AdmittedLesson:
+    """One lesson's place in the registry, held until `release`. The lesson `listen`s for its signals; those
+    that came before it listened are told then. A callback, not an `asyncio.Event` and a task waiting on it
+    per signal: a lesson holds one small object instead of some 4 KiB."""
+
+    __slots__ = ("_listener", "_pending", "_registry", "_released", "start")
+
+    def __init__(self, registry: LessonRegistry, start: Start) -> None:
+        self.start = start
+        self._registry = registry
+        self._listener: LessonListener | None = None
+        self._pending: list[LessonSignal] = []
+        self._released = False
+
+    def listen(self, listener: LessonListener) -> None:
+        self._listener = listener
+        pending, self._pending = self._pending, []
+        for signal in pending:
+            listener(signal)
+
+    def tell(self, signal: LessonSignal) -> None:
+        if self._listener is None:
+            self._pending.append(signal)
+        else:
+            self._listener(signal)
+
+    def release(self) -> None:
+        """Give the place back, once."""
+        if not self._released:
+            self._released = True
+            self._listener = None
+            self._registry.release(self)
+
+
 class LessonRegistry:
     """This process's open lessons, each holding one of the replica's places, and the drain signal."""
 
@@ -124,57 +169,47 @@ class LessonRegistry:
         places.on_replaced = self._replace
         places.on_handover = self._hand_over
         self.draining = asyncio.Event()
-        self._replaced: dict[str, asyncio.Event] = {}  # lesson id → set when a newer start of its link came
-        self._handovers: dict[str, asyncio.Event] = {}  # lesson id → set when a page resumes it on another worker
-        self._open = 0
+        self._admitted: dict[str, AdmittedLesson] = {}  # lesson id → its place
         self._all_closed = asyncio.Event()
         self._all_closed.set()
 
     @property
     def open_lessons(self) -> int:
-        return self._open
+        return len(self._admitted)
 
-    @asynccontextmanager
-    async def admit(self, start: Start, now: float) -> AsyncIterator[asyncio.Event]:
-        """Hold one lesson place for the block, or raise `OverCapacity` (also while draining). The block gets
-        the event that is set when a newer start of the same lesson link replaces this lesson."""
+    async def admit(self, start: Start, now: float) -> AdmittedLesson:
+        """A lesson place for `start`, held until it is released, or `OverCapacity` (also while draining)."""
         if self.draining.is_set():
             raise OverCapacity("server is draining for shutdown",
                                student_message="The lesson server is restarting. Please try again in a moment.")
         await self.places.take(start, now)
-        replaced = self._replaced[start.lesson_id] = asyncio.Event()
-        self._handovers[start.lesson_id] = asyncio.Event()
-        self._open += 1
+        admitted = self._admitted[start.lesson_id] = AdmittedLesson(self, start)
         self._all_closed.clear()
-        try:
-            yield replaced
-        finally:
-            self._open -= 1
-            del self._replaced[start.lesson_id]
-            del self._handovers[start.lesson_id]
-            self.places.give_back(start)
-            if self._open == 0:
-                self._all_closed.set()
+        return admitted
 
-    def handover_requested(self, lesson_id: str) -> asyncio.Event:
-        """The event set when a page resumes `lesson_id` (admitted here) on another worker of the replica."""
-        return self._handovers[lesson_id]
+    def release(self, admitted: AdmittedLesson) -> None:
+        del self._admitted[admitted.start.lesson_id]
+        self.places.give_back(admitted.start)
+        if not self._admitted:
+            self._all_closed.set()
 
     async def request_handover(self, lesson_id: str) -> None:
         """Ask the worker of this replica that runs `lesson_id` to hand it over."""
         await self.places.request_handover(lesson_id)
 
     def _hand_over(self, lesson_id: str) -> None:
-        if (requested := self._handovers.get(lesson_id)) is not None:
-            requested.set()
+        if (admitted := self._admitted.get(lesson_id)) is not None:
+            admitted.tell(LessonSignal.MOVED)
 
     def _replace(self, lesson_id: str) -> None:
-        if (replaced := self._replaced.get(lesson_id)) is not None:
-            replaced.set()
+        if (admitted := self._admitted.get(lesson_id)) is not None:
+            admitted.tell(LessonSignal.REPLACED)
 
     async def drain(self, grace_s: float) -> bool:
         """Tell every open lesson to end, then wait up to `grace_s` for them; True if all ended."""
         self.draining.set()
+        for admitted in list(self._admitted.values()):
+            admitted.tell(LessonSignal.SHUTDOWN)
         try:
             async with asyncio.timeout(grace_s):
                 await self._all_closed.wait()

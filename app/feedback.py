@@ -12,7 +12,7 @@ it would have.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -120,7 +120,7 @@ class FeedbackUnavailable:
 class FeedbackExchange:
     """One lesson's feedback request and its answer; no I/O, no clock."""
 
-    def __init__(self, instructions: str) -> None:
+    def __init__(self, instructions: Callable[[], str]) -> None:
         self.instructions = instructions
         self.request_id: str | None = None
         self.response_id: str | None = None
@@ -136,7 +136,7 @@ class FeedbackExchange:
         """The `response.create` asking for the feedback, as the frame to send."""
         self.request_id, self.asked_at = event_id, now
         return protocol.dumps(protocol.out_of_band_text_response(
-            event_id=event_id, instructions=self.instructions, metadata={"purpose": FEEDBACK_PURPOSE},
+            event_id=event_id, instructions=self.instructions(), metadata={"purpose": FEEDBACK_PURPOSE},
             max_output_tokens=MAX_OUTPUT_TOKENS))
 
     def refused_while_busy(self) -> bool:

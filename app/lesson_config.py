@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -29,8 +29,9 @@ class LessonConfig:
     upstream_timeout_s: float
     max_lesson_s: float
     idle_timeout_s: float
-    # The out-of-band request at a normal end, and how long its answer may take.
-    feedback_instructions: str
+    # The out-of-band request at a normal end, and how long its answer may take. Written when it is asked
+    # for: kept as text for the whole lesson it would be some 2 KiB a lesson.
+    feedback_instructions: Callable[[], str]
     feedback_timeout_s: float
     prices_per_million: Mapping[str, float]
     model: str

@@ -8,29 +8,30 @@ that reloads or loses its network comes back to the same lesson). The task holds
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
+from prometheus_client import Gauge
+
+from app.admission import AdmittedLesson
 from app.relay import PageSocket, Relay
 
 
 class LiveLessons:
-    def __init__(self) -> None:
+    def __init__(self, lessons_open: Gauge) -> None:
         self._lessons: dict[str, Relay] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lessons_open = lessons_open
 
     def get(self, lesson_id: str) -> Relay | None:
         """The running lesson `lesson_id`, if it runs here and has not ended."""
         relay = self._lessons.get(lesson_id)
         return None if relay is None or relay.over else relay
 
-    def start(self, lesson_id: str, relay: Relay, page: PageSocket, *, shutdown: asyncio.Event,
-              replaced: asyncio.Event, moved: asyncio.Event, place: contextlib.AsyncExitStack,
-              replay: bool = False) -> None:
-        """Run `relay` from `page` on in its own task; `place` (the lesson's place, and what else the lesson
-        holds while it runs) is let go when the lesson ends."""
+    def start(self, relay: Relay, page: PageSocket, admitted: AdmittedLesson, *, replay: bool = False) -> None:
+        """Run `relay` from `page` on in its own task; its place (`admitted`) is released when the lesson ends."""
+        lesson_id = admitted.start.lesson_id
         self._lessons[lesson_id] = relay
-        task = asyncio.create_task(self._run(lesson_id, relay, page, shutdown, replaced, moved, place, replay),
-                                   name=f"lesson-{lesson_id}")
+        self._lessons_open.inc()
+        task = asyncio.create_task(self._run(lesson_id, relay, page, admitted, replay), name=f"lesson-{lesson_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -39,12 +40,12 @@ class LiveLessons:
         if self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    async def _run(self, lesson_id: str, relay: Relay, page: PageSocket, shutdown: asyncio.Event,
-                   replaced: asyncio.Event, moved: asyncio.Event, place: contextlib.AsyncExitStack,
+    async def _run(self, lesson_id: str, relay: Relay, page: PageSocket, admitted: AdmittedLesson,
                    replay: bool) -> None:
         try:
-            await relay.run(page, shutdown, replaced, moved, replay=replay)
+            await relay.run(page, admitted, replay=replay)
         finally:
             if self._lessons.get(lesson_id) is relay:
                 del self._lessons[lesson_id]
-            await place.aclose()
+            self._lessons_open.dec()
+            admitted.release()

@@ -98,7 +98,7 @@ def create_app(
         places or LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute,
                               settings.link_starts_per_minute))
     app.state.metrics = LessonMetrics(shared_dir=metrics_dir)
-    app.state.live_lessons = LiveLessons()
+    app.state.live_lessons = LiveLessons(app.state.metrics.lessons_open)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)

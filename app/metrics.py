@@ -37,7 +37,7 @@ class LessonMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.shared_dir = shared_dir
         registry = self.registry
-        # Held by the route around each admitted lesson (`track_inprogress`); summed over live workers.
+        # Raised and lowered by `LiveLessons` around each running lesson; summed over live workers.
         self.lessons_open = Gauge("lesson_relay_lessons_open", "Lessons open now.", multiprocess_mode="livesum",
                                   registry=registry)
         self.lessons_started = Counter("lesson_relay_lessons_started", "Lessons started.", registry=registry)

@@ -10,7 +10,7 @@ no upstream session is opened for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Sequence
@@ -26,7 +26,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import messages
-from app.admission import LessonRegistry, Start, origin_allowed
+from app.admission import AdmittedLesson, LessonRegistry, Start, origin_allowed
 from app.continuity import CarriedOver, TranscriptLine
 from app.errors import (
     InvalidRequest,
@@ -137,14 +137,13 @@ async def lesson_socket(websocket: WebSocket) -> None:
         return
     registry: LessonRegistry = state.lessons
     student = LessonStudent()
-    place = contextlib.AsyncExitStack()
     try:
         request = _parse(websocket)
         request, student = await student_for_request(
             request, lesson_secret_set=settings.lesson_secret is not None, link_secret=state.link_secret,
             sessions=state.db)
         start = Start(lesson_id=lesson_id, client=client, link_id=student.link_id)
-        replaced = await place.enter_async_context(registry.admit(start, time.monotonic()))
+        admitted = await registry.admit(start, time.monotonic())
     except (InvalidRequest, OverCapacity, StoreUnavailable) as exc:
         metrics.refused(exc.code)
         if student.student_id is not None and isinstance(exc, OverCapacity):
@@ -164,15 +163,15 @@ async def lesson_socket(websocket: WebSocket) -> None:
         config = _lesson_config(lesson_id, request, settings, student, memory, started_at=started_at,
                                 resume_token=make_resume_token(state.link_secret, claim))
     except BaseException:
-        await place.aclose()
+        admitted.release()
         raise
-    await _run_lesson(websocket, config, lesson_log, place, replaced)
+    await _run_lesson(websocket, config, lesson_log, admitted)
 
 
 async def _run_lesson(websocket: WebSocket, config: LessonConfig, lesson_log: structlog.typing.FilteringBoundLogger,
-                      place: contextlib.AsyncExitStack, replaced: asyncio.Event, *, replay: bool = False) -> None:
-    """Start the lesson in its own task with this socket as its page (the task lets `place` go when the lesson
-    ends); return once the lesson is done with this socket."""
+                      admitted: AdmittedLesson, *, replay: bool = False) -> None:
+    """Start the lesson in its own task with this socket as its page (the task releases its place when the
+    lesson ends); return once the lesson is done with this socket."""
     state = _state(websocket)
     settings: Settings = state.settings
     metrics: LessonMetrics = state.metrics
@@ -188,12 +187,9 @@ async def _run_lesson(websocket: WebSocket, config: LessonConfig, lesson_log: st
     relay = Relay(LessonSession(config), connect_upstream=connect_upstream, log=lesson_log, records=state.records,
                   metrics=metrics, send_timeout_s=settings.browser_send_timeout_seconds)
     page = PageSocket(websocket, current_page_connection())
-    place.enter_context(metrics.lessons_open.track_inprogress())
     live: LiveLessons = state.live_lessons
-    registry: LessonRegistry = state.lessons
-    live.start(config.lesson_id, relay, page, shutdown=registry.draining, replaced=replaced,
-               moved=registry.handover_requested(config.lesson_id), place=place, replay=replay)
-    await page.done.wait()
+    live.start(relay, page, admitted, replay=replay)
+    await page.done
 
 
 async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str) -> None:
@@ -203,7 +199,6 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
     registry: LessonRegistry = state.lessons
     metrics: LessonMetrics = state.metrics
     resume_log = log.bind(client=client)
-    place = contextlib.AsyncExitStack()
     try:
         if registry.draining.is_set():
             raise ResumeNotYet("this instance is draining",
@@ -214,12 +209,12 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
         if relay is not None:
             page = PageSocket(websocket, current_page_connection())
             relay.attach(page, replay=replay)
-            await page.done.wait()
+            await page.done
             return
         taken = await _take_over(state, claim.lesson_id, settings)
         student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id)
-        replaced = await place.enter_async_context(
-            registry.admit(Start(lesson_id=claim.lesson_id, client=client, link_id=taken.link_id), time.monotonic()))
+        admitted = await registry.admit(Start(lesson_id=claim.lesson_id, client=client, link_id=taken.link_id),
+                                        time.monotonic())
     except (ResumeRefused, ResumeNotYet, OverCapacity, StoreUnavailable) as exc:
         if isinstance(exc, ResumeElsewhere):
             # Another worker of this replica runs it: it hands the lesson over for the page's next attempt.
@@ -239,9 +234,9 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
                 tokens=taken.tokens, greeted=any(role == "tutor" for _, role, _ in taken.turns)),
         )
     except BaseException:
-        await place.aclose()
+        admitted.release()
         raise
-    await _run_lesson(websocket, config, resume_log, place, replaced, replay=replay)
+    await _run_lesson(websocket, config, resume_log, admitted, replay=replay)
 
 
 async def _take_over(state: Any, lesson_id: str, settings: Settings) -> TakenOverLesson:
@@ -300,8 +295,8 @@ def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Se
         upstream_timeout_s=settings.upstream_timeout_seconds,
         max_lesson_s=settings.max_lesson_seconds,
         idle_timeout_s=settings.idle_timeout_seconds,
-        feedback_instructions=feedback_instructions(
-            name=request.name, level=request.level, target_language=settings.target_language,
+        feedback_instructions=functools.partial(
+            feedback_instructions, name=request.name, level=request.level, target_language=settings.target_language,
             support_language=request.support,
         ),
         feedback_timeout_s=settings.feedback_timeout_seconds,

@@ -24,7 +24,7 @@ def config(**overrides: Any) -> LessonConfig:
         "simulated": False, "voice": "marin", "transcription_model": "gpt-transcribe", "language_code": "en",
         "turn_detection": "server_vad", "vad_eagerness": "low", "max_frame_bytes": 4800,
         "upstream_timeout_s": 10.0, "max_lesson_s": 1800.0, "idle_timeout_s": 300.0,
-        "feedback_instructions": "Write the lesson's feedback as one JSON object.", "feedback_timeout_s": 20.0,
+        "feedback_instructions": lambda: "Write the lesson's feedback as one JSON object.", "feedback_timeout_s": 20.0,
         "prices_per_million": {"audio_input": 32.0, "audio_output": 64.0, "text_input": 4.0,
                                "text_output": 16.0, "cached": 0.4},
         "model": "gpt-realtime-2.1", "started_at": LESSON_START,

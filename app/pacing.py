@@ -1,6 +1,7 @@
 """What one lesson's page may cost the relay and the upstream: microphone pacing and rate-limited warnings.
 
-Plain objects driven by `LessonSession`, with the time passed in (no clock reads, no I/O):
+Plain objects driven by `LessonSession` (its page input, app/page_input.py), with the time passed in (no clock
+reads, no I/O):
 
 - `TokenBucket` lets microphone audio through at about real time, with a small burst, so a client
   sending 600 s of audio in a second cannot turn one lesson place into ten minutes of paid input.

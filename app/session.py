@@ -24,28 +24,23 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any, assert_never
 
-import orjson
-from pydantic import ValidationError
-
 from app import messages, protocol
-from app.actions import NO_ACTIONS, Action, Close, Log, ToBrowser, ToBrowserAudio, ToUpstream
+from app.actions import NO_ACTIONS, Action, Close, Log, ToBrowser, ToUpstream
 from app.continuity import UNRETRYABLE_CODES
 from app.ending import closing_actions, feedback_actions
 from app.feedback import ACTIVE_RESPONSE_CODE, FeedbackExchange, FeedbackUnavailable, ParsedFeedback
 from app.greeting import Greeting, failure_words, retry_wait_s
-from app.heard import TutorItem, TutorItems
+from app.heard import TutorItems
 from app.lesson_config import LessonConfig
 from app.lesson_state import LessonState, Timer, check_transition
-from app.messages import End, InvalidMessage, Playback
-from app.pacing import FrameCoalescer, LogThrottle, microphone_bucket
+from app.page_input import PageInput
 from app.prompts import continued_instructions
 from app.recorder import LessonRecorder
 from app.resumable import ResumableLesson
+from app.upstream_events import UpstreamEvents, error_fields
 from app.usage import LessonUsage
 
 # A response that ended `incomplete`, by status_details.reason.
@@ -56,15 +51,16 @@ _INCOMPLETE_WORDS = {
 _INCOMPLETE_DEFAULT = "The tutor was cut off before finishing. Please ask again."
 _EXPIRED_WORDS = "The lesson reached its time limit. Please start a new lesson to continue."
 _COST_LIMIT_WORDS = "This lesson has reached the most tutor time one lesson may use, so it has ended here."
-_TOO_FAST_WORDS = "Your microphone is sending sound faster than it is spoken, so some of it was left out."
 _UPSTREAM_LOST_WORDS = "The connection to the tutor was lost. Start the lesson again to continue."
 
 
-class LessonSession(ResumableLesson):
+class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
     """One lesson's protocol state. Feed it events; carry out the actions it returns, in order.
 
-    How it outlives its sockets (the page away and back, the upstream replaced, the hand-over) is its base
-    class, `ResumableLesson` (app/resumable.py)."""
+    Its base classes hold a concern each: how it outlives its sockets (the page away and back, the upstream
+    replaced, the hand-over) is `ResumableLesson` (app/resumable.py); how upstream events are read and routed,
+    and the conversation they carry relayed, is `UpstreamEvents` (app/upstream_events.py); what the page may
+    send is `PageInput` (app/page_input.py)."""
 
     def __init__(self, config: LessonConfig) -> None:
         self.config = config
@@ -72,7 +68,6 @@ class LessonSession(ResumableLesson):
         self.ended_reason: str | None = None
         # Why a lesson waiting for its feedback ended (student_ended, time_limit, idle).
         self._ending_reason = ""
-        self.discarded_frames = 0
         self._deadlines: dict[Timer, float] = {}
         # The relay re-arms its timer only when this flips; cheaper than comparing deadlines per frame.
         self.deadlines_changed = False
@@ -85,10 +80,7 @@ class LessonSession(ResumableLesson):
         self._items = TutorItems()
         self._usage = LessonUsage()
         self._recorder = LessonRecorder(config.lesson_id, config.started_at)
-        self._microphone = microphone_bucket()
-        self._coalescer = FrameCoalescer()
-        self._too_fast = LogThrottle()
-        self._refusals = LogThrottle()
+        self._init_page_input()
         self._init_resumable()
 
     # ---- inputs ----------------------------------------------------------------------------------
@@ -110,66 +102,6 @@ class LessonSession(ResumableLesson):
                                    student_id=cfg.student_id, link_id=cfg.link_id,
                                    browser_key_hash=cfg.browser_key_hash, student_name=cfg.name),
         )
-
-    def handle_browser_audio(self, frame: bytes, now: float) -> Sequence[Action]:
-        """A binary frame from the page: discarded before the greeting was heard; then relayed at real-time pace."""
-        size = len(frame)
-        if size == 0 or size % 2 or size > self.config.max_frame_bytes:
-            return self._refuse_browser_input(
-                "invalid_audio",
-                f"audio frame of {size} bytes refused: it must be PCM16 (even length), "
-                f"1 to {self.config.max_frame_bytes} bytes", now,
-            )
-        if self.state is not LessonState.CONVERSING:
-            self.discarded_frames += 1
-            return NO_ACTIONS
-        if not self._microphone.take(size, now):
-            return self._audio_too_fast(size, now)
-        chunk = self._coalescer.add(frame)
-        return NO_ACTIONS if chunk is None else (ToUpstream(protocol.audio_append(chunk)),)
-
-    def handle_browser_text(self, text: str, now: float) -> Sequence[Action]:
-        """A JSON message from the page: one of the allowlisted messages, or an error frame back."""
-        try:
-            message = messages.parse_browser_message(text)
-        except InvalidMessage as exc:
-            return self._refuse_browser_input("invalid_message", str(exc), now)
-        if self.state is LessonState.ENDED:
-            return NO_ACTIONS
-        match message:
-            case Playback():
-                return self._on_playback(message, now)
-            case End():
-                return NO_ACTIONS if self.state is LessonState.FEEDBACK else self._end_normally("student_ended", now)
-            case _:
-                assert_never(message)
-
-    def handle_upstream_message(self, message: bytes, now: float) -> Sequence[Action]:
-        """One server message as it came off the socket: a JSON event, or a warning in the log and nothing else."""
-        try:
-            event = orjson.loads(message)
-        except orjson.JSONDecodeError as exc:
-            return (Log("warning", "upstream_event_malformed", {"type": None, "problem": f"not JSON: {exc}"[:300]}),)
-        if not isinstance(event, dict):
-            return (Log("warning", "upstream_event_malformed",
-                        {"type": None, "problem": f"a JSON {type(event).__name__}, not an object"}),)
-        return self.handle_upstream(event, now)
-
-    def handle_upstream(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
-        """One decoded server event from the Realtime session."""
-        if self.state is LessonState.ENDED:
-            return NO_ACTIONS
-        event_type = event.get("type")
-        # Audio and transcript deltas are most of the traffic: handled first, without pydantic.
-        if event_type == protocol.AUDIO_DELTA:
-            return self._on_audio_delta(event, now)
-        if event_type == protocol.TRANSCRIPT_DELTA:
-            return self._on_tutor_transcript(event, now, done=False)
-        try:
-            return self._dispatch_upstream(event_type, event, now)
-        except (ValidationError, KeyError, TypeError) as exc:
-            # A malformed event is logged and tolerated: the lesson goes on.
-            return (Log("warning", "upstream_event_malformed", {"type": str(event_type), "problem": str(exc)[:300]}),)
 
     def handle_timeout(self, now: float) -> Sequence[Action]:
         """The clock reached `next_deadline()`: fire every timer that is due."""
@@ -242,47 +174,7 @@ class LessonSession(ResumableLesson):
         self.deadlines_changed = False
         return min(self._deadlines.values(), default=None)
 
-    # ---- upstream events -------------------------------------------------------------------------
-
-    def _dispatch_upstream(self, event_type: object, event: Mapping[str, Any], now: float) -> Sequence[Action]:
-        match event_type:
-            case protocol.SESSION_CREATED:
-                return self._on_session_created(event, now)
-            case protocol.SESSION_UPDATED:
-                return self._on_session_updated(protocol.SessionEvent.model_validate(event), now)
-            case protocol.RESPONSE_CREATED:
-                return self._on_response_created(protocol.ResponseEvent.model_validate(event), now)
-            case protocol.RESPONSE_DONE:
-                return self._on_response_done(protocol.ResponseEvent.model_validate(event), now)
-            case protocol.AUDIO_DONE:
-                return self._on_audio_done(event)
-            case protocol.TRANSCRIPT_DONE:
-                return self._on_tutor_transcript(event, now, done=True)
-            case protocol.SPEECH_STARTED:
-                return self._on_speech_started(event, now)
-            case protocol.SPEECH_STOPPED:
-                self._student_speaking = False
-                self._recorder.student_stopped(event.get("item_id", ""), now)
-                return (Log("debug", "upstream_event", {"direction": "in", "type": protocol.SPEECH_STOPPED}),)
-            case protocol.STUDENT_TRANSCRIPT_DELTA:
-                return (ToBrowser(messages.transcript_delta(role="student", item_id=event["item_id"],
-                                                            text=event.get("delta") or "")),)
-            case protocol.STUDENT_TRANSCRIPT_DONE:
-                return self._on_student_transcript(event["item_id"], event.get("transcript") or "", now)
-            case protocol.STUDENT_TRANSCRIPT_FAILED:
-                self._recorder.student_failed(event.get("item_id", ""))
-                fields = _error_fields(event.get("error"))
-                return (Log("warning", "student_transcription_failed", fields),
-                        self._recorder.event(now, "student_transcription_failed", fields))
-            case protocol.ERROR:
-                return self._on_error(protocol.ErrorEvent.model_validate(event), now)
-            case protocol.TEXT_DELTA:
-                if self._feedback.take_text(event):
-                    return NO_ACTIONS
-                # Text output from a tutor turn means the session is not in audio mode: the student hears nothing.
-                return (Log("warning", "upstream_text_output", {"response_id": event.get("response_id")}),)
-            case _:
-                return (Log("debug", "upstream_event", {"direction": "in", "type": str(event_type)}),)
+    # ---- what upstream events mean for the lesson ------------------------------------------------
 
     def _on_session_created(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
         renewed = self.state is LessonState.RECONNECTING
@@ -360,59 +252,6 @@ class LessonSession(ResumableLesson):
             return (log, ToUpstream(protocol.dumps(protocol.response_cancel(
                 event_id=self._next_event_id(), response_id=response_id))))
         return (log,)
-
-    def _on_audio_delta(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
-        response_id = event.get("response_id", "")
-        if response_id in self._items.dropped_responses:
-            return NO_ACTIONS
-        try:
-            pcm = base64.b64decode(event["delta"], validate=True)
-            item_id = event["item_id"]
-        except (KeyError, TypeError, binascii.Error):
-            return (Log("warning", "upstream_event_malformed", {"type": protocol.AUDIO_DELTA}),)
-        item = self._items.by_id.get(item_id)
-        if item is not None:
-            item.received_bytes += len(pcm)
-            return (ToBrowserAudio(pcm),)
-        self._items.add(TutorItem(item_id=item_id, response_id=response_id, first_sent_at=now,
-                                  turn_seq=self._recorder.tutor_turn_seq(item_id, now), received_bytes=len(pcm)),
-                        now)
-        actions: tuple[Action, ...] = (
-            ToBrowser(messages.status("tutor_speaking")),
-            ToBrowser(messages.audio_start(item_id=item_id, response_id=response_id)),
-            ToBrowserAudio(pcm),
-        )
-        if response_id == self._greeting.response_id and self._greeting.first_audio_at is None:
-            self._greeting.first_audio_at = now
-            if not self._greeting.audio_started:
-                self._greeting.audio_started = True
-                # After the audio: by the time the shell logs this, the first greeting byte is on its way.
-                actions += (Log("info", "greeting_audio_started", {"after_s": round(now - self._started_at, 3)}),)
-        return actions
-
-    def _on_audio_done(self, event: Mapping[str, Any]) -> Sequence[Action]:
-        item = self._items.by_id.get(event["item_id"])
-        if item is None or item.response_id in self._items.dropped_responses:
-            return NO_ACTIONS
-        item.audio_done = True
-        return (ToBrowser(messages.audio_done(item_id=item.item_id, duration_ms=item.received_ms)),)
-
-    def _on_tutor_transcript(self, event: Mapping[str, Any], now: float, *, done: bool) -> Sequence[Action]:
-        if event.get("response_id") in self._items.dropped_responses:
-            return NO_ACTIONS
-        item_id = event.get("item_id", "")
-        if done:
-            text = event.get("transcript") or ""
-            turn = self._kept(self._recorder.tutor_done(item_id, text, now), item_id)
-            return (ToBrowser(messages.transcript_done(role="tutor", item_id=item_id, text=text)), turn)
-        delta = event.get("delta") or ""
-        self._recorder.tutor_text(item_id, delta, now)
-        return (ToBrowser(messages.transcript_delta(role="tutor", item_id=item_id, text=delta)),)
-
-    def _on_student_transcript(self, item_id: str, text: str, now: float) -> Sequence[Action]:
-        done = ToBrowser(messages.transcript_done(role="student", item_id=item_id, text=text))
-        turn = self._recorder.student_done(item_id, text, now)
-        return (done,) if turn is None else (done, self._kept(turn, item_id))
 
     def _on_response_done(self, event: protocol.ResponseEvent, now: float) -> Sequence[Action]:
         response = event.response
@@ -511,17 +350,6 @@ class LessonSession(ResumableLesson):
                           error=(failure_code or "greeting_failed", failure_words(failure_code))),
         )
 
-    def _on_speech_started(self, event: Mapping[str, Any], now: float) -> Sequence[Action]:
-        if self.state is LessonState.FEEDBACK:
-            # Audio the server had before input_audio_buffer.clear: the lesson is over, nothing to interrupt.
-            return (Log("debug", "upstream_event", {"direction": "in", "type": protocol.SPEECH_STARTED}),)
-        self._clear_deadline(Timer.IDLE)
-        self._student_speaking = True
-        if item_id := event.get("item_id"):
-            self._recorder.student_started(item_id, now)
-        # speech_started while the tutor speaks = barge-in.
-        return (Log("debug", "student_speech_started"), *self._cut_tutor_short(now, why="barge_in", tell_upstream=True))
-
     def _cut_tutor_short(self, now: float, *, why: str, tell_upstream: bool) -> Sequence[Action]:
         """The student stops hearing the tutor now (a barge-in, the page gone, the upstream gone): flush the
         page, cancel the response, truncate the item to what was heard (`tell_upstream`: the upstream is still
@@ -555,7 +383,7 @@ class LessonSession(ResumableLesson):
 
     def _on_error(self, event: protocol.ErrorEvent, now: float) -> Sequence[Action]:
         error = event.error
-        fields = _error_fields(error.model_dump())
+        fields = error_fields(error.model_dump())
         if error.code in protocol.HARMLESS_ERROR_CODES:
             return (Log("debug", "upstream_error_harmless", fields),)
         under_way = self.state in (LessonState.GREETING, LessonState.CONVERSING)
@@ -584,17 +412,7 @@ class LessonSession(ResumableLesson):
             return (*logged, *self._on_greeting_done(refused, 0, now))
         return logged
 
-    # ---- page messages and timers ----------------------------------------------------------------
-
-    def _on_playback(self, report: Playback, now: float) -> Sequence[Action]:
-        item = self._items.by_id.get(report.item_id)
-        if item is None:
-            return NO_ACTIONS
-        item.played_ms = min(report.played_ms, item.received_ms)
-        item.reported_at = now
-        if self.state is not LessonState.GREETING or not self._greeting.done:
-            return NO_ACTIONS
-        return self._open_microphone_or_arm_timer(now)
+    # ---- the microphone and the timers -----------------------------------------------------------
 
     def _open_microphone_or_arm_timer(self, now: float) -> Sequence[Action]:
         """The finished greeting was reported played: open the microphone; otherwise (re-)arm the elapsed rule."""
@@ -729,30 +547,6 @@ class LessonSession(ResumableLesson):
             *self._finish("session_expired", 1000, now, error=("session_expired", _EXPIRED_WORDS)),
         )
 
-    def _refuse_browser_input(self, code: str, detail: str, now: float) -> Sequence[Action]:
-        refused = ToBrowser(messages.error(code=code, message=detail, fatal=False))
-        held_back = self._refusals.allow(now)
-        if held_back is None:
-            return (refused,)
-        return (refused, Log("warning", "browser_input_refused",
-                             {"code": code, "detail": detail, "suppressed": held_back}))
-
-    def _audio_too_fast(self, size: int, now: float) -> Sequence[Action]:
-        # Over the pace: the frame is dropped, never queued (queueing would only delay the same cost).
-        held_back = self._too_fast.allow(now)
-        if held_back is None:
-            return NO_ACTIONS
-        return (
-            ToBrowser(messages.error(code="audio_too_fast", message=_TOO_FAST_WORDS, fatal=False)),
-            Log("warning", "audio_too_fast", {"frame_bytes": size, "suppressed": held_back}),
-        )
-
-    def _held_back_warnings(self) -> list[Action]:
-        """The counts of warnings held back since their last line, so the log never loses one."""
-        return [Log("warning", event, {"suppressed": throttle.suppressed})
-                for event, throttle in (("browser_input_refused", self._refusals), ("audio_too_fast", self._too_fast))
-                if throttle.suppressed]
-
     def _transition(self, new: LessonState) -> None:
         check_transition(self.config.lesson_id, self.state, new)
         self.state = new
@@ -769,8 +563,3 @@ class LessonSession(ResumableLesson):
         if self._deadlines.pop(timer, None) is not None:
             self.deadlines_changed = True
 
-
-def _error_fields(error: object) -> dict[str, Any]:
-    if not isinstance(error, Mapping):
-        return {"error": repr(error)[:200]}
-    return {key: error.get(key) for key in ("type", "code", "message", "param", "event_id") if error.get(key)}

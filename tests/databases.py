@@ -16,7 +16,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from harness import free_port
 
 PG_USER = "postgres"
 
@@ -38,13 +38,6 @@ def find_pg_ctl() -> Path | None:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
                         key=lambda path: int(Path(path).parts[-3]) if Path(path).parts[-3].isdigit() else 0)
     return Path(candidates[-1]) if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _cluster_owner() -> pwd.struct_passwd | None:
@@ -80,7 +73,7 @@ def postgres_server() -> Iterator[str]:
     owner = _cluster_owner()
     if owner is not None:
         os.chown(workdir, owner.pw_uid, owner.pw_gid)
-    data, port = workdir / "data", _free_port()
+    data, port = workdir / "data", free_port()
     log = workdir / "server.log"
     subprocess.run(_as_cluster_owner([str(initdb), "-D", str(data), "-A", "trust", "-U", PG_USER, "--no-sync",
                                       "-E", "UTF8"]), check=True, capture_output=True)

@@ -1,21 +1,30 @@
-"""The integration harness: the app served by uvicorn on a real port, and the page side of a lesson.
+"""The integration harness: the app served by uvicorn on a real port, and the page side of a lesson; and
+`python -m app` as its own process, for what only a real process shows (signals, workers, the drain).
 
-Servers listen on sockets bound to port 0 before they start, so a client can connect at once: the
-kernel queues the connection until the server accepts it. Nothing here waits on time.
+Servers in the test's process listen on sockets bound to port 0 before they start, so a client can connect at
+once: the kernel queues the connection until the server accepts it. Nothing here waits on time but the
+readiness poll of a served process, which binds its port itself (as a load balancer polls it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import os
 import socket
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
+import orjson
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -24,6 +33,7 @@ from app.main import create_app, server_config
 from app.pacing import REAL_TIME_BYTES_PER_S
 from app.settings import Settings
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_KEY = "sk-test-fake-key-not-real"
 # A real microphone sends in real time; the relay drops audio that runs more than a burst ahead of it.
 MICROPHONE_LEAD_S = 0.5
@@ -155,3 +165,102 @@ def tutor_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
     """The JSON log lines the app has written to `stream` so far."""
     return [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+
+
+# ---- python -m app as its own process ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port free at this moment, for a server in another process (which binds it itself)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class ProcessOutput:
+    """The JSON lines a subprocess writes, collected as they come; `until` awaits one."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.text: list[str] = []
+        self._changed = asyncio.Condition()
+        self._task = asyncio.create_task(self._collect(stream))
+
+    async def _collect(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            line = raw.decode(errors="replace")
+            async with self._changed:
+                self.text.append(line)
+                if line.startswith("{"):
+                    self.lines.append(orjson.loads(line))
+                self._changed.notify_all()
+
+    async def until(self, predicate: Callable[[list[dict[str, Any]]], bool]) -> None:
+        async with asyncio.timeout(30), self._changed:
+            await self._changed.wait_for(lambda: predicate(self.lines) or self._task.done())
+        assert predicate(self.lines), "".join(self.text)
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == event]
+
+    async def finished(self) -> None:
+        await self._task
+
+
+@dataclass
+class AppProcess:
+    """`python -m app` running as its own process: its output as it comes, and the port it serves."""
+
+    process: asyncio.subprocess.Process
+    output: ProcessOutput
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def until_ready(self) -> None:
+        """Poll /healthz until it answers 200 (a readiness poll with a deadline, as a load balancer does)."""
+        give_up = time.monotonic() + 20
+        async with httpx.AsyncClient() as http:
+            while True:
+                assert self.process.returncode is None, f"python -m app exited: {''.join(self.output.text)}"
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(f"http://127.0.0.1:{self.port}/healthz")).status_code == 200:
+                        return
+                assert time.monotonic() < give_up, f"python -m app never became ready: {''.join(self.output.text)}"
+                await asyncio.sleep(0.1)
+
+    async def until_workers_started(self, count: int) -> None:
+        """Until `count` workers (WEB_CONCURRENCY) have logged their start."""
+        await self.output.until(lambda lines: len([line for line in lines
+                                                   if line.get("event") == "Application startup complete."]) == count)
+
+    async def exited(self, timeout_s: float) -> int:
+        """The exit code once the process has exited (within `timeout_s`) and all its output is read."""
+        code = await asyncio.wait_for(self.process.wait(), timeout_s)
+        await self.output.finished()
+        return code
+
+
+@asynccontextmanager
+async def app_process(upstream_url: str, database_url: str, **environment: str) -> AsyncIterator[AppProcess]:
+    """`python -m app` against `upstream_url` on a free port (JSON logs at info, a 5 s drain, `environment` on
+    top) until the block ends; killed then if it is still running."""
+    port = free_port()
+    env = os.environ | {
+        "OPENAI_API_KEY": FAKE_KEY, "OPENAI_REALTIME_URL": upstream_url, "PORT": str(port), "HOST": "127.0.0.1",
+        "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info", "DATABASE_URL": database_url,
+    } | environment
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    served = AppProcess(process, ProcessOutput(process.stdout), port)
+    try:
+        yield served
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await served.output.finished()

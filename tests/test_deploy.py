@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import relay_settings, serve_app
+from harness import free_port, relay_settings, serve_app
 
 from app import healthcheck
 from app.main import (
@@ -157,7 +157,7 @@ async def test_the_dockerfiles_install_step_alone_serves_the_app_from_its_source
     """The Dockerfile's RUN with the lock, in a fresh environment that sees only the lock; then the source
     as the image copies it, `python -m app` on $PORT, and the image's health check against it."""
     python, context, environment = await asyncio.to_thread(_install_as_the_image_does, tmp_path)
-    serving = environment | {"PORT": str(_free_port()), "HOST": "127.0.0.1", "LOG_FORMAT": "json",
+    serving = environment | {"PORT": str(free_port()), "HOST": "127.0.0.1", "LOG_FORMAT": "json",
                              "OPENAI_API_KEY": "sk-test-fake-key", "OPENAI_REALTIME_URL": simulator.url}
     server = await asyncio.create_subprocess_exec(
         python, "-m", "app", cwd=context, env=serving, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -195,15 +195,6 @@ def _install_as_the_image_does(tmp_path: Path) -> tuple[str, Path, dict[str, str
     unused = subprocess.run([python, "-c", "import watchfiles"], cwd=context, env=environment, capture_output=True)
     assert unused.returncode != 0, "watchfiles is installed: the lock carries uvicorn's [standard] extras"
     return python, context, environment
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def _until_logged(process: asyncio.subprocess.Process, text: str) -> None:

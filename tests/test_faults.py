@@ -14,13 +14,10 @@ import base64
 import contextlib
 import gc
 import io
-import json
 import math
-import os
 import signal
 import socket
 import struct
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +26,16 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import AppServer, LessonClient, log_lines, open_lesson, relay_settings, serve_app, tutor_events
+from harness import (
+    AppServer,
+    LessonClient,
+    app_process,
+    log_lines,
+    open_lesson,
+    relay_settings,
+    serve_app,
+    tutor_events,
+)
 from websockets.asyncio.client import connect
 
 from app import simulator as simulator_module
@@ -41,7 +47,6 @@ from app.simulator import ClientEventError, RealtimeSimulator, SimulatedConnecti
 Events = list[dict[str, Any]]
 SimulatorWith = Callable[..., RealtimeSimulator]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 FRAME_MS = 20
 FRAME_SAMPLES = 24 * FRAME_MS
 
@@ -622,50 +627,20 @@ async def test_draining_tells_the_open_lesson_refuses_new_ones_and_healthz_says_
     assert (drained["open_lessons_before"], drained["all_closed"]) == (1, True)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def test_sigterm_drains_the_served_process_and_it_exits_cleanly(simulator_with: SimulatorWith,
                                                                       tmp_path: Path) -> None:
-    port = _free_port()
     async with simulator_with(audio_pace=0) as simulator:
-        env = os.environ | {
-            "OPENAI_API_KEY": "sk-test-fake-key", "OPENAI_REALTIME_URL": simulator.url, "PORT": str(port),
-            "HOST": "127.0.0.1", "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'lessons.db'}",
-        }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )
-        output: list[str] = []
-
-        async def collect() -> None:
-            assert process.stdout is not None
-            async for line in process.stdout:
-                output.append(line.decode(errors="replace"))
-
-        collector = asyncio.create_task(collect())
-        try:
-            await _until_ready(f"http://127.0.0.1:{port}/healthz", process, output)
-            async with open_lesson(f"ws://127.0.0.1:{port}/ws/lesson?name=Ana") as page:
+        async with app_process(simulator.url, f"sqlite:///{tmp_path / 'lessons.db'}") as served:
+            await served.until_ready()
+            async with open_lesson(f"{served.ws_url}/ws/lesson?name=Ana") as page:
                 await page.hear_greeting()
-                process.send_signal(signal.SIGTERM)
+                served.process.send_signal(signal.SIGTERM)
                 told = await page.until_type("status", state="reconnecting")
                 close_code = await closed_with(page)
-            returncode = await asyncio.wait_for(process.wait(), 15)
-            await collector
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            returncode = await served.exited(15)
         upstream = await simulator.next_connection()
         await upstream.wait_closed()
-    lines = [json.loads(line) for line in output if line.startswith("{")]
+    output, lines = served.output.text, served.output.lines
     events = [line.get("event") for line in lines]
     assert told["reason"] == "server_restarting", output
     assert of_type(page.messages, "error") == []
@@ -675,19 +650,6 @@ async def test_sigterm_drains_the_served_process_and_it_exits_cleanly(simulator_
     [drained] = [line for line in lines if line.get("event") == "drained"]
     assert (drained["open_lessons_before"], drained["all_closed"]) == (1, True)
     assert "lesson_handed_off" in events, events
-
-
-async def _until_ready(url: str, process: asyncio.subprocess.Process, output: list[str]) -> None:
-    """Poll /healthz until it answers 200 (a readiness poll with a deadline, as a load balancer does)."""
-    give_up = time.monotonic() + 20
-    async with httpx.AsyncClient() as http:
-        while True:
-            assert process.returncode is None, f"python -m app exited: {''.join(output)}"
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get(url)).status_code == 200:
-                    return
-            assert time.monotonic() < give_up, f"python -m app never became ready: {''.join(output)}"
-            await asyncio.sleep(0.1)
 
 
 # ---- 7. keepalive --------------------------------------------------------------------------------------

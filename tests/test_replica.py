@@ -15,16 +15,14 @@ import logging
 import os
 import signal
 import socket
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
 import pytest
 import structlog
-from harness import FAKE_KEY, LessonClient, open_lesson
+from harness import LessonClient, ProcessOutput, app_process, open_lesson
 from prometheus_client.parser import text_string_to_metric_families
 from test_faults import closed_with, plain_words
 
@@ -34,8 +32,6 @@ from app.logging import configure_logging
 from app.replica import PlaceKeeper, SupervisorPlaces
 from app.settings import Settings
 from app.simulator import RealtimeSimulator
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.asynccontextmanager
@@ -112,43 +108,6 @@ async def test_a_lesson_resumed_on_another_worker_is_asked_of_the_worker_that_ru
         assert await handed_over_by_first.get() == "L1"
 
 
-class ProcessOutput:
-    """The JSON lines a subprocess writes, collected as they come; `until` awaits one."""
-
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self.lines: list[dict[str, Any]] = []
-        self.text: list[str] = []
-        self._changed = asyncio.Condition()
-        self._task = asyncio.create_task(self._collect(stream))
-
-    async def _collect(self, stream: asyncio.StreamReader) -> None:
-        async for raw in stream:
-            line = raw.decode(errors="replace")
-            async with self._changed:
-                self.text.append(line)
-                if line.startswith("{"):
-                    self.lines.append(orjson.loads(line))
-                self._changed.notify_all()
-
-    async def until(self, predicate: Callable[[list[dict[str, Any]]], bool]) -> None:
-        async with asyncio.timeout(30), self._changed:
-            await self._changed.wait_for(lambda: predicate(self.lines) or self._task.done())
-        assert predicate(self.lines), "".join(self.text)
-
-    def of(self, event: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line.get("event") == event]
-
-    async def finished(self) -> None:
-        await self._task
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def _lesson_on_its_worker(url: str, output: ProcessOutput,
                                 stack: contextlib.AsyncExitStack) -> tuple[LessonClient, int] | None:
     """Open a lesson and hear its greeting: the page and the worker that took it; None if it was refused."""
@@ -168,21 +127,11 @@ async def _lesson_on_its_worker(url: str, output: ProcessOutput,
 async def test_two_workers_hold_max_sessions_for_the_replica_and_drain_on_sigterm(
     simulator: RealtimeSimulator, tmp_path: Path
 ) -> None:
-    port = _free_port()
-    env = os.environ | {
-        "WEB_CONCURRENCY": "2", "MAX_SESSIONS": "2", "LESSON_STARTS_PER_MINUTE": "1000",
-        "OPENAI_API_KEY": FAKE_KEY, "OPENAI_REALTIME_URL": simulator.url, "PORT": str(port), "HOST": "127.0.0.1",
-        "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'lessons.db'}",
-    }
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    assert process.stdout is not None
-    output = ProcessOutput(process.stdout)
-    url = f"ws://127.0.0.1:{port}/ws/lesson?name=Ana"
-    try:
-        await output.until(lambda lines: len([line for line in lines
-                                              if line.get("event") == "Application startup complete."]) == 2)
+    async with app_process(simulator.url, f"sqlite:///{tmp_path / 'lessons.db'}", WEB_CONCURRENCY="2",
+                           MAX_SESSIONS="2", LESSON_STARTS_PER_MINUTE="1000") as served:
+        output = served.output
+        url = f"{served.ws_url}/ws/lesson?name=Ana"
+        await served.until_workers_started(2)
         async with contextlib.AsyncExitStack() as stack:
             # Until the two open lessons are on different workers: a lesson on the same worker as the one
             # kept is ended again (its place may come back a moment later: a refusal then is retried).
@@ -206,17 +155,12 @@ async def test_two_workers_hold_max_sessions_for_the_replica_and_drain_on_sigter
                     assert (refusal["code"], await closed_with(late)) == ("over_capacity", 1013)
             assert plain_words(refusal["message"])
 
-            process.send_signal(__import__("signal").SIGTERM)
+            served.process.send_signal(signal.SIGTERM)
             for page, _ in kept:
                 # Each worker hands its lesson over: the page is told it will reconnect.
                 told = await page.until(lambda m: m["type"] == "status" and m["state"] == "reconnecting")
                 assert (told["reason"], await closed_with(page)) == ("server_restarting", 1001)
-        assert await asyncio.wait_for(process.wait(), 30) == 0, "".join(output.text)
-        await output.finished()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await served.exited(30) == 0, "".join(output.text)
     drained = output.of("drained")
     assert sorted((line["worker"], line["open_lessons_before"], line["all_closed"]) for line in drained) == [
         (0, 1, True), (1, 1, True)]
@@ -224,22 +168,12 @@ async def test_two_workers_hold_max_sessions_for_the_replica_and_drain_on_sigter
 
 
 async def test_every_worker_answers_metrics_for_the_whole_replica(simulator: RealtimeSimulator, tmp_path: Path) -> None:
-    port = _free_port()
     token = "replica-metrics-token"
-    env = os.environ | {
-        "WEB_CONCURRENCY": "2", "LESSON_STARTS_PER_MINUTE": "1000", "METRICS_TOKEN": token,
-        "OPENAI_API_KEY": FAKE_KEY, "OPENAI_REALTIME_URL": simulator.url, "PORT": str(port), "HOST": "127.0.0.1",
-        "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'lessons.db'}",
-    }
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    assert process.stdout is not None
-    output = ProcessOutput(process.stdout)
-    url = f"ws://127.0.0.1:{port}/ws/lesson?name=Ana"
-    try:
-        await output.until(lambda lines: len([line for line in lines
-                                              if line.get("event") == "Application startup complete."]) == 2)
+    async with app_process(simulator.url, f"sqlite:///{tmp_path / 'lessons.db'}", WEB_CONCURRENCY="2",
+                           LESSON_STARTS_PER_MINUTE="1000", METRICS_TOKEN=token) as served:
+        output = served.output
+        url = f"{served.ws_url}/ws/lesson?name=Ana"
+        await served.until_workers_started(2)
         # Lessons, one after the other, until each worker has had two (connections land on workers at random).
         lessons_on = {0: 0, 1: 0}
         for _ in range(60):
@@ -255,7 +189,7 @@ async def test_every_worker_answers_metrics_for_the_whole_replica(simulator: Rea
         total = sum(lessons_on.values())
         assert min(lessons_on.values()) >= 2, output.text
         await output.until(lambda lines: len([line for line in lines if line.get("event") == "lesson_ended"]) == total)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as http:
             scrapes = []
             for _ in range(6):  # a new connection each: whichever worker the kernel gives it answers
                 response = await http.get("/metrics", headers={"Authorization": f"Bearer {token}",
@@ -273,17 +207,11 @@ async def test_every_worker_answers_metrics_for_the_whole_replica(simulator: Rea
                 await output.until(lambda lines: any(line.get("event") == "worker_exited" for line in lines))
                 response = await http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
         # Its replacement is up before the replica is stopped (a worker stopped while starting exits 1).
-        await output.until(lambda lines: len([line for line in lines
-                                              if line.get("event") == "Application startup complete."]) == 3)
+        await served.until_workers_started(3)
         open_after_kill = [sample.value for family in text_string_to_metric_families(response.text)
                            for sample in family.samples if sample.name == "lesson_relay_lessons_open"]
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0, "".join(output.text)
-        await output.finished()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        served.process.send_signal(signal.SIGTERM)
+        assert await served.exited(30) == 0, "".join(output.text)
     assert open_after_kill == [0.0]
     for samples in scrapes:
         assert samples[("lesson_relay_lessons_started_total", ())] == total
@@ -332,20 +260,11 @@ async def _resume_until_back(base: str, token: str, stack: contextlib.AsyncExitS
 async def test_a_page_resumes_its_lesson_whichever_worker_its_socket_lands_on(
     simulator: RealtimeSimulator, tmp_path: Path
 ) -> None:
-    port = _free_port()
-    env = os.environ | {
-        "WEB_CONCURRENCY": "2", "LESSON_STARTS_PER_MINUTE": "1000", "OPENAI_API_KEY": FAKE_KEY,
-        "OPENAI_REALTIME_URL": simulator.url, "PORT": str(port), "HOST": "127.0.0.1", "SHUTDOWN_GRACE_SECONDS": "5",
-        "LOG_FORMAT": "json", "LOG_LEVEL": "info", "DATABASE_URL": f"sqlite:///{tmp_path / 'lessons.db'}",
-    }
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    assert process.stdout is not None
-    output = ProcessOutput(process.stdout)
-    base = f"ws://127.0.0.1:{port}"
-    try:
-        await output.until(lambda lines: len([line for line in lines
-                                              if line.get("event") == "Application startup complete."]) == 2)
+    async with app_process(simulator.url, f"sqlite:///{tmp_path / 'lessons.db'}", WEB_CONCURRENCY="2",
+                           LESSON_STARTS_PER_MINUTE="1000") as served:
+        output = served.output
+        base = served.ws_url
+        await served.until_workers_started(2)
         async with contextlib.AsyncExitStack() as stack:
             page = await stack.enter_async_context(open_lesson(f"{base}/ws/lesson?name=Ana"))
             lesson = await page.until_type("lesson")
@@ -360,13 +279,8 @@ async def test_a_page_resumes_its_lesson_whichever_worker_its_socket_lands_on(
                 await page.until(lambda m: m["type"] == "status" and m["state"] == "listening")
             await page.send_json({"type": "end"})
             await page.until(lambda m: m["type"] == "status" and m["state"] == "ended")
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0, "".join(output.text)
-        await output.finished()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        served.process.send_signal(signal.SIGTERM)
+        assert await served.exited(30) == 0, "".join(output.text)
     moved = [line for line in output.of("lesson_handed_off") if line.get("why") == "moved"]
     # Every hand-over to another worker was taken over there; the lesson ended once, as the student ended it.
     assert len(output.of("lesson_taken_over")) == len(moved)

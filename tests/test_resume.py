@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from harness import AppServer, LessonClient, open_lesson, relay_settings, serve_app
+from harness import AppServer, LessonClient, app_process, open_lesson, relay_settings, serve_app
 from sqlalchemy import select
 from test_faults import (
     END_OF_TURN_FRAMES,
-    REPO_ROOT,
     SimulatorWith,
-    _free_port,
-    _until_ready,
     closed_with,
     logged,
     of_type,
@@ -53,11 +48,36 @@ async def until_status(page: LessonClient, state: str) -> dict[str, Any]:
     return await page.until(lambda m: m["type"] == "status" and m["state"] == state)
 
 
+async def lesson_heard(page: LessonClient) -> dict[str, Any]:
+    """The page's `lesson` frame, once it has heard the greeting (the microphone is open)."""
+    lesson = await page.until_type("lesson")
+    await page.hear_greeting()
+    return lesson
+
+
+async def a_lesson_whose_page_drops(relay: AppServer) -> dict[str, Any]:
+    """A lesson whose page hears the greeting, then loses its network (no close frame): its `lesson` frame."""
+    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+        lesson = await lesson_heard(page)
+        page.ws.transport.abort()
+    return lesson
+
+
 async def a_turn(page: LessonClient) -> dict[str, Any]:
     """The student says something and the tutor answers: the answer's `transcript.done`."""
     await speak(page, 30)
     await pause(page, END_OF_TURN_FRAMES)
     return await page.until_type("transcript.done", role="tutor")
+
+
+async def resumed_turn_and_end(back: LessonClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A page that resumed: its `lesson` frame, then a turn once it listens, then End; (`lesson`, the answer)."""
+    resumed = await back.until_type("lesson")
+    await until_status(back, "listening")
+    answer = await a_turn(back)
+    await back.send_json({"type": "end"})
+    await closed_with(back)
+    return resumed, answer
 
 
 def statuses(messages: Messages) -> list[str]:
@@ -73,8 +93,7 @@ async def test_a_page_dropped_mid_turn_comes_back_to_the_same_lesson_and_it_goes
 ) -> None:
     async with simulator_with(audio_pace=1.0) as simulator, relay_for(simulator, log_stream) as relay:
         async with open_lesson(relay.lesson_url(name="Ana")) as page:
-            lesson = await page.until_type("lesson")
-            await page.hear_greeting()
+            lesson = await lesson_heard(page)
             await speak(page, 30)
             await pause(page, END_OF_TURN_FRAMES)
             await page.until_type("audio.start")  # the tutor is answering, in real time
@@ -82,11 +101,7 @@ async def test_a_page_dropped_mid_turn_comes_back_to_the_same_lesson_and_it_goes
         upstream = await simulator.next_connection()
         await upstream.wait_for("response.cancel")  # nobody hears the tutor any more: cut at once
         async with open_lesson(resume_url(relay, lesson["resume_token"])) as back:
-            resumed = await back.until_type("lesson")
-            await until_status(back, "listening")
-            answer = await a_turn(back)
-            await back.send_json({"type": "end"})
-            await closed_with(back)
+            resumed, answer = await resumed_turn_and_end(back)
     assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
     assert answer["text"]
     assert len(simulator.connections) == 1  # one upstream session all along
@@ -120,10 +135,7 @@ async def test_a_page_away_for_5_seconds_comes_back_to_the_same_lesson(
     simulator_with: SimulatorWith, log_stream: io.StringIO
 ) -> None:
     async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
-        async with open_lesson(relay.lesson_url(name="Ana")) as page:
-            lesson = await page.until_type("lesson")
-            await page.hear_greeting()
-            page.ws.transport.abort()
+        lesson = await a_lesson_whose_page_drops(relay)
         await asyncio.sleep(5)  # the page is away this long: the absence under test, not a synchronisation
         async with open_lesson(resume_url(relay, lesson["resume_token"])) as back:
             resumed = await back.until_type("lesson")
@@ -141,8 +153,7 @@ async def test_a_reloaded_page_gets_the_transcript_so_far(
 ) -> None:
     async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
         async with open_lesson(relay.lesson_url(name="Ana")) as page:
-            lesson = await page.until_type("lesson")
-            await page.hear_greeting()
+            lesson = await lesson_heard(page)
             reply = await a_turn(page)
             student = next(m for m in page.messages if m["type"] == "transcript.done" and m["role"] == "student")
             before = [m for m in page.messages if m["type"] == "transcript.done"]
@@ -272,8 +283,7 @@ async def test_a_resume_that_may_succeed_later_is_refused_for_now_and_the_page_t
 ) -> None:
     async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
         async with open_lesson(relay.lesson_url(name="Ana")) as page:
-            lesson = await page.until_type("lesson")
-            await page.hear_greeting()
+            lesson = await lesson_heard(page)
             unknown = ResumeClaim(lesson_id="notyetknown1", name="Ana", level="A1", support=None, topic=None,
                                   expires_at=2_000_000_000)
             # Signed here, but its lesson is in no store yet: its first record may still be on its way.
@@ -296,10 +306,7 @@ async def test_two_resumes_at_once_leave_one_page_and_one_upstream_session(
     simulator_with: SimulatorWith, log_stream: io.StringIO
 ) -> None:
     async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
-        async with open_lesson(relay.lesson_url(name="Ana")) as page:
-            lesson = await page.until_type("lesson")
-            await page.hear_greeting()
-            page.ws.transport.abort()
+        lesson = await a_lesson_whose_page_drops(relay)
         url = resume_url(relay, lesson["resume_token"])
         async with connect(url, max_size=None) as one, connect(url, max_size=None) as two:
             pages = {asyncio.create_task(page.until_type("error")): page
@@ -328,47 +335,21 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
     simulator_with: SimulatorWith, log_stream: io.StringIO, tmp_path: Path
 ) -> None:
     database = f"sqlite:///{tmp_path / 'lessons.db'}"
-    port = _free_port()
     async with simulator_with(audio_pace=0) as simulator:
-        env = os.environ | {
-            "OPENAI_API_KEY": "sk-test-fake-key", "OPENAI_REALTIME_URL": simulator.url, "PORT": str(port),
-            "HOST": "127.0.0.1", "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
-            "DATABASE_URL": database,
-        }
-        old = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        output: list[str] = []
-
-        async def collect() -> None:
-            assert old.stdout is not None
-            async for line in old.stdout:
-                output.append(line.decode(errors="replace"))
-
-        collector = asyncio.create_task(collect())
-        try:
-            await _until_ready(f"http://127.0.0.1:{port}/healthz", old, output)
+        async with app_process(simulator.url, database) as old:
+            await old.until_ready()
             # The new instance starts while the old one serves (Railway's overlap), on the same store.
             async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as new:
-                async with open_lesson(f"ws://127.0.0.1:{port}/ws/lesson?name=Ana") as page:
-                    lesson = await page.until_type("lesson")
-                    await page.hear_greeting()
+                async with open_lesson(f"{old.ws_url}/ws/lesson?name=Ana") as page:
+                    lesson = await lesson_heard(page)
                     reply = await a_turn(page)
-                    old.send_signal(signal.SIGTERM)
+                    old.process.send_signal(signal.SIGTERM)
                     told = await until_status(page, "reconnecting")
                     close_code = await closed_with(page)
-                assert await asyncio.wait_for(old.wait(), 20) == 0, output
-                await collector
+                assert await old.exited(20) == 0, old.output.text
                 async with open_lesson(resume_url(new, lesson["resume_token"])) as back:
-                    resumed = await back.until_type("lesson")
-                    await until_status(back, "listening")
-                    answer = await a_turn(back)
-                    await back.send_json({"type": "end"})
-                    await closed_with(back)
+                    resumed, answer = await resumed_turn_and_end(back)
                 await new.app.state.records.flushed()
-        finally:
-            if old.returncode is None:
-                old.kill()
-                await old.wait()
         renewed = simulator.connections[-1]
     assert told["reason"] == "server_restarting"
     assert of_type(page.messages, "error") == []

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import AppServer, log_lines, open_lesson, relay_settings, serve_app
+from harness import REPO_ROOT, AppServer, free_port, log_lines, open_lesson, relay_settings, serve_app
 from websockets.asyncio.client import connect
 
 from app.links import make_lesson_token
@@ -46,7 +45,6 @@ SimulatorWith = Callable[..., RealtimeSimulator]
 SMALL_RECEIVE_BUFFER = 4096
 SMALL_SEND_BUFFER = 16_384
 LESSON_SECRET = "test-lesson-secret-not-real-0123456789"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MB = 1_000_000
 # Not JSON: each one is answered with an error frame, which the stuck page never reads.
 BAD_FRAME = b"not json " * 100
@@ -258,9 +256,7 @@ async def test_a_refused_page_that_floods_after_its_refusal_is_dropped(simulator
 @contextlib.asynccontextmanager
 async def relay_process(**environment: str) -> AsyncIterator[tuple[int, int]]:
     """`python -m app` in simulator mode as its own process on a free port, until the block ends: (port, pid)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = os.environ | {"PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "error", **environment}
     env.pop("OPENAI_API_KEY", None)
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,

@@ -35,6 +35,9 @@ from app.errors import UpstreamClosed, UpstreamRefused, UpstreamUnavailable
 # within 20 s and the connection is given up.
 PING_INTERVAL_S = 20.0
 PING_TIMEOUT_S = 20.0
+# A server that takes nothing of what is waiting to be sent for this long has stopped reading: the lesson
+# would hear nothing of the student meanwhile, so the session is given up (and the lesson opens another).
+SEND_TIMEOUT_S = 10.0
 # Unread server messages past which the socket stops being read (TCP then slows the server down).
 INBOX_HIGH_WATER = 64
 INBOX_LOW_WATER = 16
@@ -73,6 +76,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._pong: tuple[bytes, asyncio.Future[None]] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        # Why this side gave the connection up, when it did (a server that stopped answering or reading).
+        self.failure: str | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -184,10 +189,26 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
         return self.inbox.popleft()
 
-    async def until_writable(self) -> None:
-        """Return once the socket's send buffer has room again (at once when it has)."""
-        if self._writable is not None:
-            await self._writable
+    async def until_writable(self, timeout_s: float) -> None:
+        """Return once the socket's send buffer has room again (at once when it has); a server that takes
+        nothing for `timeout_s` is given up."""
+        writable = self._writable
+        if writable is None:
+            return
+        # Not cancelled on time-out: other senders may wait on the same future.
+        done, _ = await asyncio.wait((writable,), timeout=timeout_s)
+        if not done:
+            unsent = self.transport.get_write_buffer_size() if self.transport is not None else 0
+            self.give_up(f"the server read nothing for {timeout_s:g} s ({unsent} bytes unsent)")
+
+    def give_up(self, why: str) -> None:
+        """End the connection now, for `why` (what the reader's `UpstreamClosed` then says)."""
+        if self.failure is None:
+            self.failure = why
+        self.protocol.fail(CloseCode.INTERNAL_ERROR, why[:120])
+        self.flush()
+        if self.transport is not None:
+            self.transport.abort()
 
     def start_keepalive(self, interval_s: float, timeout_s: float) -> None:
         self._keepalive = asyncio.create_task(self._ping_every(interval_s, timeout_s))
@@ -207,18 +228,16 @@ class UpstreamConnection(asyncio.Protocol):
                     await pong[1]
             except TimeoutError:
                 # A server that does not answer is gone: the reader learns it as a close without a frame.
-                self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-                self.flush()
-                if self.transport is not None:
-                    self.transport.abort()
+                self.give_up(f"keepalive ping unanswered for {timeout_s:g} s")
                 return
 
 
 class RealtimeClient:
     """An open Realtime session: `messages()` yields server events as received; `send` serialised client events."""
 
-    def __init__(self, connection: UpstreamConnection) -> None:
+    def __init__(self, connection: UpstreamConnection, send_timeout_s: float = SEND_TIMEOUT_S) -> None:
         self._connection = connection
+        self._send_timeout_s = send_timeout_s
 
     @classmethod
     async def connect(
@@ -230,6 +249,7 @@ class RealtimeClient:
         open_timeout_s: float,
         ping_interval_s: float = PING_INTERVAL_S,
         ping_timeout_s: float = PING_TIMEOUT_S,
+        send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> RealtimeClient:
         """Open the session or raise `UpstreamRefused` (HTTP status) / `UpstreamUnavailable`."""
         try:
@@ -267,7 +287,7 @@ class RealtimeClient:
             raise UpstreamUnavailable(
                 f"upstream {_safe_origin(url)!r} unreachable: {type(exc).__name__}: {exc}") from exc
         connection.start_keepalive(ping_interval_s, ping_timeout_s)
-        return cls(connection)
+        return cls(connection, send_timeout_s)
 
     async def send(self, payload: bytes) -> None:
         """Send one client event, serialised as UTF-8 JSON; `UpstreamClosed` once the session is closing."""
@@ -276,7 +296,9 @@ class RealtimeClient:
             raise self._closed()
         connection.protocol.send_text(payload)
         connection.flush()
-        await connection.until_writable()
+        await connection.until_writable(self._send_timeout_s)
+        if connection.failure is not None:
+            raise self._closed()
 
     async def messages(self) -> AsyncIterator[bytes]:
         """Server messages (JSON, undecoded) until the session closes; an unexpected close raises `UpstreamClosed`."""
@@ -288,8 +310,12 @@ class RealtimeClient:
             raise self._closed()
 
     def _closed(self) -> UpstreamClosed:
-        received = self._connection.protocol.close_rcvd
-        code, reason = (received.code, received.reason) if received is not None else (None, "no close frame")
+        connection = self._connection
+        received = connection.protocol.close_rcvd
+        if received is not None:
+            code, reason = received.code, received.reason
+        else:
+            code, reason = None, connection.failure or "no close frame"
         return UpstreamClosed(f"upstream closed the session: code {code}, reason {reason!r}",
                               received_code=code, received_reason=reason)
 

@@ -138,8 +138,44 @@ async def test_a_quiet_upstream_is_pinged_and_given_up_when_no_pong_comes() -> N
                                               auth_scheme="bearer", open_timeout_s=5,
                                               ping_interval_s=0.05, ping_timeout_s=0.05)
         try:
-            with pytest.raises(UpstreamClosed):
+            with pytest.raises(UpstreamClosed) as closed:
                 await asyncio.wait_for(read_all(client), 5)
             assert pinged.is_set()
+            assert closed.value.received_reason == "keepalive ping unanswered for 0.05 s"
         finally:
             await client.close()
+
+
+class DeafServer(SilentServer):
+    """Accepts the WebSocket handshake, then reads nothing more: what the client sends piles up."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        assert self.transport is not None
+        self.transport.pause_reading()
+
+
+async def test_an_upstream_that_stops_reading_is_given_up_at_the_send_deadline_saying_why() -> None:
+    server = await asyncio.get_running_loop().create_server(lambda: DeafServer(asyncio.Event()), "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        client = await RealtimeClient.connect(url=f"ws://127.0.0.1:{port}/v1/realtime", api_key="sk-test",
+                                              auth_scheme="bearer", open_timeout_s=5, send_timeout_s=0.2,
+                                              ping_interval_s=3600)
+        append = b'{"type":"input_audio_buffer.append","audio":"' + b"A" * 1_000_000 + b'"}'
+
+        async def send_until_refused() -> None:
+            async with asyncio.timeout(10):  # the kernel's buffers take a few MB first
+                while True:
+                    await client.send(append)
+
+        try:
+            with pytest.raises(UpstreamClosed) as refused:
+                await send_until_refused()
+            with pytest.raises(UpstreamClosed) as closed:
+                await asyncio.wait_for(read_all(client), 5)
+        finally:
+            await client.close()
+    for given_up in (refused.value, closed.value):
+        assert given_up.received_code is None
+        assert given_up.received_reason.startswith("the server read nothing for 0.2 s (")

@@ -25,6 +25,7 @@ from bench.processes import (
     REPO_ROOT,
     ManagedProcess,
     start_app,
+    start_callback_relay,
     start_echo_upstream,
     start_tcp_proxy,
     start_uvicorn,
@@ -53,7 +54,8 @@ LESSON_PATH: Final = "/ws/lesson?name=Bench&level=A1"
 UPSTREAM_PATH: Final = "/v1/realtime?model=gpt-realtime-bench"
 # The proxy's knee lies beyond what the harness's one core can drive: searching it would measure the harness.
 SEARCHED_TARGETS: Final = frozenset(
-    {Target.RELAY, Target.RELAY_TWO_WORKERS, Target.UNRECORDED, Target.NAIVE, Target.NAIVE_PYDANTIC, Target.BEFORE}
+    {Target.RELAY, Target.RELAY_TWO_WORKERS, Target.UNRECORDED, Target.NAIVE, Target.NAIVE_PYDANTIC, Target.BEFORE,
+     Target.CALLBACK}
 )
 # Served as deployed, by `python -m <module>` with this WEB_CONCURRENCY: the uvicorn settings are the app's own.
 APP_SERVED: Final = {
@@ -94,8 +96,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         default="direct,proxy,relay,relay-2w,naive",
-        help="comma-separated: direct, proxy, relay, relay-2w, relay-unrecorded, naive, naive-pydantic, before "
-             "(default: direct, proxy, relay, relay-2w, naive)",
+        help="comma-separated: direct, proxy, relay, relay-2w, relay-unrecorded, naive, naive-pydantic, callback, "
+             "before (default: direct, proxy, relay, relay-2w, naive)",
     )
     parser.add_argument(
         "--before",
@@ -181,6 +183,8 @@ def target_endpoint(
     relay: ManagedProcess
     if target is Target.PROXY:
         relay = start_tcp_proxy(upstream.port)
+    elif target is Target.CALLBACK:
+        relay = start_callback_relay(upstream.port)
     elif target in APP_SERVED:
         module, workers = APP_SERVED[target]
         relay = start_app(target.value, module=module, workers=workers, **served)

@@ -143,6 +143,14 @@ def start_tcp_proxy(upstream_port: int) -> ManagedProcess:
     )
 
 
+def start_callback_relay(upstream_port: int) -> ManagedProcess:
+    """`python -m bench.callback_relay` in front of `upstream_port`, on a free port; returns once it listens."""
+    return _start_listener(
+        "callback relay",
+        [sys.executable, "-m", "bench.callback_relay", "--port", "0", "--upstream-port", str(upstream_port)],
+    )
+
+
 def start_uvicorn(
     name: str,
     app: str,

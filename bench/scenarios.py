@@ -36,6 +36,7 @@ class Target(StrEnum):
     NAIVE = "naive"  # bench.naive_relay:app, the baseline: what the public samples do
     NAIVE_PYDANTIC = "naive-pydantic"  # bench.naive_relay:validating_app, the baseline validating every message
     PROXY = "proxy"  # bench.tcp_proxy between direct students and the upstream: the cost of moving bytes
+    CALLBACK = "callback"  # bench.callback_relay: the audio path in the sockets' callbacks, a Python relay's floor
     BEFORE = "before"  # app.main:app served from another checkout (--before DIR): before/after a change
 
 

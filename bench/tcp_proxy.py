@@ -12,16 +12,10 @@ every connection to 127.0.0.1:N until SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import signal
-import sys
 from typing import cast
 
-import orjson
-
-from bench import run_on_uvloop
+from bench import listener_main
 
 
 class _Pipe(asyncio.Protocol):
@@ -93,23 +87,8 @@ async def open_proxy(upstream_port: int, port: int = 0) -> asyncio.Server:
     return await loop.create_server(accept, "127.0.0.1", port)
 
 
-async def serve(port: int, upstream_port: int) -> None:
-    server = await open_proxy(upstream_port, port)
-    sys.stdout.write(orjson.dumps({"port": server.sockets[0].getsockname()[1]}).decode() + "\n")
-    sys.stdout.flush()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with server:
-        await stop.wait()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.tcp_proxy", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--upstream-port", type=int, required=True)
-    arguments = parser.parse_args()
-    with contextlib.suppress(KeyboardInterrupt):
-        run_on_uvloop(serve(arguments.port, arguments.upstream_port))
+    listener_main("python -m bench.tcp_proxy", __doc__, open_proxy)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from websockets.asyncio.client import connect
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.__main__ import parse_arguments
+from bench.callback_relay import open_callback_relay
 from bench.candidates import Candidate
 from bench.costs import step_costs
 from bench.echo_upstream import GREETING_CHUNKS, GREETING_TRANSCRIPT, EchoSession, bound_port, serve_echo
@@ -34,7 +35,7 @@ from bench.naive_relay import app as naive_app
 from bench.naive_relay import validating_app as naive_validating_app
 from bench.report import targets_check
 from bench.scenarios import LoadReport, Target
-from bench.students import BrowserStudent, DirectStudent, LoadClock
+from bench.students import BrowserStudent, DirectStudent, LoadClock, StudentResult
 from bench.tcp_proxy import open_proxy
 
 GREETING_SEQUENCE = [
@@ -240,18 +241,34 @@ async def test_the_naive_relays_greet_browser_students_and_carry_every_frame(
         sock = bound_socket()
         server = uvicorn.Server(uvicorn.Config(naive, log_config=None, lifespan="off"))
         serving = asyncio.create_task(server.serve(sockets=[sock]))
-        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/ws/lesson?name=Bench&level=A1"
-        clock = LoadClock(drain_seconds=5.0)
-        students = [BrowserStudent(student_id, url, clock, compression="deflate") for student_id in range(3)]
-        runs = [asyncio.create_task(student.run()) for student in students]
-        await asyncio.wait_for(asyncio.gather(*(student.mic_open.wait() for student in students)), 10)
-        clock.stream_started.set()
-        await asyncio.sleep(0.2)  # the length of the stream, not a synchronisation: every echo is awaited
-        clock.stream_stopped.set()
-        results = await asyncio.gather(*runs)
+        port = sock.getsockname()[1]
+        results = await stream_browser_students(f"ws://127.0.0.1:{port}/ws/lesson?name=Bench&level=A1")
         server.should_exit = True
         await serving
         sock.close()
+    assert_every_frame_carried(results)
+
+
+async def test_the_callback_relay_greets_browser_students_and_carries_every_frame() -> None:
+    async with serve_echo() as upstream, await open_callback_relay(bound_port(upstream)) as relay:
+        port = relay.sockets[0].getsockname()[1]
+        results = await stream_browser_students(f"ws://127.0.0.1:{port}/ws/lesson?name=Bench&level=A1")
+    assert_every_frame_carried(results)
+
+
+async def stream_browser_students(url: str) -> list[StudentResult]:
+    """Three browser students greeted at `url`, then streaming for 0.2 s; their results once every echo came."""
+    clock = LoadClock(drain_seconds=5.0)
+    students = [BrowserStudent(student_id, url, clock, compression="deflate") for student_id in range(3)]
+    runs = [asyncio.create_task(student.run()) for student in students]
+    await asyncio.wait_for(asyncio.gather(*(student.mic_open.wait() for student in students)), 10)
+    clock.stream_started.set()
+    await asyncio.sleep(0.2)  # the length of the stream, not a synchronisation: every echo is awaited
+    clock.stream_stopped.set()
+    return list(await asyncio.gather(*runs))
+
+
+def assert_every_frame_carried(results: list[StudentResult]) -> None:
     for result in results:
         assert result.errors == []
         assert result.greeting_ms is not None

@@ -169,13 +169,16 @@ class LessonRegistry:
         places.on_replaced = self._replace
         places.on_handover = self._hand_over
         self.draining = asyncio.Event()
-        self._admitted: dict[str, AdmittedLesson] = {}  # lesson id → its place
+        self._open: set[AdmittedLesson] = set()
+        # Lesson id → its place, for the signals; a lesson taken over again here while its old place is still
+        # being let go has two places for a moment, and the newer one is told.
+        self._by_lesson: dict[str, AdmittedLesson] = {}
         self._all_closed = asyncio.Event()
         self._all_closed.set()
 
     @property
     def open_lessons(self) -> int:
-        return len(self._admitted)
+        return len(self._open)
 
     async def admit(self, start: Start, now: float) -> AdmittedLesson:
         """A lesson place for `start`, held until it is released, or `OverCapacity` (also while draining)."""
@@ -183,14 +186,17 @@ class LessonRegistry:
             raise OverCapacity("server is draining for shutdown",
                                student_message="The lesson server is restarting. Please try again in a moment.")
         await self.places.take(start, now)
-        admitted = self._admitted[start.lesson_id] = AdmittedLesson(self, start)
+        admitted = self._by_lesson[start.lesson_id] = AdmittedLesson(self, start)
+        self._open.add(admitted)
         self._all_closed.clear()
         return admitted
 
     def release(self, admitted: AdmittedLesson) -> None:
-        del self._admitted[admitted.start.lesson_id]
+        self._open.discard(admitted)
+        if self._by_lesson.get(admitted.start.lesson_id) is admitted:
+            del self._by_lesson[admitted.start.lesson_id]
         self.places.give_back(admitted.start)
-        if not self._admitted:
+        if not self._open:
             self._all_closed.set()
 
     async def request_handover(self, lesson_id: str) -> None:
@@ -198,17 +204,17 @@ class LessonRegistry:
         await self.places.request_handover(lesson_id)
 
     def _hand_over(self, lesson_id: str) -> None:
-        if (admitted := self._admitted.get(lesson_id)) is not None:
+        if (admitted := self._by_lesson.get(lesson_id)) is not None:
             admitted.tell(LessonSignal.MOVED)
 
     def _replace(self, lesson_id: str) -> None:
-        if (admitted := self._admitted.get(lesson_id)) is not None:
+        if (admitted := self._by_lesson.get(lesson_id)) is not None:
             admitted.tell(LessonSignal.REPLACED)
 
     async def drain(self, grace_s: float) -> bool:
         """Tell every open lesson to end, then wait up to `grace_s` for them; True if all ended."""
         self.draining.set()
-        for admitted in list(self._admitted.values()):
+        for admitted in list(self._open):
             admitted.tell(LessonSignal.SHUTDOWN)
         try:
             async with asyncio.timeout(grace_s):

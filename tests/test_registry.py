@@ -70,3 +70,17 @@ async def test_a_draining_registry_admits_nobody() -> None:
     assert await registry.drain(grace_s=1.0) is True
     with pytest.raises(OverCapacity, match="draining"):
         await registry.admit(Start("L1", "10.0.0.1"), now=0.0)
+
+
+async def test_a_lesson_admitted_again_before_its_old_place_is_let_go_keeps_both_apart() -> None:
+    registry, places = registry_of()
+    old = await registry.admit(Start("L1", "10.0.0.1"), now=0.0)
+    new = await registry.admit(Start("L1", "10.0.0.1"), now=1.0)  # taken over here while the old one closes
+    heard: list[LessonSignal] = []
+    new.listen(heard.append)
+    old.release()
+    assert (registry.open_lessons, places.taken) == (1, 1)
+    places.on_handover("L1")
+    assert heard == [LessonSignal.MOVED]
+    new.release()
+    assert (registry.open_lessons, places.taken) == (0, 0)

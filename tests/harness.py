@@ -167,6 +167,11 @@ def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
 
 
+def logged(stream: io.StringIO, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of `event` written to `stream` so far."""
+    return [line for line in log_lines(stream) if line.get("event") == event]
+
+
 # ---- python -m app as its own process ------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from harness import (
     AppServer,
     LessonClient,
     app_process,
-    log_lines,
+    logged,
     open_lesson,
     relay_settings,
     serve_app,
@@ -78,10 +78,6 @@ async def pause(page: LessonClient, frames: int) -> None:
 
 def of_type(events: Iterable[dict[str, Any]], event_type: str) -> Events:
     return [e for e in events if e.get("type") == event_type]
-
-
-def logged(stream: io.StringIO, event: str) -> Events:
-    return [line for line in log_lines(stream) if line.get("event") == event]
 
 
 def sent_audio_ms(upstream: SimulatedConnection, item_id: str) -> int:

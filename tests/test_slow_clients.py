@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import REPO_ROOT, AppServer, free_port, log_lines, open_lesson, relay_settings, serve_app
+from harness import REPO_ROOT, AppServer, free_port, log_lines, logged, open_lesson, relay_settings, serve_app
 from websockets.asyncio.client import connect
 
 from app.links import make_lesson_token
@@ -99,10 +99,6 @@ async def connections_finished(relay: AppServer) -> None:
     if tasks:
         await asyncio.wait(tasks)
     await relay.app.state.live_lessons.ended()
-
-
-def logged(stream: io.StringIO, event: str) -> list[dict[str, Any]]:
-    return [line for line in log_lines(stream) if line.get("event") == event]
 
 
 async def test_a_page_that_stops_reading_is_dropped_its_upstream_closed_and_its_place_given_to_the_next(

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import structlog
+from harness import logged
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.memory import load_memory, remembered_lessons, student_history
@@ -65,25 +63,12 @@ async def test_nobody_known_has_no_memory(sessions: async_sessionmaker[AsyncSess
     assert await remembered_lessons(sessions, LessonStudent()) == []
 
 
-@pytest.fixture
-def logged() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    structlog.configure(processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-                        logger_factory=structlog.PrintLoggerFactory(stream))
-    yield stream
-    structlog.reset_defaults()
-
-
-def events(stream: io.StringIO, event: str) -> list[dict[str, Any]]:
-    return [line for line in map(json.loads, stream.getvalue().splitlines()) if line["event"] == event]
-
-
 async def test_a_stored_feedback_that_is_no_longer_valid_is_skipped_and_logged(
-        sessions: async_sessionmaker[AsyncSession], logged: io.StringIO) -> None:
+        sessions: async_sessionmaker[AsyncSession], store_log: io.StringIO) -> None:
     student_id = await student_with_lessons(sessions, lessons=[feedback("dogs"), {"summary": "no other fields"}])
     remembered = await remembered_lessons(sessions, LessonStudent(student_id=student_id))
     assert [lesson.feedback.summary for lesson in remembered] == ["We talked about dogs."]
-    assert len(events(logged, "memory_feedback_skipped")) == 1
+    assert len(logged(store_log, "memory_feedback_skipped")) == 1
 
 
 class UnreachableStore:
@@ -107,9 +92,9 @@ class SilentStore:
 
 
 @pytest.mark.parametrize("store", [UnreachableStore(), SilentStore()], ids=["down", "silent"])
-async def test_a_store_that_is_down_or_silent_means_no_memory_and_says_so(store: Any, logged: io.StringIO) -> None:
+async def test_a_store_that_is_down_or_silent_means_no_memory_and_says_so(store: Any, store_log: io.StringIO) -> None:
     assert await load_memory(store, LessonStudent(student_id="s1"), timeout_s=0.2) == []
-    [line] = events(logged, "memory_unavailable")
+    [line] = logged(store_log, "memory_unavailable")
     assert line["error"].split(":")[0] in ("OSError", "TimeoutError")
 
 
@@ -123,7 +108,7 @@ async def test_a_personal_pages_history_is_the_last_cards_and_each_word_once(
     assert [word.word for word in history.words] == ["music", "school", "Dogs", "food"]
 
 
-async def test_a_silent_store_leaves_the_personal_page_without_history(logged: io.StringIO) -> None:
+async def test_a_silent_store_leaves_the_personal_page_without_history(store_log: io.StringIO) -> None:
     history = await student_history(SilentStore(), "s1", timeout_s=0.2)
     assert (history.lessons, history.words) == ([], [])
-    assert len(events(logged, "history_unavailable")) == 1
+    assert len(logged(store_log, "history_unavailable")) == 1

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import structlog
 from databases import CuttableProxy
+from harness import logged
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -37,19 +36,6 @@ def ended(lesson_id: str = "L1") -> LessonEnded:
     return LessonEnded(lesson_id=lesson_id, ended_at=at(90), end_reason="student_ended", duration_s=90.0,
                        audio_input_tokens=100, text_input_tokens=20, cached_tokens=5, audio_output_tokens=300,
                        text_output_tokens=40, estimated_cost_usd=0.0231)
-
-
-@pytest.fixture
-def logged() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    structlog.configure(processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-                        logger_factory=structlog.PrintLoggerFactory(stream))
-    yield stream
-    structlog.reset_defaults()
-
-
-def log_lines(stream: io.StringIO, event: str) -> list[dict[str, object]]:
-    return [line for line in map(json.loads, stream.getvalue().splitlines()) if line["event"] == event]
 
 
 @pytest.fixture
@@ -110,7 +96,7 @@ async def test_the_same_browser_is_the_same_student(writer: RecordWriter,
 
 
 async def test_a_record_the_database_refuses_is_dropped_alone(
-        writer: RecordWriter, sessions: async_sessionmaker[AsyncSession], logged: io.StringIO) -> None:
+        writer: RecordWriter, sessions: async_sessionmaker[AsyncSession], store_log: io.StringIO) -> None:
     writer.put(started("L1"))
     # A turn of a lesson that was never recorded: its foreign key fails.
     writer.put(TurnFinished(lesson_id="nope", seq=1, role="tutor", text="Hi", started_at=at(1), ended_at=at(2)))
@@ -120,17 +106,17 @@ async def test_a_record_the_database_refuses_is_dropped_alone(
         assert await session.scalar(select(func.count()).select_from(Turn)) == 1
         assert await session.get(Lesson, "L1") is not None
     assert (writer.written, writer.dropped) == (2, 1)
-    [line] = log_lines(logged, "records_dropped")
+    [line] = logged(store_log, "records_dropped")
     assert line["lesson_id"] == "nope"
     assert str(line["reason"]).startswith("refused by the database")
 
 
-async def test_a_full_queue_drops_counts_and_logs_without_blocking(engine: AsyncEngine, logged: io.StringIO) -> None:
+async def test_a_full_queue_drops_counts_and_logs_without_blocking(engine: AsyncEngine, store_log: io.StringIO) -> None:
     writer = RecordWriter(engine, capacity=2)  # not started: nothing leaves the queue
     for lesson_id in ("L1", "L2", "L3", "L4"):
         writer.put(started(lesson_id))
     assert (writer.queue.qsize(), writer.dropped) == (2, 2)
-    assert [line["dropped_total"] for line in log_lines(logged, "records_dropped")] == [1, 2]
+    assert [line["dropped_total"] for line in logged(store_log, "records_dropped")] == [1, 2]
 
 
 async def test_every_drop_reaches_the_metrics_by_its_cause(engine: AsyncEngine) -> None:
@@ -146,7 +132,7 @@ async def test_every_drop_reaches_the_metrics_by_its_cause(engine: AsyncEngine) 
 
 
 async def test_records_wait_out_an_outage_and_are_written_when_the_database_is_back(
-        postgres_behind_proxy: tuple[str, CuttableProxy], logged: io.StringIO) -> None:
+        postgres_behind_proxy: tuple[str, CuttableProxy], store_log: io.StringIO) -> None:
     """A server database can go away (a file database cannot): PostgreSQL behind a proxy we cut."""
     url, proxy = postgres_behind_proxy
     engine = create_engine(database_url(url))
@@ -165,14 +151,14 @@ async def test_records_wait_out_an_outage_and_are_written_when_the_database_is_b
             lesson = await session.get_one(Lesson, "L1")
         assert lesson.end_reason == "student_ended"
         assert (writer.written, writer.dropped) == (2, 0)
-        assert log_lines(logged, "records_write_retry")
+        assert logged(store_log, "records_write_retry")
     finally:
         await writer.stop(grace_s=5)
         await engine.dispose()
 
 
 async def test_past_the_bound_an_unreachable_database_s_records_are_dropped_counted_and_logged(
-        postgres_behind_proxy: tuple[str, CuttableProxy], logged: io.StringIO) -> None:
+        postgres_behind_proxy: tuple[str, CuttableProxy], store_log: io.StringIO) -> None:
     url, proxy = postgres_behind_proxy
     engine = create_engine(database_url(url))
     await migrate(engine)
@@ -185,7 +171,7 @@ async def test_past_the_bound_an_unreachable_database_s_records_are_dropped_coun
         writer.put(ended("L1"))
         await writer.flushed()
         assert (writer.written, writer.dropped) == (0, 2)
-        [line] = log_lines(logged, "records_dropped")
+        [line] = logged(store_log, "records_dropped")
         assert line["count"] == 2
         assert "database unavailable" in str(line["reason"])
     finally:

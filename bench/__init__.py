@@ -9,7 +9,7 @@ Measures; never asserts. Run it with ``python -m bench --help``; the numbers and
     echo_upstream.py  a GA Realtime server that greets, then echoes every appended chunk as an audio delta
     tcp_proxy.py      a byte forwarder: what moving a relay's messages costs when nothing else is done
     callback_relay.py a relay whose audio path runs in the sockets' callbacks: a Python relay's lower bound
-    processes.py      starting the echo upstream and relays as subprocesses; /proc CPU and memory sampling
+    processes.py      the echo upstream and relays as subprocesses, or the app in this process; /proc sampling
     scenarios.py      what one measurement is: ramp, idle, stream, drain; the step search; greeting latency
     report.py         the printed table and the JSON written to bench/results/
     costs.py          each step of a relayed frame timed alone (python -m bench.costs)

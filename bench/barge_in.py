@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import socket
 import statistics
 import struct
 import time
@@ -32,16 +31,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from app import protocol
 from app.actions import Action
 from app.logging import configure_logging
-from app.main import create_app, server_config
 from app.session import LessonSession
 from app.settings import Settings
 from app.simulator import RealtimeSimulator, SimulatorBehaviour
+from bench.processes import app_served_here
 
 FRAME_SAMPLES = 480  # 20 ms at 24 kHz
 SILENCE = bytes(2 * FRAME_SAMPLES)
@@ -142,17 +140,6 @@ def _truncate_of(item_id: str) -> Callable[[list[dict[str, Any]]], bool]:
     return received
 
 
-async def _served(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
-    app = create_app(settings, log_stream=io.StringIO())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    server = uvicorn.Server(server_config(app, settings, lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    # The socket already listens: a client may connect at once, the kernel queues it until uvicorn accepts.
-    return server, task, sock.getsockname()[1]
-
-
 async def run(cycles: int, report_ms: int, audio_pace: float) -> list[BargeIn]:
     speech_started_at: list[float] = []
     handle_upstream = LessonSession.handle_upstream
@@ -173,9 +160,9 @@ async def run(cycles: int, report_ms: int, audio_pace: float) -> list[BargeIn]:
             log_format="json",
             lesson_starts_per_minute=1000,
         )
-        server, serving, port = await _served(settings)
         try:
-            async with connect(f"ws://127.0.0.1:{port}/ws/lesson?name=Ana", max_size=None) as ws:
+            async with app_served_here(settings) as port, \
+                    connect(f"ws://127.0.0.1:{port}/ws/lesson?name=Ana", max_size=None) as ws:
                 page = _Page(ws)
                 reader = asyncio.create_task(page.read())
                 reporter = asyncio.create_task(page.report_playback(report_ms / 1000))
@@ -211,8 +198,6 @@ async def run(cycles: int, report_ms: int, audio_pace: float) -> list[BargeIn]:
                 await reader
         finally:
             LessonSession.handle_upstream = handle_upstream  # type: ignore[method-assign]
-            server.should_exit = True
-            await serving
     return results
 
 

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import math
-import socket
 import statistics
 import time
 from collections.abc import Sequence
@@ -32,13 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.main import create_app, server_config
 from app.settings import Settings
 from app.simulator import RealtimeSimulator, SimulatorBehaviour
+from bench.processes import app_served_here
 
 FRAME_SAMPLES = 480  # 20 ms at 24 kHz
 LOUD = b"".join(int(12_000 * math.sin(2 * math.pi * 300 * n / 24_000)).to_bytes(2, "little", signed=True)
@@ -102,22 +99,11 @@ async def run(lessons: int, turns: int, audio_pace: float) -> list[Ending]:
     async with RealtimeSimulator(SimulatorBehaviour(audio_pace=audio_pace)) as simulator:
         settings = Settings(openai_api_key="sk-bench-fake-key", openai_realtime_url=simulator.url,
                             log_level="warning", lesson_starts_per_minute=10_000)
-        app = create_app(settings, log_stream=io.StringIO())
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        server = uvicorn.Server(server_config(app, settings, lifespan="on"))
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        port = sock.getsockname()[1]
-        try:
+        async with app_served_here(settings) as port:
             results = []
             for index in range(lessons):
                 query = urlencode({"name": "Ana", "level": "A2", "student_key": f"bench-student-{index:08d}"})
                 results.append(await _lesson(f"ws://127.0.0.1:{port}/ws/lesson?{query}", turns))
-        finally:
-            server.should_exit = True
-            await serving
-            sock.close()
     return results
 
 

@@ -1,4 +1,5 @@
-"""The processes under measurement: the echo upstream and the relays, each in its own process.
+"""The processes under measurement: the echo upstream and the relays, each in its own process; and the app
+served in the bench's own process, for the benches that drive it over the Realtime simulator.
 
 The load generator runs in the bench's own process, so what a relay costs is read from the relay's own
 ``/proc/<pid>`` (CPU ticks, resident memory), untouched by the students' or the upstream's work.
@@ -8,17 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
 import orjson
+import uvicorn
+
+from app.main import create_app, server_config
+from app.settings import Settings
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 CLOCK_TICKS_PER_SECOND: Final = os.sysconf("SC_CLK_TCK")
@@ -244,6 +250,24 @@ def running(managed: ManagedProcess) -> Iterator[ManagedProcess]:
         yield managed
     finally:
         managed.stop()
+
+
+@contextlib.asynccontextmanager
+async def app_served_here(settings: Settings) -> AsyncIterator[int]:
+    """The app served by uvicorn in this process on a loopback port of its own, its logs discarded: the port."""
+    app = create_app(settings, log_stream=io.StringIO())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    server = uvicorn.Server(server_config(app, settings, lifespan="on"))
+    # The socket already listens: a client may connect at once, the kernel queues it until uvicorn accepts.
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
 
 
 async def sleep_sampling(probe: ProcessProbe | None, seconds: float, every: float = 0.5) -> list[ProcessSample]:

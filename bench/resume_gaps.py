@@ -22,20 +22,18 @@ import argparse
 import asyncio
 import io
 import json
-import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.logging import configure_logging
-from app.main import create_app, server_config
 from app.settings import Settings
 from app.simulator import RealtimeSimulator, SimulatedConnection, SimulatorBehaviour
+from bench.processes import app_served_here
 
 
 async def _until(ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
@@ -58,6 +56,16 @@ async def _greeted(ws: ClientConnection) -> dict[str, Any]:
     return lesson
 
 
+async def _listening_again(ws: ClientConnection, began: float, first: Callable[[dict[str, Any]], bool]) -> float:
+    """Seconds from `began` until the page has `first`, then `status` `listening`; the lesson is then ended."""
+    await _until(ws, first)
+    await _until(ws, _status("listening"))
+    gap = time.monotonic() - began
+    await ws.send(json.dumps({"type": "end"}))
+    await _until(ws, _status("ended"))
+    return gap
+
+
 async def _upstream_gap(base: str, simulator: RealtimeSimulator,
                         end: Callable[[SimulatedConnection], Awaitable[None]]) -> float:
     async with connect(f"{base}/ws/lesson?name=Ana", max_size=None) as ws:
@@ -65,12 +73,7 @@ async def _upstream_gap(base: str, simulator: RealtimeSimulator,
         upstream = simulator.connections[-1]
         began = time.monotonic()
         await end(upstream)
-        await _until(ws, _status("reconnecting"))
-        await _until(ws, _status("listening"))
-        gap = time.monotonic() - began
-        await ws.send(json.dumps({"type": "end"}))
-        await _until(ws, _status("ended"))
-    return gap
+        return await _listening_again(ws, began, _status("reconnecting"))
 
 
 async def _page_gap(base: str) -> float:
@@ -79,12 +82,7 @@ async def _page_gap(base: str) -> float:
         began = time.monotonic()
         ws.transport.abort()
     async with connect(f"{base}/ws/lesson?{urlencode({'resume': lesson['resume_token']})}", max_size=None) as back:
-        await _until(back, lambda m: m["type"] == "lesson" and m["resumed"])
-        await _until(back, _status("listening"))
-        gap = time.monotonic() - began
-        await back.send(json.dumps({"type": "end"}))
-        await _until(back, _status("ended"))
-    return gap
+        return await _listening_again(back, began, lambda m: m["type"] == "lesson" and m["resumed"])
 
 
 async def _drop(connection: SimulatedConnection) -> None:
@@ -98,23 +96,13 @@ async def run(runs: int, audio_pace: float) -> dict[str, list[float]]:
     async with RealtimeSimulator(SimulatorBehaviour(audio_pace=audio_pace), keep_history=False) as simulator:
         settings = Settings(openai_api_key="sk-bench-fake-key", openai_realtime_url=simulator.url,
                             log_level="warning", log_format="json", lesson_starts_per_minute=10_000)
-        app = create_app(settings, log_stream=io.StringIO())
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        server = uvicorn.Server(server_config(app, settings, lifespan="on"))
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        base = f"ws://127.0.0.1:{sock.getsockname()[1]}"
-        try:
+        async with app_served_here(settings) as port:
+            base = f"ws://127.0.0.1:{port}"
             for _ in range(runs):
                 gaps["upstream drop → listening"].append(await _upstream_gap(base, simulator, _drop))
                 gaps["upstream expiry → listening"].append(
                     await _upstream_gap(base, simulator, lambda connection: connection.expire()))
                 gaps["page drop → resumed, listening"].append(await _page_gap(base))
-        finally:
-            server.should_exit = True
-            await serving
-            sock.close()
     return gaps
 
 

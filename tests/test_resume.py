@@ -10,6 +10,7 @@ import asyncio
 import io
 import signal
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -32,10 +33,18 @@ from websockets.asyncio.client import connect
 
 from app.main import drain_lessons
 from app.resume import ResumeClaim, make_resume_token
+from app.simulator import RealtimeSimulator, SimulatorBehaviour
 from app.store.database import create_engine, database_url, session_factory
 from app.store.models import Lesson, LessonEvent, Turn
 
 Messages = list[dict[str, Any]]
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[RealtimeSimulator]:
+    """The `relay` fixture's simulator, here sending audio at once: these tests wait on frames, not on the pace."""
+    async with RealtimeSimulator(SimulatorBehaviour(audio_pace=0)) as sim:
+        yield sim
 
 
 def resume_url(server: AppServer | str, token: str, *, replay: bool = False) -> str:
@@ -132,15 +141,14 @@ async def test_a_page_dropped_mid_greeting_hears_the_greeting_when_it_is_back(
 
 
 async def test_a_page_away_for_5_seconds_comes_back_to_the_same_lesson(
-    simulator_with: SimulatorWith, log_stream: io.StringIO
+    simulator: RealtimeSimulator, relay: AppServer, log_stream: io.StringIO
 ) -> None:
-    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
-        lesson = await a_lesson_whose_page_drops(relay)
-        await asyncio.sleep(5)  # the page is away this long: the absence under test, not a synchronisation
-        async with open_lesson(resume_url(relay, lesson["resume_token"])) as back:
-            resumed = await back.until_type("lesson")
-            await until_status(back, "listening")
-            answer = await a_turn(back)
+    lesson = await a_lesson_whose_page_drops(relay)
+    await asyncio.sleep(5)  # the page is away this long: the absence under test, not a synchronisation
+    async with open_lesson(resume_url(relay, lesson["resume_token"])) as back:
+        resumed = await back.until_type("lesson")
+        await until_status(back, "listening")
+        answer = await a_turn(back)
     assert resumed["lesson_id"] == lesson["lesson_id"]
     assert answer["text"]
     assert len(simulator.connections) == 1
@@ -148,18 +156,15 @@ async def test_a_page_away_for_5_seconds_comes_back_to_the_same_lesson(
     assert back_line["away_s"] >= 5
 
 
-async def test_a_reloaded_page_gets_the_transcript_so_far(
-    simulator_with: SimulatorWith, log_stream: io.StringIO
-) -> None:
-    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
-        async with open_lesson(relay.lesson_url(name="Ana")) as page:
-            lesson = await lesson_heard(page)
-            reply = await a_turn(page)
-            student = next(m for m in page.messages if m["type"] == "transcript.done" and m["role"] == "student")
-            before = [m for m in page.messages if m["type"] == "transcript.done"]
-            await page.ws.close(1001)  # a reload: the browser closes the socket going away
-        async with open_lesson(resume_url(relay, lesson["resume_token"], replay=True)) as reloaded:
-            await until_status(reloaded, "listening")
+async def test_a_reloaded_page_gets_the_transcript_so_far(relay: AppServer) -> None:
+    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+        lesson = await lesson_heard(page)
+        reply = await a_turn(page)
+        student = next(m for m in page.messages if m["type"] == "transcript.done" and m["role"] == "student")
+        before = [m for m in page.messages if m["type"] == "transcript.done"]
+        await page.ws.close(1001)  # a reload: the browser closes the socket going away
+    async with open_lesson(resume_url(relay, lesson["resume_token"], replay=True)) as reloaded:
+        await until_status(reloaded, "listening")
     replayed = of_type(reloaded.messages, "transcript.done")
     assert [(m["role"], m["text"]) for m in replayed] == [(m["role"], m["text"]) for m in before]
     assert [m["role"] for m in replayed] == ["tutor", "student", "tutor"]
@@ -247,26 +252,25 @@ async def refused(url: str) -> tuple[dict[str, Any], int | None, Messages]:
 
 
 async def test_tampered_foreign_expired_and_ended_tokens_are_refused_in_plain_words(
-    simulator_with: SimulatorWith, log_stream: io.StringIO
+    simulator: RealtimeSimulator, relay: AppServer, log_stream: io.StringIO
 ) -> None:
-    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
-        async with open_lesson(relay.lesson_url(name="Ana")) as page:
-            lesson = await page.until_type("lesson")
-            await page.until_type("audio.start")
-            await page.send_json({"type": "end"})
-            await closed_with(page)
-        await relay.app.state.records.flushed()
-        token = lesson["resume_token"]
-        secret = relay.app.state.link_secret
-        claim = ResumeClaim(lesson_id=lesson["lesson_id"], name="Ana", level="A1", support=None, topic=None,
-                            expires_at=1)
-        cases = {
-            "tampered": resume_url(relay, token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")),
-            "foreign": resume_url(relay, make_resume_token("another-servers-secret-0123456789abcdef", claim)),
-            "expired": resume_url(relay, make_resume_token(secret, claim)),
-            "ended": resume_url(relay, token),
-        }
-        answers = {case: await refused(url) for case, url in cases.items()}
+    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+        lesson = await page.until_type("lesson")
+        await page.until_type("audio.start")
+        await page.send_json({"type": "end"})
+        await closed_with(page)
+    await relay.app.state.records.flushed()
+    token = lesson["resume_token"]
+    secret = relay.app.state.link_secret
+    claim = ResumeClaim(lesson_id=lesson["lesson_id"], name="Ana", level="A1", support=None, topic=None,
+                        expires_at=1)
+    cases = {
+        "tampered": resume_url(relay, token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")),
+        "foreign": resume_url(relay, make_resume_token("another-servers-secret-0123456789abcdef", claim)),
+        "expired": resume_url(relay, make_resume_token(secret, claim)),
+        "ended": resume_url(relay, token),
+    }
+    answers = {case: await refused(url) for case, url in cases.items()}
     codes = {case: (error["code"], error["fatal"], code) for case, (error, code, _) in answers.items()}
     assert codes == {"tampered": ("resume_invalid", True, 1008), "foreign": ("resume_invalid", True, 1008),
                      "expired": ("resume_expired", True, 1008), "ended": ("lesson_ended", True, 1008)}
@@ -279,22 +283,21 @@ async def test_tampered_foreign_expired_and_ended_tokens_are_refused_in_plain_wo
 
 
 async def test_a_resume_that_may_succeed_later_is_refused_for_now_and_the_page_tries_again(
-    simulator_with: SimulatorWith, log_stream: io.StringIO
+    simulator: RealtimeSimulator, relay: AppServer
 ) -> None:
-    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
-        async with open_lesson(relay.lesson_url(name="Ana")) as page:
-            lesson = await lesson_heard(page)
-            unknown = ResumeClaim(lesson_id="notyetknown1", name="Ana", level="A1", support=None, topic=None,
-                                  expires_at=2_000_000_000)
-            # Signed here, but its lesson is in no store yet: its first record may still be on its way.
-            not_yet, not_yet_code, not_yet_messages = await refused(
-                resume_url(relay, make_resume_token(relay.app.state.link_secret, unknown)))
-            drain = asyncio.create_task(drain_lessons(relay.app, 5))
-            await until_status(page, "reconnecting")
-            await closed_with(page)
-        # This instance is restarting: the page is to find the one that answers next.
-        draining, draining_code, draining_messages = await refused(resume_url(relay, lesson["resume_token"]))
-        await drain
+    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+        lesson = await lesson_heard(page)
+        unknown = ResumeClaim(lesson_id="notyetknown1", name="Ana", level="A1", support=None, topic=None,
+                              expires_at=2_000_000_000)
+        # Signed here, but its lesson is in no store yet: its first record may still be on its way.
+        not_yet, not_yet_code, not_yet_messages = await refused(
+            resume_url(relay, make_resume_token(relay.app.state.link_secret, unknown)))
+        drain = asyncio.create_task(drain_lessons(relay.app, 5))
+        await until_status(page, "reconnecting")
+        await closed_with(page)
+    # This instance is restarting: the page is to find the one that answers next.
+    draining, draining_code, draining_messages = await refused(resume_url(relay, lesson["resume_token"]))
+    await drain
     for error, code, messages in ((not_yet, not_yet_code, not_yet_messages),
                                   (draining, draining_code, draining_messages)):
         assert (error["code"], error["fatal"], code) == ("resume_not_yet", False, 1013)
@@ -303,22 +306,21 @@ async def test_a_resume_that_may_succeed_later_is_refused_for_now_and_the_page_t
 
 
 async def test_two_resumes_at_once_leave_one_page_and_one_upstream_session(
-    simulator_with: SimulatorWith, log_stream: io.StringIO
+    simulator: RealtimeSimulator, relay: AppServer
 ) -> None:
-    async with simulator_with(audio_pace=0) as simulator, relay_for(simulator, log_stream) as relay:
-        lesson = await a_lesson_whose_page_drops(relay)
-        url = resume_url(relay, lesson["resume_token"])
-        async with connect(url, max_size=None) as one, connect(url, max_size=None) as two:
-            pages = {asyncio.create_task(page.until_type("error")): page
-                     for page in (LessonClient(one), LessonClient(two))}
-            done, pending = await asyncio.wait(pages, return_when=asyncio.FIRST_COMPLETED)
-            for waiting in pending:
-                waiting.cancel()  # cancelling recv() loses no frame
-            [replaced] = done
-            error, let_go = replaced.result(), pages[replaced]
-            [kept] = [pages[waiting] for waiting in pending]
-            answer = await a_turn(kept)
-            await let_go.drain_until_closed()
+    lesson = await a_lesson_whose_page_drops(relay)
+    url = resume_url(relay, lesson["resume_token"])
+    async with connect(url, max_size=None) as one, connect(url, max_size=None) as two:
+        pages = {asyncio.create_task(page.until_type("error")): page
+                 for page in (LessonClient(one), LessonClient(two))}
+        done, pending = await asyncio.wait(pages, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in pending:
+            waiting.cancel()  # cancelling recv() loses no frame
+        [replaced] = done
+        error, let_go = replaced.result(), pages[replaced]
+        [kept] = [pages[waiting] for waiting in pending]
+        answer = await a_turn(kept)
+        await let_go.drain_until_closed()
     assert (error["code"], error["fatal"]) == ("lesson_resumed_elsewhere", True)
     assert plain_words(error["message"])
     assert let_go.ws.close_code == 4001

@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import io
 import json
+import math
 import os
 import socket
+import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from app.main import create_app, server_config
 from app.pacing import REAL_TIME_BYTES_PER_S
 from app.settings import Settings
+from app.simulator import RealtimeSimulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_KEY = "sk-test-fake-key-not-real"
@@ -87,6 +90,17 @@ def relay_settings(upstream_url: str, **overrides: Any) -> Settings:
         "log_level": "debug", "upstream_timeout_seconds": 5, "lesson_starts_per_minute": 1000,
     }
     return Settings(**(values | overrides))
+
+
+SimulatorWith = Callable[..., RealtimeSimulator]
+
+
+@asynccontextmanager
+async def relay_for(
+    simulator: RealtimeSimulator, log_stream: io.StringIO, **overrides: Any
+) -> AsyncIterator[AppServer]:
+    async with serve_app(relay_settings(simulator.url, **overrides), log_stream) as server:
+        yield server
 
 
 @dataclass
@@ -170,6 +184,53 @@ def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
 def logged(stream: io.StringIO, event: str) -> list[dict[str, Any]]:
     """The JSON log lines of `event` written to `stream` so far."""
     return [line for line in log_lines(stream) if line.get("event") == event]
+
+
+# ---- what the page's microphone sends, and what the page is told ---------------------------------------
+
+
+FRAME_MS = 20
+FRAME_SAMPLES = 24 * FRAME_MS
+
+
+def tone_frame(frequency_hz: float = 300.0, amplitude: int = 20_000, frame_index: int = 0) -> bytes:
+    """20 ms of a loud 300 Hz sine, PCM16 LE 24 kHz: speech to the simulator's energy VAD."""
+    start = frame_index * FRAME_SAMPLES
+    samples = (round(amplitude * math.sin(2 * math.pi * frequency_hz * (start + n) / 24_000))
+               for n in range(FRAME_SAMPLES))
+    return struct.pack(f"<{FRAME_SAMPLES}h", *samples)
+
+
+LOUD = [tone_frame(frame_index=i) for i in range(50)]
+SILENCE = bytes(2 * FRAME_SAMPLES)
+# The relay asks for server VAD with 700 ms of silence to end a turn; 1 s of it always does.
+END_OF_TURN_FRAMES = 50
+
+
+async def speak(page: LessonClient, frames: int) -> None:
+    """Send `frames` frames of 20 ms of loud tone from the page's microphone, at the pace it is spoken."""
+    for i in range(frames):
+        await page.send_audio(LOUD[i % len(LOUD)])
+
+
+async def pause(page: LessonClient, frames: int) -> None:
+    for _ in range(frames):
+        await page.send_audio(SILENCE)
+
+
+def of_type(events: Iterable[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("type") == event_type]
+
+
+async def closed_with(page: LessonClient) -> int | None:
+    """Read what is left until the relay closes the page's socket; the close code it used."""
+    await page.drain_until_closed()
+    return page.ws.close_code
+
+
+def plain_words(message: str) -> bool:
+    """A sentence a student can read: words, no snake_case codes, no exception text."""
+    return len(message.split()) >= 5 and "_" not in message and "Error" not in message
 
 
 # ---- python -m app as its own process ------------------------------------------------------------------

@@ -8,17 +8,18 @@ from __future__ import annotations
 import io
 
 import pytest
-from harness import open_lesson, tutor_events
-from test_faults import (
+from harness import (
     END_OF_TURN_FRAMES,
     SimulatorWith,
     closed_with,
     logged,
     of_type,
+    open_lesson,
     pause,
     plain_words,
     relay_for,
     speak,
+    tutor_events,
 )
 
 from app.simulator.behaviour import ResponseFault, SimulatorBehaviour

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import gc
 import io
-import math
 import signal
 import socket
-import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +24,23 @@ from typing import Any
 import httpx
 import pytest
 from harness import (
+    END_OF_TURN_FRAMES,
+    LOUD,
+    SILENCE,
     AppServer,
     LessonClient,
+    SimulatorWith,
     app_process,
+    closed_with,
     logged,
+    of_type,
     open_lesson,
+    pause,
+    plain_words,
+    relay_for,
     relay_settings,
     serve_app,
+    speak,
     tutor_events,
 )
 from websockets.asyncio.client import connect
@@ -42,67 +49,14 @@ from app import simulator as simulator_module
 from app.main import drain_lessons
 from app.relay import Relay
 from app.session import LessonSession
-from app.simulator import ClientEventError, RealtimeSimulator, SimulatedConnection
+from app.simulator import ClientEventError, SimulatedConnection
 
 Events = list[dict[str, Any]]
-SimulatorWith = Callable[..., RealtimeSimulator]
-
-FRAME_MS = 20
-FRAME_SAMPLES = 24 * FRAME_MS
-
-
-def tone_frame(frequency_hz: float = 300.0, amplitude: int = 20_000, frame_index: int = 0) -> bytes:
-    """20 ms of a loud 300 Hz sine, PCM16 LE 24 kHz: speech to the simulator's energy VAD."""
-    start = frame_index * FRAME_SAMPLES
-    samples = (round(amplitude * math.sin(2 * math.pi * frequency_hz * (start + n) / 24_000))
-               for n in range(FRAME_SAMPLES))
-    return struct.pack(f"<{FRAME_SAMPLES}h", *samples)
-
-
-LOUD = [tone_frame(frame_index=i) for i in range(50)]
-SILENCE = bytes(2 * FRAME_SAMPLES)
-# The relay asks for server VAD with 700 ms of silence to end a turn; 1 s of it always does.
-END_OF_TURN_FRAMES = 50
-
-
-async def speak(page: LessonClient, frames: int) -> None:
-    """Send `frames` frames of 20 ms of loud tone from the page's microphone, at the pace it is spoken."""
-    for i in range(frames):
-        await page.send_audio(LOUD[i % len(LOUD)])
-
-
-async def pause(page: LessonClient, frames: int) -> None:
-    for _ in range(frames):
-        await page.send_audio(SILENCE)
-
-
-def of_type(events: Iterable[dict[str, Any]], event_type: str) -> Events:
-    return [e for e in events if e.get("type") == event_type]
-
 
 def sent_audio_ms(upstream: SimulatedConnection, item_id: str) -> int:
     """How much audio of `item_id` the simulator sent, in ms (what the API would accept a truncate up to)."""
     deltas = [e for e in of_type(upstream.sent, "response.output_audio.delta") if e["item_id"] == item_id]
     return sum(len(base64.b64decode(e["delta"])) for e in deltas) // 48
-
-
-async def closed_with(page: LessonClient) -> int | None:
-    """Read what is left until the relay closes the page's socket; the close code it used."""
-    await page.drain_until_closed()
-    return page.ws.close_code
-
-
-def plain_words(message: str) -> bool:
-    """A sentence a student can read: words, no snake_case codes, no exception text."""
-    return len(message.split()) >= 5 and "_" not in message and "Error" not in message
-
-
-@contextlib.asynccontextmanager
-async def relay_for(
-    simulator: RealtimeSimulator, log_stream: io.StringIO, **overrides: Any
-) -> AsyncIterator[AppServer]:
-    async with serve_app(relay_settings(simulator.url, **overrides), log_stream) as server:
-        yield server
 
 
 @dataclass

@@ -4,16 +4,24 @@ it reaches the page before `status` `ended` and the store keeps it; without it t
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from typing import Any
 
-from harness import AppServer, LessonClient, log_lines, open_lesson, relay_settings, serve_app
-from test_faults import END_OF_TURN_FRAMES, of_type, pause, speak
+from harness import (
+    END_OF_TURN_FRAMES,
+    AppServer,
+    LessonClient,
+    SimulatorWith,
+    log_lines,
+    of_type,
+    open_lesson,
+    pause,
+    relay_settings,
+    serve_app,
+    speak,
+)
 from test_records_integration import stored
 
 from app.simulator import RealtimeSimulator
-
-SimulatorWith = Callable[..., RealtimeSimulator]
 
 
 async def converse(page: LessonClient) -> None:

@@ -4,14 +4,12 @@ that goes away mid-lesson does not disturb the lesson."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from typing import Any
 
 from databases import CuttableProxy
-from harness import AppServer, open_lesson, relay_settings, serve_app
+from harness import END_OF_TURN_FRAMES, AppServer, SimulatorWith, open_lesson, pause, relay_settings, serve_app, speak
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from test_faults import END_OF_TURN_FRAMES, pause, speak
 
 from app.main import create_app
 from app.records import DiscardRecords
@@ -19,8 +17,6 @@ from app.simulator import RealtimeSimulator
 from app.store.database import create_engine, database_url, session_factory
 from app.store.models import Lesson, LessonEvent, Turn
 from app.store.writer import RecordWriter
-
-SimulatorWith = Callable[..., RealtimeSimulator]
 
 
 async def stored(server: AppServer) -> tuple[Lesson, list[Turn], list[LessonEvent]]:

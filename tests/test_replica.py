@@ -22,9 +22,8 @@ import httpx
 import orjson
 import pytest
 import structlog
-from harness import LessonClient, ProcessOutput, app_process, open_lesson
+from harness import LessonClient, ProcessOutput, app_process, closed_with, open_lesson, plain_words
 from prometheus_client.parser import text_string_to_metric_families
-from test_faults import closed_with, plain_words
 
 from app.admission import LocalPlaces, Start
 from app.errors import OverCapacity

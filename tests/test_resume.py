@@ -16,19 +16,24 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from harness import AppServer, LessonClient, app_process, open_lesson, relay_settings, serve_app
-from sqlalchemy import select
-from test_faults import (
+from harness import (
     END_OF_TURN_FRAMES,
+    AppServer,
+    LessonClient,
     SimulatorWith,
+    app_process,
     closed_with,
     logged,
     of_type,
+    open_lesson,
     pause,
     plain_words,
     relay_for,
+    relay_settings,
+    serve_app,
     speak,
 )
+from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from app.main import drain_lessons

@@ -9,16 +9,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from harness import AppServer, bound_socket, log_lines, open_lesson, relay_settings, serve_app, tutor_events
+from harness import AppServer, bound_socket, log_lines, of_type, open_lesson, relay_settings, serve_app, tutor_events
 from sdk_oracle import assert_valid_client_event
 
 from app.simulator import RealtimeSimulator
-
-Events = list[dict[str, Any]]
-
-
-def of_type(events: Events, event_type: str) -> Events:
-    return [e for e in events if e["type"] == event_type]
 
 
 async def test_the_tutor_greets_the_student_by_name_with_audio_and_transcript(

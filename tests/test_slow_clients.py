@@ -17,13 +17,23 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from harness import REPO_ROOT, AppServer, free_port, log_lines, logged, open_lesson, relay_settings, serve_app
+from harness import (
+    REPO_ROOT,
+    AppServer,
+    SimulatorWith,
+    free_port,
+    log_lines,
+    logged,
+    open_lesson,
+    relay_settings,
+    serve_app,
+)
 from websockets.asyncio.client import connect
 
 from app.links import make_lesson_token
@@ -41,7 +51,6 @@ from bench.raw_client import (
     server_frames,
 )
 
-SimulatorWith = Callable[..., RealtimeSimulator]
 SMALL_RECEIVE_BUFFER = 4096
 SMALL_SEND_BUFFER = 16_384
 LESSON_SECRET = "test-lesson-secret-not-real-0123456789"

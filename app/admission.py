@@ -132,14 +132,13 @@ class AdmittedLesson:
     that came before it listened are told then. A callback, not an `asyncio.Event` and a task waiting on it
     per signal: a lesson holds one small object instead of some 4 KiB."""
 
-    __slots__ = ("_listener", "_pending", "_registry", "_released", "start")
+    __slots__ = ("_listener", "_pending", "_registry", "start")
 
     def __init__(self, registry: LessonRegistry, start: Start) -> None:
         self.start = start
         self._registry = registry
         self._listener: LessonListener | None = None
         self._pending: list[LessonSignal] = []
-        self._released = False
 
     def listen(self, listener: LessonListener) -> None:
         self._listener = listener
@@ -154,11 +153,9 @@ class AdmittedLesson:
             self._listener(signal)
 
     def release(self) -> None:
-        """Give the place back, once."""
-        if not self._released:
-            self._released = True
-            self._listener = None
-            self._registry.release(self)
+        """Give the place back (again: nothing more)."""
+        self._listener = None
+        self._registry.release(self)
 
 
 class LessonRegistry:
@@ -192,7 +189,9 @@ class LessonRegistry:
         return admitted
 
     def release(self, admitted: AdmittedLesson) -> None:
-        self._open.discard(admitted)
+        if admitted not in self._open:
+            return
+        self._open.remove(admitted)
         if self._by_lesson.get(admitted.start.lesson_id) is admitted:
             del self._by_lesson[admitted.start.lesson_id]
         self.places.give_back(admitted.start)

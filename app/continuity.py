@@ -46,13 +46,15 @@ class TranscriptLine:
 
 @dataclass(frozen=True, slots=True)
 class CarriedOver:
-    """A lesson another instance handed over: how long it has run, its turns and what it has used so far."""
+    """A lesson taken over from another instance: how long it has run, its turns and what it has used so far."""
 
     elapsed_s: float
     turns: Sequence[TranscriptLine]
     tokens: Mapping[str, int]  # the five token counts by kind, as LessonEnded has them
     # Whether the tutor had spoken: the new session then does not greet.
     greeted: bool
+    # Left by an instance that stopped answering, rather than handed over by one that was stopping.
+    from_lost_instance: bool = False
 
 
 @dataclass(slots=True)

@@ -67,6 +67,7 @@ def create_app(
         app.state.db = store.sessions
         app.state.records = store.records if record_sink is None else record_sink
         app.state.link_secret = store.link_secret
+        app.state.instance_id, app.state.instance_timing = store.instance_id, store.instance_timing
         simulator: RealtimeSimulator | None = None
         if settings.simulated:
             simulator = RealtimeSimulator(keep_history=False)

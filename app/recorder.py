@@ -52,11 +52,13 @@ class LessonRecorder:
             student_id=student_id, link_id=link_id, browser_key_hash=browser_key_hash, student_name=student_name,
         ))
 
-    def taken_over(self, now: float, *, elapsed_s: float, last_seq: int) -> Record:
-        """The lesson goes on here after another instance handed it over: its clock and turn numbers carry on."""
+    def taken_over(self, now: float, *, elapsed_s: float, last_seq: int, from_lost_instance: bool) -> Record:
+        """The lesson goes on here after another instance handed it over or was lost: its clock and turn numbers
+        carry on."""
         self._started_mono = now - elapsed_s
         self._turns_begun = last_seq
-        return self.event(now, "lesson_taken_over", {"elapsed_s": round(elapsed_s, 3), "turns": last_seq})
+        return self.event(now, "lesson_taken_over", {"elapsed_s": round(elapsed_s, 3), "turns": last_seq,
+                                                     "from_lost_instance": from_lost_instance})
 
     def ended(self, now: float, *, end_reason: str, duration_s: float, usage: Mapping[str, int],
               estimated_cost_usd: float) -> Record:

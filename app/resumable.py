@@ -189,7 +189,7 @@ class ResumableLesson(abc.ABC):
         return "browser_stalled" if self._page_stalled else "browser_gone"
 
     def _take_over(self, carried: CarriedOver, now: float, *, replay: bool) -> Sequence[Action]:
-        """Begin a lesson another instance handed over: its clock, turns and usage carry on, and a new upstream
+        """Begin a lesson taken over from another instance: its clock, turns and usage carry on, and a new upstream
         session is opened as for a lost one."""
         self._started_at = now - carried.elapsed_s
         self._greeted = carried.greeted
@@ -205,8 +205,9 @@ class ResumableLesson(abc.ABC):
             *(ToBrowser(frame) for frame in (self._transcript.frames() if replay else ())),
             ToBrowser(messages.status("reconnecting", "upstream")),
             Log("info", "lesson_taken_over", {"elapsed_s": round(carried.elapsed_s, 3), "turns": len(carried.turns),
-                                              "replay": replay}),
-            self._recorder.taken_over(now, elapsed_s=carried.elapsed_s, last_seq=last_seq),
+                                              "replay": replay, "from_lost_instance": carried.from_lost_instance}),
+            self._recorder.taken_over(now, elapsed_s=carried.elapsed_s, last_seq=last_seq,
+                                      from_lost_instance=carried.from_lost_instance),
             *self._next_attempt(now),
         )
 

@@ -211,7 +211,7 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
             relay.attach(page, replay=replay)
             await page.done
             return
-        taken = await _take_over(state, claim.lesson_id, settings)
+        taken = await _take_over(state, claim.lesson_id)
         student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id)
         admitted = await registry.admit(Start(lesson_id=claim.lesson_id, client=client, link_id=taken.link_id),
                                         time.monotonic())
@@ -231,7 +231,8 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
             carried=CarriedOver(
                 elapsed_s=(datetime.now(UTC) - taken.started_at).total_seconds(),
                 turns=[TranscriptLine(seq, role, f"turn-{seq}", text) for seq, role, text in taken.turns],
-                tokens=taken.tokens, greeted=any(role == "tutor" for _, role, _ in taken.turns)),
+                tokens=taken.tokens, greeted=any(role == "tutor" for _, role, _ in taken.turns),
+                from_lost_instance=taken.from_lost_instance),
         )
     except BaseException:
         admitted.release()
@@ -239,11 +240,11 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
     await _run_lesson(websocket, config, resume_log, admitted, replay=replay)
 
 
-async def _take_over(state: Any, lesson_id: str, settings: Settings) -> TakenOverLesson:
+async def _take_over(state: Any, lesson_id: str) -> TakenOverLesson:
     try:
         async with asyncio.timeout(LOOKUP_TIMEOUT_S):
-            return await take_over_lesson(state.db, lesson_id, grace_s=settings.resume_grace_seconds,
-                                          now=datetime.now(UTC))
+            return await take_over_lesson(state.db, lesson_id, instance_id=state.instance_id,
+                                          timing=state.instance_timing, now=datetime.now(UTC))
     except (TimeoutError, OSError, SQLAlchemyError) as exc:
         raise StoreUnavailable(f"lesson {lesson_id!r} not taken over: the store did not answer "
                                f"({type(exc).__name__}: {str(exc)[:200]})",

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     max_lesson_seconds: float = Field(default=3600, gt=0, le=4 * 3600)
     # How long a lesson waits for its page to come back (network loss, reload, redeploy); 0 = not at all.
     resume_grace_seconds: float = Field(default=30, ge=0, le=600)
+    # An instance that has not marked itself alive for this long was killed: its lessons may be taken over.
+    instance_lost_after_seconds: float = Field(default=15, ge=1, le=300)
     idle_timeout_seconds: float = Field(default=300, gt=0)
     # How long the lesson's feedback may take after a normal end before the lesson ends without it.
     feedback_timeout_seconds: float = Field(default=20.0, gt=0, le=120)

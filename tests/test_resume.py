@@ -1,5 +1,6 @@
 """A lesson that survives, over real sockets: the page dropped and back, the upstream lost or rolled over and
-replaced, a redeploy handing the lesson to another instance, and resumes refused or racing.
+replaced, a redeploy handing the lesson to another instance, an instance killed and its lesson taken over,
+and resumes refused or racing.
 
 The relay runs under uvicorn on port 0 against the Realtime simulator; tests wait on frames and events.
 """
@@ -7,6 +8,7 @@ The relay runs under uvicorn on port 0 against the Realtime simulator; tests wai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import signal
 import socket
@@ -85,8 +87,9 @@ async def a_turn(page: LessonClient) -> dict[str, Any]:
 
 
 async def resumed_turn_and_end(back: LessonClient) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A page that resumed: its `lesson` frame, then a turn once it listens, then End; (`lesson`, the answer)."""
-    resumed = await back.until_type("lesson")
+    """A page that resumed: its `lesson` frame (read already or next), then a turn once it listens, then End;
+    (`lesson`, the answer)."""
+    resumed = next(iter(of_type(back.messages, "lesson")), None) or await back.until_type("lesson")
     await until_status(back, "listening")
     answer = await a_turn(back)
     await back.send_json({"type": "end"})
@@ -383,3 +386,80 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
     assert len(seqs) >= 5
     assert "lesson_taken_over" in kinds
     assert pytest.approx(row.duration_s, abs=1) == (row.ended_at - row.started_at).total_seconds()
+
+
+async def turn_stored(database: str, lesson_id: str, text: str) -> None:
+    """Return once the lesson's turn saying `text` is in the store (the instance writes turns within a moment)."""
+    engine = create_engine(database_url(database))
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                async with session_factory(engine)() as session:
+                    if await session.scalar(select(Turn.seq).where(Turn.lesson_id == lesson_id, Turn.text == text)):
+                        return
+                await asyncio.sleep(0.05)
+    finally:
+        await engine.dispose()
+
+
+async def resumed_when_taken_over(url: str, refusals: list[dict[str, Any]]) -> AsyncIterator[LessonClient]:
+    """Resume as the page does, again and again while refused for now (each refusal kept), until it is taken
+    over: the page of the resumed lesson."""
+    async with asyncio.timeout(20):
+        while True:
+            async with open_lesson(url) as page:
+                first = await page.until(lambda m: m["type"] in ("lesson", "error"))
+                if first["type"] == "lesson":
+                    yield page
+                    return
+                refusals.append(first)
+                await closed_with(page)
+            await asyncio.sleep(0.25)
+
+
+async def test_a_lesson_whose_instance_is_killed_is_taken_over_once_that_instance_is_lost_and_goes_on(
+    simulator_with: SimulatorWith, log_stream: io.StringIO, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'lessons.db'}"
+    lost_after_s = 3
+    refusals: list[dict[str, Any]] = []
+    async with simulator_with(audio_pace=0) as simulator:
+        async with app_process(simulator.url, database, INSTANCE_LOST_AFTER_SECONDS=str(lost_after_s)) as old:
+            await old.until_ready()
+            async with serve_app(relay_settings(simulator.url, database_url=database,
+                                                instance_lost_after_seconds=lost_after_s), log_stream) as new:
+                async with open_lesson(f"{old.ws_url}/ws/lesson?name=Ana") as page:
+                    lesson = await lesson_heard(page)
+                    reply = await a_turn(page)
+                    await turn_stored(database, lesson["lesson_id"], reply["text"])
+                    old.process.kill()  # no SIGTERM: nothing is handed over
+                    await closed_with(page)
+                async with contextlib.aclosing(
+                        resumed_when_taken_over(resume_url(new, lesson["resume_token"]), refusals)) as pages:
+                    back = await anext(pages)
+                    resumed, answer = await resumed_turn_and_end(back)
+                await new.app.state.records.flushed()
+                instance_id = new.app.state.instance_id
+        renewed = simulator.connections[-1]
+    # Right after the kill the old instance may only be slow: the page is told to try again, then taken over.
+    assert refusals
+    assert {(r["code"], r["fatal"]) for r in refusals} == {("resume_not_yet", False)}
+    assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
+    assert f"Tutor: {reply['text']}" in renewed.received[0]["session"]["instructions"]
+    assert [e for e in renewed.received if e["type"] == "response.create"
+            and not (e.get("response") or {}).get("metadata")] == []  # no second greeting
+    assert answer["text"]
+    [taken_over] = logged(log_stream, "lesson_taken_over")
+    assert taken_over["from_lost_instance"] is True
+    engine = create_engine(database_url(database))
+    try:
+        async with session_factory(engine)() as session:
+            row = await session.get(Lesson, lesson["lesson_id"])
+            event = await session.scalar(select(LessonEvent).where(LessonEvent.lesson_id == lesson["lesson_id"],
+                                                                   LessonEvent.kind == "lesson_taken_over"))
+    finally:
+        await engine.dispose()
+    assert row is not None
+    assert event is not None
+    assert (row.end_reason, row.instance_id) == ("student_ended", instance_id)
+    assert event.detail["from_lost_instance"] is True

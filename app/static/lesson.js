@@ -39,8 +39,11 @@ const SOURCE_RATE = 24000;
 const AUDIO_START_TIMEOUT_MS = 10000;
 // The microphone waits for the student to answer the browser's permission prompt: a person's pace.
 const MICROPHONE_TIMEOUT_MS = 60000;
-// A lost socket is reopened after 0.5, 1, 2, 4 … s, for as long as the relay keeps the lesson (its grace).
+// A lost socket is reopened after 0.5, 1, 2, 4, 4 … s, for as long as the relay keeps the lesson (its grace).
+// Attempts stay close together to the end: a lesson whose server was killed can be taken over only once that
+// server has been silent for INSTANCE_LOST_AFTER_SECONDS (15 s), halfway through the grace.
 const RECONNECT_FIRST_MS = 500;
+const RECONNECT_LONGEST_MS = 4000;
 // The lesson this tab may resume (after a reload): {token, graceMs, name, level, leftAt}.
 const RESUME_KEY = "lessonResume";
 // Mirrors the relay's rule (app/messages.py): at most 5 words, 40 characters, each word letters joined by
@@ -447,7 +450,7 @@ class Lesson {
     if (this.lostAt === null && !this.replay) showState("connecting");
   }
 
-  // The socket is gone but the lesson is not: open a new one after 0.5, 1, 2, 4 … s, within the grace.
+  // The socket is gone but the lesson is not: open a new one after 0.5, 1, 2, 4, 4 … s, within the grace.
   reconnect() {
     if (this.lostAt === null) {
       this.lostAt = Date.now();
@@ -465,7 +468,7 @@ class Lesson {
       return;
     }
     if (debug.state !== "reconnecting") showState("reconnecting");
-    const delay = Math.min(RECONNECT_FIRST_MS * 2 ** this.attempt, left);
+    const delay = Math.min(RECONNECT_FIRST_MS * 2 ** this.attempt, RECONNECT_LONGEST_MS, left);
     this.attempt += 1;
     // While the browser knows it is offline an attempt cannot succeed: the `online` event tries at once.
     this.reconnectTimer = setTimeout(() => (navigator.onLine === false ? this.reconnect() : this.open()), delay);

@@ -1,8 +1,10 @@
-"""Taking over a lesson another instance handed over (a redeploy): the lesson's row, claimed once, and its turns.
+"""Taking over a lesson from another instance: the lesson's row, claimed once, and its turns.
 
 An instance that drains for a redeploy ends each lesson as `handed_off` (its usage and duration so far, its
-turns written before it). The instance a page resumes on claims the row back in one conditional UPDATE, so
-two resumes of one lesson never both take it over, and reads what the lesson needs to go on. The route calls
+turns written before it). An instance that was killed hands nothing over: its lessons stay open, and once it
+has been silent for `lost_after_s` (`app.store.instances`) they may be taken over as they are. The instance
+a page resumes on claims the row in one conditional UPDATE that also makes it the lesson's instance, so two
+resumes of one lesson never both take it over, and reads what the lesson needs to go on. The route calls
 this under `LOOKUP_TIMEOUT_S` before the lesson's machine is built.
 """
 
@@ -12,12 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Update, and_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql import ColumnElement
 
 from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
-from app.store.models import Lesson, Turn
+from app.store.instances import InstanceTiming
+from app.store.models import Instance, Lesson, Turn
 
 HANDED_OFF = "handed_off"
 
@@ -32,23 +36,32 @@ class TakenOverLesson:
     # The turns so far: (seq, role, text), in the order they began.
     turns: list[tuple[int, Literal["tutor", "student"], str]]
     tokens: dict[str, int]
+    # Taken from an instance that stopped answering, rather than handed over by one that was stopping.
+    from_lost_instance: bool
 
 
-async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id: str, *, grace_s: float,
-                           now: datetime) -> TakenOverLesson:
-    """Claim a lesson handed over no longer than `grace_s` ago, or say why not: `ResumeNotYet` while it has not
-    been handed over yet (the page tries again), `ResumeRefused` when it ended or waited too long.
+async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id: str, *, instance_id: str,
+                           timing: InstanceTiming, now: datetime) -> TakenOverLesson:
+    """Claim for `instance_id` a lesson handed over, or left by a lost instance, no longer than the resume grace
+    ago, or say why not: `ResumeNotYet` while it is neither (the page tries again), `ResumeRefused` when it
+    ended or waited too long.
 
     The claim is the first statement, so it takes the database's write lock before anything is read: of two
     resumes at once, the second waits for the first and then finds the lesson open again."""
+    grace = timedelta(seconds=timing.resume_grace_s)
+    lost_since = now - timedelta(seconds=timing.lost_after_s)
+    owner_seen_at = select(Instance.seen_at).where(Instance.id == Lesson.instance_id).scalar_subquery()
+    handed_over = and_(Lesson.end_reason == HANDED_OFF, Lesson.ended_at >= now - grace)
+    left_by_lost_instance = and_(Lesson.ended_at.is_(None), owner_seen_at < lost_since,
+                                 owner_seen_at >= lost_since - grace)
     async with sessions.begin() as session:
-        claimed = cast(CursorResult[tuple[()]], await session.execute(
-            update(Lesson).where(Lesson.id == lesson_id, Lesson.end_reason == HANDED_OFF,
-                                 Lesson.ended_at >= now - timedelta(seconds=grace_s))
-            .values(ended_at=None, end_reason=None)))
+        from_lost_instance = False
+        if not await _claimed(session, _claim(lesson_id, handed_over, instance_id)):
+            from_lost_instance = await _claimed(session, _claim(lesson_id, left_by_lost_instance, instance_id))
+            if not from_lost_instance:
+                raise await _why_not(session, lesson_id, timing.resume_grace_s, too_late=lost_since - grace)
         lesson = await session.get(Lesson, lesson_id)
-        if claimed.rowcount != 1 or lesson is None:
-            raise _why_not(lesson, lesson_id, grace_s)
+        assert lesson is not None
         turns = (await session.execute(
             select(Turn.seq, Turn.role, Turn.text).where(Turn.lesson_id == lesson_id).order_by(Turn.seq))).all()
         return TakenOverLesson(
@@ -58,14 +71,30 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
             tokens={"audio_input_tokens": lesson.audio_input_tokens, "text_input_tokens": lesson.text_input_tokens,
                     "cached_tokens": lesson.cached_tokens, "audio_output_tokens": lesson.audio_output_tokens,
                     "text_output_tokens": lesson.text_output_tokens},
+            from_lost_instance=from_lost_instance,
         )
 
 
-def _why_not(lesson: Lesson | None, lesson_id: str, grace_s: float) -> ResumeNotYet | ResumeRefused:
+def _claim(lesson_id: str, condition: ColumnElement[bool], instance_id: str) -> Update:
+    return (update(Lesson).where(Lesson.id == lesson_id, condition)
+            .values(ended_at=None, end_reason=None, instance_id=instance_id))
+
+
+async def _claimed(session: AsyncSession, claim: Update) -> bool:
+    return cast(CursorResult[tuple[()]], await session.execute(claim)).rowcount == 1
+
+
+async def _why_not(session: AsyncSession, lesson_id: str, grace_s: float, *,
+                   too_late: datetime) -> ResumeNotYet | ResumeRefused:
+    lesson = await session.get(Lesson, lesson_id)
     if lesson is None:
         # Its first record may still be on its way from the instance that started it.
         return ResumeNotYet(f"lesson {lesson_id!r} is not in the store (yet)")
     if lesson.ended_at is None:
+        owner = await session.get(Instance, lesson.instance_id) if lesson.instance_id else None
+        if owner is not None and owner.seen_at < too_late:
+            return ResumeRefused.expired(f"lesson {lesson_id!r} was left by an instance last seen at "
+                                         f"{owner.seen_at.isoformat()}, lost more than {grace_s:g} s ago")
         return ResumeElsewhere(f"lesson {lesson_id!r} is open on another instance, or was just taken over")
     if lesson.end_reason != HANDED_OFF:
         return ResumeRefused.ended(f"lesson {lesson_id!r} ended: {lesson.end_reason}")

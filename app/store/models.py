@@ -127,6 +127,9 @@ class Lesson(Base):
     text_output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     estimated_cost_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     feedback: Mapped[dict[str, Any] | None]
+    # The instance (one app process) running the lesson: only it may end the lesson's row, and when it stops
+    # answering (`instances.seen_at` grows old) another may take the lesson over.
+    instance_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
     student: Mapped[Student | None] = relationship(back_populates="lessons")
     turns: Mapped[list[Turn]] = relationship(back_populates="lesson", cascade="all, delete-orphan",
@@ -167,6 +170,16 @@ class LessonEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     lesson: Mapped[Lesson] = relationship(back_populates="events")
+
+
+class Instance(Base):
+    """One running app process that keeps lessons: it marks itself alive every few seconds while it runs."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    started_at: Mapped[datetime]
+    seen_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class AppSecret(Base):

@@ -1,5 +1,6 @@
-"""The store for one running app: opened (and migrated) at start with its record writer and the daily
-retention sweep running, closed at shutdown once the writer has written what the drained lessons left."""
+"""The store for one running app: opened (and migrated) at start with its record writer, the daily retention
+sweep and the instance's keep-alive running, closed at shutdown once the writer has written what the drained
+lessons left."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.settings import Settings
 from app.store import retention
 from app.store.database import DatabaseUnavailable, create_engine, database_url, migrate, redact, session_factory
+from app.store.instances import InstanceTiming, keep_alive, register_instance
+from app.store.models import utcnow
 from app.store.queries import lesson_link_secret
 from app.store.writer import RecordWriter
 
@@ -34,13 +37,17 @@ class Store:
     records: RecordWriter
     # Signs and checks personal lesson links: LESSON_SECRET, or the one kept in the database.
     link_secret: str
-    retention: asyncio.Task[None]
+    # This process, as the instance that runs its lessons (`app.store.instances`).
+    instance_id: str
+    instance_timing: InstanceTiming
+    background: tuple[asyncio.Task[None], ...]
 
     async def close(self) -> None:
         """Write what the lessons left queued (for a bounded time), then let the database go."""
-        self.retention.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.retention
+        for task in self.background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.records.stop(RECORDS_SHUTDOWN_GRACE_S)
         await self.engine.dispose()
 
@@ -85,10 +92,22 @@ async def open_store(settings: Settings, *, on_records_dropped: Callable[[str, i
     sessions = session_factory(engine)
     link_secret = await lesson_link_secret(sessions, settings)
     await retention.sweep(sessions, settings.retention_days)
-    records = RecordWriter(engine, on_dropped=on_records_dropped)
+    instance_id = await register_instance(sessions, now=utcnow())
+    timing = InstanceTiming(lost_after_s=settings.instance_lost_after_seconds,
+                            resume_grace_s=settings.resume_grace_seconds, max_lesson_s=settings.max_lesson_seconds)
+    if 0 < timing.resume_grace_s <= timing.lost_after_s:
+        log.warning("lessons_of_killed_instances_not_resumable",
+                    message=f"INSTANCE_LOST_AFTER_SECONDS ({timing.lost_after_s:g}) is not under RESUME_GRACE_SECONDS "
+                            f"({timing.resume_grace_s:g}): pages give up before the lessons of a killed instance "
+                            "may be taken over, so those lessons end as instance_lost")
+    records = RecordWriter(engine, on_dropped=on_records_dropped, instance_id=instance_id)
     records.start()
-    daily = asyncio.create_task(retention.sweep_daily(sessions, settings.retention_days), name="retention")
-    return Store(engine=engine, sessions=sessions, records=records, link_secret=link_secret, retention=daily)
+    background = (
+        asyncio.create_task(retention.sweep_daily(sessions, settings.retention_days), name="retention"),
+        asyncio.create_task(keep_alive(sessions, instance_id, timing), name="instance-keep-alive"),
+    )
+    return Store(engine=engine, sessions=sessions, records=records, link_secret=link_secret, instance_id=instance_id,
+                 instance_timing=timing, background=background)
 
 
 @asynccontextmanager

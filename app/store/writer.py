@@ -58,9 +58,13 @@ class RecordWriter:
         give_up_after_s: float = 300.0,
         on_dropped: Callable[[str, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        instance_id: str | None = None,
     ) -> None:
-        """`on_dropped(cause, count)` is told of every drop (the metrics count them by cause)."""
+        """`on_dropped(cause, count)` is told of every drop (the metrics count them by cause). `instance_id`:
+        this process's, written on the lessons it starts; a lesson's end and feedback are written only while
+        the lesson is still this instance's (another may have taken it over)."""
         self.engine = engine
+        self.instance_id = instance_id
         self.linger_s = linger_s
         self.queue: asyncio.Queue[LessonRecord] = asyncio.Queue(maxsize=capacity)
         self.batch_size = batch_size
@@ -152,7 +156,7 @@ class RecordWriter:
 
     async def _write(self, batch: list[LessonRecord]) -> None:
         async with asyncio.timeout(self.write_timeout_s), self.engine.begin() as connection:
-            await _apply(connection, batch)
+            await _apply(connection, batch, self.instance_id)
 
     def _count_dropped(self, count: int, cause: str, reason: str, lesson_id: str | None) -> None:
         before, self.dropped = self.dropped, self.dropped + count
@@ -163,13 +167,15 @@ class RecordWriter:
             log.error("records_dropped", count=count, dropped_total=self.dropped, reason=reason, lesson_id=lesson_id)
 
 
-async def _apply(connection: AsyncConnection, batch: list[LessonRecord]) -> None:
+async def _apply(connection: AsyncConnection, batch: list[LessonRecord], instance_id: str | None) -> None:
     """Write `batch` in queue order (a lesson before its turns, a turn before its interruption), each run of
     records of one kind as one statement over many rows."""
+    this_instances = Lesson.instance_id.is_not_distinct_from(instance_id)
     for kind, run in groupby(batch, key=type):
         records = list(run)
         if kind is LessonStarted:
-            rows = [await _lesson_row(connection, record) for record in records if isinstance(record, LessonStarted)]
+            rows = [await _lesson_row(connection, record, instance_id)
+                    for record in records if isinstance(record, LessonStarted)]
             await connection.execute(insert(Lesson), rows)
         elif kind is TurnFinished:
             await connection.execute(insert(Turn), [
@@ -188,12 +194,13 @@ async def _apply(connection: AsyncConnection, batch: list[LessonRecord]) -> None
                  for r in records if isinstance(r, TurnInterrupted)])
         elif kind is FeedbackGiven:
             await connection.execute(
-                update(Lesson).where(Lesson.id == bindparam("b_lesson")).values(feedback=bindparam("b_feedback")),
+                update(Lesson).where(Lesson.id == bindparam("b_lesson"), this_instances)
+                .values(feedback=bindparam("b_feedback")),
                 [{"b_lesson": r.lesson_id, "b_feedback": dict(r.feedback)}
                  for r in records if isinstance(r, FeedbackGiven)])
         elif kind is LessonEnded:
             await connection.execute(
-                update(Lesson).where(Lesson.id == bindparam("b_lesson")).values(
+                update(Lesson).where(Lesson.id == bindparam("b_lesson"), this_instances).values(
                     {name: bindparam(f"b_{name}") for name in _ENDED_COLUMNS}),
                 [{"b_lesson": r.lesson_id, **{f"b_{name}": getattr(r, name) for name in _ENDED_COLUMNS}}
                  for r in records if isinstance(r, LessonEnded)])
@@ -203,12 +210,13 @@ _ENDED_COLUMNS = ("ended_at", "end_reason", "duration_s", "audio_input_tokens", 
                   "cached_tokens", "audio_output_tokens", "text_output_tokens", "estimated_cost_usd")
 
 
-async def _lesson_row(connection: AsyncConnection, record: LessonStarted) -> dict[str, object]:
+async def _lesson_row(connection: AsyncConnection, record: LessonStarted, instance_id: str | None) -> dict[str, object]:
     student_id = record.student_id
     if student_id is None and record.browser_key_hash is not None:
         student_id = await _browser_student(connection, record)
     return {"id": record.lesson_id, "student_id": student_id, "link_id": record.link_id, "level": record.level,
-            "started_at": record.started_at, "model": record.model, "simulated": record.simulated}
+            "started_at": record.started_at, "model": record.model, "simulated": record.simulated,
+            "instance_id": instance_id}
 
 
 async def _browser_student(connection: AsyncConnection, record: LessonStarted) -> str:

@@ -1,4 +1,5 @@
-"""Taking over a handed-over lesson from the store (SQLite, then PostgreSQL): claimed once, refused with why."""
+"""Taking over a lesson from the store (SQLite, then PostgreSQL), handed over or left by a lost instance: claimed
+once, by the instance that resumes it, refused with why."""
 
 from __future__ import annotations
 
@@ -10,16 +11,30 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
 from app.store.handover import HANDED_OFF, TakenOverLesson, take_over_lesson
-from app.store.models import Lesson, Turn
+from app.store.instances import InstanceTiming
+from app.store.models import Instance, Lesson, Turn
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 GRACE_S = 30.0
+LOST_AFTER_S = 15.0
+TIMING = InstanceTiming(lost_after_s=LOST_AFTER_S, resume_grace_s=GRACE_S, max_lesson_s=3600)
+
+
+async def take_over(sessions: async_sessionmaker[AsyncSession], lesson_id: str, *, now: datetime,
+                    by: str = "B") -> TakenOverLesson:
+    return await take_over_lesson(sessions, lesson_id, instance_id=by, timing=TIMING, now=now)
+
+
+async def instance(sessions: async_sessionmaker[AsyncSession], instance_id: str, *, seen_at: datetime) -> None:
+    async with sessions.begin() as session:
+        session.add(Instance(id=instance_id, started_at=T0 - timedelta(hours=1), seen_at=seen_at))
 
 
 async def lesson(sessions: async_sessionmaker[AsyncSession], *, end_reason: str | None, ended_at: datetime | None,
-                 lesson_id: str = "L1") -> None:
+                 lesson_id: str = "L1", instance_id: str | None = "A") -> None:
     async with sessions.begin() as session:
         session.add(Lesson(id=lesson_id, level="A2", started_at=T0, model="gpt-realtime-2.1", simulated=True,
+                           instance_id=instance_id,
                            ended_at=ended_at, end_reason=end_reason, audio_input_tokens=100, text_input_tokens=20,
                            cached_tokens=5, audio_output_tokens=300, text_output_tokens=40))
         await session.flush()
@@ -33,24 +48,24 @@ async def test_a_handed_over_lesson_is_taken_over_once_with_its_turns_and_usage(
 ) -> None:
     handed_off_at = T0 + timedelta(minutes=10)
     await lesson(sessions, end_reason=HANDED_OFF, ended_at=handed_off_at)
-    taken = await take_over_lesson(sessions, "L1", grace_s=GRACE_S, now=handed_off_at + timedelta(seconds=5))
+    taken = await take_over(sessions, "L1", now=handed_off_at + timedelta(seconds=5))
     assert taken.turns == [(1, "tutor", "Hello Ana!"), (2, "student", "Hi."),
                            (3, "tutor", "What is your favourite food?")]
     assert taken.tokens == {"audio_input_tokens": 100, "text_input_tokens": 20, "cached_tokens": 5,
                             "audio_output_tokens": 300, "text_output_tokens": 40}
-    assert taken.started_at == T0
+    assert (taken.started_at, taken.from_lost_instance) == (T0, False)
     async with sessions() as session:
         row = await session.get(Lesson, "L1")
     assert row is not None
-    assert (row.ended_at, row.end_reason) == (None, None)  # running again, here
+    assert (row.ended_at, row.end_reason, row.instance_id) == (None, None, "B")  # running again, here
     with pytest.raises(ResumeNotYet):
-        await take_over_lesson(sessions, "L1", grace_s=GRACE_S, now=handed_off_at + timedelta(seconds=6))
+        await take_over(sessions, "L1", now=handed_off_at + timedelta(seconds=6), by="C")
 
 
 async def test_two_take_overs_at_once_claim_the_lesson_once(sessions: async_sessionmaker[AsyncSession]) -> None:
     await lesson(sessions, end_reason=HANDED_OFF, ended_at=T0)
     now = T0 + timedelta(seconds=1)
-    outcomes = await asyncio.gather(*(take_over_lesson(sessions, "L1", grace_s=GRACE_S, now=now) for _ in range(2)),
+    outcomes = await asyncio.gather(*(take_over(sessions, "L1", now=now, by=by) for by in ("B", "C")),
                                     return_exceptions=True)
     taken = [outcome for outcome in outcomes if isinstance(outcome, TakenOverLesson)]
     # The other finds the lesson running again: on another worker, which it asks to hand the lesson over.
@@ -70,7 +85,7 @@ async def test_a_lesson_not_handed_over_or_handed_over_too_long_ago_is_not_taken
     ended_at = None if ended_after_s is None else T0 + timedelta(seconds=ended_after_s)
     await lesson(sessions, end_reason=end_reason, ended_at=ended_at)
     with pytest.raises(refusal) as refused:
-        await take_over_lesson(sessions, "L1", grace_s=GRACE_S, now=T0 + timedelta(seconds=resumed_after_s))
+        await take_over(sessions, "L1", now=T0 + timedelta(seconds=resumed_after_s))
     if isinstance(refused.value, ResumeRefused):
         assert refused.value.code == ("lesson_ended" if end_reason == "student_ended" else "resume_expired")
     async with sessions() as session:
@@ -81,4 +96,63 @@ async def test_a_lesson_not_handed_over_or_handed_over_too_long_ago_is_not_taken
 
 async def test_a_lesson_not_in_the_store_yet_is_tried_again(sessions: async_sessionmaker[AsyncSession]) -> None:
     with pytest.raises(ResumeNotYet):
-        await take_over_lesson(sessions, "nowhere", grace_s=GRACE_S, now=T0)
+        await take_over(sessions, "nowhere", now=T0)
+
+
+# ---- an instance that stopped answering ------------------------------------------------------------
+
+
+async def test_a_lesson_left_by_an_instance_silent_past_lost_after_is_taken_over_by_the_instance_it_resumes_on(
+    sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await instance(sessions, "A", seen_at=T0)
+    await lesson(sessions, end_reason=None, ended_at=None)
+    with pytest.raises(ResumeElsewhere):  # A may only be slow: not yet
+        await take_over(sessions, "L1", now=T0 + timedelta(seconds=LOST_AFTER_S - 1))
+    resumed_at = T0 + timedelta(seconds=LOST_AFTER_S + 1)
+    await instance(sessions, "B", seen_at=resumed_at)
+    taken = await take_over(sessions, "L1", now=resumed_at)
+    assert taken.from_lost_instance
+    assert [seq for seq, _, _ in taken.turns] == [1, 2, 3]
+    assert taken.tokens["audio_output_tokens"] == 300
+    async with sessions() as session:
+        row = await session.get(Lesson, "L1")
+    assert row is not None
+    assert (row.ended_at, row.end_reason, row.instance_id) == (None, None, "B")
+    # B is alive: a second page of the lesson finds it running there, not left.
+    with pytest.raises(ResumeElsewhere):
+        await take_over(sessions, "L1", now=resumed_at + timedelta(seconds=1), by="C")
+
+
+async def test_two_take_overs_of_a_lost_instances_lesson_at_once_claim_it_once(
+    sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    now = T0 + timedelta(seconds=LOST_AFTER_S + 1)
+    for alive in ("B", "C"):
+        await instance(sessions, alive, seen_at=now)
+    await instance(sessions, "A", seen_at=T0)
+    await lesson(sessions, end_reason=None, ended_at=None)
+    outcomes = await asyncio.gather(*(take_over(sessions, "L1", now=now, by=by) for by in ("B", "C")),
+                                    return_exceptions=True)
+    taken = [outcome for outcome in outcomes if isinstance(outcome, TakenOverLesson)]
+    refused = [outcome for outcome in outcomes if isinstance(outcome, ResumeElsewhere)]
+    assert (len(taken), len(refused)) == (1, 1)
+
+
+@pytest.mark.parametrize(("owner", "seen_before_s", "refusal", "code"), [
+    ("A", LOST_AFTER_S + GRACE_S + 1, ResumeRefused, "resume_expired"),  # lost longer ago than the grace
+    (None, 3600, ResumeElsewhere, "resume_not_yet"),  # kept before instances were: nothing says it is lost
+])
+async def test_a_lesson_of_a_lost_instance_is_not_taken_over_past_the_grace_nor_one_without_an_instance(
+    sessions: async_sessionmaker[AsyncSession], owner: str | None, seen_before_s: float,
+    refusal: type[Exception], code: str,
+) -> None:
+    await instance(sessions, "A", seen_at=T0)
+    await lesson(sessions, end_reason=None, ended_at=None, instance_id=owner)
+    with pytest.raises(refusal) as refused:
+        await take_over(sessions, "L1", now=T0 + timedelta(seconds=seen_before_s))
+    assert getattr(refused.value, "code", None) == code
+    async with sessions() as session:
+        row = await session.get(Lesson, "L1")
+    assert row is not None
+    assert (row.ended_at, row.instance_id) == (None, owner)

@@ -20,6 +20,7 @@ from app.records import (
     Record,
     TurnFinished,
     TurnInterrupted,
+    UsageSoFar,
 )
 
 
@@ -59,6 +60,14 @@ class LessonRecorder:
         self._turns_begun = last_seq
         return self.event(now, "lesson_taken_over", {"elapsed_s": round(elapsed_s, 3), "turns": last_seq,
                                                      "from_lost_instance": from_lost_instance})
+
+    def usage(self, usage: Mapping[str, int], estimated_cost_usd: float) -> Record:
+        """What the lesson has used so far; `usage` holds the five token counts by kind."""
+        return Record(UsageSoFar(
+            lesson_id=self.lesson_id, audio_input_tokens=usage["audio_input_tokens"],
+            text_input_tokens=usage["text_input_tokens"], cached_tokens=usage["cached_tokens"],
+            audio_output_tokens=usage["audio_output_tokens"], text_output_tokens=usage["text_output_tokens"],
+            estimated_cost_usd=estimated_cost_usd))
 
     def ended(self, now: float, *, end_reason: str, duration_s: float, usage: Mapping[str, int],
               estimated_cost_usd: float) -> Record:

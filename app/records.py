@@ -78,6 +78,19 @@ class LessonEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageSoFar:
+    """What the lesson has used up to its latest response, so its cost is known even if it never ends here."""
+
+    lesson_id: str
+    audio_input_tokens: int
+    text_input_tokens: int
+    cached_tokens: int
+    audio_output_tokens: int
+    text_output_tokens: int
+    estimated_cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
 class FeedbackGiven:
     """The lesson's feedback as the student got it: summary, corrections, new_words, next_step."""
 
@@ -85,7 +98,8 @@ class FeedbackGiven:
     feedback: Mapping[str, Any]
 
 
-LessonRecord = LessonStarted | TurnFinished | TurnInterrupted | LessonEventHappened | FeedbackGiven | LessonEnded
+LessonRecord = (LessonStarted | TurnFinished | TurnInterrupted | LessonEventHappened | UsageSoFar | FeedbackGiven
+                | LessonEnded)
 
 
 class RecordSink(Protocol):

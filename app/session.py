@@ -260,14 +260,18 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
         audio_bytes = sum(item.received_bytes for item in self._items.of_response(response_id))
         cost_before = self._usage.cost_usd(self.config.prices_per_million)
         self._usage.add(response.usage)
+        cost = self._usage.cost_usd(self.config.prices_per_million)
         actions: list[Action] = [Log("info", "response_done", {
             "response_id": response_id,
             "status": response.status,
             "status_details": details.model_dump(exclude_none=True) if details else None,
             "usage": response.usage.model_dump(exclude_none=True) if response.usage else None,
             "audio_ms": audio_bytes // protocol.BYTES_PER_MS,
-            "estimated_cost_usd": round(self._usage.cost_usd(self.config.prices_per_million) - cost_before, 6),
+            "estimated_cost_usd": round(cost - cost_before, 6),
         })]
+        if response.usage is not None:
+            # Kept as it grows: a lesson whose instance is killed keeps its cost so far.
+            actions.append(self._recorder.usage(self._usage.tokens_by_kind(), cost))
         if self._active_response_id == response_id:
             self._active_response_id = None
         if response.status == "completed":
@@ -281,8 +285,7 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
                 "status_details": details.model_dump(exclude_none=True) if details else None,
             }))
         # A lesson waiting for its feedback is already ending: its last response is not cut short.
-        if (cap := self.config.max_cost_usd) is not None and self.state is not LessonState.FEEDBACK and (
-                cost := self._usage.cost_usd(self.config.prices_per_million)) >= cap:
+        if (cap := self.config.max_cost_usd) is not None and self.state is not LessonState.FEEDBACK and cost >= cap:
             actions.append(Log("warning", "cost_limit_reached", {"estimated_cost_usd": cost, "max_cost_usd": cap}))
             actions.extend(self._finish("cost_limit", 1000, now, error=("cost_limit", _COST_LIMIT_WORDS)))
             return actions

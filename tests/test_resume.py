@@ -388,18 +388,26 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
     assert pytest.approx(row.duration_s, abs=1) == (row.ended_at - row.started_at).total_seconds()
 
 
-async def turn_stored(database: str, lesson_id: str, text: str) -> None:
-    """Return once the lesson's turn saying `text` is in the store (the instance writes turns within a moment)."""
+async def until_stored(database: str, lesson_id: str, *, turn_text: str, audio_output_tokens: int) -> None:
+    """Return once the lesson's row holds its usage so far and its turn saying `turn_text` (an instance writes
+    its records within a moment)."""
     engine = create_engine(database_url(database))
     try:
         async with asyncio.timeout(10):
             while True:
                 async with session_factory(engine)() as session:
-                    if await session.scalar(select(Turn.seq).where(Turn.lesson_id == lesson_id, Turn.text == text)):
-                        return
+                    row = await session.get(Lesson, lesson_id)
+                    turn = await session.scalar(select(Turn.seq).where(Turn.lesson_id == lesson_id,
+                                                                       Turn.text == turn_text))
+                if turn is not None and row is not None and row.audio_output_tokens == audio_output_tokens:
+                    return
                 await asyncio.sleep(0.05)
     finally:
         await engine.dispose()
+
+
+def audio_output_tokens(response_done_lines: list[dict[str, Any]]) -> int:
+    return sum(line["usage"]["output_token_details"]["audio_tokens"] for line in response_done_lines)
 
 
 async def resumed_when_taken_over(url: str, refusals: list[dict[str, Any]]) -> AsyncIterator[LessonClient]:
@@ -431,7 +439,9 @@ async def test_a_lesson_whose_instance_is_killed_is_taken_over_once_that_instanc
                 async with open_lesson(f"{old.ws_url}/ws/lesson?name=Ana") as page:
                     lesson = await lesson_heard(page)
                     reply = await a_turn(page)
-                    await turn_stored(database, lesson["lesson_id"], reply["text"])
+                    used_there = audio_output_tokens(old.output.of("response_done"))
+                    await until_stored(database, lesson["lesson_id"], turn_text=reply["text"],
+                                       audio_output_tokens=used_there)
                     old.process.kill()  # no SIGTERM: nothing is handed over
                     await closed_with(page)
                 async with contextlib.aclosing(
@@ -462,4 +472,8 @@ async def test_a_lesson_whose_instance_is_killed_is_taken_over_once_that_instanc
     assert row is not None
     assert event is not None
     assert (row.end_reason, row.instance_id) == ("student_ended", instance_id)
+    # What the lesson used before the kill is counted in its cost with what it used after.
+    used_here = audio_output_tokens(logged(log_stream, "response_done"))
+    assert used_there > 0
+    assert row.audio_output_tokens == used_there + used_here
     assert event.detail["from_lost_instance"] is True

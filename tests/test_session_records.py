@@ -16,6 +16,7 @@ from app.records import (
     Record,
     TurnFinished,
     TurnInterrupted,
+    UsageSoFar,
 )
 from app.session import LessonSession
 
@@ -114,7 +115,8 @@ def test_a_response_that_did_not_complete_is_kept_with_its_status_details() -> N
     assert events(actions) == [("response_incomplete", {
         "response_id": "resp_2", "status": "incomplete",
         "status_details": {"type": "incomplete", "reason": "max_output_tokens"}})]
-    assert records(actions)[0].at == at(2.0)  # type: ignore[union-attr]
+    [event] = [r for r in records(actions) if isinstance(r, LessonEventHappened)]
+    assert event.at == at(2.0)
 
 
 def test_a_greeting_retry_and_failure_are_kept_with_why() -> None:
@@ -155,6 +157,20 @@ def test_the_lesson_end_carries_its_reason_usage_and_cost() -> None:
         text_input_tokens=20, cached_tokens=0, audio_output_tokens=8, text_output_tokens=2,
         estimated_cost_usd=round(20 * 4 / 1e6 + 8 * 64 / 1e6 + 2 * 16 / 1e6, 6))
 
+
+
+def test_each_response_with_usage_keeps_the_lessons_usage_and_cost_so_far() -> None:
+    session = LessonSession(config())
+    greeted(session, 0.0)
+    session.handle_upstream({"type": "response.created", "response": {"id": "resp_2"}}, 5.0)
+    second = records(session.handle_upstream(response_done("resp_2"), 6.0))
+    without_usage = response_done("resp_3")
+    del without_usage["response"]["usage"]
+    session.handle_upstream({"type": "response.created", "response": {"id": "resp_3"}}, 7.0)
+    assert [r for r in records(session.handle_upstream(without_usage, 8.0)) if isinstance(r, UsageSoFar)] == []
+    assert [r for r in second if isinstance(r, UsageSoFar)] == [UsageSoFar(
+        lesson_id="L1", audio_input_tokens=0, text_input_tokens=40, cached_tokens=0, audio_output_tokens=16,
+        text_output_tokens=4, estimated_cost_usd=round(40 * 4 / 1e6 + 16 * 64 / 1e6 + 4 * 16 / 1e6, 6))]
 
 def test_a_lost_upstream_is_kept_as_an_event_and_so_is_each_failed_attempt_before_the_end() -> None:
     session = LessonSession(config())

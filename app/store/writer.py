@@ -31,6 +31,7 @@ from app.records import (
     LessonStarted,
     TurnFinished,
     TurnInterrupted,
+    UsageSoFar,
 )
 from app.store.models import Lesson, LessonEvent, Student, Turn, new_id, utcnow
 
@@ -192,6 +193,12 @@ async def _apply(connection: AsyncConnection, batch: list[LessonRecord], instanc
                 .values(interrupted=True, heard_ms=bindparam("b_heard_ms")),
                 [{"b_lesson": r.lesson_id, "b_seq": r.seq, "b_heard_ms": r.heard_ms}
                  for r in records if isinstance(r, TurnInterrupted)])
+        elif kind is UsageSoFar:
+            await connection.execute(
+                update(Lesson).where(Lesson.id == bindparam("b_lesson"), this_instances).values(
+                    {name: bindparam(f"b_{name}") for name in _USAGE_COLUMNS}),
+                [{"b_lesson": r.lesson_id, **{f"b_{name}": getattr(r, name) for name in _USAGE_COLUMNS}}
+                 for r in records if isinstance(r, UsageSoFar)])
         elif kind is FeedbackGiven:
             await connection.execute(
                 update(Lesson).where(Lesson.id == bindparam("b_lesson"), this_instances)
@@ -206,8 +213,9 @@ async def _apply(connection: AsyncConnection, batch: list[LessonRecord], instanc
                  for r in records if isinstance(r, LessonEnded)])
 
 
-_ENDED_COLUMNS = ("ended_at", "end_reason", "duration_s", "audio_input_tokens", "text_input_tokens",
-                  "cached_tokens", "audio_output_tokens", "text_output_tokens", "estimated_cost_usd")
+_USAGE_COLUMNS = ("audio_input_tokens", "text_input_tokens", "cached_tokens", "audio_output_tokens",
+                  "text_output_tokens", "estimated_cost_usd")
+_ENDED_COLUMNS = ("ended_at", "end_reason", "duration_s", *_USAGE_COLUMNS)
 
 
 async def _lesson_row(connection: AsyncConnection, record: LessonStarted, instance_id: str | None) -> dict[str, object]:

@@ -11,7 +11,7 @@ from harness import logged
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.records import FeedbackGiven, LessonEnded, LessonStarted
+from app.records import FeedbackGiven, LessonEnded, LessonStarted, UsageSoFar
 from app.settings import Settings
 from app.store.instances import (
     FORGET_AFTER,
@@ -125,7 +125,7 @@ async def test_an_instance_marks_itself_alive_while_it_runs(sessions: async_sess
     assert row.seen_at > T0
 
 
-async def test_only_the_lessons_own_instance_writes_its_end_and_feedback(
+async def test_only_the_lessons_own_instance_writes_its_usage_end_and_feedback(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     first, second = RecordWriter(engine, instance_id="first"), RecordWriter(engine, instance_id="second")
@@ -139,17 +139,24 @@ async def test_only_the_lessons_own_instance_writes_its_end_and_feedback(
             assert row is not None
             assert row.instance_id == "first"
             row.instance_id = "second"
-        for writer, reason in ((first, "browser_gone"), (second, "student_ended")):
-            writer.put(FeedbackGiven(lesson_id="L1", feedback={"summary": f"by {writer.instance_id}"}))
-            writer.put(LessonEnded(lesson_id="L1", ended_at=T0 + timedelta(minutes=5), end_reason=reason,
-                                   duration_s=300.0, audio_input_tokens=0, text_input_tokens=0, cached_tokens=0,
-                                   audio_output_tokens=0, text_output_tokens=0, estimated_cost_usd=0.0))
+        for writer, reason, tokens in ((first, "browser_gone", 111), (second, "student_ended", 222)):
+            writer.put(UsageSoFar(lesson_id="L1", audio_input_tokens=tokens, text_input_tokens=0, cached_tokens=0,
+                                  audio_output_tokens=tokens, text_output_tokens=0, estimated_cost_usd=0.01))
             await writer.flushed()
             async with sessions() as session:
                 row = await session.get(Lesson, "L1")
             assert row is not None
-            assert (row.end_reason, row.feedback) == (None if writer is first else "student_ended",
-                                                     None if writer is first else {"summary": "by second"})
+            assert row.audio_input_tokens == (0 if writer is first else 222)
+            writer.put(FeedbackGiven(lesson_id="L1", feedback={"summary": f"by {writer.instance_id}"}))
+            writer.put(LessonEnded(lesson_id="L1", ended_at=T0 + timedelta(minutes=5), end_reason=reason,
+                                   duration_s=300.0, audio_input_tokens=tokens, text_input_tokens=0, cached_tokens=0,
+                                   audio_output_tokens=tokens, text_output_tokens=0, estimated_cost_usd=0.02))
+            await writer.flushed()
+            async with sessions() as session:
+                row = await session.get(Lesson, "L1")
+            assert row is not None
+            assert (row.end_reason, row.feedback, row.audio_output_tokens) == (
+                (None, None, 0) if writer is first else ("student_ended", {"summary": "by second"}, 222))
     finally:
         for writer in (first, second):
             await writer.stop(grace_s=5)

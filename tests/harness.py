@@ -28,6 +28,7 @@ from urllib.parse import urlencode
 import httpx
 import orjson
 import uvicorn
+from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -35,6 +36,8 @@ from app.main import create_app, server_config
 from app.pacing import REAL_TIME_BYTES_PER_S
 from app.settings import Settings
 from app.simulator import RealtimeSimulator
+from app.store.database import create_engine, database_url, session_factory
+from app.store.models import Lesson, Turn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_KEY = "sk-test-fake-key-not-real"
@@ -330,3 +333,21 @@ async def app_process(upstream_url: str, database_url: str, **environment: str) 
             process.kill()
             await process.wait()
         await served.output.finished()
+
+
+async def until_lesson_stored(database: str, lesson_id: str,
+                              holds: Callable[[Lesson, list[str]], bool] = lambda row, turns: True) -> None:
+    """Return once the lesson's row is in the store at `database` and `holds(row, its turns' texts)`: an
+    instance writes its records within a moment, and one killed after that loses none of them."""
+    engine = create_engine(database_url(database))
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                async with session_factory(engine)() as session:
+                    row = await session.get(Lesson, lesson_id)
+                    texts = list((await session.scalars(select(Turn.text).where(Turn.lesson_id == lesson_id))).all())
+                if row is not None and holds(row, texts):
+                    return
+                await asyncio.sleep(0.05)
+    finally:
+        await engine.dispose()

@@ -2,8 +2,8 @@
 
 The places are tested twice: in process, the supervisor's side of the workers' channels (the start rate
 and places given back by a worker that dies); and end to end, `python -m app` with two workers as a
-subprocess, where the lesson after MAX_SESSIONS is refused whichever worker takes it, and SIGTERM drains
-the lessons of both workers.
+subprocess, where the lesson after MAX_SESSIONS is refused whichever worker takes it, SIGTERM drains
+the lessons of both workers, and the lesson of a worker that is killed is taken over by the replica.
 """
 
 from __future__ import annotations
@@ -22,7 +22,15 @@ import httpx
 import orjson
 import pytest
 import structlog
-from harness import LessonClient, ProcessOutput, app_process, closed_with, open_lesson, plain_words
+from harness import (
+    LessonClient,
+    ProcessOutput,
+    app_process,
+    closed_with,
+    open_lesson,
+    plain_words,
+    until_lesson_stored,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.admission import LocalPlaces, Start
@@ -285,3 +293,33 @@ async def test_a_page_resumes_its_lesson_whichever_worker_its_socket_lands_on(
     assert len(output.of("lesson_taken_over")) == len(moved)
     assert [line["reason"] for line in output.of("lesson_ended")] == ["student_ended"]
     assert all(tries <= 4 for tries in attempts), attempts
+
+
+async def test_a_lesson_on_a_worker_that_is_killed_is_taken_over_by_the_replica_and_goes_on(
+    simulator: RealtimeSimulator, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'lessons.db'}"
+    async with app_process(simulator.url, database, WEB_CONCURRENCY="2", LESSON_STARTS_PER_MINUTE="1000",
+                           INSTANCE_LOST_AFTER_SECONDS="2") as served:
+        output = served.output
+        base = served.ws_url
+        await served.until_workers_started(2)
+        async with contextlib.AsyncExitStack() as stack:
+            page = await stack.enter_async_context(open_lesson(f"{base}/ws/lesson?name=Ana"))
+            lesson = await page.until_type("lesson")
+            await page.hear_greeting()
+            await until_lesson_stored(database, lesson["lesson_id"], lambda row, turns: bool(turns))
+            [started] = [line for line in output.of("lesson_started") if line["lesson_id"] == lesson["lesson_id"]]
+            os.kill(started["pid"], signal.SIGKILL)  # out of memory, say: nothing is handed over
+            await closed_with(page)
+            page, _ = await _resume_until_back(base, lesson["resume_token"], stack)
+            assert (page.messages[0]["lesson_id"], page.messages[0]["resumed"]) == (lesson["lesson_id"], True)
+            await page.until(lambda m: m["type"] == "status" and m["state"] == "listening")
+            await page.send_json({"type": "end"})
+            await page.until(lambda m: m["type"] == "status" and m["state"] == "ended")
+        await served.until_workers_started(3)  # the killed worker's replacement
+        served.process.send_signal(signal.SIGTERM)
+        assert await served.exited(30) == 0, "".join(output.text)
+    [taken_over] = output.of("lesson_taken_over")
+    assert taken_over["from_lost_instance"] is True
+    assert [line["reason"] for line in output.of("lesson_ended")] == ["student_ended"]

@@ -34,6 +34,7 @@ from harness import (
     relay_settings,
     serve_app,
     speak,
+    until_lesson_stored,
 )
 from sqlalchemy import select
 from websockets.asyncio.client import connect
@@ -388,24 +389,6 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
     assert pytest.approx(row.duration_s, abs=1) == (row.ended_at - row.started_at).total_seconds()
 
 
-async def until_stored(database: str, lesson_id: str, *, turn_text: str, audio_output_tokens: int) -> None:
-    """Return once the lesson's row holds its usage so far and its turn saying `turn_text` (an instance writes
-    its records within a moment)."""
-    engine = create_engine(database_url(database))
-    try:
-        async with asyncio.timeout(10):
-            while True:
-                async with session_factory(engine)() as session:
-                    row = await session.get(Lesson, lesson_id)
-                    turn = await session.scalar(select(Turn.seq).where(Turn.lesson_id == lesson_id,
-                                                                       Turn.text == turn_text))
-                if turn is not None and row is not None and row.audio_output_tokens == audio_output_tokens:
-                    return
-                await asyncio.sleep(0.05)
-    finally:
-        await engine.dispose()
-
-
 def audio_output_tokens(response_done_lines: list[dict[str, Any]]) -> int:
     return sum(line["usage"]["output_token_details"]["audio_tokens"] for line in response_done_lines)
 
@@ -440,8 +423,8 @@ async def test_a_lesson_whose_instance_is_killed_is_taken_over_once_that_instanc
                     lesson = await lesson_heard(page)
                     reply = await a_turn(page)
                     used_there = audio_output_tokens(old.output.of("response_done"))
-                    await until_stored(database, lesson["lesson_id"], turn_text=reply["text"],
-                                       audio_output_tokens=used_there)
+                    await until_lesson_stored(database, lesson["lesson_id"], lambda row, turns: (
+                        reply["text"] in turns and row.audio_output_tokens == used_there))
                     old.process.kill()  # no SIGTERM: nothing is handed over
                     await closed_with(page)
                 async with contextlib.aclosing(

@@ -169,10 +169,10 @@ class RecordWriter:
 
 
 async def _apply(connection: AsyncConnection, batch: list[LessonRecord], instance_id: str | None) -> None:
-    """Write `batch` in queue order (a lesson before its turns, a turn before its interruption), each run of
-    records of one kind as one statement over many rows."""
+    """Write `batch` as one statement over many rows per kind of record, the kinds in `_WRITE_ORDER` and the
+    records of a kind in queue order."""
     this_instances = Lesson.instance_id.is_not_distinct_from(instance_id)
-    for kind, run in groupby(batch, key=type):
+    for kind, run in groupby(sorted(batch, key=lambda record: _WRITE_ORDER[type(record)]), key=type):
         records = list(run)
         if kind is LessonStarted:
             rows = [await _lesson_row(connection, record, instance_id)
@@ -213,6 +213,10 @@ async def _apply(connection: AsyncConnection, batch: list[LessonRecord], instanc
                  for r in records if isinstance(r, LessonEnded)])
 
 
+# What a record depends on is written before it: a lesson before its turns and events, a turn before its
+# interruption, the usage so far before the lesson's end (which carries the final usage).
+_WRITE_ORDER: dict[type, int] = {kind: rank for rank, kind in enumerate((
+    LessonStarted, TurnFinished, TurnInterrupted, LessonEventHappened, UsageSoFar, FeedbackGiven, LessonEnded))}
 _USAGE_COLUMNS = ("audio_input_tokens", "text_input_tokens", "cached_tokens", "audio_output_tokens",
                   "text_output_tokens", "estimated_cost_usd")
 _ENDED_COLUMNS = ("ended_at", "end_reason", "duration_s", *_USAGE_COLUMNS)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.metrics import LessonMetrics
-from app.records import LessonEnded, LessonEventHappened, LessonStarted, TurnFinished, TurnInterrupted
+from app.records import LessonEnded, LessonEventHappened, LessonStarted, TurnFinished, TurnInterrupted, UsageSoFar
 from app.store.database import create_engine, database_url, migrate, session_factory
 from app.store.models import Lesson, LessonEvent, Student, Turn
 from app.store.writer import RecordWriter
@@ -178,3 +178,30 @@ async def test_past_the_bound_an_unreachable_database_s_records_are_dropped_coun
         await writer.stop(grace_s=5)
         await engine.dispose()
 
+
+
+async def test_a_batch_of_interleaved_lessons_is_written_kind_by_kind_keeping_every_dependency(
+    writer: RecordWriter, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    def usage(lesson_id: str, tokens: int) -> UsageSoFar:
+        return UsageSoFar(lesson_id=lesson_id, audio_input_tokens=tokens, text_input_tokens=0, cached_tokens=0,
+                          audio_output_tokens=tokens, text_output_tokens=0, estimated_cost_usd=tokens / 1000)
+
+    # Put before the writer wakes: one batch, in the order two lessons made them.
+    for record in [
+        started("L1"), started("L2"),
+        TurnFinished(lesson_id="L1", seq=1, role="tutor", text="Hello Ana!", started_at=at(1), ended_at=at(3)),
+        usage("L1", 100),
+        TurnFinished(lesson_id="L2", seq=1, role="tutor", text="Hello Bo!", started_at=at(1), ended_at=at(2)),
+        TurnInterrupted(lesson_id="L1", seq=1, heard_ms=900), usage("L2", 50), usage("L1", 200), ended("L1"),
+        usage("L2", 70),
+    ]:
+        writer.put(record)
+    await writer.flushed()
+    async with sessions() as session:
+        rows = {row.id: row for row in (await session.scalars(select(Lesson))).all()}
+        interrupted = await session.scalar(select(Turn.interrupted).where(Turn.lesson_id == "L1"))
+    assert writer.written == 10
+    assert (rows["L1"].end_reason, rows["L1"].audio_input_tokens) == ("student_ended", 100)  # the end's own usage
+    assert (rows["L2"].ended_at, rows["L2"].audio_input_tokens, rows["L2"].estimated_cost_usd) == (None, 70, 0.07)
+    assert interrupted is True

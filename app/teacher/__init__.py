@@ -1,14 +1,15 @@
 """The teacher's desk (/teacher, server-rendered pages) and its JSON API (/api), both behind TEACHER_PASSWORD.
 
-    auth.py      the password, the signed session cookie, CSRF tokens, the sign-in limit
-    inputs.py    size-limited bodies and the validated fields both accept
-    queries.py   what both read and write in the lesson records
-    exports.py   a lesson as JSON, Markdown and CSV rows; the formatters the templates use
-    web.py       what every desk page shares: the signed-in dependency, checked forms, rendering, errors
-    signin.py    signing in and out
-    pages.py     the desk's pages and downloads (GET)
-    actions.py   the desk's forms (POST)
-    api.py       the JSON API
+    auth.py           the password, the signed session cookie, CSRF tokens
+    sign_in_limit.py  wrong passwords per address, counted in the store across workers and replicas
+    inputs.py         size-limited bodies and the validated fields both accept
+    queries.py        what both read and write in the lesson records
+    exports.py        a lesson as JSON, Markdown and CSV rows; the formatters the templates use
+    web.py            what every desk page shares: the signed-in dependency, checked forms, rendering, errors
+    signin.py         signing in and out
+    pages.py          the desk's pages and downloads (GET)
+    actions.py        the desk's forms (POST)
+    api.py            the JSON API
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from fastapi.templating import Jinja2Templates
 
 from app.settings import Settings
 from app.teacher import actions, api, pages, signin
-from app.teacher.auth import SignInLimiter, TeacherAuth
+from app.teacher.auth import TeacherAuth
 from app.teacher.exports import TEMPLATE_FILTERS
+from app.teacher.sign_in_limit import SignInLimiter
 from app.teacher.web import DESK_PATH, DeskError, DeskOff, SignInRequired, error_page, off_page, sign_in_redirect
 
 

@@ -3,12 +3,13 @@
 Every answer is JSON; every refusal is `{"error": …}` with its status (and `"field"` for a bad body):
 401 without the right token, 404 for an unknown id, 413 for a body over the limit (refused before it is
 parsed), 422 for a body that is not the JSON object asked for, 429 after repeated wrong tokens, 503
-while TEACHER_PASSWORD is unset. A refused request writes nothing.
+while TEACHER_PASSWORD is unset or while the store cannot count a token's attempt. A refused request
+writes nothing.
 """
 
 from __future__ import annotations
 
-import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import structlog
@@ -16,9 +17,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.teacher import exports, queries
-from app.teacher.auth import SignInLimiter, TeacherAuth, bearer_token
+from app.teacher.auth import TeacherAuth, bearer_token
 from app.teacher.inputs import BodyTooLarge, InvalidInput, NewStudent, read_json_object, validate
 from app.teacher.pages import ExportFormat, export_response
+from app.teacher.sign_in_limit import SignInLimiter, SignInUnavailable
 from app.teacher.web import client_address, database, lesson_link_url
 
 router = APIRouter(prefix="/api")
@@ -43,25 +45,34 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
-def api_teacher(request: Request) -> None:
+async def api_teacher(request: Request) -> None:
     """Let the request through with the right Bearer token; `ApiError` 401/429/503 otherwise."""
     auth: TeacherAuth | None = request.app.state.teacher_auth
     if auth is None:
         raise ApiError(503, "the teacher API is off: set TEACHER_PASSWORD to turn it on")
     client = client_address(request)
-    limiter: SignInLimiter = request.app.state.sign_in_limiter
-    now = time.monotonic()
-    wait_s = limiter.blocked_for(client, now)
-    if wait_s > 0:
-        raise ApiError(429, "too many wrong tokens from this address; try again later",
-                       headers={"Retry-After": str(int(wait_s) + 1)})
     token = bearer_token(request.headers.get("authorization"))
-    if token is None or not auth.password_matches(token):
-        if token is not None:
-            limiter.record_failure(client, now)
-        log.warning("teacher_api_refused", client=client, reason="no token" if token is None else "wrong token")
-        raise ApiError(401, "an Authorization: Bearer <TEACHER_PASSWORD> header is required",
-                       headers={"WWW-Authenticate": "Bearer"})
+    if token is None:
+        log.warning("teacher_api_refused", client=client, reason="no token")
+        raise _token_required()
+    limiter: SignInLimiter = request.app.state.sign_in_limiter
+    try:
+        attempt = await limiter.attempt(request.app.state.db, client, datetime.now(UTC))
+    except SignInUnavailable:
+        raise ApiError(503, "the token cannot be checked: the database is not answering; try again later") from None
+    if attempt.refused:
+        log.warning("teacher_api_refused", client=client, reason="too_many_failures", retry_after_s=attempt.wait_s)
+        raise ApiError(429, "too many wrong tokens from this address; try again later",
+                       headers={"Retry-After": attempt.retry_after})
+    if not auth.password_matches(token):
+        log.warning("teacher_api_refused", client=client, reason="wrong token")
+        raise _token_required()
+    await limiter.passed(request.app.state.db, attempt)
+
+
+def _token_required() -> ApiError:
+    return ApiError(401, "an Authorization: Bearer <TEACHER_PASSWORD> header is required",
+                    headers={"WWW-Authenticate": "Bearer"})
 
 
 Authorized = Annotated[None, Depends(api_teacher)]

@@ -1,10 +1,10 @@
-"""Who is the teacher: the password, the desk's session cookie, its CSRF token, and the sign-in limit.
+"""Who is the teacher: the password, the desk's session cookie and its CSRF token.
 
 Invariants: the password is compared in constant time and never logged or echoed; the session cookie is
 HMAC-signed with a key derived from the password (changing `TEACHER_PASSWORD` signs every desk out);
 every form the desk serves carries the session's CSRF token and every POST is checked against it before
 anything is read from the form or written. Addresses that keep giving a wrong password (form or Bearer
-token) are refused for a while before the password is even compared.
+token) are refused for a while before the password is even compared (sign_in_limit.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections import deque
 from dataclasses import dataclass
 
 import orjson
@@ -103,38 +102,3 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
-
-
-class SignInLimiter:
-    """At most `max_failures` wrong passwords per client address in any sliding `window_s`.
-
-    A client over the limit is refused before its password is compared, so guessing gains nothing.
-    """
-
-    # Forget quiet clients once the table grows, so a scan of many addresses cannot grow it forever.
-    _MAX_CLIENTS_BEFORE_SWEEP = 10_000
-
-    def __init__(self, *, max_failures: int = 5, window_s: float = 300.0) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
-
-    def blocked_for(self, client: str, now: float) -> float:
-        """Seconds until `client` may try again; 0 when it may try now."""
-        failures = self._failures.get(client)
-        if failures is None:
-            return 0.0
-        while failures and failures[0] <= now - self.window_s:
-            failures.popleft()
-        if len(failures) < self.max_failures:
-            return 0.0
-        return failures[0] + self.window_s - now
-
-    def record_failure(self, client: str, now: float) -> None:
-        if len(self._failures) > self._MAX_CLIENTS_BEFORE_SWEEP:
-            self._sweep(now)
-        self._failures.setdefault(client, deque()).append(now)
-
-    def _sweep(self, now: float) -> None:
-        for client in [c for c, fails in self._failures.items() if not fails or fails[-1] <= now - self.window_s]:
-            del self._failures[client]

@@ -43,14 +43,16 @@ NOTICES = {
 
 
 class DeskError(Exception):
-    """A page-level refusal: shown as the error page with `status`, `heading` and `problem`."""
+    """A page-level refusal: shown as the error page with `status`, `heading`, `problem` and `headers`."""
 
-    def __init__(self, status: int, heading: str, problem: str, *, back: str | None = None) -> None:
+    def __init__(self, status: int, heading: str, problem: str, *, back: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{status} {heading}: {problem}")
         self.status = status
         self.heading = heading
         self.problem = problem
         self.back = back
+        self.headers = headers or {}
 
 
 class DeskOff(Exception):
@@ -189,9 +191,11 @@ def safe_next(path: str | None) -> str:
 def error_page(request: Request, error: DeskError) -> HTMLResponse:
     auth: TeacherAuth | None = request.app.state.teacher_auth
     session = current_session(request, auth) if auth else None
-    return render(request, "error.html", session, {
+    page = render(request, "error.html", session, {
         "heading": error.heading, "problem": error.problem, "back": error.back,
     }, status_code=error.status)
+    page.headers.update(error.headers)
+    return page
 
 
 def off_page(request: Request) -> HTMLResponse:

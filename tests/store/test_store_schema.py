@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.store.database import migrate
 from app.store.models import Base, Lesson, LessonEvent, Link, Student, Turn
 
-TABLES = {"students", "links", "lessons", "turns", "lesson_events", "instances", "app_secrets", "alembic_version"}
+TABLES = {"students", "links", "lessons", "turns", "lesson_events", "instances", "app_secrets", "sign_in_failures",
+          "alembic_version"}
 
 
 async def test_migrations_create_exactly_the_models_schema(engine: AsyncEngine) -> None:

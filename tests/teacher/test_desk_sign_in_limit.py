@@ -1,0 +1,91 @@
+"""The desk's sign-in limit holds for the whole deployment: two apps on one database (SQLite, PostgreSQL) and
+`python -m app` with two workers count the same wrong passwords; a database out of reach refuses sign-in
+(503, with the reason logged) instead of letting it through unchecked."""
+
+from __future__ import annotations
+
+import io
+import signal
+from pathlib import Path
+
+import httpx
+from databases import CuttableProxy
+from desk_client import PASSWORD, UNUSED_UPSTREAM, csrf_token, serve_desk
+from harness import app_process, logged
+
+from app.teacher.sign_in_limit import SignInLimiter
+
+BEARER = {"Authorization": f"Bearer {PASSWORD}"}
+WRONG_TOKEN = {"Authorization": "Bearer guess-guess"}
+
+
+async def test_wrong_passwords_on_one_app_count_on_another_on_the_same_database(
+        store_url: str, log_stream: io.StringIO) -> None:
+    async with serve_desk(log_stream, database_url=store_url) as first:
+        # Started once the first has migrated the database: two first starts at once would both migrate it.
+        assert (await first.client.get("/healthz")).status_code == 200
+        async with serve_desk(log_stream, database_url=store_url) as second:
+            limit = first.app.state.sign_in_limiter.max_failures
+            for index in range(limit):
+                assert (await (first, second)[index % 2].sign_in("guess-guess")).status_code == 401
+
+            locked_form = await second.sign_in()
+            locked_api = await first.client.get("/api/students", headers=BEARER)
+
+    assert locked_form.status_code == 429
+    assert "Too many wrong passwords" in locked_form.text
+    assert int(locked_form.headers["retry-after"]) > 0
+    assert locked_api.status_code == 429
+    assert int(locked_api.headers["retry-after"]) > 0
+
+
+async def test_with_two_workers_the_limit_counts_the_wrong_tokens_of_both(tmp_path: Path) -> None:
+    async with app_process(UNUSED_UPSTREAM, f"sqlite:///{tmp_path / 'lessons.db'}", WEB_CONCURRENCY="2",
+                           TEACHER_PASSWORD=PASSWORD) as served:
+        await served.until_workers_started(2)
+        statuses: list[int] = []
+
+        def refusals() -> list[dict[str, object]]:
+            return served.output.of("teacher_api_refused")
+
+        try:
+            # Each request on a new connection, which either worker may take, until both have refused one.
+            for _ in range(60):
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as client:
+                    statuses.append((await client.get("/api/students", headers=WRONG_TOKEN)).status_code)
+                await served.output.until(lambda lines: len(refusals()) == len(statuses))
+                if {line["worker"] for line in refusals() if line["reason"] == "too_many_failures"} == {0, 1}:
+                    break
+        finally:
+            # The workers hold the output open: the replica is stopped as a platform stops it, not killed.
+            served.process.send_signal(signal.SIGTERM)
+            assert await served.exited(timeout_s=30) == 0
+
+    limit = SignInLimiter().max_failures  # the limit python -m app runs with
+    assert statuses[:limit] == [401] * limit
+    assert set(statuses[limit:]) == {429}, statuses
+    assert {line["worker"] for line in refusals() if line["reason"] == "too_many_failures"} == {0, 1}
+
+
+async def test_a_database_out_of_reach_refuses_sign_in_with_503_and_logs_why(
+        postgres_behind_proxy: tuple[str, CuttableProxy], log_stream: io.StringIO) -> None:
+    url, proxy = postgres_behind_proxy
+    async with serve_desk(log_stream, database_url=url) as desk:
+        token = csrf_token((await desk.client.get("/teacher/signin")).text)
+        proxy.cut()
+        refused_form = await desk.client.post("/teacher/signin", data={"csrf_token": token, "password": PASSWORD})
+        refused_api = await desk.client.get("/api/students", headers=BEARER)
+        proxy.restore()
+        signed_in = await desk.sign_in()
+
+    assert refused_form.status_code == 503
+    assert "its database is not answering" in refused_form.text
+    assert "set-cookie" not in refused_form.headers
+    assert refused_api.status_code == 503
+    assert "the database is not answering" in refused_api.json()["error"]
+    assert signed_in.status_code == 303
+    unavailable = logged(log_stream, "sign_in_limit_unavailable")
+    assert len(unavailable) == 2
+    assert all(line["level"] == "error" and line["client"] == "127.0.0.1" and line["error"] for line in unavailable)
+    assert "teacher_signed_in" in log_stream.getvalue()
+    assert PASSWORD not in log_stream.getvalue()

@@ -109,10 +109,13 @@ class Relay:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
-                await self._carry_out(self.session.begin(self.clock(), replay=replay))
+                begun = self.session.begin(self.clock(), replay=replay)
+                await self._carry_out(begun)
                 tasks.create_task(self._pump_page(page))
                 tasks.create_task(self._pump_timers())
-                tasks.create_task(self._connect_and_pump_upstream())
+                if not any(type(action) is ReplaceUpstream for action in begun):
+                    # A lesson taken over asks for its upstream session itself, as one being replaced does.
+                    tasks.create_task(self._connect_and_pump_upstream())
                 admitted.listen(self._signalled)
         except* _LessonOver:
             pass

@@ -87,7 +87,8 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
 
     def begin(self, now: float, *, replay: bool = False) -> Sequence[Action]:
         """The page's socket is accepted: announce the lesson; the shell connects upstream next. A lesson
-        carried over from another instance goes on (`replay`: its page asked for the transcript so far)."""
+        carried over from another instance goes on (`replay`: its page asked for the transcript so far) and
+        asks for its upstream session with `ReplaceUpstream`: the shell then opens only that one."""
         cfg = self.config
         if cfg.carried is not None:
             return self._take_over(cfg.carried, now, replay=replay)

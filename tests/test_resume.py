@@ -362,6 +362,9 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
                     resumed, answer = await resumed_turn_and_end(back)
                 await new.app.state.records.flushed()
         renewed = simulator.connections[-1]
+    # One session on each instance: the new one opened the lesson's upstream session once, at once.
+    assert len(simulator.connections) == 2
+    assert logged(log_stream, "upstream_reconnect_failed") == []
     assert told["reason"] == "server_restarting"
     assert of_type(page.messages, "error") == []
     assert close_code == 1001
@@ -439,6 +442,8 @@ async def test_a_lesson_whose_instance_is_killed_is_taken_over_once_that_instanc
     assert {(r["code"], r["fatal"]) for r in refusals} == {("resume_not_yet", False)}
     assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
     assert f"Tutor: {reply['text']}" in renewed.received[0]["session"]["instructions"]
+    assert len(simulator.connections) == 2
+    assert logged(log_stream, "upstream_reconnect_failed") == []
     assert [e for e in renewed.received if e["type"] == "response.create"
             and not (e.get("response") or {}).get("metadata")] == []  # no second greeting
     assert answer["text"]

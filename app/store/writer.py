@@ -22,6 +22,7 @@ import structlog
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import ColumnElement
 
 from app.records import (
     FeedbackGiven,
@@ -194,11 +195,7 @@ async def _apply(connection: AsyncConnection, batch: list[LessonRecord], instanc
                 [{"b_lesson": r.lesson_id, "b_seq": r.seq, "b_heard_ms": r.heard_ms}
                  for r in records if isinstance(r, TurnInterrupted)])
         elif kind is UsageSoFar:
-            await connection.execute(
-                update(Lesson).where(Lesson.id == bindparam("b_lesson"), this_instances).values(
-                    {name: bindparam(f"b_{name}") for name in _USAGE_COLUMNS}),
-                [{"b_lesson": r.lesson_id, **{f"b_{name}": getattr(r, name) for name in _USAGE_COLUMNS}}
-                 for r in records if isinstance(r, UsageSoFar)])
+            await _update_lessons(connection, records, _USAGE_COLUMNS, this_instances)
         elif kind is FeedbackGiven:
             await connection.execute(
                 update(Lesson).where(Lesson.id == bindparam("b_lesson"), this_instances)
@@ -206,11 +203,7 @@ async def _apply(connection: AsyncConnection, batch: list[LessonRecord], instanc
                 [{"b_lesson": r.lesson_id, "b_feedback": dict(r.feedback)}
                  for r in records if isinstance(r, FeedbackGiven)])
         elif kind is LessonEnded:
-            await connection.execute(
-                update(Lesson).where(Lesson.id == bindparam("b_lesson"), this_instances).values(
-                    {name: bindparam(f"b_{name}") for name in _ENDED_COLUMNS}),
-                [{"b_lesson": r.lesson_id, **{f"b_{name}": getattr(r, name) for name in _ENDED_COLUMNS}}
-                 for r in records if isinstance(r, LessonEnded)])
+            await _update_lessons(connection, records, _ENDED_COLUMNS, this_instances)
 
 
 # What a record depends on is written before it: a lesson before its turns and events, a turn before its
@@ -220,6 +213,15 @@ _WRITE_ORDER: dict[type, int] = {kind: rank for rank, kind in enumerate((
 _USAGE_COLUMNS = ("audio_input_tokens", "text_input_tokens", "cached_tokens", "audio_output_tokens",
                   "text_output_tokens", "estimated_cost_usd")
 _ENDED_COLUMNS = ("ended_at", "end_reason", "duration_s", *_USAGE_COLUMNS)
+
+
+async def _update_lessons(connection: AsyncConnection, records: list[LessonRecord], columns: tuple[str, ...],
+                          owned: ColumnElement[bool]) -> None:
+    """Set `columns` of each record's lesson row to the record's values, where `owned` holds."""
+    await connection.execute(
+        update(Lesson).where(Lesson.id == bindparam("b_lesson"), owned).values(
+            {name: bindparam(f"b_{name}") for name in columns}),
+        [{"b_lesson": r.lesson_id, **{f"b_{name}": getattr(r, name) for name in columns}} for r in records])
 
 
 async def _lesson_row(connection: AsyncConnection, record: LessonStarted, instance_id: str | None) -> dict[str, object]:

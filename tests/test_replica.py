@@ -251,8 +251,8 @@ def test_each_log_line_is_one_write_so_that_workers_sharing_stdout_never_splice_
 
 
 async def _resume_until_back(base: str, token: str, stack: contextlib.AsyncExitStack) -> tuple[LessonClient, int]:
-    """Resume as lesson.js does: try again after 0.5, 1, 2 … s while the answer is "not yet"; the page that got
-    its lesson back and how many attempts it took."""
+    """Resume as lesson.js does: try again after 0.5, 1, 2, 4, 4 … s while the answer is "not yet"; the page that
+    got its lesson back and how many attempts it took."""
     for attempt in range(1, 8):
         page = await stack.enter_async_context(open_lesson(f"{base}/ws/lesson?resume={token}"))
         first = await page.until(lambda m: m["type"] in ("lesson", "error"))
@@ -260,7 +260,7 @@ async def _resume_until_back(base: str, token: str, stack: contextlib.AsyncExitS
             return page, attempt
         assert (first["code"], first["fatal"]) == ("resume_not_yet", False)
         assert await closed_with(page) == 1013
-        await asyncio.sleep(0.5 * 2 ** (attempt - 1))  # the page's own pause before its next attempt
+        await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 4))  # the page's own pause before its next attempt
     raise AssertionError("the lesson never came back")
 
 

@@ -44,8 +44,6 @@ const MICROPHONE_TIMEOUT_MS = 60000;
 // server has been silent for INSTANCE_LOST_AFTER_SECONDS (15 s), halfway through the grace.
 const RECONNECT_FIRST_MS = 500;
 const RECONNECT_LONGEST_MS = 4000;
-// The lesson this tab may resume (after a reload): {token, graceMs, name, level, leftAt}.
-const RESUME_KEY = "lessonResume";
 // Mirrors the relay's rule (app/messages.py): at most 5 words, 40 characters, each word letters joined by
 // single hyphens or apostrophes, or initials with their dots ("J.", "J.R.R.").
 const NAME_WORD = String.raw`(?:[\p{L}\p{M}]+(?:['’-][\p{L}\p{M}]+)*|(?:\p{L}\.)+)`;
@@ -152,40 +150,6 @@ function showState(state, reason) {
   document.body.dataset.state = state;
   page.status.textContent = STATUS_TEXT[reason ? `${state}:${reason}` : state] ?? STATUS_TEXT[state] ?? state;
 }
-
-// What this tab needs to resume its lesson after a reload; forgotten once the lesson is over.
-const resumeStore = {
-  save(lesson) {
-    const saved = { token: lesson.resumeToken, graceMs: lesson.graceMs, name: lesson.params.name, level: lesson.params.level };
-    this.write(saved);
-  },
-  left() {
-    const saved = this.load();
-    if (saved) this.write({ ...saved, leftAt: Date.now() });
-  },
-  write(saved) {
-    try {
-      sessionStorage.setItem(RESUME_KEY, JSON.stringify(saved));
-    } catch {
-      // Storage off (private mode): the lesson still resumes while the tab lives.
-    }
-  },
-  load() {
-    try {
-      const saved = JSON.parse(sessionStorage.getItem(RESUME_KEY) ?? "null");
-      return saved && typeof saved.token === "string" ? saved : null;
-    } catch {
-      return null;
-    }
-  },
-  forget() {
-    try {
-      sessionStorage.removeItem(RESUME_KEY);
-    } catch {
-      // nothing was kept
-    }
-  },
-};
 
 function showError(message, canRetry) {
   page.errorMessage.textContent = message;

@@ -50,9 +50,10 @@ class Log:
 
 
 @dataclass(frozen=True, slots=True)
-class ReplaceUpstream:
-    """Let the current upstream session go (close it, unheard from now on) and open a new one."""
+class OpenUpstream:
+    """Open an upstream session for the lesson: at its start, or in place of one lost or rolled over. One still
+    open is let go first (closed, unheard from now on)."""
 
 
-Action = ToUpstream | ToBrowser | ToBrowserAudio | Close | Log | Record | ReplaceUpstream
+Action = ToUpstream | ToBrowser | ToBrowserAudio | Close | Log | Record | OpenUpstream
 NO_ACTIONS: tuple[Action, ...] = ()

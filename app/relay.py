@@ -1,14 +1,14 @@
 """Relay: one lesson's shell, alive as long as the lesson, whichever sockets it has at the moment.
 
 A thin shell around `LessonSession`. The lesson outlives its sockets: its page may leave and come back
-(`attach`, a resumed socket replacing any page still attached) and its upstream session may be replaced
-(the machine's `ReplaceUpstream`). Its tasks run in one TaskGroup: a reader per attached page, a reader per
-upstream session, the machine's timer, and one per signal of the registry (drain, replaced, moved) when it
-comes. Each feeds the machine and carries out the
-actions it returns, in order, before reading again. `Record` actions go to the store's writer without
-waiting: the audio path never waits for the database. A `Close` action ends the lesson: the upstream
-session is closed first, then the page's socket, and the TaskGroup is torn down. Whatever happens, `finally`
-closes both, so no upstream session outlives its lesson.
+(`attach`, a resumed socket replacing any page still attached) and its upstream session is opened, and may
+be replaced, when the machine says (`OpenUpstream`). Its tasks run in one TaskGroup: a reader per attached
+page, a reader per upstream session, the machine's timer, and one per signal of the registry (drain,
+replaced, moved) when it comes. Each feeds the machine and carries out the actions it returns, in order,
+before reading again. `Record` actions go to the store's writer without waiting: the audio path never waits
+for the database. A `Close` action ends the lesson: the upstream session is closed first, then the page's
+socket, and the TaskGroup is torn down. Whatever happens, `finally` closes both, so no upstream session
+outlives its lesson.
 
 A page that stops reading never holds the lesson: a send that cannot complete within `send_timeout_s` drops
 the page's connection (the machine treats it as a page that went away), and closing the page's socket has
@@ -29,7 +29,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app import messages
-from app.actions import Action, Close, Log, ReplaceUpstream, ToBrowser, ToBrowserAudio, ToUpstream
+from app.actions import Action, Close, Log, OpenUpstream, ToBrowser, ToBrowserAudio, ToUpstream
 from app.admission import AdmittedLesson, LessonSignal
 from app.errors import UpstreamClosed, UpstreamError
 from app.metrics import LessonMetrics
@@ -109,13 +109,9 @@ class Relay:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
-                begun = self.session.begin(self.clock(), replay=replay)
-                await self._carry_out(begun)
+                await self._carry_out(self.session.begin(self.clock(), replay=replay))
                 tasks.create_task(self._pump_page(page))
                 tasks.create_task(self._pump_timers())
-                if not any(type(action) is ReplaceUpstream for action in begun):
-                    # A lesson taken over asks for its upstream session itself, as one being replaced does.
-                    tasks.create_task(self._connect_and_pump_upstream())
                 admitted.listen(self._signalled)
         except* _LessonOver:
             pass
@@ -280,8 +276,8 @@ class Relay:
             elif type(action) is Record:
                 # Never awaited: the writer's queue takes it or counts it dropped.
                 self.records.put(action.record)
-            elif type(action) is ReplaceUpstream:
-                self._replace_upstream()
+            elif type(action) is OpenUpstream:
+                self._open_upstream()
             elif type(action) is Close:
                 # Recorded first: a task cancelled mid-close still closes with this code in `finally`.
                 self._closing = True
@@ -291,8 +287,8 @@ class Relay:
         if self.session.deadlines_changed and (changed := self._deadlines_changed) is not None and not changed.done():
             changed.set_result(None)
 
-    def _replace_upstream(self) -> None:
-        """Let the current upstream session go (closed in the background) and open a new one."""
+    def _open_upstream(self) -> None:
+        """Let the current upstream session, if any, go (closed in the background) and open a new one."""
         self._let_upstream_go()
         if not self._closing:
             self._start_task(self._connect_and_pump_upstream())

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app import messages, protocol
-from app.actions import NO_ACTIONS, Action, Close, Log, ReplaceUpstream, ToBrowser
+from app.actions import NO_ACTIONS, Action, Close, Log, OpenUpstream, ToBrowser
 from app.continuity import (
     MAX_RECONNECT_ATTEMPTS,
     RECONNECT_BACKOFF_S,
@@ -250,7 +250,7 @@ class ResumableLesson(abc.ABC):
         self._set_deadline(Timer.SETUP, now + self.config.upstream_timeout_s)
         return (Log("info", "upstream_reconnecting", {"why": self._reconnect_why,
                                                       "attempt": self._reconnect_attempts}),
-                ReplaceUpstream())
+                OpenUpstream())
 
     def _reconnect_failed(self, failure: str, fields: Mapping[str, Any], now: float) -> Sequence[Action]:
         """An attempt at a new upstream session failed: one more after a pause, then the lesson ends."""

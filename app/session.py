@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, assert_never
 
 from app import messages, protocol
-from app.actions import NO_ACTIONS, Action, Close, Log, ToBrowser, ToUpstream
+from app.actions import NO_ACTIONS, Action, Close, Log, OpenUpstream, ToBrowser, ToUpstream
 from app.continuity import UNRETRYABLE_CODES
 from app.ending import closing_actions, feedback_actions
 from app.feedback import ACTIVE_RESPONSE_CODE, FeedbackExchange, FeedbackUnavailable, ParsedFeedback
@@ -86,9 +86,8 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
     # ---- inputs ----------------------------------------------------------------------------------
 
     def begin(self, now: float, *, replay: bool = False) -> Sequence[Action]:
-        """The page's socket is accepted: announce the lesson; the shell connects upstream next. A lesson
-        carried over from another instance goes on (`replay`: its page asked for the transcript so far) and
-        asks for its upstream session with `ReplaceUpstream`: the shell then opens only that one."""
+        """The page's socket is accepted: announce the lesson and open its upstream session. A lesson carried
+        over from another instance goes on (`replay`: its page asked for the transcript so far)."""
         cfg = self.config
         if cfg.carried is not None:
             return self._take_over(cfg.carried, now, replay=replay)
@@ -102,6 +101,7 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
             self._recorder.started(now, level=cfg.level, model=cfg.model, simulated=cfg.simulated,
                                    student_id=cfg.student_id, link_id=cfg.link_id,
                                    browser_key_hash=cfg.browser_key_hash, student_name=cfg.name),
+            OpenUpstream(),
         )
 
     def handle_timeout(self, now: float) -> Sequence[Action]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.actions import Close, Log, ToBrowser, ToBrowserAudio, ToUpstream
+from app.actions import Close, Log, OpenUpstream, ToBrowser, ToBrowserAudio, ToUpstream
 from app.errors import InvalidTransition
 from app.session import LessonConfig, LessonSession, LessonState
 
@@ -113,6 +113,11 @@ def greeted(session: LessonSession, now: float = 0.0) -> list[object]:
 
 
 class TestGreetingSequence:
+    def test_the_lesson_begins_by_asking_the_shell_for_one_upstream_session(self) -> None:
+        begun = LessonSession(config()).begin(0.0)
+        assert [a for a in begun if isinstance(a, OpenUpstream)] == [OpenUpstream()]
+        assert upstream_events(begun) == []
+
     def test_session_update_is_the_first_upstream_event_and_asks_for_audio(self) -> None:
         session = LessonSession(config())
         assert upstream_events(session.begin(0.0)) == []

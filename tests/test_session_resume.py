@@ -23,7 +23,7 @@ from test_session import (
     upstream_events,
 )
 
-from app.actions import ReplaceUpstream
+from app.actions import OpenUpstream
 from app.continuity import CarriedOver, TranscriptLine
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, Record, TurnFinished
 from app.session import LessonSession, LessonState
@@ -41,7 +41,7 @@ def records(actions: list[object] | tuple[object, ...]) -> list[Any]:
 
 
 def replaced(actions: list[object] | tuple[object, ...]) -> int:
-    return sum(isinstance(a, ReplaceUpstream) for a in actions)
+    return sum(isinstance(a, OpenUpstream) for a in actions)
 
 
 def statuses(actions: list[object] | tuple[object, ...]) -> list[tuple[str, str | None]]:

@@ -108,13 +108,15 @@ async def migrate(engine: AsyncEngine) -> None:
         async with engine.begin() as connection:
             await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))
     except (OSError, TimeoutError) as exc:
-        raise DatabaseUnavailable(f"database {redact(engine.url)} cannot be reached: {_reason(exc)}") from exc
+        raise DatabaseUnavailable(f"database {redact(engine.url)} cannot be reached: {error_reason(exc)}") from exc
     except Exception as exc:
         # Drivers raise their own error trees (asyncpg, sqlite3, SQLAlchemy's wrappers of both).
-        raise DatabaseUnavailable(f"database {redact(engine.url)} cannot be used: {_reason(exc)}") from exc
+        raise DatabaseUnavailable(f"database {redact(engine.url)} cannot be used: {error_reason(exc)}") from exc
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
+    """What a database error says, for a log line: the driver's first line (not SQLAlchemy's wrapping of it),
+    or the error's type when it says nothing."""
     original = getattr(exc, "orig", None) or exc
     text = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
     return text[:300]

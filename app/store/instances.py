@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.store.database import error_reason
 from app.store.models import Instance, Lesson, LessonEvent, Turn, new_id, utcnow
 
 log = structlog.get_logger("lesson_relay")
@@ -108,7 +109,7 @@ async def keep_alive(sessions: async_sessionmaker[AsyncSession], instance_id: st
         except Exception as exc:  # the database is down or slow: the next beat tries again
             if not failing:
                 log.warning("instance_not_marked_alive", instance_id=instance_id,
-                            error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
+                            error=error_reason(exc),
                             lost_after_s=timing.lost_after_s)
             failing = True
         await asyncio.sleep(timing.alive_every_s)

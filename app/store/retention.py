@@ -14,6 +14,7 @@ import structlog
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.store.database import error_reason
 from app.store.models import Lesson, Turn, utcnow
 
 log = structlog.get_logger("lesson_relay")
@@ -35,7 +36,7 @@ async def sweep(sessions: async_sessionmaker[AsyncSession], retention_days: int)
     try:
         deleted = await delete_old_transcripts(sessions, older_than=cutoff)
     except Exception as exc:  # the database is down or slow: the next pass tries again
-        log.warning("retention_failed", error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+        log.warning("retention_failed", error=error_reason(exc))
         return
     log.info("retention_swept", retention_days=retention_days, older_than=cutoff.isoformat(), turns_deleted=deleted)
 

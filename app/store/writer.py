@@ -34,6 +34,7 @@ from app.records import (
     TurnInterrupted,
     UsageSoFar,
 )
+from app.store.database import error_reason
 from app.store.models import Lesson, LessonEvent, Student, Turn, new_id, utcnow
 
 log = structlog.get_logger("lesson_relay")
@@ -142,9 +143,10 @@ class RecordWriter:
                 waited = self.clock() - first_try
                 if waited + pause > self.give_up_after_s:
                     self._count_dropped(len(batch), "database_unavailable",
-                                        f"database unavailable for {waited:.0f} s: {_reason(exc)}", batch[0].lesson_id)
+                                        f"database unavailable for {waited:.0f} s: {error_reason(exc)}",
+                                        batch[0].lesson_id)
                     return
-                log.warning("records_write_retry", records=len(batch), retry_in_s=pause, error=_reason(exc))
+                log.warning("records_write_retry", records=len(batch), retry_in_s=pause, error=error_reason(exc))
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self.longest_retry_s)
 
@@ -154,7 +156,7 @@ class RecordWriter:
                 await self._write([record])
                 self.written += 1
             except Exception as exc:
-                self._count_dropped(1, "refused", f"refused by the database: {_reason(exc)}", record.lesson_id)
+                self._count_dropped(1, "refused", f"refused by the database: {error_reason(exc)}", record.lesson_id)
 
     async def _write(self, batch: list[LessonRecord]) -> None:
         async with asyncio.timeout(self.write_timeout_s), self.engine.begin() as connection:
@@ -246,8 +248,3 @@ async def _browser_student(connection: AsyncConnection, record: LessonStarted) -
     await connection.execute(update(Student).where(Student.id == found).values(name=name, level=record.level))
     return str(found)
 
-
-def _reason(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    text = str(original).strip()
-    return (text.splitlines()[0] if text else type(original).__name__)[:300]

@@ -23,6 +23,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.store.database import error_reason
 from app.store.models import SignInFailure
 from app.store.queries import LOOKUP_TIMEOUT_S
 
@@ -123,19 +124,14 @@ class SignInLimiter:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S), sessions.begin() as db:
                 await db.execute(delete(SignInFailure).where(SignInFailure.id == failure_id))
         except (TimeoutError, OSError, SQLAlchemyError) as exc:
-            log.warning("sign_in_attempt_not_cleared", client=client, error=_reason(exc),
+            log.warning("sign_in_attempt_not_cleared", client=client, error=error_reason(exc),
                         message="the store did not answer: this attempt counts as a wrong password until it "
                         "leaves the window")
 
 
 def _unavailable(client: str, exc: BaseException) -> SignInUnavailable:
-    reason = _reason(exc)
+    reason = error_reason(exc)
     log.error("sign_in_limit_unavailable", client=client, error=reason,
               message="the store did not answer while the sign-in limit was checked: the attempt is refused")
     return SignInUnavailable(f"the sign-in limit could not be checked: {reason}")
 
-
-def _reason(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    text = str(original).strip().splitlines()[0] if str(original).strip() else ""
-    return f"{type(original).__name__}: {text[:200]}" if text else type(original).__name__

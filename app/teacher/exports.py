@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from app.outcomes import ended_because, event_meaning
 from app.store.models import Lesson, LessonEvent, Student
 
 USAGE_FIELDS = ("audio_input_tokens", "text_input_tokens", "cached_tokens", "audio_output_tokens",
@@ -133,7 +134,7 @@ def compact(value: object) -> str:
 
 
 TEMPLATE_FILTERS = {"when": when, "usd": usd, "duration": duration, "offset": offset, "reason": event_reason,
-                    "compact": compact}
+                    "compact": compact, "ended_because": ended_because, "event_meaning": event_meaning}
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+|!~])")
 
@@ -152,7 +153,8 @@ def lesson_markdown(lesson: Lesson) -> str:
         f"- Student: {student} ({lesson.level})",
         f"- Started: {when(lesson.started_at)}",
         f"- Duration: {duration(lesson.duration_s)}",
-        f"- Ended: {_md(lesson.end_reason or 'not recorded')}",
+        f"- Ended: {_md(ended_because(lesson.end_reason))}"
+        f"{f' (`{lesson.end_reason}`)' if lesson.end_reason else ''}",
         f"- Model: {_md(lesson.model)}{' (simulator)' if lesson.simulated else ''}",
         f"- Estimated cost: {usd(lesson.estimated_cost_usd)}",
         "",
@@ -168,7 +170,8 @@ def lesson_markdown(lesson: Lesson) -> str:
     lines += ["## Events", ""]
     if lesson.events:
         lines += ["| at | kind | reason |", "|---|---|---|"]
-        lines += [f"| {offset(event.at, lesson.started_at)} | {_md(event.kind)} | {_md(event_reason(event))} |"
+        lines += [f"| {offset(event.at, lesson.started_at)} | {_md(event_meaning(event.kind))} (`{event.kind}`) "
+                  f"| {_md(event_reason(event))} |"
                   for event in lesson.events]
     else:
         lines += ["No failures, retries or errors."]

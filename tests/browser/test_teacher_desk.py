@@ -81,9 +81,10 @@ def test_teacher_adds_a_student_whose_lesson_shows_on_the_desk(
             # reload until the lesson's end is there too.
             def lesson_ended_on_desk() -> bool:
                 desk.reload()
-                return "still open" not in desk.locator(".facts").inner_text()
+                return "Still open." not in desk.locator(".facts").inner_text()
 
             wait_for(lesson_ended_on_desk, timeout=30, what="the lesson's end on its page")
+            expect(desk.locator(".facts")).to_contain_text("The student pressed End.")
             expect(desk.get_by_role("heading", name="Transcript")).to_be_visible()
             expect(desk.locator(".conversation .turn--tutor").first).to_contain_text("Ana")
             cost = f"${float(str(ended['estimated_cost_usd'])):.4f}"

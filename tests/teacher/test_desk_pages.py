@@ -225,7 +225,10 @@ async def test_lesson_page_shows_the_conversation_failures_usage_and_cost(desk_o
     assert html.index("How are you today?") < html.index("I am fine") < html.index("What did you do")
     assert "&lt;b&gt;yesterday&lt;/b&gt;" in html
     assert "Interrupted: 1200 ms heard" in html
-    assert "greeting_retry" in html
+    assert "The greeting did not come through and was asked for again." in html
+    assert "<code class=\"muted\">greeting_retry</code>" in html
+    assert "The tutor service reported an error." in html
+    assert "The student pressed End. <code class=\"muted\">student_ended</code>" in html
     assert "Rate limit reached for audio output · rate_limit_exceeded · failed" in html
     assert "The server had an error · server_error" in html
     assert "$0.0456" in html
@@ -249,6 +252,7 @@ async def test_failures_page_groups_every_failure_by_day(desk_on: Desk) -> None:
     days = re.findall(r'<h2 id="day-(\d{4}-\d{2}-\d{2})"', page.text)
     assert days == [_days_ago(1).date().isoformat(), _days_ago(2).date().isoformat()]
     assert "max_output_tokens · incomplete" in page.text
+    assert "A reply of the tutor was cut short by the tutor service." in page.text
     assert "no student record" in page.text
     assert 'href="/teacher/lessons/day-2"' in page.text
     assert "day-1" not in page.text  # older than the window
@@ -271,7 +275,9 @@ async def test_lesson_exports_markdown_and_json(desk_on: Desk) -> None:
     assert markdown.headers["content-type"] == "text/markdown; charset=utf-8"
     assert "**Tutor** (00:00): Hello Ana\\! How are you today?" in markdown.text
     assert "What did you do \\<b\\>yesterday\\</b\\>?" in markdown.text
-    assert "| 00:01 | greeting\\_retry | Rate limit reached for audio output" in markdown.text
+    assert "- Ended: The student pressed End. (`student_ended`)" in markdown.text
+    assert ("| 00:01 | The greeting did not come through and was asked for again. (`greeting_retry`) "
+            "| Rate limit reached for audio output") in markdown.text
     lesson = json.loads(as_json.text)
     assert as_json.headers["content-disposition"] == 'attachment; filename="lesson-lesson-1.json"'
     assert [turn["role"] for turn in lesson["turns"]] == ["tutor", "student", "tutor"]

@@ -69,6 +69,14 @@ class LessonMetrics:
                                      "replaced, by why.", ["why"], registry=registry)
         self.handed_off = Counter("lesson_relay_lessons_handed_off", "Lessons handed over on a redeploy.",
                                   registry=registry)
+        self.taken_over = Counter("lesson_relay_lessons_taken_over", "Lessons taken over from another instance: "
+                                  "handed over, or left by a lost instance.", ["from_lost_instance"], registry=registry)
+        # Both series exist from the start, so that the first take-over from a lost instance is an increase.
+        for from_lost_instance in ("true", "false"):
+            self.taken_over.labels(from_lost_instance=from_lost_instance)
+        self.lessons_lost_with_instance = Counter(
+            "lesson_relay_lessons_lost_with_instance", "Lessons ended as instance_lost: their instance was killed "
+            "and no page took them over.", registry=registry)
         self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
             "lesson_started": lambda fields: self.lessons_started.inc(),
             "lesson_ended": lambda fields: self.lessons_ended.labels(reason=str(fields.get("reason"))).inc(),
@@ -80,7 +88,7 @@ class LessonMetrics:
             "feedback_given": lambda fields: self.feedback.labels(outcome="given").inc(),
             "feedback_unavailable": lambda fields: self.feedback.labels(outcome=str(fields.get("reason"))).inc(),
             "page_back": lambda fields: self.resumes.labels(kind="page").inc(),
-            "lesson_taken_over": lambda fields: self.resumes.labels(kind="taken_over").inc(),
+            "lesson_taken_over": self._taken_over,
             "upstream_lost": lambda fields: self.upstream_lost.labels(why=str(fields.get("why"))).inc(),
             "lesson_handed_off": lambda fields: self.handed_off.inc(),
         }
@@ -97,6 +105,10 @@ class LessonMetrics:
     def refused(self, code: str) -> None:
         self.refusals.labels(code=code).inc()
 
+    def lessons_lost(self, count: int) -> None:
+        """Count the lessons a sweep of the store ended as `instance_lost` (`app.store.instances`)."""
+        self.lessons_lost_with_instance.inc(count)
+
     def exposition(self) -> bytes:
         """The text /metrics serves: this process's metrics, or the whole replica's when it has workers."""
         if self.shared_dir is None:
@@ -104,6 +116,11 @@ class LessonMetrics:
         replica = CollectorRegistry()
         MultiProcessCollector(replica, path=self.shared_dir)
         return generate_latest(replica)
+
+    def _taken_over(self, fields: Mapping[str, Any]) -> None:
+        self.resumes.labels(kind="taken_over").inc()
+        from_lost_instance = "true" if fields.get("from_lost_instance") else "false"
+        self.taken_over.labels(from_lost_instance=from_lost_instance).inc()
 
     def _response_done(self, fields: Mapping[str, Any]) -> None:
         self.responses.labels(status=str(fields.get("status"))).inc()

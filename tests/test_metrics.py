@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,9 +13,13 @@ import structlog
 from harness import AppServer, open_lesson, relay_settings, serve_app
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.actions import Log
 from app.logging import REDACTED, configure_logging
+from app.metrics import LessonMetrics
 from app.settings import Settings
 from app.simulator import RealtimeSimulator
+from app.store.database import create_engine, database_url, migrate, session_factory
+from app.store.models import Instance, Lesson, utcnow
 
 TOKEN = "metrics-test-token-not-a-secret"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -82,6 +88,40 @@ async def test_metrics_count_resumed_pages_replaced_sessions_and_handed_over_les
     assert value(after, "lesson_relay_upstream_lost_total", why="session_expired") == 1
     assert value(after, "lesson_relay_lessons_handed_off_total") == 1
     assert value(after, "lesson_relay_lessons_open") == 0
+
+
+async def test_a_sweep_that_ends_the_lessons_of_a_lost_instance_counts_each_of_them(
+    simulator: RealtimeSimulator, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'lessons.db'}"
+    engine = create_engine(database_url(database))
+    await migrate(engine)
+    killed_at = utcnow() - timedelta(hours=1)
+    async with session_factory(engine).begin() as session:
+        session.add(Instance(id="killed", started_at=killed_at - timedelta(hours=1), seen_at=killed_at))
+        await session.flush()
+        session.add_all([Lesson(id=lesson_id, level="B1", started_at=killed_at - timedelta(minutes=10),
+                                model="gpt-realtime", simulated=True, instance_id="killed")
+                         for lesson_id in ("L1", "L2")])
+    await engine.dispose()
+    # The app sweeps once as it starts, before it answers the scrape.
+    async with serve_app(relay_settings(simulator.url, metrics_token=TOKEN, database_url=database)) as relay:
+        after = await scrape(relay)
+    assert value(after, "lesson_relay_lessons_lost_with_instance_total") == 2
+    assert value(after, "lesson_relay_lessons_taken_over_total", from_lost_instance="true") == 0
+
+
+def test_take_overs_are_counted_by_whether_the_lesson_was_left_by_a_lost_instance() -> None:
+    metrics = LessonMetrics()
+    for from_lost_instance in (True, True, False):
+        metrics.observe(Log("info", "lesson_taken_over", {"elapsed_s": 12.5, "turns": 3, "replay": False,
+                                                          "from_lost_instance": from_lost_instance}))
+    samples = {(sample.name, frozenset(sample.labels.items())): sample.value
+               for family in text_string_to_metric_families(metrics.exposition().decode())
+               for sample in family.samples}
+    assert value(samples, "lesson_relay_lessons_taken_over_total", from_lost_instance="true") == 2
+    assert value(samples, "lesson_relay_lessons_taken_over_total", from_lost_instance="false") == 1
+    assert value(samples, "lesson_relay_resumes_total", kind="taken_over") == 3
 
 
 async def test_metrics_after_a_failed_greeting_count_the_retry_the_failure_and_the_failed_responses(
@@ -161,6 +201,8 @@ async def test_without_a_metrics_token_metrics_are_open_and_healthz_shows_no_det
         health = await http.get("/healthz", headers=BEARER)
     assert metrics.status_code == 200
     assert "lesson_relay_lessons_started_total 0.0" in metrics.text
+    # Alerts on a take-over from a lost instance see its first one as an increase from 0.
+    assert 'lesson_relay_lessons_taken_over_total{from_lost_instance="true"} 0.0' in metrics.text
     assert health.json() == {"status": "ok"}
 
 

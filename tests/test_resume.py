@@ -36,6 +36,7 @@ from harness import (
     speak,
     until_lesson_stored,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from websockets.asyncio.client import connect
 
@@ -342,6 +343,13 @@ async def test_two_resumes_at_once_leave_one_page_and_one_upstream_session(
 # ---- a redeploy ------------------------------------------------------------------------------------
 
 
+def taken_over_counts(server: AppServer) -> dict[str, float]:
+    """The server's lesson_relay_lessons_taken_over_total, by from_lost_instance."""
+    return {sample.labels["from_lost_instance"]: sample.value
+            for family in text_string_to_metric_families(server.app.state.metrics.exposition().decode())
+            for sample in family.samples if sample.name == "lesson_relay_lessons_taken_over_total"}
+
+
 async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_goes_on_from_the_store(
     simulator_with: SimulatorWith, log_stream: io.StringIO, tmp_path: Path
 ) -> None:
@@ -389,6 +397,7 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
     assert list(seqs) == list(range(1, len(seqs) + 1))
     assert len(seqs) >= 5
     assert "lesson_taken_over" in kinds
+    assert taken_over_counts(new) == {"false": 1, "true": 0}
     assert pytest.approx(row.duration_s, abs=1) == (row.ended_at - row.started_at).total_seconds()
 
 
@@ -449,6 +458,7 @@ async def test_a_lesson_whose_instance_is_killed_is_taken_over_once_that_instanc
     assert answer["text"]
     [taken_over] = logged(log_stream, "lesson_taken_over")
     assert taken_over["from_lost_instance"] is True
+    assert taken_over_counts(new) == {"false": 0, "true": 1}
     engine = create_engine(database_url(database))
     try:
         async with session_factory(engine)() as session:

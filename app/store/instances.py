@@ -11,6 +11,7 @@ instance was last seen alive, so the desk never shows a lesson running forever.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -91,17 +92,27 @@ async def end_lessons_of_lost_instances(sessions: async_sessionmaker[AsyncSessio
     return ended
 
 
-async def keep_alive(sessions: async_sessionmaker[AsyncSession], instance_id: str, timing: InstanceTiming) -> None:
-    """Until cancelled: mark this instance alive every `alive_every_s`, and end the lessons of lost instances
-    every `SWEEP_EVERY_S` (the first time at once). A database out of reach is logged once per outage."""
-    swept_at: datetime | None = None
+async def sweep_lost_instances(sessions: async_sessionmaker[AsyncSession], timing: InstanceTiming, *, now: datetime,
+                               on_lessons_lost: Callable[[int], None] | None) -> None:
+    """End the lessons of lost instances (`end_lessons_of_lost_instances`), telling `on_lessons_lost(count)` when
+    there were some."""
+    ended = await end_lessons_of_lost_instances(sessions, timing, now=now)
+    if ended and on_lessons_lost is not None:
+        on_lessons_lost(len(ended))
+
+
+async def keep_alive(sessions: async_sessionmaker[AsyncSession], instance_id: str, timing: InstanceTiming, *,
+                     swept_at: datetime, on_lessons_lost: Callable[[int], None] | None = None) -> None:
+    """Until cancelled: mark this instance alive every `alive_every_s`, and sweep the lessons of lost instances
+    (`sweep_lost_instances`) `SWEEP_EVERY_S` after the last sweep, at `swept_at`. A database out of reach is logged
+    once per outage."""
     failing = False
     while True:
         now = utcnow()
         try:
             await mark_alive(sessions, instance_id, now=now)
-            if swept_at is None or (now - swept_at).total_seconds() >= SWEEP_EVERY_S:
-                await end_lessons_of_lost_instances(sessions, timing, now=now)
+            if (now - swept_at).total_seconds() >= SWEEP_EVERY_S:
+                await sweep_lost_instances(sessions, timing, now=now, on_lessons_lost=on_lessons_lost)
                 swept_at = now
             if failing:
                 log.info("instance_alive_again", instance_id=instance_id)
@@ -113,4 +124,3 @@ async def keep_alive(sessions: async_sessionmaker[AsyncSession], instance_id: st
                             lost_after_s=timing.lost_after_s)
             failing = True
         await asyncio.sleep(timing.alive_every_s)
-

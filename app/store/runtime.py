@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.settings import Settings
 from app.store import retention
 from app.store.database import DatabaseUnavailable, create_engine, database_url, migrate, redact, session_factory
-from app.store.instances import InstanceTiming, keep_alive, register_instance
+from app.store.instances import InstanceTiming, keep_alive, register_instance, sweep_lost_instances
 from app.store.models import utcnow
 from app.store.queries import lesson_link_secret
 from app.store.writer import RecordWriter
@@ -77,9 +77,11 @@ def prepare_database(settings: Settings) -> None:
         raise SystemExit(str(exc)) from None
 
 
-async def open_store(settings: Settings, *, on_records_dropped: Callable[[str, int], None] | None = None) -> Store:
+async def open_store(settings: Settings, *, on_records_dropped: Callable[[str, int], None] | None = None,
+                     on_lessons_lost: Callable[[int], None] | None = None) -> Store:
     """The migrated store for `settings`, or `DatabaseUnavailable` (logged once, password-free) when out of reach;
-    `on_records_dropped(cause, count)` is told of every record the writer has to drop."""
+    `on_records_dropped(cause, count)` is told of every record the writer has to drop, and `on_lessons_lost(count)`
+    of the lessons of lost instances each sweep ends."""
     url = _url(settings)
     engine = create_engine(url)
     try:
@@ -100,11 +102,15 @@ async def open_store(settings: Settings, *, on_records_dropped: Callable[[str, i
                     message=f"INSTANCE_LOST_AFTER_SECONDS ({timing.lost_after_s:g}) is not under RESUME_GRACE_SECONDS "
                             f"({timing.resume_grace_s:g}): pages give up before the lessons of a killed instance "
                             "may be taken over, so those lessons end as instance_lost")
+    # What instances lost while none ran left is ended before this one serves (a desk never shows it running).
+    swept_at = utcnow()
+    await sweep_lost_instances(sessions, timing, now=swept_at, on_lessons_lost=on_lessons_lost)
     records = RecordWriter(engine, on_dropped=on_records_dropped, instance_id=instance_id)
     records.start()
     background = (
         asyncio.create_task(retention.sweep_daily(sessions, settings.retention_days), name="retention"),
-        asyncio.create_task(keep_alive(sessions, instance_id, timing), name="instance-keep-alive"),
+        asyncio.create_task(keep_alive(sessions, instance_id, timing, swept_at=swept_at,
+                                       on_lessons_lost=on_lessons_lost), name="instance-keep-alive"),
     )
     return Store(engine=engine, sessions=sessions, records=records, link_secret=link_secret, instance_id=instance_id,
                  instance_timing=timing, background=background)

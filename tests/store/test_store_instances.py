@@ -11,6 +11,7 @@ from harness import logged
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.metrics import LessonMetrics
 from app.records import FeedbackGiven, LessonEnded, LessonStarted, UsageSoFar
 from app.settings import Settings
 from app.store.instances import (
@@ -21,7 +22,7 @@ from app.store.instances import (
     keep_alive,
     register_instance,
 )
-from app.store.models import Instance, Lesson, LessonEvent, Turn
+from app.store.models import Instance, Lesson, LessonEvent, Turn, utcnow
 from app.store.runtime import open_store
 from app.store.writer import RecordWriter
 
@@ -111,7 +112,7 @@ async def test_instances_silent_for_a_day_are_forgotten_once_their_lessons_are_e
 async def test_an_instance_marks_itself_alive_while_it_runs(sessions: async_sessionmaker[AsyncSession]) -> None:
     instance_id = await register_instance(sessions, now=T0)
     quick = InstanceTiming(lost_after_s=0.3, resume_grace_s=30, max_lesson_s=3600)
-    alive = asyncio.create_task(keep_alive(sessions, instance_id, quick))
+    alive = asyncio.create_task(keep_alive(sessions, instance_id, quick, swept_at=T0))
     try:
         for _ in range(100):
             async with sessions() as session:
@@ -123,6 +124,34 @@ async def test_an_instance_marks_itself_alive_while_it_runs(sessions: async_sess
     finally:
         alive.cancel()
     assert row.seen_at > T0
+
+
+async def test_a_sweep_a_minute_after_the_last_tells_the_metrics_how_many_lessons_it_ended(
+    sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    killed_at = utcnow() - timedelta(hours=1)
+    await add_instance(sessions, "killed", killed_at)
+    for lesson_id in ("L1", "L2"):
+        await add_lesson(sessions, lesson_id, instance_id="killed", started_at=killed_at - timedelta(minutes=5))
+    metrics = LessonMetrics()
+    counts: list[int] = []
+    swept = asyncio.Event()
+
+    def lessons_lost(count: int) -> None:
+        metrics.lessons_lost(count)
+        counts.append(count)
+        swept.set()
+
+    instance_id = await register_instance(sessions, now=utcnow())
+    alive = asyncio.create_task(keep_alive(sessions, instance_id, TIMING, swept_at=utcnow() - timedelta(minutes=1),
+                                           on_lessons_lost=lessons_lost))
+    try:
+        async with asyncio.timeout(10):
+            await swept.wait()
+    finally:
+        alive.cancel()
+    assert counts == [2]
+    assert metrics.registry.get_sample_value("lesson_relay_lessons_lost_with_instance_total") == 2
 
 
 async def test_only_the_lessons_own_instance_writes_its_usage_end_and_feedback(

@@ -15,6 +15,8 @@ END_REASONS: dict[str, str] = {
     "browser_gone": "The student's page closed or lost its connection and did not come back in time.",
     "browser_stalled": "The student's page stopped taking what was sent to it (a frozen tab or a very poor "
                        "connection), so the lesson ended.",
+    "page_flooded": "The student's page (or a script) sent far more messages than a lesson page sends, so the "
+                    "lesson was stopped.",
     "replaced": "The student's lesson link was opened again in another window or device, which went on instead.",
     "handed_off": "The server restarted for an update and handed the lesson over, but the student's page did "
                   "not come back to it.",

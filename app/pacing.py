@@ -9,6 +9,8 @@ reads, no I/O):
   few upstream `input_audio_buffer.append` events instead of one per frame.
 - `LogThrottle` turns a flood of the same warning into one line per interval carrying the count of
   the lines it held back.
+- `MessageCounter` counts what a page sends in each second, so one script flooding messages cannot take a
+  worker's whole core from every other lesson on it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ BURST_S = 1.0
 MIN_APPEND_BYTES = 10 * protocol.BYTES_PER_MS
 # A repeated warning is logged at most once in this many seconds.
 WARNING_INTERVAL_S = 10.0
+# Messages (frames and JSON) a page may send in one second. The lesson page sends about 60 (20 ms frames and
+# playback reports); a client of docs/protocol.md sending 2.5 ms frames, 400. Each costs the relay some 20 µs,
+# so 500 keep a lesson's page under 1 % of a core.
+MAX_PAGE_MESSAGES_PER_S = 500
 
 
 class TokenBucket:
@@ -71,6 +77,22 @@ class FrameCoalescer:
         chunk = bytes(self._pending)
         self._pending.clear()
         return chunk
+
+
+@dataclass(slots=True)
+class MessageCounter:
+    """Counts messages in one-second windows; `count(now)` is False once a window holds more than `limit`."""
+
+    limit: int = MAX_PAGE_MESSAGES_PER_S
+    _in_window: int = 0
+    _window_ends: float = -math.inf
+
+    def count(self, now: float) -> bool:
+        if now >= self._window_ends:
+            self._window_ends = now + 1.0
+            self._in_window = 0
+        self._in_window += 1
+        return self._in_window <= self.limit
 
 
 @dataclass(slots=True)

@@ -11,8 +11,11 @@ works the machine's state through what `LessonSession` provides, declared below.
 - A JSON message is one of the allowlisted `app/messages.py` messages, or an `error` frame goes back.
 - A flood of refusals becomes one log line per interval with the count held back; the counts still held back
   when the lesson ends are logged then.
+- A page that sends more than `MAX_PAGE_MESSAGES_PER_S` messages (frames and JSON) in a second is not a lesson
+  page: the lesson ends as `page_flooded`, with a fatal `error` frame and close 1008.
 
-`handle_browser_audio` runs for every 20 ms frame of every lesson: no call layer or allocation is added to it.
+`handle_browser_audio` runs for every 20 ms frame of every lesson: it adds no allocation, and one call (the
+message count) to what it must do.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from app.heard import TutorItems
 from app.lesson_config import LessonConfig
 from app.lesson_state import LessonState
 from app.messages import End, InvalidMessage, Playback
-from app.pacing import FrameCoalescer, LogThrottle, microphone_bucket
+from app.pacing import MAX_PAGE_MESSAGES_PER_S, FrameCoalescer, LogThrottle, MessageCounter, microphone_bucket
 
 _TOO_FAST_WORDS = "Your microphone is sending sound faster than it is spoken, so some of it was left out."
+_FLOODED_WORDS = ("This page sent far more than a lesson page sends, so the lesson was stopped. "
+                  "Please reload the page and start again.")
 
 
 class PageInput(abc.ABC):
@@ -48,6 +53,7 @@ class PageInput(abc.ABC):
         self._coalescer = FrameCoalescer()
         self._too_fast = LogThrottle()
         self._refusals = LogThrottle()
+        self._page_messages = MessageCounter()
 
     # ---- what the machine provides -----------------------------------------------------------------
 
@@ -57,10 +63,16 @@ class PageInput(abc.ABC):
     @abc.abstractmethod
     def _open_microphone_or_arm_timer(self, now: float) -> Sequence[Action]: ...
 
+    @abc.abstractmethod
+    def _finish(self, reason: str, close_code: int, now: float,
+                error: tuple[str, str] | None = None) -> Sequence[Action]: ...
+
     # ---- the page's frames and messages ------------------------------------------------------------
 
     def handle_browser_audio(self, frame: bytes, now: float) -> Sequence[Action]:
         """A binary frame from the page: discarded before the greeting was heard; then relayed at real-time pace."""
+        if not self._page_messages.count(now):
+            return self._page_flooded(now)
         size = len(frame)
         if size == 0 or size % 2 or size > self.config.max_frame_bytes:
             return self._refuse_browser_input(
@@ -78,6 +90,8 @@ class PageInput(abc.ABC):
 
     def handle_browser_text(self, text: str, now: float) -> Sequence[Action]:
         """A JSON message from the page: one of the allowlisted messages, or an error frame back."""
+        if not self._page_messages.count(now):
+            return self._page_flooded(now)
         try:
             message = messages.parse_browser_message(text)
         except InvalidMessage as exc:
@@ -101,6 +115,12 @@ class PageInput(abc.ABC):
         if self.state is not LessonState.GREETING or not self._greeting.done:
             return NO_ACTIONS
         return self._open_microphone_or_arm_timer(now)
+
+    def _page_flooded(self, now: float) -> Sequence[Action]:
+        if self.state is LessonState.ENDED:
+            return NO_ACTIONS
+        return (Log("warning", "page_flooded", {"limit_per_s": MAX_PAGE_MESSAGES_PER_S, "state": self.state.value}),
+                *self._finish("page_flooded", 1008, now, error=("too_many_messages", _FLOODED_WORDS)))
 
     # ---- refusals, throttled -----------------------------------------------------------------------
 

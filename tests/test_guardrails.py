@@ -13,6 +13,7 @@ import pytest
 from harness import AppServer, log_lines, open_lesson, relay_settings, serve_app
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from app.pacing import MAX_PAGE_MESSAGES_PER_S
 from app.simulator import RealtimeSimulator
 
 # What the relay itself sends upstream; input_audio_buffer.clear when a lesson ends and asks for its feedback.
@@ -75,6 +76,29 @@ async def test_a_frame_far_over_the_limit_closes_1009_and_the_server_serves_the_
         await (await simulator.next_connection()).wait_closed()
         async with open_lesson(relay.lesson_url(name="Ben")) as page:
             transcript = await page.until_type("transcript.done", role="tutor")
+    assert "Ben" in transcript["text"]
+
+
+async def test_a_page_flooding_messages_ends_its_lesson_closes_its_upstream_and_the_next_lesson_is_served(
+    relay: AppServer, simulator: RealtimeSimulator, log_stream: io.StringIO
+) -> None:
+    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+        await page.hear_greeting()
+        upstream = await simulator.next_connection()
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(5 * MAX_PAGE_MESSAGES_PER_S):  # far faster than any lesson page: a script
+                await page.ws.send(b"\x02\x00")
+        error = await page.until_type("error")
+        ended = await page.until_type("status", state="ended")
+        await page.drain_until_closed()
+        await upstream.wait_closed()
+    assert (error["code"], error["fatal"]) == ("too_many_messages", True)
+    assert "reload the page" in error["message"]
+    assert ended["reason"] == "page_flooded"
+    assert page.ws.close_code == 1008
+    assert [line["reason"] for line in log_lines(log_stream) if line["event"] == "lesson_ended"] == ["page_flooded"]
+    async with open_lesson(relay.lesson_url(name="Ben")) as page:
+        transcript = await page.until_type("transcript.done", role="tutor")
     assert "Ben" in transcript["text"]
 
 

@@ -13,7 +13,15 @@ import pytest
 from test_session import browser_messages, closes, config, end_lesson, greeted, logs, upstream_events
 
 from app.actions import ToUpstream
-from app.pacing import BURST_S, MIN_APPEND_BYTES, PACE_FACTOR, REAL_TIME_BYTES_PER_S, FrameCoalescer, TokenBucket
+from app.pacing import (
+    BURST_S,
+    MAX_PAGE_MESSAGES_PER_S,
+    MIN_APPEND_BYTES,
+    PACE_FACTOR,
+    REAL_TIME_BYTES_PER_S,
+    FrameCoalescer,
+    TokenBucket,
+)
 from app.session import LessonSession, LessonState
 from app.settings import Settings
 
@@ -33,10 +41,10 @@ def conversing(**overrides: Any) -> LessonSession:
 
 
 class TestMicrophonePacing:
-    def test_audio_sent_600_times_faster_than_real_time_is_cut_to_the_pace(self) -> None:
-        # The attack: 600 s of audio in 1.4 s, in 100 ms frames.
+    def test_audio_sent_40_times_faster_than_real_time_is_cut_to_the_pace(self) -> None:
+        # The attack: 56 s of audio in 1.4 s, in 100 ms frames, within the messages a page may send.
         session = conversing()
-        frame, frames, start, span = b"\x02\x00" * 2400, 6000, 1.0, 1.4
+        frame, frames, start, span = b"\x02\x00" * 2400, 560, 1.0, 1.4
         actions: list[object] = []
         for index in range(frames):
             actions += session.handle_browser_audio(frame, start + span * index / frames)
@@ -107,18 +115,59 @@ class TestMicrophonePacing:
         assert not bucket.take(1, 100.0)
 
 
-class TestTinyFrames:
-    def test_200_000_two_byte_frames_become_a_few_hundred_appends_and_lose_nothing(self) -> None:
+class TestMessageFlood:
+    PLAYBACK = '{"type":"playback","item_id":"item_1","played_ms":100}'
+
+    def test_one_message_over_the_limit_in_a_second_ends_the_lesson_in_plain_words(self) -> None:
         session = conversing()
         actions: list[object] = []
-        frames = 200_000
-        for index in range(frames):  # 8.3 s of audio over 10 s: within the pace
-            actions += session.handle_browser_audio((index % 65_536).to_bytes(2, "little"), 1.0 + 10 * index / frames)
+        # The greeting's playback report opened a one-second window at 0.1: these fill the next one.
+        for index in range(MAX_PAGE_MESSAGES_PER_S):
+            at = 2.0 + index * 0.9 / MAX_PAGE_MESSAGES_PER_S
+            actions += (session.handle_browser_text(self.PLAYBACK, at) if index % 2
+                        else session.handle_browser_audio(FRAME_20MS, at))
+        assert closes(actions) == []
+        flooded = session.handle_browser_audio(FRAME_20MS, 2.95)
+        errors = [m for m in browser_messages(flooded) if m["type"] == "error"]
+        assert [(e["code"], e["fatal"]) for e in errors] == [("too_many_messages", True)]
+        assert {"type": "status", "state": "ended", "reason": "page_flooded"} in browser_messages(flooded)
+        assert logs(flooded, "page_flooded") == [{"limit_per_s": MAX_PAGE_MESSAGES_PER_S, "state": "conversing"}]
+        assert [(c.code, c.reason) for c in closes(flooded)] == [(1008, "page_flooded")]
+        assert session.state is LessonState.ENDED
+        # What the page had already sent changes nothing more.
+        assert session.handle_browser_text(self.PLAYBACK, 2.96) == ()
+        assert session.handle_browser_audio(FRAME_20MS, 2.97) == ()
+
+    def test_a_page_just_under_the_limit_for_a_minute_goes_on(self) -> None:
+        session = conversing()
+        actions: list[object] = []
+        per_second = MAX_PAGE_MESSAGES_PER_S - 10
+        for index in range(per_second * 60):
+            actions += session.handle_browser_audio(b"\x02\x00" * 60, 1.0 + index / per_second)
+        assert closes(actions) == []
+        assert session.state is LessonState.CONVERSING
+
+    def test_a_flood_before_the_greeting_was_heard_ends_the_lesson_too(self) -> None:
+        session = LessonSession(config())
+        session.begin(0.0)
+        actions: list[object] = []
+        for _ in range(MAX_PAGE_MESSAGES_PER_S + 1):
+            actions += session.handle_browser_text("not json", 0.5)
+        assert [(c.code, c.reason) for c in closes(actions)] == [(1008, "page_flooded")]
+
+
+class TestTinyFrames:
+    def test_4_800_two_millisecond_frames_become_960_appends_and_lose_nothing(self) -> None:
+        # 2 ms frames at 480 a second: as small as a real-time microphone can send within the message limit.
+        session = conversing()
+        actions: list[object] = []
+        frames = 4_800
+        sent = b"".join(index.to_bytes(2, "little") * 48 for index in range(frames))
+        for index in range(frames):
+            actions += session.handle_browser_audio(sent[index * 96:(index + 1) * 96], 1.0 + 10 * index / frames)
         appends = [a for a in actions if isinstance(a, ToUpstream)]
-        assert len(appends) == frames * 2 // MIN_APPEND_BYTES
-        # In order and whole; only the last few ms, under the minimum, wait for the next frame.
-        sent = b"".join((i % 65_536).to_bytes(2, "little") for i in range(frames))
-        assert relayed_audio(actions) == sent[: len(appends) * MIN_APPEND_BYTES]
+        assert len(appends) == frames * 96 // MIN_APPEND_BYTES == 960
+        assert relayed_audio(actions) == sent
 
     def test_the_pages_20ms_frames_go_straight_through(self) -> None:
         session = conversing()

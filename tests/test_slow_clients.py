@@ -38,6 +38,7 @@ from websockets.asyncio.client import connect
 
 from app.links import make_lesson_token
 from app.main import drain_lessons
+from app.pacing import MAX_PAGE_MESSAGES_PER_S
 from app.simulator import RealtimeSimulator
 from bench.raw_client import (
     BINARY,
@@ -61,7 +62,8 @@ BAD_FRAME = b"not json " * 100
 
 @contextlib.asynccontextmanager
 async def stuck_page(relay: AppServer, name: str = "Mallory") -> AsyncIterator[RawWebSocket]:
-    """A lesson opened by a page that reads nothing and keeps sending bad frames until the block ends."""
+    """A lesson opened by a page that reads nothing and keeps sending bad frames until the block ends, in bursts
+    that stay under the messages a page may send in a second (more would end the lesson as `page_flooded`)."""
     host, port = _address(relay)
     page = await RawWebSocket.open(host, port, f"/ws/lesson?name={name}", receive_buffer=SMALL_RECEIVE_BUFFER)
     assert page.status == 101
@@ -69,7 +71,9 @@ async def stuck_page(relay: AppServer, name: str = "Mallory") -> AsyncIterator[R
     async def flood() -> None:
         with contextlib.suppress(OSError):
             while True:
-                await page.send(TEXT, BAD_FRAME)
+                for _ in range(MAX_PAGE_MESSAGES_PER_S // 6):
+                    await page.send(TEXT, BAD_FRAME)
+                await asyncio.sleep(0.25)
 
     flooding = asyncio.create_task(flood())
     try:

@@ -1,9 +1,10 @@
 """The processes and pages the browser tests and tests/browser/measure.py drive.
 
 `run_stack` starts the Realtime simulator and the app as two separate processes on free ports, the app
-pointed at the simulator as if it were OpenAI, and waits until both answer. `LessonPage` opens the
-lesson page in headless Chromium with a WAV file as the microphone and reads the page's test hook
-(`window.lessonDebug`, documented at the top of app/static/lesson.js).
+pointed at the simulator as if it were OpenAI, and waits until both answer; `run_simulator` and `run_app` are
+its two halves, for a test that starts the app more than once (a killed instance and its replacement).
+`LessonPage` opens the lesson page in headless Chromium with a WAV file as the microphone and reads the
+page's test hook (`window.lessonDebug`, documented at the top of app/static/lesson.js).
 
 Waiting is always a poll with a deadline on an observable condition (a port, /healthz, a file size,
 a page value), never a sleep standing in for an event.
@@ -102,59 +103,85 @@ class Stack:
         )
 
 
+@dataclass(frozen=True)
+class SimulatorProcess:
+    url: str  # the ws:// URL it listens on
+    record_dir: Path  # connection-<n>.pcm: each connection's appended audio
+    log: Path
+
+
 def _check_alive(process: subprocess.Popen[bytes], log: Path) -> None:
     if process.poll() is not None:
         raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+
+
+def _inherited_environment() -> dict[str, str]:
+    """This process's environment without what would change the stack under a test's feet."""
+    return {k: v for k, v in os.environ.items() if k not in {"LESSON_SECRET", "ALLOWED_ORIGINS", "PORT"}}
+
+
+@contextlib.contextmanager
+def _process(args: Sequence[str], *, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`args` run from the repository with its output in `log`; at the end of the block terminated (killed if
+    it lingers), whatever happened in the block. One a test has already killed is only reaped."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def run_simulator(workdir: Path, *simulator_args: str) -> Iterator[SimulatorProcess]:
+    """`python -m app.simulator` on a free port, recording into workdir/recordings, once it listens."""
+    record_dir = workdir / "recordings"
+    record_dir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "simulator.log"
+    args = [sys.executable, "-m", "app.simulator", "--port", str(free_port()), "--record-dir", str(record_dir),
+            *simulator_args]
+    with _process(args, env=_inherited_environment(), log=log) as simulator:
+        # The simulator prints the URL it listens on; trust that line over the port we asked for.
+        url = wait_for(lambda: _check_alive(simulator, log) or _listening_url(log),
+                       timeout=30, what="the simulator's 'listening on' line")
+        yield SimulatorProcess(url=url, record_dir=record_dir, log=log)
+
+
+@contextlib.contextmanager
+def run_app(simulator: SimulatorProcess, *, port: int, database: Path, log: Path,
+            app_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """The app (uvicorn) on 127.0.0.1:`port` with its lesson records in the SQLite file `database`, pointed at
+    `simulator` as if it were OpenAI, once /healthz answers; its environment has `app_env` on top of the
+    stack's own. Two of these in turn on one port and one database are an instance and its replacement."""
+    env = _inherited_environment() | {
+        "OPENAI_API_KEY": "sk-test-fake-key",
+        "OPENAI_REALTIME_URL": simulator.url,
+        # Every test and measurement starts a lesson from 127.0.0.1; the per-client limit is not under test.
+        "LESSON_STARTS_PER_MINUTE": "1000",
+        "DATABASE_URL": f"sqlite:///{database}",
+        "METRICS_TOKEN": METRICS_TOKEN,
+    } | (app_env or {})
+    with _process([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+                  env=env, log=log) as app:
+        wait_for(lambda: _check_alive(app, log) or http_json(f"http://127.0.0.1:{port}/healthz"),
+                 timeout=30, what="/healthz")
+        yield app
 
 
 @contextlib.contextmanager
 def run_stack(workdir: Path, *simulator_args: str, app_env: dict[str, str] | None = None) -> Iterator[Stack]:
     """The simulator (`python -m app.simulator`) and the app (uvicorn) as processes, ready to use; the app's
     environment has `app_env` on top of the stack's own."""
-    record_dir = workdir / "recordings"
-    record_dir.mkdir(parents=True, exist_ok=True)
-    simulator_port, app_port = free_port(), free_port()
-    simulator_log, app_log = workdir / "simulator.log", workdir / "app.log"
-    env = {k: v for k, v in os.environ.items() if k not in {"LESSON_SECRET", "ALLOWED_ORIGINS", "PORT"}}
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        with simulator_log.open("wb") as out:
-            simulator = subprocess.Popen(
-                [sys.executable, "-m", "app.simulator", "--port", str(simulator_port),
-                 "--record-dir", str(record_dir), *simulator_args],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )
-        processes.append(simulator)
-        # The simulator prints the URL it listens on; trust that line over the port we asked for.
-        simulator_url = wait_for(lambda: _check_alive(simulator, simulator_log) or _listening_url(simulator_log),
-                                 timeout=30, what="the simulator's 'listening on' line")
-        env |= {
-            "OPENAI_API_KEY": "sk-test-fake-key",
-            "OPENAI_REALTIME_URL": simulator_url,
-            # Every test and measurement starts a lesson from 127.0.0.1; the per-client limit is not under test.
-            "LESSON_STARTS_PER_MINUTE": "1000",
-            "DATABASE_URL": f"sqlite:///{workdir / 'lessons.db'}",
-            "METRICS_TOKEN": METRICS_TOKEN,
-        } | (app_env or {})
-        with app_log.open("wb") as out:
-            app = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(app_port)],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )
-        processes.append(app)
-        url = f"http://127.0.0.1:{app_port}"
-        wait_for(lambda: _check_alive(app, app_log) or http_json(f"{url}/healthz"), timeout=30, what="/healthz")
-        yield Stack(url=url, record_dir=record_dir, logs=(simulator_log, app_log), app=app,
-                    database=workdir / "lessons.db")
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    port, database, app_log = free_port(), workdir / "lessons.db", workdir / "app.log"
+    with (run_simulator(workdir, *simulator_args) as simulator,
+          run_app(simulator, port=port, database=database, log=app_log, app_env=app_env) as app):
+        yield Stack(url=f"http://127.0.0.1:{port}", record_dir=simulator.record_dir, logs=(simulator.log, app_log),
+                    app=app, database=database)
 
 
 def make_wav(path: Path, *, rate: int, tone_hz: float | None, seconds: float = 10.0, pause_s: float = 0.0) -> Path:

@@ -23,6 +23,7 @@
 //     lessonId,         the lesson's id, from its `lesson` frame
 //     resumes,          how many times a socket resumed the lesson (`lesson` frames with resumed: true)
 //     reconnecting,     true while the page is reconnecting its own socket
+//     reconnectDelays,  [ms] every pause the page scheduled before reopening a lost socket, in order
 //     statuses,         every status state received, in order ("reconnecting:upstream" with a reason)
 //   }
 // window.lessonTestConfig, set before Start, is for tests and measurements only:
@@ -141,6 +142,7 @@ const debug = {
   lessonId: null,
   resumes: 0,
   reconnecting: false,
+  reconnectDelays: [],
   statuses: [],
 };
 window.lessonDebug = debug;
@@ -434,6 +436,7 @@ class Lesson {
     if (debug.state !== "reconnecting") showState("reconnecting");
     const delay = Math.min(RECONNECT_FIRST_MS * 2 ** this.attempt, RECONNECT_LONGEST_MS, left);
     this.attempt += 1;
+    debug.reconnectDelays.push(delay);
     // While the browser knows it is offline an attempt cannot succeed: the `online` event tries at once.
     this.reconnectTimer = setTimeout(() => (navigator.onLine === false ? this.reconnect() : this.open()), delay);
   }

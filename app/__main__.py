@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 
+from app.logging import configure_logging
 from app.main import DrainingServer, create_app, exit_cleanly, server_config
 from app.replica import run_replica
 from app.settings import load_settings
@@ -15,6 +16,8 @@ from app.store.runtime import prepare_database
 
 def main() -> None:
     settings = load_settings()
+    # Before migrating: a start that waits for another instance's migration says so in the deployment's format.
+    configure_logging(settings)
     prepare_database(settings)
     if settings.web_concurrency > 1:
         raise SystemExit(run_replica(settings))

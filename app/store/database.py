@@ -4,23 +4,45 @@
 start (aiosqlite). `postgres://…` (what Railway sets) and `postgresql://…` → asyncpg. `migrate()` brings
 the schema to the newest Alembic revision before the server serves; when the database cannot be reached
 it raises `DatabaseUnavailable`, whose message names the URL without its password.
+
+Instances starting together (replicas on a first deploy, the workers of one) migrate one at a time: each
+upgrade holds a lock from before Alembic reads the schema's revision until it has committed, so the next
+starter waits, then finds the schema at head and does nothing.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import structlog
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/lessons.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT_S = 10.0
+# How long a SQLite connection waits for another's write lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 30
+# How long a starter waits for another instance's migration (then its start fails with one line).
+MIGRATION_WAIT_S = 300
+# The PostgreSQL advisory lock held while migrating: any fixed 64-bit number no other application sharing the
+# database uses; this one is the ASCII of "lessonre".
+MIGRATION_LOCK_KEY = 0x6C6573736F6E7265
+
+log = structlog.get_logger("lesson_relay")
 
 _SCHEMES = {
     "sqlite": "sqlite+aiosqlite",
@@ -69,7 +91,7 @@ def redact(url: URL | str) -> str:
 def create_engine(url: URL) -> AsyncEngine:
     """An engine for `url`; on SQLite every connection enforces foreign keys."""
     if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # asyncpg waits 60 s for an unanswered connect by default: too long for a start or a writer retry.
@@ -83,7 +105,7 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
     cursor.close()
 
 
@@ -101,17 +123,89 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest revision (creating a SQLite file and its folder on first start), or
-    `DatabaseUnavailable` when the database is out of reach."""
+    `DatabaseUnavailable` when the database is out of reach. Waits while another instance migrates."""
     try:
-        if engine.url.get_backend_name() == "sqlite" and engine.url.database:
-            Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-        async with engine.begin() as connection:
-            await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))
+        if engine.url.get_backend_name() == "sqlite":
+            await _upgrade_sqlite(engine.url)
+        else:
+            await _upgrade_postgresql(engine)
     except (OSError, TimeoutError) as exc:
         raise DatabaseUnavailable(f"database {redact(engine.url)} cannot be reached: {error_reason(exc)}") from exc
     except Exception as exc:
         # Drivers raise their own error trees (asyncpg, sqlite3, SQLAlchemy's wrappers of both).
         raise DatabaseUnavailable(f"database {redact(engine.url)} cannot be used: {error_reason(exc)}") from exc
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+async def _upgrade_postgresql(engine: AsyncEngine) -> None:
+    """The upgrade under a session-level advisory lock, released once it has committed."""
+    async with engine.connect() as connection:
+        try:
+            await _take_migration_lock(connection)
+            await connection.run_sync(_upgrade)
+            await connection.commit()
+        except BaseException:
+            # Dropping the connection ends its session, and the session's advisory lock with it.
+            await connection.invalidate()
+            raise
+        await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        await connection.commit()
+
+
+async def _take_migration_lock(connection: AsyncConnection) -> None:
+    # Bounds the wait for the lock below and for the tables the upgrade alters; SET LOCAL ends with the upgrade.
+    await connection.execute(text(f"SET LOCAL lock_timeout = {MIGRATION_WAIT_S * 1000}"))
+    taken = await connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    if not taken:
+        _log_waiting(connection.engine.url)
+        await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+
+async def _upgrade_sqlite(url: URL) -> None:
+    """The upgrade as one `BEGIN IMMEDIATE` transaction on a connection of its own.
+
+    SQLite's write lock is the migration lock: BEGIN IMMEDIATE takes it before Alembic reads the revision, and
+    the next starter's BEGIN IMMEDIATE waits until the upgrade commits. With sqlite3's own transaction handling
+    off (isolation_level=None) the DDL is inside that transaction, so a failed upgrade leaves the schema as it
+    was, where sqlite3 would have committed each CREATE TABLE by itself. (A lock file beside the database would
+    serialise starters too, but still leave half a schema behind a failure.)
+    """
+    if url.database:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, poolclass=NullPool,
+                                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None})
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    event.listen(engine.sync_engine, "begin", _begin_immediate)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade)
+    finally:
+        await engine.dispose()
+
+
+def _begin_immediate(connection: Connection) -> None:
+    # Try without waiting first, so that a starter says so when another instance is migrating.
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout=0")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+        _log_waiting(connection.engine.url)
+        cursor.execute(f"PRAGMA busy_timeout={MIGRATION_WAIT_S * 1000}")
+        cursor.execute("BEGIN IMMEDIATE")
+    finally:
+        cursor.close()
+
+
+def _log_waiting(url: URL) -> None:
+    log.info("migration_waits_for_another_instance", url=redact(url), max_wait_s=MIGRATION_WAIT_S)
 
 
 def error_reason(exc: BaseException) -> str:

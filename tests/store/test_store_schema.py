@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.store.database import migrate
+from app.store.database import DatabaseUnavailable, create_engine, database_url, migrate
 from app.store.models import Base, Lesson, LessonEvent, Link, Student, Turn
 
 TABLES = {"students", "links", "lessons", "turns", "lesson_events", "instances", "app_secrets", "sign_in_failures",
@@ -34,6 +34,21 @@ async def test_migrating_an_up_to_date_database_again_changes_nothing(
     await migrate(engine)
     async with sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Student)) == 1
+
+
+async def test_a_migration_that_fails_leaves_the_schema_as_it_was(store_url: str) -> None:
+    # 0001 creates students and links before lessons: on SQLite each used to be committed by itself.
+    engine = create_engine(database_url(store_url))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE lessons (id INTEGER)"))
+        with pytest.raises(DatabaseUnavailable, match="lessons"):
+            await migrate(engine)
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
+    assert tables == {"lessons"}
 
 
 async def test_times_come_back_timezone_aware_in_utc(sessions: async_sessionmaker[AsyncSession]) -> None:

@@ -265,6 +265,12 @@ class LessonPage:
         )
         return item_id
 
+    def wait_student_spoke(self) -> list[str]:
+        """Once the transcript shows a turn of the student's: the text of every turn so far."""
+        self.page.wait_for_function("() => document.querySelectorAll('#transcript .turn--student').length > 0",
+                                    timeout=60_000)
+        return self.page.locator("#transcript .turn").all_inner_texts()
+
 
 OpenPage = Callable[..., LessonPage]
 

@@ -55,10 +55,8 @@ def test_a_lesson_whose_instance_is_killed_comes_back_on_the_replacement_and_goe
         lesson = open_page(f"http://127.0.0.1:{port}", tone_hz=440, tone_s=0.8, pause_s=2.2)
         lesson.start("Ana")
         lesson.wait_greeting_played()
-        lesson.page.wait_for_function("() => document.querySelectorAll('#transcript .turn--student').length > 0",
-                                      timeout=60_000)
+        before = lesson.wait_student_spoke()
         lesson_id = lesson.debug("lessonId")
-        before = lesson.page.locator("#transcript .turn").all_inner_texts()
         statuses_before = len(lesson.debug("statuses"))
 
         killed.kill()  # SIGKILL: no drain, no hand-over; its lesson stays open in the store

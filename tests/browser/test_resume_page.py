@@ -49,10 +49,8 @@ def test_a_reload_mid_lesson_resumes_it_with_the_transcript_restored(stack: Stac
     lesson = open_page(stack.url, tone_hz=440, tone_s=0.8, pause_s=2.2)
     lesson.start("Ana")
     lesson.wait_greeting_played()
-    lesson.page.wait_for_function("() => document.querySelectorAll('#transcript .turn--student').length > 0",
-                                  timeout=60_000)
+    before = lesson.wait_student_spoke()
     lesson_id = lesson.debug("lessonId")
-    before = lesson.page.locator("#transcript .turn").all_inner_texts()
 
     lesson.page.reload()
 

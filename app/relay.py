@@ -353,6 +353,7 @@ class Relay:
                 pass
             else:
                 if page.connection is not None:
-                    # The page has as long to answer the close frame as it had to take any frame.
-                    page.connection.close_within(self.send_timeout_s)
+                    # The page has as long to answer the close frame as it had to take any frame; one closed
+                    # for breaking a limit (1008) gets no time: what it still sends is read and dropped.
+                    page.connection.close_within(0 if self._close_code == 1008 else self.send_timeout_s)
         page.finish()

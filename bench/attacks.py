@@ -9,8 +9,11 @@ Each scenario starts the relay of `--checkout` as its own process (simulator mod
 from this process, reads the server's resident memory and open descriptors from /proc/<pid>, and times a
 real student beside the attack. Every loop is bounded in time and bytes; nothing leaves the machine.
 
-- stalled: pages that stop reading (4 kB receive buffer) and keep sending bad frames, one per place
-  (MAX_SESSIONS=10, IDLE_TIMEOUT_SECONDS=10, MAX_LESSON_SECONDS=30); a student retries every second.
+- stalled: pages that stop reading (4 kB receive buffer) and keep sending bad frames (fewer than a page may
+  send in a second), one per place (MAX_SESSIONS=10, IDLE_TIMEOUT_SECONDS=10, MAX_LESSON_SECONDS=30); a
+  student retries every second.
+- message_flood: one lesson's page, past its greeting, sends 2-byte frames as fast as it can; how long the
+  server carries it and the CPU that costs, while a real student starts a lesson beside it.
 - ping_flood: 125-byte pings, pongs never read, on a lesson socket and on a refused one (bad link).
 - drain: two such pages, then SIGTERM; how long until the process has exited.
 - huge_header: a request header that never ends; a health probe every half second.
@@ -34,9 +37,10 @@ from typing import Any, Final
 
 import httpx
 import orjson
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from app.pacing import MAX_PAGE_MESSAGES_PER_S
 from bench import run_on_uvloop
 from bench.processes import REPO_ROOT, ProcessProbe, free_port
 from bench.raw_client import PING, TEXT, RawWebSocket, client_frame, open_socket
@@ -176,10 +180,60 @@ async def drain(checkout: Path, ws: str | None, bound_s: float) -> dict[str, Any
 
 
 async def _flood_bad_frames(page: RawWebSocket) -> None:
+    """Bad frames in bursts that stay under the messages a page may send in a second (more ends the lesson)."""
     with contextlib.suppress(OSError):
         while True:
-            await page.send(TEXT, b"not json " * 100)
-            await asyncio.sleep(0)  # a send the kernel takes at once does not yield to the rest
+            for _ in range(MAX_PAGE_MESSAGES_PER_S // 6):
+                await page.send(TEXT, b"not json " * 100)
+            await asyncio.sleep(0.25)
+
+
+async def _past_the_greeting(page: ClientConnection) -> None:
+    """Read until the microphone is open, reporting the greeting's playback as the lesson page does."""
+    async for frame in page:
+        if isinstance(frame, bytes):
+            continue
+        message = orjson.loads(frame)
+        if message["type"] == "audio.done":
+            await page.send(orjson.dumps({"type": "playback", "item_id": message["item_id"],
+                                          "played_ms": message["duration_ms"]}).decode())
+        elif message["type"] == "status" and message["state"] == "listening":
+            return
+
+
+async def message_flood(checkout: Path, ws: str | None, bound_s: float) -> dict[str, Any]:
+    async with serve(checkout, ws, {}) as server, \
+            connect(f"ws://127.0.0.1:{server.port}/ws/lesson?name=Eve", max_size=None) as page:
+        await _past_the_greeting(page)
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    for _ in range(100):
+                        await page.send(b"\x02\x00")
+                    sent += 100
+
+        async def read_until_closed() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                async for _ in page:
+                    pass
+
+        before = server.probe.sample()
+        flooding, reading = asyncio.create_task(flood()), asyncio.create_task(read_until_closed())
+        student = asyncio.create_task(_timed(student_admitted(server.port)))
+        took = await while_sampling(server, bound_s, until=reading.done)
+        after = server.probe.sample()
+        flooding.cancel()
+        reading.cancel()
+        await asyncio.gather(flooding, reading, return_exceptions=True)
+        result: dict[str, Any] = {
+            "messages_sent": sent, "carried_s": round(took, 2), "closed_by_server": page.close_code,
+            "server_cpu_s": round(after.cpu_seconds - before.cpu_seconds, 2),
+        }
+        result["student"], result["student_first_audio_s"] = await student
+        return result
 
 
 async def ping_flood(checkout: Path, ws: str | None, bound_s: float, *, refused: bool) -> dict[str, Any]:
@@ -308,7 +362,8 @@ async def _timed(outcome: Any) -> tuple[Any, float]:
     return result, round(time.monotonic() - asked, 2)
 
 
-SCENARIOS: Final = ("stalled", "drain", "ping_flood", "ping_flood_refused", "huge_header", "half_sent")
+SCENARIOS: Final = ("stalled", "drain", "message_flood", "ping_flood", "ping_flood_refused", "huge_header",
+                    "half_sent")
 
 
 async def main(arguments: argparse.Namespace) -> None:
@@ -318,6 +373,8 @@ async def main(arguments: argparse.Namespace) -> None:
             result = await stalled(checkout, arguments.ws, arguments.seconds * 2)
         elif scenario == "drain":
             result = await drain(checkout, arguments.ws, arguments.seconds * 1.5)
+        elif scenario == "message_flood":
+            result = await message_flood(checkout, arguments.ws, arguments.seconds)
         elif scenario in ("ping_flood", "ping_flood_refused"):
             result = await ping_flood(checkout, arguments.ws, arguments.seconds, refused=scenario.endswith("refused"))
         elif scenario == "huge_header":

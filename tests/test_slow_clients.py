@@ -214,6 +214,24 @@ async def test_a_refused_lesson_says_why_and_is_closed_at_once_without_waiting_o
     assert simulator.connections == []
 
 
+async def test_a_flooding_page_is_closed_at_once_without_the_time_a_page_gets_to_answer_the_close(
+    simulator: RealtimeSimulator,
+) -> None:
+    # A page gets BROWSER_SEND_TIMEOUT_SECONDS to answer a close frame; one ended for flooding gets none.
+    async with serve_app(relay_settings(simulator.url, browser_send_timeout_seconds=60)) as relay:
+        host, port = _address(relay)
+        page = await RawWebSocket.open(host, port, "/ws/lesson?name=Eve")
+        await page.send_raw(client_frame(BINARY, b"\x02\x00") * (MAX_PAGE_MESSAGES_PER_S + 1))
+        # The client never answers the close frame; with the page's time to answer it, uvicorn closes after 10 s.
+        async with asyncio.timeout(5):
+            frames = server_frames(await page.until_closed())
+        page.close()
+    texts = [json.loads(payload) for opcode, payload in frames if opcode == TEXT]
+    assert [(m["code"], m["fatal"]) for m in texts if m["type"] == "error"] == [("too_many_messages", True)]
+    [close] = [payload for opcode, payload in frames if opcode == CLOSE]
+    assert int.from_bytes(close[:2], "big") == 1008
+
+
 async def test_a_refused_page_that_is_still_sending_audio_gets_every_frame_of_its_refusal(
     simulator: RealtimeSimulator,
 ) -> None:

@@ -25,6 +25,8 @@
 //     reconnecting,     true while the page is reconnecting its own socket
 //     reconnectDelays,  [ms] every pause the page scheduled before reopening a lost socket, in order
 //     statuses,         every status state received, in order ("reconnecting:upstream" with a reason)
+//     audioInterruptions, how many times the lesson's AudioContext stopped running (audio-interruptions.js)
+//     microphoneRestarts, how many times a new microphone stream replaced one that ended
 //   }
 // window.lessonTestConfig, set before Start, is for tests and measurements only:
 //   sampleRate   create the AudioContext at this rate (stand in for a 48 kHz or 44.1 kHz device);
@@ -144,6 +146,8 @@ const debug = {
   reconnecting: false,
   reconnectDelays: [],
   statuses: [],
+  audioInterruptions: 0,
+  microphoneRestarts: 0,
 };
 window.lessonDebug = debug;
 
@@ -292,6 +296,8 @@ class Lesson {
     this.source = null;
     this.capture = null;
     this.playback = null;
+    this.interruptions = null;
+    this.muted = false;
     this.currentItem = null;
     this.interrupted = new Set();
     this.firstFrameTime = new Map();
@@ -346,6 +352,7 @@ class Lesson {
     });
     this.playback.port.onmessage = (event) => this.onPlaybackMessage(event.data);
     this.playback.connect(context.destination);
+    this.interruptions = new AudioInterruptions(this, debug);
 
     if (this.socket === null && this.reconnectTimer === null) this.open();
   }
@@ -353,10 +360,7 @@ class Lesson {
   // The microphone stream, held by the lesson the moment it is granted, so that every exit releases it,
   // even one taken while the rest of the set-up is still pending.
   async openMicrophone() {
-    const processing = window.lessonTestConfig?.processing ?? true;
-    const stream = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing },
-    });
+    const stream = await navigator.mediaDevices.getUserMedia(microphoneConstraints());
     if (this.stopped) {
       for (const track of stream.getTracks()) track.stop(); // granted after the lesson ended
     } else {
@@ -653,6 +657,7 @@ class Lesson {
   }
 
   releaseAudio() {
+    this.interruptions?.release();
     for (const track of this.stream?.getTracks() ?? []) track.stop();
     this.source?.disconnect();
     this.capture?.disconnect();
@@ -660,7 +665,7 @@ class Lesson {
     if (this.capture) this.capture.port.onmessage = null;
     if (this.playback) this.playback.port.onmessage = null;
     this.context?.close().catch(() => {});
-    this.stream = this.source = this.capture = this.playback = this.context = null;
+    this.interruptions = this.stream = this.source = this.capture = this.playback = this.context = null;
   }
 
   stop() {
@@ -673,6 +678,7 @@ class Lesson {
   }
 
   setMuted(muted) {
+    this.muted = muted;
     for (const track of this.stream?.getAudioTracks() ?? []) track.enabled = !muted;
   }
 }

@@ -1,0 +1,165 @@
+"use strict";
+
+// A running lesson's sound through the browser taking it away. Loaded before lesson.js, which uses
+// `microphoneConstraints` and `AudioInterruptions`.
+// - The AudioContext stops running: iOS moves it to "suspended" or WebKit's "interrupted" for a phone call,
+//   Siri, an alarm or a locked screen; Chrome on Android suspends it in the background. Its worklets stop, so
+//   the tutor goes quiet and no microphone frame is sent. resume() is tried at once; Safari allows it only
+//   inside a gesture after an interruption, so when the context is still not running RESUME_WAIT_MS later a
+//   button resumes the same context in its click.
+// - The microphone track ends (another app took the microphone, a headset was unplugged, the permission was
+//   revoked): a button asks for the microphone again in its click and feeds the new stream to the same
+//   capture worklet.
+
+// How long an automatic resume() may take before the student is asked to press Continue.
+const RESUME_WAIT_MS = 500;
+
+const SOUND_PAUSED_MESSAGE = "The sound was paused. Press “Continue lesson” to go on.";
+const MICROPHONE_STOPPED_MESSAGE =
+  "Your microphone stopped: another app may be using it, or it was unplugged. Press “Turn the microphone back on” to go on.";
+const MICROPHONE_REFUSED_MESSAGE =
+  "The page may not use your microphone. Allow microphone access in your browser, then press “Turn the microphone back on”.";
+const MICROPHONE_MISSING_MESSAGE = "No microphone was found. Connect one, then press “Turn the microphone back on”.";
+const MICROPHONE_FAILED_MESSAGE = "The microphone did not start. Check it is connected, then press “Turn the microphone back on”.";
+
+// What the lesson asks getUserMedia for, at its start and whenever the microphone is asked for again.
+function microphoneConstraints() {
+  const processing = window.lessonTestConfig?.processing ?? true;
+  return {
+    audio: { channelCount: 1, echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing },
+  };
+}
+
+// Watches one lesson's AudioContext and microphone from the end of its audio set-up until release().
+// `lesson` supplies context, stream, capture and muted; `debug` is the page's test hook.
+class AudioInterruptions {
+  constructor(lesson, debug) {
+    this.lesson = lesson;
+    this.debug = debug;
+    this.context = lesson.context;
+    this.resumeTimer = null;
+    this.interrupted = false;
+    this.watchedTracks = [];
+    this.soundPaused = document.getElementById("sound-paused");
+    this.soundPausedMessage = document.getElementById("sound-paused-message");
+    this.continueSound = document.getElementById("continue-sound");
+    this.microphoneStopped = document.getElementById("microphone-stopped");
+    this.microphoneStoppedMessage = document.getElementById("microphone-stopped-message");
+    this.restartMicrophone = document.getElementById("restart-microphone");
+
+    this.onStateChange = () => this.checkContext();
+    this.onVisibilityChange = () => {
+      if (document.visibilityState === "visible") this.checkContext();
+    };
+    this.onTrackEnded = () => this.microphoneEnded();
+    this.onContinueClick = () => this.resumeInGesture();
+    this.onRestartClick = () => this.reopenMicrophone();
+    this.context.addEventListener("statechange", this.onStateChange);
+    document.addEventListener("visibilitychange", this.onVisibilityChange);
+    this.continueSound.addEventListener("click", this.onContinueClick);
+    this.restartMicrophone.addEventListener("click", this.onRestartClick);
+    this.watchTracks(lesson.stream);
+    this.checkContext(); // the context may have stopped while the set-up finished
+  }
+
+  // The lesson's audio is over (ended, replaced, left): nothing more is watched or shown.
+  release() {
+    clearTimeout(this.resumeTimer);
+    this.context.removeEventListener("statechange", this.onStateChange);
+    document.removeEventListener("visibilitychange", this.onVisibilityChange);
+    this.continueSound.removeEventListener("click", this.onContinueClick);
+    this.restartMicrophone.removeEventListener("click", this.onRestartClick);
+    this.unwatchTracks();
+    this.soundPaused.hidden = true;
+    this.microphoneStopped.hidden = true;
+  }
+
+  checkContext() {
+    const context = this.context;
+    if (context.state === "running") {
+      clearTimeout(this.resumeTimer);
+      this.resumeTimer = null;
+      this.interrupted = false;
+      this.soundPaused.hidden = true;
+      return;
+    }
+    if (context.state === "closed") return;
+    if (!this.interrupted) {
+      this.interrupted = true;
+      this.debug.audioInterruptions += 1;
+    }
+    // Safari leaves a resume() outside a gesture pending: the button below is the way back then.
+    context.resume().catch(() => {});
+    if (this.resumeTimer === null && this.soundPaused.hidden) {
+      this.resumeTimer = setTimeout(() => {
+        this.resumeTimer = null;
+        if (context.state !== "running") this.ask(this.soundPaused, this.soundPausedMessage, SOUND_PAUSED_MESSAGE, this.continueSound);
+      }, RESUME_WAIT_MS);
+    }
+  }
+
+  // Must run synchronously inside the click: the same context, resumed by the student's gesture. The
+  // statechange to "running" hides the button.
+  resumeInGesture() {
+    this.context.resume().catch(() => {});
+  }
+
+  microphoneEnded() {
+    this.unwatchTracks();
+    this.ask(this.microphoneStopped, this.microphoneStoppedMessage, MICROPHONE_STOPPED_MESSAGE, this.restartMicrophone);
+  }
+
+  // getUserMedia must be called inside the click: Safari asks again only from a gesture.
+  reopenMicrophone() {
+    this.restartMicrophone.disabled = true;
+    navigator.mediaDevices.getUserMedia(microphoneConstraints()).then(
+      (stream) => this.connectMicrophone(stream),
+      (error) => this.microphoneRefused(error),
+    ).finally(() => {
+      this.restartMicrophone.disabled = false;
+    });
+  }
+
+  connectMicrophone(stream) {
+    const lesson = this.lesson;
+    if (lesson.context !== this.context || lesson.capture === null) {
+      for (const track of stream.getTracks()) track.stop(); // granted after the lesson's audio was released
+      return;
+    }
+    for (const track of lesson.stream?.getTracks() ?? []) track.stop();
+    lesson.source?.disconnect();
+    lesson.stream = stream;
+    lesson.source = this.context.createMediaStreamSource(stream);
+    lesson.source.connect(lesson.capture);
+    lesson.setMuted(lesson.muted);
+    this.watchTracks(stream);
+    this.microphoneStopped.hidden = true;
+    this.debug.microphoneRestarts += 1;
+  }
+
+  microphoneRefused(error) {
+    const blocked = error?.name === "NotAllowedError" || error?.name === "SecurityError";
+    const missing = error?.name === "NotFoundError" || error?.name === "OverconstrainedError";
+    const message = blocked ? MICROPHONE_REFUSED_MESSAGE : missing ? MICROPHONE_MISSING_MESSAGE : MICROPHONE_FAILED_MESSAGE;
+    this.ask(this.microphoneStopped, this.microphoneStoppedMessage, message, this.restartMicrophone);
+  }
+
+  watchTracks(stream) {
+    for (const track of stream?.getAudioTracks() ?? []) {
+      track.addEventListener("ended", this.onTrackEnded);
+      this.watchedTracks.push(track);
+    }
+  }
+
+  unwatchTracks() {
+    for (const track of this.watchedTracks) track.removeEventListener("ended", this.onTrackEnded);
+    this.watchedTracks = [];
+  }
+
+  // Shows `panel` saying `text`, with the focus on the `button` that fixes it.
+  ask(panel, messageElement, text, button) {
+    messageElement.textContent = text;
+    panel.hidden = false;
+    button.focus();
+  }
+}

@@ -1,0 +1,198 @@
+"""The lesson page survives the browser taking its audio away mid-lesson, in headless Chromium against the app
+and the Realtime simulator as processes.
+
+The tests reach the page's objects through its `lesson` global: they suspend `lesson.context` (as iOS does for
+a phone call, or Android Chrome in the background) and end the track of `lesson.stream` (as another app
+taking the microphone does). Safari's rule that only a gesture may resume a context after an interruption is
+played by an init script; Chromium itself lets a page resume its own context.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser_stack import SAMPLE_RATE, LessonPage, OpenPage, Stack, dominant_hz, wait_for, wait_recording
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+
+# Counts what the page builds (AudioContexts, WebSockets), and makes resume() of a context the page suspended
+# wait for a gesture as Safari does after an interruption: called outside a click or key press, it never
+# settles and the context stays suspended. `window.event` tells a handler's gesture apart; the user activation
+# alone does not, as every page.evaluate grants one.
+SAFARI_AFTER_AN_INTERRUPTION = """
+(() => {
+  window.audioContextsCreated = 0;
+  window.socketsOpened = 0;
+  window.resumesWithoutGesture = 0;
+  const NativeAudioContext = window.AudioContext;
+  window.AudioContext = class extends NativeAudioContext {
+    constructor(...args) {
+      super(...args);
+      window.audioContextsCreated += 1;
+    }
+  };
+  const NativeWebSocket = window.WebSocket;
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(...args) {
+      super(...args);
+      window.socketsOpened += 1;
+    }
+  };
+  let interrupted = false;
+  const suspend = NativeAudioContext.prototype.suspend;
+  const resume = NativeAudioContext.prototype.resume;
+  NativeAudioContext.prototype.suspend = function () {
+    interrupted = true;
+    return suspend.call(this);
+  };
+  NativeAudioContext.prototype.resume = function () {
+    const gesture = window.event?.isTrusted && ["click", "keydown", "keyup"].includes(window.event.type)
+      && navigator.userActivation.isActive;
+    if (interrupted && !gesture) {
+      window.resumesWithoutGesture += 1;
+      return new Promise(() => {});
+    }
+    interrupted = false;
+    return resume.call(this);
+  };
+})();
+"""
+
+# The microphone is refused while window.refuseMicrophone is true (the student said no to the browser's prompt).
+MICROPHONE_REFUSED_ON_DEMAND = """
+(() => {
+  window.refuseMicrophone = false;
+  const getUserMedia = MediaDevices.prototype.getUserMedia;
+  MediaDevices.prototype.getUserMedia = function (constraints) {
+    if (window.refuseMicrophone) return Promise.reject(new DOMException("the test refused", "NotAllowedError"));
+    return getUserMedia.call(this, constraints);
+  };
+})();
+"""
+
+# Half a second of 20 ms microphone frames.
+HALF_A_SECOND_OF_FRAMES = 25
+
+
+def wait_frames_flow(lesson: LessonPage) -> None:
+    """Once half a second more of microphone frames has been sent than now."""
+    sent = lesson.debug("framesSent")
+    lesson.wait_debug(f"d.framesSent >= {sent + HALF_A_SECOND_OF_FRAMES}")
+
+
+def wait_tutor_heard_again(lesson: LessonPage, heard_before: list[str]) -> None:
+    """Once the playback worklet has played (and reported) some of a tutor item that had not begun before."""
+    lesson.wait_debug(f"Object.keys(d.played).some((id) => !{heard_before!r}.includes(id) && d.played[id] > 0)",
+                      timeout_s=60)
+
+
+def test_a_context_suspended_mid_lesson_is_resumed_by_the_page_and_the_lesson_goes_on(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    # Each 0.8 s tone is a student turn the tutor answers.
+    lesson = open_page(stack.url, tone_hz=440, tone_s=0.8, pause_s=2.2)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    heard_before = list(lesson.debug("played"))
+
+    lesson.page.evaluate("() => lesson.context.suspend()")
+
+    lesson.wait_debug("d.audioInterruptions === 1")
+    lesson.page.wait_for_function("() => lesson.context.state === 'running'")
+    wait_frames_flow(lesson)
+    wait_tutor_heard_again(lesson, heard_before)
+    expect(lesson.page.get_by_role("button", name="Continue lesson")).to_be_hidden()
+    assert lesson.console_errors == []
+
+
+def test_a_context_that_needs_a_gesture_is_resumed_by_continue_lesson_with_the_same_context_and_socket(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(stack.url, tone_hz=440, tone_s=0.8, pause_s=2.2, init_scripts=[SAFARI_AFTER_AN_INTERRUPTION])
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    lesson_id = lesson.debug("lessonId")
+    heard_before = list(lesson.debug("played"))
+
+    lesson.page.evaluate("() => lesson.context.suspend()")
+
+    paused = lesson.page.get_by_role("alert").filter(has_text="The sound was paused")
+    expect(paused).to_be_visible()
+    continue_button = paused.get_by_role("button", name="Continue lesson")
+    expect(continue_button).to_be_focused()
+    # The page did try on its own: the context waits for the student.
+    assert lesson.page.evaluate("window.resumesWithoutGesture") >= 1
+    assert lesson.page.evaluate("lesson.context.state") == "suspended"
+
+    lesson.page.keyboard.press("Enter")  # the focused button, from the keyboard
+
+    lesson.page.wait_for_function("() => lesson.context.state === 'running'")
+    expect(paused).to_be_hidden()
+    wait_frames_flow(lesson)
+    wait_tutor_heard_again(lesson, heard_before)
+    assert lesson.page.evaluate("[window.audioContextsCreated, window.socketsOpened]") == [1, 1]
+    assert lesson.debug("lessonId") == lesson_id
+    assert lesson.debug("resumes") == 0
+    assert lesson.debug("reconnectDelays") == []
+    assert lesson.debug("audioInterruptions") == 1
+    assert lesson.console_errors == []
+
+
+def recorded_second(path: Path, start_byte: int) -> np.ndarray:
+    """The second of microphone audio the simulator recorded from `start_byte` on, once it is there."""
+    end_byte = start_byte + SAMPLE_RATE * 2
+    wait_for(lambda: path.stat().st_size >= end_byte, timeout=30, what="a second more of recorded microphone audio")
+    data = path.read_bytes()[start_byte:end_byte]
+    return np.frombuffer(data, dtype="<i2").astype(np.float64)
+
+
+def rms_dbfs(samples: np.ndarray) -> float:
+    return float(20 * np.log10(max(np.sqrt(np.mean(samples**2)), 1e-3) / 32768))
+
+
+def test_a_microphone_that_ends_is_asked_for_again_and_its_audio_reaches_the_tutor_again(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(stack.url, tone_hz=440, init_scripts=[MICROPHONE_REFUSED_ON_DEMAND])
+    before = stack.recordings()
+    lesson.start("Ana")
+    wait_recording(stack, before, seconds=1.0)
+    (recording,) = stack.recordings() - before
+
+    # Another app takes the microphone: the track stops and says so.
+    lesson.page.evaluate("""() => {
+        const track = lesson.stream.getAudioTracks()[0];
+        track.stop();
+        track.dispatchEvent(new Event("ended"));
+    }""")
+
+    stopped = lesson.page.get_by_role("alert").filter(has_text="Your microphone stopped")
+    expect(stopped).to_be_visible()
+    restart = stopped.get_by_role("button", name="Turn the microphone back on")
+    expect(restart).to_be_focused()
+    # The ended track gives silence (its frames still flow): the tone below can only come from a new stream.
+    ended_audio = recorded_second(recording, recording.stat().st_size)
+    assert rms_dbfs(ended_audio[-SAMPLE_RATE // 4:]) < -90
+
+    # Asked again, the browser refuses: the page says so and keeps the button.
+    lesson.page.evaluate("window.refuseMicrophone = true")
+    restart.click()
+    refused = lesson.page.get_by_role("alert").filter(has_text="The page may not use your microphone")
+    expect(refused).to_be_visible()
+    expect(refused.get_by_role("button", name="Turn the microphone back on")).to_be_focused()
+    assert lesson.debug("microphoneRestarts") == 0
+
+    lesson.page.evaluate("window.refuseMicrophone = false")
+    refused.get_by_role("button", name="Turn the microphone back on").click()
+
+    lesson.wait_debug("d.microphoneRestarts === 1")
+    expect(lesson.page.get_by_role("button", name="Turn the microphone back on")).to_be_hidden()
+    wait_frames_flow(lesson)
+    last_half_second = recorded_second(recording, recording.stat().st_size)[-SAMPLE_RATE // 2:]
+    assert dominant_hz(last_half_second) == pytest.approx(440, abs=5)
+    assert rms_dbfs(last_half_second) > -20  # the tone at -6 dBFS, not the silence of a stopped track
+    assert lesson.page.evaluate("lesson.stream.getAudioTracks()[0].readyState") == "live"
+    assert lesson.console_errors == []

@@ -3,8 +3,9 @@ and the Realtime simulator as processes.
 
 The tests reach the page's objects through its `lesson` global: they suspend `lesson.context` (as iOS does for
 a phone call, or Android Chrome in the background) and end the track of `lesson.stream` (as another app
-taking the microphone does). Safari's rule that only a gesture may resume a context after an interruption is
-played by an init script; Chromium itself lets a page resume its own context.
+taking the microphone does). Init scripts play the browsers that refuse the page's own resume(): Safari, which
+wants a gesture after an interruption, and Chrome on Android, which keeps a background tab's sound off.
+Chromium itself lets a page resume its own context at any time.
 """
 
 from __future__ import annotations
@@ -73,6 +74,20 @@ MICROPHONE_REFUSED_ON_DEMAND = """
 })();
 """
 
+# A page in the background as the test says (window.pageHidden), with resume() refused meanwhile, as Chrome on
+# Android suspends a background tab's audio: resume() called while hidden never settles.
+BACKGROUND_TAB = """
+(() => {
+  window.pageHidden = false;
+  Object.defineProperty(document, "visibilityState", { get: () => (window.pageHidden ? "hidden" : "visible") });
+  Object.defineProperty(document, "hidden", { get: () => window.pageHidden });
+  const resume = AudioContext.prototype.resume;
+  AudioContext.prototype.resume = function () {
+    return window.pageHidden ? new Promise(() => {}) : resume.call(this);
+  };
+})();
+"""
+
 # Half a second of 20 ms microphone frames.
 HALF_A_SECOND_OF_FRAMES = 25
 
@@ -105,6 +120,31 @@ def test_a_context_suspended_mid_lesson_is_resumed_by_the_page_and_the_lesson_go
     wait_frames_flow(lesson)
     wait_tutor_heard_again(lesson, heard_before)
     expect(lesson.page.get_by_role("button", name="Continue lesson")).to_be_hidden()
+    assert lesson.console_errors == []
+
+
+def test_a_context_suspended_in_the_background_is_resumed_when_the_page_is_visible_again(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(stack.url, tone_hz=440, tone_s=0.8, pause_s=2.2, init_scripts=[BACKGROUND_TAB])
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    heard_before = list(lesson.debug("played"))
+    set_hidden = "(hidden) => { window.pageHidden = hidden; document.dispatchEvent(new Event('visibilitychange')); }"
+
+    lesson.page.evaluate(set_hidden, True)
+    lesson.page.evaluate("() => lesson.context.suspend()")
+    # Its resume() refused in the background, the page offers the button for when the student is back.
+    expect(lesson.page.get_by_role("button", name="Continue lesson")).to_be_visible()
+    assert lesson.page.evaluate("lesson.context.state") == "suspended"
+
+    lesson.page.evaluate(set_hidden, False)
+
+    lesson.page.wait_for_function("() => lesson.context.state === 'running'")
+    expect(lesson.page.get_by_role("button", name="Continue lesson")).to_be_hidden()
+    wait_frames_flow(lesson)
+    wait_tutor_heard_again(lesson, heard_before)
+    assert lesson.debug("audioInterruptions") == 1
     assert lesson.console_errors == []
 
 

@@ -4,6 +4,9 @@
 Servers in the test's process listen on sockets bound to port 0 before they start, so a client can connect at
 once: the kernel queues the connection until the server accepts it. Nothing here waits on time but the
 readiness poll of a served process, which binds its port itself (as a load balancer polls it).
+
+A process a test starts leads a process group of its own (`process_in_own_group`), and when the test is done
+with it, however it ends, the whole group is stopped: a supervisor's workers never outlive the test.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import io
 import json
 import math
 import os
+import signal
 import socket
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +36,7 @@ from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.main import create_app, server_config
+from app.main import create_app, server_config, shutdown_worst_case_seconds
 from app.pacing import REAL_TIME_BYTES_PER_S
 from app.settings import Settings
 from app.simulator import RealtimeSimulator
@@ -277,6 +281,75 @@ class ProcessOutput:
         await self._task
 
 
+# After SIGKILL, how long a process group may take to be gone (its processes are not all ours to reap).
+GROUP_GONE_WITHIN_S = 10
+
+
+def running_in_group(pgid: int) -> list[int]:
+    """The processes of process group `pgid` still running (a zombie holds no port and no CPU)."""
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so read after the last ')'.
+            state, _ppid, pgrp = stat.read_text().rpartition(")")[2].split()[:3]
+            if int(pgrp) == pgid and state not in ("Z", "X"):
+                running.append(int(stat.parent.name))
+    return running
+
+
+async def process_ended(pid: int) -> None:
+    """Return once process `pid`, a child of this process or not, has ended."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
+    loop.add_reader(handle, ended.set)  # a pidfd is readable once its process has ended
+    try:
+        await ended.wait()
+    finally:
+        loop.remove_reader(handle)
+        os.close(handle)
+
+
+async def stop_group(process: asyncio.subprocess.Process, grace_s: float) -> None:
+    """Stop `process`, started with `start_new_session=True`, and everything it started: SIGTERM while it runs
+    and up to `grace_s` for it to exit, then SIGKILL to its whole process group (a supervisor's workers stay
+    in it even when the supervisor alone was killed); return once nothing of the group runs."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        # Not `wait()`: it returns only once the pipes are closed too, which its workers hold open.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process_ended(process.pid), grace_s)
+    with contextlib.suppress(ProcessLookupError):  # nothing of the group is left
+        os.killpg(process.pid, signal.SIGKILL)
+    async with asyncio.timeout(GROUP_GONE_WITHIN_S):
+        for pid in running_in_group(process.pid):
+            await process_ended(pid)
+        await process.wait()
+
+
+def app_stop_grace_s(environment: Mapping[str, str]) -> float:
+    """How long `python -m app` run with `environment` may take to exit after SIGTERM, by its own bound, and
+    two seconds more: past it, it is stuck."""
+    configured = environment.get("SHUTDOWN_GRACE_SECONDS")
+    grace_s = float(configured) if configured else Settings.model_fields["shutdown_grace_seconds"].default
+    return shutdown_worst_case_seconds(grace_s) + 2
+
+
+@asynccontextmanager
+async def process_in_own_group(*command: str, grace_s: float, **options: Any,
+                               ) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`command` (with `asyncio.create_subprocess_exec`'s `options`) as the leader of a process group of its own
+    until the block ends, then stopped with everything it started (`stop_group`)."""
+    process = await asyncio.create_subprocess_exec(*command, start_new_session=True, **options)
+    try:
+        yield process
+    finally:
+        await stop_group(process, grace_s)
+
+
 @dataclass
 class AppProcess:
     """`python -m app` running as its own process: its output as it comes, and the port it serves."""
@@ -316,23 +389,23 @@ class AppProcess:
 @asynccontextmanager
 async def app_process(upstream_url: str, database_url: str, **environment: str) -> AsyncIterator[AppProcess]:
     """`python -m app` against `upstream_url` on a free port (JSON logs at info, a 5 s drain, `environment` on
-    top) until the block ends; killed then if it is still running."""
+    top) until the block ends; then stopped with its workers (`stop_group`): SIGTERM, and past the longest
+    drain SIGKILL to all of them, so none outlives a test that failed."""
     port = free_port()
     env = os.environ | {
         "OPENAI_API_KEY": FAKE_KEY, "OPENAI_REALTIME_URL": upstream_url, "PORT": str(port), "HOST": "127.0.0.1",
         "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info", "DATABASE_URL": database_url,
     } | environment
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                                                   start_new_session=True, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.STDOUT)
     assert process.stdout is not None
     served = AppProcess(process, ProcessOutput(process.stdout), port)
     try:
         yield served
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await served.output.finished()
+        await stop_group(process, app_stop_grace_s(env))
+        await served.output.finished()  # the workers hold the output pipe too: it ends once they are gone
 
 
 async def until_lesson_stored(database: str, lesson_id: str,

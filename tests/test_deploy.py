@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import free_port, relay_settings, serve_app
+from harness import app_stop_grace_s, free_port, process_in_own_group, relay_settings, serve_app
 
 from app import healthcheck
 from app.main import (
@@ -159,18 +159,13 @@ async def test_the_dockerfiles_install_step_alone_serves_the_app_from_its_source
     python, context, environment = await asyncio.to_thread(_install_as_the_image_does, tmp_path)
     serving = environment | {"PORT": str(free_port()), "HOST": "127.0.0.1", "LOG_FORMAT": "json",
                              "OPENAI_API_KEY": "sk-test-fake-key", "OPENAI_REALTIME_URL": simulator.url}
-    server = await asyncio.create_subprocess_exec(
-        python, "-m", "app", cwd=context, env=serving, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
+    async with process_in_own_group(python, "-m", "app", grace_s=app_stop_grace_s(serving), cwd=context, env=serving,
+                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT) as server:
         await _until_logged(server, "Uvicorn running")
         check = await asyncio.create_subprocess_exec(python, "-m", "app.healthcheck", cwd=context, env=serving)
         healthy = await check.wait()
         server.send_signal(signal.SIGTERM)
         exit_code = await server.wait()
-    finally:
-        if server.returncode is None:
-            server.kill()
-            await server.wait()
     assert healthy == 0
     assert exit_code == 0
     assert (context / "data" / "lessons.db").exists()  # the SQLite default, in the working directory

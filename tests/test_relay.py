@@ -9,7 +9,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from harness import AppServer, bound_socket, log_lines, of_type, open_lesson, relay_settings, serve_app, tutor_events
+from harness import (
+    AppServer,
+    bound_socket,
+    log_lines,
+    of_type,
+    open_lesson,
+    process_in_own_group,
+    relay_settings,
+    serve_app,
+    tutor_events,
+)
 from sdk_oracle import assert_valid_client_event
 
 from app.simulator import RealtimeSimulator
@@ -134,11 +144,8 @@ async def test_a_standalone_simulator_process_stands_in_for_openai(tmp_path: Any
     probe = bound_socket()
     port = probe.getsockname()[1]
     probe.close()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app.simulator", "--port", str(port),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
+    async with process_in_own_group(sys.executable, "-m", "app.simulator", "--port", str(port), grace_s=10,
+                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT) as process:
         assert process.stdout is not None
         url = ""
         while not url:
@@ -151,9 +158,6 @@ async def test_a_standalone_simulator_process_stands_in_for_openai(tmp_path: Any
             transcript = await page.until_type("transcript.done", role="tutor")
         assert "Zoë" in transcript["text"]
         assert len(page.audio) > 48_000
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 async def test_without_a_key_the_embedded_simulator_gives_the_lesson(log_stream: io.StringIO) -> None:

@@ -323,3 +323,46 @@ async def test_a_lesson_on_a_worker_that_is_killed_is_taken_over_by_the_replica_
     [taken_over] = output.of("lesson_taken_over")
     assert taken_over["from_lost_instance"] is True
     assert [line["reason"] for line in output.of("lesson_ended")] == ["student_ended"]
+
+
+class FailedHere(Exception):
+    """A test failing while its app process runs."""
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started that are still its children (its workers, multiprocessing's resource tracker)."""
+    return [int(child) for listed in Path(f"/proc/{pid}/task").glob("*/children")
+            for child in listed.read_text().split()]
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not: it holds no port and no CPU)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.parametrize("supervisor_killed", [False, True], ids=["running", "supervisor_killed"])
+async def test_a_test_failing_with_two_workers_running_leaves_none_of_them_running(
+    simulator: RealtimeSimulator, tmp_path: Path, supervisor_killed: bool
+) -> None:
+    started: list[int] = []
+    output: list[ProcessOutput] = []
+
+    async def fail_with_two_workers() -> None:
+        async with app_process(simulator.url, f"sqlite:///{tmp_path / 'lessons.db'}", WEB_CONCURRENCY="2") as served:
+            output.append(served.output)
+            await served.until_workers_started(2)
+            started.extend(children(served.process.pid))
+            if supervisor_killed:  # as a test of a killed instance does: its workers are left without it
+                served.process.kill()
+            raise FailedHere
+
+    with pytest.raises(FailedHere):
+        await fail_with_two_workers()
+    workers = {line["pid"] for line in output[0].of("Application startup complete.")}
+    assert len(workers) == 2
+    assert workers <= set(started)
+    assert [pid for pid in started if running(pid)] == []

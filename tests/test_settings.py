@@ -7,6 +7,7 @@ import sys
 import unicodedata
 
 import pytest
+from harness import process_in_own_group
 
 from app.messages import InvalidLessonRequest, parse_lesson_request
 from app.settings import ConfigurationError, Settings, load_settings
@@ -86,17 +87,11 @@ def test_a_lesson_secret_of_32_bytes_is_accepted() -> None:
 
 
 async def test_python_m_app_refuses_a_short_lesson_secret_with_one_line_and_never_echoes_it() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", env={"LESSON_SECRET": "short-secret", "PATH": ""},
+    async with process_in_own_group(
+        sys.executable, "-m", "app", grace_s=0, env={"LESSON_SECRET": "short-secret", "PATH": ""},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(30):  # a server that accepted the secret would serve until killed
-            _, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    ) as process, asyncio.timeout(30):  # a server that accepted the secret would serve until stopped
+        _, err = await process.communicate()
     assert process.returncode == 1
     [line] = err.decode().strip().splitlines()
     assert line.startswith("invalid configuration: LESSON_SECRET: Value error, must be at least 32 bytes")

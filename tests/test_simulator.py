@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from harness import process_in_own_group
 from openai import AsyncOpenAI
 from realtime_client import (
     API_KEY,
@@ -651,12 +652,11 @@ async def test_semantic_vad_and_whisper_transcription_report_duration_usage(simu
 
 
 async def test_standalone_command_serves_and_records(tmp_path: Path) -> None:
-    process = await asyncio.create_subprocess_exec(
+    async with process_in_own_group(
         sys.executable, "-m", "app.simulator", "--port", "0", "--record-dir", str(tmp_path),
         "--fault", "failed", "--fault-times", "always", "--failed-code", "insufficient_quota", "--audio-pace", "0",
-        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
+        grace_s=10, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    ) as process:
         assert process.stdout is not None
         url = None
         async with asyncio.timeout(30):
@@ -674,7 +674,6 @@ async def test_standalone_command_serves_and_records(tmp_path: Path) -> None:
             done = (await client.until("response.done"))[-1]
             assert done["response"]["status_details"]["error"]["code"] == "insufficient_quota"
         assert (tmp_path / "connection-1.pcm").read_bytes() == silence(100)
-    finally:
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
             assert await process.wait() == 0

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import process_in_own_group
 from realtime_client import API_KEY, MODEL, RealtimeTestClient, of_type, realtime_client, running
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -104,12 +105,11 @@ async def test_a_test_can_drop_a_connection_mid_response() -> None:
 
 
 async def test_the_standalone_command_takes_the_session_length_and_the_cut() -> None:
-    process = await asyncio.create_subprocess_exec(
+    async with process_in_own_group(
         sys.executable, "-m", "app.simulator", "--port", "0", "--session-seconds", "120",
         "--cut-after-deltas", "1", "--cut-how", "drop", "--audio-pace", "0",
-        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
+        grace_s=10, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    ) as process:
         assert process.stdout is not None
         url = None
         async with asyncio.timeout(30):
@@ -124,7 +124,6 @@ async def test_the_standalone_command_takes_the_session_length_and_the_cut() -> 
             created = await client.receive()
             await client.send({"type": "response.create"})
             code, _ = await closed_with(client)
-    finally:
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
             assert await process.wait() == 0

@@ -27,10 +27,12 @@ from harness import (
     REPO_ROOT,
     AppServer,
     SimulatorWith,
+    app_stop_grace_s,
     free_port,
     log_lines,
     logged,
     open_lesson,
+    process_in_own_group,
     relay_settings,
     serve_app,
 )
@@ -286,9 +288,8 @@ async def relay_process(**environment: str) -> AsyncIterator[tuple[int, int]]:
     port = free_port()
     env = os.environ | {"PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "error", **environment}
     env.pop("OPENAI_API_KEY", None)
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
-                                                   stdout=asyncio.subprocess.DEVNULL)
-    try:
+    async with process_in_own_group(sys.executable, "-m", "app", grace_s=app_stop_grace_s(env), cwd=REPO_ROOT,
+                                    env=env, stdout=asyncio.subprocess.DEVNULL) as process:
         async with asyncio.timeout(30), httpx.AsyncClient() as http:
             while True:  # a readiness poll, as a load balancer does
                 assert process.returncode is None, "python -m app exited at start"
@@ -297,9 +298,6 @@ async def relay_process(**environment: str) -> AsyncIterator[tuple[int, int]]:
                         break
                 await asyncio.sleep(0.1)
         yield port, process.pid
-    finally:
-        process.kill()
-        await process.wait()
 
 
 def resident_bytes(pid: int) -> int:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -122,19 +123,21 @@ def _inherited_environment() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _process(args: Sequence[str], *, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`args` run from the repository with its output in `log`; at the end of the block terminated (killed if
-    it lingers), whatever happened in the block. One a test has already killed is only reaped."""
+    """`args` run from the repository with its output in `log`, leading a process group of its own; at the end
+    of the block terminated, then past 15 s killed with the whole group (whatever it started, uvicorn's workers
+    say), whatever happened in the block. One a test has already killed is only reaped, its group killed."""
     with log.open("wb") as out:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     try:
         yield process
     finally:
         process.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with contextlib.suppress(ProcessLookupError):  # nothing of the group is left
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @contextlib.contextmanager

@@ -109,20 +109,23 @@ class AudioInterruptions {
     this.ask(this.microphoneStopped, this.microphoneStoppedMessage, MICROPHONE_STOPPED_MESSAGE, this.restartMicrophone);
   }
 
-  // getUserMedia must be called inside the click: Safari asks again only from a gesture.
+  // getUserMedia must be called inside the click: Safari asks again only from a gesture. The button stays
+  // usable while the browser asks, in case its prompt never answers; a later stream replaces an earlier one.
   reopenMicrophone() {
-    this.restartMicrophone.disabled = true;
     navigator.mediaDevices.getUserMedia(microphoneConstraints()).then(
       (stream) => this.connectMicrophone(stream),
       (error) => this.microphoneRefused(error),
-    ).finally(() => {
-      this.restartMicrophone.disabled = false;
-    });
+    );
+  }
+
+  // Whether the lesson's audio is still the one watched (not released while the browser was asking).
+  isWatching() {
+    return this.lesson.context === this.context && this.lesson.capture !== null;
   }
 
   connectMicrophone(stream) {
     const lesson = this.lesson;
-    if (lesson.context !== this.context || lesson.capture === null) {
+    if (!this.isWatching()) {
       for (const track of stream.getTracks()) track.stop(); // granted after the lesson's audio was released
       return;
     }
@@ -138,6 +141,7 @@ class AudioInterruptions {
   }
 
   microphoneRefused(error) {
+    if (!this.isWatching()) return;
     const blocked = error?.name === "NotAllowedError" || error?.name === "SecurityError";
     const missing = error?.name === "NotFoundError" || error?.name === "OverconstrainedError";
     const message = blocked ? MICROPHONE_REFUSED_MESSAGE : missing ? MICROPHONE_MISSING_MESSAGE : MICROPHONE_FAILED_MESSAGE;

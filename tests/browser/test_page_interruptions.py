@@ -74,6 +74,37 @@ MICROPHONE_REFUSED_ON_DEMAND = """
 })();
 """
 
+# Asked for the microphone again, the browser answers only when the test calls window.answerMicrophone("grant")
+# or ("refuse"); every track it grants is in window.grantedTracks.
+MICROPHONE_ANSWERED_ON_DEMAND = """
+(() => {
+  window.grantedTracks = [];
+  let asked = 0;
+  const getUserMedia = MediaDevices.prototype.getUserMedia;
+  MediaDevices.prototype.getUserMedia = function (constraints) {
+    asked += 1;
+    if (asked === 1) {
+      return getUserMedia.call(this, constraints).then((stream) => {
+        window.grantedTracks.push(...stream.getTracks());
+        return stream;
+      });
+    }
+    return new Promise((resolve, reject) => {
+      window.answerMicrophone = (answer) => {
+        if (answer === "refuse") {
+          reject(new DOMException("the test refused", "NotAllowedError"));
+          return;
+        }
+        getUserMedia.call(this, constraints).then((stream) => {
+          window.grantedTracks.push(...stream.getTracks());
+          resolve(stream);
+        });
+      };
+    });
+  };
+})();
+"""
+
 # A page in the background as the test says (window.pageHidden), with resume() refused meanwhile, as Chrome on
 # Android suspends a background tab's audio: resume() called while hidden never settles.
 BACKGROUND_TAB = """
@@ -235,4 +266,32 @@ def test_a_microphone_that_ends_is_asked_for_again_and_its_audio_reaches_the_tut
     assert dominant_hz(last_half_second) == pytest.approx(440, abs=5)
     assert rms_dbfs(last_half_second) > -20  # the tone at -6 dBFS, not the silence of a stopped track
     assert lesson.page.evaluate("lesson.stream.getAudioTracks()[0].readyState") == "live"
+    assert lesson.console_errors == []
+
+
+@pytest.mark.parametrize("answer", ["grant", "refuse"])
+def test_a_microphone_answered_after_the_lesson_ended_is_released_and_nothing_is_shown(
+    stack: Stack, open_page: OpenPage, answer: str
+) -> None:
+    lesson = open_page(stack.url, init_scripts=[MICROPHONE_ANSWERED_ON_DEMAND])
+    lesson.start("Ana")
+    lesson.wait_debug("d.framesSent > 0")
+    lesson.page.evaluate("""() => {
+        const track = lesson.stream.getAudioTracks()[0];
+        track.stop();
+        track.dispatchEvent(new Event("ended"));
+    }""")
+    lesson.page.get_by_role("button", name="Turn the microphone back on").click()
+    lesson.page.wait_for_function("() => typeof window.answerMicrophone === 'function'")
+    lesson.page.get_by_role("button", name="End lesson").click()
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+
+    lesson.page.evaluate("(answer) => window.answerMicrophone(answer)", answer)
+
+    if answer == "grant":
+        # Both microphones are off: the one that ended and the one granted too late.
+        lesson.wait_debug("window.grantedTracks.length === 2"
+                          " && window.grantedTracks.every((track) => track.readyState === 'ended')")
+    expect(lesson.page.get_by_role("alert")).to_be_hidden()
+    assert lesson.debug("microphoneRestarts") == 0
     assert lesson.console_errors == []

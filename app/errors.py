@@ -4,6 +4,7 @@
     ├── InvalidRequest               1008  bad lesson parameters, origin or lesson link
     ├── OverCapacity                 1013  too many lessons, or lesson starts too fast
     ├── StoreUnavailable             1013  a lesson link cannot be checked: the records' database is out of reach
+    ├── DailyBudgetReached           1008  the link's student has spent MAX_STUDENT_COST_USD_PER_DAY in a day
     ├── ResumeRefused                1008  a resume token that is altered, expired, foreign or of an ended lesson
     ├── ResumeNotYet                 1013  a resumed lesson is still being handed over: the page tries again
     │   └── ResumeElsewhere          1013  … it runs on another worker, which is asked to hand it over
@@ -50,6 +51,14 @@ class StoreUnavailable(LessonError):
     close_code = 1013
     code = "link_unchecked"
     student_message = "Your lesson link cannot be checked just now. Please try again in a minute."
+
+
+class DailyBudgetReached(LessonError):
+    """The student's lessons started in the last 24 hours cost the daily cap: no new lesson until some age out."""
+
+    close_code = 1008
+    code = "daily_budget_reached"
+    student_message = "You have had all the lesson time for today. Please ask your teacher."
 
 
 class ResumeRefused(LessonError):

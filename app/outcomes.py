@@ -25,6 +25,8 @@ END_REASONS: dict[str, str] = {
     "server_shutdown": "The server restarted for an update while resuming lessons was switched off.",
     "internal_error": "An error in the lesson server stopped the lesson.",
     "over_capacity": "The lesson could not start: every place was taken, or too many lessons were started at once.",
+    "daily_budget_reached": "The lesson could not start: the student's lessons of the last 24 hours already cost "
+                            "the most allowed in a day (MAX_STUDENT_COST_USD_PER_DAY).",
     "session_expired": "The tutor service ended its session at its time cap.",
     "session_not_audio": "The tutor service would not speak: its session was not set up for audio.",
     "session_refused": "The tutor service refused the lesson's set-up.",

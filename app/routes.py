@@ -1,10 +1,10 @@
 """HTTP and WebSocket routes: the page, the health check, and the lesson socket.
 
 The lesson route admits or refuses a lesson (origin, parameters, lesson link checked against the
-store, capacity, start rate), then starts its `Relay` in its own task, which outlives the socket. A socket
-with `resume=<token>` is attached to its running lesson, or takes over a lesson another instance handed
-over. A refusal always reaches the page as an `error` frame followed by the close code of the cause, and
-no upstream session is opened for it.
+store, the student's daily budget, capacity, start rate), then starts its `Relay` in its own task, which
+outlives the socket. A socket with `resume=<token>` is attached to its running lesson, or takes over a
+lesson another instance handed over. A refusal always reaches the page as an `error` frame followed by
+the close code of the cause, and no upstream session is opened for it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app import messages
 from app.admission import AdmittedLesson, LessonRegistry, Start, origin_allowed
+from app.budget import check_daily_budget
 from app.continuity import CarriedOver, TranscriptLine
 from app.errors import (
+    DailyBudgetReached,
     InvalidRequest,
     LessonError,
     OverCapacity,
@@ -142,12 +144,15 @@ async def lesson_socket(websocket: WebSocket) -> None:
         request, student = await student_for_request(
             request, lesson_secret_set=settings.lesson_secret is not None, link_secret=state.link_secret,
             sessions=state.db)
+        # Before the lesson takes a place: a refused start must not replace the link's live lesson.
+        await check_daily_budget(state.db, student, cap_usd=settings.max_student_cost_usd_per_day,
+                                 now=datetime.now(UTC))
         start = Start(lesson_id=lesson_id, client=client, link_id=student.link_id)
         admitted = await registry.admit(start, time.monotonic())
-    except (InvalidRequest, OverCapacity, StoreUnavailable) as exc:
+    except (InvalidRequest, OverCapacity, StoreUnavailable, DailyBudgetReached) as exc:
         metrics.refused(exc.code)
-        if student.student_id is not None and isinstance(exc, OverCapacity):
-            # A known student turned away for capacity or start rate: their teacher sees the attempt.
+        if student.student_id is not None and isinstance(exc, OverCapacity | DailyBudgetReached):
+            # A known student turned away for capacity, start rate or their day's budget: their teacher sees it.
             _record_refusal(state.records, lesson_id, request, settings, student, exc)
         await _refuse(websocket, exc, lesson_log, settings.browser_send_timeout_seconds)
         return

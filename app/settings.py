@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     # Sized for a busy 30-minute lesson at the default prices with room to spare (README: "What a lesson costs").
     max_lesson_cost_usd: float = Field(default=5.0, gt=0)
+    # What one student's lessons started in the last 24 hours may cost before their link starts no more; 0 = no cap.
+    max_student_cost_usd_per_day: float = Field(default=20.0, ge=0, allow_inf_nan=False)
     # Transcripts (the turns) of lessons older than this are deleted, at start and then daily.
     retention_days: int = Field(default=365, ge=1, le=36_500)
     # USD per million tokens, by kind; a JSON object in the environment.

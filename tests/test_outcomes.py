@@ -74,7 +74,8 @@ def _codes_from_errors() -> set[str]:
     """End reasons that are an upstream error's code (the session could not be opened) or a refused start's."""
     refusals = {errors._refusal_wording(status, upstream_code)[0]
                 for status in (400, 401, 403, 404, 429, 500, 503) for upstream_code in (None, "insufficient_quota")}
-    return refusals | {errors.UpstreamUnavailable.code, errors.UpstreamError.code, errors.OverCapacity.code}
+    return refusals | {errors.UpstreamUnavailable.code, errors.UpstreamError.code, errors.OverCapacity.code,
+                        errors.DailyBudgetReached.code}
 
 
 def _response_event_kinds() -> set[str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -79,6 +79,16 @@ async def student_for_link(sessions: async_sessionmaker[AsyncSession], claim: Li
     return LinkedStudent(student_id=student.id, link_id=link.id, name=student.name, level=student.level,
                          target_language=student.target_language, topic=link.topic,
                          support_language=link.support_language)
+
+
+async def student_cost_since(sessions: async_sessionmaker[AsyncSession], student_id: str, since: datetime) -> float:
+    """The estimated cost of the student's lessons started at or after `since`, open ones with their cost so
+    far (the writer keeps an open lesson's usage after every response); 0 when there are none."""
+    async with sessions() as session:
+        spent = await session.scalar(
+            select(func.coalesce(func.sum(Lesson.estimated_cost_usd), 0.0))
+            .where(Lesson.student_id == student_id, Lesson.started_at >= since))
+    return float(spent or 0.0)
 
 
 async def create_student(sessions: async_sessionmaker[AsyncSession], *, name: str, level: str,

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from app.admission import LessonRegistry, LocalPlaces, Places
+from app.admission import LessonRegistry, LocalPlaces, Places, StartRateLimiter
 from app.live_lessons import LiveLessons
 from app.logging import configure_logging
 from app.metrics import LessonMetrics, metrics_router
@@ -101,6 +101,9 @@ def create_app(
                               settings.link_starts_per_minute))
     app.state.metrics = LessonMetrics(shared_dir=metrics_dir)
     app.state.live_lessons = LiveLessons(app.state.metrics.lessons_open)
+    # One refused start of a student per cause and minute is kept on the desk: a script retrying a refused link
+    # must not write a lesson row per attempt.
+    app.state.refusals_recorded = StartRateLimiter(per_minute=1)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)

@@ -26,7 +26,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import messages
-from app.admission import AdmittedLesson, LessonRegistry, Start, origin_allowed
+from app.admission import AdmittedLesson, LessonRegistry, Start, StartRateLimiter, origin_allowed
 from app.budget import check_daily_budget
 from app.continuity import CarriedOver, TranscriptLine
 from app.errors import (
@@ -152,8 +152,13 @@ async def lesson_socket(websocket: WebSocket) -> None:
     except (InvalidRequest, OverCapacity, StoreUnavailable, DailyBudgetReached) as exc:
         metrics.refused(exc.code)
         if student.student_id is not None and isinstance(exc, OverCapacity | DailyBudgetReached):
-            # A known student turned away for capacity, start rate or their day's budget: their teacher sees it.
-            _record_refusal(state.records, lesson_id, request, settings, student, exc)
+            # A known student turned away for capacity, start rate or their day's budget: their teacher sees it,
+            # once a minute for each cause however often it is retried.
+            recorded: StartRateLimiter = state.refusals_recorded
+            cause, now = f"{student.student_id}:{exc.code}", time.monotonic()
+            if recorded.allows(cause, now):
+                recorded.record(cause, now)
+                _record_refusal(state.records, lesson_id, request, settings, student, exc)
         await _refuse(websocket, exc, lesson_log, settings.browser_send_timeout_seconds)
         return
     try:

@@ -114,3 +114,21 @@ async def test_a_cap_of_0_lets_a_student_start_whatever_they_spent(simulator: Re
             await ana.drain_until_closed()
     assert ana.ws.close_code == 1000
     assert len(simulator.connections) == 1
+
+
+async def test_a_refused_link_retried_again_and_again_is_kept_on_the_desk_once_a_minute(
+        simulator: RealtimeSimulator) -> None:
+    async with serve_app(relay_settings(simulator.url, max_student_cost_usd_per_day=2.0)) as server:
+        state = await started_app(server)
+        ana_id, _, token = await personal_link(state, name="Ana")
+        await spent(state, ana_id, (timedelta(hours=1), 3.0))
+        codes = []
+        for _ in range(5):
+            async with open_lesson(server.lesson_url(name="Ana", token=token)) as attempt:
+                codes.append((await attempt.until_type("error"))["code"])
+                await attempt.drain_until_closed()
+        await state.records.flushed()
+        refused = [lesson for lesson in await lessons_in(state)
+                   if lesson.student_id == ana_id and not lesson.id.startswith("spent-")]
+    assert codes == ["daily_budget_reached"] * 5
+    assert [lesson.end_reason for lesson in refused] == ["daily_budget_reached"]

@@ -10,10 +10,10 @@ The beta interface (header `OpenAI-Beta: realtime=v1`, `response.audio.delta`, t
 
 from __future__ import annotations
 
-import binascii
 from typing import Any, Literal
 
 import orjson
+import pybase64
 from pydantic import BaseModel, ConfigDict
 
 SAMPLE_RATE = 24_000
@@ -249,4 +249,4 @@ _APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
 
 def audio_append(pcm: bytes) -> bytes:
     """`input_audio_buffer.append` of `pcm`, serialised by hand: base64 needs no JSON escaping."""
-    return b"".join((_APPEND_PREFIX, binascii.b2a_base64(pcm, newline=False), b'"}'))
+    return b"".join((_APPEND_PREFIX, pybase64.b64encode(pcm), b'"}'))

@@ -15,12 +15,11 @@ declared below.
 from __future__ import annotations
 
 import abc
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
+import pybase64
 from pydantic import ValidationError
 
 from app import messages, protocol
@@ -148,9 +147,9 @@ class UpstreamEvents(abc.ABC):
         if response_id in self._items.dropped_responses:
             return NO_ACTIONS
         try:
-            pcm = base64.b64decode(event["delta"], validate=True)
+            pcm = pybase64.b64decode(event["delta"], validate=True)
             item_id = event["item_id"]
-        except (KeyError, TypeError, binascii.Error):
+        except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
             return (Log("warning", "upstream_event_malformed", {"type": protocol.AUDIO_DELTA}),)
         item = self._items.by_id.get(item_id)
         if item is not None:

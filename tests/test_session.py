@@ -231,6 +231,16 @@ class TestTutorAudio:
         actions = session.handle_upstream_message(json.dumps(audio_delta(pcm)).encode(), 0.0)
         assert [action.pcm for action in actions if isinstance(action, ToBrowserAudio)] == [pcm]
 
+    @pytest.mark.parametrize("delta", ["not base64!", "AAA", "AAAA\n", "ÄÖÜ", 12, None])
+    def test_an_audio_delta_that_is_not_base64_is_logged_and_dropped(self, delta: object) -> None:
+        session = LessonSession(config())
+        configured(session)
+        event = {**audio_delta(b"\x01\x00" * 240), "delta": delta}
+        actions = session.handle_upstream(event, 0.0)
+        assert logs(actions, "upstream_event_malformed") == [{"type": "response.output_audio.delta"}]
+        assert not [action for action in actions if isinstance(action, ToBrowserAudio)]
+        assert session.state is LessonState.GREETING
+
 
 class TestGreetingProtection:
     def test_microphone_is_discarded_until_the_greeting_is_heard(self) -> None:

@@ -250,3 +250,8 @@ _APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
 def audio_append(pcm: bytes) -> bytes:
     """`input_audio_buffer.append` of `pcm`, serialised by hand: base64 needs no JSON escaping."""
     return b"".join((_APPEND_PREFIX, pybase64.b64encode(pcm), b'"}'))
+
+
+def decode_audio(delta: str) -> bytes:
+    """The PCM of an audio delta's base64; `ValueError` (`binascii.Error`) when it is not strict base64."""
+    return pybase64.b64decode(delta, validate=True)

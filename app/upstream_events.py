@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-import pybase64
 from pydantic import ValidationError
 
 from app import messages, protocol
@@ -147,9 +146,9 @@ class UpstreamEvents(abc.ABC):
         if response_id in self._items.dropped_responses:
             return NO_ACTIONS
         try:
-            pcm = pybase64.b64decode(event["delta"], validate=True)
+            pcm = protocol.decode_audio(event["delta"])
             item_id = event["item_id"]
-        except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
+        except (KeyError, TypeError, ValueError):
             return (Log("warning", "upstream_event_malformed", {"type": protocol.AUDIO_DELTA}),)
         item = self._items.by_id.get(item_id)
         if item is not None:

@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.pacing import MAX_PAGE_MESSAGES_PER_S
 from bench import run_on_uvloop
-from bench.processes import REPO_ROOT, ProcessProbe, free_port
+from bench.processes import REPO_ROOT, ProcessProbe, free_port, kill_process_group
 from bench.raw_client import PING, TEXT, RawWebSocket, client_frame, open_socket
 
 STARTUP_SECONDS: Final = 30.0
@@ -80,7 +80,7 @@ async def serve(checkout: Path, ws: str | None, environment: dict[str, str]) -> 
                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
                 "--ws", ws, "--log-level", "error"])
     process = await asyncio.create_subprocess_exec(*command, cwd=checkout, env=env, stdout=asyncio.subprocess.DEVNULL,
-                                                   stderr=asyncio.subprocess.DEVNULL)
+                                                   stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
     try:
         server = Server(process, port, ProcessProbe(process.pid))
         give_up = time.monotonic() + STARTUP_SECONDS
@@ -99,6 +99,7 @@ async def serve(checkout: Path, ws: str | None, environment: dict[str, str]) -> 
         if process.returncode is None:
             process.kill()
         await process.wait()
+        kill_process_group(process.pid)
 
 
 async def student_admitted(port: int, path: str = "/ws/lesson?name=Ana") -> str:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -119,6 +120,7 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        kill_process_group(self.process.pid)
 
     def log_tail(self, lines: int = 20) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -126,9 +128,16 @@ class ManagedProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def kill_process_group(leader_pid: int) -> None:
+    """SIGKILL what is left of the process group a bench child leads (started with `start_new_session`):
+    a relay's workers, when its supervisor did not outlive the bench's patience."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader_pid, signal.SIGKILL)
+
+
 def _start_listener(name: str, command: list[str]) -> ManagedProcess:
     """Start `command`, a bench server that prints ``{"port": N}`` once it listens; returns then."""
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert process.stdout is not None
     first_line = process.stdout.readline()
     if not first_line:
@@ -231,6 +240,7 @@ def start_server(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         )
     managed = ManagedProcess(name, process, port, log_path)
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS

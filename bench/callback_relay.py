@@ -18,7 +18,6 @@ every connection to the echo upstream at 127.0.0.1:N until SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 from typing import cast
 
@@ -30,10 +29,9 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
+from app import protocol as realtime
 from bench import listener_main
 
-APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
-APPEND_SUFFIX = b'"}'
 SESSION_UPDATE = orjson.dumps({"type": "session.update", "session": {
     "type": "realtime", "instructions": "Greet the student.", "output_modalities": ["audio"],
     "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}},
@@ -69,7 +67,7 @@ class PageLeg(asyncio.Protocol):
                 if event.opcode is Opcode.BINARY:
                     upstream = self.upstream
                     if self.microphone_open and upstream is not None:
-                        upstream.send(APPEND_PREFIX + base64.b64encode(event.data) + APPEND_SUFFIX)
+                        upstream.send(realtime.audio_append(event.data))
                 elif event.opcode is Opcode.TEXT:
                     self._page_message(orjson.loads(event.data))
             elif isinstance(event, Request):
@@ -143,7 +141,7 @@ class UpstreamLeg(asyncio.Protocol):
         page = self.page
         kind = event["type"]
         if kind == "response.output_audio.delta":
-            pcm = base64.b64decode(event["delta"])
+            pcm = realtime.decode_audio(event["delta"])
             if not page.microphone_open:
                 if page.greeting_item is None:
                     page.greeting_item = event["item_id"]

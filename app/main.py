@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app.admission import LessonRegistry, LocalPlaces, Places, StartRateLimiter
+from app.budget import DailyBudget
 from app.live_lessons import LiveLessons
 from app.logging import configure_logging
 from app.metrics import LessonMetrics, metrics_router
@@ -104,6 +105,7 @@ def create_app(
     # One refused start of a student per cause and minute is kept on the desk: a script retrying a refused link
     # must not write a lesson row per attempt.
     app.state.refusals_recorded = StartRateLimiter(per_minute=1)
+    app.state.daily_budget = DailyBudget(settings.max_student_cost_usd_per_day)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)

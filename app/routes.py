@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app import messages
 from app.admission import AdmittedLesson, LessonRegistry, Start, StartRateLimiter, origin_allowed
-from app.budget import check_daily_budget
+from app.budget import DailyBudget
 from app.continuity import CarriedOver, TranscriptLine
 from app.errors import (
     DailyBudgetReached,
@@ -141,19 +141,22 @@ async def lesson_socket(websocket: WebSocket) -> None:
     student = LessonStudent()
     try:
         request = _parse(websocket)
+        budget: DailyBudget = state.daily_budget
+        # A student this worker found at their day's cap is refused before their link's row is read.
         request, student = await student_for_request(
             request, lesson_secret_set=settings.lesson_secret is not None, link_secret=state.link_secret,
-            sessions=state.db)
+            sessions=state.db,
+            check_claim=lambda claim: budget.refuse_remembered(claim.student_id, time.monotonic()))
         # Before the lesson takes a place: a refused start must not replace the link's live lesson.
-        await check_daily_budget(state.db, student, cap_usd=settings.max_student_cost_usd_per_day,
-                                 now=datetime.now(UTC))
+        await budget.check(state.db, student, now=datetime.now(UTC), clock=time.monotonic())
         start = Start(lesson_id=lesson_id, client=client, link_id=student.link_id)
         admitted = await registry.admit(start, time.monotonic())
     except (InvalidRequest, OverCapacity, StoreUnavailable, DailyBudgetReached) as exc:
         metrics.refused(exc.code)
         if student.student_id is not None and isinstance(exc, OverCapacity | DailyBudgetReached):
             # A known student turned away for capacity, start rate or their day's budget: their teacher sees it,
-            # once a minute for each cause however often it is retried.
+            # once a minute for each cause however often it is retried. A start refused from the budget's memory
+            # is refused before its student is loaded and is not kept: the start that found the cap was.
             recorded: StartRateLimiter = state.refusals_recorded
             cause, now = f"{student.student_id}:{exc.code}", time.monotonic()
             if recorded.allows(cause, now):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import InvalidRequest, StoreUnavailable
-from app.links import LinkError, verify_lesson_token
+from app.links import LinkClaim, LinkError, verify_lesson_token
 from app.messages import LessonRequest
 from app.store.queries import LOOKUP_TIMEOUT_S, LinkedStudent, student_for_link
 
@@ -39,10 +40,21 @@ def browser_key_hash(student_key: str) -> str:
     return hashlib.sha256(student_key.encode()).hexdigest()
 
 
-async def linked_student(token: str, *, link_secret: str, sessions: async_sessionmaker[AsyncSession]) -> LinkedStudent:
-    """The student of a lesson link, or `InvalidRequest` (bad or withdrawn link) or `StoreUnavailable`."""
+# Runs on a validly signed link's claim before its row is read; raises the `LessonError` that refuses it.
+ClaimCheck = Callable[[LinkClaim], None]
+
+
+def any_claim(claim: LinkClaim) -> None:
+    """Every validly signed link goes on to have its row read."""
+
+
+async def linked_student(token: str, *, link_secret: str, sessions: async_sessionmaker[AsyncSession],
+                         check_claim: ClaimCheck = any_claim) -> LinkedStudent:
+    """The student of a lesson link, or `InvalidRequest` (bad or withdrawn link) or `StoreUnavailable`, or what
+    `check_claim` raises."""
     try:
         claim = verify_lesson_token(token, link_secret, now=time.time())
+        check_claim(claim)
         async with asyncio.timeout(LOOKUP_TIMEOUT_S):
             return await student_for_link(sessions, claim, datetime.now(UTC))
     except LinkError as exc:
@@ -53,11 +65,13 @@ async def linked_student(token: str, *, link_secret: str, sessions: async_sessio
 
 
 async def student_for_request(request: LessonRequest, *, lesson_secret_set: bool, link_secret: str,
-                              sessions: async_sessionmaker[AsyncSession]) -> tuple[LessonRequest, LessonStudent]:
+                              sessions: async_sessionmaker[AsyncSession],
+                              check_claim: ClaimCheck = any_claim) -> tuple[LessonRequest, LessonStudent]:
     """The request as the lesson will run it (a link fixes name, level, topic and support language) and
     whose lesson it is; `InvalidRequest` when a link is needed and missing, bad or withdrawn."""
     if request.token:
-        student = await linked_student(request.token, link_secret=link_secret, sessions=sessions)
+        student = await linked_student(request.token, link_secret=link_secret, sessions=sessions,
+                                       check_claim=check_claim)
         # Everything the instructions say about the lesson comes from the teacher's link, never the query.
         fixed = request.model_copy(update={
             "name": student.name, "level": student.level, "topic": student.topic, "support": student.support_language,

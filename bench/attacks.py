@@ -18,6 +18,9 @@ real student beside the attack. Every loop is bounded in time and bytes; nothing
 - drain: two such pages, then SIGTERM; how long until the process has exited.
 - huge_header: a request header that never ends; a health probe every half second.
 - half_sent: many connections that send half a request and wait; a student loads the page meanwhile.
+- capped_link: one client starts lessons one after another, as fast as it can, through the personal link of a
+  student whose lessons of the day cost MAX_STUDENT_COST_USD_PER_DAY (a year of lessons in the store, SQLite);
+  the attempts per second, the server's CPU per attempt, and the refused lessons kept on the desk.
 """
 
 from __future__ import annotations
@@ -29,18 +32,26 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import orjson
+from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from app.links import make_lesson_token
 from app.pacing import MAX_PAGE_MESSAGES_PER_S
+from app.store import queries
+from app.store.database import create_engine, database_url, migrate, session_factory
+from app.store.models import Lesson
 from bench import run_on_uvloop
 from bench.processes import REPO_ROOT, ProcessProbe, free_port, kill_process_group
 from bench.raw_client import PING, TEXT, RawWebSocket, client_frame, open_socket
@@ -349,6 +360,66 @@ async def half_sent(checkout: Path, ws: str | None, bound_s: float, connections:
                 "peak_rss_mb": round(server.peak_rss / MB)}
 
 
+CAPPED_STUDENT_LESSONS: Final = 2000  # about five a day for a year, the last ten of them today
+CAPPED_STUDENT_DAY_USD: Final = 5.0
+CAPPED_LINK_CAP_USD: Final = "2"
+
+
+async def capped_link(checkout: Path, ws: str | None, bound_s: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-capped-") as directory:
+        url = f"sqlite:///{directory}/lessons.db"
+        student_id, token = await _capped_student(url)
+        environment = {"LESSON_SECRET": LESSON_SECRET, "DATABASE_URL": url,
+                       "MAX_STUDENT_COST_USD_PER_DAY": CAPPED_LINK_CAP_USD}
+        async with serve(checkout, ws, environment) as server:
+            codes: Counter[str] = Counter()
+            before = server.probe.sample()
+            started = time.monotonic()
+            while time.monotonic() - started < bound_s:
+                codes[await student_admitted(server.port, f"/ws/lesson?name=Ana&token={token}")] += 1
+            took = time.monotonic() - started
+            after = server.probe.sample()
+        refused_on_the_desk = await _lessons_refused(url, student_id)
+    attempts = sum(codes.values())
+    cpu_s = after.cpu_seconds - before.cpu_seconds
+    return {"attempts": attempts, "seconds": round(took, 1), "attempts_per_s": round(attempts / took, 1),
+            "outcomes": dict(codes), "server_cpu_s": round(cpu_s, 2),
+            "server_cpu_ms_per_attempt": round(1000 * cpu_s / attempts, 2),
+            "refused_lessons_on_the_desk": refused_on_the_desk}
+
+
+async def _capped_student(url: str) -> tuple[str, str]:
+    """A student in a new store at `url` whose lessons of the last 24 hours cost CAPPED_STUDENT_DAY_USD, and a
+    token of their link: (student id, token)."""
+    engine = create_engine(database_url(url))
+    try:
+        await migrate(engine)
+        sessions = session_factory(engine)
+        student = await queries.create_student(sessions, name="Ana", level="B1")
+        link = await queries.create_link(sessions, student_id=student.id)
+        now, today = datetime.now(UTC), 10
+        async with sessions.begin() as session:
+            for number in range(CAPPED_STUDENT_LESSONS):
+                started_at = now - (timedelta(hours=2 * number) if number < today else timedelta(days=number / 5))
+                session.add(Lesson(id=f"past-{number}", student_id=student.id, level="B1", started_at=started_at,
+                                   ended_at=started_at + timedelta(minutes=20), end_reason="student_ended",
+                                   model="gpt-realtime", simulated=True,
+                                   estimated_cost_usd=CAPPED_STUDENT_DAY_USD / today if number < today else 0.3))
+    finally:
+        await engine.dispose()
+    return student.id, make_lesson_token(LESSON_SECRET, student_id=student.id, link_id=link.id, expires_at=None)
+
+
+async def _lessons_refused(url: str, student_id: str) -> int:
+    engine = create_engine(database_url(url))
+    try:
+        async with session_factory(engine)() as session:
+            return len((await session.scalars(
+                select(Lesson.id).where(Lesson.student_id == student_id, ~Lesson.id.startswith("past-")))).all())
+    finally:
+        await engine.dispose()
+
+
 async def _page_load(port: int) -> str:
     try:
         async with httpx.AsyncClient(timeout=30) as http:
@@ -364,7 +435,7 @@ async def _timed(outcome: Any) -> tuple[Any, float]:
 
 
 SCENARIOS: Final = ("stalled", "drain", "message_flood", "ping_flood", "ping_flood_refused", "huge_header",
-                    "half_sent")
+                    "half_sent", "capped_link")
 
 
 async def main(arguments: argparse.Namespace) -> None:
@@ -382,6 +453,8 @@ async def main(arguments: argparse.Namespace) -> None:
             result = await huge_header(checkout, arguments.ws, arguments.seconds, arguments.header_mb * MB)
         elif scenario == "half_sent":
             result = await half_sent(checkout, arguments.ws, arguments.seconds * 1.5, arguments.connections)
+        elif scenario == "capped_link":
+            result = await capped_link(checkout, arguments.ws, arguments.seconds)
         else:
             raise SystemExit(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         record = {"scenario": scenario, "checkout": str(checkout), "ws": arguments.ws or "python -m app", **result}

@@ -25,6 +25,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 from harness import free_port
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 PG_USER = "postgres"
 
@@ -185,3 +187,18 @@ async def postgres_behind_proxy(postgres_server: str) -> AsyncIterator[tuple[str
     yield f"postgresql://{PG_USER}@127.0.0.1:{proxy.port}/{name}", proxy
     await proxy.stop()
     await _drop_database(postgres_server, name)
+
+
+@contextlib.contextmanager
+def statements_run(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL statements `engine` runs while the block runs, in order (the list fills as they run)."""
+    statements: list[str] = []
+
+    def ran(connection: object, cursor: object, statement: str, *rest: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", ran)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", ran)

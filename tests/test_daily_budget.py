@@ -1,6 +1,7 @@
 """A student's daily spending cap over real sockets: a personal link whose student's lessons of the last 24
 hours cost MAX_STUDENT_COST_USD_PER_DAY starts no new lesson (no upstream session is opened, the teacher sees
-the refusal), while other students start, a running lesson goes on and resumes, and 0 turns the cap off."""
+the refusal), while other students start, a running lesson goes on and resumes, and 0 turns the cap off. A
+link retried again and again is refused from the worker's memory, without reading the store each time."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from databases import statements_run
 from harness import logged, open_lesson, relay_settings, serve_app
 from test_links import lessons_in, personal_link, started_app
 from test_metrics import TOKEN, scrape, value
@@ -132,3 +134,48 @@ async def test_a_refused_link_retried_again_and_again_is_kept_on_the_desk_once_a
                    if lesson.student_id == ana_id and not lesson.id.startswith("spent-")]
     assert codes == ["daily_budget_reached"] * 5
     assert [lesson.end_reason for lesson in refused] == ["daily_budget_reached"]
+
+
+def of_lessons(statements: list[str]) -> list[str]:
+    """The statements run for lessons, without the instance's keep-alive, which beats on its own."""
+    return [statement for statement in statements if "instances" not in statement]
+
+
+async def test_a_capped_link_retried_again_and_again_is_refused_from_memory_reading_nothing_from_the_store(
+        simulator: RealtimeSimulator, log_stream: io.StringIO) -> None:
+    settings = relay_settings(simulator.url, max_student_cost_usd_per_day=2.0, metrics_token=TOKEN)
+    async with serve_app(settings, log_stream) as server:
+        state = await started_app(server)
+        ana_id, _, token = await personal_link(state, name="Ana")
+        await spent(state, ana_id, (timedelta(hours=1), 3.0))
+        refusals = []
+
+        async def attempt() -> None:
+            async with open_lesson(server.lesson_url(name="Ana", token=token)) as page:
+                refusals.append((await page.until_type("error"), await page.until_type("status")))
+                await page.drain_until_closed()
+            assert page.ws.close_code == 1008
+
+        with statements_run(state.db.kw["bind"]) as statements:
+            await attempt()
+            await state.records.flushed()
+            finding_the_cap = of_lessons(statements)
+            for _ in range(5):
+                await attempt()
+            await state.records.flushed()
+        refused = [lesson for lesson in await lessons_in(state)
+                   if lesson.student_id == ana_id and not lesson.id.startswith("spent-")]
+        metrics = await scrape(server)
+    assert any("sum(lessons.estimated_cost_usd)" in statement.lower() for statement in finding_the_cap)
+    assert of_lessons(statements) == finding_the_cap  # the five attempts after it read and wrote nothing
+    assert {(error["code"], error["fatal"], error["message"], ended["state"], ended["reason"])
+            for error, ended in refusals} == {
+        ("daily_budget_reached", True, REFUSAL_WORDS, "ended", "daily_budget_reached")}
+    lines = logged(log_stream, "lesson_refused")
+    assert [(line["code"], line["level"]) for line in lines] == [("daily_budget_reached", "warning")] * 6
+    assert "(read from the store)" in lines[0]["detail"]
+    assert all("(found " in line["detail"] and "MAX_STUDENT_COST_USD_PER_DAY is 2" in line["detail"]
+               for line in lines[1:])
+    assert value(metrics, "lesson_relay_refusals_total", code="daily_budget_reached") == 6
+    assert [lesson.end_reason for lesson in refused] == ["daily_budget_reached"]  # kept once, by the first
+    assert len(simulator.connections) == 0

@@ -1,6 +1,7 @@
 """What a student spent in a day, read from the store (SQLite and PostgreSQL): only that student's lessons,
 only those started in the last 24 hours, an open lesson with its cost so far; the daily cap refuses a start at
-or over it, and cannot be checked without the store."""
+or over it, and cannot be checked without the store. A student found at or over it is refused from memory for
+REMEMBER_CAPPED_S without another read; a student under it is read at every start."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from databases import CuttableProxy
+from databases import CuttableProxy, statements_run
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.budget import check_daily_budget
+from app.budget import REMEMBER_CAPPED_S, DailyBudget
 from app.errors import DailyBudgetReached, StoreUnavailable
 from app.records import LessonStarted, UsageSoFar
 from app.store.database import create_engine, database_url, migrate, session_factory
@@ -22,6 +23,8 @@ from app.students import LessonStudent
 
 NOW = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 DAY_AGO = NOW - timedelta(hours=24)
+CLOCK = 1000.0  # the worker's monotonic clock at NOW
+REFUSAL_WORDS = "You have had all the lesson time for today. Please ask your teacher."
 
 
 async def lessons_of(sessions: async_sessionmaker[AsyncSession], student_id: str,
@@ -74,14 +77,73 @@ async def test_a_start_at_or_over_the_cap_is_refused_and_under_it_or_with_no_cap
     await lessons_of(sessions, "ana", [(timedelta(hours=1), 3.0), (timedelta(hours=5), 2.0)])
     ana = LessonStudent(student_id="ana", link_id="link-of-ana")
     with pytest.raises(DailyBudgetReached) as refused:
-        await check_daily_budget(sessions, ana, cap_usd=5.0, now=NOW)
+        await DailyBudget(5.0).check(sessions, ana, now=NOW, clock=CLOCK)
     assert "'ana'" in refused.value.detail
     assert "MAX_STUDENT_COST_USD_PER_DAY is 5" in refused.value.detail
-    assert refused.value.student_message == "You have had all the lesson time for today. Please ask your teacher."
-    await check_daily_budget(sessions, ana, cap_usd=5.01, now=NOW)
-    await check_daily_budget(sessions, ana, cap_usd=0, now=NOW)
+    assert refused.value.student_message == REFUSAL_WORDS
+    await DailyBudget(5.01).check(sessions, ana, now=NOW, clock=CLOCK)
+    await DailyBudget(0).check(sessions, ana, now=NOW, clock=CLOCK)
     # Twenty hours on, the lesson of five hours before has left the day.
-    await check_daily_budget(sessions, ana, cap_usd=5.0, now=NOW + timedelta(hours=20))
+    await DailyBudget(5.0).check(sessions, ana, now=NOW + timedelta(hours=20), clock=CLOCK + 20 * 3600)
+
+
+def budget_reads(statements: list[str]) -> int:
+    return sum("sum(lessons.estimated_cost_usd)" in statement.lower() for statement in statements)
+
+
+async def test_a_student_found_at_the_cap_is_refused_from_memory_until_the_verdict_expires(
+        engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+    # The older lesson leaves the 24 hours 30 s after NOW, while the verdict is still remembered.
+    await lessons_of(sessions, "ana", [(timedelta(hours=23, minutes=59, seconds=30), 3.0),
+                                       (timedelta(hours=1), 2.0)])
+    ana = LessonStudent(student_id="ana", link_id="link-of-ana")
+    budget = DailyBudget(5.0)
+    refusals = []
+    with statements_run(engine) as statements:
+        for later_s in (0.0, 1.0, 45.0, REMEMBER_CAPPED_S - 0.5):
+            with pytest.raises(DailyBudgetReached) as refused:
+                await budget.check(sessions, ana, now=NOW + timedelta(seconds=later_s), clock=CLOCK + later_s)
+            refusals.append(refused.value)
+        reads_while_remembered = budget_reads(statements)
+        await budget.check(sessions, ana, now=NOW + timedelta(seconds=REMEMBER_CAPPED_S),
+                           clock=CLOCK + REMEMBER_CAPPED_S)
+    assert reads_while_remembered == 1
+    assert budget_reads(statements) == 2  # the verdict expired: read again, and the day now holds $2
+    assert {(r.code, r.close_code, r.student_message) for r in refusals} == {
+        ("daily_budget_reached", 1008, REFUSAL_WORDS)}
+    assert "spent $5.0000 on lessons started in the last 24 hours (read from the store)" in refusals[0].detail
+    assert "spent $5.0000 on lessons started in the last 24 hours (found 45 s ago)" in refusals[2].detail
+    assert all("MAX_STUDENT_COST_USD_PER_DAY is 5" in refusal.detail for refusal in refusals)
+
+
+async def test_a_student_under_the_cap_is_read_at_every_start_until_found_at_it(
+        engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+    await lessons_of(sessions, "ana", [(timedelta(hours=1), 4.0)])
+    ana = LessonStudent(student_id="ana", link_id="link-of-ana")
+    budget = DailyBudget(5.0)
+    with statements_run(engine) as statements:
+        await budget.check(sessions, ana, now=NOW, clock=CLOCK)
+        await budget.check(sessions, ana, now=NOW, clock=CLOCK + 1)
+        assert budget_reads(statements) == 2
+        # A lesson that ends within the same minute brings the day to the cap: the next start sees it.
+        await lessons_of(sessions, "ana", [(timedelta(minutes=30), 1.0)])
+        for later_s in (2.0, 3.0):
+            with pytest.raises(DailyBudgetReached):
+                await budget.check(sessions, ana, now=NOW, clock=CLOCK + later_s)
+    assert budget_reads(statements) == 3
+
+
+async def test_a_worker_remembers_at_most_its_bound_of_capped_students_dropping_the_oldest(
+        engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+    for student_id in ("ana", "ben", "cy"):
+        await lessons_of(sessions, student_id, [(timedelta(hours=1), 2.0)])
+    budget = DailyBudget(1.0, max_remembered=2)
+    with statements_run(engine) as statements:
+        for number, student_id in enumerate(["ana", "ben", "cy", "cy", "ben", "ana"]):
+            with pytest.raises(DailyBudgetReached):
+                await budget.check(sessions, LessonStudent(student_id=student_id), now=NOW, clock=CLOCK + number)
+    # ana, ben, cy read; cy and ben remembered; ana, the oldest verdict, was dropped for cy and is read again.
+    assert budget_reads(statements) == 4
 
 
 @pytest.fixture
@@ -99,7 +161,7 @@ async def test_a_store_out_of_reach_refuses_the_start_unchecked(
     sessions, proxy = cut_store
     proxy.cut()
     with pytest.raises(StoreUnavailable) as unchecked:
-        await check_daily_budget(sessions, LessonStudent(student_id="ana"), cap_usd=20.0, now=NOW)
+        await DailyBudget(20.0).check(sessions, LessonStudent(student_id="ana"), now=NOW, clock=CLOCK)
     assert unchecked.value.code == "link_unchecked"
     assert "daily budget of student 'ana' not checked" in unchecked.value.detail
     assert proxy.refused.is_set()

@@ -21,9 +21,11 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import asyncpg
 import pytest
+from ci import tool_unavailable
 from harness import free_port
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -57,10 +59,8 @@ def _as_cluster_owner(command: list[str]) -> list[str]:
     return command if _cluster_owner() is None else ["runuser", "-u", PG_USER, "--", *command]
 
 
-def postgresql_unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"PostgreSQL store tests cannot run in CI: {reason}")
-    pytest.skip(f"PostgreSQL store tests need a local PostgreSQL: {reason}")
+def postgresql_unavailable(reason: str) -> NoReturn:
+    tool_unavailable("PostgreSQL store tests", "a local PostgreSQL", reason)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +69,6 @@ def postgres_server() -> Iterator[str]:
     pg_ctl = find_pg_ctl()
     if pg_ctl is None or not pg_ctl.exists():
         postgresql_unavailable("pg_ctl not found (install Debian's postgresql, or set PG_CTL)")
-    assert pg_ctl is not None
     initdb = pg_ctl.parent / "initdb"
     workdir = Path(tempfile.mkdtemp(prefix="lesson-relay-pg-"))
     owner = _cluster_owner()

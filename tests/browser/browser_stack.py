@@ -122,7 +122,7 @@ def _inherited_environment() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _process(args: Sequence[str], *, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def run_process(args: Sequence[str], *, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`args` run from the repository with its output in `log`, leading a process group of its own; at the end
     of the block terminated, then past 15 s killed with the whole group (whatever it started, uvicorn's workers
     say), whatever happened in the block. One a test has already killed is only reaped, its group killed."""
@@ -148,7 +148,7 @@ def run_simulator(workdir: Path, *simulator_args: str) -> Iterator[SimulatorProc
     log = workdir / "simulator.log"
     args = [sys.executable, "-m", "app.simulator", "--port", str(free_port()), "--record-dir", str(record_dir),
             *simulator_args]
-    with _process(args, env=_inherited_environment(), log=log) as simulator:
+    with run_process(args, env=_inherited_environment(), log=log) as simulator:
         # The simulator prints the URL it listens on; trust that line over the port we asked for.
         url = wait_for(lambda: _check_alive(simulator, log) or _listening_url(log),
                        timeout=30, what="the simulator's 'listening on' line")
@@ -169,7 +169,7 @@ def run_app(simulator: SimulatorProcess, *, port: int, database: Path, log: Path
         "DATABASE_URL": f"sqlite:///{database}",
         "METRICS_TOKEN": METRICS_TOKEN,
     } | (app_env or {})
-    with _process([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+    with run_process([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
                   env=env, log=log) as app:
         wait_for(lambda: _check_alive(app, log) or http_json(f"http://127.0.0.1:{port}/healthz"),
                  timeout=30, what="/healthz")

@@ -1,37 +1,30 @@
-"""Fixtures for the browser tests: Chromium, the app + simulator processes, and lesson pages.
+"""Fixtures for the browser tests: Chromium (Playwright), Firefox (WebDriver BiDi), the app + simulator
+processes, and lesson pages.
 
-Without /usr/bin/chromium the tests are skipped on a developer machine and fail in CI (env CI set),
-where `.ci/run` installs it: the audio path must be proven on every CI run.
+A browser that is not installed skips its tests on a developer machine and fails them in CI (tests/ci.py),
+where `.ci/run` installs it: the audio path must be proven in every browser on every CI run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bidi import BidiError
 from browser_stack import CHROMIUM, LessonPage, OpenPage, Stack, launch_chromium, make_wav, run_stack
+from ci import tool_unavailable
+from firefox import FIREFOX, PULSEAUDIO, FirefoxLessonPage, OpenFirefox, launch_firefox, run_null_sink
 from playwright.sync_api import Browser, Playwright, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
-
-_MISSING = f"{CHROMIUM} is missing: apt-get install chromium"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # In CI the missing browser is a failure (see the `chromium` fixture), never a skip.
-    if not CHROMIUM.exists() and not os.environ.get("CI"):
-        for item in items:
-            if item.path.is_relative_to(Path(__file__).parent):
-                item.add_marker(pytest.mark.skipif(True, reason=_MISSING))
 
 
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     if not CHROMIUM.exists():
-        pytest.fail(_MISSING)
+        tool_unavailable("The Chromium tests", "Debian's chromium", f"{CHROMIUM} is missing: apt-get install chromium")
     return CHROMIUM
 
 
@@ -44,7 +37,7 @@ def playwright(chromium: Path) -> Iterator[Playwright]:
 
 
 @pytest.fixture(scope="session")
-def stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One simulator + app pair shared by the tests that do not need a special simulator."""
     with run_stack(tmp_path_factory.mktemp("stack")) as running:
         yield running
@@ -73,3 +66,34 @@ def open_page(playwright: Playwright, tmp_path: Path) -> Iterator[OpenPage]:
                 with contextlib.suppress(PlaywrightError):
                     page.evaluate("() => { if (typeof lesson !== 'undefined' && lesson) lesson.end(); }")
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def null_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The PulseAudio server Firefox plays into (see firefox.py), shared by the Firefox tests."""
+    for tool, package in ((FIREFOX, "firefox-esr"), (PULSEAUDIO, "pulseaudio")):
+        if not tool.exists():
+            tool_unavailable("The Firefox tests", "Debian's firefox-esr and pulseaudio",
+                             f"{tool} is missing: apt-get install {package}")
+    with run_null_sink(tmp_path_factory.mktemp("pulse")) as server:
+        yield server
+
+
+@pytest.fixture
+def open_firefox(null_sink: str, tmp_path: Path) -> Iterator[OpenFirefox]:
+    """open_firefox(url, microphone_hz=0, test_config=None) → a FirefoxLessonPage in a new Firefox whose
+    microphone is a tone of `microphone_hz` (0: silence); every Firefox is stopped after the test."""
+    with contextlib.ExitStack() as browsers:
+        pages: list[FirefoxLessonPage] = []
+
+        def open_(url: str, *, microphone_hz: int = 0, test_config: dict[str, Any] | None = None) -> FirefoxLessonPage:
+            session = browsers.enter_context(launch_firefox(tmp_path / f"firefox-{len(pages)}",
+                                                            pulse_server=null_sink, microphone_hz=microphone_hz))
+            pages.append(FirefoxLessonPage.open(session, url, test_config=test_config))
+            return pages[-1]
+
+        yield open_
+        for page in pages:
+            # A closed tab keeps its lesson for the resume grace (it may be a reload); the student ends it.
+            with contextlib.suppress(BidiError, TimeoutError):
+                page.evaluate("typeof lesson !== 'undefined' && lesson && lesson.end()")

@@ -21,6 +21,8 @@ const STOPBAND_DB = 100;
 // Pass band ends at 87.5 % of the lower Nyquist: 10.5 kHz for 24 kHz out, well above speech energy.
 const PASS_FRACTION = 0.875;
 const MAX_BLOCK = 4096;
+// A block's length when there is no input to take it from (Web Audio's render quantum).
+const RENDER_QUANTUM = 128;
 
 function gcd(a, b) {
   while (b) [a, b] = [b, a % b];
@@ -84,6 +86,7 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.frame = null;
     this.frameFill = 0;
     this.dropped = 0;
+    this.connected = false; // the microphone's input has arrived at least once
     this.message = { type: "frame", buffer: null, dropped: 0 };
     this.transfer = [null];
     this.port.onmessage = (event) => {
@@ -93,10 +96,20 @@ class CaptureProcessor extends AudioWorkletProcessor {
 
   process(inputs) {
     const channels = inputs[0];
-    if (channels.length === 0) return true; // no microphone connected yet
-    const blockLength = channels[0].length;
     const history = this.history;
     const offset = this.taps - 1;
+    if (channels.length === 0) {
+      // No input: before the microphone is connected there is nothing to send. Once it was, this is a muted
+      // microphone in Firefox (Chromium gives a disabled track's node silence instead): send silence, so the
+      // turn detection upstream hears the student stop, as it does in Chromium.
+      if (!this.connected) return true;
+      history.fill(0, offset, offset + RENDER_QUANTUM);
+      this.resampleBlock(RENDER_QUANTUM);
+      history.copyWithin(0, RENDER_QUANTUM, RENDER_QUANTUM + offset);
+      return true;
+    }
+    this.connected = true;
+    const blockLength = channels[0].length;
     // Down-mix to mono: a microphone usually is, but a USB interface may deliver two channels.
     const gain = 1 / channels.length;
     for (let i = 0; i < blockLength; i++) {

@@ -1,0 +1,92 @@
+"""The lesson page in headless Firefox (Debian's firefox-esr over WebDriver BiDi) against the app and the
+Realtime simulator, as processes.
+
+What these prove in Firefox: the student's whole happy path — the form, Start, the greeting shown with the
+student's name and fully played by the playback worklet, its playback reports counted by the relay (the
+microphone opens because the greeting was played), microphone frames reaching the upstream, End giving the
+feedback card; the microphone's tone reaching the upstream as 24 kHz PCM16 at its pitch, and a turn of the
+student's (the tone, then quiet) transcribed on the page and answered by a tutor turn that is played; no
+console errors and no CSP violations throughout.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from browser_stack import SAMPLE_RATE, Stack, dominant_hz, wait_for, wait_recording
+from firefox import FirefoxLessonPage, OpenFirefox
+
+pytestmark = pytest.mark.browser
+
+
+def microphone_open(stack: Stack, lesson_id: str) -> dict[str, Any] | None:
+    """The app's `microphone_open` log line of this lesson, once written."""
+    for line in stack.logs[-1].read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            fields = json.loads(line)
+            if fields.get("event") == "microphone_open" and fields.get("lesson_id") == lesson_id:
+                return fields
+    return None
+
+
+def assert_clean(lesson: FirefoxLessonPage) -> None:
+    assert lesson.console_errors == []
+    assert lesson.csp_violations() == []
+
+
+def test_greeting_played_and_reported_microphone_heard_and_end_gives_the_feedback_card(
+    stack: Stack, open_firefox: OpenFirefox
+) -> None:
+    lesson = open_firefox(stack.url)
+    before = stack.recordings()
+    lesson.start("Ana", "B1")
+
+    lesson.wait_for("document.querySelector('#transcript .turn--tutor')?.innerText.includes('Ana')",
+                    what="the greeting, naming the student, in the transcript")
+    item_id = lesson.wait_greeting_played()
+    played, duration_ms = lesson.debug("played")[item_id], lesson.debug("durations")[item_id]
+    assert duration_ms > 0
+    assert played >= duration_ms * 24
+    # The relay opened the microphone on the page's playback reports, not on a timer.
+    opened = wait_for(lambda: microphone_open(stack, lesson.debug("lessonId")), timeout=15,
+                      what="the app's microphone_open line of this lesson")
+    assert opened["because"] == "played"
+    lesson.wait_debug("d.state === 'listening'")
+    # The page's microphone frames reach the upstream once the greeting was heard.
+    wait_recording(stack, before, seconds=1.0)
+    assert lesson.debug("frameBytes") == 960  # 20 ms at 24 kHz
+
+    lesson.click_button("End lesson")
+
+    summary = lesson.wait_for("document.querySelector('#feedback .feedback-card .feedback-card__summary')?.innerText",
+                              what="the feedback card")
+    assert "Today we talked about how you are" in summary
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    assert lesson.debug("closeCode") == 1000
+    assert_clean(lesson)
+
+
+def test_the_microphone_tone_reaches_the_tutor_at_24khz_and_a_turn_ended_with_mute_is_answered(
+    stack: Stack, open_firefox: OpenFirefox
+) -> None:
+    # Firefox's fake microphone is an endless tone: the student speaks from the moment the microphone opens
+    # until they press Mute, and the silence that follows ends their turn.
+    lesson = open_firefox(stack.url, microphone_hz=440)
+    before = stack.recordings()
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+
+    samples = wait_recording(stack, before, seconds=1.5)
+    assert dominant_hz(samples[-SAMPLE_RATE:]) == pytest.approx(440, abs=5)
+
+    lesson.click_button("Mute microphone")
+
+    student = lesson.wait_for("document.querySelector('#transcript .turn--student')?.innerText", timeout_s=30,
+                              what="the student's turn in the transcript")
+    assert "I said something for" in student
+    answer_id = lesson.wait_debug("Object.keys(d.durations)[1]", timeout_s=30)  # the tutor's second item
+    lesson.wait_debug(f"d.played[{answer_id!r}] >= d.durations[{answer_id!r}] * 24")
+    assert len(lesson.texts("#transcript .turn--tutor")) == 2
+    assert_clean(lesson)

@@ -10,6 +10,11 @@
 // - The microphone track ends (another app took the microphone, a headset was unplugged, the permission was
 //   revoked): a button asks for the microphone again in its click and feeds the new stream to the same
 //   capture worklet.
+// - The device mutes the microphone track: iOS does during a phone call or Siri (the track goes on, muted, and
+//   gives silence), and Android browsers may when another app takes the audio focus. The page says it is paused
+//   until the track is unmuted; the browser does that on its own, so there is no button. The relay is told
+//   nothing: it hears silence, as in any pause, and a pause longer than IDLE_TIMEOUT_SECONDS ends the lesson
+//   as any silence does.
 
 // How long an automatic resume() may take before the student is asked to press Continue.
 const RESUME_WAIT_MS = 500;
@@ -21,6 +26,7 @@ const MICROPHONE_REFUSED_MESSAGE =
   "The page may not use your microphone. Allow microphone access in your browser, then press “Turn the microphone back on”.";
 const MICROPHONE_MISSING_MESSAGE = "No microphone was found. Connect one, then press “Turn the microphone back on”.";
 const MICROPHONE_FAILED_MESSAGE = "The microphone did not start. Check it is connected, then press “Turn the microphone back on”.";
+const MICROPHONE_PAUSED_MESSAGE = "Your microphone is paused by your device (a call?). The lesson continues when it is back.";
 
 // What the lesson asks getUserMedia for, at its start and whenever the microphone is asked for again.
 function microphoneConstraints() {
@@ -40,18 +46,23 @@ class AudioInterruptions {
     this.resumeTimer = null;
     this.interrupted = false;
     this.watchedTracks = [];
+    this.mutedTracks = new Set();
     this.soundPaused = document.getElementById("sound-paused");
     this.soundPausedMessage = document.getElementById("sound-paused-message");
     this.continueSound = document.getElementById("continue-sound");
     this.microphoneStopped = document.getElementById("microphone-stopped");
     this.microphoneStoppedMessage = document.getElementById("microphone-stopped-message");
     this.restartMicrophone = document.getElementById("restart-microphone");
+    this.microphonePaused = document.getElementById("microphone-paused");
+    this.microphonePausedMessage = document.getElementById("microphone-paused-message");
 
     this.onStateChange = () => this.checkContext();
     this.onVisibilityChange = () => {
       if (document.visibilityState === "visible") this.checkContext();
     };
     this.onTrackEnded = () => this.microphoneEnded();
+    this.onTrackMute = (event) => this.microphoneMuted(event.target);
+    this.onTrackUnmute = (event) => this.microphoneUnmuted(event.target);
     this.onContinueClick = () => this.resumeInGesture();
     this.onRestartClick = () => this.reopenMicrophone();
     this.context.addEventListener("statechange", this.onStateChange);
@@ -148,16 +159,48 @@ class AudioInterruptions {
     this.ask(this.microphoneStopped, this.microphoneStoppedMessage, message, this.restartMicrophone);
   }
 
+  // A track the device muted is said to be paused until it is unmuted, or stops being watched (it ended, the
+  // lesson's audio was released). Told by the events rather than `track.muted`: each mute ends with an unmute.
+  microphoneMuted(track) {
+    if (this.mutedTracks.has(track)) return;
+    this.mutedTracks.add(track);
+    this.debug.microphoneMutes += 1;
+    this.sayWhetherMicrophonePaused();
+  }
+
+  microphoneUnmuted(track) {
+    if (!this.mutedTracks.delete(track)) return;
+    this.debug.microphoneUnmutes += 1;
+    this.sayWhetherMicrophonePaused();
+  }
+
+  sayWhetherMicrophonePaused() {
+    const paused = this.mutedTracks.size > 0;
+    if (paused === !this.microphonePaused.hidden) return;
+    // Shown, then filled: the live region announces what changes in it once it is in the page.
+    this.microphonePaused.hidden = !paused;
+    this.microphonePausedMessage.textContent = paused ? MICROPHONE_PAUSED_MESSAGE : "";
+  }
+
   watchTracks(stream) {
     for (const track of stream?.getAudioTracks() ?? []) {
       track.addEventListener("ended", this.onTrackEnded);
+      track.addEventListener("mute", this.onTrackMute);
+      track.addEventListener("unmute", this.onTrackUnmute);
       this.watchedTracks.push(track);
+      if (track.muted) this.microphoneMuted(track); // muted already: a call went on while it was asked for
     }
   }
 
   unwatchTracks() {
-    for (const track of this.watchedTracks) track.removeEventListener("ended", this.onTrackEnded);
+    for (const track of this.watchedTracks) {
+      track.removeEventListener("ended", this.onTrackEnded);
+      track.removeEventListener("mute", this.onTrackMute);
+      track.removeEventListener("unmute", this.onTrackUnmute);
+    }
     this.watchedTracks = [];
+    this.mutedTracks.clear();
+    this.sayWhetherMicrophonePaused();
   }
 
   // Shows `panel` saying `text`, with the focus on the `button` that fixes it.

@@ -27,6 +27,7 @@
 //     statuses,         every status state received, in order ("reconnecting:upstream" with a reason)
 //     audioInterruptions, how many times the lesson's AudioContext stopped running (audio-interruptions.js)
 //     microphoneRestarts, how many times a new microphone stream replaced one that ended
+//     microphoneMutes, microphoneUnmutes   how many times the device muted and unmuted the microphone track
 //   }
 // window.lessonTestConfig, set before Start, is for tests and measurements only:
 //   sampleRate   create the AudioContext at this rate (stand in for a 48 kHz or 44.1 kHz device);
@@ -148,6 +149,8 @@ const debug = {
   statuses: [],
   audioInterruptions: 0,
   microphoneRestarts: 0,
+  microphoneMutes: 0,
+  microphoneUnmutes: 0,
 };
 window.lessonDebug = debug;
 

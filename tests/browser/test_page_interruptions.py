@@ -2,10 +2,12 @@
 and the Realtime simulator as processes.
 
 The tests reach the page's objects through its `lesson` global: they suspend `lesson.context` (as iOS does for
-a phone call, or Android Chrome in the background) and end the track of `lesson.stream` (as another app
-taking the microphone does). Init scripts play the browsers that refuse the page's own resume(): Safari, which
-wants a gesture after an interruption, and Chrome on Android, which keeps a background tab's sound off.
-Chromium itself lets a page resume its own context at any time.
+a phone call, or Android Chrome in the background), end the track of `lesson.stream` (as another app
+taking the microphone does), and send that track the `mute` and `unmute` events iOS sends it around a phone
+call (headless Chromium cannot mute a track itself; a track is an EventTarget). Init scripts play the browsers
+that refuse the page's own resume(): Safari, which wants a gesture after an interruption, and Chrome on
+Android, which keeps a background tab's sound off. Chromium itself lets a page resume its own context at any
+time.
 """
 
 from __future__ import annotations
@@ -294,4 +296,93 @@ def test_a_microphone_answered_after_the_lesson_ended_is_released_and_nothing_is
                           " && window.grantedTracks.every((track) => track.readyState === 'ended')")
     expect(lesson.page.get_by_role("alert")).to_be_hidden()
     assert lesson.debug("microphoneRestarts") == 0
+    assert lesson.console_errors == []
+
+
+MICROPHONE_PAUSED_WORDS = "Your microphone is paused by your device (a call?). The lesson continues when it is back."
+TELL_THE_TRACK = "(type) => lesson.stream.getAudioTracks()[0].dispatchEvent(new Event(type))"
+
+
+def test_a_microphone_muted_by_the_device_is_said_to_be_paused_until_it_is_unmuted_and_the_lesson_goes_on(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(stack.url, tone_hz=440)
+    before = stack.recordings()
+    lesson.start("Ana")
+    wait_recording(stack, before, seconds=1.0)
+    (recording,) = stack.recordings() - before
+    lesson_id = lesson.debug("lessonId")
+
+    lesson.page.evaluate(TELL_THE_TRACK, "mute")  # a call comes in
+
+    paused = lesson.page.get_by_role("status").filter(has_text=MICROPHONE_PAUSED_WORDS)
+    expect(paused).to_be_visible()
+    expect(paused.get_by_role("button")).to_have_count(0)  # the device gives it back on its own
+    expect(lesson.page.get_by_role("alert")).to_be_hidden()
+    assert lesson.debug("microphoneMutes") == 1
+
+    lesson.page.evaluate(TELL_THE_TRACK, "unmute")  # the call is over
+
+    expect(lesson.page.locator("#microphone-paused")).to_be_hidden()
+    assert lesson.debug("microphoneUnmutes") == 1
+    wait_frames_flow(lesson)
+    # The microphone's tone reaches the relay after the unmute, not silence (a muted track's is below -90 dBFS).
+    after_unmute = recorded_second(recording, recording.stat().st_size)[-SAMPLE_RATE // 2:]
+    assert dominant_hz(after_unmute) == pytest.approx(440, abs=5)
+    assert rms_dbfs(after_unmute) > -60
+    assert (lesson.debug("lessonId"), lesson.debug("socket")) == (lesson_id, "open")
+    assert (lesson.debug("resumes"), lesson.debug("reconnectDelays")) == (0, [])
+    assert lesson.console_errors == []
+
+
+@pytest.mark.parametrize("then", ["the track ends", "the lesson ends"])
+def test_a_muted_microphone_is_no_longer_said_to_be_paused_once_its_track_or_lesson_ends(
+    stack: Stack, open_page: OpenPage, then: str
+) -> None:
+    lesson = open_page(stack.url)
+    lesson.start("Ana")
+    lesson.wait_debug("d.framesSent > 0")
+    lesson.page.evaluate(TELL_THE_TRACK, "mute")
+    expect(lesson.page.get_by_role("status").filter(has_text=MICROPHONE_PAUSED_WORDS)).to_be_visible()
+
+    if then == "the track ends":
+        lesson.page.evaluate("""() => {
+            const track = lesson.stream.getAudioTracks()[0];
+            track.stop();
+            track.dispatchEvent(new Event("ended"));
+        }""")
+        expect(lesson.page.get_by_role("alert").filter(has_text="Your microphone stopped")).to_be_visible()
+    else:
+        lesson.page.get_by_role("button", name="End lesson").click()
+        lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+
+    expect(lesson.page.locator("#microphone-paused")).to_be_hidden()
+    assert lesson.debug("microphoneUnmutes") == 0
+    assert lesson.console_errors == []
+
+
+# Every track says it is muted while window.tracksMuted is true: a device already on a call.
+TRACKS_MUTED_ON_DEMAND = """
+(() => {
+  window.tracksMuted = false;
+  Object.defineProperty(MediaStreamTrack.prototype, "muted", { get: () => window.tracksMuted });
+})();
+"""
+
+
+def test_a_microphone_already_muted_when_the_lesson_starts_is_said_to_be_paused_until_it_is_unmuted(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(stack.url, init_scripts=[TRACKS_MUTED_ON_DEMAND])
+    lesson.page.evaluate("window.tracksMuted = true")
+    lesson.start("Ana")
+
+    expect(lesson.page.get_by_role("status").filter(has_text=MICROPHONE_PAUSED_WORDS)).to_be_visible()
+    assert lesson.debug("microphoneMutes") == 1
+
+    lesson.page.evaluate("window.tracksMuted = false")
+    lesson.page.evaluate(TELL_THE_TRACK, "unmute")
+
+    expect(lesson.page.locator("#microphone-paused")).to_be_hidden()
+    assert lesson.debug("microphoneUnmutes") == 1
     assert lesson.console_errors == []

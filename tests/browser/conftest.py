@@ -1,5 +1,5 @@
-"""Fixtures for the browser tests: Chromium (Playwright), Firefox (WebDriver BiDi), the app + simulator
-processes, and lesson pages.
+"""Fixtures for the browser tests: Chromium (Playwright), Firefox (WebDriver BiDi), WebKit (WebDriver
+classic), the app + simulator processes, and lesson pages.
 
 A browser that is not installed skips its tests on a developer machine and fails them in CI (tests/ci.py),
 where `.ci/run` installs it: the audio path must be proven in every browser on every CI run.
@@ -16,9 +16,12 @@ import pytest
 from bidi import BidiError
 from browser_stack import CHROMIUM, LessonPage, OpenPage, Stack, launch_chromium, make_wav, run_stack
 from ci import tool_unavailable
-from firefox import FIREFOX, PULSEAUDIO, FirefoxLessonPage, OpenFirefox, launch_firefox, run_null_sink
+from firefox import FIREFOX, FirefoxLessonPage, launch_firefox
 from playwright.sync_api import Browser, Playwright, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
+from scripted_page import PULSEAUDIO, OtherBrowser, ScriptedLessonPage, run_null_sink
+from webdriver import WebDriverError
+from webkit import MOCK_MICROPHONE_HUM_HZ, WEBKIT_WEBDRIVER, XVFB_RUN, WebKitLessonPage, launch_webkit, minibrowser
 
 
 @pytest.fixture(scope="session")
@@ -70,30 +73,45 @@ def open_page(playwright: Playwright, tmp_path: Path) -> Iterator[OpenPage]:
 
 @pytest.fixture(scope="session")
 def null_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The PulseAudio server Firefox plays into (see firefox.py), shared by the Firefox tests."""
-    for tool, package in ((FIREFOX, "firefox-esr"), (PULSEAUDIO, "pulseaudio")):
-        if not tool.exists():
-            tool_unavailable("The Firefox tests", "Debian's firefox-esr and pulseaudio",
-                             f"{tool} is missing: apt-get install {package}")
+    """The PulseAudio server Firefox and WebKit play into (see scripted_page.py), shared by their tests."""
+    if not PULSEAUDIO.exists():
+        tool_unavailable("The Firefox and WebKit tests", "Debian's pulseaudio",
+                         f"{PULSEAUDIO} is missing: apt-get install pulseaudio")
     with run_null_sink(tmp_path_factory.mktemp("pulse")) as server:
         yield server
 
 
-@pytest.fixture
-def open_firefox(null_sink: str, tmp_path: Path) -> Iterator[OpenFirefox]:
-    """open_firefox(url, microphone_hz=0, test_config=None) → a FirefoxLessonPage in a new Firefox whose
-    microphone is a tone of `microphone_hz` (0: silence); every Firefox is stopped after the test."""
-    with contextlib.ExitStack() as browsers:
-        pages: list[FirefoxLessonPage] = []
+# Firefox's fake microphone plays the tone we ask for.
+FIREFOX_MICROPHONE_HZ = 440
 
-        def open_(url: str, *, microphone_hz: int = 0, test_config: dict[str, Any] | None = None) -> FirefoxLessonPage:
-            session = browsers.enter_context(launch_firefox(tmp_path / f"firefox-{len(pages)}",
-                                                            pulse_server=null_sink, microphone_hz=microphone_hz))
-            pages.append(FirefoxLessonPage.open(session, url, test_config=test_config))
+
+@pytest.fixture(params=["firefox", "webkit"])
+def other_browser(request: pytest.FixtureRequest, null_sink: str, tmp_path: Path) -> Iterator[OtherBrowser]:
+    """Firefox (over WebDriver BiDi) or WebKit (over WebDriver classic), each with a fake microphone and sound
+    into `null_sink`; every browser opened is stopped after the test, its lesson ended first."""
+    name: str = request.param
+    needs = {"firefox": {FIREFOX: "firefox-esr"},
+             "webkit": {WEBKIT_WEBDRIVER: "webkit2gtk-driver", XVFB_RUN: "xvfb",
+                        minibrowser() or Path("MiniBrowser"): "libwebkit2gtk-4.1-0"}}[name]
+    for tool, package in needs.items():
+        if not tool.exists():
+            tool_unavailable(f"The {name} tests", f"Debian's {', '.join(needs.values())}",
+                             f"{tool} is missing: apt-get install {package}")
+    with contextlib.ExitStack() as browsers:
+        pages: list[ScriptedLessonPage] = []
+
+        def open_(url: str) -> ScriptedLessonPage:
+            workdir = tmp_path / f"{name}-{len(pages)}"
+            if name == "firefox":
+                session = browsers.enter_context(launch_firefox(workdir, pulse_server=null_sink,
+                                                                microphone_hz=FIREFOX_MICROPHONE_HZ))
+                pages.append(FirefoxLessonPage.open(session, url))
+            else:
+                webdriver = browsers.enter_context(launch_webkit(workdir, pulse_server=null_sink))
+                pages.append(WebKitLessonPage.open(webdriver, url))
             return pages[-1]
 
-        yield open_
+        yield OtherBrowser(name, FIREFOX_MICROPHONE_HZ if name == "firefox" else MOCK_MICROPHONE_HUM_HZ, open_)
         for page in pages:
-            # A closed tab keeps its lesson for the resume grace (it may be a reload); the student ends it.
-            with contextlib.suppress(BidiError, TimeoutError):
-                page.evaluate("typeof lesson !== 'undefined' && lesson && lesson.end()")
+            with contextlib.suppress(BidiError, WebDriverError, TimeoutError, OSError):
+                page.end_lesson_if_open()

@@ -20,6 +20,9 @@ from typing import Any
 from browser_stack import run_process, wait_for
 
 PULSEAUDIO = Path("/usr/bin/pulseaudio")
+# The relay opens the microphone once the greeting has played to within this of its end (docs/protocol.md).
+# These browsers' fake microphones play a steady tone, which barges in at that moment: the page drops the rest.
+GREETING_HEARD_MS = 40
 # Records CSP violations: installed before the page's scripts where the driver can, else right after load.
 CSP_RECORDER = """window.cspViolations = window.cspViolations || [];
 document.addEventListener("securitypolicyviolation",
@@ -77,18 +80,24 @@ class ScriptedLessonPage(ABC):
         return wait_for(lambda: self.evaluate(f"({expression}) || null"), timeout=timeout_s, what=what or expression)
 
     def wait_debug(self, condition: str, *, timeout_s: float = 30) -> Any:
-        """Wait until the JS expression `condition` over `d` (= window.lessonDebug) is truthy; its value."""
-        return self.wait_for(f"((d) => ({condition}))(window.lessonDebug)", timeout_s=timeout_s,
-                             what=f"lessonDebug: {condition}")
+        """Wait until the JS expression `condition` over `d` (= window.lessonDebug) is truthy; its value. The
+        TimeoutError shows lessonDebug as it was then."""
+        try:
+            return self.wait_for(f"((d) => ({condition}))(window.lessonDebug)", timeout_s=timeout_s,
+                                 what=f"lessonDebug: {condition}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; lessonDebug = {self.evaluate('window.lessonDebug')}") from exc
 
     def wait_played(self, item_id: str, *, timeout_s: float = 30) -> None:
         """Once the playback worklet has rendered all of the tutor item `item_id`."""
         self.wait_debug(f"d.played[{item_id!r}] >= d.durations[{item_id!r}] * 24", timeout_s=timeout_s)
 
     def wait_greeting_played(self, *, timeout_s: float = 30) -> str:
-        """The id of the first tutor item, once the playback worklet has rendered all of it."""
+        """The id of the first tutor item, once the playback worklet has rendered it to within GREETING_HEARD_MS
+        of its end."""
         item_id: str = self.wait_debug(
-            "Object.keys(d.durations).find((id) => d.played[id] >= d.durations[id] * 24)", timeout_s=timeout_s)
+            f"Object.keys(d.durations).find((id) => d.played[id] >= (d.durations[id] - {GREETING_HEARD_MS}) * 24)",
+            timeout_s=timeout_s)
         return item_id
 
     def texts(self, selector: str) -> list[str]:

@@ -266,7 +266,9 @@ def test_a_microphone_that_ends_is_asked_for_again_and_its_audio_reaches_the_tut
     wait_frames_flow(lesson)
     last_half_second = recorded_second(recording, recording.stat().st_size)[-SAMPLE_RATE // 2:]
     assert dominant_hz(last_half_second) == pytest.approx(440, abs=5)
-    assert rms_dbfs(last_half_second) > -20  # the tone at -6 dBFS, not the silence of a stopped track
+    # The tone (-6 dBFS as sent, about -20 after Chromium's capture processing), far above the silence of a
+    # stopped track (< -90): the margin absorbs where the new stream's first frames fall in the half second.
+    assert rms_dbfs(last_half_second) > -40
     assert lesson.page.evaluate("lesson.stream.getAudioTracks()[0].readyState") == "live"
     assert lesson.console_errors == []
 

@@ -229,6 +229,7 @@ class Relay:
                 if upstream is self.upstream:
                     await self._carry_out(session.handle_upstream_message(message, clock()))
                 # else: replaced or closed by the lesson, it is closing: what it still says is not heard
+                del message  # not held while the next is awaited: an idle lesson keeps no server event
         except UpstreamClosed as exc:
             code, reason = exc.received_code, exc.received_reason
         else:

@@ -305,6 +305,7 @@ class RealtimeClient:
         next_message = self._connection.next_message
         while (message := await next_message()) is not None:
             yield message
+            del message  # not held while the next is awaited
         received = self._connection.protocol.close_rcvd
         if received is None or received.code not in NORMAL_CLOSE_CODES:
             raise self._closed()

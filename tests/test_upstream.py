@@ -63,6 +63,33 @@ async def test_an_abnormal_close_is_raised_with_its_code_after_the_messages_befo
     assert (closed.value.received_code, closed.value.received_reason) == (4000, "bye")
 
 
+async def test_a_reader_waiting_for_the_next_message_holds_none_of_the_last() -> None:
+    # An idle lesson waits on its upstream for minutes: the last server event must not be kept meanwhile.
+    sent = asyncio.Event()
+    release = asyncio.Event()
+
+    async def server(connection: ServerConnection) -> None:
+        await connection.send('{"type":"response.done"}')
+        sent.set()
+        await release.wait()
+
+    async with client_of(server) as client:
+        messages = client.messages()
+        assert await anext(messages) == b'{"type":"response.done"}'
+        waiting = asyncio.ensure_future(anext(messages))
+        try:
+            await sent.wait()
+            await asyncio.sleep(0)  # one turn of the loop: the reader is now suspended on the next message
+            assert not waiting.done()
+            assert messages.ag_frame is not None
+            assert "message" not in messages.ag_frame.f_locals
+        finally:
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            release.set()
+
+
 async def test_a_reader_that_falls_behind_pauses_the_socket_and_loses_nothing() -> None:
     count = INBOX_HIGH_WATER * 4
     all_sent = asyncio.Event()

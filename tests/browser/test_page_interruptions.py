@@ -137,14 +137,20 @@ def wait_tutor_heard_again(lesson: LessonPage, heard_before: list[str]) -> None:
                       timeout_s=60)
 
 
+def lesson_with_turns(stack: Stack, open_page: OpenPage,
+                      init_scripts: tuple[str, ...] = ()) -> tuple[LessonPage, list[str]]:
+    """A lesson past its greeting whose student says a 0.8 s tone every 3 s, each a turn the tutor answers: the
+    page, and the tutor items it has played so far."""
+    lesson = open_page(stack.url, tone_hz=440, tone_s=0.8, pause_s=2.2, init_scripts=init_scripts)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    return lesson, list(lesson.debug("played"))
+
+
 def test_a_context_suspended_mid_lesson_is_resumed_by_the_page_and_the_lesson_goes_on(
     stack: Stack, open_page: OpenPage
 ) -> None:
-    # Each 0.8 s tone is a student turn the tutor answers.
-    lesson = open_page(stack.url, tone_hz=440, tone_s=0.8, pause_s=2.2)
-    lesson.start("Ana")
-    lesson.wait_greeting_played()
-    heard_before = list(lesson.debug("played"))
+    lesson, heard_before = lesson_with_turns(stack, open_page)
 
     lesson.page.evaluate("() => lesson.context.suspend()")
 
@@ -159,10 +165,7 @@ def test_a_context_suspended_mid_lesson_is_resumed_by_the_page_and_the_lesson_go
 def test_a_context_suspended_in_the_background_is_resumed_when_the_page_is_visible_again(
     stack: Stack, open_page: OpenPage
 ) -> None:
-    lesson = open_page(stack.url, tone_hz=440, tone_s=0.8, pause_s=2.2, init_scripts=[BACKGROUND_TAB])
-    lesson.start("Ana")
-    lesson.wait_greeting_played()
-    heard_before = list(lesson.debug("played"))
+    lesson, heard_before = lesson_with_turns(stack, open_page, init_scripts=(BACKGROUND_TAB,))
     set_hidden = "(hidden) => { window.pageHidden = hidden; document.dispatchEvent(new Event('visibilitychange')); }"
 
     lesson.page.evaluate(set_hidden, True)
@@ -184,11 +187,8 @@ def test_a_context_suspended_in_the_background_is_resumed_when_the_page_is_visib
 def test_a_context_that_needs_a_gesture_is_resumed_by_continue_lesson_with_the_same_context_and_socket(
     stack: Stack, open_page: OpenPage
 ) -> None:
-    lesson = open_page(stack.url, tone_hz=440, tone_s=0.8, pause_s=2.2, init_scripts=[SAFARI_AFTER_AN_INTERRUPTION])
-    lesson.start("Ana")
-    lesson.wait_greeting_played()
+    lesson, heard_before = lesson_with_turns(stack, open_page, init_scripts=(SAFARI_AFTER_AN_INTERRUPTION,))
     lesson_id = lesson.debug("lessonId")
-    heard_before = list(lesson.debug("played"))
 
     lesson.page.evaluate("() => lesson.context.suspend()")
 

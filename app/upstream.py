@@ -73,9 +73,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._fragments: list[bytes] = []
         self._reader: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
-        self._pong: tuple[bytes, asyncio.Future[None]] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._keepalive: asyncio.Task[None] | None = None
+        # Keepalive on the loop's timers, not a task: the next ping, or the deadline of the one unanswered.
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._ping_interval_s = 0.0
+        self._pong_timeout_s = 0.0
+        self._ping_payload: bytes | None = None
         # Why this side gave the connection up, when it did (a server that stopped answering or reading).
         self.failure: str | None = None
 
@@ -134,8 +137,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self._deliver(b"".join(self._fragments))
                 self._fragments = []
         elif opcode is Opcode.PONG:
-            if self._pong is not None and frame.data == self._pong[0] and not self._pong[1].done():
-                self._pong[1].set_result(None)
+            if self._ping_payload is not None and frame.data == self._ping_payload:
+                self._ping_payload = None
+                self._schedule_ping()
         elif opcode is Opcode.CLOSE:
             self._wake_reader()
 
@@ -211,25 +215,27 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def start_keepalive(self, interval_s: float, timeout_s: float) -> None:
-        self._keepalive = asyncio.create_task(self._ping_every(interval_s, timeout_s))
+        """Ping `interval_s` after the last pong; a ping unanswered for `timeout_s` gives the server up."""
+        self._ping_interval_s = interval_s
+        self._pong_timeout_s = timeout_s
+        self._schedule_ping()
 
-    async def _ping_every(self, interval_s: float, timeout_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        while self.protocol.state is State.OPEN:
-            await asyncio.sleep(interval_s)
-            if self.protocol.state is not State.OPEN:
-                return
-            payload = os.urandom(4)
-            pong = self._pong = (payload, loop.create_future())
-            self.protocol.send_ping(payload)
-            self.flush()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await pong[1]
-            except TimeoutError:
-                # A server that does not answer is gone: the reader learns it as a close without a frame.
-                self.give_up(f"keepalive ping unanswered for {timeout_s:g} s")
-                return
+    def _schedule_ping(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        self._keepalive = asyncio.get_running_loop().call_later(self._ping_interval_s, self._ping)
+
+    def _ping(self) -> None:
+        if self.protocol.state is not State.OPEN:
+            return
+        self._ping_payload = os.urandom(4)
+        self.protocol.send_ping(self._ping_payload)
+        self.flush()
+        self._keepalive = asyncio.get_running_loop().call_later(self._pong_timeout_s, self._pong_overdue)
+
+    def _pong_overdue(self) -> None:
+        # A server that does not answer is gone: the reader learns it as a close without a frame.
+        self.give_up(f"keepalive ping unanswered for {self._pong_timeout_s:g} s")
 
 
 class RealtimeClient:

@@ -173,6 +173,42 @@ async def test_a_quiet_upstream_is_pinged_and_given_up_when_no_pong_comes() -> N
             await client.close()
 
 
+class PongingServer(SilentServer):
+    """Accepts the WebSocket handshake and answers every ping; counts them."""
+
+    def __init__(self) -> None:
+        super().__init__(asyncio.Event())
+        self.pings = 0
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Request):
+                self.protocol.send_response(self.protocol.accept(event))
+            elif isinstance(event, Frame) and event.opcode is Opcode.PING:
+                self.pings += 1
+        self.transport.writelines(self.protocol.data_to_send())
+
+
+async def test_an_upstream_that_answers_its_pings_keeps_the_session_through_many_of_them() -> None:
+    ponging = PongingServer()
+    server = await asyncio.get_running_loop().create_server(lambda: ponging, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        client = await RealtimeClient.connect(url=f"ws://127.0.0.1:{port}/v1/realtime", api_key="sk-test",
+                                              auth_scheme="bearer", open_timeout_s=5,
+                                              ping_interval_s=0.01, ping_timeout_s=0.05)
+        try:
+            async with asyncio.timeout(5):
+                while ponging.pings < 10:
+                    await asyncio.sleep(0.01)
+            await client.send(b'{"type":"input_audio_buffer.clear"}')
+            assert client.close_code is None
+        finally:
+            await client.close()
+
+
 class DeafServer(SilentServer):
     """Accepts the WebSocket handshake, then reads nothing more: what the client sends piles up."""
 

@@ -62,6 +62,17 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
     and the conversation they carry relayed, is `UpstreamEvents` (app/upstream_events.py); what the page may
     send is `PageInput` (app/page_input.py)."""
 
+    # Every attribute of the machine and its base classes: over 30 in an instance dict would make it unshared,
+    # 1.5 KiB a lesson. A name missing here still works, in a dict (a test keeps the list whole).
+    __slots__ = (
+        "_active_response_id", "_coalescer", "_deadlines", "_ending_reason", "_event_counter", "_feedback",
+        "_greeted", "_greeting", "_greeting_on_return", "_items", "_microphone", "_page_left_at",
+        "_page_messages", "_page_seen_lines", "_page_stalled", "_reconnect_attempts", "_reconnect_why",
+        "_recorder", "_refusals", "_session_update_id", "_started_at", "_student_speaking", "_too_fast",
+        "_transcript", "_usage", "config", "deadlines_changed", "discarded_frames", "ended_reason",
+        "page_attached", "state",
+    )
+
     def __init__(self, config: LessonConfig) -> None:
         self.config = config
         self.state = LessonState.CONNECTING

@@ -396,3 +396,22 @@ class TestHandOver:
         assert end.duration_s == round(feedback_given_up - 400.0, 3)  # counted from the lesson's first start
         assert (end.audio_input_tokens, end.text_input_tokens, end.audio_output_tokens) == (100, 30, 208)
 
+
+
+def test_a_lesson_through_every_kind_of_break_keeps_its_state_in_slots() -> None:
+    """Each live lesson holds its machine: an attribute missing from `LessonSession.__slots__` would land in an
+    instance dict, and past 30 of them that dict costs 1.5 KiB a lesson."""
+    session = resumable()
+    greeted(session)
+    greeting_transcript(session, 0.2)
+    say(session, "item_s1", "I am fine, thank you.", 2.0)
+    tutor_speaking(session, 3.0)
+    session.handle_page_detached(3.05)
+    session.handle_page_attached(4.0, replay=True)
+    session.handle_upstream_closed(1006, "no close frame", 5.0)
+    session.handle_upstream({"type": "session.created", "session": {}}, 5.1)
+    session.handle_upstream(SESSION_UPDATED, 5.2)
+    session.handle_browser_text('{"type":"end"}', 6.0)
+    session.handle_timeout(6.0 + 60)
+    assert session.state is LessonState.ENDED
+    assert vars(session) == {}

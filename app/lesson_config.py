@@ -18,7 +18,8 @@ class LessonConfig:
     lesson_id: str
     name: str
     level: str
-    instructions: str
+    # The tutor prompt of each `session.update`, written when it is sent rather than kept for the lesson.
+    instructions: Callable[[], str]
     simulated: bool
     voice: str
     transcription_model: str

@@ -115,7 +115,6 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503 if draining else 200)
 
 
-@router.websocket("/ws/lesson")
 async def lesson_socket(websocket: WebSocket) -> None:
     state = _state(websocket)
     settings: Settings = state.settings
@@ -180,6 +179,11 @@ async def lesson_socket(websocket: WebSocket) -> None:
         raise
     await _run_lesson(websocket, config, lesson_log, admitted)
 
+
+
+# A plain Starlette route: the socket lives as long as its lesson, and FastAPI's per-request dependency
+# machinery (three exit stacks, the solved dependencies) would be held for all of it.
+router.add_websocket_route("/ws/lesson", lesson_socket)
 
 async def _run_lesson(websocket: WebSocket, config: LessonConfig, lesson_log: structlog.typing.FilteringBoundLogger,
                       admitted: AdmittedLesson, *, replay: bool = False) -> None:
@@ -295,8 +299,8 @@ def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Se
         lesson_id=lesson_id,
         name=request.name,
         level=request.level,
-        instructions=tutor_instructions(
-            name=request.name, level=request.level, target_language=settings.target_language,
+        instructions=functools.partial(
+            tutor_instructions, name=request.name, level=request.level, target_language=settings.target_language,
             support_language=request.support, topic=request.topic, memory=memory,
         ),
         simulated=settings.simulated,

@@ -196,11 +196,10 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
             self._transition(LessonState.CONFIGURING)
         self._arm_roll_over(event.get("session"), now)
         cfg = self.config
-        instructions = cfg.instructions
+        instructions = cfg.instructions()
         if renewed:
             # Told the conversation so far, not replayed as items: the new session carries on without a greeting.
-            instructions = continued_instructions(cfg.instructions, name=cfg.name,
-                                                  turns=self._transcript.past_turns())
+            instructions = continued_instructions(instructions, name=cfg.name, turns=self._transcript.past_turns())
         self._session_update_id = self._next_event_id()
         update = protocol.session_update(
             event_id=self._session_update_id, instructions=instructions, voice=cfg.voice,

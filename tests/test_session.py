@@ -20,7 +20,7 @@ PCM_100MS = bytes(range(256)) * 18 + bytes(192)  # 4 800 bytes: 100 ms of PCM16 
 
 def config(**overrides: Any) -> LessonConfig:
     values: dict[str, Any] = {
-        "lesson_id": "L1", "name": "Ana", "level": "A1", "instructions": "The student's name is Ana.",
+        "lesson_id": "L1", "name": "Ana", "level": "A1", "instructions": lambda: "The student's name is Ana.",
         "simulated": False, "voice": "marin", "transcription_model": "gpt-transcribe", "language_code": "en",
         "turn_detection": "server_vad", "vad_eagerness": "low", "max_frame_bytes": 4800,
         "upstream_timeout_s": 10.0, "max_lesson_s": 1800.0, "idle_timeout_s": 300.0,

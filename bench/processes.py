@@ -262,10 +262,17 @@ def running(managed: ManagedProcess) -> Iterator[ManagedProcess]:
         managed.stop()
 
 
+class _Discarded(io.TextIOBase):
+    """A text stream that keeps nothing: a `StringIO` would grow with every log line of a long run."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
 @contextlib.asynccontextmanager
 async def app_served_here(settings: Settings) -> AsyncIterator[int]:
     """The app served by uvicorn in this process on a loopback port of its own, its logs discarded: the port."""
-    app = create_app(settings, log_stream=io.StringIO())
+    app = create_app(settings, log_stream=_Discarded())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)

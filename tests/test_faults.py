@@ -600,6 +600,9 @@ async def test_sigterm_drains_the_served_process_and_it_exits_cleanly(simulator_
     [drained] = [line for line in lines if line.get("event") == "drained"]
     assert (drained["open_lessons_before"], drained["all_closed"]) == (1, True)
     assert "lesson_handed_off" in events, events
+    # Started, the process froze what it holds for good, so that full collections scan only the lessons.
+    [frozen] = [line for line in lines if line.get("event") == "startup_heap_frozen"]
+    assert frozen["objects"] > 10_000, frozen
 
 
 # ---- 7. keepalive --------------------------------------------------------------------------------------

@@ -172,6 +172,7 @@ async def test_two_workers_hold_max_sessions_for_the_replica_and_drain_on_sigter
     assert sorted((line["worker"], line["open_lessons_before"], line["all_closed"]) for line in drained) == [
         (0, 1, True), (1, 1, True)]
     assert output.of("replica_stopped")[0]["exit_codes"] == [0, 0]
+    assert sorted(line["worker"] for line in output.of("startup_heap_frozen")) == [0, 1]
 
 
 async def test_every_worker_answers_metrics_for_the_whole_replica(simulator: RealtimeSimulator, tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ from typing import Any, Final
 import httpx
 import orjson
 from sqlalchemy import select
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.links import make_lesson_token
@@ -55,6 +55,7 @@ from app.store.models import Lesson
 from bench import run_on_uvloop
 from bench.processes import REPO_ROOT, ProcessProbe, free_port, kill_process_group
 from bench.raw_client import PING, TEXT, RawWebSocket, client_frame, open_socket
+from bench.students import past_the_greeting
 
 STARTUP_SECONDS: Final = 30.0
 # Stops any scenario before it can take the shared machine down with it.
@@ -200,23 +201,10 @@ async def _flood_bad_frames(page: RawWebSocket) -> None:
             await asyncio.sleep(0.25)
 
 
-async def _past_the_greeting(page: ClientConnection) -> None:
-    """Read until the microphone is open, reporting the greeting's playback as the lesson page does."""
-    async for frame in page:
-        if isinstance(frame, bytes):
-            continue
-        message = orjson.loads(frame)
-        if message["type"] == "audio.done":
-            await page.send(orjson.dumps({"type": "playback", "item_id": message["item_id"],
-                                          "played_ms": message["duration_ms"]}).decode())
-        elif message["type"] == "status" and message["state"] == "listening":
-            return
-
-
 async def message_flood(checkout: Path, ws: str | None, bound_s: float) -> dict[str, Any]:
     async with serve(checkout, ws, {}) as server, \
             connect(f"ws://127.0.0.1:{server.port}/ws/lesson?name=Eve", max_size=None) as page:
-        await _past_the_greeting(page)
+        await past_the_greeting(page)
         sent = 0
 
         async def flood() -> None:

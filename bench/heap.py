@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.settings import Settings
 from bench.__main__ import relay_environment
 from bench.processes import REPO_ROOT, app_served_here, running, start_echo_upstream
+from bench.students import past_the_greeting
 
 WARM_UP_LESSONS = 20
 TRACEBACK_DEPTH = 25
@@ -45,17 +45,9 @@ STUDENTS_TIMEOUT_SECONDS = 300.0
 
 async def _greeted_student(port: int) -> ClientConnection:
     """A lesson opened and through its greeting, as the page gets there: `playback` reported, `listening`."""
-    ws = await connect(f"ws://127.0.0.1:{port}/ws/lesson?name=Bench&level=A1", max_size=None)
-    async for frame in ws:
-        if isinstance(frame, bytes):
-            continue
-        message = orjson.loads(frame)
-        if message["type"] == "audio.done":
-            await ws.send(orjson.dumps({"type": "playback", "item_id": message["item_id"],
-                                        "played_ms": message["duration_ms"]}).decode())
-        elif message["type"] == "status" and message["state"] == "listening":
-            return ws
-    raise RuntimeError(f"the lesson closed before its greeting was heard: {ws.close_code} {ws.close_reason}")
+    page = await connect(f"ws://127.0.0.1:{port}/ws/lesson?name=Bench&level=A1", max_size=None)
+    await past_the_greeting(page)
+    return page
 
 
 async def _students(port: int, count: int, ready: Event, release: Event) -> None:

@@ -40,6 +40,20 @@ async def _send_json(ws: ClientConnection, message: dict[str, Any]) -> None:
     await ws.send(orjson.dumps(message).decode())
 
 
+async def past_the_greeting(page: ClientConnection) -> None:
+    """Read until the microphone is open, reporting the greeting's playback as the lesson page does."""
+    async for frame in page:
+        if isinstance(frame, bytes):
+            continue
+        message = orjson.loads(frame)
+        if message["type"] == "audio.done":
+            await _send_json(page, {"type": "playback", "item_id": message["item_id"],
+                                    "played_ms": message["duration_ms"]})
+        elif message["type"] == "status" and message["state"] == "listening":
+            return
+    raise RuntimeError(f"the lesson closed before its greeting was heard: {page.close_code} {page.close_reason}")
+
+
 @dataclass
 class LoadClock:
     """What all students of one run share: when streaming starts and stops."""

@@ -131,12 +131,16 @@ async def test_sending_after_the_server_closed_raises_upstream_closed() -> None:
     assert closed.value.received_code == 1011
 
 
-class SilentServer(asyncio.Protocol):
-    """Accepts the WebSocket handshake, then reads everything and answers nothing, pings included."""
+class HandshakeServer(asyncio.Protocol):
+    """Accepts the WebSocket handshake, then reads everything and queues the pings' payloads; answers them
+    only when `answer_pings`; with `deaf`, reads nothing after the handshake, so that what the client sends
+    piles up."""
 
-    def __init__(self, pinged: asyncio.Event) -> None:
+    def __init__(self, *, answer_pings: bool = False, deaf: bool = False) -> None:
         self.protocol = ServerProtocol()
-        self.pinged = pinged
+        self.answer_pings = answer_pings
+        self.deaf = deaf
+        self.pings: asyncio.Queue[bytes] = asyncio.Queue()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -151,94 +155,62 @@ class SilentServer(asyncio.Protocol):
                 self.protocol.send_response(self.protocol.accept(event))
                 self.transport.writelines(self.protocol.data_to_send())
             elif isinstance(event, Frame) and event.opcode is Opcode.PING:
-                self.pinged.set()
-        self.protocol.data_to_send()  # the pong it would answer is dropped
+                self.pings.put_nowait(bytes(event.data))
+        pongs = self.protocol.data_to_send()
+        if self.answer_pings:
+            self.transport.writelines(pongs)
+        if self.deaf:
+            self.transport.pause_reading()
+
+
+@contextlib.asynccontextmanager
+async def client_of_protocol(server_side: HandshakeServer, **options: float) -> AsyncIterator[RealtimeClient]:
+    """A client connected to `server_side` (the only connection it serves), with `RealtimeClient.connect`'s
+    `options`."""
+    server = await asyncio.get_running_loop().create_server(lambda: server_side, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        client = await RealtimeClient.connect(url=f"ws://127.0.0.1:{port}/v1/realtime", api_key="sk-test",
+                                              auth_scheme="bearer", open_timeout_s=5, **options)
+        try:
+            yield client
+        finally:
+            await client.close()
 
 
 async def test_a_quiet_upstream_is_pinged_and_given_up_when_no_pong_comes() -> None:
     assert 0 < PING_INTERVAL_S <= 30  # well under the usual 60 s idle timeout of proxies
-    pinged = asyncio.Event()
-    server = await asyncio.get_running_loop().create_server(lambda: SilentServer(pinged), "127.0.0.1", 0)
-    async with server:
-        port = server.sockets[0].getsockname()[1]
-        client = await RealtimeClient.connect(url=f"ws://127.0.0.1:{port}/v1/realtime", api_key="sk-test",
-                                              auth_scheme="bearer", open_timeout_s=5,
-                                              ping_interval_s=0.05, ping_timeout_s=0.05)
-        try:
-            with pytest.raises(UpstreamClosed) as closed:
-                await asyncio.wait_for(read_all(client), 5)
-            assert pinged.is_set()
-            assert closed.value.received_reason == "keepalive ping unanswered for 0.05 s"
-        finally:
-            await client.close()
-
-
-class PongingServer(SilentServer):
-    """Accepts the WebSocket handshake and answers every ping; counts them."""
-
-    def __init__(self) -> None:
-        super().__init__(asyncio.Event())
-        self.pings = 0
-
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.protocol.receive_data(data)
-        for event in self.protocol.events_received():
-            if isinstance(event, Request):
-                self.protocol.send_response(self.protocol.accept(event))
-            elif isinstance(event, Frame) and event.opcode is Opcode.PING:
-                self.pings += 1
-        self.transport.writelines(self.protocol.data_to_send())
+    silent = HandshakeServer()
+    async with client_of_protocol(silent, ping_interval_s=0.05, ping_timeout_s=0.05) as client:
+        with pytest.raises(UpstreamClosed) as closed:
+            await asyncio.wait_for(read_all(client), 5)
+    assert silent.pings.qsize() == 1
+    assert closed.value.received_reason == "keepalive ping unanswered for 0.05 s"
 
 
 async def test_an_upstream_that_answers_its_pings_keeps_the_session_through_many_of_them() -> None:
-    ponging = PongingServer()
-    server = await asyncio.get_running_loop().create_server(lambda: ponging, "127.0.0.1", 0)
-    async with server:
-        port = server.sockets[0].getsockname()[1]
-        client = await RealtimeClient.connect(url=f"ws://127.0.0.1:{port}/v1/realtime", api_key="sk-test",
-                                              auth_scheme="bearer", open_timeout_s=5,
-                                              ping_interval_s=0.01, ping_timeout_s=0.05)
-        try:
-            async with asyncio.timeout(5):
-                while ponging.pings < 10:
-                    await asyncio.sleep(0.01)
-            await client.send(b'{"type":"input_audio_buffer.clear"}')
-            assert client.close_code is None
-        finally:
-            await client.close()
-
-
-class DeafServer(SilentServer):
-    """Accepts the WebSocket handshake, then reads nothing more: what the client sends piles up."""
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        assert self.transport is not None
-        self.transport.pause_reading()
+    answering = HandshakeServer(answer_pings=True)
+    async with client_of_protocol(answering, ping_interval_s=0.01, ping_timeout_s=0.05) as client:
+        async with asyncio.timeout(5):
+            for _ in range(10):
+                await answering.pings.get()
+        await client.send(b'{"type":"input_audio_buffer.clear"}')
+        assert client.close_code is None
 
 
 async def test_an_upstream_that_stops_reading_is_given_up_at_the_send_deadline_saying_why() -> None:
-    server = await asyncio.get_running_loop().create_server(lambda: DeafServer(asyncio.Event()), "127.0.0.1", 0)
-    async with server:
-        port = server.sockets[0].getsockname()[1]
-        client = await RealtimeClient.connect(url=f"ws://127.0.0.1:{port}/v1/realtime", api_key="sk-test",
-                                              auth_scheme="bearer", open_timeout_s=5, send_timeout_s=0.2,
-                                              ping_interval_s=3600)
-        append = b'{"type":"input_audio_buffer.append","audio":"' + b"A" * 1_000_000 + b'"}'
+    append = b'{"type":"input_audio_buffer.append","audio":"' + b"A" * 1_000_000 + b'"}'
+    async with client_of_protocol(HandshakeServer(deaf=True), send_timeout_s=0.2, ping_interval_s=3600) as client:
 
         async def send_until_refused() -> None:
             async with asyncio.timeout(10):  # the kernel's buffers take a few MB first
                 while True:
                     await client.send(append)
 
-        try:
-            with pytest.raises(UpstreamClosed) as refused:
-                await send_until_refused()
-            with pytest.raises(UpstreamClosed) as closed:
-                await asyncio.wait_for(read_all(client), 5)
-        finally:
-            await client.close()
+        with pytest.raises(UpstreamClosed) as refused:
+            await send_until_refused()
+        with pytest.raises(UpstreamClosed) as closed:
+            await asyncio.wait_for(read_all(client), 5)
     for given_up in (refused.value, closed.value):
         assert given_up.received_code is None
         assert given_up.received_reason.startswith("the server read nothing for 0.2 s (")

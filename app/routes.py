@@ -180,10 +180,10 @@ async def lesson_socket(websocket: WebSocket) -> None:
     await _run_lesson(websocket, config, lesson_log, admitted)
 
 
-
 # A plain Starlette route: the socket lives as long as its lesson, and FastAPI's per-request dependency
 # machinery (three exit stacks, the solved dependencies) would be held for all of it.
 router.add_websocket_route("/ws/lesson", lesson_socket)
+
 
 async def _run_lesson(websocket: WebSocket, config: LessonConfig, lesson_log: structlog.typing.FilteringBoundLogger,
                       admitted: AdmittedLesson, *, replay: bool = False) -> None:

@@ -34,16 +34,20 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from bench import run_on_uvloop
 from bench.markers import tone
 
 REALTIME_PATH: Final = "/v1/realtime"
+# A client event as it came off the socket: what `EchoSession.handle` parses.
+ClientText = str | bytes | bytearray | memoryview
 GREETING_CHUNK_MS: Final = 100
 GREETING_CHUNKS: Final = 5  # 500 ms of greeting audio
 GREETING_WORDS: Final = ("Hello! ", "I am ", "your bench ", "tutor. ", "Let's begin.")
@@ -284,7 +288,7 @@ class EchoSession:
 
     # -- events in ----------------------------------------------------------------------------------
 
-    def handle(self, text: str) -> list[str]:
+    def handle(self, text: ClientText) -> list[str]:
         """The server events answering one client event, in the order they must be sent."""
         try:
             event = orjson.loads(text)
@@ -367,51 +371,102 @@ class EchoSession:
         return [self._event("session.updated", session=self.session)]
 
 
-def _refuse_beta(connection: ServerConnection, request: Request) -> Response | None:
+def _refusal(protocol: ServerProtocol, request: Request) -> Response | None:
+    """What the real service answers a handshake it will not upgrade; None when it upgrades it."""
     if request.path.split("?", 1)[0] != REALTIME_PATH:
-        return connection.respond(404, "Not Found\n")
+        return protocol.reject(404, "Not Found\n")
     if "Authorization" not in request.headers and "api-key" not in request.headers:
-        return connection.respond(401, "Missing credentials\n")
+        return protocol.reject(401, "Missing credentials\n")
     return None
 
 
-async def _serve_connection(connection: ServerConnection) -> None:
-    session = EchoSession()
-    if connection.request is not None and "OpenAI-Beta" in connection.request.headers:
-        await connection.send(
-            session.error("beta_api_shape_disabled", "The beta Realtime interface has been switched off.")
-        )
-        await connection.close(4000, "beta_api_shape_disabled")
-        return
-    await connection.send(session.created())
-    async for message in connection:
-        if isinstance(message, bytes):
-            await connection.send(session.error("invalid_request_error", "Binary frames are not accepted."))
-            continue
-        for reply in session.handle(message):
-            await connection.send(reply)
+class EchoConnection(asyncio.Protocol):
+    """One client connection: websockets' sans-I/O server protocol, answered inside `data_received`.
+
+    No task and no queue per connection, so that the harness, which shares one core with the students,
+    spends as little as it can per echoed chunk.
+    """
+
+    def __init__(self) -> None:
+        self.ws = ServerProtocol(max_size=None)
+        self.session = EchoSession()
+        self.transport: asyncio.Transport | None = None
+        self._fragments: list[bytes | bytearray | memoryview] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports don't subclass asyncio's
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if type(event) is Frame:
+                self._frame_received(event)
+            elif isinstance(event, Request):
+                self._handshake(event)
+        self._flush()
+
+    def eof_received(self) -> None:
+        self.ws.receive_eof()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ws.receive_eof()  # idempotent once closed
+
+    def _handshake(self, request: Request) -> None:
+        ws = self.ws
+        refusal = _refusal(ws, request)
+        ws.send_response(refusal or ws.accept(request))
+        if refusal is not None:
+            return
+        if "OpenAI-Beta" in request.headers:
+            self._send(self.session.error("beta_api_shape_disabled",
+                                          "The beta Realtime interface has been switched off."))
+            ws.send_close(4000, "beta_api_shape_disabled")
+            return
+        self._send(self.session.created())
+
+    def _frame_received(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.CONT:
+            if not frame.fin:
+                self._fragments.append(frame.data)
+                return
+            text = b"".join((*self._fragments, frame.data)) if self._fragments else frame.data
+            self._fragments = []
+            for reply in self.session.handle(text):
+                self._send(reply)
+        elif opcode is Opcode.BINARY:
+            self._send(self.session.error("invalid_request_error", "Binary frames are not accepted."))
+
+    def _send(self, event: str) -> None:
+        if self.ws.state is State.OPEN:
+            self.ws.send_text(event.encode())
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for data in self.ws.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
 
 
 @contextlib.asynccontextmanager
-async def serve_echo(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Server]:
+async def serve_echo(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[asyncio.Server]:
     """The echo upstream listening on `host`:`port` (0 = any free port) while the block runs."""
-    async with serve(
-        _serve_connection,
-        host,
-        port,
-        process_request=_refuse_beta,
-        compression=None,
-        max_size=None,
-        max_queue=None,
-        ping_interval=None,
-        server_header=None,
-    ) as server:
+    server = await asyncio.get_running_loop().create_server(EchoConnection, host, port)
+    async with server:
         yield server
 
 
-def bound_port(server: Server) -> int:
+def bound_port(server: asyncio.Server) -> int:
     """The TCP port `server` listens on (useful after binding port 0)."""
-    return int(next(iter(server.sockets)).getsockname()[1])
+    return int(server.sockets[0].getsockname()[1])
 
 
 async def _serve_until_terminated(host: str, port: int) -> None:

@@ -13,6 +13,11 @@ Two kinds of student speak two protocols to reach the same echo upstream:
 A student's life is driven by a shared `LoadClock`: connect (staggered by the caller), get through the
 greeting, report ready, wait for the common start, stream in real time at its own phase within the 20 ms
 frame period until the common stop, wait for the last echoes, close.
+
+Each student's socket is websockets' sans-I/O client protocol on an asyncio protocol (`StudentSocket`):
+messages are handled inside the socket's callback and frames are sent from the loop's timer, so a frame
+costs the harness no task wake-up. The harness (students and echo upstream) shares one core, and what it
+spends there makes every target's round trip later.
 """
 
 from __future__ import annotations
@@ -23,16 +28,23 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from bench.markers import FRAME_BYTES, FRAME_MS, marked_frame, pcm_duration_ms, read_marker
 
 FRAME_SECONDS: Final = FRAME_MS / 1000
 PLAYBACK_REPORT_MS: Final = 100
 GREETING_TIMEOUT_SECONDS: Final = 30.0
+CLOSE_TIMEOUT_SECONDS: Final = 2.0
 
 
 async def _send_json(ws: ClientConnection, message: dict[str, Any]) -> None:
@@ -84,8 +96,120 @@ class StudentResult:
         return self.frames_sent - self.frames_echoed
 
 
+class StudentSocket(asyncio.Protocol):
+    """A student's WebSocket: websockets' sans-I/O client protocol, each message handed to the student inside
+    the socket's callback. No task, queue or sleep per frame: the harness shares one core with the upstream."""
+
+    def __init__(self, ws: ClientProtocol, student: Student) -> None:
+        loop = asyncio.get_running_loop()
+        self.ws = ws
+        self.student = student
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self._fragments: list[bytes | bytearray | memoryview] = []
+        self._binary = False  # the kind of the fragmented message being received
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports don't subclass asyncio's
+        # The student answers from now on: its first event may come with the handshake's response.
+        self.student.socket = self
+        request = self.ws.connect()
+        request.headers.update(self.student.headers())
+        self.ws.send_request(request)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        received_at = time.perf_counter()
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if type(event) is Frame:
+                self._frame_received(event, received_at)
+            elif isinstance(event, Response) and not self.opened.done():
+                if ws.handshake_exc is None:
+                    self.opened.set_result(None)
+                else:
+                    self.opened.set_exception(ws.handshake_exc)
+        self._flush()
+
+    def _frame_received(self, frame: Frame, received_at: float) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if not frame.fin:
+                self._binary = opcode is Opcode.BINARY
+                self._fragments = [frame.data]
+                return
+            binary, data = opcode is Opcode.BINARY, frame.data
+        elif opcode is Opcode.CONT:
+            self._fragments.append(frame.data)
+            if not frame.fin:
+                return
+            binary, data = self._binary, b"".join(self._fragments)
+            self._fragments = []
+        else:
+            return  # pings are answered by the protocol; a close is seen when the connection is lost
+        if binary:
+            self.student.on_bytes(bytes(data), received_at)
+        else:
+            self.student.on_text(data, received_at)
+
+    def eof_received(self) -> None:
+        self.ws.receive_eof()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ws.receive_eof()  # idempotent once closed
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("the connection closed during the handshake"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def send_text(self, message: bytes) -> None:
+        if self.ws.state is State.OPEN:
+            self.ws.send_text(message)
+            self._flush()
+
+    def send_binary(self, message: bytes) -> None:
+        if self.ws.state is State.OPEN:
+            self.ws.send_binary(message)
+            self._flush()
+
+    async def close(self) -> None:
+        """Close the WebSocket and wait, briefly, for the server to close the connection."""
+        if self.ws.state is State.OPEN:
+            self.ws.send_close()
+            self._flush()
+        if self.transport is not None and not self.lost.done():
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                    await self.lost
+            except TimeoutError:
+                self.transport.abort()
+
+    @property
+    def close_description(self) -> str:
+        received = self.ws.close_rcvd
+        return "no close frame" if received is None else f"close {received.code} {received.reason!r}"
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for data in self.ws.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+
+
 class Student:
     """The protocol-independent part: schedule, markers, echo bookkeeping. Subclasses speak a protocol."""
+
+    # How the frames go: text (base64 JSON) or binary.
+    FRAMES_AS_TEXT = False
 
     def __init__(self, student_id: int, url: str, clock: LoadClock, *, compression: str | None) -> None:
         self.student_id = student_id
@@ -94,6 +218,7 @@ class Student:
         self.compression = compression
         self.result = StudentResult(student_id)
         self.mic_open = asyncio.Event()
+        self.socket: StudentSocket | None = None
         self._connect_started = 0.0
         self._sent_at: list[float] = []  # perf_counter() of each frame sent, by sequence number
         self._echoed: bytearray = bytearray()  # 1 per sequence number already echoed
@@ -103,22 +228,25 @@ class Student:
 
     # -- to be provided by a protocol ---------------------------------------------------------------
 
-    def _headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
+        """Headers of the handshake beyond the WebSocket ones."""
         return {}
 
-    async def _start(self, ws: ClientConnection) -> None:
-        """Anything to send right after the handshake."""
-
-    async def _on_text(self, ws: ClientConnection, text: str, received_at: float) -> None:
+    def on_text(self, text: bytes | bytearray | memoryview, received_at: float) -> None:
         raise NotImplementedError
 
-    async def _on_bytes(self, ws: ClientConnection, data: bytes, received_at: float) -> None:
+    def on_bytes(self, data: bytes, received_at: float) -> None:
         raise NotImplementedError
 
-    def _encode_frame(self, frame: bytes) -> str | bytes:
+    def _encode_frame(self, frame: bytes) -> bytes:
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------------
+
+    def _send_json(self, message: dict[str, Any]) -> None:
+        """A JSON message, as a text frame (a binary frame would be taken for audio)."""
+        assert self.socket is not None
+        self.socket.send_text(orjson.dumps(message))
 
     def _greeting_audio_arrived(self, received_at: float) -> None:
         if self.result.greeting_ms is None:
@@ -157,86 +285,80 @@ class Student:
         if self._sending_done and self.result.frames_echoed == self.result.frames_sent:
             self._all_echoed.set()
 
-    async def _receive(self, ws: ClientConnection) -> None:
-        async for message in ws:
-            received_at = time.perf_counter()
-            if isinstance(message, bytes):
-                await self._on_bytes(ws, message, received_at)
-            else:
-                await self._on_text(ws, message, received_at)
-
-    async def _stream(self, ws: ClientConnection) -> None:
-        """Send one marked frame every 20 ms, at this student's own phase, until the common stop."""
+    async def _stream(self, socket: StudentSocket) -> None:
+        """Send one marked frame every 20 ms, at this student's own phase, until the common stop: each on the
+        loop's timer, so that a frame costs the harness no task wake-up."""
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(random.uniform(0, FRAME_SECONDS))
-        next_send = loop.time()
-        seq = 0
-        while not self.clock.stream_stopped.is_set():
-            delay = next_send - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-                if self.clock.stream_stopped.is_set():
-                    break
-            lag = loop.time() - next_send
-            self.result.send_lag_ms.append(max(lag, 0.0) * 1000)
+        stopped = loop.create_future()
+        next_send = loop.time() + random.uniform(0, FRAME_SECONDS)
+        send = socket.send_text if self.FRAMES_AS_TEXT else socket.send_binary
+
+        def send_frame() -> None:
+            nonlocal next_send
+            if self.clock.stream_stopped.is_set() or socket.lost.done():
+                stopped.set_result(None)
+                return
+            now = loop.time()
+            self.result.send_lag_ms.append(max(now - next_send, 0.0) * 1000)
+            seq = self.result.frames_sent
             message = self._encode_frame(marked_frame(self.student_id, seq))
             self.note_frame_sent(time.perf_counter())
-            await ws.send(message)
+            send(message)
             self.result.frames_sent += 1
-            seq += 1
             # A sender that fell more than a frame behind does not burst to catch up, like a real
             # microphone after a stall; the lag it suffered is recorded above.
-            next_send = max(next_send + FRAME_SECONDS, loop.time() - FRAME_SECONDS)
+            next_send = max(next_send + FRAME_SECONDS, now - FRAME_SECONDS)
+            loop.call_at(next_send, send_frame)
+
+        loop.call_at(next_send, send_frame)
+        await stopped
         self._sending_done = True
         if self.result.frames_echoed == self.result.frames_sent:
             self._all_echoed.set()
 
+    async def _connect(self) -> StudentSocket:
+        uri = parse_uri(self.url)
+        extensions = enable_client_permessage_deflate(None) if self.compression == "deflate" else None
+        protocol = ClientProtocol(uri, extensions=extensions, max_size=None)
+        _, socket = await asyncio.get_running_loop().create_connection(
+            lambda: StudentSocket(protocol, self), uri.host, uri.port)
+        await socket.opened
+        return socket
+
     async def run(self) -> StudentResult:
         """Connect, get through the greeting, stream while the clock says so, then close."""
         self._connect_started = time.perf_counter()
+        socket: StudentSocket | None = None
         try:
-            async with connect(
-                self.url,
-                additional_headers=self._headers(),
-                compression=self.compression,
-                max_size=None,
-                max_queue=None,
-                proxy=None,
-                ping_interval=None,
-                open_timeout=GREETING_TIMEOUT_SECONDS,
-                user_agent_header=None,
-            ) as ws:
-                receiver = asyncio.create_task(self._receive(ws))
-                try:
-                    await self._start(ws)
-                    await asyncio.wait_for(self._ready_or_closed(receiver), GREETING_TIMEOUT_SECONDS)
-                    if not self.mic_open.is_set():
-                        self.result.errors.append("closed before the microphone opened")
-                        return self.result
-                    self.result.ready = True
-                    await self.clock.stream_started.wait()
-                    await self._stream(ws)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._all_echoed.wait(), self.clock.drain_seconds)
-                finally:
-                    receiver.cancel()
-                    await asyncio.gather(receiver, return_exceptions=True)
+            async with asyncio.timeout(GREETING_TIMEOUT_SECONDS):
+                socket = await self._connect()
+                await self._ready_or_closed(socket)
+            if not self.mic_open.is_set():
+                self.result.errors.append(f"closed before the microphone opened ({socket.close_description})")
+                return self.result
+            self.result.ready = True
+            await self.clock.stream_started.wait()
+            await self._stream(socket)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_echoed.wait(), self.clock.drain_seconds)
         except Exception as exc:  # a student's failure is a measurement, not a crash of the bench
             self.result.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            if socket is not None:
+                await socket.close()
         return self.result
 
-    async def _ready_or_closed(self, receiver: asyncio.Task[None]) -> None:
+    async def _ready_or_closed(self, socket: StudentSocket) -> None:
         mic = asyncio.create_task(self.mic_open.wait())
-        await asyncio.wait({mic, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {mic, socket.lost}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         mic.cancel()
-        failure = receiver.exception() if receiver.done() and not receiver.cancelled() else None
-        if failure is not None:
-            raise failure
 
 
 class DirectStudent(Student):
     """Speaks the GA Realtime protocol straight to the echo upstream: the floor."""
 
+    FRAMES_AS_TEXT = True
     SESSION_UPDATE: Final = orjson.dumps(
         {
             "type": "session.update",
@@ -251,19 +373,20 @@ class DirectStudent(Student):
                 },
             },
         }
-    ).decode()
+    )
 
     def __init__(self, student_id: int, url: str, clock: LoadClock, *, compression: str | None) -> None:
         super().__init__(student_id, url, clock, compression=compression)
         self._greeting_response_id: str | None = None
 
-    def _headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
         return {"Authorization": "Bearer sk-bench-fake"}
 
-    def _encode_frame(self, frame: bytes) -> str:
-        return orjson.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(frame).decode()}).decode()
+    def _encode_frame(self, frame: bytes) -> bytes:
+        return orjson.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(frame).decode()})
 
-    async def _on_text(self, ws: ClientConnection, text: str, received_at: float) -> None:
+    def on_text(self, text: bytes | bytearray | memoryview, received_at: float) -> None:
+        assert self.socket is not None
         event: dict[str, Any] = orjson.loads(text)
         match event["type"]:
             case "response.output_audio.delta":
@@ -273,9 +396,9 @@ class DirectStudent(Student):
                 else:
                     self.echo_audio_arrived(audio, received_at)
             case "session.created":
-                await ws.send(self.SESSION_UPDATE)
+                self.socket.send_text(self.SESSION_UPDATE)
             case "session.updated":
-                await ws.send('{"type":"response.create"}')
+                self.socket.send_text(b'{"type":"response.create"}')
             case "response.created" if self._greeting_response_id is None:
                 self._greeting_response_id = event["response"]["id"]
             case "response.done" if event["response"]["id"] == self._greeting_response_id:
@@ -285,7 +408,7 @@ class DirectStudent(Student):
             case _:
                 pass
 
-    async def _on_bytes(self, ws: ClientConnection, data: bytes, received_at: float) -> None:
+    def on_bytes(self, data: bytes, received_at: float) -> None:
         self.result.errors.append("binary frame from the Realtime upstream")
 
 
@@ -301,7 +424,7 @@ class BrowserStudent(Student):
     def _encode_frame(self, frame: bytes) -> bytes:
         return frame
 
-    async def _on_bytes(self, ws: ClientConnection, data: bytes, received_at: float) -> None:
+    def on_bytes(self, data: bytes, received_at: float) -> None:
         if not self.mic_open.is_set():
             self._greeting_audio_arrived(received_at)
             return
@@ -310,9 +433,9 @@ class BrowserStudent(Student):
         played_ms = pcm_duration_ms(self._item_bytes)
         if played_ms - self._reported_ms >= PLAYBACK_REPORT_MS:  # "at least every 100 ms while an item plays"
             self._reported_ms = played_ms
-            await _send_json(ws, {"type": "playback", "item_id": self._item_id, "played_ms": played_ms})
+            self._send_json({"type": "playback", "item_id": self._item_id, "played_ms": played_ms})
 
-    async def _on_text(self, ws: ClientConnection, text: str, received_at: float) -> None:
+    def on_text(self, text: bytes | bytearray | memoryview, received_at: float) -> None:
         message: dict[str, Any] = orjson.loads(text)
         match message["type"]:
             case "audio.start":
@@ -320,10 +443,8 @@ class BrowserStudent(Student):
                 self._item_bytes = self._reported_ms = 0
             case "audio.done" if not self.mic_open.is_set():
                 # The greeting was "heard" in full: say so, and the relay opens the microphone.
-                await _send_json(
-                    ws,
-                    {"type": "playback", "item_id": message["item_id"], "played_ms": message["duration_ms"]},
-                )
+                self._send_json({"type": "playback", "item_id": message["item_id"],
+                                 "played_ms": message["duration_ms"]})
                 self.mic_open.set()
             case "error":
                 self.result.errors.append(f"relay error: {message.get('code')} (fatal={message.get('fatal')})")

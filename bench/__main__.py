@@ -169,7 +169,7 @@ def naive_uvicorn_arguments(arguments: argparse.Namespace) -> tuple[str, ...]:
 
 @contextlib.contextmanager
 def target_endpoint(
-    target: Target, upstream: ManagedProcess, arguments: argparse.Namespace, harness_cpus: set[int] | None
+    target: Target, upstream: ManagedProcess, arguments: argparse.Namespace, machine_cpus: set[int]
 ) -> Iterator[Endpoint]:
     """The target's endpoint; for a relay, its server process runs while the block does."""
     if target is Target.DIRECT:
@@ -192,9 +192,11 @@ def target_endpoint(
         relay = start_uvicorn(target.value, NAIVE_APPS[target], uvicorn_arguments=naive_uvicorn_arguments(arguments),
                               **served)
     try:
-        # Several workers are not pinned to one CPU: on a machine of 2 they share the harness's.
-        if arguments.pin_relay_cpu is not None and APP_SERVED.get(target, ("", 1))[1] == 1:
-            relay.pin({arguments.pin_relay_cpu})
+        # Several workers may use every CPU (on a machine of 2 they share the harness's); a process started
+        # from the pinned harness would otherwise inherit the harness's CPUs alone.
+        if arguments.pin_relay_cpu is not None:
+            several_workers = APP_SERVED.get(target, ("", 1))[1] > 1
+            relay.pin(machine_cpus if several_workers else {arguments.pin_relay_cpu})
         path = UPSTREAM_PATH if target in REALTIME_TARGETS else LESSON_PATH
         yield Endpoint(target, f"ws://127.0.0.1:{relay.port}{path}", relay.probe)
     finally:
@@ -204,6 +206,7 @@ def target_endpoint(
 
 
 async def run_bench(arguments: argparse.Namespace) -> dict[str, Any]:
+    machine_cpus = os.sched_getaffinity(0)
     harness_cpus: set[int] | None = None
     if arguments.pin_relay_cpu is not None:
         harness_cpus = (os.sched_getaffinity(0) - {arguments.pin_relay_cpu}) or None
@@ -222,7 +225,7 @@ async def run_bench(arguments: argparse.Namespace) -> dict[str, Any]:
     sweep_deadline = time.perf_counter() + arguments.budget_minutes * 60
     try:
         for position, target in enumerate(arguments.targets):
-            with target_endpoint(target, upstream, arguments, harness_cpus) as endpoint:
+            with target_endpoint(target, upstream, arguments, machine_cpus) as endpoint:
                 _progress(f"{target.value}: timing the greeting over {arguments.greetings} lessons, one by one")
                 first_audio.append(await measure_first_audio(endpoint, harness, samples=arguments.greetings))
                 _progress(f"{target.value}: {arguments.lessons} lessons streaming {arguments.seconds:g} s")

@@ -180,7 +180,7 @@ def targets_check(
                      f" (one worker: {relay_crossing.first_over_limit or '-'})")
         lines.append(
             f"[INFO] two workers: CPU per frame {two.relay_cpu_us_per_frame:.0f} us"
-            f" (one worker {relay.relay_cpu_us_per_frame:.0f} us){knees}; not pinned, they share the harness's CPU"
+            f" (one worker {relay.relay_cpu_us_per_frame:.0f} us){knees}; free on every CPU, one of them the harness's"
         )
     if relay and relay.relay_kib_per_idle_lesson is not None:
         kib = relay.relay_kib_per_idle_lesson

@@ -167,6 +167,15 @@ def naive_uvicorn_arguments(arguments: argparse.Namespace) -> tuple[str, ...]:
     return (*own, *arguments.uvicorn_arg)
 
 
+def relay_cpus(target: Target, pin_relay_cpu: int | None, machine_cpus: set[int]) -> set[int] | None:
+    """The CPUs a target's server may use: the pinned one, or every CPU for several workers (on a machine of 2
+    they share the harness's: a process started from the pinned harness would otherwise inherit its CPUs
+    alone); None when nothing is pinned."""
+    if pin_relay_cpu is None:
+        return None
+    return machine_cpus if APP_SERVED.get(target, ("", 1))[1] > 1 else {pin_relay_cpu}
+
+
 @contextlib.contextmanager
 def target_endpoint(
     target: Target, upstream: ManagedProcess, arguments: argparse.Namespace, machine_cpus: set[int]
@@ -192,11 +201,7 @@ def target_endpoint(
         relay = start_uvicorn(target.value, NAIVE_APPS[target], uvicorn_arguments=naive_uvicorn_arguments(arguments),
                               **served)
     try:
-        # Several workers may use every CPU (on a machine of 2 they share the harness's); a process started
-        # from the pinned harness would otherwise inherit the harness's CPUs alone.
-        if arguments.pin_relay_cpu is not None:
-            several_workers = APP_SERVED.get(target, ("", 1))[1] > 1
-            relay.pin(machine_cpus if several_workers else {arguments.pin_relay_cpu})
+        relay.pin(relay_cpus(target, arguments.pin_relay_cpu, machine_cpus))
         path = UPSTREAM_PATH if target in REALTIME_TARGETS else LESSON_PATH
         yield Endpoint(target, f"ws://127.0.0.1:{relay.port}{path}", relay.probe)
     finally:

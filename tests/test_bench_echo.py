@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ import uvicorn
 from harness import bound_socket
 from sdk_oracle import assert_valid_client_event, assert_valid_server_event
 from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.uri import parse_uri
 
 # `bench` is not an installed package (only `app` is): import it from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.__main__ import parse_arguments
+from bench.__main__ import parse_arguments, relay_cpus
 from bench.callback_relay import open_callback_relay
 from bench.candidates import Candidate
 from bench.costs import step_costs
@@ -35,7 +38,7 @@ from bench.naive_relay import app as naive_app
 from bench.naive_relay import validating_app as naive_validating_app
 from bench.report import targets_check
 from bench.scenarios import LoadReport, Target
-from bench.students import BrowserStudent, DirectStudent, LoadClock, StudentResult
+from bench.students import BrowserStudent, DirectStudent, LoadClock, StudentResult, StudentSocket
 from bench.tcp_proxy import open_proxy
 
 GREETING_SEQUENCE = [
@@ -338,3 +341,56 @@ def test_a_candidate_names_its_server_checkout_and_arguments(tmp_path: Path) -> 
         Candidate.parse("h=hypercorn")
     with pytest.raises(argparse.ArgumentTypeError, match="holds no app/"):
         Candidate.parse(f"old=app@{tmp_path / 'missing'}")
+
+
+def test_one_worker_is_pinned_to_its_cpu_and_two_workers_may_use_every_cpu() -> None:
+    # Started from the bench, which pins itself to the harness's CPUs, two workers left alone would share
+    # the harness's one CPU instead of the machine's two.
+    assert relay_cpus(Target.RELAY, 1, {0, 1}) == {1}
+    assert relay_cpus(Target.BEFORE, 1, {0, 1}) == {1}
+    assert relay_cpus(Target.RELAY_TWO_WORKERS, 1, {0, 1}) == {0, 1}
+    assert relay_cpus(Target.RELAY_TWO_WORKERS, None, {0, 1}) is None
+
+
+async def test_a_student_answers_an_event_that_came_with_the_handshake_response() -> None:
+    """The echo upstream writes `session.created` right after its handshake response: both may arrive in one
+    read, before the connection is handed back to the code that opened it."""
+    student = DirectStudent(0, "ws://127.0.0.1:9/v1/realtime", LoadClock(), compression=None)
+    socket = StudentSocket(ClientProtocol(parse_uri(student.url)), student)
+    transport = RecordingTransport()
+    socket.connection_made(transport)  # type: ignore[arg-type]
+    request = transport.take()
+    key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:"))
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    event = b'{"type":"session.created","event_id":"event_1","session":{}}'
+    socket.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + bytes([0x81, len(event)]) + event)
+    assert socket.opened.done()
+    assert orjson.loads(client_frame_payload(transport.take()))["type"] == "session.update"
+
+
+class RecordingTransport:
+    """Just enough of an asyncio transport to record what a protocol writes."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def take(self) -> bytes:
+        data, self.written = bytes(self.written), bytearray()
+        return data
+
+
+def client_frame_payload(frame: bytes) -> bytes:
+    """The payload of one masked client frame (RFC 6455 §5.2) shorter than 64 KiB."""
+    length, offset = frame[1] & 0x7F, 2
+    if length == 126:
+        length, offset = int.from_bytes(frame[2:4], "big"), 4
+    mask, payload = frame[offset:offset + 4], frame[offset + 4:offset + 4 + length]
+    return bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))

@@ -23,6 +23,7 @@ from harness import bound_socket
 from sdk_oracle import assert_valid_client_event, assert_valid_server_event
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidStatus
 from websockets.uri import parse_uri
 
 # `bench` is not an installed package (only `app` is): import it from the repository root.
@@ -278,6 +279,45 @@ def assert_every_frame_carried(results: list[StudentResult]) -> None:
         assert result.frames_sent > 0
         assert result.frames_lost == 0
         assert result.misrouted_frames == result.duplicate_frames == result.unmarked_frames == 0
+
+
+@pytest.mark.parametrize(("path", "headers", "status"), [
+    ("/v1/other", {"Authorization": "Bearer sk-test"}, 404),
+    ("/v1/realtime", {}, 401),
+], ids=["another path", "no credentials"])
+async def test_a_handshake_the_service_would_refuse_is_refused(path: str, headers: dict[str, str],
+                                                               status: int) -> None:
+    async with serve_echo() as server:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"ws://127.0.0.1:{bound_port(server)}{path}", additional_headers=headers, proxy=None)
+    assert refused.value.response.status_code == status
+
+
+async def test_a_binary_frame_gets_an_error_event_and_the_session_goes_on() -> None:
+    async with serve_echo() as server:
+        url = f"ws://127.0.0.1:{bound_port(server)}/v1/realtime"
+        async with connect(url, additional_headers={"Authorization": "Bearer sk-test"}, proxy=None) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "session.created"
+            await ws.send(b"\x00\x01")
+            error = orjson.loads(await ws.recv())
+            assert_valid_server_event(error)
+            assert error["error"]["type"] == "invalid_request_error"
+            await ws.send('{"type":"response.create"}')
+            greeting = [orjson.loads(await ws.recv())["type"] for _ in GREETING_SEQUENCE]
+            assert greeting == GREETING_SEQUENCE
+
+
+async def test_after_the_closing_handshake_the_echo_upstream_closes_the_connection() -> None:
+    """The server closes TCP first (RFC 6455 §7.1.1): a client must not wait out its close timeout."""
+    async with serve_echo() as server:
+        url = f"ws://127.0.0.1:{bound_port(server)}/v1/realtime"
+        # A close timeout longer than the test's: a server that left the connection open would fail it.
+        async with connect(url, additional_headers={"Authorization": "Bearer sk-test"}, proxy=None,
+                           close_timeout=600) as ws:
+            await ws.recv()
+            await ws.close()
+        assert ws.close_code == 1000
+        assert ws.transport.is_closing()
 
 
 async def test_the_beta_interface_is_refused_with_close_4000() -> None:

@@ -241,6 +241,45 @@ async def test_a_lesson_longer_than_the_session_cap_goes_on_across_two_sessions(
     assert logged(log_stream, "lesson_ended")[0]["reason"] == "student_ended"
 
 
+class RefuseOnce:
+    """A simulator's behaviour that refuses the next handshake with 503, and no other."""
+
+    def __init__(self, behaviour: SimulatorBehaviour) -> None:
+        self._behaviour = behaviour
+        self.refused = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._behaviour, name)
+
+    @property
+    def refuse_handshake(self) -> int | None:
+        if self.refused.is_set():
+            return None
+        self.refused.set()
+        return 503
+
+
+async def test_a_lesson_left_with_no_socket_at_all_is_still_there_when_its_page_comes_back(
+    simulator_with: SimulatorWith, log_stream: io.StringIO
+) -> None:
+    """The page is away while the upstream session is rolled over and the first new one is refused: until the
+    next attempt the lesson has neither a page nor an upstream socket, and it must wait for both."""
+    async with simulator_with(audio_pace=0, session_seconds=6) as simulator, \
+            relay_for(simulator, log_stream) as relay:
+        lesson = await a_lesson_whose_page_drops(relay)
+        first = await simulator.next_connection()
+        refusing = RefuseOnce(simulator.behaviour)
+        simulator.behaviour = refusing  # type: ignore[assignment]
+        await asyncio.wait_for(refusing.refused.wait(), 30)  # the roll-over, 5.5 s into the 6 s session
+        async with open_lesson(resume_url(relay, lesson["resume_token"])) as back:
+            resumed, answer = await resumed_turn_and_end(back)
+    await first.wait_closed()
+    assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
+    assert answer["text"]
+    assert [line["attempt"] for line in logged(log_stream, "upstream_reconnect_failed")] == [1]
+    assert logged(log_stream, "lesson_ended")[0]["reason"] == "student_ended"
+
+
 async def test_the_page_leg_sends_small_frames_at_once(relay: AppServer) -> None:
     """`reconnecting` then `listening` are two small frames in a row: with Nagle's algorithm on, the second
     (and every control frame that follows another) would wait for the page's delayed ACK, 40 ms on Linux."""

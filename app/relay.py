@@ -3,8 +3,8 @@
 A thin shell around `LessonSession`. The lesson outlives its sockets: its page may leave and come back
 (`attach`, a resumed socket replacing any page still attached) and its upstream session is opened, and may
 be replaced, when the machine says (`OpenUpstream`). Its tasks run in one TaskGroup: a reader per attached
-page, a reader per upstream session, the machine's timer, and one per signal of the registry (drain,
-replaced, moved) when it comes. Each feeds the machine and carries out the actions it returns, in order,
+page, a reader per upstream session, and one per deadline of the machine (on the loop's timer) or signal of
+the registry (drain, replaced, moved) when it comes. Each feeds the machine and carries out the actions it returns, in order,
 before reading again. `Record` actions go to the store's writer without waiting: the audio path never waits
 for the database. A `Close` action ends the lesson: the upstream session is closed first, then the page's
 socket, and the TaskGroup is torn down. Whatever happens, `finally` closes both, so no upstream session
@@ -94,8 +94,8 @@ class Relay:
         self.over = False
         self._tasks: asyncio.TaskGroup | None = None
         self._upstream_closing: set[asyncio.Future[None]] = set()
-        # Resolved when the machine's deadlines change while the timer task waits for the earliest.
-        self._deadlines_changed: asyncio.Future[None] | None = None
+        # The loop's timer for the machine's earliest deadline (a timer, not a task waiting: 1 KiB a lesson).
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._close_code = 1000
         self._close_reason = ""
@@ -111,14 +111,18 @@ class Relay:
                 self._tasks = tasks
                 await self._carry_out(self.session.begin(self.clock(), replay=replay))
                 tasks.create_task(self._pump_page(page))
-                tasks.create_task(self._pump_timers())
                 admitted.listen(self._signalled)
+                # Held open between the lesson's sockets (a page gone for its grace period, an upstream being
+                # replaced): only a task ending the lesson (`_LessonOver`) or crashing ends it.
+                await _new_future()
         except* _LessonOver:
             pass
         except* Exception as crash:
             await self._end_after_crash(crash)
         finally:
             self.over = True
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
             await self._close_all()
 
     def attach(self, page: PageSocket, *, replay: bool) -> None:
@@ -238,22 +242,26 @@ class Relay:
             self.upstream = None
             await self._carry_out(session.handle_upstream_closed(code, reason, clock()))
 
-    async def _pump_timers(self) -> None:
-        session = self.session
-        while True:
-            deadline = session.next_deadline()
-            delay = None if deadline is None else deadline - self.clock()
-            if delay is None or delay > 0:
-                changed = self._deadlines_changed = _new_future()
-                try:
-                    async with asyncio.timeout(delay):
-                        await changed
-                    continue  # deadlines changed: compute the next one
-                except TimeoutError:
-                    pass
-                finally:
-                    self._deadlines_changed = None
-            await self._carry_out(session.handle_timeout(self.clock()))
+    # ---- the machine's deadlines --------------------------------------------------------------------
+
+    def _arm_deadline_timer(self) -> None:
+        """Set the loop's timer for the machine's earliest deadline, replacing the one set before."""
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        deadline = self.session.next_deadline()
+        if deadline is not None and not self.over:
+            delay = max(0.0, deadline - self.clock())
+            self._deadline_timer = asyncio.get_running_loop().call_later(delay, self._deadline_reached)
+
+    def _deadline_reached(self) -> None:
+        self._deadline_timer = None
+        self._start_task(self._carry_out_timeouts())
+
+    async def _carry_out_timeouts(self) -> None:
+        await self._carry_out(self.session.handle_timeout(self.clock()))
+        if self._deadline_timer is None:
+            self._arm_deadline_timer()  # a timer that fired before the deadline's clock reading is set again
 
     # ---- carrying out actions --------------------------------------------------------------------
 
@@ -285,8 +293,8 @@ class Relay:
                 self._close_code, self._close_reason = action.code, action.reason
                 await self._close_all()
                 raise _LessonOver
-        if self.session.deadlines_changed and (changed := self._deadlines_changed) is not None and not changed.done():
-            changed.set_result(None)
+        if self.session.deadlines_changed:
+            self._arm_deadline_timer()
 
     def _open_upstream(self) -> None:
         """Let the current upstream session, if any, go (closed in the background) and open a new one."""

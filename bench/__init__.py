@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import orjson
+from websockets.protocol import Protocol
 
 T = TypeVar("T")
 
@@ -37,6 +38,20 @@ def run_on_uvloop(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def flush(protocol: Protocol, transport: asyncio.Transport | None) -> None:
+    """Write what websockets' sans-I/O `protocol` has to send; its end of data closes the socket's sending side
+    (or the socket, when the transport cannot half-close)."""
+    if transport is None or transport.is_closing():
+        return
+    for data in protocol.data_to_send():
+        if data:
+            transport.write(data)
+        elif transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
 
 
 OpenListener = Callable[[int, int], Awaitable[asyncio.Server]]

@@ -42,7 +42,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from bench import run_on_uvloop
+from bench import flush, run_on_uvloop
 from bench.markers import tone
 
 REALTIME_PATH: Final = "/v1/realtime"
@@ -444,16 +444,7 @@ class EchoConnection(asyncio.Protocol):
             self.ws.send_text(event.encode())
 
     def _flush(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        for data in self.ws.data_to_send():
-            if data:
-                transport.write(data)
-            elif transport.can_write_eof():
-                transport.write_eof()
-            else:
-                transport.close()
+        flush(self.ws, self.transport)
 
 
 @contextlib.asynccontextmanager

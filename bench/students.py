@@ -39,6 +39,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from bench import flush
 from bench.markers import FRAME_BYTES, FRAME_MS, marked_frame, pcm_duration_ms, read_marker
 
 FRAME_SECONDS: Final = FRAME_MS / 1000
@@ -193,16 +194,7 @@ class StudentSocket(asyncio.Protocol):
         return "no close frame" if received is None else f"close {received.code} {received.reason!r}"
 
     def _flush(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        for data in self.ws.data_to_send():
-            if data:
-                transport.write(data)
-            elif transport.can_write_eof():
-                transport.write_eof()
-            else:
-                transport.close()
+        flush(self.ws, self.transport)
 
 
 class Student:

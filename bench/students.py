@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,17 @@ FRAME_SECONDS: Final = FRAME_MS / 1000
 PLAYBACK_REPORT_MS: Final = 100
 GREETING_TIMEOUT_SECONDS: Final = 30.0
 CLOSE_TIMEOUT_SECONDS: Final = 2.0
+
+
+def next_frame_time(scheduled: float, now: float) -> float:
+    """When a sender whose frame was due at `scheduled` sends its next one, it being `now`.
+
+    A sender that fell behind skips the frames it missed and keeps its own phase: it neither bursts to catch
+    up nor starts a new phase at `now`. A stall of the harness would otherwise give every student the same
+    phase, and from then on the relay would get all their frames in one burst every 20 ms.
+    """
+    missed = max(0, math.floor((now - scheduled) / FRAME_SECONDS))
+    return scheduled + (missed + 1) * FRAME_SECONDS
 
 
 async def _send_json(ws: ClientConnection, message: dict[str, Any]) -> None:
@@ -297,9 +309,7 @@ class Student:
             self.note_frame_sent(time.perf_counter())
             send(message)
             self.result.frames_sent += 1
-            # A sender that fell more than a frame behind does not burst to catch up, like a real
-            # microphone after a stall; the lag it suffered is recorded above.
-            next_send = max(next_send + FRAME_SECONDS, now - FRAME_SECONDS)
+            next_send = next_frame_time(next_send, now)
             loop.call_at(next_send, send_frame)
 
         loop.call_at(next_send, send_frame)

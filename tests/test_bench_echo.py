@@ -39,7 +39,7 @@ from bench.naive_relay import app as naive_app
 from bench.naive_relay import validating_app as naive_validating_app
 from bench.report import targets_check
 from bench.scenarios import LoadReport, Target
-from bench.students import BrowserStudent, DirectStudent, LoadClock, StudentResult, StudentSocket
+from bench.students import BrowserStudent, DirectStudent, LoadClock, StudentResult, StudentSocket, next_frame_time
 from bench.tcp_proxy import open_proxy
 
 GREETING_SEQUENCE = [
@@ -434,3 +434,12 @@ def client_frame_payload(frame: bytes) -> bytes:
         length, offset = int.from_bytes(frame[2:4], "big"), 4
     mask, payload = frame[offset:offset + 4], frame[offset + 4:offset + 4 + length]
     return bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+
+
+def test_a_sender_behind_schedule_skips_the_frames_it_missed_and_keeps_its_own_phase() -> None:
+    assert next_frame_time(1.000, 1.0004) == pytest.approx(1.020)
+    assert next_frame_time(1.000, 1.085) == pytest.approx(1.100)  # the frames due at 1.02 to 1.08 are skipped
+    # Two students held up by the same stall of the harness come out of it 8 ms apart, as they went in.
+    first, second = next_frame_time(1.003, 1.200), next_frame_time(1.011, 1.200)
+    assert second - first == pytest.approx(0.008)
+    assert first > 1.200

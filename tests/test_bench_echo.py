@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ from bench.markers import FRAME_BYTES, marked_frame, pcm_duration_ms, read_marke
 from bench.naive_relay import app as naive_app
 from bench.naive_relay import validating_app as naive_validating_app
 from bench.report import targets_check
-from bench.scenarios import LoadReport, Target
+from bench.scenarios import LoadReport, Target, own_collector_off
 from bench.students import BrowserStudent, DirectStudent, LoadClock, StudentResult, StudentSocket, next_frame_time
 from bench.tcp_proxy import open_proxy
 
@@ -443,3 +444,15 @@ def test_a_sender_behind_schedule_skips_the_frames_it_missed_and_keeps_its_own_p
     first, second = next_frame_time(1.003, 1.200), next_frame_time(1.011, 1.200)
     assert second - first == pytest.approx(0.008)
     assert first > 1.200
+
+
+def test_the_harness_streams_with_its_own_collector_off_and_turns_it_back_on() -> None:
+    def stream_and_fail() -> None:
+        with own_collector_off():
+            assert not gc.isenabled()
+            raise RuntimeError("a student failed")
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        stream_and_fail()
+    assert gc.isenabled()

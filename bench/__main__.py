@@ -64,7 +64,7 @@ APP_SERVED: Final = {
     Target.BEFORE: ("app", 1),
     Target.UNRECORDED: ("bench.unrecorded_relay", 1),
 }
-DEFAULT_STEPS: Final = "25,50,75,100,125,150,200,250,300,400,500"
+DEFAULT_STEPS: Final = "25,50,75,100,125,150,175,200,250,300,400,500"
 
 
 def _progress(message: str) -> None:

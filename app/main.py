@@ -27,6 +27,7 @@ from app.admission import LessonRegistry, LocalPlaces, Places, StartRateLimiter
 from app.budget import DailyBudget
 from app.live_lessons import LiveLessons
 from app.logging import configure_logging
+from app.loop_lag import LoopLagProbe
 from app.metrics import LessonMetrics, metrics_router
 from app.records import RecordSink
 from app.routes import Upstream, router
@@ -88,10 +89,13 @@ def create_app(
                 # A paid key with no links: anyone who can reach the server spends it.
                 log.warning("lessons_open_to_anyone", message="OPENAI_API_KEY is set but LESSON_SECRET is not: "
                             "anyone who can reach this server can start paid lessons; set LESSON_SECRET")
+        loop_lag = LoopLagProbe(app.state.metrics.loop_lag_seconds.observe)
+        loop_lag.start()
         try:
             yield
         finally:
             await drain_lessons(app, settings.shutdown_grace_seconds)
+            loop_lag.stop()
             if simulator is not None:
                 await simulator.stop()
             await store.close()

@@ -57,6 +57,10 @@ class LessonMetrics:
         self.first_audio_seconds = Histogram(
             "lesson_relay_first_audio_seconds", "From the page's socket opening to the greeting's first audio.",
             buckets=(0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0), registry=registry)
+        self.loop_lag_seconds = Histogram(
+            "lesson_relay_event_loop_lag_seconds", "How late the event loop ran a timer due every 0.5 s: every "
+            "lesson's audio waited as long.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=registry)
         self.tokens = Counter("lesson_relay_tokens", "Tokens used by upstream responses, by kind.", ["kind"],
                               registry=registry)
         self.records_dropped = Counter("lesson_relay_records_dropped", "Lesson records the writer dropped, by cause.",

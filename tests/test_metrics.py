@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.actions import Log
 from app.logging import REDACTED, configure_logging
+from app.loop_lag import INTERVAL_S as LOOP_LAG_INTERVAL_S
 from app.metrics import LessonMetrics
 from app.settings import Settings
 from app.simulator import RealtimeSimulator
@@ -67,6 +69,16 @@ async def test_metrics_after_a_lesson_count_it_from_start_to_end_with_its_tokens
     assert value(after, "lesson_relay_tokens_total", kind="audio_output") == usage["audio_output_tokens"]
     assert value(after, "lesson_relay_tokens_total", kind="text_input") == usage["text_input_tokens"]
     assert value(after, "lesson_relay_estimated_cost_usd_total") == pytest.approx(usage["estimated_cost_usd"])
+
+
+async def test_the_event_loop_lag_is_observed_from_startup(simulator: RealtimeSimulator) -> None:
+    async with serve_app(relay_settings(simulator.url, metrics_token=TOKEN)) as relay:
+        started = await scrape(relay)  # answered: the lifespan has started the probe
+        # Timers fire in the order they are due: once this sleep is over, the probe's first timer has fired.
+        await asyncio.sleep(LOOP_LAG_INTERVAL_S * 1.2)
+        after = await scrape(relay)
+    assert ("lesson_relay_event_loop_lag_seconds_count", frozenset()) in started
+    assert value(after, "lesson_relay_event_loop_lag_seconds_count") >= 1
 
 
 async def test_metrics_count_resumed_pages_replaced_sessions_and_handed_over_lessons(

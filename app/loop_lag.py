@@ -55,5 +55,6 @@ class LoopLagProbe:
         self.observe(lag_s)
         if lag_s >= self.late_s and (held_back := self._throttle.allow(now)) is not None:
             log.warning("event_loop_late", lag_s=round(lag_s, 3), held_back=held_back,
-                        message="this worker's core is full: every lesson's audio waited as long")
+                        message="this worker's event loop was held up (a full core, or a stall): every "
+                        "lesson's audio waited as long")
         self._arm()

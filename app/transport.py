@@ -47,6 +47,9 @@ _LINGER_S = 2.0
 _LINGER_MAX_BYTES = 262_144
 # A chunk-size line or a trailer line longer than this is not HTTP.
 _MAX_CHUNK_LINE_BYTES = 1024
+# A Content-Length longer than this is no length a body can have (2**64 has 20 digits); past 4300 digits
+# int() itself refuses it.
+_MAX_LENGTH_DIGITS = 20
 # One log line per kind of refusal per this many seconds, with a count of those not logged.
 _LOG_EVERY_S = 10.0
 
@@ -263,8 +266,9 @@ def _body_of(head: bytes) -> LengthBody | ChunkedBody | None:
         if name == b"transfer-encoding":
             return ChunkedBody()
         if name == b"content-length":
-            # A malformed length is left to the parser, which answers 400.
-            length = int(value) if value.strip().isdigit() else 0
+            # A malformed or impossible length is left to the parser, which answers 400.
+            digits = value.strip()
+            length = int(digits) if digits.isdigit() and len(digits) <= _MAX_LENGTH_DIGITS else 0
     return LengthBody(length) if length else None
 
 

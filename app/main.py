@@ -31,7 +31,7 @@ from app.loop_lag import LoopLagProbe
 from app.metrics import LessonMetrics, metrics_router
 from app.records import RecordSink
 from app.routes import Upstream, router
-from app.security_headers import SecurityHeaders
+from app.security_headers import SecurityHeaders, server_error
 from app.settings import Settings, load_settings
 from app.simulator import RealtimeSimulator
 from app.store.runtime import open_store
@@ -117,6 +117,7 @@ def create_app(
     app.include_router(metrics_router)
     install_teacher_desk(app, settings)
     app.add_middleware(SecurityHeaders)
+    app.add_exception_handler(Exception, server_error)
     return app
 
 

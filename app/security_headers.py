@@ -8,6 +8,8 @@ under /static, which the policy allows as 'self'.
 from __future__ import annotations
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Audio worklets are governed by script-src; 'self' in connect-src also covers ws(s):// of the same host.
@@ -31,6 +33,14 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     # For browsers without CSP frame-ancestors.
     ("X-Frame-Options", "DENY"),
 )
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    """The 500 answer to an unhandled exception, with the security headers: Starlette sends it from its
+    outermost middleware, which no middleware of the app's wraps. The exception is still logged, with its
+    traceback, by the server."""
+    return PlainTextResponse("Internal Server Error", status_code=500,
+                             headers=dict(SECURITY_HEADERS) | {"Cache-Control": "no-store"})
 
 
 class SecurityHeaders:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from harness import AppServer
+from harness import AppServer, relay_settings
+
+from app.main import create_app
 
 EXPECTED = {
     "x-content-type-options": "nosniff",
@@ -36,3 +38,22 @@ async def test_the_page_has_no_inline_script_style_or_handler(relay: AppServer) 
     assert "<script>" not in page
     assert all(f" on{event}=" not in page for event in ("click", "load", "submit", "error"))
     assert "data:" not in page
+
+
+async def test_a_server_error_carries_the_security_headers_too() -> None:
+    # Starlette answers an unhandled exception from its outermost middleware, outside SecurityHeaders.
+    app = create_app(relay_settings("ws://127.0.0.1:9/unused"))
+
+    @app.get("/fails")
+    async def fails() -> None:
+        raise RuntimeError("a bug")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.get("/fails")
+    assert response.status_code == 500
+    assert response.text == "Internal Server Error"
+    for name, value in EXPECTED.items():
+        assert response.headers[name] == value, name
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["cache-control"] == "no-store"

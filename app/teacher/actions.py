@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.teacher import queries
-from app.teacher.inputs import InvalidInput, LevelChange, NewStudent, validate
+from app.teacher.inputs import InvalidInput, LevelChange, NewStudent, validate, whole_number
 from app.teacher.pages import not_found, students_context
 from app.teacher.web import DESK_PATH, DeskError, Teacher, checked_form, database, redirect, render
 
@@ -23,6 +23,8 @@ router = APIRouter()
 log = structlog.get_logger("lesson_relay")
 
 MAX_LINK_DAYS = 365
+# Past any feedback list's length: such an entry is one that changed since the page was shown.
+_MAX_FEEDBACK_INDEX = 999
 
 
 def _student_path(student_id: str) -> str:
@@ -99,10 +101,11 @@ async def make_link(request: Request, teacher: Teacher, student_id: str) -> Resp
     valid_days = form.get("valid_days", "").strip()
     expires_at = None
     if valid_days:
-        if not valid_days.isdigit() or not 1 <= int(valid_days) <= MAX_LINK_DAYS:
+        days = whole_number(valid_days, most=MAX_LINK_DAYS)
+        if days is None or days < 1:
             raise DeskError(422, "No link made", f"Valid for (days) must be a whole number from 1 to {MAX_LINK_DAYS}.",
                             back=_student_path(student_id))
-        expires_at = datetime.now(UTC) + timedelta(days=int(valid_days))
+        expires_at = datetime.now(UTC) + timedelta(days=days)
     async with database(request) as db:
         if await queries.get_student(db, student_id) is None:
             raise not_found("student")
@@ -124,16 +127,17 @@ async def revoke_link(request: Request, teacher: Teacher, student_id: str, link_
 async def delete_feedback_entry(request: Request, teacher: Teacher, lesson_id: str, kind: str, index: str) -> Response:
     """Delete a correction or a word the model got wrong, so it does not follow the student into memory."""
     form = await checked_form(request, teacher)
-    if kind not in queries.FEEDBACK_LISTS or not index.isdigit():
+    position = whole_number(index, most=_MAX_FEEDBACK_INDEX)
+    if kind not in queries.FEEDBACK_LISTS or position is None:
         raise not_found("feedback entry")
     lesson_path = f"{DESK_PATH}/lessons/{lesson_id}"
     async with database(request) as db:
-        outcome = await queries.delete_feedback_entry(db, lesson_id, kind, int(index),
+        outcome = await queries.delete_feedback_entry(db, lesson_id, kind, position,
                                                       form.get(queries.FEEDBACK_LISTS[kind], ""))
     if outcome is None:
         raise not_found("lesson")
     if outcome == "changed":
         raise DeskError(409, "Not deleted", "This feedback changed since the page was shown. "
                         "Reload the lesson and delete the entry again.", back=lesson_path)
-    log.info("teacher_feedback_entry_deleted", lesson_id=lesson_id, kind=kind, index=int(index))
+    log.info("teacher_feedback_entry_deleted", lesson_id=lesson_id, kind=kind, index=position)
     return redirect(lesson_path, notice="correction_deleted" if kind == "corrections" else "word_deleted")

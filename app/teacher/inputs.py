@@ -69,6 +69,15 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     return data
 
 
+def whole_number(text: str, *, most: int) -> int | None:
+    """`text` as a whole number from 0 to `most` in ASCII digits, or None. `str.isdigit` alone lets through
+    digits `int` refuses ("²"), and `int` refuses more than 4300 digits: either would be a 500."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(most)):
+        return None
+    number = int(text)
+    return number if number <= most else None
+
+
 def _spoken_name(name: str) -> str:
     # The same rule as the lesson page's name: the tutor says it, and it lands in the tutor's instructions.
     try:

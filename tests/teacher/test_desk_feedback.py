@@ -121,7 +121,9 @@ async def test_a_delete_form_without_its_csrf_token_or_for_an_entry_that_changed
 async def test_delete_forms_for_unknown_lessons_or_lists_are_404(desk_on: Desk) -> None:
     await lesson_with_feedback(desk_on)
     for path in ("/teacher/lessons/nope/feedback/words/0/delete", "/teacher/lessons/lesson-1/feedback/summary/0/delete",
-                 "/teacher/lessons/lesson-1/feedback/words/x/delete"):
+                 "/teacher/lessons/lesson-1/feedback/words/x/delete",
+                 "/teacher/lessons/lesson-1/feedback/words/²/delete",
+                 "/teacher/lessons/lesson-1/feedback/words/" + "1" * 5000 + "/delete"):
         refused = await desk_on.submit(path, {"word": "leash"}, page="/teacher/lessons/lesson-1")
         assert refused.status_code == 404, path
     assert await stored_feedback(desk_on) == FEEDBACK

@@ -161,7 +161,7 @@ async def test_bad_link_requests_write_nothing(desk_on: Desk) -> None:
     await desk_on.submit(f"/teacher/students/{bruno.id}/links")
     bruno_link = ids_of((await desk_on.client.get(f"/teacher/students/{bruno.id}")).text, r"/links/([0-9a-f]+)/")[0]
 
-    for days in ("0", "366", "seven", "-1"):
+    for days in ("0", "366", "seven", "-1", "²", "٣", "9" * 5000):
         refused = await desk_on.submit(f"/teacher/students/{ana.id}/links", {"valid_days": days})
         assert refused.status_code == 422
         assert "whole number from 1 to 365" in refused.text

@@ -62,7 +62,8 @@ async def test_end_brings_the_feedback_to_the_page_before_ended_and_into_the_sto
     [request] = [e for e in of_type(upstream.received, "response.create") if "metadata" in e.get("response", {})]
     assert request["response"]["conversation"] == "none"
     assert request["response"]["output_modalities"] == ["text"]
-    assert "Ana is learning English at CEFR level A2" in request["response"]["instructions"]
+    assert 'The student\'s name is "Ana".' in request["response"]["instructions"]
+    assert "The student is learning English at CEFR level A2" in request["response"]["instructions"]
 
     lesson, turns, _ = await stored(relay)
     assert lesson.feedback == feedback

@@ -151,10 +151,10 @@ CONTINUATION_MAX_CHARS = 6000
 CONTINUATION_TURN_CHARS = 500
 
 
-def continued_instructions(instructions: str, *, name: str, turns: Sequence[PastTurn]) -> str:
+def continued_instructions(instructions: str, *, turns: Sequence[PastTurn]) -> str:
     """`instructions` plus the recent conversation, for an upstream session that takes over a lesson under way:
-    the last `CONTINUATION_MAX_TURNS` turns (each cut to `CONTINUATION_TURN_CHARS`) that fit in
-    `CONTINUATION_MAX_CHARS`, and the rule not to greet again."""
+    the last `CONTINUATION_MAX_TURNS` turns (each cut to `CONTINUATION_TURN_CHARS`, and quoted: the student's
+    words are data, never instructions) that fit in `CONTINUATION_MAX_CHARS`, and the rule not to greet again."""
     kept: list[PastTurn] = []
     size = 0
     for turn in reversed(turns[-CONTINUATION_MAX_TURNS:]):
@@ -169,5 +169,5 @@ def continued_instructions(instructions: str, *, name: str, turns: Sequence[Past
         kept.append(PastTurn(turn.role, text))
     kept.reverse()
     return _TEMPLATES.get_template("continuation.j2").render(
-        instructions=instructions, name=name, turns=kept, omitted=len(kept) < len([t for t in turns if t.text.strip()]),
+        instructions=instructions, turns=kept, omitted=len(kept) < len([t for t in turns if t.text.strip()]),
     )

@@ -199,7 +199,7 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
         instructions = cfg.instructions()
         if renewed:
             # Told the conversation so far, not replayed as items: the new session carries on without a greeting.
-            instructions = continued_instructions(instructions, name=cfg.name, turns=self._transcript.past_turns())
+            instructions = continued_instructions(instructions, turns=self._transcript.past_turns())
         self._session_update_id = self._next_event_id()
         update = protocol.session_update(
             event_id=self._session_update_id, instructions=instructions, voice=cfg.voice,

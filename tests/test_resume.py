@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -203,7 +204,7 @@ async def test_an_upstream_cut_mid_response_is_replaced_by_a_session_told_the_co
     assert received[0] == "session.update"
     instructions = renewed.received[0]["session"]["instructions"]
     assert "# The lesson so far" in instructions
-    assert f"Tutor: {greeting['text']}" in instructions
+    assert f"Tutor: {json.dumps(greeting['text'], ensure_ascii=False)}" in instructions
     assert "response.create" not in received  # no second greeting
     assert not answer["text"].startswith("Hello")
     assert of_type(page.messages, "error") == []
@@ -417,7 +418,7 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
     assert close_code == 1001
     assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
     instructions = renewed.received[0]["session"]["instructions"]
-    assert f"Tutor: {reply['text']}" in instructions
+    assert f"Tutor: {json.dumps(reply['text'], ensure_ascii=False)}" in instructions
     assert [e for e in renewed.received if e["type"] == "response.create"
             and not (e.get("response") or {}).get("metadata")] == []  # no greeting on the new instance
     assert answer["text"]
@@ -489,7 +490,7 @@ async def test_a_lesson_whose_instance_is_killed_is_taken_over_once_that_instanc
     assert refusals
     assert {(r["code"], r["fatal"]) for r in refusals} == {("resume_not_yet", False)}
     assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
-    assert f"Tutor: {reply['text']}" in renewed.received[0]["session"]["instructions"]
+    assert f"Tutor: {json.dumps(reply['text'], ensure_ascii=False)}" in renewed.received[0]["session"]["instructions"]
     assert len(simulator.connections) == 2
     assert logged(log_stream, "upstream_reconnect_failed") == []
     assert [e for e in renewed.received if e["type"] == "response.create"

@@ -204,8 +204,8 @@ class TestUpstreamReplaced:
         update = upstream_events(session.handle_upstream({"type": "session.created", "session": {}}, 3.3))
         instructions = update[0]["session"]["instructions"]
         assert instructions.startswith("The student's name is Ana.")
-        assert "Do not greet Ana again" in instructions
-        assert instructions.endswith("Tutor: Hello Ana! How are you?\nStudent: I am fine, thank you.\n")
+        assert "Do not greet the student again" in instructions
+        assert instructions.endswith('Tutor: "Hello Ana! How are you?"\nStudent: "I am fine, thank you."\n')
         back = session.handle_upstream(SESSION_UPDATED, 3.4)
         assert upstream_events(back) == []  # no greeting asked for
         assert statuses(back) == [("listening", None)]
@@ -383,7 +383,7 @@ class TestHandOver:
         assert not any(isinstance(r, LessonStarted) for r in records(begun))
         assert [r.kind for r in records(begun) if isinstance(r, LessonEventHappened)] == ["lesson_taken_over"]
         update = upstream_events(session.handle_upstream({"type": "session.created", "session": {}}, 1000.2))
-        assert update[0]["session"]["instructions"].endswith("Tutor: Hello Ana!\nStudent: Hi.\n")
+        assert update[0]["session"]["instructions"].endswith('Tutor: "Hello Ana!"\nStudent: "Hi."\n')
         assert upstream_events(session.handle_upstream(SESSION_UPDATED, 1000.3)) == []
         [turn] = [r for r in records(say(session, "item_s9", "I like tea.", 1001.0)) if isinstance(r, TurnFinished)]
         assert turn.seq == 3  # the turn numbers carry on

@@ -54,8 +54,8 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     level = getattr(logging, settings.log_level.upper())
     log_format = settings.log_format or ("console" if stream.isatty() else "json")
-    secrets = [s.get_secret_value() for s in (settings.openai_api_key, settings.lesson_secret, settings.metrics_token)
-               if s]
+    secrets = [s.get_secret_value() for s in (settings.openai_api_key, settings.lesson_secret, settings.metrics_token,
+                                              settings.teacher_password) if s]
     # `format_exc_info` is shared so records from the standard library (uvicorn's "Exception in ASGI
     # application") carry a traceback string too, and it runs before the redactor so tracebacks are redacted.
     shared: list[structlog.types.Processor] = [

@@ -50,6 +50,19 @@ def test_every_logger_writes_the_full_traceback_with_secrets_redacted(log_format
         assert f"RuntimeError: boom with {REDACTED}" in traceback
 
 
+def test_the_teachers_password_is_redacted_like_the_key() -> None:
+    stream = io.StringIO()
+    password = "teacher-canary-password"
+    configure_logging(Settings(teacher_password=password, log_format="json"), stream)
+    try:
+        _raise(f"form was password={password}")
+    except RuntimeError as exc:
+        logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=exc)
+        structlog.get_logger("lesson_relay").warning("form_refused", detail=f"password={password}")
+    assert password not in stream.getvalue()
+    assert stream.getvalue().count(f"password={REDACTED}") == 2
+
+
 async def test_an_unexpected_exception_in_a_lesson_is_logged_told_to_the_page_and_closes_both_sockets(
     simulator: RealtimeSimulator, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:

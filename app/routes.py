@@ -89,7 +89,7 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
                                               status_code=503 if isinstance(exc, StoreUnavailable) else 403)
         name, level, locked = student.name, student.level, True
         history = await student_history(_state(request).db, student.student_id)
-    return templates.TemplateResponse(request, "lesson.html", {
+    page = templates.TemplateResponse(request, "lesson.html", {
         "simulated": settings.simulated,
         "levels": messages.LEVELS,
         "level": level,
@@ -100,6 +100,11 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
         "max_frame_bytes": settings.max_frame_bytes,
         "history": history,
     })
+    if locked:
+        # A personal page holds the student's name and their last lessons' feedback: never kept by a shared
+        # computer's cache or a school's proxy (the desk's pages are not either).
+        page.headers["Cache-Control"] = "no-store"
+    return page
 
 
 @router.get("/healthz")

@@ -37,6 +37,7 @@ async def test_the_link_page_shows_the_last_cards_and_words_escaped(simulator: R
         async with httpx.AsyncClient() as http:
             page = await http.get(f"{server.base_url}/", params={"token": token})
     assert page.status_code == 200
+    assert page.headers["cache-control"] == "no-store"
     html = page.text
     assert "Your last lessons" in html
     assert html.index("12 May 2025") < html.index("5 May 2025")

@@ -29,7 +29,8 @@ from app.errors import OverCapacity
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """A lesson asking for a place: its id, the client address it came from, and its lesson link if any."""
+    """A lesson asking for a place: its id, the client address it came from as the start rate counts it
+    (`app.addresses.limit_key`), and its lesson link if any."""
 
     lesson_id: str
     client: str

@@ -26,6 +26,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import messages
+from app.addresses import limit_key
 from app.admission import AdmittedLesson, LessonRegistry, Start, StartRateLimiter, origin_allowed
 from app.budget import DailyBudget
 from app.continuity import CarriedOver, TranscriptLine
@@ -153,7 +154,7 @@ async def lesson_socket(websocket: WebSocket) -> None:
             check_claim=lambda claim: budget.refuse_remembered(claim.student_id, time.monotonic()))
         # Before the lesson takes a place: a refused start must not replace the link's live lesson.
         await budget.check(state.db, student, now=datetime.now(UTC), clock=time.monotonic())
-        start = Start(lesson_id=lesson_id, client=client, link_id=student.link_id)
+        start = Start(lesson_id=lesson_id, client=limit_key(client), link_id=student.link_id)
         admitted = await registry.admit(start, time.monotonic())
     except (InvalidRequest, OverCapacity, StoreUnavailable, DailyBudgetReached) as exc:
         metrics.refused(exc.code)
@@ -235,8 +236,8 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
             return
         taken = await _take_over(state, claim.lesson_id)
         student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id)
-        admitted = await registry.admit(Start(lesson_id=claim.lesson_id, client=client, link_id=taken.link_id),
-                                        time.monotonic())
+        admitted = await registry.admit(Start(lesson_id=claim.lesson_id, client=limit_key(client),
+                                              link_id=taken.link_id), time.monotonic())
     except (ResumeRefused, ResumeNotYet, OverCapacity, StoreUnavailable) as exc:
         if isinstance(exc, ResumeElsewhere):
             # Another worker of this replica runs it: it hands the lesson over for the page's next attempt.

@@ -65,3 +65,18 @@ def test_forwarded_allow_ips_defaults_to_loopback_and_takes_addresses_and_networ
 def test_forwarded_allow_ips_that_are_not_addresses_are_refused_naming_the_entry(value: str) -> None:
     with pytest.raises(ValidationError, match="is not an IP address or network"):
         Settings(forwarded_allow_ips=value)
+
+
+async def test_an_ipv6_client_is_counted_by_its_network_not_by_each_of_its_addresses(
+    simulator: RealtimeSimulator, log_stream: io.StringIO,
+) -> None:
+    # One IPv6 client holds a whole /64: a new address for every start must not mean a new allowance.
+    settings = relay_settings(simulator.url, lesson_starts_per_minute=1)
+    async with serve_app(settings, log_stream) as relay:
+        first = await start(relay.lesson_url(name="Ana"), "2001:db8:1:2::1")
+        same_network = await start(relay.lesson_url(name="Ana"), "2001:db8:1:2::2")
+        other_network = await start(relay.lesson_url(name="Ben"), "2001:db8:1:3::1")
+    assert (first["type"], same_network["type"], other_network["type"]) == ("lesson", "error", "lesson")
+    assert same_network["code"] == "over_capacity"
+    # The log keeps each address as it is.
+    assert counted_as(log_stream) == ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:3::1"]

@@ -1,5 +1,6 @@
-"""The sign-in limit: at most `max_failures` wrong passwords per client address in any sliding window, counted
-in the store (`sign_in_failures`) so that it holds across every worker and replica of a deployment.
+"""The sign-in limit: at most `max_failures` wrong passwords per client address (an IPv6 address's /64, see
+`app.addresses`) in any sliding window, counted in the store (`sign_in_failures`) so that it holds across every
+worker and replica of a deployment.
 
 An attempt is written as a failure and committed before it is counted, and its password is compared only
 when the count (its own row included) is within the limit. Of attempts running in parallel on any workers,
@@ -23,6 +24,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.addresses import limit_key
 from app.store.database import error_reason
 from app.store.models import SignInFailure
 from app.store.queries import LOOKUP_TIMEOUT_S
@@ -70,10 +72,11 @@ class SignInLimiter:
         right one is `passed`. `SignInUnavailable` when the store does not answer.
         """
         window_start = now - timedelta(seconds=self.window_s)
+        counted_as = limit_key(client)
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S):
-                failure_id = await self._write(sessions, client, now, window_start)
-                others = await self._count(sessions, client, failure_id, window_start)
+                failure_id = await self._write(sessions, counted_as, now, window_start)
+                others = await self._count(sessions, counted_as, failure_id, window_start)
         except (TimeoutError, OSError, SQLAlchemyError) as exc:
             raise _unavailable(client, exc) from exc
         wait_s = self._wait_s(others, now)

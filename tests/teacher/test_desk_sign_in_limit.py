@@ -89,3 +89,20 @@ async def test_a_database_out_of_reach_refuses_sign_in_with_503_and_logs_why(
     assert all(line["level"] == "error" and line["client"] == "127.0.0.1" and line["error"] for line in unavailable)
     assert "teacher_signed_in" in log_stream.getvalue()
     assert PASSWORD not in log_stream.getvalue()
+
+
+async def test_wrong_passwords_from_one_ipv6_network_count_together_whichever_of_its_addresses(
+        store_url: str, log_stream: io.StringIO) -> None:
+    # Loopback is the trusted proxy by default: the header names the client, as a platform's proxy would.
+    def from_address(address: str) -> dict[str, str]:
+        return {"X-Forwarded-For": address}
+
+    async with serve_desk(log_stream, database_url=store_url) as desk:
+        limit = desk.app.state.sign_in_limiter.max_failures
+        wrong = [(await desk.client.get("/api/students", headers=WRONG_TOKEN | from_address(f"2001:db8:1:2::{n}")))
+                 .status_code for n in range(1, limit + 1)]
+        same_network = await desk.client.get("/api/students", headers=BEARER | from_address("2001:db8:1:2::ff"))
+        other_network = await desk.client.get("/api/students", headers=BEARER | from_address("2001:db8:1:3::1"))
+    assert wrong == [401] * limit
+    assert same_network.status_code == 429
+    assert other_network.status_code == 200

@@ -50,7 +50,8 @@ from app.relay import PageSocket, Relay
 from app.resume import ResumeClaim, make_resume_token, verify_resume_token
 from app.session import LessonSession
 from app.settings import Settings
-from app.store.handover import TakenOverLesson, take_over_lesson
+from app.store.database import error_reason
+from app.store.handover import TakenOverLesson, give_back_lesson, take_over_lesson
 from app.store.queries import LOOKUP_TIMEOUT_S
 from app.students import LessonStudent, linked_student, student_for_request
 from app.transport import current_page_connection
@@ -236,8 +237,12 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
             return
         taken = await _take_over(state, claim.lesson_id)
         student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id)
-        admitted = await registry.admit(Start(lesson_id=claim.lesson_id, client=limit_key(client),
-                                              link_id=taken.link_id), time.monotonic())
+        try:
+            admitted = await registry.admit(Start(lesson_id=claim.lesson_id, client=limit_key(client),
+                                                  link_id=taken.link_id), time.monotonic())
+        except OverCapacity:
+            await _give_back(state, claim.lesson_id, resume_log)
+            raise
     except (ResumeRefused, ResumeNotYet, OverCapacity, StoreUnavailable) as exc:
         if isinstance(exc, ResumeElsewhere):
             # Another worker of this replica runs it: it hands the lesson over for the page's next attempt.
@@ -272,6 +277,16 @@ async def _take_over(state: Any, lesson_id: str) -> TakenOverLesson:
         raise StoreUnavailable(f"lesson {lesson_id!r} not taken over: the store did not answer "
                                f"({type(exc).__name__}: {str(exc)[:200]})",
                                student_message="Your lesson cannot be reached just now. Reconnecting…") from exc
+
+
+async def _give_back(state: Any, lesson_id: str, resume_log: structlog.typing.FilteringBoundLogger) -> None:
+    """Hand a lesson taken over here, but refused a place, back to the store for the page's next attempt."""
+    try:
+        async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+            await give_back_lesson(state.db, lesson_id, instance_id=state.instance_id, now=datetime.now(UTC))
+    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+        # Then it stays claimed by this instance: it ends as instance_lost once this instance is gone.
+        resume_log.warning("lesson_not_given_back", error=error_reason(exc))
 
 
 def _parse(websocket: WebSocket) -> messages.LessonRequest:

@@ -441,6 +441,34 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
     assert pytest.approx(row.duration_s, abs=1) == (row.ended_at - row.started_at).total_seconds()
 
 
+async def test_a_lesson_handed_to_an_instance_with_no_place_for_it_is_taken_over_there_once_a_place_frees(
+    simulator: RealtimeSimulator, log_stream: io.StringIO, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'lessons.db'}"
+    async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as old:
+        async with open_lesson(old.lesson_url(name="Ana")) as page:
+            lesson = await lesson_heard(page)
+            drain = asyncio.create_task(drain_lessons(old.app, 5))
+            await until_status(page, "reconnecting")
+            await closed_with(page)
+        await drain
+        await old.app.state.records.flushed()
+    async with serve_app(relay_settings(simulator.url, database_url=database, max_sessions=1), log_stream) as new:
+        async with open_lesson(new.lesson_url(name="Ben")) as other:
+            await other.until_type("lesson")
+            full, full_code, _ = await refused(resume_url(new, lesson["resume_token"]))
+            await other.send_json({"type": "end"})
+            await closed_with(other)
+        await new.app.state.live_lessons.ended()
+        # The refused resume had claimed the lesson: kept claimed, every later resume found it "running
+        # elsewhere" and was refused until the grace ran out.
+        async with open_lesson(resume_url(new, lesson["resume_token"])) as back:
+            resumed, answer = await resumed_turn_and_end(back)
+    assert (full["code"], full["fatal"], full_code) == ("over_capacity", False, 1013)
+    assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
+    assert answer["text"]
+
+
 def audio_output_tokens(response_done_lines: list[dict[str, Any]]) -> int:
     return sum(line["usage"]["output_token_details"]["audio_tokens"] for line in response_done_lines)
 

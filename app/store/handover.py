@@ -5,7 +5,8 @@ turns written before it). An instance that was killed hands nothing over: its le
 has been silent for `lost_after_s` (`app.store.instances`) they may be taken over as they are. The instance
 a page resumes on claims the row in one conditional UPDATE that also makes it the lesson's instance, so two
 resumes of one lesson never both take it over, and reads what the lesson needs to go on. The route calls
-this under `LOOKUP_TIMEOUT_S` before the lesson's machine is built.
+this under `LOOKUP_TIMEOUT_S` before the lesson's machine is built. A claimed lesson that finds no place here
+(capacity, start rates) is given back, handed off again, for the page's next attempt to take over.
 """
 
 from __future__ import annotations
@@ -73,6 +74,17 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
                     "text_output_tokens": lesson.text_output_tokens},
             from_lost_instance=from_lost_instance,
         )
+
+
+async def give_back_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id: str, *, instance_id: str,
+                           now: datetime) -> None:
+    """A lesson `instance_id` claimed but cannot run: handed off again at `now`, as a draining instance hands its
+    lessons off, so that a resume within the grace takes it over here or on any instance. Left claimed, it would
+    stay open with no instance running it, refusing every resume, until this instance is gone."""
+    async with sessions.begin() as session:
+        await session.execute(update(Lesson).where(Lesson.id == lesson_id, Lesson.instance_id == instance_id,
+                                                   Lesson.ended_at.is_(None))
+                              .values(ended_at=now, end_reason=HANDED_OFF))
 
 
 def _claim(lesson_id: str, condition: ColumnElement[bool], instance_id: str) -> Update:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
-from app.store.handover import HANDED_OFF, TakenOverLesson, take_over_lesson
+from app.store.handover import HANDED_OFF, TakenOverLesson, give_back_lesson, take_over_lesson
 from app.store.instances import InstanceTiming
 from app.store.models import Instance, Lesson, Turn
 
@@ -60,6 +60,24 @@ async def test_a_handed_over_lesson_is_taken_over_once_with_its_turns_and_usage(
     assert (row.ended_at, row.end_reason, row.instance_id) == (None, None, "B")  # running again, here
     with pytest.raises(ResumeNotYet):
         await take_over(sessions, "L1", now=handed_off_at + timedelta(seconds=6), by="C")
+
+
+async def test_a_lesson_given_back_by_the_instance_that_claimed_it_is_taken_over_by_the_next_resume(
+    sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await lesson(sessions, end_reason=HANDED_OFF, ended_at=T0)
+    await take_over(sessions, "L1", now=T0 + timedelta(seconds=1), by="B")
+    # Another instance cannot give back what it did not claim.
+    await give_back_lesson(sessions, "L1", instance_id="C", now=T0 + timedelta(seconds=2))
+    with pytest.raises(ResumeNotYet):
+        await take_over(sessions, "L1", now=T0 + timedelta(seconds=2), by="C")
+    await give_back_lesson(sessions, "L1", instance_id="B", now=T0 + timedelta(seconds=3))
+    async with sessions() as session:
+        row = await session.get(Lesson, "L1")
+    assert row is not None
+    assert (row.end_reason, row.instance_id) == (HANDED_OFF, "B")
+    taken = await take_over(sessions, "L1", now=T0 + timedelta(seconds=4), by="C")
+    assert taken.lesson_id == "L1"
 
 
 async def test_two_take_overs_at_once_claim_the_lesson_once(sessions: async_sessionmaker[AsyncSession]) -> None:

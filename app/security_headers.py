@@ -1,5 +1,7 @@
 """Security headers on every HTTP response: the page may load only its own scripts, styles and worklets,
-talk only to its own origin, never be framed, and only its own origin may ask for the microphone.
+talk only to its own origin, never be framed, and only its own origin may ask for the microphone. A response
+over https (the platform's proxy says so in X-Forwarded-Proto, believed from FORWARDED_ALLOW_IPS) also tells
+the browser to come back over https only, so the desk's cookie and the lesson links never travel in clear.
 
 The templates therefore hold no inline script, style or event handler: everything the page runs is
 under /static, which the policy allows as 'self'.
@@ -33,6 +35,8 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     # For browsers without CSP frame-ancestors.
     ("X-Frame-Options", "DENY"),
 )
+# A year: what browsers' preload lists ask for; without includeSubDomains, other sites of the domain are theirs.
+HTTPS_ONLY = ("Strict-Transport-Security", "max-age=31536000")
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
@@ -59,6 +63,8 @@ class SecurityHeaders:
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS:
                     headers[name] = value
+                if scope.get("scheme") == "https":
+                    headers[HTTPS_ONLY[0]] = HTTPS_ONLY[1]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

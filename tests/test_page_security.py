@@ -57,3 +57,13 @@ async def test_a_server_error_carries_the_security_headers_too() -> None:
         assert response.headers[name] == value, name
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     assert response.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(("base_url", "https_only"), [("https://lessons.example", True),
+                                                      ("http://lessons.example", False)])
+async def test_a_response_over_https_tells_the_browser_to_use_https_only(base_url: str, https_only: bool) -> None:
+    app = create_app(relay_settings("ws://127.0.0.1:9/unused"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as http:
+        response = await http.get("/teacher/signin")
+    # Over plain http the header would be ignored by the browser, and would lock out a local http server.
+    assert response.headers.get("strict-transport-security") == ("max-age=31536000" if https_only else None)

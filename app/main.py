@@ -89,6 +89,11 @@ def create_app(
                 # A paid key with no links: anyone who can reach the server spends it.
                 log.warning("lessons_open_to_anyone", message="OPENAI_API_KEY is set but LESSON_SECRET is not: "
                             "anyone who can reach this server can start paid lessons; set LESSON_SECRET")
+        if settings.forwarded_allow_ips == "*":
+            # uvicorn then takes the leftmost X-Forwarded-For entry, which the client writes itself.
+            log.warning("client_address_chosen_by_client", message="FORWARDED_ALLOW_IPS is *: every client can "
+                        "name its own address in X-Forwarded-For and so escape the start and sign-in limits; "
+                        "set it to the proxy's addresses or network")
         loop_lag = LoopLagProbe(app.state.metrics.loop_lag_seconds.observe)
         loop_lag.start()
         try:

@@ -56,6 +56,16 @@ async def test_behind_a_trusted_proxy_the_client_is_the_address_the_proxy_saw(
     assert counted_as(log_stream) == ["203.0.113.7", "203.0.113.7", "203.0.113.8"]
 
 
+async def test_trusting_every_peer_warns_at_start(simulator: RealtimeSimulator, log_stream: io.StringIO) -> None:
+    async with serve_app(relay_settings(simulator.url), log_stream):
+        pass
+    async with serve_app(relay_settings(simulator.url, forwarded_allow_ips=" * "), log_stream):
+        pass
+    [warning] = [line for line in log_lines(log_stream) if line["event"] == "client_address_chosen_by_client"]
+    assert warning["level"] == "warning"
+    assert "FORWARDED_ALLOW_IPS is *" in warning["message"]
+
+
 def test_forwarded_allow_ips_defaults_to_loopback_and_takes_addresses_and_networks() -> None:
     assert Settings().forwarded_allow_ips == "127.0.0.1"
     assert Settings(forwarded_allow_ips=" 100.64.0.0/10, ::1 ").forwarded_allow_ips == "100.64.0.0/10,::1"

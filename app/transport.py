@@ -35,9 +35,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
+from app.security_headers import SECURITY_HEADERS
+
 log = structlog.get_logger("lesson_relay")
 
 _HEAD_END = b"\r\n\r\n"
+# The refusals written here never reach the app's middleware: they carry its headers themselves.
+_REFUSAL_HEADERS = "".join(f"{name.lower()}: {value}\r\n" for name, value in SECURITY_HEADERS)
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
             431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 # After the server's half of a WebSocket closes, what the peer still sends is read (and dropped) this long:
@@ -251,7 +255,8 @@ class GuardedHTTP(asyncio.Protocol):
         if self._requests == 0:
             reason = _REASONS[status]
             transport.write(f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                            f"content-length: {len(reason)}\r\nconnection: close\r\n\r\n{reason}".encode())
+                            f"{_REFUSAL_HEADERS}content-length: {len(reason)}\r\nconnection: close\r\n\r\n"
+                            f"{reason}".encode())
             transport.close()
         else:
             transport.abort()

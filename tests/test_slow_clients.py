@@ -356,6 +356,10 @@ async def test_a_request_head_that_never_ends_gets_431_and_the_connection_closes
 async def test_a_url_over_the_limit_gets_414(relay: AppServer) -> None:
     answer = await http_exchange(relay, b"GET /?token=" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 414 ")
+    # Written by the transport, before the app: it carries the security headers all the same.
+    head = answer.split(b"\r\n\r\n")[0].decode().lower()
+    assert "x-content-type-options: nosniff" in head
+    assert "content-security-policy: default-src 'none';" in head
 
 
 async def test_a_content_length_too_long_to_be_a_number_gets_400_and_no_error_in_the_log(

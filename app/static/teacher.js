@@ -1,6 +1,19 @@
-// Teacher's desk: the only script. Every "Copy" button copies the lesson link in the field it names
-// (aria-controls); without this script the field is still there to select and copy by hand.
+// Teacher's desk: the only script. It shows every time in the teacher's own time zone, and every "Copy"
+// button copies the lesson link in the field it names (aria-controls). Without it the times stay in UTC
+// and the field is still there to select and copy by hand.
 "use strict";
+
+// <time datetime="…Z" data-local>2026-03-02 09:30 UTC</time> → "Mon 2 Mar 2026, 10:30" where the teacher is,
+// with the UTC time kept as its title.
+const localTime = new Intl.DateTimeFormat(undefined, {
+  weekday: "short", day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit",
+});
+for (const element of document.querySelectorAll("time[data-local]")) {
+  const at = new Date(element.getAttribute("datetime"));
+  if (Number.isNaN(at.getTime())) continue;
+  element.title = element.textContent;
+  element.textContent = localTime.format(at);
+}
 
 document.addEventListener("click", async (event) => {
   const button = event.target.closest("button[data-copy]");

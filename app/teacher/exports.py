@@ -10,10 +10,11 @@ import csv
 import io
 import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from markupsafe import Markup
 
 from app.outcomes import ended_because, event_meaning
 from app.store.models import Lesson, LessonEvent, Student
@@ -120,6 +121,15 @@ def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "—"
 
 
+def local_time(value: datetime | None) -> Markup | str:
+    """`when(value)` in a `<time>` element: the desk's script shows it in the teacher's own time zone, with the UTC
+    time as its title; without the script it stays in UTC."""
+    if value is None:
+        return when(value)
+    utc = value.astimezone(UTC)
+    return Markup('<time datetime="{}" data-local>{}</time>').format(utc.strftime("%Y-%m-%dT%H:%M:%SZ"), when(utc))
+
+
 def offset(value: datetime, start: datetime) -> str:
     """`value` as minutes:seconds into the lesson."""
     seconds = max(0, round((value - start).total_seconds()))
@@ -133,8 +143,9 @@ def compact(value: object) -> str:
     return str(value)
 
 
-TEMPLATE_FILTERS = {"when": when, "usd": usd, "duration": duration, "offset": offset, "reason": event_reason,
-                    "compact": compact, "ended_because": ended_because, "event_meaning": event_meaning}
+TEMPLATE_FILTERS = {"when": when, "local_time": local_time, "usd": usd, "duration": duration, "offset": offset,
+                    "reason": event_reason, "compact": compact,
+                    "ended_because": ended_because, "event_meaning": event_meaning}
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+|!~])")
 

@@ -5,6 +5,7 @@ Every page needs a signed-in teacher (`Teacher`); an unknown id is a 404 page. P
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -12,14 +13,23 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.memory import remembered_lessons
 from app.messages import LEVELS
+from app.prompts import memory_section
 from app.store.models import Lesson
+from app.students import LessonStudent
 from app.teacher import exports, queries
 from app.teacher.web import DESK_PATH, DeskError, Teacher, database, link_view, render
 
 router = APIRouter()
 
 FAILURE_WINDOWS_DAYS = (7, 30, 90, 365)
+# The students page lists this many students, by name, with links to the others.
+STUDENTS_PER_PAGE = 100
+# A student's page lists this many lessons, newest first, with links to the older ones.
+LESSONS_PER_PAGE = 50
+# A student's page also gives what their lessons of this many last days cost.
+RECENT_COST_DAYS = 30
 ExportFormat = Annotated[Literal["md", "json"], Query(alias="format")]
 
 
@@ -27,41 +37,69 @@ def not_found(what: str) -> DeskError:
     return DeskError(404, f"No such {what}", f"There is no {what} with that id. It may have been deleted.")
 
 
-async def students_context(db: AsyncSession, request: Request) -> dict[str, Any]:
-    """What the students page shows; also re-rendered with form errors by a refused add-student form."""
+async def students_context(db: AsyncSession, request: Request, *, page: int = 1) -> dict[str, Any]:
+    """What the students page shows (its `page` of current students, by name); also re-rendered with form errors by
+    a refused add-student form. A page past the last is a 404 page."""
+    now = datetime.now(UTC)
+    recent_since = now - timedelta(days=RECENT_COST_DAYS)
+    count = await queries.student_count(db)
+    pages = max(1, math.ceil(count / STUDENTS_PER_PAGE))
+    if page > pages:
+        raise DeskError(404, "No such page", f"There are {count} students: {pages} page{'s' if pages != 1 else ''} "
+                        "of them.")
+    first = (page - 1) * STUDENTS_PER_PAGE
+    students = await queries.student_summaries(db, recent_since=recent_since, limit=STUDENTS_PER_PAGE, offset=first)
     return {
         "section": "students",
         "levels": LEVELS,
-        "students": await queries.student_summaries(db),
+        "students": students,
+        "student_count": count,
+        "student_pages": {"page": page, "pages": pages, "first": first + 1, "last": first + len(students)},
+        "totals": await queries.all_students_totals(db, recent_since=recent_since),
+        "recent_cost_days": RECENT_COST_DAYS,
         "archived": await queries.student_summaries(db, archived=True),
         "links": {student_id: link_view(request, link)
-                  for student_id, link in (await queries.newest_links(db, now=datetime.now(UTC))).items()},
+                  for student_id, link in (await queries.newest_links(db, now=now)).items()},
         "errors": {},
         "values": {},
     }
 
 
 @router.get(DESK_PATH, response_class=HTMLResponse)
-async def students_page(request: Request, teacher: Teacher) -> Response:
+async def students_page(request: Request, teacher: Teacher, page: Annotated[int, Query(ge=1)] = 1) -> Response:
     async with database(request) as db:
-        return render(request, "students.html", teacher, await students_context(db, request))
+        return render(request, "students.html", teacher, await students_context(db, request, page=page))
+
+
+async def student_context(db: AsyncSession, request: Request, student_id: str, *, page: int = 1) -> dict[str, Any]:
+    """What one student's page shows (its `page` of lessons, newest first); also re-rendered with form errors by a
+    refused make-a-link form. An unknown student, or a page past their last, is a 404 page."""
+    student = await queries.get_student(db, student_id)
+    if student is None:
+        raise not_found("student")
+    now = datetime.now(UTC)
+    totals = await queries.student_totals(db, student_id, recent_since=now - timedelta(days=RECENT_COST_DAYS))
+    pages = max(1, math.ceil(totals.lesson_count / LESSONS_PER_PAGE))
+    if page > pages:
+        raise DeskError(404, "No such page", f"{student.name} has {totals.lesson_count} lessons: "
+                        f"{pages} page{'s' if pages != 1 else ''} of them.", back=f"{DESK_PATH}/students/{student_id}")
+    first = (page - 1) * LESSONS_PER_PAGE
+    lessons = await queries.student_lessons(db, student_id, limit=LESSONS_PER_PAGE, offset=first)
+    links = [link_view(request, link) for link in await queries.active_links(db, student_id, now=now)]
+    remembered = await remembered_lessons(request.app.state.db, LessonStudent(student_id=student_id))
+    return {
+        "section": "students", "levels": LEVELS, "student": student, "lessons": lessons, "links": links,
+        "totals": totals, "recent_cost_days": RECENT_COST_DAYS, "memory": memory_section(remembered),
+        "lesson_pages": {"page": page, "pages": pages, "first": first + 1, "last": first + len(lessons)},
+        "errors": {}, "values": {},
+    }
 
 
 @router.get(f"{DESK_PATH}/students/{{student_id}}", response_class=HTMLResponse)
-async def student_page(request: Request, teacher: Teacher, student_id: str) -> Response:
+async def student_page(request: Request, teacher: Teacher, student_id: str,
+                       page: Annotated[int, Query(ge=1)] = 1) -> Response:
     async with database(request) as db:
-        student = await queries.get_student(db, student_id)
-        if student is None:
-            raise not_found("student")
-        lessons = await queries.student_lessons(db, student_id)
-        links = [link_view(request, link) for link in await queries.active_links(db, student_id, now=datetime.now(UTC))]
-        return render(request, "student.html", teacher, {
-            "section": "students", "levels": LEVELS, "student": student, "lessons": lessons, "links": links,
-            "totals": {
-                "minutes": sum((summary.lesson.duration_s or 0) for summary in lessons) / 60,
-                "cost_usd": sum(summary.lesson.estimated_cost_usd for summary in lessons),
-            },
-        })
+        return render(request, "student.html", teacher, await student_context(db, request, student_id, page=page))
 
 
 @router.get(f"{DESK_PATH}/lessons/{{lesson_id}}", response_class=HTMLResponse)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -26,8 +27,19 @@ class StudentSummary:
     lesson_count: int
     minutes: float
     cost_usd: float
+    recent_cost_usd: float
     last_lesson_id: str | None
     last_lesson_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StudentTotals:
+    """What all of a student's lessons add up to, and what those of a recent period cost."""
+
+    lesson_count: int
+    minutes: float
+    cost_usd: float
+    recent_cost_usd: float
 
 
 @dataclass(frozen=True)
@@ -59,8 +71,10 @@ class FailureDay:
         return dict(sorted(counts.items()))
 
 
-async def student_summaries(db: AsyncSession, *, archived: bool = False) -> list[StudentSummary]:
-    """Every student (archived or not, as asked), by name, with lesson count, minutes, cost and last lesson."""
+async def student_summaries(db: AsyncSession, *, archived: bool = False, recent_since: datetime | None = None,
+                            limit: int | None = None, offset: int = 0) -> list[StudentSummary]:
+    """Students (archived or not, as asked), by name, with lesson count, minutes, cost (and that of their lessons
+    started at or after `recent_since`) and last lesson; `limit` of them from the `offset`-th when given."""
     last_lesson = (
         select(Lesson.id).where(Lesson.student_id == Student.id)
         .order_by(Lesson.started_at.desc()).limit(1).correlate(Student).scalar_subquery()
@@ -71,20 +85,40 @@ async def student_summaries(db: AsyncSession, *, archived: bool = False) -> list
             func.count(Lesson.id),
             func.coalesce(func.sum(Lesson.duration_s), 0.0),
             func.coalesce(func.sum(Lesson.estimated_cost_usd), 0.0),
+            func.coalesce(func.sum(_cost_since(recent_since)), 0.0),
             func.max(Lesson.started_at),
             last_lesson,
         )
         .outerjoin(Lesson, Lesson.student_id == Student.id)
         .where(Student.archived_at.is_not(None) if archived else Student.archived_at.is_(None))
         .group_by(Student.id)
-        .order_by(func.lower(Student.name), Student.created_at)
+        .order_by(func.lower(Student.name), Student.created_at, Student.id)
+        .limit(limit).offset(offset)
     )
     rows = (await db.execute(query)).all()
     return [
         StudentSummary(student=student, lesson_count=count, minutes=float(seconds) / 60, cost_usd=float(cost),
-                       last_lesson_id=last_id, last_lesson_at=last_at)
-        for student, count, seconds, cost, last_at, last_id in rows
+                       recent_cost_usd=float(recent), last_lesson_id=last_id, last_lesson_at=last_at)
+        for student, count, seconds, cost, recent, last_at, last_id in rows
     ]
+
+
+def _cost_since(since: datetime | None) -> Any:
+    """A lesson's cost when it started at or after `since` (every lesson's without it), else 0."""
+    if since is None:
+        return Lesson.estimated_cost_usd
+    return case((Lesson.started_at >= since, Lesson.estimated_cost_usd), else_=0.0)
+
+
+async def all_students_totals(db: AsyncSession, *, recent_since: datetime) -> StudentTotals:
+    """The lessons of every current (not archived) student, counted and added up like `student_totals`."""
+    return await _totals(db, Student.archived_at.is_(None), recent_since=recent_since)
+
+
+async def student_count(db: AsyncSession, *, archived: bool = False) -> int:
+    query = select(func.count(Student.id)).where(
+        Student.archived_at.is_not(None) if archived else Student.archived_at.is_(None))
+    return int((await db.execute(query)).scalar_one())
 
 
 async def get_student(db: AsyncSession, student_id: str) -> Student | None:
@@ -160,16 +194,36 @@ async def newest_links(db: AsyncSession, *, now: datetime) -> dict[str, Link]:
     return {link.student_id: link for link in (await db.execute(query)).scalars()}
 
 
-async def student_lessons(db: AsyncSession, student_id: str) -> list[LessonSummary]:
-    """The student's lessons, newest first, each with how many events (failures, retries) it had."""
+async def student_lessons(db: AsyncSession, student_id: str, *, limit: int | None = None,
+                          offset: int = 0) -> list[LessonSummary]:
+    """The student's lessons, newest first, each with how many events (failures, retries) it had; `limit`
+    of them from the `offset`-th when given."""
     query = (
         select(Lesson, func.count(LessonEvent.id))
         .outerjoin(LessonEvent, LessonEvent.lesson_id == Lesson.id)
         .where(Lesson.student_id == student_id)
         .group_by(Lesson.id)
-        .order_by(Lesson.started_at.desc())
+        .order_by(Lesson.started_at.desc(), Lesson.id.desc())
+        .limit(limit).offset(offset)
     )
     return [LessonSummary(lesson, count) for lesson, count in (await db.execute(query)).all()]
+
+
+async def student_totals(db: AsyncSession, student_id: str, *, recent_since: datetime) -> StudentTotals:
+    """The student's lessons counted and added up, with the cost of those started at or after `recent_since`."""
+    return await _totals(db, Student.id == student_id, recent_since=recent_since)
+
+
+async def _totals(db: AsyncSession, students: Any, *, recent_since: datetime) -> StudentTotals:
+    query = (
+        select(func.count(Lesson.id), func.coalesce(func.sum(Lesson.duration_s), 0.0),
+               func.coalesce(func.sum(Lesson.estimated_cost_usd), 0.0),
+               func.coalesce(func.sum(_cost_since(recent_since)), 0.0))
+        .join(Student, Student.id == Lesson.student_id).where(students)
+    )
+    count, seconds, cost, recent = (await db.execute(query)).one()
+    return StudentTotals(lesson_count=count, minutes=float(seconds) / 60, cost_usd=float(cost),
+                         recent_cost_usd=float(recent))
 
 
 async def get_lesson(db: AsyncSession, lesson_id: str) -> Lesson | None:

@@ -2,14 +2,17 @@
 
 What this proves: a teacher signs in with the keyboard, adds a student, and the personal link the desk
 shows opens a lesson (in a second page) that belongs to that student; once the lesson has ended its
-transcript and cost are on the desk, and the desk's pages fit a phone's width.
+transcript and cost are on the desk, and the desk's pages fit a phone's width. Times show in the teacher's
+own time zone, and a teacher on a phone signs out.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from browser_stack import LessonPage, Stack, launch_chromium, make_wav, run_stack, wait_for
@@ -99,5 +102,39 @@ def test_teacher_adds_a_student_whose_lesson_shows_on_the_desk(
             assert teacher.csp_violations() == []
             assert teacher.console_errors == []
             assert lesson.console_errors == []
+        finally:
+            browser.close()
+
+
+def test_times_show_in_the_teachers_zone_and_a_phone_can_sign_out(
+    playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with run_stack(tmp_path_factory.mktemp("desk"), app_env={"TEACHER_PASSWORD": PASSWORD}) as stack:
+        browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
+        try:
+            # A teacher in Tokyo (UTC+9 all year) on a phone.
+            context = browser.new_context(timezone_id="Asia/Tokyo", locale="en-GB", viewport=PHONE)
+            desk = context.new_page()
+            errors: list[str] = []
+            desk.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            desk.goto(f"{stack.url}/teacher")
+            desk.get_by_label("Password").fill(PASSWORD)
+            desk.keyboard.press("Enter")
+            desk.get_by_label("Name", exact=True).fill("Ana")
+            desk.get_by_role("button", name="Add student").click()
+            expect(desk.get_by_role("heading", name="Ana", level=1)).to_be_visible()
+
+            added = desk.locator(".facts time").first
+            instant = datetime.fromisoformat(str(added.get_attribute("datetime")))
+            in_tokyo = instant.astimezone(ZoneInfo("Asia/Tokyo"))
+            assert added.inner_text() == f"{in_tokyo:%a}, {in_tokyo.day} {in_tokyo:%b %Y}, {in_tokyo:%H:%M}"
+            assert added.get_attribute("title") == f"{instant:%Y-%m-%d %H:%M} UTC"
+            assert fits_the_width(desk), "the student's page is wider than a phone"
+
+            desk.get_by_role("button", name="Sign out").click()
+            expect(desk.get_by_role("heading", name="Sign in")).to_be_visible()
+            desk.goto(f"{stack.url}/teacher")
+            expect(desk.get_by_role("heading", name="Sign in")).to_be_visible()
+            assert [error for error in errors if "401" not in error] == []
         finally:
             browser.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from desk_client import Desk
+from markupsafe import escape
 from records import add_lesson, add_student
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from test_desk_pages import _PageAudit
@@ -97,7 +98,32 @@ async def test_deleting_a_correction_and_a_word_keeps_them_out_of_the_students_m
     page = (await desk_on.client.get(f"{lesson_page}?notice=word_deleted")).text
     assert "Word deleted" in page
     assert "wrongword" not in page
+    student_page = (await desk_on.client.get(f"/teacher/students/{student_id}")).text
+    assert "What the tutor remembers" in student_page
+    assert escape(memory) in student_page
+    assert "wrongword" not in student_page
     assert '"event": "teacher_feedback_entry_deleted"' in desk_on.log.getvalue()
+
+
+async def test_the_student_page_shows_what_the_tutor_remembers_of_them(desk_on: Desk) -> None:
+    student_id = await lesson_with_feedback(desk_on)
+    memory = memory_section(await remembered_lessons(desk_on.app.state.db, LessonStudent(student_id=student_id)))
+    assert memory
+
+    page = (await desk_on.client.get(f"/teacher/students/{student_id}")).text
+
+    assert f'<pre class="memory">{escape(memory)}</pre>' in page
+    assert "He have a ball" in memory
+
+
+async def test_a_student_without_feedback_is_remembered_for_nothing(desk_on: Desk) -> None:
+    student_id = await lesson_with_feedback(desk_on, feedback=None)
+
+    page = (await desk_on.client.get(f"/teacher/students/{student_id}")).text
+
+    assert "What the tutor remembers" in page
+    assert "Nothing yet" in page
+    assert 'class="memory"' not in page
 
 
 async def test_a_delete_form_without_its_csrf_token_or_for_an_entry_that_changed_deletes_nothing(

@@ -48,7 +48,8 @@ async def test_students_page_shows_lessons_minutes_cost_and_last_lesson(desk_on:
     assert '<td data-label="Lessons" class="num">2</td>' in ana_row
     assert '<td data-label="Minutes" class="num">3.0</td>' in ana_row
     assert '<td data-label="Cost" class="num">$0.0300</td>' in ana_row
-    assert 'href="/teacher/lessons/lesson-new">2026-03-03 09:30 UTC' in ana_row
+    assert ('href="/teacher/lessons/lesson-new"><time datetime="2026-03-03T09:30:00Z" data-local>'
+            '2026-03-03 09:30 UTC</time>') in ana_row
     bruno_row = page.text[page.text.index(">Bruno<"):].split("</tr>")[0]
     assert '<td data-label="Lessons" class="num">0</td>' in bruno_row
     assert "none yet" in bruno_row

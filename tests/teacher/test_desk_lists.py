@@ -1,0 +1,138 @@
+"""The desk with many students and lessons (SQLite and PostgreSQL): lists paged in a stable order, totals and
+recent costs added up over every page, times a teacher's browser can show in their own zone, and the link
+form's refusal shown next to its field."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from desk_client import Desk
+from records import GREETING_FAILED, START, add_lesson, add_student, count
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.store.models import Link, Student
+from app.teacher.pages import LESSONS_PER_PAGE, RECENT_COST_DAYS, STUDENTS_PER_PAGE
+
+
+def lesson_ids(page: str) -> list[str]:
+    return re.findall(r'<a href="/teacher/lessons/([\w-]+)">', page)
+
+
+def student_names(page: str) -> list[str]:
+    return re.findall(r'<a href="/teacher/students/[0-9a-f]+">([^<]+)</a></th>', page)
+
+
+async def add_students(desk: Desk, names: list[str]) -> None:
+    sessions: async_sessionmaker[AsyncSession] = desk.app.state.db
+    async with sessions.begin() as db:
+        db.add_all(Student(name=name, level="A1") for name in names)
+
+
+async def test_a_students_lessons_are_paged_newest_first_with_totals_over_all_of_them(desk_on: Desk) -> None:
+    ana = await add_student(desk_on.app)
+    lessons = LESSONS_PER_PAGE + 5
+    for number in range(lessons):
+        await add_lesson(desk_on.app, ana.id, f"lesson-{number:03d}", started_at=START + timedelta(hours=number),
+                         duration_s=60, cost=0.01)
+    newest_first = [f"lesson-{number:03d}" for number in reversed(range(lessons))]
+    page = f"/teacher/students/{ana.id}"
+
+    first = (await desk_on.client.get(page)).text
+    second = (await desk_on.client.get(f"{page}?page=2")).text
+
+    assert lesson_ids(first) == newest_first[:LESSONS_PER_PAGE]
+    assert lesson_ids(second) == newest_first[LESSONS_PER_PAGE:]
+    assert f'href="{page}?page=2" rel="next">Older lessons' in first
+    assert f'href="{page}?page=1" rel="prev">← Newer lessons' in second
+    assert 'rel="next"' not in second
+    assert f"Lessons {LESSONS_PER_PAGE + 1}\N{EN DASH}{lessons} of {lessons}, newest first." in second
+    # The totals are the student's, not the page's.
+    for shown in (first, second):
+        assert f"<dt>Lessons</dt><dd>{lessons}</dd>" in shown
+        assert f"<dt>Minutes</dt><dd>{lessons:.1f}</dd>" in shown
+        assert f"${lessons * 0.01:.4f} in all" in shown
+    past_the_end = await desk_on.client.get(f"{page}?page=3")
+    assert past_the_end.status_code == 404
+    assert f"Ana has {lessons} lessons: 2 pages of them." in past_the_end.text
+    for bad in ("0", "two"):
+        refused = await desk_on.client.get(f"{page}?page={bad}")
+        assert refused.status_code == 422
+        assert "page:" in refused.text
+
+
+async def test_students_are_paged_by_name(desk_on: Desk) -> None:
+    names = [f"Student {chr(ord('a') + number // 26)}{chr(ord('a') + number % 26)}"
+             for number in range(STUDENTS_PER_PAGE + 3)]
+    await add_students(desk_on, list(reversed(names)))
+
+    first = (await desk_on.client.get("/teacher")).text
+    second = (await desk_on.client.get("/teacher?page=2")).text
+
+    assert student_names(first) == names[:STUDENTS_PER_PAGE]
+    assert student_names(second) == names[STUDENTS_PER_PAGE:]
+    assert f"Your students ({len(names)})" in second
+    assert f"Students {STUDENTS_PER_PAGE + 1}\N{EN DASH}{len(names)} of {len(names)}, by name." in second
+    assert 'href="/teacher?page=2" rel="next"' in first
+    assert 'href="/teacher?page=1" rel="prev"' in second
+    assert (await desk_on.client.get("/teacher?page=3")).status_code == 404
+
+
+async def test_costs_per_student_and_for_all_in_all_and_in_the_recent_days(desk_on: Desk) -> None:
+    ana = await add_student(desk_on.app, "Ana")
+    bruno = await add_student(desk_on.app, "Bruno")
+    now = datetime.now(UTC)
+    await add_lesson(desk_on.app, ana.id, "ana-old", started_at=now - timedelta(days=RECENT_COST_DAYS + 1),
+                     cost=1.0, duration_s=600)
+    await add_lesson(desk_on.app, ana.id, "ana-recent", started_at=now - timedelta(days=2), cost=0.25,
+                     duration_s=300)
+    await add_lesson(desk_on.app, bruno.id, "bruno-recent", started_at=now - timedelta(hours=1), cost=0.5,
+                     duration_s=120)
+
+    students = (await desk_on.client.get("/teacher")).text
+    ana_row = students[students.index(f'href="/teacher/students/{ana.id}"'):].split("</tr>")[0]
+    assert '<td data-label="Cost" class="num">$1.2500</td>' in ana_row
+    assert f'<td data-label="Last {RECENT_COST_DAYS} days" class="num">$0.2500</td>' in ana_row
+    assert "Cost (USD)</th>" in students
+    assert ("Their 3 lessons: 17.0 minutes, an estimated\n    $1.7500 (USD) in all, $0.7500 in the last "
+            f"{RECENT_COST_DAYS} days.") in students
+
+    ana_page = (await desk_on.client.get(f"/teacher/students/{ana.id}")).text
+    assert f"<dd>$1.2500 in all, $0.2500 in the last {RECENT_COST_DAYS} days</dd>" in ana_page
+
+    # An archived student's lessons leave the list's totals.
+    await desk_on.submit(f"/teacher/students/{bruno.id}/archive")
+    students = (await desk_on.client.get("/teacher")).text
+    assert "Their 2 lessons: 15.0 minutes, an estimated\n    $1.2500 (USD) in all" in students
+
+
+async def test_times_carry_their_utc_instant_for_the_teachers_own_zone(desk_on: Desk) -> None:
+    ana = await add_student(desk_on.app)
+    await add_lesson(desk_on.app, ana.id, "lesson-1", started_at=datetime.now(UTC) - timedelta(days=1),
+                     events=(("greeting_failed", GREETING_FAILED),))
+    await add_lesson(desk_on.app, ana.id, "lesson-2")
+    utc_time = '<time datetime="2026-03-02T09:30:00Z" data-local>2026-03-02 09:30 UTC</time>'
+
+    for path in (f"/teacher/students/{ana.id}", "/teacher/lessons/lesson-2"):
+        assert utc_time in (await desk_on.client.get(path)).text, path
+    # The failures page groups by UTC day, so it says its times are UTC ones.
+    failures = (await desk_on.client.get("/teacher/failures")).text
+    assert "Days and times are in UTC." in failures
+    assert '<th scope="col">Time (UTC)</th>' in failures
+
+
+async def test_a_bad_link_validity_is_named_next_to_its_field_and_kept(desk_on: Desk) -> None:
+    ana = await add_student(desk_on.app)
+    page = f"/teacher/students/{ana.id}"
+    await add_lesson(desk_on.app, ana.id, "lesson-1")
+
+    for typed in ("400", "seven", "²", "1" * 5000):
+        refused = await desk_on.submit(f"{page}/links", {"valid_days": typed}, page=page)
+
+        assert refused.status_code == 422
+        assert "<h1>Ana" in refused.text
+        assert 'id="valid_days-error">Valid for (days) must be a whole number from 1 to 365' in refused.text
+        assert 'aria-invalid="true"' in refused.text
+        assert f'value="{typed}"' in refused.text
+        assert 'href="/teacher/lessons/lesson-1"' in refused.text
+    assert await count(desk_on.app, Link) == 0

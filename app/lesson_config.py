@@ -23,7 +23,8 @@ class LessonConfig:
     simulated: bool
     voice: str
     transcription_model: str
-    language_code: str
+    # The transcription's language; None = the transcription model finds it.
+    language_code: str | None
     turn_detection: Literal["server_vad", "semantic_vad"]
     vad_eagerness: str
     max_frame_bytes: int

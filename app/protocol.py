@@ -169,7 +169,7 @@ def session_update(
     instructions: str,
     voice: str,
     transcription_model: str,
-    language_code: str,
+    language_code: str | None,
     turn_detection: Literal["server_vad", "semantic_vad"],
     vad_eagerness: str,
 ) -> dict[str, Any]:
@@ -192,7 +192,8 @@ def session_update(
                 "input": {
                     "format": pcm,
                     "turn_detection": detection,
-                    "transcription": {"model": transcription_model, "language": language_code},
+                    "transcription": {"model": transcription_model}
+                    | ({"language": language_code} if language_code is not None else {}),
                     "noise_reduction": {"type": "near_field"},
                 },
                 "output": {"format": pcm, "voice": voice},

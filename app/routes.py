@@ -236,7 +236,8 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
             await page.done
             return
         taken = await _take_over(state, claim.lesson_id)
-        student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id)
+        student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id,
+                                target_language=taken.target_language)
         try:
             admitted = await registry.admit(Start(lesson_id=claim.lesson_id, client=limit_key(client),
                                                   link_id=taken.link_id), time.monotonic())
@@ -316,18 +317,23 @@ def _record_refusal(records: RecordSink, lesson_id: str, request: messages.Lesso
 def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Settings, student: LessonStudent,
                    memory: Sequence[RememberedLesson], *, started_at: datetime, resume_token: str,
                    carried: CarriedOver | None = None) -> LessonConfig:
+    # A student the teacher set another language for is taught it; the transcription then finds the language
+    # itself, since TARGET_LANGUAGE_CODE names the app's.
+    target_language = student.target_language or settings.target_language
+    language_code = (settings.target_language_code
+                     if target_language.casefold() == settings.target_language.casefold() else None)
     return LessonConfig(
         lesson_id=lesson_id,
         name=request.name,
         level=request.level,
         instructions=functools.partial(
-            tutor_instructions, name=request.name, level=request.level, target_language=settings.target_language,
+            tutor_instructions, name=request.name, level=request.level, target_language=target_language,
             support_language=request.support, topic=request.topic, memory=memory,
         ),
         simulated=settings.simulated,
         voice=settings.openai_realtime_voice,
         transcription_model=settings.openai_transcription_model,
-        language_code=settings.target_language_code,
+        language_code=language_code,
         turn_detection=settings.turn_detection,
         vad_eagerness=settings.vad_eagerness,
         max_frame_bytes=settings.max_frame_bytes,
@@ -335,7 +341,7 @@ def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Se
         max_lesson_s=settings.max_lesson_seconds,
         idle_timeout_s=settings.idle_timeout_seconds,
         feedback_instructions=functools.partial(
-            feedback_instructions, name=request.name, level=request.level, target_language=settings.target_language,
+            feedback_instructions, name=request.name, level=request.level, target_language=target_language,
             support_language=request.support,
         ),
         feedback_timeout_s=settings.feedback_timeout_seconds,

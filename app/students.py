@@ -34,6 +34,8 @@ class LessonStudent:
     student_id: str | None = None
     link_id: str | None = None
     browser_key_hash: str | None = None
+    # The language the teacher set for the student; None = the app's TARGET_LANGUAGE.
+    target_language: str | None = None
 
 
 def browser_key_hash(student_key: str) -> str:
@@ -76,7 +78,8 @@ async def student_for_request(request: LessonRequest, *, lesson_secret_set: bool
         fixed = request.model_copy(update={
             "name": student.name, "level": student.level, "topic": student.topic, "support": student.support_language,
         })
-        return fixed, LessonStudent(student_id=student.student_id, link_id=student.link_id)
+        return fixed, LessonStudent(student_id=student.student_id, link_id=student.link_id,
+                                    target_language=student.target_language)
     if lesson_secret_set:
         raise InvalidRequest("no lesson link token", student_message="This lesson needs a link from your teacher.")
     if request.student_key:

@@ -87,9 +87,10 @@ async def started_app(server: AppServer) -> Any:
 
 
 async def personal_link(state: Any, *, name: str = "Ana", level: str = "B1", expires_at: datetime | None = None,
-                        token_expires_at: int | None = None, topic: str | None = None) -> tuple[str, str, str]:
+                        token_expires_at: int | None = None, topic: str | None = None,
+                        target_language: str | None = None) -> tuple[str, str, str]:
     """A student and their link made in the running app's store: (student id, link id, token)."""
-    student = await queries.create_student(state.db, name=name, level=level)
+    student = await queries.create_student(state.db, name=name, level=level, target_language=target_language)
     link = await queries.create_link(state.db, student_id=student.id, expires_at=expires_at, topic=topic)
     token = make_lesson_token(state.link_secret, student_id=student.id, link_id=link.id, expires_at=token_expires_at)
     return student.id, link.id, token
@@ -120,6 +121,30 @@ async def test_a_personal_link_opens_a_lesson_of_that_student_with_name_and_leve
     assert (started["name"], started["level"]) == ("Zoë", "B1")
     assert "Zoë" in transcript["text"]
     assert (recorded.student_id, recorded.link_id, recorded.level) == (student_id, link_id, "B1")
+
+
+async def test_a_link_lesson_teaches_the_language_the_teacher_set_for_the_student(
+        simulator: RealtimeSimulator, store_url: str) -> None:
+    async with serve_app(relay_settings(simulator.url, lesson_secret=SECRET, database_url=store_url)) as server:
+        state = await started_app(server)
+        _, _, spanish = await personal_link(state, name="Ana", target_language="Spanish")
+        _, _, default = await personal_link(state, name="Bruno")
+        greetings = []
+        for token in (spanish, default):
+            async with open_lesson(server.lesson_url(name="Ana", token=token)) as lesson:
+                greetings.append((await lesson.until_type("transcript.done", role="tutor"))["text"])
+                await lesson.send_json({"type": "end"})
+                await lesson.drain_until_closed()
+    updates = [next(event for event in connection.received if event["type"] == "session.update")["session"]
+               for connection in simulator.connections[:2]]
+    assert "The target language is Spanish." in updates[0]["instructions"]
+    assert "English" not in updates[0]["instructions"]
+    # TARGET_LANGUAGE_CODE is English's: the transcription finds Spanish itself.
+    assert "language" not in updates[0]["audio"]["input"]["transcription"]
+    assert "Spanish tutor" in greetings[0]
+    assert "The target language is English." in updates[1]["instructions"]
+    assert updates[1]["audio"]["input"]["transcription"]["language"] == "en"
+    assert "English tutor" in greetings[1]
 
 
 @pytest.mark.parametrize("problem", ["token_expired", "altered", "other_secret", "garbage", "revoked",

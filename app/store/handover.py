@@ -22,7 +22,7 @@ from sqlalchemy.sql import ColumnElement
 
 from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
 from app.store.instances import InstanceTiming
-from app.store.models import Instance, Lesson, Turn
+from app.store.models import Instance, Lesson, Student, Turn
 
 HANDED_OFF = "handed_off"
 
@@ -32,6 +32,8 @@ class TakenOverLesson:
     lesson_id: str
     student_id: str | None
     link_id: str | None
+    # The language the teacher set for the lesson's student, if any.
+    target_language: str | None
     level: str
     started_at: datetime
     # The turns so far: (seq, role, text), in the order they began.
@@ -65,8 +67,10 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
         assert lesson is not None
         turns = (await session.execute(
             select(Turn.seq, Turn.role, Turn.text).where(Turn.lesson_id == lesson_id).order_by(Turn.seq))).all()
+        student = await session.get(Student, lesson.student_id) if lesson.student_id is not None else None
         return TakenOverLesson(
-            lesson_id=lesson.id, student_id=lesson.student_id, link_id=lesson.link_id, level=lesson.level,
+            lesson_id=lesson.id, student_id=lesson.student_id, link_id=lesson.link_id,
+            target_language=student.target_language if student is not None else None, level=lesson.level,
             started_at=lesson.started_at,
             turns=[(seq, cast(Literal["tutor", "student"], role), text) for seq, role, text in turns],
             tokens={"audio_input_tokens": lesson.audio_input_tokens, "text_input_tokens": lesson.text_input_tokens,

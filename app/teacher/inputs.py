@@ -129,7 +129,7 @@ def _problem(error: Any) -> str:
         case "literal_error":
             return f"must be one of {', '.join(LEVELS)}"
         case "string_pattern_mismatch":
-            return "must be a language name in Latin letters, like Spanish"
+            return "must be a language name in the letters A to Z without accents, like Spanish"
         case "string_too_short":
             return "is required" if error["ctx"]["min_length"] == 1 else \
                 f"must be at least {error['ctx']['min_length']} characters"

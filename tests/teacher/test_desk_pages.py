@@ -77,6 +77,8 @@ async def test_adding_a_student_gives_them_a_link(desk_on: Desk) -> None:
     ({"name": "Ana<script>", "level": "A1"}, "Name may hold only letters"),
     ({"name": "Ana", "level": "Z9"}, "Level must be one of A1, A2, B1, B2, C1, C2."),
     ({"name": "Ana", "level": "A1", "target_language": "Klingon 2"}, "Target language must be a language name"),
+    ({"name": "Ana", "level": "A1", "target_language": "Español"},
+     "Target language must be a language name in the letters A to Z without accents, like Spanish."),
 ])
 async def test_a_bad_new_student_is_named_and_nothing_written(desk_on: Desk, fields: dict[str, str],
                                                               named: str) -> None:

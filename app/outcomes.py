@@ -69,6 +69,16 @@ EVENT_KINDS: dict[str, str] = {
 }
 
 
+# Events that are part of a lesson going as it should: the desk lists them on the lesson's page but does not
+# count them as failures (a barge-in cancels the tutor's reply; a reload or a redeploy brings the page back).
+NOT_FAILURES = frozenset({"response_cancelled", "page_away", "lesson_taken_over", "feedback_trimmed"})
+
+
+def is_failure(kind: str) -> bool:
+    """Whether an event of `kind` went wrong (an unknown kind counts as one, so nothing is hidden)."""
+    return kind not in NOT_FAILURES
+
+
 def ended_because(end_reason: str | None) -> str:
     """The desk's words for why a lesson ended; a code this version does not know is shown as it is."""
     if end_reason is None:

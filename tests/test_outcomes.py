@@ -16,7 +16,7 @@ import pytest
 from openai.types.realtime import RealtimeResponse
 
 from app import errors
-from app.outcomes import END_REASONS, EVENT_KINDS, ended_because, event_meaning
+from app.outcomes import END_REASONS, EVENT_KINDS, NOT_FAILURES, ended_because, event_meaning, is_failure
 
 APP = Path(__file__).parents[1] / "app"
 API_DOC = Path(__file__).parents[1] / "docs" / "api.md"
@@ -116,3 +116,10 @@ def test_an_open_lesson_and_an_unknown_code_read_plainly() -> None:
     assert ended_because("student_ended") == "The student pressed End."
     assert ended_because("from_a_newer_version") == "from_a_newer_version"
     assert event_meaning("from_a_newer_version") == "from_a_newer_version"
+
+
+def test_the_events_that_are_no_failure_are_known_kinds_and_any_other_kind_is_one() -> None:
+    assert EVENT_KINDS.keys() >= NOT_FAILURES
+    assert not is_failure("response_cancelled")
+    assert is_failure("response_failed")
+    assert is_failure("a_kind_a_later_version_records")

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from markupsafe import Markup
 
-from app.outcomes import ended_because, event_meaning
+from app.outcomes import ended_because, event_meaning, is_failure
 from app.store.models import Lesson, LessonEvent, Student
 
 USAGE_FIELDS = ("audio_input_tokens", "text_input_tokens", "cached_tokens", "audio_output_tokens",
@@ -145,7 +145,7 @@ def compact(value: object) -> str:
 
 TEMPLATE_FILTERS = {"when": when, "local_time": local_time, "usd": usd, "duration": duration, "offset": offset,
                     "reason": event_reason, "compact": compact,
-                    "ended_because": ended_because, "event_meaning": event_meaning}
+                    "ended_because": ended_because, "event_meaning": event_meaning, "is_failure": is_failure}
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+|!~])")
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from app.outcomes import NOT_FAILURES
 from app.store.models import Lesson, LessonEvent, Link, Student
 
 
@@ -196,11 +197,11 @@ async def newest_links(db: AsyncSession, *, now: datetime) -> dict[str, Link]:
 
 async def student_lessons(db: AsyncSession, student_id: str, *, limit: int | None = None,
                           offset: int = 0) -> list[LessonSummary]:
-    """The student's lessons, newest first, each with how many events (failures, retries) it had; `limit`
+    """The student's lessons, newest first, each with how many failures (events not in NOT_FAILURES) it had; `limit`
     of them from the `offset`-th when given."""
     query = (
         select(Lesson, func.count(LessonEvent.id))
-        .outerjoin(LessonEvent, LessonEvent.lesson_id == Lesson.id)
+        .outerjoin(LessonEvent, and_(LessonEvent.lesson_id == Lesson.id, LessonEvent.kind.not_in(NOT_FAILURES)))
         .where(Lesson.student_id == student_id)
         .group_by(Lesson.id)
         .order_by(Lesson.started_at.desc(), Lesson.id.desc())
@@ -237,12 +238,13 @@ async def get_lesson(db: AsyncSession, lesson_id: str) -> Lesson | None:
 
 
 async def failures_since(db: AsyncSession, since: datetime) -> list[FailureDay]:
-    """Every lesson event at or after `since`, grouped by UTC day, newest day (and event) first."""
+    """Every failure (a lesson event not in NOT_FAILURES) at or after `since`, grouped by UTC day, newest day (and
+    event) first."""
     query = (
         select(LessonEvent, Lesson.id, Student.id, Student.name)
         .join(Lesson, Lesson.id == LessonEvent.lesson_id)
         .outerjoin(Student, Student.id == Lesson.student_id)
-        .where(LessonEvent.at >= since)
+        .where(LessonEvent.at >= since, LessonEvent.kind.not_in(NOT_FAILURES))
         .order_by(LessonEvent.at.desc(), LessonEvent.id.desc())
     )
     days: dict[date, list[Failure]] = {}

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from browser_stack import LessonPage, Stack, launch_chromium, make_wav, run_stack, wait_for
-from playwright.sync_api import Page, Playwright, expect
+from playwright.sync_api import FloatRect, Page, Playwright, expect
 
 pytestmark = pytest.mark.browser
 
@@ -30,6 +30,12 @@ def lesson_ended_line(stack: Stack) -> dict[str, object] | None:
             entry: dict[str, object] = json.loads(line)
             return entry
     return None
+
+
+def heading_box(page: Page, name: str) -> FloatRect:
+    box = page.get_by_role("heading", name=name, exact=True).bounding_box()
+    assert box is not None, f"the {name} heading is not shown"
+    return box
 
 
 def fits_the_width(page: Page) -> bool:
@@ -95,8 +101,13 @@ def test_teacher_adds_a_student_whose_lesson_shows_on_the_desk(
             assert re.fullmatch(r"\$\d+\.\d{4}", cost)
 
             assert teacher.csp_violations() == []
+            summary, transcript = heading_box(desk, "Summary"), heading_box(desk, "Transcript")
+            assert transcript["x"] < summary["x"], "on a wide screen the transcript is on the left"
             desk.set_viewport_size(PHONE)
             assert fits_the_width(desk), "the lesson page is wider than a phone"
+            # On a phone what happened comes first, the transcript after it.
+            summary, transcript = heading_box(desk, "Summary"), heading_box(desk, "Transcript")
+            assert summary["y"] < transcript["y"]
             desk.goto(f"{stack.url}/teacher")
             assert fits_the_width(desk), "the students page is wider than a phone"
             assert teacher.csp_violations() == []

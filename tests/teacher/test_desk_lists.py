@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from desk_client import Desk
+from desk_client import PASSWORD, Desk
 from records import GREETING_FAILED, START, add_lesson, add_student, count
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -136,3 +136,28 @@ async def test_a_bad_link_validity_is_named_next_to_its_field_and_kept(desk_on: 
         assert f'value="{typed}"' in refused.text
         assert 'href="/teacher/lessons/lesson-1"' in refused.text
     assert await count(desk_on.app, Link) == 0
+
+
+async def test_a_barge_in_a_reload_or_a_take_over_is_no_failure(desk_on: Desk) -> None:
+    ana = await add_student(desk_on.app)
+    barge_in = {"status": "cancelled", "status_details": {"type": "cancelled", "reason": "turn_detected"}}
+    await add_lesson(desk_on.app, ana.id, "lively", started_at=datetime.now(UTC) - timedelta(hours=1), events=(
+        ("response_cancelled", barge_in), ("page_away", {"reason": "socket_closed"}),
+        ("lesson_taken_over", {"elapsed_s": 40.0}), ("feedback_trimmed", {"corrections": 7}),
+        ("greeting_failed", GREETING_FAILED),
+    ))
+
+    student = (await desk_on.client.get(f"/teacher/students/{ana.id}")).text
+    failures = (await desk_on.client.get("/teacher/failures")).text
+    lesson = (await desk_on.client.get("/teacher/lessons/lively")).text
+
+    assert '<td data-label="Failures" class="num">1</td>' in student
+    kinds = re.findall(r'<td data-label="Kind">[^<]*<code class="muted">(\w+)</code>', failures)
+    assert kinds == ["greeting_failed"]
+    # The lesson's page still shows every event, only the failure marked as one.
+    assert lesson.count('<li class="event--failure">') == 1
+    for kind in ("response_cancelled", "page_away", "lesson_taken_over", "feedback_trimmed", "greeting_failed"):
+        assert f'<code class="muted">{kind}</code>' in lesson
+    api = await desk_on.client.get(f"/api/students/{ana.id}/lessons",
+                                   headers={"Authorization": f"Bearer {PASSWORD}"})
+    assert api.json()["lessons"][0]["event_count"] == 1

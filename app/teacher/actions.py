@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.teacher import queries
-from app.teacher.inputs import InvalidInput, LevelChange, NewStudent, validate, whole_number
+from app.teacher.inputs import InvalidInput, LevelChange, NewLink, NewStudent, validate, whole_number
 from app.teacher.pages import not_found, student_context, students_context
 from app.teacher.web import DESK_PATH, DeskError, Teacher, checked_form, database, redirect, render
 
@@ -98,19 +98,27 @@ async def delete_student(request: Request, teacher: Teacher, student_id: str) ->
 @router.post(f"{DESK_PATH}/students/{{student_id}}/links")
 async def make_link(request: Request, teacher: Teacher, student_id: str) -> Response:
     form = await checked_form(request, teacher)
-    valid_days = form.get("valid_days", "").strip()
+    fields = {key: value for key, value in form.items() if value.strip() != ""}
+    valid_days = fields.pop("valid_days", "").strip()
     async with database(request) as db:
         if await queries.get_student(db, student_id) is None:
             raise not_found("student")
+        errors: dict[str, str] = {}
         days = whole_number(valid_days, most=MAX_LINK_DAYS) if valid_days else None
         if valid_days and not (days is not None and days >= 1):
+            errors["valid_days"] = (f"Valid for (days) must be a whole number from 1 to {MAX_LINK_DAYS}, "
+                                    "or blank for a link that works until you revoke it.")
+        try:
+            new = validate(NewLink, fields)
+        except InvalidInput as exc:
+            errors[exc.field] = f"{exc.field.replace('_', ' ').capitalize()} {exc.problem}."
+        if errors:
             context = await student_context(db, request, student_id)
-            context |= {"errors": {"valid_days": f"Valid for (days) must be a whole number from 1 to {MAX_LINK_DAYS}, "
-                                                 "or blank for a link that works until you revoke it."},
-                        "values": {"valid_days": form.get("valid_days", "")}}
+            context |= {"errors": errors, "values": form}
             return render(request, "student.html", teacher, context, status_code=422)
         expires_at = datetime.now(UTC) + timedelta(days=days) if days is not None else None
-        await queries.create_link(db, student_id, expires_at=expires_at)
+        await queries.create_link(db, student_id, expires_at=expires_at, topic=new.topic,
+                                  support_language=new.support_language)
     return redirect(_student_path(student_id), notice="link_created")
 
 

@@ -7,6 +7,7 @@ pages show next to the form and the API returns as 422 `{"error", "field"}`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -87,6 +88,18 @@ def _spoken_name(name: str) -> str:
                          "with their dots, 40 characters in all") from None
 
 
+def _lesson_option(field: str, problem: str) -> Callable[[str], str]:
+    """A check of a link's `field` by the lesson page's own rule for it: it lands in the tutor's instructions."""
+    def check(value: str) -> str:
+        try:
+            request = LessonRequest.model_validate({"name": "Student", field: value})
+        except ValidationError:
+            raise ValueError(problem) from None
+        checked: str = getattr(request, field)
+        return checked
+    return check
+
+
 StudentName = Annotated[str, Field(min_length=1, max_length=40), AfterValidator(_spoken_name)]
 LanguageName = Annotated[str, Field(min_length=2, max_length=30, pattern=r"^[A-Za-z]+(?: [A-Za-z]+)*$")]
 
@@ -99,6 +112,21 @@ class NewStudent(BaseModel):
     name: StudentName
     level: Level
     target_language: LanguageName | None = None
+
+
+LinkTopic = Annotated[str, Field(min_length=1, max_length=80),
+                      AfterValidator(_lesson_option("topic", "must be plain text on one line"))]
+SupportLanguage = Annotated[str, Field(min_length=1, max_length=30), AfterValidator(_lesson_option(
+    "support", "must be the name of a language, like Spanish (at most 3 words of letters)"))]
+
+
+class NewLink(BaseModel):
+    """What the desk's make-a-link form sets about the link's lessons (its validity is checked on its own)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+    topic: LinkTopic | None = None
+    support_language: SupportLanguage | None = None
 
 
 class LevelChange(BaseModel):

@@ -155,9 +155,11 @@ def _changed(result: object) -> bool:
     return rowcount > 0
 
 
-async def create_link(db: AsyncSession, student_id: str, *, expires_at: datetime | None) -> Link:
-    """A new lesson link for the student (who must exist), valid until `expires_at` or until revoked."""
-    link = Link(student_id=student_id, expires_at=expires_at)
+async def create_link(db: AsyncSession, student_id: str, *, expires_at: datetime | None, topic: str | None = None,
+                      support_language: str | None = None) -> Link:
+    """A new lesson link for the student (who must exist), valid until `expires_at` or until revoked; its lessons
+    are about `topic` and may use `support_language`, when given."""
+    link = Link(student_id=student_id, expires_at=expires_at, topic=topic, support_language=support_language)
     db.add(link)
     await db.flush()
     return link

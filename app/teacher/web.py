@@ -116,6 +116,8 @@ class LinkView:
     id: str
     url: str
     expires_at: datetime | None
+    topic: str | None
+    support_language: str | None
 
 
 def lesson_link_url(request: Request, link: Link) -> str:
@@ -133,7 +135,8 @@ def lesson_link_url(request: Request, link: Link) -> str:
 
 
 def link_view(request: Request, link: Link) -> LinkView:
-    return LinkView(id=link.id, url=lesson_link_url(request, link), expires_at=link.expires_at)
+    return LinkView(id=link.id, url=lesson_link_url(request, link), expires_at=link.expires_at, topic=link.topic,
+                    support_language=link.support_language)
 
 
 def database(request: Request) -> AbstractAsyncContextManager[AsyncSession]:

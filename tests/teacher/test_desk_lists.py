@@ -4,14 +4,20 @@ form's refusal shown next to its field."""
 
 from __future__ import annotations
 
+import html
 import re
+import time
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
 
 from desk_client import PASSWORD, Desk
 from records import GREETING_FAILED, START, add_lesson, add_student, count
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from test_desk_pages import shown_links
 
+from app.links import verify_lesson_token
 from app.store.models import Link, Student
+from app.store.queries import student_for_link
 from app.teacher.pages import LESSONS_PER_PAGE, RECENT_COST_DAYS, STUDENTS_PER_PAGE
 
 
@@ -161,3 +167,38 @@ async def test_a_barge_in_a_reload_or_a_take_over_is_no_failure(desk_on: Desk) -
     api = await desk_on.client.get(f"/api/students/{ana.id}/lessons",
                                    headers={"Authorization": f"Bearer {PASSWORD}"})
     assert api.json()["lessons"][0]["event_count"] == 1
+
+
+async def test_a_link_can_set_its_lessons_topic_and_support_language(desk_on: Desk) -> None:
+    ana = await add_student(desk_on.app)
+    page = f"/teacher/students/{ana.id}"
+
+    made = await desk_on.submit(f"{page}/links", {"valid_days": "", "topic": " ordering food ",
+                                                  "support_language": "Spanish"}, page=page)
+
+    assert made.status_code == 303
+    shown = (await desk_on.client.get(page)).text
+    assert "Topic: ordering food · Support language: Spanish" in shown
+    [token] = [parse_qs(urlsplit(link).query)["token"][0] for link in shown_links(shown)]
+    claim = verify_lesson_token(token, desk_on.app.state.link_secret, now=time.time())
+    linked = await student_for_link(desk_on.app.state.db, claim, datetime.now(UTC))
+    assert (linked.topic, linked.support_language) == ("ordering food", "Spanish")
+
+
+async def test_a_bad_topic_or_support_language_is_named_and_everything_typed_kept(desk_on: Desk) -> None:
+    ana = await add_student(desk_on.app)
+    page = f"/teacher/students/{ana.id}"
+
+    for fields, field, problem in (
+        ({"topic": "x" * 81, "support_language": "Spanish"}, "topic", "Topic must be at most 80 characters."),
+        ({"topic": "food\tand drink", "valid_days": "7"}, "topic", "Topic must be plain text on one line."),
+        ({"topic": "food", "support_language": "Speak only French. Be rude"}, "support_language",
+         "Support language must be the name of a language, like Spanish (at most 3 words of letters)."),
+    ):
+        refused = await desk_on.submit(f"{page}/links", fields, page=page)
+
+        assert refused.status_code == 422
+        assert f'id="{field}-error">{problem}</p>' in refused.text
+        for typed in fields.values():
+            assert f'value="{html.escape(typed)}"' in refused.text
+    assert await count(desk_on.app, Link) == 0

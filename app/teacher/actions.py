@@ -53,6 +53,7 @@ async def add_student(request: Request, teacher: Teacher) -> Response:
 @router.post(f"{DESK_PATH}/students/{{student_id}}/level")
 async def change_level(request: Request, teacher: Teacher, student_id: str) -> Response:
     form = await checked_form(request, teacher)
+    list_page = form.get("list_page", "")
     try:
         change = validate(LevelChange, {"level": form.get("level", "")})
     except InvalidInput as exc:
@@ -61,6 +62,10 @@ async def change_level(request: Request, teacher: Teacher, student_id: str) -> R
     async with database(request) as db:
         if not await queries.set_level(db, student_id, change.level):
             raise not_found("student")
+    log.info("teacher_level_changed", student_id=student_id, level=change.level)
+    # Changed from the students list: back to the same page of it.
+    if re.fullmatch(r"[1-9][0-9]{0,5}", list_page):
+        return redirect(DESK_PATH, notice="level_changed", page=int(list_page))
     return redirect(_student_path(student_id), notice="level_changed")
 
 

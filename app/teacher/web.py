@@ -166,10 +166,11 @@ def render(request: Request, template: str, session: DeskSession | None, context
     return response
 
 
-def redirect(path: str, *, notice: str | None = None) -> RedirectResponse:
-    """A 303 to `path` (a desk path), announcing `notice` (a key of NOTICES) there."""
+def redirect(path: str, *, notice: str | None = None, page: int | None = None) -> RedirectResponse:
+    """A 303 to `path` (a desk path), at its `page` of a list when given, announcing `notice` (a key of NOTICES)."""
     assert notice is None or notice in NOTICES
-    return RedirectResponse(f"{path}?{urlencode({'notice': notice})}" if notice else path, status_code=303)
+    query = {key: value for key, value in (("page", page), ("notice", notice)) if value is not None}
+    return RedirectResponse(f"{path}?{urlencode(query)}" if query else path, status_code=303)
 
 
 def set_session_cookie(request: Request, response: Response, auth: TeacherAuth, session: DeskSession) -> None:

@@ -84,6 +84,24 @@ async def test_students_are_paged_by_name(desk_on: Desk) -> None:
     assert (await desk_on.client.get("/teacher?page=3")).status_code == 404
 
 
+async def test_a_level_changed_on_the_list_goes_back_to_that_page_of_it(desk_on: Desk) -> None:
+    await add_students(desk_on, [f"Student {number:03d}" for number in range(STUDENTS_PER_PAGE + 3)])
+    second = (await desk_on.client.get("/teacher?page=2")).text
+    student_id = re.findall(r'<a href="/teacher/students/([0-9a-f]+)">Student 101</a>', second)[0]
+    assert '<input type="hidden" name="list_page" value="2">' in second
+
+    from_list = await desk_on.submit(f"/teacher/students/{student_id}/level", {"level": "B2", "list_page": "2"})
+    from_student = await desk_on.submit(f"/teacher/students/{student_id}/level", {"level": "C1"})
+    not_a_page = await desk_on.submit(f"/teacher/students/{student_id}/level", {"level": "C2", "list_page": "//x"})
+
+    assert from_list.headers["location"] == "/teacher?page=2&notice=level_changed"
+    shown = (await desk_on.client.get(from_list.headers["location"])).text
+    assert "Level changed." in shown
+    assert "Student 101" in shown
+    assert from_student.headers["location"] == f"/teacher/students/{student_id}?notice=level_changed"
+    assert not_a_page.headers["location"] == f"/teacher/students/{student_id}?notice=level_changed"
+
+
 async def test_costs_per_student_and_for_all_in_all_and_in_the_recent_days(desk_on: Desk) -> None:
     ana = await add_student(desk_on.app, "Ana")
     bruno = await add_student(desk_on.app, "Bruno")

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response, Streami
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.memory import remembered_lessons
-from app.messages import LEVELS
+from app.messages import LEVELS, MAX_NAME_LENGTH
 from app.prompts import memory_section
 from app.store.models import Lesson
 from app.students import LessonStudent
@@ -37,22 +37,25 @@ def not_found(what: str) -> DeskError:
     return DeskError(404, f"No such {what}", f"There is no {what} with that id. It may have been deleted.")
 
 
-async def students_context(db: AsyncSession, request: Request, *, page: int = 1) -> dict[str, Any]:
-    """What the students page shows (its `page` of current students, by name); also re-rendered with form errors by
-    a refused add-student form. A page past the last is a 404 page."""
+async def students_context(db: AsyncSession, request: Request, *, page: int = 1, find: str = "") -> dict[str, Any]:
+    """What the students page shows (its `page` of current students, by name, those whose name holds `find` when
+    given); also re-rendered with form errors by a refused add-student form. A page past the last is a 404 page."""
     now = datetime.now(UTC)
     recent_since = now - timedelta(days=RECENT_COST_DAYS)
-    count = await queries.student_count(db)
+    find = " ".join(find.split())
+    count = await queries.student_count(db, name_contains=find)
     pages = max(1, math.ceil(count / STUDENTS_PER_PAGE))
     if page > pages:
         raise DeskError(404, "No such page", f"There are {count} students: {pages} page{'s' if pages != 1 else ''} "
                         "of them.")
     first = (page - 1) * STUDENTS_PER_PAGE
-    students = await queries.student_summaries(db, recent_since=recent_since, limit=STUDENTS_PER_PAGE, offset=first)
+    students = await queries.student_summaries(db, recent_since=recent_since, name_contains=find,
+                                               limit=STUDENTS_PER_PAGE, offset=first)
     return {
         "section": "students",
         "levels": LEVELS,
         "students": students,
+        "find": find,
         "student_count": count,
         "student_pages": {"page": page, "pages": pages, "first": first + 1, "last": first + len(students)},
         "totals": await queries.all_students_totals(db, recent_since=recent_since),
@@ -66,9 +69,10 @@ async def students_context(db: AsyncSession, request: Request, *, page: int = 1)
 
 
 @router.get(DESK_PATH, response_class=HTMLResponse)
-async def students_page(request: Request, teacher: Teacher, page: Annotated[int, Query(ge=1)] = 1) -> Response:
+async def students_page(request: Request, teacher: Teacher, page: Annotated[int, Query(ge=1)] = 1,
+                        find: Annotated[str, Query(max_length=MAX_NAME_LENGTH)] = "") -> Response:
     async with database(request) as db:
-        return render(request, "students.html", teacher, await students_context(db, request, page=page))
+        return render(request, "students.html", teacher, await students_context(db, request, page=page, find=find))
 
 
 async def student_context(db: AsyncSession, request: Request, student_id: str, *, page: int = 1) -> dict[str, Any]:

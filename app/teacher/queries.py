@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
+from sqlalchemy.sql import ColumnElement
 
 from app.outcomes import NOT_FAILURES
 from app.store.models import Lesson, LessonEvent, Link, Student
@@ -73,9 +74,11 @@ class FailureDay:
 
 
 async def student_summaries(db: AsyncSession, *, archived: bool = False, recent_since: datetime | None = None,
-                            limit: int | None = None, offset: int = 0) -> list[StudentSummary]:
-    """Students (archived or not, as asked), by name, with lesson count, minutes, cost (and that of their lessons
-    started at or after `recent_since`) and last lesson; `limit` of them from the `offset`-th when given."""
+                            name_contains: str | None = None, limit: int | None = None,
+                            offset: int = 0) -> list[StudentSummary]:
+    """Students (archived or not, as asked, whose name holds `name_contains` in any case when given), by name, with
+    lesson count, minutes, cost (and that of their lessons started at or after `recent_since`) and last lesson;
+    `limit` of them from the `offset`-th when given."""
     last_lesson = (
         select(Lesson.id).where(Lesson.student_id == Student.id)
         .order_by(Lesson.started_at.desc()).limit(1).correlate(Student).scalar_subquery()
@@ -91,7 +94,7 @@ async def student_summaries(db: AsyncSession, *, archived: bool = False, recent_
             last_lesson,
         )
         .outerjoin(Lesson, Lesson.student_id == Student.id)
-        .where(Student.archived_at.is_not(None) if archived else Student.archived_at.is_(None))
+        .where(_students(archived=archived, name_contains=name_contains))
         .group_by(Student.id)
         .order_by(func.lower(Student.name), Student.created_at, Student.id)
         .limit(limit).offset(offset)
@@ -116,10 +119,16 @@ async def all_students_totals(db: AsyncSession, *, recent_since: datetime) -> St
     return await _totals(db, Student.archived_at.is_(None), recent_since=recent_since)
 
 
-async def student_count(db: AsyncSession, *, archived: bool = False) -> int:
-    query = select(func.count(Student.id)).where(
-        Student.archived_at.is_not(None) if archived else Student.archived_at.is_(None))
+async def student_count(db: AsyncSession, *, archived: bool = False, name_contains: str | None = None) -> int:
+    query = select(func.count(Student.id)).where(_students(archived=archived, name_contains=name_contains))
     return int((await db.execute(query)).scalar_one())
+
+
+def _students(*, archived: bool, name_contains: str | None) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = Student.archived_at.is_not(None) if archived else Student.archived_at.is_(None)
+    if name_contains:
+        condition = and_(condition, func.lower(Student.name).contains(name_contains.lower(), autoescape=True))
+    return condition
 
 
 async def get_student(db: AsyncSession, student_id: str) -> Student | None:

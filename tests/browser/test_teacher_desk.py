@@ -110,6 +110,10 @@ def test_teacher_adds_a_student_whose_lesson_shows_on_the_desk(
             assert summary["y"] < transcript["y"]
             desk.goto(f"{stack.url}/teacher")
             assert fits_the_width(desk), "the students page is wider than a phone"
+            # The table's column names are hidden on a phone (each cell is labelled), not drawn over the rows.
+            header = desk.locator("table thead").first.bounding_box()
+            assert header is not None
+            assert header["width"] <= 1
             assert teacher.csp_violations() == []
             assert teacher.console_errors == []
             assert lesson.console_errors == []

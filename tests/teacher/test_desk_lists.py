@@ -220,3 +220,29 @@ async def test_a_bad_topic_or_support_language_is_named_and_everything_typed_kep
         for typed in fields.values():
             assert f'value="{html.escape(typed)}"' in refused.text
     assert await count(desk_on.app, Link) == 0
+
+
+async def test_finding_students_by_part_of_their_name_in_any_case(desk_on: Desk) -> None:
+    names = [f"Olga {number:03d}" for number in range(STUDENTS_PER_PAGE + 2)] + ["Ana Lima", "Bruno 50%_off"]
+    await add_students(desk_on, names)
+
+    olgas = (await desk_on.client.get("/teacher", params={"find": "  OLGA "})).text
+    second = (await desk_on.client.get("/teacher", params={"find": "olga", "page": "2"})).text
+    lima = (await desk_on.client.get("/teacher", params={"find": "lim"})).text
+    # LIKE's wildcards are searched for as they are.
+    percent = (await desk_on.client.get("/teacher", params={"find": "0%_"})).text
+    nobody = (await desk_on.client.get("/teacher", params={"find": "Zed"})).text
+
+    assert student_names(olgas) == names[:STUDENTS_PER_PAGE]
+    assert f"Students whose name holds “OLGA” ({STUDENTS_PER_PAGE + 2})" in olgas
+    assert 'value="OLGA"' in olgas
+    assert 'href="/teacher?page=2&amp;find=OLGA" rel="next"' in olgas
+    assert student_names(second) == names[STUDENTS_PER_PAGE:STUDENTS_PER_PAGE + 2]
+    assert student_names(lima) == ["Ana Lima"]
+    assert student_names(percent) == ["Bruno 50%_off"]
+    assert student_names(nobody) == []
+    assert "No student's name holds “Zed”." in nobody
+    assert 'href="/teacher">Show all students</a>' in nobody
+    too_long = await desk_on.client.get("/teacher", params={"find": "x" * 41})
+    assert too_long.status_code == 422
+    assert "find:" in too_long.text

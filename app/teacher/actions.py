@@ -8,6 +8,7 @@ field re-renders the page with the field named (422), an unknown id is a 404 pag
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import structlog

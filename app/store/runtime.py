@@ -74,7 +74,7 @@ def prepare_database(settings: Settings) -> None:
     try:
         asyncio.run(migrate_once())
     except DatabaseUnavailable as exc:
-        raise SystemExit(str(exc)) from None
+        raise SystemExit(f"DATABASE_URL: {exc}") from None
 
 
 async def open_store(settings: Settings, *, on_records_dropped: Callable[[str, int], None] | None = None,
@@ -124,7 +124,7 @@ async def opened_database(settings: Settings) -> AsyncIterator[async_sessionmake
         try:
             await migrate(engine)
         except DatabaseUnavailable as exc:
-            raise SystemExit(str(exc)) from None
+            raise SystemExit(f"DATABASE_URL: {exc}") from None
         yield session_factory(engine)
     finally:
         await engine.dispose()

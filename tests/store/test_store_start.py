@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import serve_app
+from harness import REPO_ROOT, serve_app
 
 from app.main import create_app
 from app.settings import ConfigurationError, Settings, load_settings
@@ -88,14 +88,15 @@ async def test_python_m_app_stops_with_a_clear_line_when_the_database_is_unreach
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app", cwd=tmp_path,
         env={"DATABASE_URL": url, "PORT": str(_closed_port()), "HOST": "127.0.0.1", "LOG_FORMAT": "json",
-             "PATH": ""},
+             "PATH": "", "PYTHONPATH": str(REPO_ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
     assert process.returncode == 1
     assert out == b""
     [line] = err.decode().splitlines()
-    assert line.startswith(f"database postgresql+asyncpg://teacher:***@127.0.0.1:{port}/lessons cannot be reached: ")
+    assert line.startswith(
+        f"DATABASE_URL: database postgresql+asyncpg://teacher:***@127.0.0.1:{port}/lessons cannot be reached: ")
 
 
 def test_retention_days_must_be_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,19 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AnyHttpUrl, AnyUrl, Field, SecretStr, UrlConstraints, ValidationError, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    AnyUrl,
+    Field,
+    SecretStr,
+    UrlConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from app.store.database import DatabaseUrlError, database_url
@@ -19,6 +30,11 @@ from app.store.database import DatabaseUrlError, database_url
 MIN_SECRET_BYTES = 32
 
 WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"])]
+
+# The token kinds a price is given for (app.usage prices every one of them).
+PRICE_KINDS = ("audio_input", "audio_output", "text_input", "text_output", "cached")
+# Settings that point the relay at a real upstream: set without a key, they would be ignored for the simulator.
+_UPSTREAM_CHOICES = ("openai_realtime_url", "openai_auth_header")
 
 
 class Settings(BaseSettings):
@@ -61,7 +77,7 @@ class Settings(BaseSettings):
     resume_grace_seconds: float = Field(default=30, ge=0, le=600)
     # An instance that has not marked itself alive for this long was killed: its lessons may be taken over.
     instance_lost_after_seconds: float = Field(default=15, ge=1, le=300)
-    idle_timeout_seconds: float = Field(default=300, gt=0)
+    idle_timeout_seconds: float = Field(default=300, gt=0, allow_inf_nan=False)
     # How long the lesson's feedback may take after a normal end before the lesson ends without it.
     feedback_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
     # A class of 30 behind one school NAT all starting in the same minute, each once more (a reload, a retry).
@@ -83,7 +99,7 @@ class Settings(BaseSettings):
     # Where lesson records are kept: unset = SQLite file data/lessons.db; postgres(ql)://… = PostgreSQL.
     database_url: SecretStr | None = None
     # Sized for a busy 30-minute lesson at the default prices with room to spare (README: "What a lesson costs").
-    max_lesson_cost_usd: float = Field(default=5.0, gt=0)
+    max_lesson_cost_usd: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     # What one student's lessons started in the last 24 hours may cost before their link starts no more; 0 = no cap.
     max_student_cost_usd_per_day: float = Field(default=20.0, ge=0, allow_inf_nan=False)
     # Transcripts (the turns) of lessons older than this are deleted, at start and then daily.
@@ -107,6 +123,55 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes; make one with "
                              "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return value
+
+    @field_validator("openai_api_key", "metrics_token")
+    @classmethod
+    def _token_is_one_word(cls, value: SecretStr | None) -> SecretStr | None:
+        # Sent in an HTTP header: a space or a line break pasted with it would fail every lesson, or every scrape.
+        if value is not None and not re.fullmatch(r"[!-~]+", value.get_secret_value()):
+            raise ValueError("must be printable ASCII without spaces or line breaks (pasted with a line break?)")
+        return value
+
+    @field_validator("price_per_million_tokens")
+    @classmethod
+    def _prices_are_complete(cls, value: dict[str, float]) -> dict[str, float]:
+        # A misspelt or missing kind would be priced at 0, and the cost limits would never be reached.
+        unknown = sorted(set(value) - set(PRICE_KINDS))
+        missing = [kind for kind in PRICE_KINDS if kind not in value]
+        if unknown or missing:
+            raise ValueError(f"needs exactly the kinds {', '.join(PRICE_KINDS)}"
+                             + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                             + (f"; missing: {', '.join(missing)}" if missing else ""))
+        wrong = [kind for kind, price in value.items() if not 0 <= price < float("inf")]
+        if wrong:
+            listed = ", ".join(f"{kind}={value[kind]}" for kind in wrong)
+            raise ValueError(f"a price is a number of USD, 0 or more: not {listed}")
+        return value
+
+    @model_validator(mode="after")
+    def _real_upstream_has_a_key(self) -> Settings:
+        chosen = [name.upper() for name in _UPSTREAM_CHOICES if name in self.model_fields_set]
+        if self.openai_api_key is None and chosen:
+            raise PydanticCustomError(
+                "upstream_without_key",
+                "OPENAI_API_KEY: not set, but {chosen} {verb} a real upstream: set the key, or unset {chosen} "
+                "for the built-in simulator",
+                {"chosen": " and ".join(chosen), "verb": "chooses" if len(chosen) == 1 else "choose"})
+        return self
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: str) -> str:
+        # A browser's Origin header is scheme://host[:port]: anything else would never match, and refuse silently.
+        for entry in (entry.strip().rstrip("/") for entry in value.split(",") if entry.strip()):
+            if entry == "*":
+                continue
+            parts = urlsplit(entry)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query \
+                    or parts.fragment or "@" in parts.netloc:
+                raise ValueError(f"{entry!r} is not an origin, like https://school.example.org or "
+                                 "http://localhost:3000")
         return value
 
     @field_validator("forwarded_allow_ips")
@@ -145,7 +210,9 @@ class Settings(BaseSettings):
 
     @property
     def origin_allowlist(self) -> frozenset[str]:
-        return frozenset(origin.strip().rstrip("/") for origin in self.allowed_origins.split(",") if origin.strip())
+        # Browsers send the scheme and host in lower case.
+        return frozenset(origin.strip().rstrip("/").lower() for origin in self.allowed_origins.split(",")
+                         if origin.strip())
 
 
 # Settings whose names hold one of these are named in errors but their values never echoed.
@@ -161,15 +228,21 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{str(error['loc'][0]).upper()}={error.get('input')!r}: {error['msg']}"
-            if not any(word in str(error["loc"][0]) for word in _SECRET_WORDS)
-            else f"{str(error['loc'][0]).upper()}: {error['msg']}"
-            for error in exc.errors()
-        )
+        problems = "; ".join(_problem(error) for error in exc.errors())
         raise ConfigurationError(f"invalid configuration: {problems}") from None
     except SettingsError as exc:
         # Raised for values that must be JSON (PRICE_PER_MILLION_TOKENS) before validation starts.
         field = re.search(r'field "(\w+)"', str(exc))
         name = field.group(1).upper() if field else "a variable"
         raise ConfigurationError(f"invalid configuration: {name}: not valid JSON") from None
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One validation error as `NAME='value': why`, the value left out for secrets and for errors that concern
+    several variables (their message names them)."""
+    if not error["loc"]:
+        return error["msg"]
+    name = str(error["loc"][0])
+    if any(word in name for word in _SECRET_WORDS):
+        return f"{name.upper()}: {error['msg']}"
+    return f"{name.upper()}={error.get('input')!r}: {error['msg']}"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import unicodedata
 
 import pytest
-from harness import process_in_own_group
+from harness import REPO_ROOT, process_in_own_group
 
 from app.messages import InvalidLessonRequest, parse_lesson_request
 from app.settings import ConfigurationError, Settings, load_settings
@@ -47,7 +48,7 @@ def test_a_bad_secret_is_named_but_never_echoed(monkeypatch: pytest.MonkeyPatch)
 
 async def test_python_m_app_exits_with_one_clear_line_on_a_bad_value() -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", env={"PORT": "99999", "PATH": ""},
+        sys.executable, "-m", "app", env={"PORT": "99999", "PATH": "", "PYTHONPATH": str(REPO_ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     _, err = await process.communicate()
@@ -88,7 +89,8 @@ def test_a_lesson_secret_of_32_bytes_is_accepted() -> None:
 
 async def test_python_m_app_refuses_a_short_lesson_secret_with_one_line_and_never_echoes_it() -> None:
     async with process_in_own_group(
-        sys.executable, "-m", "app", grace_s=0, env={"LESSON_SECRET": "short-secret", "PATH": ""},
+        sys.executable, "-m", "app", grace_s=0, env={"LESSON_SECRET": "short-secret", "PATH": "",
+                                               "PYTHONPATH": str(REPO_ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     ) as process, asyncio.timeout(30):  # a server that accepted the secret would serve until stopped
         _, err = await process.communicate()
@@ -121,3 +123,94 @@ def test_names_shaped_like_anything_else_are_refused_saying_why(name: str, probl
     with pytest.raises(InvalidLessonRequest, match=problem) as refused:
         parse_lesson_request({"name": name})
     assert "type your name" in refused.value.student_message
+
+
+PRICES = '{"audio_input":32,"audio_output":64,"text_input":4,"text_output":16,"cached":0.4}'
+
+
+@pytest.mark.parametrize(("variable", "value", "problem"), [
+    ("PRICE_PER_MILLION_TOKENS", PRICES.replace("audio_output", "audio_outptu"),
+     "unknown: audio_outptu; missing: audio_output"),
+    ("PRICE_PER_MILLION_TOKENS", '{"audio_output":64}', "missing: audio_input, text_input, text_output, cached"),
+    ("PRICE_PER_MILLION_TOKENS", PRICES.replace(":32", ":-32"), "0 or more: not audio_input=-32.0"),
+    ("PRICE_PER_MILLION_TOKENS", PRICES.replace(":32", ":NaN"), "0 or more: not audio_input=nan"),
+    ("MAX_LESSON_COST_USD", "inf", "MAX_LESSON_COST_USD='inf': Input should be a finite number"),
+    ("IDLE_TIMEOUT_SECONDS", "inf", "IDLE_TIMEOUT_SECONDS='inf': Input should be a finite number"),
+    ("OPENAI_API_KEY", "sk-test-fake-key\n", "OPENAI_API_KEY: Value error, must be printable ASCII without spaces"),
+    ("OPENAI_API_KEY", "sk-test fake", "OPENAI_API_KEY: Value error, must be printable ASCII without spaces"),
+    ("METRICS_TOKEN", " test-token", "METRICS_TOKEN: Value error, must be printable ASCII without spaces"),
+    ("ALLOWED_ORIGINS", "school.example.org", "'school.example.org' is not an origin"),
+    ("ALLOWED_ORIGINS", "https://school.example.org/lessons", "'https://school.example.org/lessons' is not an origin"),
+    ("ALLOWED_ORIGINS", "https://a.example, ftp://b.example", "'ftp://b.example' is not an origin"),
+])
+def test_a_bad_value_is_refused_naming_the_variable_and_why(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake-key")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as stopped:
+        load_settings()
+    message = str(stopped.value)
+    assert problem in message
+    assert "\n" not in message
+    assert "sk-test" not in message
+    assert "test-token" not in message
+
+
+def test_every_price_kind_is_kept_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRICE_PER_MILLION_TOKENS", PRICES.replace(":0.4", ":0"))
+    assert load_settings().price_per_million_tokens == {
+        "audio_input": 32, "audio_output": 64, "text_input": 4, "text_output": 16, "cached": 0}
+
+
+def test_listed_origins_are_kept_in_the_case_browsers_send() -> None:
+    settings = Settings(allowed_origins=" https://School.example.org/, http://localhost:3000 ,*")
+    assert settings.origin_allowlist == {"https://school.example.org", "http://localhost:3000", "*"}
+
+
+@pytest.mark.parametrize("chosen", [
+    {"OPENAI_REALTIME_URL": "wss://school.openai.azure.com/openai/v1/realtime"},
+    {"OPENAI_AUTH_HEADER": "api-key"},
+    {"OPENAI_REALTIME_URL": "wss://school.openai.azure.com/openai/v1/realtime", "OPENAI_API_KEY": ""},
+])
+async def test_python_m_app_refuses_a_real_upstream_without_its_key(chosen: dict[str, str]) -> None:
+    # Served on the simulator instead, every lesson of a deployment meant for the real tutor would be simulated.
+    async with process_in_own_group(
+        sys.executable, "-m", "app", grace_s=0, env={"PATH": "", "PYTHONPATH": str(REPO_ROOT), **chosen},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    ) as process, asyncio.timeout(30):  # a server that started on the simulator would serve until stopped
+        _, err = await process.communicate()
+    assert process.returncode == 1
+    [line] = err.decode().strip().splitlines()
+    named = " and ".join(name for name in ("OPENAI_REALTIME_URL", "OPENAI_AUTH_HEADER") if name in chosen)
+    assert line.startswith(f"invalid configuration: OPENAI_API_KEY: not set, but {named} chooses a real upstream")
+    assert line.endswith(f"or unset {named} for the built-in simulator")
+
+
+def test_without_a_key_the_upstream_settings_left_alone_mean_the_simulator() -> None:
+    assert Settings(openai_api_key="").simulated
+    assert not Settings(openai_api_key="sk-test-fake-key", openai_auth_header="api-key").simulated
+
+
+def _readme_default(default: object) -> str:
+    """A default as the README's configuration table writes it."""
+    if default is None:
+        return "unset"
+    if default == "":
+        return "empty"
+    if isinstance(default, dict):
+        return "`{" + ",".join(f'"{kind}":{price:g}' for kind, price in default.items()) + "}`"
+    if isinstance(default, float):
+        return f"`{default:g}`"
+    return f"`{default}`"
+
+
+def test_the_readme_lists_every_setting_with_its_default() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.partition("## Configuration")[2].partition("\n## ")[0]
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| (.*?) \|", section, re.MULTILINE))
+    fields = {name.upper(): field.default for name, field in Settings.model_fields.items()}
+    assert set(rows) == set(fields)
+    # LOG_FORMAT's default depends on where the log goes; the README says how.
+    written = {name: rows[name] for name in fields if name != "LOG_FORMAT"}
+    assert written == {name: _readme_default(default) for name, default in fields.items() if name != "LOG_FORMAT"}

@@ -90,9 +90,11 @@ def parse_feedback(text: str) -> ParsedFeedback:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidFeedback(f"not JSON ({exc}): {body[:80]!r}") from None
+        # Its length, never its words: prose feedback quotes what the student said, and the problem is logged
+        # and kept in the lesson's events, which outlive RETENTION_DAYS.
+        raise InvalidFeedback(f"not JSON ({exc}), {len(body)} characters") from None
     if not isinstance(data, dict):
-        raise InvalidFeedback(f"a JSON {type(data).__name__}, not an object: {body[:80]!r}")
+        raise InvalidFeedback(f"a JSON {type(data).__name__}, not an object")
     trimmed: dict[str, int] = {}
     for key, limit in (("corrections", MAX_CORRECTIONS), ("new_words", MAX_NEW_WORDS)):
         given = data.get(key)

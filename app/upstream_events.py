@@ -97,7 +97,7 @@ class UpstreamEvents(abc.ABC):
             return self._dispatch_upstream(event_type, event, now)
         except (ValidationError, KeyError, TypeError) as exc:
             # A malformed event is logged and tolerated: the lesson goes on.
-            return (Log("warning", "upstream_event_malformed", {"type": str(event_type), "problem": str(exc)[:300]}),)
+            return (Log("warning", "upstream_event_malformed", {"type": str(event_type), "problem": _problem(exc)}),)
 
     def _dispatch_upstream(self, event_type: object, event: Mapping[str, Any], now: float) -> Sequence[Action]:
         match event_type:
@@ -211,3 +211,12 @@ def error_fields(error: object) -> dict[str, Any]:
     if not isinstance(error, Mapping):
         return {"error": repr(error)[:200]}
     return {key: error.get(key) for key in ("type", "code", "message", "param", "event_id") if error.get(key)}
+
+
+def _problem(exc: Exception) -> str:
+    """What is wrong with a malformed event, without its values: pydantic's own text quotes the input, which may be
+    a transcript of what the student said."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False, include_input=False)[0]
+        return f"{'.'.join(str(part) for part in first['loc']) or 'event'}: {first['msg']}"[:300]
+    return f"{type(exc).__name__}: {exc}"[:300]

@@ -213,6 +213,17 @@ class TestTutorAudio:
         assert logs(actions, "upstream_event_malformed")[0]["type"] == "response.done"
         assert session.state is LessonState.GREETING
 
+    def test_a_malformed_event_is_logged_without_the_words_it_carries(self) -> None:
+        session = LessonSession(config())
+        configured(session)
+        done = response_done()
+        done["response"]["usage"]["input_tokens"] = "I goed to the market"
+        actions = session.handle_upstream(done, 0.0)
+        [logged] = logs(actions, "upstream_event_malformed")
+        assert logged["problem"] == "response.usage.input_tokens: Input should be a valid integer, unable to parse " \
+                                    "string as an integer"
+        assert "goed" not in json.dumps(logged)
+
     @pytest.mark.parametrize(("message", "problem"), [(b"<html>502</html>", "not JSON"),
                                                       (b"[1, 2]", "a JSON list, not an object")])
     def test_a_server_message_that_is_not_a_json_object_is_logged_and_tolerated(

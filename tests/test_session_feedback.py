@@ -178,10 +178,15 @@ def test_an_answer_that_is_not_json_is_refused_and_named() -> None:
     session = LessonSession(config())
     greeted(session)
     session.handle_browser_text(END, 10.0)
-    actions = session.handle_upstream(feedback_done("What a lovely lesson, Ana!"), 11.0)
-    frame, logged, _ = unavailable(actions)
+    answer = 'You said "I goed to the market"; say "I went to the market".'
+    actions = session.handle_upstream(feedback_done(answer), 11.0)
+    frame, logged, event = unavailable(actions)
     assert frame["reason"] == "invalid_feedback"
     assert logged["problem"].startswith("not JSON")
+    assert logged["problem"].endswith(f"{len(answer)} characters")
+    # The log line and the lesson's event (kept past the transcript's retention) never quote the student.
+    assert "goed" not in logged["problem"]
+    assert "goed" not in event["problem"]
     assert [r for r in records(actions) if isinstance(r, FeedbackGiven)] == []
     assert closes(actions) == [Close(1000, "student_ended")]
 

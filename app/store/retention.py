@@ -1,17 +1,19 @@
 """Retention: transcripts older than RETENTION_DAYS are deleted, once at start and then daily.
 
-What goes is the turns (what was said, the personal part of a record); the lesson row (date, length,
-usage, cost) and its events stay, so a school's cost history and failure history outlive the words.
-Deleting a student deletes everything of theirs at once, through ON DELETE CASCADE.
+What goes is what was said, the personal part of a record: the turns, and the lesson's feedback (its corrections
+quote the student); the lesson row (date, length, usage, cost) and its events stay, so a school's cost history
+and failure history outlive the words. Deleting a student deletes everything of theirs at once, through ON DELETE
+CASCADE.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import delete, null, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.store.database import error_reason
@@ -22,12 +24,19 @@ log = structlog.get_logger("lesson_relay")
 SWEEP_INTERVAL_S = 24 * 3600
 
 
-async def delete_old_transcripts(sessions: async_sessionmaker[AsyncSession], *, older_than: datetime) -> int:
-    """Delete the turns of lessons started before `older_than`; how many turns went."""
+class Deleted(NamedTuple):
+    turns: int
+    feedback: int
+
+
+async def delete_old_transcripts(sessions: async_sessionmaker[AsyncSession], *, older_than: datetime) -> Deleted:
+    """Delete the turns and the feedback of lessons started before `older_than`; how many of each went."""
     async with sessions.begin() as session:
-        result = await session.execute(
+        turns = await session.execute(
             delete(Turn).where(Turn.lesson_id.in_(select(Lesson.id).where(Lesson.started_at < older_than))))
-    return int(getattr(result, "rowcount", 0) or 0)
+        feedback = await session.execute(
+            update(Lesson).where(Lesson.started_at < older_than, Lesson.feedback.is_not(None)).values(feedback=null()))
+    return Deleted(turns=int(getattr(turns, "rowcount", 0) or 0), feedback=int(getattr(feedback, "rowcount", 0) or 0))
 
 
 async def sweep(sessions: async_sessionmaker[AsyncSession], retention_days: int) -> None:
@@ -38,7 +47,8 @@ async def sweep(sessions: async_sessionmaker[AsyncSession], retention_days: int)
     except Exception as exc:  # the database is down or slow: the next pass tries again
         log.warning("retention_failed", error=error_reason(exc))
         return
-    log.info("retention_swept", retention_days=retention_days, older_than=cutoff.isoformat(), turns_deleted=deleted)
+    log.info("retention_swept", retention_days=retention_days, older_than=cutoff.isoformat(),
+             turns_deleted=deleted.turns, feedback_deleted=deleted.feedback)
 
 
 async def sweep_daily(sessions: async_sessionmaker[AsyncSession], retention_days: int) -> None:

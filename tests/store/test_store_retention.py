@@ -14,11 +14,15 @@ from app.settings import Settings
 from app.store.models import Lesson, LessonEvent, Student, Turn, utcnow
 from app.store.retention import delete_old_transcripts
 
+FEEDBACK = {"summary": "We talked about markets.", "new_words": [], "next_step": "Practise the past.",
+            "corrections": [{"said": "I goed", "better": "I went", "why": "past"}]}
+
 
 async def a_lesson_with_turns(sessions: async_sessionmaker[AsyncSession], lesson_id: str, days_ago: float) -> None:
     started = utcnow() - timedelta(days=days_ago)
     async with sessions.begin() as session:
-        session.add(Lesson(id=lesson_id, level="A1", started_at=started, model="m", simulated=True))
+        session.add(Lesson(id=lesson_id, level="A1", started_at=started, model="m", simulated=True,
+                           feedback=FEEDBACK))
         for seq in (1, 2):
             session.add(Turn(lesson_id=lesson_id, seq=seq, role="tutor", text="Hello", started_at=started,
                              ended_at=started))
@@ -36,11 +40,14 @@ async def test_transcripts_older_than_the_cutoff_are_deleted_and_the_lessons_sta
     await a_lesson_with_turns(sessions, "old", days_ago=400)
     await a_lesson_with_turns(sessions, "recent", days_ago=10)
     deleted = await delete_old_transcripts(sessions, older_than=utcnow() - timedelta(days=365))
-    assert deleted == 2
+    assert deleted == (2, 1)
     assert await turns_of(sessions) == {"recent": 2}
     async with sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Lesson)) == 2
         assert await session.scalar(select(func.count()).select_from(LessonEvent)) == 2
+        # The feedback's corrections quote the student: they go with the transcript.
+        feedback = dict((await session.execute(select(Lesson.id, Lesson.feedback))).tuples().all())
+    assert feedback == {"old": None, "recent": FEEDBACK}
 
 
 async def test_the_app_sweeps_at_start_with_retention_days(store_url: str,
@@ -52,7 +59,7 @@ async def test_the_app_sweeps_at_start_with_retention_days(store_url: str,
     async with serve_app(settings, log_stream) as server, httpx.AsyncClient() as http:
         assert (await http.get(f"{server.base_url}/healthz")).status_code == 200
     assert await turns_of(sessions) == {"week_old": 2}
-    assert '"turns_deleted": 2' in log_stream.getvalue()
+    assert '"turns_deleted": 2, "feedback_deleted": 1' in log_stream.getvalue()
 
 
 async def test_deleting_a_student_deletes_their_lessons_turns_and_events(

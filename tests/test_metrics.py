@@ -218,9 +218,11 @@ async def test_without_a_metrics_token_metrics_are_open_and_healthz_shows_no_det
     assert health.json() == {"status": "ok"}
 
 
-def test_the_metrics_token_never_reaches_a_log_line() -> None:
+def test_the_metrics_token_and_the_teachers_password_never_reach_a_log_line() -> None:
     stream = io.StringIO()
-    configure_logging(Settings(metrics_token=TOKEN, log_format="json"), stream)
-    structlog.get_logger("lesson_relay").warning("probe", header=f"Bearer {TOKEN}")
+    password = "test-teacher-password"
+    configure_logging(Settings(metrics_token=TOKEN, teacher_password=password, log_format="json"), stream)
+    structlog.get_logger("lesson_relay").warning("probe", header=f"Bearer {TOKEN}", form=f"password={password}")
     assert TOKEN not in stream.getvalue()
-    assert REDACTED in stream.getvalue()
+    assert password not in stream.getvalue()
+    assert stream.getvalue().count(REDACTED) == 2

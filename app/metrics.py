@@ -121,6 +121,14 @@ class LessonMetrics:
         MultiProcessCollector(replica, path=self.shared_dir)
         return generate_latest(replica)
 
+    def open_lessons(self) -> int:
+        """Lessons open now on the whole replica, every worker's (what `lesson_relay_lessons_open` says)."""
+        registry = self.registry
+        if self.shared_dir is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.shared_dir)
+        return int(registry.get_sample_value("lesson_relay_lessons_open") or 0)
+
     def _taken_over(self, fields: Mapping[str, Any]) -> None:
         self.resumes.labels(kind="taken_over").inc()
         from_lost_instance = "true" if fields.get("from_lost_instance") else "false"

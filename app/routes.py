@@ -111,14 +111,15 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
 
 @router.get("/healthz")
 async def healthz(request: Request) -> JSONResponse:
-    """Ready or draining, for anyone; how many lessons are open and whether it is simulated, only for the
-    holder of METRICS_TOKEN."""
+    """Ready or draining, for anyone; how many lessons the server (all its workers) has open and whether it is
+    simulated, only for the holder of METRICS_TOKEN."""
     state = _state(request)
     registry: LessonRegistry = state.lessons
     draining = registry.draining.is_set()
     body: dict[str, Any] = {"status": "draining" if draining else "ok"}
     if state.settings.metrics_token is not None and bearer_allowed(request, state.settings):
-        body |= {"open_lessons": registry.open_lessons, "simulated": state.settings.simulated}
+        metrics: LessonMetrics = state.metrics
+        body |= {"open_lessons": metrics.open_lessons(), "simulated": state.settings.simulated}
     return JSONResponse(body, status_code=503 if draining else 200)
 
 

@@ -228,6 +228,42 @@ async def test_every_worker_answers_metrics_for_the_whole_replica(simulator: Rea
         assert samples[("lesson_relay_first_audio_seconds_count", ())] == total
 
 
+async def test_every_worker_answers_healthz_with_the_whole_replicas_open_lessons(
+    simulator: RealtimeSimulator, tmp_path: Path
+) -> None:
+    token = "replica-metrics-token"
+    async with app_process(simulator.url, f"sqlite:///{tmp_path / 'lessons.db'}", WEB_CONCURRENCY="2",
+                           LESSON_STARTS_PER_MINUTE="1000", METRICS_TOKEN=token) as served:
+        output = served.output
+        url = f"{served.ws_url}/ws/lesson?name=Ana"
+        await served.until_workers_started(2)
+        async with contextlib.AsyncExitStack() as stack:
+            # Lessons kept open until each worker runs at least one (connections land on workers at random).
+            workers: list[int] = []
+            while len(set(workers)) < 2:
+                assert len(workers) < 40, output.text
+                opened = await _lesson_on_its_worker(url, output, stack)
+                assert opened is not None, output.text
+                workers.append(opened[1])
+            answers = []
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as http:
+                # A new connection each time, until both workers have answered (the kernel picks one at random).
+                while {line["worker"] for line in _health_checks(output)} != {0, 1}:
+                    assert len(answers) < 40, output.text
+                    response = await http.get("/healthz", headers={"Authorization": f"Bearer {token}",
+                                                                   "Connection": "close"})
+                    answers.append(response.json())
+                    await output.until(lambda lines: len(_health_checks(output)) == len(answers))
+        served.process.send_signal(signal.SIGTERM)
+        assert await served.exited(30) == 0, "".join(output.text)
+    assert answers == [{"status": "ok", "open_lessons": len(workers), "simulated": False}] * len(answers)
+
+
+def _health_checks(output: ProcessOutput) -> list[dict[str, object]]:
+    """uvicorn's access lines of GET /healthz, each with the worker that answered."""
+    return [line for line in output.lines if "GET /healthz" in str(line.get("event"))]
+
+
 class WriteRecorder(io.StringIO):
     """A stream that remembers each write call: what another process's output could land between."""
 

@@ -297,6 +297,17 @@ def test_a_finished_shutdown_disarms_its_deadline() -> None:
     assert not timer.is_alive()
 
 
+def test_the_readme_states_railways_health_check_as_railway_json_sets_it() -> None:
+    deploy = json.loads((ROOT / "railway.json").read_text())["deploy"]
+    readme = (ROOT / "README.md").read_text()
+    assert f"health check on `{deploy['healthcheckPath']}`" in readme
+    assert f"`healthcheckTimeout` ({deploy['healthcheckTimeout']} s)" in readme
+    assert f"`drainingSeconds` of {deploy['drainingSeconds']}" in readme
+    # No start command: Railway runs the image's CMD, the one that drains lessons on SIGTERM.
+    assert "startCommand" not in deploy
+    assert dockerfile()[-1] == Instruction("CMD", '["python", "-m", "app"]')
+
+
 def test_the_readme_states_the_real_worst_case() -> None:
     readme = (ROOT / "README.md").read_text()
     worst = shutdown_worst_case_seconds(Settings(openai_api_key="sk-test-fake-key").shutdown_grace_seconds)

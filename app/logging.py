@@ -94,3 +94,6 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     # statement with its parameters (a student's name, a transcript): never wanted.
     for name in ("websockets", "uvicorn.error", "aiosqlite"):
         logging.getLogger(name).setLevel(max(level, logging.INFO))
+    # Alembic says at every start, in prose, which dialect it found and each step it runs: the store logs
+    # `database_migrated` with the revisions instead; its warnings still come through, its steps at debug.
+    logging.getLogger("alembic").setLevel(level if level == logging.DEBUG else max(level, logging.WARNING))

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -137,7 +138,11 @@ async def migrate(engine: AsyncEngine) -> None:
 
 
 def _upgrade(connection: Connection) -> None:
+    before = MigrationContext.configure(connection).get_current_revision()
     command.upgrade(alembic_config(connection), "head")
+    after = MigrationContext.configure(connection).get_current_revision()
+    if after != before:
+        log.info("database_migrated", from_revision=before, to_revision=after)
 
 
 async def _upgrade_postgresql(engine: AsyncEngine) -> None:

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
 from harness import REPO_ROOT, serve_app
 
 from app.main import create_app
 from app.settings import ConfigurationError, Settings, load_settings
-from app.store.database import DatabaseUnavailable, DatabaseUrlError, database_url, redact
+from app.store.database import DatabaseUnavailable, DatabaseUrlError, alembic_config, database_url, redact
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -80,6 +81,23 @@ async def test_without_database_url_the_first_start_creates_data_lessons_db(tmp_
     async with serve_app(Settings(log_format="json"), io.StringIO()) as server, httpx.AsyncClient() as client:
         assert (await client.get(f"{server.base_url}/healthz")).status_code == 200
     assert (tmp_path / "data" / "lessons.db").is_file()
+
+
+async def test_a_migration_is_logged_once_as_an_event_with_its_revisions() -> None:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    starts = []
+    for _ in range(2):
+        log_stream = io.StringIO()
+        async with serve_app(Settings(log_format="json", log_level="info"), log_stream) as server, \
+                httpx.AsyncClient() as client:
+            assert (await client.get(f"{server.base_url}/healthz")).status_code == 200
+        starts.append([json.loads(line) for line in log_stream.getvalue().splitlines()])
+    first, second = ([line for line in lines if line["event"] == "database_migrated"] for lines in starts)
+    assert [(line["from_revision"], line["to_revision"]) for line in first] == [(None, head)]
+    assert second == []
+    # Alembic's own prose (the dialect it found, each step it ran) stays out of the log at info.
+    assert [line["event"] for lines in starts for line in lines if line["event"].startswith(("Context impl",
+                                                                                            "Running upgrade"))] == []
 
 
 async def test_python_m_app_stops_with_a_clear_line_when_the_database_is_unreachable(tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings, log_stream)
         store = await open_store(settings, on_records_dropped=app.state.metrics.records_lost,
+                                 on_records_retried=app.state.metrics.records_write_retries.inc,
                                  on_lessons_lost=app.state.metrics.lessons_lost)
         app.state.db = store.sessions
         app.state.records = store.records if record_sink is None else record_sink

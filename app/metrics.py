@@ -65,6 +65,10 @@ class LessonMetrics:
                               registry=registry)
         self.records_dropped = Counter("lesson_relay_records_dropped", "Lesson records the writer dropped, by cause.",
                                        ["cause"], registry=registry)
+        # Rises within a second of the database going away, minutes before records are dropped.
+        self.records_write_retries = Counter(
+            "lesson_relay_records_write_retries", "Batches of lesson records the database did not take, tried again.",
+            registry=registry)
         self.cost_usd = Counter("lesson_relay_estimated_cost_usd", "Estimated upstream cost in USD.",
                                 registry=registry)
         self.resumes = Counter("lesson_relay_resumes", "Sockets that resumed a lesson: here, or taken over from "

@@ -78,9 +78,11 @@ def prepare_database(settings: Settings) -> None:
 
 
 async def open_store(settings: Settings, *, on_records_dropped: Callable[[str, int], None] | None = None,
+                     on_records_retried: Callable[[], None] | None = None,
                      on_lessons_lost: Callable[[int], None] | None = None) -> Store:
     """The migrated store for `settings`, or `DatabaseUnavailable` (logged once, password-free) when out of reach;
-    `on_records_dropped(cause, count)` is told of every record the writer has to drop, and `on_lessons_lost(count)`
+    `on_records_dropped(cause, count)` is told of every record the writer has to drop, `on_records_retried()` of
+    every batch of them it tries again, and `on_lessons_lost(count)`
     of the lessons of lost instances each sweep ends."""
     url = _url(settings)
     engine = create_engine(url)
@@ -105,7 +107,8 @@ async def open_store(settings: Settings, *, on_records_dropped: Callable[[str, i
     # What instances lost while none ran left is ended before this one serves (a desk never shows it running).
     swept_at = utcnow()
     await sweep_lost_instances(sessions, timing, now=swept_at, on_lessons_lost=on_lessons_lost)
-    records = RecordWriter(engine, on_dropped=on_records_dropped, instance_id=instance_id)
+    records = RecordWriter(engine, on_dropped=on_records_dropped, on_retry=on_records_retried,
+                           instance_id=instance_id)
     records.start()
     background = (
         asyncio.create_task(retention.sweep_daily(sessions, settings.retention_days), name="retention"),

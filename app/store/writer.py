@@ -60,10 +60,12 @@ class RecordWriter:
         longest_retry_s: float = 30.0,
         give_up_after_s: float = 300.0,
         on_dropped: Callable[[str, int], None] | None = None,
+        on_retry: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         instance_id: str | None = None,
     ) -> None:
-        """`on_dropped(cause, count)` is told of every drop (the metrics count them by cause). `instance_id`:
+        """`on_dropped(cause, count)` is told of every drop (the metrics count them by cause), `on_retry()` of every
+        batch the database did not take and that is tried again (a database slow or gone). `instance_id`:
         this process's, written on the lessons it starts; a lesson's end and feedback are written only while
         the lesson is still this instance's (another may have taken it over)."""
         self.engine = engine
@@ -76,6 +78,7 @@ class RecordWriter:
         self.longest_retry_s = longest_retry_s
         self.give_up_after_s = give_up_after_s
         self.on_dropped = on_dropped
+        self.on_retry = on_retry
         self.clock = clock
         self.written = 0
         self.dropped = 0
@@ -147,6 +150,8 @@ class RecordWriter:
                                         batch[0].lesson_id)
                     return
                 log.warning("records_write_retry", records=len(batch), retry_in_s=pause, error=error_reason(exc))
+                if self.on_retry is not None:
+                    self.on_retry()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self.longest_retry_s)
 

@@ -138,7 +138,9 @@ async def test_records_wait_out_an_outage_and_are_written_when_the_database_is_b
     engine = create_engine(database_url(url))
     await migrate(engine)
     sessions = session_factory(engine)
-    writer = RecordWriter(engine, write_timeout_s=2, first_retry_s=0.05, longest_retry_s=0.2, give_up_after_s=60)
+    metrics = LessonMetrics()
+    writer = RecordWriter(engine, write_timeout_s=2, first_retry_s=0.05, longest_retry_s=0.2, give_up_after_s=60,
+                          on_retry=metrics.records_write_retries.inc)
     writer.start()
     try:
         proxy.cut()
@@ -151,7 +153,10 @@ async def test_records_wait_out_an_outage_and_are_written_when_the_database_is_b
             lesson = await session.get_one(Lesson, "L1")
         assert lesson.end_reason == "student_ended"
         assert (writer.written, writer.dropped) == (2, 0)
-        assert logged(store_log, "records_write_retry")
+        retries = logged(store_log, "records_write_retry")
+        assert retries
+        # An operator sees the outage in /metrics as it happens, not only once records are dropped.
+        assert metrics.registry.get_sample_value("lesson_relay_records_write_retries_total") == len(retries)
     finally:
         await writer.stop(grace_s=5)
         await engine.dispose()

@@ -33,6 +33,7 @@ WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"])]
 
 # The token kinds a price is given for (app.usage prices every one of them).
 PRICE_KINDS = ("audio_input", "audio_output", "text_input", "text_output", "cached")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # Settings that point the relay at a real upstream: set without a key, they would be ignored for the simulator.
 _UPSTREAM_CHOICES = ("openai_realtime_url", "openai_auth_header")
 
@@ -159,6 +160,21 @@ class Settings(BaseSettings):
                 "for the built-in simulator",
                 {"chosen": " and ".join(chosen), "verb": "chooses" if len(chosen) == 1 else "choose"})
         return self
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_an_address_or_name(cls, value: str) -> str:
+        # Otherwise the server starts, then fails to listen with a line that names no variable.
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        labels = value.split(".")
+        if not all(_HOST_LABEL.fullmatch(label) for label in labels) or all(label.isdigit() for label in labels):
+            raise ValueError("is not an IP address or a host name: 0.0.0.0 (every IPv4 interface), :: (every "
+                             "interface), 127.0.0.1 or localhost")
+        return value
 
     @field_validator("allowed_origins")
     @classmethod

@@ -139,6 +139,9 @@ PRICES = '{"audio_input":32,"audio_output":64,"text_input":4,"text_output":16,"c
     ("OPENAI_API_KEY", "sk-test-fake-key\n", "OPENAI_API_KEY: Value error, must be printable ASCII without spaces"),
     ("OPENAI_API_KEY", "sk-test fake", "OPENAI_API_KEY: Value error, must be printable ASCII without spaces"),
     ("METRICS_TOKEN", " test-token", "METRICS_TOKEN: Value error, must be printable ASCII without spaces"),
+    ("HOST", "999.1.1.1", "HOST='999.1.1.1': Value error, is not an IP address or a host name"),
+    ("HOST", "http://0.0.0.0", "HOST='http://0.0.0.0': Value error, is not an IP address or a host name"),
+    ("HOST", "", "HOST='': Value error, is not an IP address or a host name"),
     ("ALLOWED_ORIGINS", "school.example.org", "'school.example.org' is not an origin"),
     ("ALLOWED_ORIGINS", "https://school.example.org/lessons", "'https://school.example.org/lessons' is not an origin"),
     ("ALLOWED_ORIGINS", "https://a.example, ftp://b.example", "'ftp://b.example' is not an origin"),
@@ -161,6 +164,11 @@ def test_every_price_kind_is_kept_as_given(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("PRICE_PER_MILLION_TOKENS", PRICES.replace(":0.4", ":0"))
     assert load_settings().price_per_million_tokens == {
         "audio_input": 32, "audio_output": 64, "text_input": 4, "text_output": 16, "cached": 0}
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "127.0.0.1", "::1", "localhost", "relay.internal"])
+def test_a_host_that_is_an_address_or_a_name_is_accepted(host: str) -> None:
+    assert Settings(host=host).host == host
 
 
 def test_listed_origins_are_kept_in_the_case_browsers_send() -> None:

@@ -54,6 +54,9 @@ _SCHEMES = {
 }
 
 
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
 class DatabaseUrlError(ValueError):
     """DATABASE_URL is not a SQLite or PostgreSQL URL."""
 
@@ -76,6 +79,12 @@ def database_url(raw: str | None) -> URL:
             f"DATABASE_URL scheme {url.drivername!r} is not supported: use postgresql://… or sqlite:///…")
     if driver.startswith("sqlite") and url.database in (None, "", ":memory:"):
         raise DatabaseUrlError("DATABASE_URL names no SQLite file: use sqlite:///path/to/lessons.db")
+    if driver.startswith("postgresql") and "sslmode" in url.query:
+        # libpq's sslmode (in the URLs many hosts hand out) is asyncpg's ssl, with the same values.
+        sslmode = url.query["sslmode"]
+        if sslmode not in _SSL_MODES:
+            raise DatabaseUrlError(f"DATABASE_URL sslmode {sslmode!r} is not one of {', '.join(_SSL_MODES)}")
+        url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": sslmode})
     return url.set(drivername=driver)
 
 

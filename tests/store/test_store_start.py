@@ -13,10 +13,18 @@ import httpx
 import pytest
 from alembic.script import ScriptDirectory
 from harness import REPO_ROOT, serve_app
+from sqlalchemy import text
 
 from app.main import create_app
 from app.settings import ConfigurationError, Settings, load_settings
-from app.store.database import DatabaseUnavailable, DatabaseUrlError, alembic_config, database_url, redact
+from app.store.database import (
+    DatabaseUnavailable,
+    DatabaseUrlError,
+    alembic_config,
+    create_engine,
+    database_url,
+    redact,
+)
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -26,6 +34,10 @@ from app.store.database import DatabaseUnavailable, DatabaseUrlError, alembic_co
     ("postgres://u:pw@db.railway.internal:5432/railway", "postgresql+asyncpg://u:pw@db.railway.internal:5432/railway"),
     ("postgresql://u@localhost/lessons", "postgresql+asyncpg://u@localhost/lessons"),
     ("postgresql+asyncpg://u@localhost/lessons", "postgresql+asyncpg://u@localhost/lessons"),
+    # libpq's sslmode, in the URLs most hosts hand out, is asyncpg's ssl.
+    ("postgres://u:pw@db.example.com:5432/x?sslmode=require", "postgresql+asyncpg://u:pw@db.example.com:5432/x?ssl=require"),
+    ("postgresql://u@h/x?sslmode=verify-full&application_name=relay",
+     "postgresql+asyncpg://u@h/x?application_name=relay&ssl=verify-full"),
 ])
 def test_database_url_picks_the_async_driver(raw: str | None, expected: str) -> None:
     assert database_url(raw).render_as_string(hide_password=False) == expected
@@ -35,6 +47,7 @@ def test_database_url_picks_the_async_driver(raw: str | None, expected: str) -> 
     ("mysql://u:pw@localhost/lessons", "scheme 'mysql' is not supported"),
     ("sqlite://", "names no SQLite file"),
     ("not a url", "is not a database URL"),
+    ("postgresql://u@h/x?sslmode=required", "sslmode 'required' is not one of disable, allow, prefer, require"),
 ])
 def test_an_unsupported_database_url_is_refused(raw: str, problem: str) -> None:
     with pytest.raises(DatabaseUrlError, match=problem):
@@ -48,6 +61,15 @@ def test_a_bad_database_url_stops_the_start_without_echoing_the_password(monkeyp
     assert "DATABASE_URL" in str(stopped.value)
     assert "not supported" in str(stopped.value)
     assert "hunter2-pass" not in str(stopped.value)
+
+
+async def test_a_postgresql_url_with_sslmode_connects(postgres_server: str) -> None:
+    engine = create_engine(database_url(f"{postgres_server}/postgres?sslmode=disable"))
+    try:
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT 1")) == 1
+    finally:
+        await engine.dispose()
 
 
 def test_redact_hides_the_password() -> None:

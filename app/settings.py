@@ -259,6 +259,8 @@ def _problem(error: ErrorDetails) -> str:
     if not error["loc"]:
         return error["msg"]
     name = str(error["loc"][0])
+    # Within a JSON value (PRICE_PER_MILLION_TOKENS), where: its key.
+    where = "".join(f"[{part!r}]" for part in error["loc"][1:])
     if any(word in name for word in _SECRET_WORDS):
-        return f"{name.upper()}: {error['msg']}"
-    return f"{name.upper()}={error.get('input')!r}: {error['msg']}"
+        return f"{name.upper()}{where}: {error['msg']}"
+    return f"{name.upper()}{where}={error.get('input')!r}: {error['msg']}"

@@ -134,6 +134,8 @@ PRICES = '{"audio_input":32,"audio_output":64,"text_input":4,"text_output":16,"c
     ("PRICE_PER_MILLION_TOKENS", '{"audio_output":64}', "missing: audio_input, text_input, text_output, cached"),
     ("PRICE_PER_MILLION_TOKENS", PRICES.replace(":32", ":-32"), "0 or more: not audio_input=-32.0"),
     ("PRICE_PER_MILLION_TOKENS", PRICES.replace(":32", ":NaN"), "0 or more: not audio_input=nan"),
+    ("PRICE_PER_MILLION_TOKENS", PRICES.replace(":32", ':"cheap"'),
+     "PRICE_PER_MILLION_TOKENS['audio_input']: Input should be a valid number"),
     ("MAX_LESSON_COST_USD", "inf", "MAX_LESSON_COST_USD='inf': Input should be a finite number"),
     ("IDLE_TIMEOUT_SECONDS", "inf", "IDLE_TIMEOUT_SECONDS='inf': Input should be a finite number"),
     ("OPENAI_API_KEY", "sk-test-fake-key\n", "OPENAI_API_KEY: Value error, must be printable ASCII without spaces"),

@@ -24,6 +24,7 @@ import base64
 import hashlib
 import hmac
 import math
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode, urlsplit
@@ -31,6 +32,7 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 from pydantic import ValidationError
 
+from app.logging import configure_logging
 from app.messages import LEVELS, LessonRequest
 from app.settings import Settings, load_settings
 
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         first = exc.errors()[0]
         parser.error(f"--{first['loc'][0]} {first['input']!r}: {first['msg']}")
     settings = load_settings()
+    # Stdout is the link alone (a script reads it); what the store logs on the way (a migration) goes to stderr.
+    configure_logging(settings, sys.stderr)
     expires_at = datetime.now(UTC) + timedelta(hours=args.hours)
     token = asyncio.run(_create_student_link(settings, name=request.name, level=args.level,
                                              target_language=args.target_language, topic=request.topic,

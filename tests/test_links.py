@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from databases import CuttableProxy
-from harness import AppServer, log_lines, open_lesson, relay_settings, serve_app
+from harness import REPO_ROOT, AppServer, log_lines, open_lesson, relay_settings, serve_app
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from websockets.exceptions import ConnectionClosed
@@ -283,7 +283,8 @@ async def test_the_links_command_adds_the_student_to_the_store_and_prints_a_work
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app.links", "--name", "Zoë", "--level", "A2", "--hours", "2",
         "--base-url", "https://lessons.example.org", "--topic", "ordering food", "--support", "Spanish",
-        env={"LESSON_SECRET": SECRET, "DATABASE_URL": store_url, "PATH": ""}, cwd=tmp_path,
+        env={"LESSON_SECRET": SECRET, "DATABASE_URL": store_url, "PATH": "", "PYTHONPATH": str(REPO_ROOT)},
+        cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()

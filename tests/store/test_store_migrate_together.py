@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 from alembic.script import ScriptDirectory
-from harness import app_process
+from harness import REPO_ROOT, app_process
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -59,7 +59,7 @@ class Starter:
     @classmethod
     async def launch(cls, url: str, cwd: Path) -> Starter:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", STARTER, url, cwd=cwd, env={"PATH": ""},
+            sys.executable, "-c", STARTER, url, cwd=cwd, env={"PATH": "", "PYTHONPATH": str(REPO_ROOT)},
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         return cls(process)
 

@@ -65,7 +65,7 @@ class LessonMetrics:
                               registry=registry)
         self.records_dropped = Counter("lesson_relay_records_dropped", "Lesson records the writer dropped, by cause.",
                                        ["cause"], registry=registry)
-        # Rises within a second of the database going away, minutes before records are dropped.
+        # Rises with the first batch the database fails to take, minutes before records are dropped.
         self.records_write_retries = Counter(
             "lesson_relay_records_write_retries", "Batches of lesson records the database did not take, tried again.",
             registry=registry)

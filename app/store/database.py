@@ -12,6 +12,7 @@ starter waits, then finds the schema at head and does nothing.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,13 @@ async def _upgrade_sqlite(url: URL) -> None:
     serialise starters too, but still leave half a schema behind a failure.)
     """
     if url.database:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        file = Path(url.database)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        # SQLite itself would only say "unable to open database file".
+        for needed in (file.parent, file):
+            if needed.exists() and not os.access(needed, os.W_OK):
+                raise PermissionError(f"{needed.resolve()} is not writable by this user (uid {os.getuid()}): a volume "
+                                      "mounted as root's? On Railway, set RAILWAY_RUN_UID=0")
     engine = create_async_engine(url, poolclass=NullPool,
                                  connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None})
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

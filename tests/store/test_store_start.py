@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from app.store.database import (
     alembic_config,
     create_engine,
     database_url,
+    migrate,
     redact,
 )
 
@@ -120,6 +122,23 @@ async def test_a_migration_is_logged_once_as_an_event_with_its_revisions() -> No
     # Alembic's own prose (the dialect it found, each step it ran) stays out of the log at info.
     assert [line["event"] for lines in starts for line in lines if line["event"].startswith(("Context impl",
                                                                                             "Running upgrade"))] == []
+
+
+async def test_a_sqlite_folder_this_user_cannot_write_is_named_with_the_remedy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on Railway, a volume mounted as root's under a server that runs as user 10001. Whoever runs the tests may
+    # be root, whom no permission stops: the check itself is asked to say no.
+    folder = tmp_path / "data"
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and Path(path) != folder)
+    engine = create_engine(database_url(f"sqlite:///{folder / 'lessons.db'}"))
+    with pytest.raises(DatabaseUnavailable) as stopped:
+        await migrate(engine)
+    await engine.dispose()
+    assert str(stopped.value) == (
+        f"database sqlite+aiosqlite:///{folder / 'lessons.db'} cannot be reached: {folder} is not writable by this "
+        f"user (uid {os.getuid()}): a volume mounted as root's? On Railway, set RAILWAY_RUN_UID=0")
 
 
 async def test_python_m_app_stops_with_a_clear_line_when_the_database_is_unreachable(tmp_path: Path) -> None:

@@ -134,6 +134,17 @@ class Settings(BaseSettings):
             raise ValueError("must be printable ASCII without spaces or line breaks (pasted with a line break?)")
         return value
 
+    @field_validator("teacher_password")
+    @classmethod
+    def _password_can_be_typed(cls, value: SecretStr | None) -> SecretStr | None:
+        # Typed at the desk and sent as a Bearer token: a line break or an edge space pasted with it never matches.
+        if value is not None:
+            password = value.get_secret_value()
+            if password != password.strip() or not password.isprintable():
+                raise ValueError("must not begin or end with a space, nor hold a line break or a control character "
+                                 "(pasted with a line break?)")
+        return value
+
     @field_validator("price_per_million_tokens")
     @classmethod
     def _prices_are_complete(cls, value: dict[str, float]) -> dict[str, float]:

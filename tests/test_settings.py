@@ -141,6 +141,8 @@ PRICES = '{"audio_input":32,"audio_output":64,"text_input":4,"text_output":16,"c
     ("OPENAI_API_KEY", "sk-test-fake-key\n", "OPENAI_API_KEY: Value error, must be printable ASCII without spaces"),
     ("OPENAI_API_KEY", "sk-test fake", "OPENAI_API_KEY: Value error, must be printable ASCII without spaces"),
     ("METRICS_TOKEN", " test-token", "METRICS_TOKEN: Value error, must be printable ASCII without spaces"),
+    ("TEACHER_PASSWORD", "test-token-words\n", "TEACHER_PASSWORD: Value error, must not begin or end with a space"),
+    ("TEACHER_PASSWORD", " test-token-words", "TEACHER_PASSWORD: Value error, must not begin or end with a space"),
     ("HOST", "999.1.1.1", "HOST='999.1.1.1': Value error, is not an IP address or a host name"),
     ("HOST", "http://0.0.0.0", "HOST='http://0.0.0.0': Value error, is not an IP address or a host name"),
     ("HOST", "", "HOST='': Value error, is not an IP address or a host name"),
@@ -160,6 +162,12 @@ def test_a_bad_value_is_refused_naming_the_variable_and_why(
     assert "\n" not in message
     assert "sk-test" not in message
     assert "test-token" not in message
+
+
+def test_a_teachers_password_may_hold_spaces_inside() -> None:
+    password = Settings(teacher_password="correct horse battery").teacher_password
+    assert password is not None
+    assert password.get_secret_value() == "correct horse battery"
 
 
 def test_every_price_kind_is_kept_as_given(monkeypatch: pytest.MonkeyPatch) -> None:

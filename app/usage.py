@@ -1,4 +1,9 @@
-"""A lesson's token usage, added up from every `response.done`, and its estimated cost."""
+"""A lesson's token usage, added up from every `response.done`, and its estimated cost.
+
+The cost only grows: each response's cached tokens are taken off that response's own input (as its
+`cached_tokens_details` split them, or off its audio first when it does not say), so a later response can
+never reprice what an earlier one was charged.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ class LessonUsage:
     text_input_tokens: int = 0
     audio_input_tokens: int = 0
     cached_tokens: int = 0
+    cached_audio_tokens: int = 0  # of cached_tokens, those taken off the audio input
+    cached_text_tokens: int = 0  # … and off the text input
     text_output_tokens: int = 0
     audio_output_tokens: int = 0
 
@@ -29,6 +36,11 @@ class LessonUsage:
             self.text_input_tokens += details.text_tokens
             self.audio_input_tokens += details.audio_tokens
             self.cached_tokens += details.cached_tokens
+            split = details.cached_tokens_details
+            cached_audio = min(split.audio_tokens if split else details.cached_tokens, details.audio_tokens)
+            cached_text = split.text_tokens if split else details.cached_tokens - cached_audio
+            self.cached_audio_tokens += cached_audio
+            self.cached_text_tokens += min(cached_text, details.text_tokens)
         if out := usage.output_token_details:
             self.text_output_tokens += out.text_tokens
             self.audio_output_tokens += out.audio_tokens
@@ -38,6 +50,9 @@ class LessonUsage:
         self.audio_input_tokens = tokens.get("audio_input_tokens", 0)
         self.text_input_tokens = tokens.get("text_input_tokens", 0)
         self.cached_tokens = tokens.get("cached_tokens", 0)
+        # The records keep the cached total only: it is taken off the audio input first.
+        self.cached_audio_tokens = min(self.cached_tokens, self.audio_input_tokens)
+        self.cached_text_tokens = min(self.cached_tokens - self.cached_audio_tokens, self.text_input_tokens)
         self.audio_output_tokens = tokens.get("audio_output_tokens", 0)
         self.text_output_tokens = tokens.get("text_output_tokens", 0)
         self.input_tokens = self.audio_input_tokens + self.text_input_tokens
@@ -57,13 +72,11 @@ class LessonUsage:
                 **self.tokens_by_kind()}
 
     def cost_usd(self, prices: Mapping[str, float]) -> float:
-        # Cached tokens are billed at the cached rate and taken off the audio input first (most of a lesson).
-        cached_audio = min(self.cached_tokens, self.audio_input_tokens)
-        cached_text = min(self.cached_tokens - cached_audio, self.text_input_tokens)
+        # Cached tokens are billed at the cached rate instead of the input rate they were taken off.
         per_token = {kind: price / 1_000_000 for kind, price in prices.items()}
         return round(
-            (self.audio_input_tokens - cached_audio) * per_token.get("audio_input", 0)
-            + (self.text_input_tokens - cached_text) * per_token.get("text_input", 0)
+            (self.audio_input_tokens - self.cached_audio_tokens) * per_token.get("audio_input", 0)
+            + (self.text_input_tokens - self.cached_text_tokens) * per_token.get("text_input", 0)
             + self.cached_tokens * per_token.get("cached", 0)
             + self.audio_output_tokens * per_token.get("audio_output", 0)
             + self.text_output_tokens * per_token.get("text_output", 0),

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog
-from harness import AppServer, open_lesson, relay_settings, serve_app
+from harness import END_OF_TURN_FRAMES, AppServer, logged, open_lesson, pause, relay_settings, serve_app, speak
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.actions import Log
@@ -68,6 +68,41 @@ async def test_metrics_after_a_lesson_count_it_from_start_to_end_with_its_tokens
     assert usage["audio_output_tokens"] > 0
     assert value(after, "lesson_relay_tokens_total", kind="audio_output") == usage["audio_output_tokens"]
     assert value(after, "lesson_relay_tokens_total", kind="text_input") == usage["text_input_tokens"]
+    assert value(after, "lesson_relay_estimated_cost_usd_total") == pytest.approx(usage["estimated_cost_usd"])
+
+
+def cached_input_tokens(log_stream: io.StringIO) -> int:
+    """The cached input tokens of every response the lesson has logged as done so far."""
+    return sum(((line.get("usage") or {}).get("input_token_details") or {}).get("cached_tokens", 0)
+               for line in logged(log_stream, "response_done"))
+
+
+async def test_a_lesson_whose_responses_read_a_cached_prefix_goes_on_and_counts_its_cost(
+    simulator: RealtimeSimulator, log_stream: io.StringIO
+) -> None:
+    # Once the conversation passes 1 024 tokens the simulator, like the Realtime API, serves its start from the
+    # cache: the cost of that response must still be counted, and the lesson go on to its end.
+    async with serve_app(relay_settings(simulator.url, metrics_token=TOKEN), log_stream) as relay:
+        async with open_lesson(relay.lesson_url(name="Ana")) as page:
+            await page.hear_greeting()
+            for _ in range(8):
+                await speak(page, 30)
+                await pause(page, END_OF_TURN_FRAMES)
+                reply = await page.until_type("audio.done")
+                await page.send_json({"type": "playback", "item_id": reply["item_id"],
+                                      "played_ms": reply["duration_ms"]})
+                await page.until(lambda m: m["type"] == "status" and m["state"] == "listening")
+                if cached_input_tokens(log_stream) > 0:
+                    break
+            assert cached_input_tokens(log_stream) > 0
+            await page.send_json({"type": "end"})
+            usage = await page.until_type("usage")
+            await page.drain_until_closed()
+            assert page.ws.close_code == 1000
+        after = await scrape(relay)
+    assert logged(log_stream, "lesson_crashed") == []
+    assert all(line["estimated_cost_usd"] >= 0 for line in logged(log_stream, "response_done"))
+    assert value(after, "lesson_relay_lessons_ended_total", reason="student_ended") == 1
     assert value(after, "lesson_relay_estimated_cost_usd_total") == pytest.approx(usage["estimated_cost_usd"])
 
 

@@ -243,6 +243,49 @@ class TestCostCap:
         assert logs(actions, "cost_limit_reached")[0]["estimated_cost_usd"] < cap * 1.1
 
 
+def usage_with_cache(*, text_in: int, audio_in: int, cached_text: int, cached_audio: int, text_out: int,
+                     audio_out: int) -> dict[str, Any]:
+    """A response's usage as the Realtime API reports it, with its cached input split into text and audio."""
+    return {"total_tokens": text_in + audio_in + text_out + audio_out, "input_tokens": text_in + audio_in,
+            "output_tokens": text_out + audio_out,
+            "input_token_details": {
+                "text_tokens": text_in, "audio_tokens": audio_in, "cached_tokens": cached_text + cached_audio,
+                "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached_audio}},
+            "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}}
+
+
+def done_with(response_id: str, usage: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "response.done", "response": {"id": response_id, "status": "completed", "usage": usage}}
+
+
+class TestCostEstimate:
+    def test_a_response_reading_a_cached_prefix_is_never_priced_below_zero(self) -> None:
+        # Three answers, then one whose input re-reads the first 1 024 tokens from the cache (the simulator's
+        # fourth response of a lesson): earlier audio must not be repriced as cached, which made this
+        # response's cost negative and ended the lesson with internal_error.
+        session = conversing()
+        usages = [
+            usage_with_cache(text_in=619, audio_in=288, cached_text=0, cached_audio=0, text_out=16, audio_out=101),
+            usage_with_cache(text_in=635, audio_in=407, cached_text=0, cached_audio=0, text_out=10, audio_out=73),
+            usage_with_cache(text_in=645, audio_in=498, cached_text=645, cached_audio=379, text_out=14, audio_out=100),
+        ]
+        actions: list[object] = []
+        for index, usage in enumerate(usages):
+            actions += session.handle_upstream(done_with(f"resp_{index + 2}", usage), 5.0 * (index + 1))
+        costs = [line["estimated_cost_usd"] for line in logs(actions, "response_done")]
+        assert len(costs) == 3
+        assert all(cost > 0 for cost in costs)
+        # The fourth response: its new audio and text at the input rates, its cached input at the cached rate.
+        assert costs[-1] == pytest.approx((119 * 32 + 1024 * 0.4 + 100 * 64 + 14 * 16) / 1e6, abs=1e-6)
+
+    def test_cached_input_without_its_split_is_taken_off_the_response_s_audio_first(self) -> None:
+        session = conversing()
+        usage = usage_with_cache(text_in=700, audio_in=300, cached_text=0, cached_audio=0, text_out=0, audio_out=0)
+        usage["input_token_details"] = {"text_tokens": 700, "audio_tokens": 300, "cached_tokens": 500}
+        [line] = logs(session.handle_upstream(done_with("resp_2", usage), 30.0), "response_done")
+        assert line["estimated_cost_usd"] == pytest.approx((500 * 4 + 500 * 0.4) / 1e6, abs=1e-6)
+
+
 class TestRefusedInputWarnings:
     def test_every_bad_frame_gets_its_error_but_the_log_one_line_per_interval_with_a_count(self) -> None:
         session = conversing()

@@ -81,6 +81,8 @@ const CLOSE_MESSAGES = {
   1014: "The tutor is not available right now. Please try again in a few minutes.",
 };
 const DROPPED_MESSAGE = "The connection to your tutor was lost. Check your internet connection and try again.";
+const NO_FEEDBACK_OFFLINE_MESSAGE =
+  "The lesson has ended. There is no feedback this time: the connection was lost before the lesson could end.";
 
 // A part of the audio set-up that did not finish in time.
 class SetupTimeout extends Error {
@@ -172,11 +174,15 @@ function hideError() {
 
 function setLessonControls(active) {
   const locked = page.root.dataset.locked === "true"; // fixed by a signed lesson link
+  const focused = document.activeElement;
   page.start.disabled = active;
   page.end.disabled = !active;
   page.mute.disabled = !active;
   page.name.readOnly = locked || active;
   page.level.disabled = locked || active;
+  // A control disabled under the focus drops it to the top of the page: the keyboard and the screen reader
+  // go on from the status line instead, which says what happens next.
+  if (focused?.disabled) page.status.focus();
 }
 
 class Transcript {
@@ -307,6 +313,7 @@ class Lesson {
     this.serverEnded = false;
     this.fatalError = false;
     this.ending = false;
+    this.endOnOpen = false; // End was pressed while no socket was open: it is sent once one is
     this.stopped = false;
     this.closeTimer = null;
   }
@@ -450,7 +457,7 @@ class Lesson {
 
   // Whether a lost socket is worth reopening: the lesson may be resumed, and it is not ending anyway.
   canResume() {
-    return Boolean(this.resumeToken) && this.graceMs > 0 && !this.stopped && !this.ending
+    return Boolean(this.resumeToken) && this.graceMs > 0 && !this.stopped && (!this.ending || this.endOnOpen)
       && (this.lostAt === null || Date.now() < this.lostAt + this.graceMs);
   }
 
@@ -479,7 +486,8 @@ class Lesson {
     debug.closeCode = 1006;
     setLessonControls(false);
     showState("ended");
-    showError(DROPPED_MESSAGE, true);
+    if (this.endOnOpen) feedbackCard.unavailable(NO_FEEDBACK_OFFLINE_MESSAGE);
+    else showError(DROPPED_MESSAGE, true);
   }
 
   isCurrent() {
@@ -547,7 +555,12 @@ class Lesson {
           debug.reconnecting = false;
           hideError();
         }
-        if (this.resumeToken) resumeStore.save(this);
+        if (this.endOnOpen) {
+          this.endOnOpen = false;
+          this.sendEnd();
+        } else if (this.resumeToken) {
+          resumeStore.save(this);
+        }
         break;
       case "status":
         debug.statuses.push(message.reason ? `${message.state}:${message.reason}` : message.state);
@@ -635,21 +648,30 @@ class Lesson {
     this.closeTimer = setTimeout(() => this.stop(), (seconds + 5) * 1000);
   }
 
-  // End lesson: ask the relay to finish (it answers with usage and status ended, then closes).
+  // End lesson: ask the relay to finish (it answers with usage and status ended, then closes). While the
+  // socket is still opening or the network is away, the relay still has the lesson: End is sent once the
+  // socket is back, so the lesson ends as the student asked, with its feedback.
   end() {
     this.ending = true;
     debug.endedAt = performance.now();
     resumeStore.forget();
+    this.releaseAudio();
     if (this.socket?.readyState === WebSocket.OPEN) {
-      this.send({ type: "end" });
+      this.sendEnd();
+    } else if (this.socket?.readyState === WebSocket.CONNECTING || this.lostAt !== null) {
+      this.endOnOpen = true;
       showState("ending");
-      this.releaseAudio();
-      // If the relay never closes, close from this side.
-      this.closeTimer = setTimeout(() => this.stop(), 3000);
     } else {
       this.stop();
       showState("ended");
     }
+  }
+
+  sendEnd() {
+    this.send({ type: "end" });
+    showState("ending");
+    // If the relay never closes, close from this side.
+    this.closeTimer = setTimeout(() => this.stop(), 3000);
   }
 
   // pagehide (a reload, or the tab closing): the lesson is kept for the grace period, for this tab to resume.

@@ -14,7 +14,7 @@ import re
 import sqlite3
 
 import pytest
-from browser_stack import SAMPLE_RATE, OpenPage, Stack, dominant_hz, run_stack, wait_for, wait_recording
+from browser_stack import SAMPLE_RATE, LessonPage, OpenPage, Stack, dominant_hz, run_stack, wait_for, wait_recording
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
@@ -146,4 +146,41 @@ def test_the_open_page_lesson_is_kept_for_this_browser_s_student(stack: Stack, o
     # The records are written by the app's writer task, after the lesson: wait for them to land.
     wait_for(lambda: lessons_of_this_browser() == [("Ana", "student_ended")], timeout=15,
              what="the lesson's record under this browser's student")
+    assert lesson.console_errors == []
+
+
+def focused(lesson: LessonPage) -> str:
+    """The id of the element with the keyboard's focus, or its tag when it has none (BODY: the focus was lost)."""
+    focus: str = lesson.page.evaluate("() => document.activeElement.id || document.activeElement.tagName")
+    return focus
+
+
+def test_the_keyboard_alone_starts_and_ends_a_lesson_and_the_focus_stays_on_the_lesson(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(stack.url)
+    keyboard = lesson.page.keyboard
+    keyboard.press("Tab")
+    assert focused(lesson) == "name"
+    keyboard.type("Ana")
+    keyboard.press("Tab")
+    keyboard.press("ArrowDown")  # the level: A1 → A2
+    assert lesson.page.get_by_label("Level").input_value() == "A2"
+    keyboard.press("Tab")
+    assert focused(lesson) == "start"
+    keyboard.press("Enter")
+
+    # Start is disabled under the focus: the focus moves to the status line, and Tab goes on to the lesson's buttons.
+    lesson.wait_greeting_played()
+    assert focused(lesson) == "status"
+    keyboard.press("Tab")
+    assert focused(lesson) == "mute"
+    keyboard.press("Tab")
+    assert focused(lesson) == "end"
+    keyboard.press("Enter")
+
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    expect(lesson.page.get_by_role("status")).to_have_text("The lesson has ended.")
+    assert focused(lesson) == "status"
+    assert lesson.debug("statuses")[-1] == "ended:student_ended"
     assert lesson.console_errors == []

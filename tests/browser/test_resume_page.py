@@ -69,3 +69,26 @@ def test_a_reload_mid_lesson_resumes_it_with_the_transcript_restored(stack: Stac
         f"() => document.querySelectorAll('#transcript .turn--tutor').length > {turns_before}", timeout=60_000)
     assert lesson.page.get_by_role("button", name="End lesson").is_enabled()
     assert lesson.console_errors == []
+
+
+def test_end_pressed_while_offline_ends_the_lesson_once_back_with_its_feedback(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(stack.url)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    lesson.wait_debug("d.state === 'listening'")
+    lesson_id = lesson.debug("lessonId")
+
+    lesson.page.context.set_offline(True)
+    expect(lesson.page.get_by_role("status")).to_have_text("Reconnecting…", timeout=5_000)
+    lesson.page.get_by_role("button", name="End lesson").click()
+    expect(lesson.page.get_by_role("button", name="End lesson")).to_be_disabled()
+    lesson.page.context.set_offline(False)
+
+    expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    assert lesson.debug("lessonId") == lesson_id
+    assert lesson.debug("statuses")[-1] == "ended:student_ended"  # as the student asked, not browser_gone
+    assert lesson.page.get_by_role("alert").is_hidden()
+    assert lesson.console_errors == []

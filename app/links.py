@@ -33,7 +33,7 @@ import orjson
 from pydantic import ValidationError
 
 from app.logging import configure_logging
-from app.messages import LEVELS, LessonRequest
+from app.messages import INVALID_LINK_WORDS, LEVELS, LessonRequest
 from app.settings import Settings, load_settings
 
 
@@ -80,15 +80,15 @@ def verify_lesson_token(token: str, secret: str, *, now: float) -> LinkClaim:
         payload, signature = _unb64(payload_part), _unb64(signature_part)
     except (ValueError, TypeError) as exc:
         raise LinkError(f"malformed lesson token ({len(token)} characters, not two base64 parts)",
-                        "This lesson link is not valid.") from exc
+                        INVALID_LINK_WORDS) from exc
     if not hmac.compare_digest(signature, _signature(secret, payload)):
-        raise LinkError("lesson token signature does not match", "This lesson link is not valid.")
+        raise LinkError("lesson token signature does not match", INVALID_LINK_WORDS)
     try:
         data = orjson.loads(payload)
         expires_at = None if data["e"] is None else int(data["e"])
         claim = LinkClaim(student_id=str(data["s"]), link_id=str(data["k"]), expires_at=expires_at)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise LinkError("lesson token payload unreadable", "This lesson link is not valid.") from exc
+        raise LinkError("lesson token payload unreadable", INVALID_LINK_WORDS) from exc
     if claim.expires_at is not None and claim.expires_at <= now:
         raise LinkError(f"lesson token expired at {claim.expires_at}", EXPIRED_WORDS)
     return claim

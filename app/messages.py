@@ -85,6 +85,10 @@ class LessonRequest(BaseModel):
         return topic
 
 
+# What the student reads when their lesson link is damaged or forged: what to check, and who can help.
+INVALID_LINK_WORDS = ("This lesson link is not valid. Check that you opened the whole link, or ask your teacher "
+                      "for a new one.")
+
 # What the student reads when a lesson parameter is refused; the log gets pydantic's own wording.
 _PARAMETER_WORDS = {
     "name": "Please type your name: at most 5 words of letters (a hyphen, an apostrophe or an initial's dot "
@@ -92,7 +96,7 @@ _PARAMETER_WORDS = {
     "level": "Please choose a level from A1 to C2.",
     "support": "The support language must be the name of a language, like Spanish (at most 3 words).",
     "topic": "The topic must be short plain text (at most 80 characters).",
-    "token": "This lesson link is not valid.",
+    "token": INVALID_LINK_WORDS,
     "student_key": "This page's student key is not valid. Please reload the page.",
 }
 

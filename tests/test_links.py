@@ -184,6 +184,9 @@ async def test_a_bad_or_withdrawn_link_is_refused_in_plain_words_and_nothing_is_
     assert words in page.text
     assert (error["code"], lesson.ws.close_code) == ("invalid_request", 1008)
     assert words in error["message"]
+    # Whatever is wrong with the link, the student is told who can give them one that works.
+    assert "teacher for a new one" in page.text
+    assert "teacher for a new one" in error["message"]
     assert simulator.connections == []
 
 

@@ -162,6 +162,14 @@ function showState(state, reason) {
   page.status.textContent = STATUS_TEXT[reason ? `${state}:${reason}` : state] ?? STATUS_TEXT[state] ?? state;
 }
 
+// Whether starting again can get past a refusal of this code: not the day's lesson time spent, nor a link's
+// page refused its request (name and level come from the link, so the link itself was refused). The message
+// says what to do instead.
+function retryCanHelp(code) {
+  if (code === "daily_budget_reached") return false;
+  return !(code === "invalid_request" && page.root.dataset.locked === "true");
+}
+
 function showError(message, canRetry) {
   page.errorMessage.textContent = message;
   page.retry.hidden = !canRetry;
@@ -614,7 +622,9 @@ class Lesson {
           resumeStore.forget();
         }
         // A resume refused for now (another server is taking the lesson over) is retried, not shown.
-        if (message.fatal || this.lostAt === null) showError(message.message, message.fatal);
+        if (message.fatal || this.lostAt === null) {
+          showError(message.message, message.fatal && retryCanHelp(message.code));
+        }
         break;
     }
   }

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 import sqlite3
+import urllib.request
+from typing import Any
 
 import pytest
 from browser_stack import SAMPLE_RATE, LessonPage, OpenPage, Stack, dominant_hz, run_stack, wait_for, wait_recording
@@ -184,3 +187,34 @@ def test_the_keyboard_alone_starts_and_ends_a_lesson_and_the_focus_stays_on_the_
     assert focused(lesson) == "status"
     assert lesson.debug("statuses")[-1] == "ended:student_ended"
     assert lesson.console_errors == []
+
+
+def test_a_link_withdrawn_after_its_page_opened_is_refused_in_plain_words_without_try_again(
+    open_page: OpenPage, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    password = "withdrawn-link-test-password"
+
+    def api(method: str, path: str, body: dict[str, str] | None = None) -> Any:
+        request = urllib.request.Request(f"{stack.url}{path}", method=method,
+                                         data=json.dumps(body).encode() if body else None,
+                                         headers={"Authorization": f"Bearer {password}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read() or b"null")
+
+    with run_stack(tmp_path_factory.mktemp("withdrawn"), app_env={"TEACHER_PASSWORD": password}) as stack:
+        student = api("POST", "/api/students", {"name": "Ana", "level": "A2"})
+        lesson = open_page(student["link"])
+        expect(lesson.page.get_by_label("Name")).to_have_value("Ana")
+        api("DELETE", f"/api/students/{student['id']}")
+
+        lesson.page.get_by_role("button", name="Start lesson").click()
+
+        alert = lesson.page.get_by_role("alert")
+        expect(alert).to_contain_text("This lesson link is no longer valid. Ask your teacher for a new one.",
+                                      timeout=15_000)
+        lesson.wait_debug("d.socket === 'closed'")
+        # Starting again with the same link cannot help: the student is not asked to.
+        expect(alert.get_by_role("button", name="Try again")).to_be_hidden()
+        assert lesson.debug("errors")[0]["code"] == "invalid_request"
+        assert lesson.console_errors == []

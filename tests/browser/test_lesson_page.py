@@ -218,3 +218,25 @@ def test_a_link_withdrawn_after_its_page_opened_is_refused_in_plain_words_withou
         expect(alert.get_by_role("button", name="Try again")).to_be_hidden()
         assert lesson.debug("errors")[0]["code"] == "invalid_request"
         assert lesson.console_errors == []
+
+
+def relative_luminance(css_colour: str) -> float:
+    red, green, blue = (int(part) / 255 for part in re.findall(r"\d+", css_colour)[:3])
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (red, green, blue)]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(first: str, second: str) -> float:
+    """The WCAG contrast ratio of two computed CSS colours (rgb(r, g, b))."""
+    lighter, darker = sorted((relative_luminance(first), relative_luminance(second)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def test_the_edges_of_the_fields_and_buttons_stand_out_from_their_card(stack: Stack, open_page: OpenPage) -> None:
+    # WCAG 1.4.11: what shows where a field is (its border) has 3:1 against what is around it.
+    lesson = open_page(stack.url)
+    for control in ("#name", "#level", "#mute"):
+        border, around = lesson.page.locator(control).evaluate(
+            "(node) => [getComputedStyle(node).borderTopColor,"
+            " getComputedStyle(node.closest('.card')).backgroundColor]")
+        assert contrast(border, around) >= 3, f"{control}: border {border} on {around}"

@@ -1,0 +1,74 @@
+"""The lesson page on a phone: 360 px wide, tapped, in headless Chromium against the app and the simulator.
+
+What this proves: nothing is wider than the screen; a personal link's page with its last lessons still has
+Start lesson on the first screen, and a refusal is shown where the student is looking, next to the status.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser_stack import LessonPage, launch_chromium, make_wav, run_stack, wait_for
+from playwright.sync_api import Locator, Playwright, expect
+
+pytestmark = pytest.mark.browser
+
+PASSWORD = "phone-page-test-password"
+PHONE = {"width": 360, "height": 740}
+
+
+def on_first_screen(element: Locator) -> bool:
+    """Whether all of `element` is inside the viewport as the page is scrolled now."""
+    box = element.bounding_box()
+    assert box is not None, "the element is not shown"
+    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= PHONE["width"] \
+        and box["y"] + box["height"] <= PHONE["height"]
+
+
+def test_a_link_s_page_with_its_history_keeps_start_and_its_messages_on_the_first_screen(
+    playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with run_stack(tmp_path_factory.mktemp("phone"), app_env={"TEACHER_PASSWORD": PASSWORD}) as stack:
+
+        def api(method: str, path: str, body: dict[str, str] | None = None) -> Any:
+            request = urllib.request.Request(f"{stack.url}{path}", method=method,
+                                             data=json.dumps(body).encode() if body else None,
+                                             headers={"Authorization": f"Bearer {PASSWORD}",
+                                                      "Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read() or b"null")
+
+        browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
+        try:
+            student = api("POST", "/api/students", {"name": "Ana", "level": "A2"})
+            lesson = LessonPage.open(browser, student["link"])
+            page = lesson.page
+            page.set_viewport_size(PHONE)
+            start = page.get_by_role("button", name="Start lesson")
+            start.click()
+            lesson.wait_greeting_played()
+            lesson.wait_debug("d.state === 'listening'")
+            page.get_by_role("button", name="End lesson").click()
+            expect(page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
+            lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+            lesson_id = lesson.debug("lessonId")
+            wait_for(lambda: api("GET", f"/api/lessons/{lesson_id}")["feedback"], timeout=15,
+                     what="the lesson's feedback in the store")
+
+            page.reload()  # the link's page now shows the lesson just had
+            expect(page.get_by_role("region", name="Your last lessons")).to_contain_text("New words")
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+            assert on_first_screen(start)
+
+            api("DELETE", f"/api/students/{student['id']}")
+            start.click()
+            alert = page.get_by_role("alert")
+            expect(alert).to_contain_text("no longer valid", timeout=15_000)
+            assert on_first_screen(alert)
+            assert lesson.console_errors == []
+        finally:
+            browser.close()

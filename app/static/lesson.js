@@ -64,6 +64,7 @@ const STATUS_TEXT = {
   ending: "Ending the lesson…",
   feedback: "Preparing your feedback…",
   ended: "The lesson has ended.",
+  not_started: "The lesson did not start.",
   reconnecting: "Reconnecting…",
   "reconnecting:upstream": "Reconnecting to your tutor…",
   "reconnecting:server_restarting": "The lesson server is restarting. Reconnecting…",
@@ -304,6 +305,7 @@ class Lesson {
     this.resumeToken = resume?.token ?? null;
     this.graceMs = resume?.graceMs ?? 0;
     this.replay = resume !== null;
+    this.accepted = resume !== null; // the relay took the lesson: its `lesson` frame came
     this.lostAt = null;
     this.attempt = 0;
     this.reconnectTimer = null;
@@ -553,6 +555,7 @@ class Lesson {
       case "lesson":
         if (message.simulated && page.simulatedNotice) page.simulatedNotice.hidden = false;
         debug.lessonId = message.lesson_id;
+        this.accepted = true;
         this.resumeToken = message.resume_token || null;
         this.graceMs = (message.resume_grace_s ?? 0) * 1000;
         if (message.resumed) {
@@ -578,7 +581,8 @@ class Lesson {
         }
         if (message.state === "feedback") this.awaitFeedback(message.timeout_s);
         if (!this.ending || message.state === "ended" || message.state === "feedback") {
-          showState(message.state, message.state === "reconnecting" ? message.reason : undefined);
+          const state = message.state === "ended" ? this.endedState() : message.state;
+          showState(state, message.state === "reconnecting" ? message.reason : undefined);
           if (!page.resumeAudio.hidden && message.state === "listening") showState("sound_off");
         }
         break;
@@ -641,9 +645,14 @@ class Lesson {
     debug.socket = "closed";
     debug.closeCode = event.code;
     setLessonControls(false);
-    showState("ended");
+    showState(this.endedState());
     if (expected || this.fatalError) return;
     showError(CLOSE_MESSAGES[event.code] ?? DROPPED_MESSAGE, true);
+  }
+
+  // A refused start never was a lesson: the status says it did not start rather than that it ended.
+  endedState() {
+    return this.accepted ? "ended" : "not_started";
   }
 
   // The lesson is over and its feedback is on its way: nothing more to hear or say; the relay closes once

@@ -216,6 +216,8 @@ def test_a_link_withdrawn_after_its_page_opened_is_refused_in_plain_words_withou
         lesson.wait_debug("d.socket === 'closed'")
         # Starting again with the same link cannot help: the student is not asked to.
         expect(alert.get_by_role("button", name="Try again")).to_be_hidden()
+        # It never was a lesson: the status does not say it ended.
+        expect(lesson.page.get_by_role("status")).to_have_text("The lesson did not start.")
         assert lesson.debug("errors")[0]["code"] == "invalid_request"
         assert lesson.console_errors == []
 

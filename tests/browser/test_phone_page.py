@@ -1,7 +1,8 @@
-"""The lesson page on a phone: 360 px wide, tapped, in headless Chromium against the app and the simulator.
+"""The lesson page on a phone: 360 px wide, in headless Chromium against the app and the simulator.
 
 What this proves: nothing is wider than the screen; a personal link's page with its last lessons still has
-Start lesson on the first screen, and a refusal is shown where the student is looking, next to the status.
+Start lesson on the first screen, and a refusal is shown where the student is looking, next to the status;
+a bad link's page keeps its words off the screen's edges.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_stack import LessonPage, launch_chromium, make_wav, run_stack, wait_for
+from browser_stack import LessonPage, OpenPage, Stack, launch_chromium, make_wav, run_stack, wait_for
 from playwright.sync_api import Locator, Playwright, expect
 
 pytestmark = pytest.mark.browser
@@ -72,3 +73,17 @@ def test_a_link_s_page_with_its_history_keeps_start_and_its_messages_on_the_firs
             assert lesson.console_errors == []
         finally:
             browser.close()
+
+
+def test_a_bad_link_s_page_is_laid_out_like_the_lesson_page(stack: Stack, open_page: OpenPage) -> None:
+    lesson = open_page(f"{stack.url}/?token=not-a-link")
+    lesson.page.set_viewport_size(PHONE)
+    message = lesson.page.get_by_role("alert")
+    expect(message).to_contain_text("This lesson link is not valid.")
+    assert on_first_screen(message)
+    # Its text is not pressed against the edges of the screen.
+    for element in (lesson.page.get_by_role("heading", name="Lesson link needed"), message):
+        box = element.bounding_box()
+        assert box is not None
+        assert box["x"] >= 8, box
+        assert box["x"] + box["width"] <= PHONE["width"] - 8, box

@@ -175,6 +175,7 @@ function showError(message, canRetry) {
   page.errorMessage.textContent = message;
   page.retry.hidden = !canRetry;
   page.error.hidden = false;
+  page.error.scrollIntoView({ block: "nearest" }); // on a phone it may start below the screen's edge
 }
 
 function hideError() {

@@ -20,14 +20,17 @@ pytestmark = pytest.mark.browser
 
 PASSWORD = "phone-page-test-password"
 PHONE = {"width": 360, "height": 740}
+# What a small phone shows of a page under its browser's address bar.
+SMALL_PHONE = {"width": 360, "height": 560}
 
 
 def on_first_screen(element: Locator) -> bool:
     """Whether all of `element` is inside the viewport as the page is scrolled now."""
-    box = element.bounding_box()
+    box, viewport = element.bounding_box(), element.page.viewport_size
     assert box is not None, "the element is not shown"
-    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= PHONE["width"] \
-        and box["y"] + box["height"] <= PHONE["height"]
+    assert viewport is not None
+    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= viewport["width"] \
+        and box["y"] + box["height"] <= viewport["height"]
 
 
 def test_a_link_s_page_with_its_history_keeps_start_and_its_messages_on_the_first_screen(
@@ -87,3 +90,21 @@ def test_a_bad_link_s_page_is_laid_out_like_the_lesson_page(stack: Stack, open_p
         assert box is not None
         assert box["x"] >= 8, box
         assert box["x"] + box["width"] <= PHONE["width"] - 8, box
+
+
+REFUSE_MICROPHONE = """
+MediaDevices.prototype.getUserMedia = () => Promise.reject(new DOMException("the test refused", "NotAllowedError"));
+"""
+
+
+def test_a_refused_microphone_s_message_and_try_again_are_on_the_screen(stack: Stack, open_page: OpenPage) -> None:
+    lesson = open_page(stack.url, init_scripts=[REFUSE_MICROPHONE])
+    lesson.page.set_viewport_size(SMALL_PHONE)
+    lesson.start("Ana")
+
+    alert = lesson.page.get_by_role("alert")
+    expect(alert).to_contain_text("The page may not use your microphone.", timeout=15_000)
+    try_again = alert.get_by_role("button", name="Try again")
+    expect(try_again).to_be_visible()
+    assert on_first_screen(try_again)
+    assert lesson.console_errors == []

@@ -78,6 +78,7 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
     settings: Settings = _state(request).settings
     templates: Jinja2Templates = _state(request).templates
     name, level, locked = "", "A1", False
+    target_language = settings.target_language
     history: StudentHistory | None = None
     if token or settings.lesson_secret is not None:
         try:
@@ -90,6 +91,7 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
             return templates.TemplateResponse(request, "link_required.html", {"problem": exc.student_message},
                                               status_code=503 if isinstance(exc, StoreUnavailable) else 403)
         name, level, locked = student.name, student.level, True
+        target_language = student.target_language or settings.target_language
         history = await student_history(_state(request).db, student.student_id)
     page = templates.TemplateResponse(request, "lesson.html", {
         "simulated": settings.simulated,
@@ -98,7 +100,7 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
         "name": name,
         "token": token,
         "locked": locked,
-        "target_language": settings.target_language,
+        "target_language": target_language,
         "max_frame_bytes": settings.max_frame_bytes,
         "history": history,
     })

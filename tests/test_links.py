@@ -190,6 +190,29 @@ async def test_a_bad_or_withdrawn_link_is_refused_in_plain_words_and_nothing_is_
     assert simulator.connections == []
 
 
+async def test_a_student_s_own_target_language_is_taught_and_named_on_their_page(
+        simulator: RealtimeSimulator, store_url: str) -> None:
+    async with serve_app(relay_settings(simulator.url, lesson_secret=SECRET, database_url=store_url)) as server:
+        state = await started_app(server)
+        student = await queries.create_student(state.db, name="Sofía", level="A1", target_language="Spanish")
+        link = await queries.create_link(state.db, student_id=student.id, expires_at=None)
+        token = make_lesson_token(state.link_secret, student_id=student.id, link_id=link.id, expires_at=None)
+        async with httpx.AsyncClient() as http:
+            page = await http.get(f"{server.base_url}/", params={"token": token})
+        async with open_lesson(server.lesson_url(name="Sofía", token=token)) as lesson:
+            greeting = await lesson.until_type("transcript.done", role="tutor")
+            await lesson.send_json({"type": "end"})
+            await lesson.drain_until_closed()
+        upstream = await simulator.next_connection()
+    assert "<h1>Spanish lesson</h1>" in page.text
+    session = upstream.received[0]["session"]
+    assert "The target language is Spanish." in session["instructions"]
+    assert "English" not in session["instructions"]
+    # TARGET_LANGUAGE_CODE is English's: the transcription is left to find Spanish itself.
+    assert "language" not in session["audio"]["input"]["transcription"]
+    assert "Spanish" in greeting["text"]
+
+
 async def test_without_lesson_secret_links_are_signed_with_a_kept_secret_that_survives_a_restart(
         simulator: RealtimeSimulator, store_url: str) -> None:
     settings = relay_settings(simulator.url, database_url=store_url)

@@ -157,10 +157,11 @@ def run_simulator(workdir: Path, *simulator_args: str) -> Iterator[SimulatorProc
 
 @contextlib.contextmanager
 def run_app(simulator: SimulatorProcess, *, port: int, database: Path, log: Path,
-            app_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+            app_env: dict[str, str | None] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """The app (uvicorn) on 127.0.0.1:`port` with its lesson records in the SQLite file `database`, pointed at
     `simulator` as if it were OpenAI, once /healthz answers; its environment has `app_env` on top of the
-    stack's own. Two of these in turn on one port and one database are an instance and its replacement."""
+    stack's own (None: the variable is left out). Two of these in turn on one port and one database are an
+    instance and its replacement."""
     env = _inherited_environment() | {
         "OPENAI_API_KEY": "sk-test-fake-key",
         "OPENAI_REALTIME_URL": simulator.url,
@@ -169,6 +170,7 @@ def run_app(simulator: SimulatorProcess, *, port: int, database: Path, log: Path
         "DATABASE_URL": f"sqlite:///{database}",
         "METRICS_TOKEN": METRICS_TOKEN,
     } | (app_env or {})
+    env = {name: value for name, value in env.items() if value is not None}
     with run_process([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
                   env=env, log=log) as app:
         wait_for(lambda: _check_alive(app, log) or http_json(f"http://127.0.0.1:{port}/healthz"),
@@ -177,7 +179,7 @@ def run_app(simulator: SimulatorProcess, *, port: int, database: Path, log: Path
 
 
 @contextlib.contextmanager
-def run_stack(workdir: Path, *simulator_args: str, app_env: dict[str, str] | None = None) -> Iterator[Stack]:
+def run_stack(workdir: Path, *simulator_args: str, app_env: dict[str, str | None] | None = None) -> Iterator[Stack]:
     """The simulator (`python -m app.simulator`) and the app (uvicorn) as processes, ready to use; the app's
     environment has `app_env` on top of the stack's own."""
     port, database, app_log = free_port(), workdir / "lessons.db", workdir / "app.log"

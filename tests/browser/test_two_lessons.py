@@ -39,8 +39,8 @@ def end_and_read_card(lesson: LessonPage) -> str:
 def test_the_second_lesson_remembers_the_first_and_the_desk_shows_both(
     playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    # OPENAI_API_KEY blank = unset: the app starts its own simulator, as on a fresh clone with no key.
-    app_env = {"OPENAI_API_KEY": "", "TEACHER_PASSWORD": PASSWORD}
+    # No key and no upstream URL: the app starts its own simulator, as on a fresh clone.
+    app_env: dict[str, str | None] = {"OPENAI_API_KEY": None, "OPENAI_REALTIME_URL": None, "TEACHER_PASSWORD": PASSWORD}
     with run_stack(tmp_path_factory.mktemp("two-lessons"), app_env=app_env) as stack:
         browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
         try:

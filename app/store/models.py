@@ -193,8 +193,9 @@ class AppSecret(Base):
 
 
 class SignInFailure(Base):
-    """A wrong password from `client` (desk form or API token), counted by the desk's sign-in limit across every
-    worker and replica (app/teacher/sign_in_limit.py); rows older than the limit's window are pruned."""
+    """A wrong password from `client` (an address, or `browser:<id>` for a known browser; desk form or API
+    token), counted by the desk's sign-in limit across every worker and replica (app/teacher/sign_in_limit.py);
+    rows older than the limit's window are pruned."""
 
     __tablename__ = "sign_in_failures"
     __table_args__ = (Index("ix_sign_in_failures_client_at", "client", "at"),)
@@ -202,3 +203,14 @@ class SignInFailure(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     client: Mapped[str] = mapped_column(String(100))
     at: Mapped[datetime] = mapped_column(index=True)
+
+
+class TeacherSession(Base):
+    """A signed-in desk session (app/teacher/desk_sessions.py): its cookie names it, every desk request checks it
+    is here, sign-out deletes it. Kept as the SHA-256 of the id the cookie holds; rows past `expires_at` are
+    pruned at each sign-in."""
+
+    __tablename__ = "teacher_sessions"
+
+    id_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -39,7 +39,7 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     async def on_desk_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, DeskError)
-        return error_page(request, exc)
+        return await error_page(request, exc)
 
     async def on_desk_off(request: Request, exc: Exception) -> Response:
         return off_page(request)
@@ -61,7 +61,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         if request.url.path.startswith("/api/"):
             return api.ApiError(422, problem, field=field).response()
         if request.url.path.startswith(DESK_PATH):
-            return error_page(request, DeskError(422, "Not understood", problem))
+            return await error_page(request, DeskError(422, "Not understood", problem))
         return await request_validation_exception_handler(request, exc)
 
     app.add_exception_handler(DeskError, on_desk_error)

@@ -1,6 +1,11 @@
-"""The sign-in limit: at most `max_failures` wrong passwords per client address (an IPv6 address's /64, see
-`app.addresses`) in any sliding window, counted in the store (`sign_in_failures`) so that it holds across every
-worker and replica of a deployment.
+"""The sign-in limit: at most `max_failures` wrong passwords per client in any sliding window, counted in the
+store (`sign_in_failures`) so that it holds across every worker and replica of a deployment.
+
+A client is its address (an IPv6 address's /64, see `app.addresses`), except a browser that signed in to
+the desk before, proven by its known-browser cookie (signed with the password: only a browser that knew it
+holds one): its attempts are counted by themselves. A school's network shares one address, so anyone on it
+can use up that address's failures; a teacher's browser that has signed in there before is not held up by
+them, and is still limited on its own if someone guesses from it.
 
 An attempt is written as a failure and committed before it is counted, and its password is compared only
 when the count (its own row included) is within the limit. Of attempts running in parallel on any workers,
@@ -64,15 +69,18 @@ class SignInLimiter:
         self.max_failures = max_failures
         self.window_s = window_s
 
-    async def attempt(self, sessions: async_sessionmaker[AsyncSession], client: str, now: datetime) -> SignInAttempt:
-        """Count an attempt by `client` at `now` (timezone-aware).
+    async def attempt(self, sessions: async_sessionmaker[AsyncSession], client: str, now: datetime, *,
+                      known_browser: str | None = None) -> SignInAttempt:
+        """Count an attempt by `client` (its address) at `now` (timezone-aware): against `known_browser` when
+        the attempt comes with a known-browser cookie's id, else against the address.
 
-        Refused (`wait_s` > 0: the seconds until it may try again) when `client` already has `max_failures`
+        Refused (`wait_s` > 0: the seconds until it may try again) when that count already has `max_failures`
         in the window; compare nothing then. Otherwise compare the password: a wrong one stays counted, a
         right one is `passed`. `SignInUnavailable` when the store does not answer.
         """
         window_start = now - timedelta(seconds=self.window_s)
-        counted_as = limit_key(client)
+        # Browser ids are URL-safe base64, never an address: the two counts cannot meet.
+        counted_as = f"browser:{known_browser}" if known_browser else limit_key(client)
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S):
                 failure_id = await self._write(sessions, counted_as, now, window_start)

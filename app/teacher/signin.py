@@ -1,14 +1,18 @@
 """Signing in to the desk and out of it.
 
 The sign-in form is itself CSRF-protected: its GET sets a signed, not-yet-signed-in session cookie
-holding the token the form carries. A good password replaces it with a signed-in session and a new
-token; a wrong one counts against the address (`SignInLimiter`, in the store) and is logged without the
-password. When the store cannot count the attempt, the form is refused (503), never let through unchecked.
+holding the token the form carries. A good password records a new session in the store (desk_sessions.py)
+and replaces the cookie with one naming it, with a new token, and marks the browser as known (a signed
+cookie sent only to this form); a wrong one counts against the known browser or else the address
+(`SignInLimiter`, in the store) and is logged without the password. Signing out ends this browser's session
+in the store, so no copy of its cookie opens the desk again; other browsers stay signed in. When the store
+does not answer, the form is refused (503), never let through unchecked.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Annotated
@@ -17,19 +21,24 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app.teacher.auth import DeskSession, TeacherAuth
+from app.teacher import desk_sessions
+from app.teacher.auth import KNOWN_BROWSER_COOKIE, DeskSession, TeacherAuth
 from app.teacher.sign_in_limit import SignInLimiter, SignInUnavailable
 from app.teacher.web import (
     DESK_PATH,
+    SIGN_IN_PATH,
     DeskError,
     checked_form,
     clear_session_cookie,
     client_address,
+    cookie_session,
     current_session,
     redirect,
     render,
     safe_next,
+    set_known_browser_cookie,
     set_session_cookie,
+    store_unavailable,
     teacher_auth,
 )
 
@@ -39,9 +48,9 @@ log = structlog.get_logger("lesson_relay")
 Auth = Annotated[TeacherAuth, Depends(teacher_auth)]
 
 
-@router.get(f"{DESK_PATH}/signin", response_class=HTMLResponse)
+@router.get(SIGN_IN_PATH, response_class=HTMLResponse)
 async def sign_in_page(request: Request, auth: Auth, next: str = DESK_PATH) -> Response:
-    session = current_session(request, auth)
+    session = await current_session(request, auth)
     if session is not None and session.signed_in:
         return redirect(safe_next(next))
     if session is None:
@@ -51,42 +60,64 @@ async def sign_in_page(request: Request, auth: Auth, next: str = DESK_PATH) -> R
     return response
 
 
-@router.post(f"{DESK_PATH}/signin", response_class=HTMLResponse)
+@router.post(SIGN_IN_PATH, response_class=HTMLResponse)
 async def sign_in(request: Request, auth: Auth) -> Response:
-    session = current_session(request, auth)
+    # The form's token is checked against the cookie as signed: a session signed out since still proves the
+    # form came from the desk, and the sign-in replaces it.
+    session = cookie_session(request, auth)
     form = await checked_form(request, session)
     assert session is not None  # checked_form refuses a form without a session
     client = client_address(request)
+    known_browser = auth.decode_known_browser(request.cookies.get(KNOWN_BROWSER_COOKIE), now=time.time())
     limiter: SignInLimiter = request.app.state.sign_in_limiter
     try:
-        attempt = await limiter.attempt(request.app.state.db, client, datetime.now(UTC))
+        attempt = await limiter.attempt(request.app.state.db, client, datetime.now(UTC), known_browser=known_browser)
     except SignInUnavailable as exc:
         raise DeskError(503, "Sign-in unavailable",
                         "The desk cannot check sign-in attempts because its database is not answering. "
-                        "Try again in a minute.", back=f"{DESK_PATH}/signin") from exc
+                        "Try again in a minute.", back=SIGN_IN_PATH) from exc
     if attempt.refused:
-        log.warning("teacher_sign_in_refused", client=client, reason="too_many_failures",
-                    retry_after_s=attempt.wait_s)
+        log.warning("teacher_sign_in_refused", client=client, known_browser=known_browser is not None,
+                    reason="too_many_failures", retry_after_s=attempt.wait_s)
         minutes = math.ceil(attempt.wait_s / 60)
+        source = "this browser" if known_browser else "your address"
         raise DeskError(429, "Too many attempts",
-                        f"Too many wrong passwords from your address. Try again in {minutes} minute"
-                        f"{'s' if minutes != 1 else ''}.", back=f"{DESK_PATH}/signin",
+                        f"Too many wrong passwords from {source}. Try again in {minutes} minute"
+                        f"{'s' if minutes != 1 else ''}.", back=SIGN_IN_PATH,
                         headers={"Retry-After": attempt.retry_after})
     next_path = safe_next(form.get("next"))
     if not auth.password_matches(form.get("password", "")):
-        log.warning("teacher_sign_in_failed", client=client)
+        log.warning("teacher_sign_in_failed", client=client, known_browser=known_browser is not None)
         return render(request, "signin.html", session, {"next": next_path, "problem": "That password is not right."},
                       status_code=401)
     await limiter.passed(request.app.state.db, attempt)
-    log.info("teacher_signed_in", client=client)
+    signed_in = DeskSession.new(signed_in=True, now=time.time())
+    assert signed_in.session_id is not None
+    try:
+        await desk_sessions.start(request.app.state.db, signed_in.session_id, datetime.fromtimestamp(
+            signed_in.issued_at, UTC))
+    except desk_sessions.DeskSessionsUnavailable as exc:
+        raise store_unavailable("sign you in") from exc
+    log.info("teacher_signed_in", client=client, known_browser=known_browser is not None)
     response: Response = RedirectResponse(next_path, status_code=303)
-    set_session_cookie(request, response, auth, DeskSession.new(signed_in=True, now=time.time()))
+    set_session_cookie(request, response, auth, signed_in)
+    set_known_browser_cookie(request, response, auth, known_browser or secrets.token_urlsafe(16))
     return response
 
 
 @router.post(f"{DESK_PATH}/signout")
 async def sign_out(request: Request, auth: Auth) -> Response:
-    await checked_form(request, current_session(request, auth))
-    response = redirect(f"{DESK_PATH}/signin")
+    """End this browser's session on the server and drop its cookie; a store that does not answer leaves both
+    as they were (503), so the teacher can try again rather than believe a copied cookie dead."""
+    session = cookie_session(request, auth)
+    await checked_form(request, session)
+    assert session is not None  # checked_form refuses a form without a session
+    if session.session_id is not None:
+        try:
+            await desk_sessions.end(request.app.state.db, session.session_id)
+        except desk_sessions.DeskSessionsUnavailable as exc:
+            raise store_unavailable("sign you out") from exc
+        log.info("teacher_signed_out", client=client_address(request))
+    response = redirect(SIGN_IN_PATH)
     clear_session_cookie(request, response)
     return response

@@ -1,8 +1,9 @@
 """The plumbing every desk page shares: who is signed in, checked forms, rendering, and error pages.
 
-Pages depend on `signed_in` (a session with a good password behind it, else a redirect to the sign-in
-page) and read POST bodies only through `checked_form`, which refuses an oversized body (413) and a
-missing or wrong CSRF token (403) before a field is looked at, so a refused form writes nothing.
+Pages depend on `signed_in` (a signed cookie whose session the store still holds, else a redirect to the
+sign-in page; a store that does not answer is a 503 page, never an open desk) and read POST bodies only
+through `checked_form`, which refuses an oversized body (413) and a missing or wrong CSRF token (403) before
+a field is looked at, so a refused form writes nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -23,10 +24,22 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.links import lesson_url, make_lesson_token
 from app.settings import Settings
 from app.store.models import Link
-from app.teacher.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_MAX_AGE_S, DeskSession, TeacherAuth, csrf_matches
+from app.teacher import desk_sessions
+from app.teacher.auth import (
+    CSRF_FIELD,
+    KNOWN_BROWSER_COOKIE,
+    KNOWN_BROWSER_MAX_AGE_S,
+    SESSION_COOKIE,
+    SESSION_MAX_AGE_S,
+    DeskSession,
+    TeacherAuth,
+    csrf_matches,
+)
 from app.teacher.inputs import BodyTooLarge, InvalidInput, read_form
 
 DESK_PATH = "/teacher"
+SIGN_IN_PATH = f"{DESK_PATH}/signin"
+_UNCHECKED = object()
 
 # What a page may announce after a redirect; the query carries only the key, never text to reflect.
 NOTICES = {
@@ -78,16 +91,44 @@ def teacher_auth(request: Request) -> TeacherAuth:
     return auth
 
 
-def current_session(request: Request, auth: TeacherAuth) -> DeskSession | None:
+def cookie_session(request: Request, auth: TeacherAuth) -> DeskSession | None:
+    """The session the cookie holds, as signed: whether a signed-in one was signed out since, it does not say."""
     return auth.decode(request.cookies.get(SESSION_COOKIE), now=time.time())
 
 
-def signed_in(request: Request, auth: Annotated[TeacherAuth, Depends(teacher_auth)]) -> DeskSession:
+async def current_session(request: Request, auth: TeacherAuth) -> DeskSession | None:
+    """The cookie's session, or None when it is signed in and the store no longer holds it (signed out, expired).
+
+    Read once per request. `DeskError` 503 when the store does not answer (the rest of the request, its error
+    page included, then takes it as signed out)."""
+    checked = getattr(request.state, "desk_session", _UNCHECKED)
+    if checked is not _UNCHECKED:
+        assert checked is None or isinstance(checked, DeskSession)
+        return checked
+    session = cookie_session(request, auth)
+    request.state.desk_session = None
+    if session is not None and session.session_id is not None:
+        try:
+            still_open = await desk_sessions.is_open(request.app.state.db, session.session_id, datetime.now(UTC))
+        except desk_sessions.DeskSessionsUnavailable as exc:
+            raise store_unavailable("check who is signed in") from exc
+        session = session if still_open else None
+    request.state.desk_session = session
+    return session
+
+
+async def signed_in(request: Request, auth: Annotated[TeacherAuth, Depends(teacher_auth)]) -> DeskSession:
     """The signed-in session, or `SignInRequired` (a redirect to the sign-in page)."""
-    session = current_session(request, auth)
+    session = await current_session(request, auth)
     if session is None or not session.signed_in:
         raise SignInRequired(request.url.path)
     return session
+
+
+def store_unavailable(doing: str) -> DeskError:
+    """The 503 page of a desk request whose session the store did not answer for."""
+    return DeskError(503, "Desk unavailable", f"The desk cannot {doing} because its database is not answering. "
+                     "Try again in a minute.")
 
 
 Teacher = Annotated[DeskSession, Depends(signed_in)]
@@ -180,6 +221,15 @@ def set_session_cookie(request: Request, response: Response, auth: TeacherAuth, 
     )
 
 
+def set_known_browser_cookie(request: Request, response: Response, auth: TeacherAuth, browser_id: str) -> None:
+    # Sent only with the sign-in form: all it does is let its sign-ins be counted by themselves.
+    response.set_cookie(
+        KNOWN_BROWSER_COOKIE, auth.encode_known_browser(browser_id, now=time.time()),
+        max_age=KNOWN_BROWSER_MAX_AGE_S, path=SIGN_IN_PATH, httponly=True, samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
 def clear_session_cookie(request: Request, response: Response) -> None:
     response.delete_cookie(SESSION_COOKIE, path=DESK_PATH, httponly=True, samesite="strict",
                            secure=request.url.scheme == "https")
@@ -192,9 +242,15 @@ def safe_next(path: str | None) -> str:
     return DESK_PATH
 
 
-def error_page(request: Request, error: DeskError) -> HTMLResponse:
+async def error_page(request: Request, error: DeskError) -> HTMLResponse:
     auth: TeacherAuth | None = request.app.state.teacher_auth
-    session = current_session(request, auth) if auth else None
+    session: DeskSession | None = None
+    # The desk's 503s all mean the store is not answering: not asked again, the page is shown as to a visitor.
+    if auth is not None and error.status != 503:
+        try:
+            session = await current_session(request, auth)
+        except DeskError:
+            session = None
     page = render(request, "error.html", session, {
         "heading": error.heading, "problem": error.problem, "back": error.back,
     }, status_code=error.status)

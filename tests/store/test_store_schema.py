@@ -15,7 +15,7 @@ from app.store.database import DatabaseUnavailable, create_engine, database_url,
 from app.store.models import Base, Lesson, LessonEvent, Link, Student, Turn
 
 TABLES = {"students", "links", "lessons", "turns", "lesson_events", "instances", "app_secrets", "sign_in_failures",
-          "alembic_version"}
+          "teacher_sessions", "alembic_version"}
 
 
 async def test_migrations_create_exactly_the_models_schema(engine: AsyncEngine) -> None:

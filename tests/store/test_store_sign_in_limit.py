@@ -76,6 +76,19 @@ async def test_a_right_password_clears_only_its_own_attempt(sessions: async_sess
     assert (await limiter.attempt(sessions, "10.0.0.1", at(8))).refused
 
 
+async def test_a_known_browser_is_counted_apart_from_its_address(sessions: async_sessionmaker[AsyncSession]) -> None:
+    limiter = SignInLimiter(max_failures=2, window_s=60)
+    for seconds in (0, 1):
+        await limiter.attempt(sessions, "10.0.0.1", at(seconds))
+
+    own = [await limiter.attempt(sessions, "10.0.0.1", at(2 + index), known_browser="b1") for index in range(3)]
+
+    assert (await limiter.attempt(sessions, "10.0.0.1", at(5))).refused
+    assert [attempt.refused for attempt in own] == [False, False, True]
+    assert not (await limiter.attempt(sessions, "10.0.0.1", at(6), known_browser="b2")).refused
+    assert await failures(sessions, "browser:b1") == 2
+
+
 @pytest.fixture
 async def second_worker(store_url: str, sessions: async_sessionmaker[AsyncSession]
                         ) -> AsyncIterator[async_sessionmaker[AsyncSession]]:

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import io
-from http.cookies import SimpleCookie
+from http.cookies import Morsel, SimpleCookie
 
+import httpx
 import pytest
 from desk_client import PASSWORD, Desk, csrf_token, serve_desk
 from pydantic import SecretStr
 
 from app.settings import ConfigurationError, load_settings
-from app.teacher.auth import SESSION_MAX_AGE_S, DeskSession, TeacherAuth
+from app.teacher.auth import KNOWN_BROWSER_MAX_AGE_S, SESSION_MAX_AGE_S, DeskSession, TeacherAuth
 from app.teacher.sign_in_limit import SignInLimiter
 
 
-def session_cookie(set_cookie: str) -> SimpleCookie:
-    cookie: SimpleCookie = SimpleCookie()
-    cookie.load(set_cookie)
-    assert "teacher_session" in cookie
-    return cookie
+def set_cookie(response: httpx.Response, name: str = "teacher_session") -> Morsel[str]:
+    """The response's Set-Cookie for `name`."""
+    for header in response.headers.get_list("set-cookie"):
+        cookie: SimpleCookie = SimpleCookie()
+        cookie.load(header)
+        if name in cookie:
+            return cookie[name]
+    raise AssertionError(f"no Set-Cookie for {name!r}")
 
 
 async def test_without_a_password_the_desk_says_how_to_turn_it_on(log_stream: io.StringIO) -> None:
@@ -36,12 +40,15 @@ async def test_the_right_password_signs_in_with_a_strict_http_only_cookie(desk: 
 
     assert signed_in.status_code == 303
     assert signed_in.headers["location"] == "/teacher"
-    morsel = session_cookie(signed_in.headers["set-cookie"])["teacher_session"]
+    morsel = set_cookie(signed_in)
     assert morsel["httponly"] is True
     assert morsel["samesite"] == "strict"
     assert morsel["path"] == "/teacher"
     assert not morsel["secure"]  # served over plain http here
     assert int(morsel["max-age"]) == SESSION_MAX_AGE_S
+    known = set_cookie(signed_in, "teacher_browser")
+    assert (known["httponly"], known["samesite"], known["path"]) == (True, "strict", "/teacher/signin")
+    assert int(known["max-age"]) == KNOWN_BROWSER_MAX_AGE_S
     assert (await desk.client.get("/teacher/signin")).headers["location"] == "/teacher"
 
 
@@ -49,7 +56,7 @@ async def test_over_https_the_cookie_is_secure(desk: Desk) -> None:
     # Behind Railway's proxy: uvicorn takes the scheme from X-Forwarded-Proto.
     page = await desk.client.get("/teacher/signin", headers={"x-forwarded-proto": "https"})
 
-    assert session_cookie(page.headers["set-cookie"])["teacher_session"]["secure"] is True
+    assert set_cookie(page)["secure"] is True
 
 
 async def test_a_wrong_password_is_refused_logged_without_it_and_signs_nothing_in(desk: Desk) -> None:
@@ -96,7 +103,7 @@ async def test_a_tampered_session_cookie_is_not_signed_in(desk: Desk) -> None:
     value = desk.client.cookies["teacher_session"]
     payload, signature = value.split(".")
     desk.client.cookies.clear()
-    forged = DeskSession(signed_in=True, csrf_token="x", issued_at=0)
+    forged = DeskSession(session_id="x", csrf_token="x", issued_at=0)
     desk.client.cookies.set("teacher_session", TeacherAuth(SecretStr("another-password")).encode(forged),
                             domain="127.0.0.1", path="/teacher")
 

@@ -1,18 +1,22 @@
 """The desk's sign-in limit holds for the whole deployment: two apps on one database (SQLite, PostgreSQL) and
 `python -m app` with two workers count the same wrong passwords; a database out of reach refuses sign-in
-(503, with the reason logged) instead of letting it through unchecked."""
+(503, with the reason logged) instead of letting it through unchecked; a browser that signed in before is
+counted by itself, so others at its address cannot lock it out."""
 
 from __future__ import annotations
 
 import io
 import signal
+import time
 from pathlib import Path
 
 import httpx
 from databases import CuttableProxy
-from desk_client import PASSWORD, UNUSED_UPSTREAM, csrf_token, serve_desk
+from desk_client import PASSWORD, UNUSED_UPSTREAM, Desk, csrf_token, serve_desk
 from harness import app_process, logged
+from pydantic import SecretStr
 
+from app.teacher.auth import KNOWN_BROWSER_MAX_AGE_S, DeskSession, TeacherAuth
 from app.teacher.sign_in_limit import SignInLimiter
 
 BEARER = {"Authorization": f"Bearer {PASSWORD}"}
@@ -106,3 +110,69 @@ async def test_wrong_passwords_from_one_ipv6_network_count_together_whichever_of
     assert wrong == [401] * limit
     assert same_network.status_code == 429
     assert other_network.status_code == 200
+
+
+async def test_a_browser_that_signed_in_before_is_not_locked_out_by_others_at_its_address(
+        store_url: str, log_stream: io.StringIO) -> None:
+    # The teacher, a student and a newcomer all behind the school's one address (127.0.0.1 here).
+    async with serve_desk(log_stream, database_url=store_url) as teacher:
+        await teacher.sign_in()
+        await teacher.submit("/teacher/signout")
+        async with (httpx.AsyncClient(base_url=teacher.server.base_url) as student_client,
+                    httpx.AsyncClient(base_url=teacher.server.base_url) as newcomer_client):
+            student = Desk(teacher.server, student_client, log_stream)
+            newcomer = Desk(teacher.server, newcomer_client, log_stream)
+            limit = teacher.app.state.sign_in_limiter.max_failures
+            guesses = [(await student.sign_in("guess-guess")).status_code for _ in range(limit + 1)]
+
+            teacher_back = await teacher.sign_in()
+            newcomer_locked = await newcomer.sign_in()
+            api_locked = await student.client.get("/api/students", headers=BEARER)
+
+    assert guesses == [401] * limit + [429]
+    assert teacher_back.status_code == 303
+    assert newcomer_locked.status_code == 429
+    assert "from your address" in newcomer_locked.text
+    assert api_locked.status_code == 429  # scripts have no known-browser cookie: they are counted by address
+    signed_in = logged(log_stream, "teacher_signed_in")
+    assert [line["known_browser"] for line in signed_in] == [False, True]
+
+
+async def test_a_known_browser_is_limited_on_its_own_without_locking_its_address(desk: Desk) -> None:
+    await desk.sign_in()
+    await desk.submit("/teacher/signout")
+    limit = desk.app.state.sign_in_limiter.max_failures
+    guesses = [(await desk.sign_in("guess-guess")).status_code for _ in range(limit + 1)]
+    async with httpx.AsyncClient(base_url=desk.server.base_url) as other_client:
+        other = await Desk(desk.server, other_client, desk.log).sign_in()
+    locked = await desk.sign_in()
+
+    assert guesses == [401] * limit + [429]
+    assert other.status_code == 303
+    assert locked.status_code == 429
+    assert "from this browser" in locked.text
+    refused = logged(desk.log, "teacher_sign_in_refused")
+    assert all(line["known_browser"] is True for line in refused)
+
+
+async def test_a_known_browser_cookie_not_signed_with_the_password_counts_by_address(desk: Desk) -> None:
+    limit = desk.app.state.sign_in_limiter.max_failures
+    for _ in range(limit):
+        assert (await desk.sign_in("guess-guess")).status_code == 401
+    for forged in (TeacherAuth(SecretStr("another-password")).encode_known_browser("b", now=time.time()),
+                   "bm90LXNpZ25lZA.c2ln", "garbage"):
+        desk.client.cookies.set("teacher_browser", forged, domain="127.0.0.1", path="/teacher/signin")
+
+        assert (await desk.sign_in()).status_code == 429
+
+
+def test_a_known_browser_cookie_expires_and_is_bound_to_the_password() -> None:
+    auth = TeacherAuth(SecretStr(PASSWORD))
+    cookie = auth.encode_known_browser("browser-1", now=1_000)
+
+    assert auth.decode_known_browser(cookie, now=1_000 + KNOWN_BROWSER_MAX_AGE_S) == "browser-1"
+    assert auth.decode_known_browser(cookie, now=1_001 + KNOWN_BROWSER_MAX_AGE_S) is None
+    assert TeacherAuth(SecretStr("another-password")).decode_known_browser(cookie, now=1_000) is None
+    # Neither cookie passes for the other: they are signed with keys of their own.
+    assert auth.decode(cookie, now=1_000) is None
+    assert auth.decode_known_browser(auth.encode(DeskSession.new(signed_in=True, now=1_000)), now=1_000) is None

@@ -1,7 +1,8 @@
 """The teacher's desk (/teacher, server-rendered pages) and its JSON API (/api), both behind TEACHER_PASSWORD.
 
-    auth.py           the password, the signed session cookie, CSRF tokens
-    sign_in_limit.py  wrong passwords per address, counted in the store across workers and replicas
+    auth.py           the password, the signed session and known-browser cookies, CSRF tokens
+    desk_sessions.py  signed-in sessions kept in the store, so that sign-out ends one on the server
+    sign_in_limit.py  wrong passwords per address or known browser, counted in the store across workers and replicas
     inputs.py         size-limited bodies and the validated fields both accept
     queries.py        what both read and write in the lesson records
     exports.py        a lesson as JSON, Markdown and CSV rows; the formatters the templates use

@@ -80,10 +80,11 @@ async def sign_in(request: Request, auth: Auth) -> Response:
         log.warning("teacher_sign_in_refused", client=client, known_browser=known_browser is not None,
                     reason="too_many_failures", retry_after_s=attempt.wait_s)
         minutes = math.ceil(attempt.wait_s / 60)
-        source = "this browser" if known_browser else "your address"
-        raise DeskError(429, "Too many attempts",
-                        f"Too many wrong passwords from {source}. Try again in {minutes} minute"
-                        f"{'s' if minutes != 1 else ''}.", back=SIGN_IN_PATH,
+        wait = f"Try again in {minutes} minute{'s' if minutes != 1 else ''}."
+        problem = (f"Too many wrong passwords from this browser. {wait}" if known_browser else
+                   f"Too many wrong passwords from your address. {wait} "
+                   "A browser that has signed in to the desk before can sign in now.")
+        raise DeskError(429, "Too many attempts", problem, back=SIGN_IN_PATH,
                         headers={"Retry-After": attempt.retry_after})
     next_path = safe_next(form.get("next"))
     if not auth.password_matches(form.get("password", "")):

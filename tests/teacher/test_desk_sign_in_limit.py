@@ -133,6 +133,7 @@ async def test_a_browser_that_signed_in_before_is_not_locked_out_by_others_at_it
     assert teacher_back.status_code == 303
     assert newcomer_locked.status_code == 429
     assert "from your address" in newcomer_locked.text
+    assert "A browser that has signed in to the desk before can sign in now." in newcomer_locked.text
     assert api_locked.status_code == 429  # scripts have no known-browser cookie: they are counted by address
     signed_in = logged(log_stream, "teacher_signed_in")
     assert [line["known_browser"] for line in signed_in] == [False, True]

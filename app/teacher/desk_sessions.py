@@ -2,10 +2,11 @@
 
 A sign-in writes a row named by the SHA-256 of a random id that only the session's signed cookie holds;
 every desk request looks that row up by its primary key (one indexed read); sign-out deletes it, so a copy
-of the cookie is worthless afterwards. A row lives as long as its cookie (`SESSION_MAX_AGE_S`); each
-sign-in deletes the rows that have expired, so they cannot pile up. A cookie signed before
-`TEACHER_PASSWORD` changed fails its signature check before the store is asked. When the store does not
-answer, the check fails closed (`DeskSessionsUnavailable`): the desk is not opened unchecked.
+of the cookie is worthless afterwards ("sign out everywhere" deletes them all). A row lives as long as its
+cookie (`SESSION_MAX_AGE_S`); each sign-in deletes the rows that have expired, so they cannot pile up. A
+cookie signed before `TEACHER_PASSWORD` changed fails its signature check before the store is asked. When
+the store does not answer, the check fails closed (`DeskSessionsUnavailable`): the desk is not opened
+unchecked.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import datetime, timedelta
+from typing import cast
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import CursorResult, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -64,6 +66,16 @@ async def end(sessions: async_sessionmaker[AsyncSession], session_id: str) -> No
             await db.execute(delete(TeacherSession).where(TeacherSession.id_digest == _digest(session_id)))
     except (TimeoutError, OSError, SQLAlchemyError) as exc:
         raise _unavailable("end", exc) from exc
+
+
+async def end_all(sessions: async_sessionmaker[AsyncSession]) -> int:
+    """Sign every browser out (how many sessions were open, expired ones included, is returned)."""
+    try:
+        async with asyncio.timeout(LOOKUP_TIMEOUT_S), sessions.begin() as db:
+            ended = cast(CursorResult[tuple[()]], await db.execute(delete(TeacherSession)))
+    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+        raise _unavailable("end_all", exc) from exc
+    return ended.rowcount
 
 
 def _unavailable(action: str, exc: BaseException) -> DeskSessionsUnavailable:

@@ -5,8 +5,8 @@ holding the token the form carries. A good password records a new session in the
 and replaces the cookie with one naming it, with a new token, and marks the browser as known (a signed
 cookie sent only to this form); a wrong one counts against the known browser or else the address
 (`SignInLimiter`, in the store) and is logged without the password. Signing out ends this browser's session
-in the store, so no copy of its cookie opens the desk again; other browsers stay signed in. When the store
-does not answer, the form is refused (503), never let through unchecked.
+in the store, so no copy of its cookie opens the desk again; other browsers stay signed in, unless the teacher
+signs out everywhere. When the store does not answer, the form is refused (503), never let through unchecked.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from app.teacher.web import (
     DESK_PATH,
     SIGN_IN_PATH,
     DeskError,
+    Teacher,
     checked_form,
     clear_session_cookie,
     client_address,
@@ -119,6 +120,21 @@ async def sign_out(request: Request, auth: Auth) -> Response:
         except desk_sessions.DeskSessionsUnavailable as exc:
             raise store_unavailable("sign you out") from exc
         log.info("teacher_signed_out", client=client_address(request))
-    response = redirect(SIGN_IN_PATH)
+    response = redirect(SIGN_IN_PATH, notice="signed_out")
+    clear_session_cookie(request, response)
+    return response
+
+
+@router.post(f"{DESK_PATH}/signout/everywhere")
+async def sign_out_everywhere(request: Request, teacher: Teacher) -> Response:
+    """End every desk session, this one included: for a browser left signed in elsewhere (a school computer),
+    without changing TEACHER_PASSWORD. Known browsers stay known."""
+    await checked_form(request, teacher)
+    try:
+        ended = await desk_sessions.end_all(request.app.state.db)
+    except desk_sessions.DeskSessionsUnavailable as exc:
+        raise store_unavailable("sign every browser out") from exc
+    log.info("teacher_signed_out_everywhere", client=client_address(request), sessions_ended=ended)
+    response = redirect(SIGN_IN_PATH, notice="signed_out_everywhere")
     clear_session_cookie(request, response)
     return response

@@ -52,6 +52,8 @@ NOTICES = {
     "link_revoked": "Lesson link revoked: it no longer opens a lesson.",
     "correction_deleted": "Correction deleted: it no longer follows the student into their next lessons.",
     "word_deleted": "Word deleted: it no longer follows the student into their next lessons.",
+    "signed_out": "Signed out on this browser. Any other browser signed in to the desk stays signed in.",
+    "signed_out_everywhere": "Signed out on every browser.",
 }
 
 

@@ -38,6 +38,16 @@ async def test_a_session_is_open_until_it_is_ended_and_ending_it_leaves_the_othe
     assert not await desk_sessions.is_open(sessions, "never-started", T0)
 
 
+async def test_ending_them_all_closes_every_session(sessions: async_sessionmaker[AsyncSession]) -> None:
+    for name in ("laptop", "phone", "school-computer"):
+        await desk_sessions.start(sessions, name, T0)
+
+    assert await desk_sessions.end_all(sessions) == 3
+
+    assert not await desk_sessions.is_open(sessions, "school-computer", T0)
+    assert await recorded(sessions) == 0
+
+
 async def test_a_session_closes_at_its_max_age(sessions: async_sessionmaker[AsyncSession]) -> None:
     await desk_sessions.start(sessions, "laptop", T0)
 

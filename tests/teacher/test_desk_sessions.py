@@ -50,15 +50,36 @@ async def test_after_sign_out_a_copy_of_the_cookie_no_longer_opens_the_desk(desk
     assert "teacher_signed_out" in desk.log.getvalue()
 
 
-async def test_sign_out_ends_only_this_browsers_session(desk: Desk) -> None:
+async def test_sign_out_ends_only_this_browsers_session_and_says_so(desk: Desk) -> None:
     async with another_browser(desk) as phone:
         await desk.sign_in()
         await phone.sign_in()
 
-        await sign_out(desk)
+        signed_out = await sign_out(desk)
 
         assert (await desk.client.get("/teacher")).status_code == 303
         assert (await phone.client.get("/teacher")).status_code == 200
+    notice = await desk.client.get(signed_out.headers["location"])
+    assert "Signed out on this browser. Any other browser signed in to the desk stays signed in." in notice.text
+
+
+async def test_sign_out_everywhere_ends_every_session_but_keeps_browsers_known(desk: Desk) -> None:
+    async with another_browser(desk) as school_computer:
+        await school_computer.sign_in()
+        await desk.sign_in()
+
+        assert (await desk.client.post("/teacher/signout/everywhere", data={})).status_code == 403
+        signed_out = await desk.submit("/teacher/signout/everywhere")
+
+        assert signed_out.status_code == 303
+        assert "teacher_session=" in signed_out.headers["set-cookie"]
+        assert (await school_computer.client.get("/teacher")).status_code == 303
+        assert (await desk.client.get("/teacher")).status_code == 303
+        assert "Signed out on every browser." in (await desk.client.get(signed_out.headers["location"])).text
+        assert "teacher_browser" in desk.client.cookies  # still known: not held up by others' wrong passwords
+        assert (await desk.sign_in()).status_code == 303
+    [line] = logged(desk.log, "teacher_signed_out_everywhere")
+    assert line["sessions_ended"] == 2
 
 
 async def test_a_signed_out_browser_gets_a_fresh_sign_in_form_and_can_sign_in_again(desk: Desk) -> None:

@@ -108,7 +108,7 @@ async def current_session(request: Request, auth: TeacherAuth) -> DeskSession | 
         assert checked is None or isinstance(checked, DeskSession)
         return checked
     session = cookie_session(request, auth)
-    request.state.desk_session = None
+    request.state.desk_session = None  # what the rest of the request sees if the store does not answer
     if session is not None and session.session_id is not None:
         try:
             still_open = await desk_sessions.is_open(request.app.state.db, session.session_id, datetime.now(UTC))

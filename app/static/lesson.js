@@ -118,6 +118,7 @@ const page = {
   resumeAudio: document.getElementById("resume-audio"),
   simulatedNotice: document.getElementById("simulated-notice"),
   transcript: document.getElementById("transcript"),
+  turnAnnouncer: document.getElementById("turn-announcer"),
   usage: document.getElementById("usage"),
   feedback: document.getElementById("feedback"),
   feedbackStatus: document.getElementById("feedback-status"),
@@ -195,14 +196,21 @@ function setLessonControls(active) {
   if (focused?.disabled) page.status.focus();
 }
 
+// A turn's words grow in the visible transcript as they stream in; screen readers hear each turn once, when it
+// is finished, from a visually hidden live region.
+const ANNOUNCED_TURNS_KEPT = 5;
+
 class Transcript {
-  constructor(region) {
+  constructor(region, announcer) {
     this.region = region;
+    this.announcer = announcer;
     this.turns = new Map();
+    this.quiet = false; // while a resumed lesson's past turns come back: they are shown, not read out again
   }
 
   clear() {
     this.region.replaceChildren();
+    this.announcer.replaceChildren();
     this.turns.clear();
   }
 
@@ -232,10 +240,19 @@ class Transcript {
   done(role, itemId, text) {
     this.turn(role, itemId).textContent = text;
     this.region.scrollTop = this.region.scrollHeight;
+    if (!this.quiet && text.trim()) this.announce(`${role === "tutor" ? "Tutor" : "You"}: ${text}`);
+  }
+
+  // A live region's additions are read out; removing the oldest is not, and keeps it small.
+  announce(words) {
+    const line = document.createElement("p");
+    line.textContent = words;
+    this.announcer.append(line);
+    while (this.announcer.childElementCount > ANNOUNCED_TURNS_KEPT) this.announcer.firstElementChild.remove();
   }
 }
 
-const transcript = new Transcript(page.transcript);
+const transcript = new Transcript(page.transcript, page.turnAnnouncer);
 
 // The lesson's feedback card. Every field is model output: it is set as text, never parsed as HTML.
 // The personal page's server-rendered cards (templates/_feedback.html) have the same structure.
@@ -552,9 +569,12 @@ class Lesson {
   }
 
   onControl(message) {
+    if (message.type !== "transcript.done") transcript.quiet = false;
     switch (message.type) {
       case "lesson":
         if (message.simulated && page.simulatedNotice) page.simulatedNotice.hidden = false;
+        // After a reload the relay sends every turn so far (`replay`), right after this frame.
+        transcript.quiet = Boolean(message.resumed && this.replay);
         debug.lessonId = message.lesson_id;
         this.accepted = true;
         this.resumeToken = message.resume_token || null;

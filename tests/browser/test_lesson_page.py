@@ -242,3 +242,46 @@ def test_the_edges_of_the_fields_and_buttons_stand_out_from_their_card(stack: St
             "(node) => [getComputedStyle(node).borderTopColor,"
             " getComputedStyle(node.closest('.card')).backgroundColor]")
         assert contrast(border, around) >= 3, f"{control}: border {border} on {around}"
+
+
+# Records what is added to the visible transcript's turns and to the screen readers' announcements, as it happens.
+WATCH_TRANSCRIPT = """
+window.transcriptWatch = {fragments: 0, announced: []};
+document.addEventListener("DOMContentLoaded", () => {
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      if (change.target.closest?.(".turn__text")) window.transcriptWatch.fragments += change.addedNodes.length;
+    }
+  }).observe(document.getElementById("transcript"), {childList: true, subtree: true});
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      for (const node of change.addedNodes) window.transcriptWatch.announced.push(node.textContent);
+    }
+  }).observe(document.getElementById("turn-announcer"), {childList: true});
+});
+"""
+
+
+def test_screen_readers_hear_each_finished_turn_once_not_its_streamed_fragments(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(stack.url, init_scripts=[WATCH_TRANSCRIPT])
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    lesson.page.wait_for_function("() => window.transcriptWatch.announced.length > 0", timeout=15_000)
+
+    greeting = lesson.page.locator("#transcript .turn--tutor .turn__text").first.inner_text()
+    watch = lesson.page.evaluate("window.transcriptWatch")
+    # The greeting streamed in as several fragments, and was announced once, whole, with who said it.
+    assert watch["fragments"] > 1
+    assert watch["announced"] == [f"Tutor: {greeting}"]
+    # The visible transcript is not a live region (it would read every fragment); the announcer is one, unseen.
+    transcript = lesson.page.locator("#transcript")
+    assert transcript.get_attribute("aria-live") is None and transcript.get_attribute("role") is None
+    announcer = lesson.page.locator("#turn-announcer")
+    assert (announcer.get_attribute("role"), announcer.get_attribute("aria-live")) == ("log", "polite")
+    box = announcer.bounding_box()
+    assert box is not None and box["width"] <= 1 and box["height"] <= 1
+    # What a sighted student sees is unchanged: the turn, labelled, in the conversation.
+    expect(lesson.page.locator("#transcript .turn--tutor").first).to_have_text(f"Tutor{greeting}")
+    assert lesson.console_errors == []

@@ -60,6 +60,9 @@ def test_a_reload_mid_lesson_resumes_it_with_the_transcript_restored(stack: Stac
     # Every turn is back; one the reload cut short comes back with the words it had reached.
     assert len(restored) >= len(before)
     assert all(now.startswith(then) for then, now in zip(before, restored, strict=False))
+    # The restored turns are shown, not read out to a screen reader all over again.
+    lesson.wait_debug("d.statuses.length > 0")
+    assert lesson.page.locator("#turn-announcer > *").count() == 0
     continue_button = lesson.page.get_by_role("button", name="Continue lesson")
     expect(continue_button).to_be_visible()
     turns_before = tutor_turns(lesson)

@@ -793,7 +793,6 @@ function startLesson() {
   feedbackCard.clear();
   page.usage.hidden = true;
   page.mute.setAttribute("aria-pressed", "false");
-  page.mute.textContent = "Mute microphone";
   setLessonControls(true);
   lesson = new Lesson(params);
   lesson.start();
@@ -811,10 +810,11 @@ page.end.addEventListener("click", () => {
   lesson?.end();
   setLessonControls(false);
 });
+// A toggle: its name stays "Mute microphone" and aria-pressed (styled as pressed) says whether it is on, so a
+// screen reader never hears "Unmute microphone, pressed".
 page.mute.addEventListener("click", () => {
   const muted = page.mute.getAttribute("aria-pressed") !== "true";
   page.mute.setAttribute("aria-pressed", String(muted));
-  page.mute.textContent = muted ? "Unmute microphone" : "Mute microphone";
   lesson?.setMuted(muted);
 });
 page.name.addEventListener("input", () => page.name.setCustomValidity(""));

@@ -285,3 +285,21 @@ def test_screen_readers_hear_each_finished_turn_once_not_its_streamed_fragments(
     # What a sighted student sees is unchanged: the turn, labelled, in the conversation.
     expect(lesson.page.locator("#transcript .turn--tutor").first).to_have_text(f"Tutor{greeting}")
     assert lesson.console_errors == []
+
+
+def test_the_mute_button_keeps_its_name_and_says_whether_it_is_pressed(stack: Stack, open_page: OpenPage) -> None:
+    lesson = open_page(stack.url)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    microphone_on = "() => lesson.stream.getAudioTracks().every((track) => track.enabled)"
+
+    mute = lesson.page.get_by_role("button", name="Mute microphone", exact=True)
+    expect(mute).to_have_attribute("aria-pressed", "false")
+    mute.click()
+    # One name, its state in aria-pressed: a screen reader hears "Mute microphone, pressed".
+    expect(lesson.page.get_by_role("button", name="Mute microphone", exact=True, pressed=True)).to_be_visible()
+    assert lesson.page.evaluate(microphone_on) is False
+    mute.click()
+    expect(lesson.page.get_by_role("button", name="Mute microphone", exact=True, pressed=False)).to_be_visible()
+    assert lesson.page.evaluate(microphone_on) is True
+    assert lesson.console_errors == []

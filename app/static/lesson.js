@@ -190,7 +190,8 @@ function setLessonControls(active) {
   page.end.disabled = !active;
   page.mute.disabled = !active;
   page.name.readOnly = locked || active;
-  page.level.disabled = locked || active;
+  // A link's level is read-only text (lesson.html); the open page's level list is held while a lesson runs.
+  if (!locked) page.level.disabled = active;
   // A control disabled under the focus drops it to the top of the page: the keyboard and the screen reader
   // go on from the status line instead, which says what happens next.
   if (focused?.disabled) page.status.focus();

@@ -189,24 +189,27 @@ def test_the_keyboard_alone_starts_and_ends_a_lesson_and_the_focus_stays_on_the_
     assert lesson.console_errors == []
 
 
+TEACHER_PASSWORD = "lesson-page-test-password"
+
+
+def teacher_api(stack: Stack, method: str, path: str, body: dict[str, str] | None = None) -> Any:
+    """The teacher's JSON API of a stack started with `TEACHER_PASSWORD`."""
+    request = urllib.request.Request(f"{stack.url}{path}", method=method,
+                                     data=json.dumps(body).encode() if body else None,
+                                     headers={"Authorization": f"Bearer {TEACHER_PASSWORD}",
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read() or b"null")
+
+
 def test_a_link_withdrawn_after_its_page_opened_is_refused_in_plain_words_without_try_again(
     open_page: OpenPage, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    password = "withdrawn-link-test-password"
-
-    def api(method: str, path: str, body: dict[str, str] | None = None) -> Any:
-        request = urllib.request.Request(f"{stack.url}{path}", method=method,
-                                         data=json.dumps(body).encode() if body else None,
-                                         headers={"Authorization": f"Bearer {password}",
-                                                  "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return json.loads(response.read() or b"null")
-
-    with run_stack(tmp_path_factory.mktemp("withdrawn"), app_env={"TEACHER_PASSWORD": password}) as stack:
-        student = api("POST", "/api/students", {"name": "Ana", "level": "A2"})
+    with run_stack(tmp_path_factory.mktemp("withdrawn"), app_env={"TEACHER_PASSWORD": TEACHER_PASSWORD}) as stack:
+        student = teacher_api(stack, "POST", "/api/students", {"name": "Ana", "level": "A2"})
         lesson = open_page(student["link"])
         expect(lesson.page.get_by_label("Name")).to_have_value("Ana")
-        api("DELETE", f"/api/students/{student['id']}")
+        teacher_api(stack, "DELETE", f"/api/students/{student['id']}")
 
         lesson.page.get_by_role("button", name="Start lesson").click()
 
@@ -277,11 +280,13 @@ def test_screen_readers_hear_each_finished_turn_once_not_its_streamed_fragments(
     assert watch["announced"] == [f"Tutor: {greeting}"]
     # The visible transcript is not a live region (it would read every fragment); the announcer is one, unseen.
     transcript = lesson.page.locator("#transcript")
-    assert transcript.get_attribute("aria-live") is None and transcript.get_attribute("role") is None
+    assert transcript.get_attribute("aria-live") is None
+    assert transcript.get_attribute("role") is None
     announcer = lesson.page.locator("#turn-announcer")
     assert (announcer.get_attribute("role"), announcer.get_attribute("aria-live")) == ("log", "polite")
     box = announcer.bounding_box()
-    assert box is not None and box["width"] <= 1 and box["height"] <= 1
+    assert box is not None
+    assert max(box["width"], box["height"]) <= 1
     # What a sighted student sees is unchanged: the turn, labelled, in the conversation.
     expect(lesson.page.locator("#transcript .turn--tutor").first).to_have_text(f"Tutor{greeting}")
     assert lesson.console_errors == []
@@ -303,3 +308,36 @@ def test_the_mute_button_keeps_its_name_and_says_whether_it_is_pressed(stack: St
     expect(lesson.page.get_by_role("button", name="Mute microphone", exact=True, pressed=False)).to_be_visible()
     assert lesson.page.evaluate(microphone_on) is True
     assert lesson.console_errors == []
+
+
+def test_a_link_s_level_is_read_only_text_the_keyboard_reaches_and_the_lesson_keeps(
+    open_page: OpenPage, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with run_stack(tmp_path_factory.mktemp("link-level"), app_env={"TEACHER_PASSWORD": TEACHER_PASSWORD}) as stack:
+        student = teacher_api(stack, "POST", "/api/students", {"name": "Ana", "level": "B1"})
+        lesson = open_page(student["link"])
+        keyboard = lesson.page.keyboard
+
+        keyboard.press("Tab")
+        assert focused(lesson) == "name"
+        keyboard.press("Tab")
+        # A screen reader hears "Level, B1, read only"; the keyboard can neither skip it nor change it.
+        assert focused(lesson) == "level"
+        level = lesson.page.get_by_label("Level")
+        expect(level).to_have_value("B1")
+        expect(level).not_to_be_editable()
+        keyboard.type("C2")
+        expect(level).to_have_value("B1")
+        keyboard.press("Tab")
+        assert focused(lesson) == "start"
+        keyboard.press("Enter")
+
+        lesson.wait_greeting_played()
+        expect(level).to_have_value("B1")
+
+        def levels_of_the_student() -> list[tuple[str]]:
+            with contextlib.closing(sqlite3.connect(stack.database)) as db:
+                return db.execute("SELECT level FROM lessons WHERE student_id = ?", (student["id"],)).fetchall()
+
+        wait_for(lambda: levels_of_the_student() == [("B1",)], timeout=15, what="the lesson's record at B1")
+        assert lesson.console_errors == []

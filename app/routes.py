@@ -95,6 +95,7 @@ async def lesson_page(request: Request, token: str = "") -> HTMLResponse:
         history = await student_history(_state(request).db, student.student_id)
     page = templates.TemplateResponse(request, "lesson.html", {
         "simulated": settings.simulated,
+        "transcript_language_code": language_code_of(target_language, settings),
         "levels": messages.LEVELS,
         "level": level,
         "name": name,
@@ -317,14 +318,19 @@ def _record_refusal(records: RecordSink, lesson_id: str, request: messages.Lesso
                             text_output_tokens=0, estimated_cost_usd=0.0))
 
 
+def language_code_of(target_language: str, settings: Settings) -> str | None:
+    """The ISO-639-1 code of `target_language`: TARGET_LANGUAGE_CODE for the app's own language; None for another
+    one a teacher set for a student, which is kept by its name alone."""
+    return settings.target_language_code if target_language.casefold() == settings.target_language.casefold() else None
+
+
 def _lesson_config(lesson_id: str, request: messages.LessonRequest, settings: Settings, student: LessonStudent,
                    memory: Sequence[RememberedLesson], *, started_at: datetime, resume_token: str,
                    carried: CarriedOver | None = None) -> LessonConfig:
     # A student the teacher set another language for is taught it; the transcription then finds the language
     # itself, since TARGET_LANGUAGE_CODE names the app's.
     target_language = student.target_language or settings.target_language
-    language_code = (settings.target_language_code
-                     if target_language.casefold() == settings.target_language.casefold() else None)
+    language_code = language_code_of(target_language, settings)
     return LessonConfig(
         lesson_id=lesson_id,
         name=request.name,

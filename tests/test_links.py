@@ -211,6 +211,27 @@ async def test_a_student_s_own_target_language_is_taught_and_named_on_their_page
     # TARGET_LANGUAGE_CODE is English's: the transcription is left to find Spanish itself.
     assert "language" not in session["audio"]["input"]["transcription"]
     assert "Spanish" in greeting["text"]
+    # Spanish's code is not known: the transcript is left unmarked rather than marked English.
+    assert 'id="transcript" class="transcript">' in page.text
+
+
+async def test_the_transcript_is_marked_with_the_lesson_s_language_code_when_it_is_known(
+        simulator: RealtimeSimulator, store_url: str) -> None:
+    settings = relay_settings(simulator.url, lesson_secret=SECRET, database_url=store_url,
+                              target_language="Spanish", target_language_code="es")
+    async with serve_app(settings) as server:
+        state = await started_app(server)
+        _, _, apps_language = await personal_link(state, name="Ana", level="A2")
+        student = await queries.create_student(state.db, name="Sofía", level="A1", target_language="spanish")
+        link = await queries.create_link(state.db, student_id=student.id, expires_at=None)
+        same_language = make_lesson_token(state.link_secret, student_id=student.id, link_id=link.id, expires_at=None)
+        async with httpx.AsyncClient() as http:
+            pages = [await http.get(f"{server.base_url}/", params={"token": token})
+                     for token in (apps_language, same_language)]
+    for page in pages:
+        # The turns are Spanish; the page's own words stay English.
+        assert '<html lang="en">' in page.text
+        assert 'id="transcript" class="transcript" data-lang="es">' in page.text
 
 
 async def test_without_lesson_secret_links_are_signed_with_a_kept_secret_that_survives_a_restart(

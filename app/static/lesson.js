@@ -205,6 +205,7 @@ class Transcript {
   constructor(region, announcer) {
     this.region = region;
     this.announcer = announcer;
+    this.lang = region.dataset.lang ?? ""; // the lesson's language, for screen readers' pronunciation
     this.turns = new Map();
     this.quiet = false; // while a resumed lesson's past turns come back: they are shown, not read out again
   }
@@ -226,6 +227,7 @@ class Transcript {
       label.textContent = role === "tutor" ? "Tutor" : "You";
       text = document.createElement("p");
       text.className = "turn__text";
+      if (this.lang) text.lang = this.lang;
       turn.append(label, text);
       this.region.append(turn);
       this.turns.set(itemId, text);
@@ -241,13 +243,16 @@ class Transcript {
   done(role, itemId, text) {
     this.turn(role, itemId).textContent = text;
     this.region.scrollTop = this.region.scrollHeight;
-    if (!this.quiet && text.trim()) this.announce(`${role === "tutor" ? "Tutor" : "You"}: ${text}`);
+    if (!this.quiet && text.trim()) this.announce(role === "tutor" ? "Tutor" : "You", text);
   }
 
   // A live region's additions are read out; removing the oldest is not, and keeps it small.
-  announce(words) {
+  announce(who, text) {
+    const words = document.createElement("span");
+    words.textContent = text;
+    if (this.lang) words.lang = this.lang;
     const line = document.createElement("p");
-    line.textContent = words;
+    line.append(`${who}: `, words);
     this.announcer.append(line);
     while (this.announcer.childElementCount > ANNOUNCED_TURNS_KEPT) this.announcer.firstElementChild.remove();
   }

@@ -341,3 +341,24 @@ def test_a_link_s_level_is_read_only_text_the_keyboard_reaches_and_the_lesson_ke
 
         wait_for(lambda: levels_of_the_student() == [("B1",)], timeout=15, what="the lesson's record at B1")
         assert lesson.console_errors == []
+
+
+def test_the_turns_are_marked_with_the_lesson_s_language_and_the_page_s_own_words_are_not(
+    open_page: OpenPage, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    spanish = {"TARGET_LANGUAGE": "Spanish", "TARGET_LANGUAGE_CODE": "es"}
+    with run_stack(tmp_path_factory.mktemp("spanish"), app_env=spanish) as stack:
+        lesson = open_page(stack.url)
+        lesson.start("Ana")
+        lesson.wait_greeting_played()
+        lesson.page.wait_for_function("() => document.querySelector('#turn-announcer span') !== null",
+                                      timeout=15_000)
+
+        # A screen reader reads the turns with Spanish pronunciation, and "Tutor" as the page's English.
+        turn = lesson.page.locator("#transcript .turn--tutor").first
+        expect(turn.locator(".turn__text")).to_have_attribute("lang", "es")
+        assert turn.locator(".turn__who").evaluate("(node) => node.closest('[lang]').lang") == "en"
+        announced = lesson.page.locator("#turn-announcer p").first
+        expect(announced.locator("span")).to_have_attribute("lang", "es")
+        assert announced.evaluate("(node) => node.closest('[lang]').lang") == "en"
+        assert lesson.console_errors == []

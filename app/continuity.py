@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app import messages
@@ -42,6 +42,7 @@ class TranscriptLine:
     role: Role
     item_id: str
     text: str
+    cut: bool = False  # a tutor turn cut short: `text` is what the student heard of it
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,19 +60,44 @@ class CarriedOver:
 
 @dataclass(slots=True)
 class Transcript:
-    """Finished turns in the order they finished; `seq` gives the order they began in."""
+    """Finished turns in the order they finished; `seq` gives the order they began in. A tutor turn cut short
+    keeps its place, with only what the student heard of it."""
 
     lines: list[TranscriptLine] = field(default_factory=list)
+    # Lines cut since `forget_cuts()` (the page left): a page that comes back gets them again, marked.
+    cut_lines: set[int] = field(default_factory=set)
 
     def add(self, seq: int, role: Role, item_id: str, text: str) -> None:
         if text.strip():
             self.lines.append(TranscriptLine(seq, role, item_id, text))
 
+    def cut(self, item_id: str, heard: Callable[[str], str]) -> TranscriptLine | None:
+        """The tutor turn of `item_id` was cut short: its text becomes `heard(text)`. The cut line, or None
+        when the turn has no line (it had no words yet)."""
+        for index, line in enumerate(self.lines):
+            if line.item_id == item_id and line.role == "tutor":
+                self.lines[index] = TranscriptLine(line.seq, line.role, item_id, heard(line.text), cut=True)
+                self.cut_lines.add(index)
+                return self.lines[index]
+        return None
+
+    def forget_cuts(self) -> None:
+        self.cut_lines.clear()
+
     def frames(self, since: int = 0) -> list[dict[str, object]]:
         """`transcript.done` frames: every turn in the order they began (`since` 0), or those finished since
-        the first `since` in the order they finished."""
-        lines = sorted(self.lines, key=lambda line: line.seq) if since == 0 else self.lines[since:]
-        return [messages.transcript_done(role=line.role, item_id=line.item_id, text=line.text) for line in lines]
+        the first `since` in the order they finished, after the earlier ones cut since `forget_cuts()`."""
+        if since == 0:
+            lines = sorted(self.lines, key=lambda line: line.seq)
+        else:
+            lines = [self.lines[index] for index in sorted(self.cut_lines) if index < since] + self.lines[since:]
+        return [line_frame(line) for line in lines]
 
     def past_turns(self) -> list[PastTurn]:
-        return [PastTurn(line.role, line.text) for line in sorted(self.lines, key=lambda line: line.seq)]
+        return [PastTurn(line.role, line.text) for line in sorted(self.lines, key=lambda line: line.seq)
+                if line.text.strip()]
+
+
+def line_frame(line: TranscriptLine) -> dict[str, object]:
+    """The `transcript.done` frame of a finished turn; a cut one says it was `interrupted`."""
+    return messages.transcript_done(role=line.role, item_id=line.item_id, text=line.text, interrupted=line.cut)

@@ -6,12 +6,29 @@ both read it from here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from app import protocol
 
 # Page reports may fall short of the full item by a render quantum or two of rounding.
 PLAYED_TOLERANCE_MS = 40
+_SPACE = re.compile(r"\s")
+
+
+def heard_text(text: str, heard_ms: int, audio_ms: int) -> str:
+    """The words of a tutor turn's `text` the student heard, when `heard_ms` of its `audio_ms` of audio played.
+
+    The Realtime API gives no timings for the words of the tutor's audio, so this is an estimate: the share of
+    the characters equal to the share of the audio heard, with the word under way when the sound stopped kept
+    whole. Nothing heard, no words."""
+    if audio_ms <= 0 or heard_ms >= audio_ms - PLAYED_TOLERANCE_MS:
+        return text
+    reached = round(len(text) * heard_ms / audio_ms)
+    if heard_ms <= 0 or not text[:reached].strip():
+        return ""
+    end = _SPACE.search(text, reached)
+    return (text if end is None else text[:end.start()]).rstrip()
 
 
 @dataclass(slots=True)

@@ -209,8 +209,10 @@ def transcript_delta(*, role: Role, item_id: str, text: str) -> dict[str, Any]:
     return {"type": "transcript.delta", "role": role, "item_id": item_id, "text": text}
 
 
-def transcript_done(*, role: Role, item_id: str, text: str) -> dict[str, Any]:
-    return {"type": "transcript.done", "role": role, "item_id": item_id, "text": text}
+def transcript_done(*, role: Role, item_id: str, text: str, interrupted: bool = False) -> dict[str, Any]:
+    """A finished turn; `interrupted`: a tutor turn cut short, `text` being what the student heard of it."""
+    frame = {"type": "transcript.done", "role": role, "item_id": item_id, "text": text}
+    return frame | {"interrupted": True} if interrupted else frame
 
 
 def error(*, code: str, message: str, fatal: bool) -> dict[str, Any]:

@@ -110,6 +110,7 @@ class ResumableLesson(abc.ABC):
         self.page_attached = False
         self._page_left_at = now
         self._page_seen_lines = len(self._transcript.lines)
+        self._transcript.forget_cuts()
         fields = {"state": self.state.value, "grace_s": self.config.resume_grace_s}
         actions: list[Action] = [Log("info", "page_away", fields), self._recorder.event(now, "page_away", fields)]
         actions += self._cut_tutor_short(now, why="page_away", tell_upstream=True)
@@ -134,13 +135,13 @@ class ResumableLesson(abc.ABC):
         self.page_attached = True
         self._page_stalled = False
         self._clear_deadline(Timer.PAGE_GRACE)
+        # A turn cut while the page was away comes again, as heard; a reloaded page gets every turn.
         missed = self._transcript.frames(0 if replay else self._page_seen_lines)
         actions += [
             ToBrowser(self._lesson_frame(resumed=True)),
             Log("info", "page_back", {"away_s": round(now - self._page_left_at, 3), "replaced": replaced,
                                       "replay": replay, "state": self.state.value}),
-            *(ToBrowser(frame) for frame in (missed if replay or self._page_seen_lines < len(self._transcript.lines)
-                                              else ())),
+            *(ToBrowser(frame) for frame in missed),
         ]
         match self.state:
             case LessonState.RECONNECTING:

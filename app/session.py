@@ -29,11 +29,11 @@ from typing import Any, assert_never
 
 from app import messages, protocol
 from app.actions import NO_ACTIONS, Action, Close, Log, OpenUpstream, ToBrowser, ToUpstream
-from app.continuity import UNRETRYABLE_CODES
+from app.continuity import UNRETRYABLE_CODES, line_frame
 from app.ending import closing_actions, feedback_actions
 from app.feedback import ACTIVE_RESPONSE_CODE, FeedbackExchange, FeedbackUnavailable, ParsedFeedback
 from app.greeting import Greeting, failure_words, retry_wait_s
-from app.heard import TutorItems
+from app.heard import TutorItems, heard_text
 from app.lesson_config import LessonConfig
 from app.lesson_state import LessonState, Timer, check_transition
 from app.page_input import PageInput
@@ -393,6 +393,10 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
         }))
         actions.append(self._kept(self._recorder.tutor_interrupted(playing.item_id, playing.turn_seq, heard_ms, now),
                                   playing.item_id))
+        # The transcript keeps what was heard (as the truncated item does upstream); the page shows it marked.
+        cut = self._transcript.cut(playing.item_id, lambda text: heard_text(text, heard_ms, playing.received_ms))
+        if cut is not None:
+            actions.append(ToBrowser(line_frame(cut)))
         return actions
 
     def _on_error(self, event: protocol.ErrorEvent, now: float) -> Sequence[Action]:
@@ -495,11 +499,14 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
         """The student's End, the time limit or idleness: after a conversation, the feedback is asked for first."""
         if self.state is not LessonState.CONVERSING:
             return self._finish(reason, 1000, now)
+        # The student stops hearing the tutor here: its turn is kept as heard (its response is cancelled below).
+        cut = self._cut_tutor_short(now, why="tutor_cut_at_end", tell_upstream=False)
         self._transition(LessonState.FEEDBACK)
         self._ending_reason = reason
         self._deadlines.clear()
         self._set_deadline(Timer.FEEDBACK, now + self.config.feedback_timeout_s)
         actions: list[Action] = [
+            *cut,
             ToBrowser(messages.feedback_pending(timeout_s=self.config.feedback_timeout_s)),
             # The microphone is no longer relayed; what the server holds of it must not become a turn.
             ToUpstream(protocol.dumps(protocol.input_audio_clear(event_id=self._next_event_id()))),

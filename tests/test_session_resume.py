@@ -25,6 +25,7 @@ from test_session import (
 
 from app.actions import OpenUpstream
 from app.continuity import CarriedOver, TranscriptLine
+from app.heard import heard_text
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, Record, TurnFinished
 from app.session import LessonSession, LessonState
 
@@ -398,6 +399,74 @@ class TestHandOver:
 
 
 
+ANSWER = "Very good, Ana María! Now tell me: what do you like to eat?"
+
+
+def answer_sent(session: LessonSession, now: float, *, text_done: bool = True) -> None:
+    """The tutor's answer (item_2): 1 s of audio sent to the page at `now`, and its words (all of them, or the
+    first ones only)."""
+    session.handle_upstream({"type": "response.created", "response": {"id": "resp_2"}}, now)
+    session.handle_upstream(audio_delta(PCM_100MS * 10, response_id="resp_2", item_id="item_2"), now)
+    if text_done:
+        session.handle_upstream({"type": "response.output_audio.done", "item_id": "item_2",
+                                 "response_id": "resp_2"}, now)
+        session.handle_upstream({"type": "response.output_audio_transcript.done", "response_id": "resp_2",
+                                 "item_id": "item_2", "transcript": ANSWER}, now)
+    else:
+        session.handle_upstream({"type": "response.output_audio_transcript.delta", "response_id": "resp_2",
+                                 "item_id": "item_2", "delta": "Nice, Ana"}, now)
+
+
+def transcript_frames(actions: list[object] | tuple[object, ...]) -> list[dict[str, Any]]:
+    return [m for m in browser_messages(actions) if m["type"] == "transcript.done"]
+
+
+class TestWhatWasHeard:
+    def test_a_turn_the_student_interrupted_is_marked_live_and_replayed_as_far_as_it_was_heard(self) -> None:
+        session = resumable()
+        greeted(session)
+        greeting_transcript(session, 1.0)
+        answer_sent(session, 5.0)
+        # 300 ms of the 1 s heard when the student speaks: about the first 30 % of the words.
+        barge_in = session.handle_upstream({"type": "input_audio_buffer.speech_started", "item_id": "s_1"}, 5.3)
+        assert transcript_frames(barge_in) == [{"type": "transcript.done", "role": "tutor", "item_id": "item_2",
+                                                "text": "Very good, Ana María!", "interrupted": True}]
+        assert [e["audio_end_ms"] for e in upstream_events(barge_in) if e["type"] == "conversation.item.truncate"] \
+            == [300]
+
+        session.handle_page_detached(6.0)
+        reload = session.handle_page_attached(7.0, replay=True)
+        assert [(f["role"], f["text"], f.get("interrupted", False)) for f in transcript_frames(reload)] == [
+            ("tutor", "Hello Ana! How are you?", False), ("tutor", "Very good, Ana María!", True)]
+
+    def test_a_turn_cut_while_the_page_was_away_comes_back_as_heard_without_a_reload(self) -> None:
+        session = resumable()
+        greeted(session)
+        greeting_transcript(session, 1.0)
+        answer_sent(session, 5.0)
+        # The page had the whole text (words run ahead of the sound) when the network went, 100 ms in.
+        session.handle_page_detached(5.1)
+        back = session.handle_page_attached(8.0, replay=False)
+        assert [(f["text"], f.get("interrupted")) for f in transcript_frames(back)] == [("Very good,", True)]
+        # Once told, it is not sent again the next time the page comes back.
+        session.handle_page_detached(9.0)
+        assert transcript_frames(session.handle_page_attached(10.0, replay=False)) == []
+
+    def test_a_turn_cut_by_end_is_kept_as_heard_and_marked(self) -> None:
+        session = resumable()
+        greeted(session)
+        answer_sent(session, 5.0, text_done=False)
+        # End 500 ms into the second of audio; the words "Nice, Ana" had arrived so far.
+        actions = session.handle_browser_text('{"type": "end"}', 5.5)
+        messages = browser_messages(actions)
+        assert [m["type"] for m in messages][:3] == ["audio.interrupt", "transcript.done", "status"]
+        assert (messages[1]["text"], messages[1]["interrupted"]) == ("Nice,", True)
+        assert messages[2]["state"] == "feedback"
+        [turn] = [r for r in records(actions) if isinstance(r, TurnFinished)]
+        assert (turn.text, turn.interrupted, turn.heard_ms) == ("Nice, Ana", True, 500)
+        assert [e["type"] for e in upstream_events(actions)] == ["input_audio_buffer.clear", "response.cancel"]
+
+
 def test_a_lesson_through_every_kind_of_break_keeps_its_state_in_slots() -> None:
     """Each live lesson holds its machine: an attribute missing from `LessonSession.__slots__` would land in an
     instance dict, and past 30 of them that dict costs 1.5 KiB a lesson."""
@@ -415,3 +484,15 @@ def test_a_lesson_through_every_kind_of_break_keeps_its_state_in_slots() -> None
     session.handle_timeout(6.0 + 60)
     assert session.state is LessonState.ENDED
     assert vars(session) == {}
+
+
+class TestHeardText:
+    def test_the_heard_share_of_the_audio_keeps_that_share_of_the_words_and_the_word_under_way(self) -> None:
+        assert heard_text(ANSWER, 300, 1000) == "Very good, Ana María!"
+        assert heard_text(ANSWER, 100, 1000) == "Very good,"
+
+    def test_all_of_it_heard_within_the_tolerance_keeps_every_word_and_none_heard_keeps_none(self) -> None:
+        assert heard_text(ANSWER, 990, 1000) == ANSWER
+        assert heard_text(ANSWER, 1000, 0) == ANSWER
+        assert heard_text(ANSWER, 0, 1000) == ""
+        assert heard_text(ANSWER, 5, 1000) == ""

@@ -240,10 +240,29 @@ class Transcript {
     this.region.scrollTop = this.region.scrollHeight;
   }
 
-  done(role, itemId, text) {
-    this.turn(role, itemId).textContent = text;
+  // A finished turn; `interrupted`: a tutor turn cut short, `text` being what the student heard of it (they
+  // heard it, so it is not read out again; heard none of it, it goes).
+  done(role, itemId, text, interrupted = false) {
+    const words = this.turn(role, itemId);
+    words.textContent = text;
+    if (interrupted) this.markCut(itemId, words, text);
     this.region.scrollTop = this.region.scrollHeight;
-    if (!this.quiet && text.trim()) this.announce(role === "tutor" ? "Tutor" : "You", text);
+    if (!this.quiet && !interrupted && text.trim()) this.announce(role === "tutor" ? "Tutor" : "You", text);
+  }
+
+  markCut(itemId, words, text) {
+    const turn = words.parentElement;
+    if (!text.trim()) {
+      turn.remove();
+      this.turns.delete(itemId);
+      return;
+    }
+    turn.classList.add("turn--cut");
+    if (turn.querySelector(".turn__note")) return;
+    const note = document.createElement("span");
+    note.className = "turn__note";
+    note.textContent = "Cut off";
+    turn.append(note);
   }
 
   // A live region's additions are read out; removing the oldest is not, and keeps it small.
@@ -639,7 +658,7 @@ class Lesson {
         transcript.delta(message.role, message.item_id, message.text);
         break;
       case "transcript.done":
-        transcript.done(message.role, message.item_id, message.text);
+        transcript.done(message.role, message.item_id, message.text, message.interrupted === true);
         break;
       case "usage":
         debug.usage = message;

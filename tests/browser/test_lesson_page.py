@@ -362,3 +362,20 @@ def test_the_turns_are_marked_with_the_lesson_s_language_and_the_page_s_own_word
         expect(announced.locator("span")).to_have_attribute("lang", "es")
         assert announced.evaluate("(node) => node.closest('[lang]').lang") == "en"
         assert lesson.console_errors == []
+
+
+def test_a_tutor_answer_cut_by_end_is_marked_cut_off(stack: Stack, open_page: OpenPage) -> None:
+    # A tone is the student's turn, which the tutor answers; End is pressed as the answer starts, seconds before
+    # the next tone could barge in.
+    lesson = open_page(stack.url, tone_hz=440, tone_s=0.8, pause_s=4)
+    lesson.start("Ana")
+    answer = lesson.wait_debug("Object.keys(d.received).length > 1 && Object.keys(d.received)[1]", timeout_s=60)
+    lesson.page.get_by_role("button", name="End lesson").click()
+
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    assert answer in lesson.debug("interrupted")
+    turns = lesson.page.locator("#transcript .turn--tutor")
+    expect(turns).to_have_count(2)
+    expect(turns.last.locator(".turn__note")).to_have_text("Cut off")
+    expect(turns.first.locator(".turn__note")).to_have_count(0)
+    assert lesson.console_errors == []

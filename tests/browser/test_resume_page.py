@@ -95,3 +95,26 @@ def test_end_pressed_while_offline_ends_the_lesson_once_back_with_its_feedback(
     assert lesson.debug("statuses")[-1] == "ended:student_ended"  # as the student asked, not browser_gone
     assert lesson.page.get_by_role("alert").is_hidden()
     assert lesson.console_errors == []
+
+
+CUT_TURNS = "() => [...document.querySelectorAll('#transcript .turn--cut')].map((turn) => turn.innerText)"
+
+
+def test_a_turn_the_student_interrupted_is_marked_cut_off_and_a_reload_shows_it_as_it_was_heard(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    # Each tone is a student turn that barges in on the tutor's answer to the one before.
+    lesson = open_page(stack.url, tone_hz=440, tone_s=0.8, pause_s=2.2)
+    lesson.start("Ana")
+    lesson.wait_debug("d.interrupted.length > 0", timeout_s=60)
+    lesson.page.wait_for_function(f"() => ({CUT_TURNS})().length > 0", timeout=15_000)
+    cut_live = lesson.page.evaluate(CUT_TURNS)
+    assert all(text.startswith("Tutor") and text.endswith("Cut off") for text in cut_live)
+
+    lesson.page.reload()
+
+    lesson.wait_debug("d.resumes === 1", timeout_s=30)
+    # The relay sent the cut turns as heard and marked: the page shows them as it did live (and the reload
+    # may have cut one more).
+    assert lesson.page.evaluate(CUT_TURNS)[: len(cut_live)] == cut_live
+    assert lesson.console_errors == []

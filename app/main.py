@@ -34,6 +34,7 @@ from app.routes import Upstream, router
 from app.security_headers import SecurityHeaders, server_error
 from app.settings import Settings, load_settings
 from app.simulator import RealtimeSimulator
+from app.startup_warnings import warn_about_settings
 from app.store.runtime import open_store
 from app.teacher import install as install_teacher_desk
 from app.transport import TransportLimits, protocol_options
@@ -86,15 +87,7 @@ def create_app(
                                           api_key=settings.openai_api_key.get_secret_value())
             log.info("upstream_configured", url=str(settings.openai_realtime_url),
                      model=settings.openai_realtime_model, voice=settings.openai_realtime_voice)
-            if settings.lesson_secret is None:
-                # A paid key with no links: anyone who can reach the server spends it.
-                log.warning("lessons_open_to_anyone", message="OPENAI_API_KEY is set but LESSON_SECRET is not: "
-                            "anyone who can reach this server can start paid lessons; set LESSON_SECRET")
-        if settings.forwarded_allow_ips == "*":
-            # uvicorn then takes the leftmost X-Forwarded-For entry, which the client writes itself.
-            log.warning("client_address_chosen_by_client", message="FORWARDED_ALLOW_IPS is *: every client can "
-                        "name its own address in X-Forwarded-For and so escape the start and sign-in limits; "
-                        "set it to the proxy's addresses or network")
+        warn_about_settings(settings)
         loop_lag = LoopLagProbe(app.state.metrics.loop_lag_seconds.observe)
         loop_lag.start()
         try:

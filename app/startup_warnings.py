@@ -29,3 +29,14 @@ def warn_about_settings(settings: Settings) -> None:
         log.warning("client_address_chosen_by_client", message="FORWARDED_ALLOW_IPS is *: every client can "
                     "name its own address in X-Forwarded-For and so escape the start and sign-in limits; "
                     "set it to the proxy's addresses or network")
+    connections = settings.max_connections * settings.web_concurrency
+    if settings.max_sessions > connections:
+        # Each lesson holds a connection of its worker: past them all, a start gets HTTP 503 at the handshake,
+        # before the page can be told in words that every tutor is busy (over_capacity).
+        log.warning("max_sessions_unreachable", max_sessions=settings.max_sessions,
+                    max_connections=settings.max_connections, web_concurrency=settings.web_concurrency,
+                    message=f"MAX_SESSIONS ({settings.max_sessions}) is more than MAX_CONNECTIONS "
+                            f"({settings.max_connections}) x WEB_CONCURRENCY ({settings.web_concurrency}) = "
+                            f"{connections} connections, one of which each lesson holds: starts past them are "
+                            "refused with HTTP 503 instead of over_capacity; lower MAX_SESSIONS or raise "
+                            "MAX_CONNECTIONS")

@@ -87,7 +87,8 @@ def create_app(
                                           api_key=settings.openai_api_key.get_secret_value())
             log.info("upstream_configured", url=str(settings.openai_realtime_url),
                      model=settings.openai_realtime_model, voice=settings.openai_realtime_voice)
-        warn_about_settings(settings)
+        warn_about_settings(settings,
+                            shutdown_worst_case_s=shutdown_worst_case_seconds(settings.shutdown_grace_seconds))
         loop_lag = LoopLagProbe(app.state.metrics.loop_lag_seconds.observe)
         loop_lag.start()
         try:

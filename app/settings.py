@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # The address students reach the app at, for the lesson links the desk hands out; unset = the request's.
     public_url: AnyHttpUrl | None = None
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=120)
+    # Railway sets this in every deployment: the process then runs there, and is killed after its draining time.
+    railway_deployment_id: str | None = None
+    # Railway's draining time (SIGTERM to SIGKILL), when given as this service variable instead of railway.json.
+    railway_deployment_draining_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     # Where lesson records are kept: unset = SQLite file data/lessons.db; postgres(ql)://… = PostgreSQL.
     database_url: SecretStr | None = None
     # Sized for a busy 30-minute lesson at the default prices with room to spare (README: "What a lesson costs").
@@ -111,7 +115,7 @@ class Settings(BaseSettings):
     )
 
     @field_validator("openai_api_key", "lesson_secret", "database_url", "metrics_token", "teacher_password",
-                     "public_url", mode="before")
+                     "public_url", "railway_deployment_id", "railway_deployment_draining_seconds", mode="before")
     @classmethod
     def _blank_is_absent(cls, value: object) -> object:
         # Railway and docker-compose often set an unused variable to the empty string.

@@ -12,9 +12,14 @@ from app.settings import Settings
 
 log = structlog.get_logger("lesson_relay")
 
+# railway.json's deploy.drainingSeconds: how long Railway waits after SIGTERM before it kills the process. The
+# image does not carry railway.json, so it is repeated here (tests/test_deploy.py keeps the two equal).
+RAILWAY_DRAINING_SECONDS = 20
 
-def warn_about_settings(settings: Settings) -> None:
-    """Log one warning for each risky combination of `settings`."""
+
+def warn_about_settings(settings: Settings, *, shutdown_worst_case_s: float) -> None:
+    """Log one warning for each risky combination of `settings`; the process exits at most
+    `shutdown_worst_case_s` after SIGTERM."""
     if not settings.simulated:
         if settings.lesson_secret is None:
             # A paid key with no links: anyone who can reach the server spends it.
@@ -40,3 +45,24 @@ def warn_about_settings(settings: Settings) -> None:
                             f"{connections} connections, one of which each lesson holds: starts past them are "
                             "refused with HTTP 503 instead of over_capacity; lower MAX_SESSIONS or raise "
                             "MAX_CONNECTIONS")
+    if settings.railway_deployment_id is not None:
+        _warn_if_railway_kills_the_drain(settings, shutdown_worst_case_s)
+
+
+def _warn_if_railway_kills_the_drain(settings: Settings, shutdown_worst_case_s: float) -> None:
+    # Which of railway.json and the service variable Railway applies when both are set is not documented:
+    # the shorter one is assumed.
+    draining_s, draining_from = float(RAILWAY_DRAINING_SECONDS), "railway.json's drainingSeconds"
+    variable_s = settings.railway_deployment_draining_seconds
+    if variable_s is not None and variable_s < draining_s:
+        draining_s, draining_from = variable_s, "RAILWAY_DEPLOYMENT_DRAINING_SECONDS"
+    if shutdown_worst_case_s <= draining_s:
+        return
+    grace_s = settings.shutdown_grace_seconds
+    most_grace_s = max(0.0, draining_s - (shutdown_worst_case_s - grace_s))
+    log.warning("shutdown_outlasts_railway_draining", shutdown_grace_s=grace_s,
+                shutdown_worst_case_s=shutdown_worst_case_s, draining_s=draining_s, draining_from=draining_from,
+                message=f"SHUTDOWN_GRACE_SECONDS ({grace_s:g}) lets a shutdown take up to {shutdown_worst_case_s:g} s, "
+                        f"but Railway kills the process {draining_s:g} s after SIGTERM ({draining_from}): a "
+                        f"redeploy may cut lessons mid-drain; set SHUTDOWN_GRACE_SECONDS to at most "
+                        f"{most_grace_s:g}, or raise {draining_from}")

@@ -36,6 +36,7 @@ from app.main import (
 )
 from app.settings import Settings
 from app.simulator import RealtimeSimulator
+from app.startup_warnings import RAILWAY_DRAINING_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -260,6 +261,12 @@ def test_the_worst_case_shutdown_ends_well_before_railways_kill() -> None:
     assert server.exit_deadline.seconds == shutdown_worst_case_seconds(grace)
     assert shutdown_worst_case_seconds(grace) <= draining_seconds - margin_s
     assert config.timeout_graceful_shutdown == CONNECTIONS_CLOSE_SECONDS
+
+
+def test_the_server_knows_railway_jsons_draining_time() -> None:
+    # The image carries no railway.json: the start warning about a grace too long for it uses this copy.
+    draining_seconds = json.loads((ROOT / "railway.json").read_text())["deploy"]["drainingSeconds"]
+    assert draining_seconds == RAILWAY_DRAINING_SECONDS
 
 
 def test_a_signal_arms_the_exit_deadline_of_the_served_process() -> None:

@@ -10,9 +10,10 @@ import pytest
 import structlog
 from harness import logged, relay_settings, serve_app
 
+from app.main import shutdown_worst_case_seconds
 from app.settings import Settings
 from app.simulator import RealtimeSimulator
-from app.startup_warnings import warn_about_settings
+from app.startup_warnings import RAILWAY_DRAINING_SECONDS, warn_about_settings
 
 TOKEN = "metrics-test-token-not-a-secret"
 
@@ -38,10 +39,12 @@ async def test_the_simulator_without_metrics_token_does_not_warn(log_stream: io.
     assert logged(log_stream, "metrics_open_to_anyone") == []
 
 
-def warnings_for(settings: Settings) -> list[MutableMapping[str, Any]]:
+def warnings_for(settings: Settings, event: str) -> list[MutableMapping[str, Any]]:
+    """The `event` lines `python -m app` logs at start for `settings`."""
     with structlog.testing.capture_logs() as captured:
-        warn_about_settings(settings)
-    return captured
+        warn_about_settings(settings,
+                            shutdown_worst_case_s=shutdown_worst_case_seconds(settings.shutdown_grace_seconds))
+    return [line for line in captured if line["event"] == event]
 
 
 @pytest.mark.parametrize(("max_sessions", "max_connections", "web_concurrency", "warned"), [
@@ -55,7 +58,7 @@ def test_max_sessions_past_every_workers_connections_warns_naming_the_three_sett
     max_sessions: int, max_connections: int, web_concurrency: int, warned: bool
 ) -> None:
     settings = Settings(max_sessions=max_sessions, max_connections=max_connections, web_concurrency=web_concurrency)
-    warnings = [line for line in warnings_for(settings) if line["event"] == "max_sessions_unreachable"]
+    warnings = warnings_for(settings, "max_sessions_unreachable")
     assert len(warnings) == int(warned)
     if warned:
         [warning] = warnings
@@ -63,3 +66,46 @@ def test_max_sessions_past_every_workers_connections_warns_naming_the_three_sett
         assert (warning["max_sessions"], warning["max_connections"], warning["web_concurrency"]) == (
             max_sessions, max_connections, web_concurrency)
         assert f"= {max_connections * web_concurrency} connections" in warning["message"]
+
+
+ON_RAILWAY = "0b2f4f0e-fake-deployment-id"
+
+
+@pytest.mark.parametrize(("grace_s", "warned"), [(10, False), (15, False), (15.5, True), (60, True)])
+def test_on_railway_a_grace_past_railway_json_draining_warns_naming_both(grace_s: float, warned: bool) -> None:
+    settings = Settings(railway_deployment_id=ON_RAILWAY, shutdown_grace_seconds=grace_s)
+    warnings = warnings_for(settings, "shutdown_outlasts_railway_draining")
+    assert len(warnings) == int(warned)
+    if warned:
+        [warning] = warnings
+        assert warning["log_level"] == "warning"
+        assert (warning["shutdown_grace_s"], warning["draining_s"]) == (grace_s, RAILWAY_DRAINING_SECONDS)
+        assert f"SHUTDOWN_GRACE_SECONDS ({grace_s:g})" in warning["message"]
+        assert f"{RAILWAY_DRAINING_SECONDS} s after SIGTERM (railway.json's drainingSeconds)" in warning["message"]
+        assert "at most 15," in warning["message"]
+
+
+def test_off_railway_no_grace_warns() -> None:
+    assert warnings_for(Settings(shutdown_grace_seconds=120), "shutdown_outlasts_railway_draining") == []
+
+
+def test_railways_draining_variable_counts_when_it_is_the_shorter() -> None:
+    shorter = Settings(railway_deployment_id=ON_RAILWAY, railway_deployment_draining_seconds=12)
+    [warning] = warnings_for(shorter, "shutdown_outlasts_railway_draining")
+    assert warning["draining_s"] == 12
+    assert "(RAILWAY_DEPLOYMENT_DRAINING_SECONDS)" in warning["message"]
+    assert "at most 7," in warning["message"]
+    assert "raise RAILWAY_DEPLOYMENT_DRAINING_SECONDS" in warning["message"]
+    longer = Settings(railway_deployment_id=ON_RAILWAY, railway_deployment_draining_seconds=60,
+                      shutdown_grace_seconds=30)
+    [warning] = warnings_for(longer, "shutdown_outlasts_railway_draining")
+    assert warning["draining_s"] == RAILWAY_DRAINING_SECONDS
+
+
+def test_railways_variables_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAILWAY_DEPLOYMENT_ID", ON_RAILWAY)
+    monkeypatch.setenv("RAILWAY_DEPLOYMENT_DRAINING_SECONDS", "30")
+    settings = Settings()
+    assert (settings.railway_deployment_id, settings.railway_deployment_draining_seconds) == (ON_RAILWAY, 30)
+    monkeypatch.setenv("RAILWAY_DEPLOYMENT_DRAINING_SECONDS", "")
+    assert Settings().railway_deployment_draining_seconds is None

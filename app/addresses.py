@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.logging import quoted
+
 IPV6_NETWORK_PREFIX = 64
 
 
@@ -24,3 +28,19 @@ def limit_key(address: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, IPV6_NETWORK_PREFIX), strict=False))
     return str(ip)
+
+
+class BoundedClientAddress:
+    """ASGI middleware: the client address of every request and WebSocket, as the log lines, the limits and the
+    records see it, is at most `MAX_QUOTED_CHARS`. A real address always fits; with FORWARDED_ALLOW_IPS = * the
+    client writes its own in X-Forwarded-For, up to the 16 KiB of a request's head. uvicorn's own access lines
+    read the same scope, so they quote the bounded address too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if client is not None:
+            scope["client"] = (quoted(client[0]), client[1])
+        await self.app(scope, receive, send)

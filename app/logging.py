@@ -17,6 +17,17 @@ import structlog
 from app.settings import Settings
 
 REDACTED = "[redacted]"
+# The most a log line quotes of what a client chose (a request header, an address it wrote in X-Forwarded-For):
+# enough to recognise it (an address is at most 45), never the 16 KiB a request's head may hold.
+MAX_QUOTED_CHARS = 100
+
+
+def quoted(value: str) -> str:
+    """`value`, sent by a client, as a log line (or a record) may quote it: at most `MAX_QUOTED_CHARS`, ending in
+    an ellipsis when cut."""
+    if len(value) <= MAX_QUOTED_CHARS:
+        return value
+    return value[:MAX_QUOTED_CHARS - 1] + "\u2026"
 
 
 def _redactor(secrets: Iterable[str]) -> structlog.types.Processor:

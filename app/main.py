@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from app.addresses import BoundedClientAddress
 from app.admission import LessonRegistry, LocalPlaces, Places, StartRateLimiter
 from app.budget import DailyBudget
 from app.live_lessons import LiveLessons
@@ -117,6 +118,7 @@ def create_app(
     app.include_router(metrics_router)
     install_teacher_desk(app, settings)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(BoundedClientAddress)
     app.add_exception_handler(Exception, server_error)
     return app
 

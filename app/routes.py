@@ -42,6 +42,7 @@ from app.errors import (
 )
 from app.lesson_config import LessonConfig
 from app.live_lessons import LiveLessons
+from app.logging import quoted
 from app.memory import RememberedLesson, StudentHistory, load_memory, student_history
 from app.metrics import LessonMetrics, bearer_allowed
 from app.prompts import feedback_instructions, tutor_instructions
@@ -135,9 +136,9 @@ async def lesson_socket(websocket: WebSocket) -> None:
     metrics: LessonMetrics = state.metrics
 
     origin = websocket.headers.get("origin")
-    if not origin_allowed(origin, websocket.headers.get("host"), settings.origin_allowlist):
+    if origin is not None and not origin_allowed(origin, websocket.headers.get("host"), settings.origin_allowlist):
         # Cross-site WebSocket hijacking: refuse the handshake itself (HTTP 403).
-        lesson_log.warning("lesson_refused", code="origin_not_allowed", origin=origin)
+        lesson_log.warning("lesson_refused", code="origin_not_allowed", origin=quoted(origin))
         metrics.refused("origin_not_allowed")
         await websocket.close(code=1008)
         return

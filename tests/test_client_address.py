@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import httpx
 import pytest
 from harness import log_lines, open_lesson, relay_settings, serve_app
 from pydantic import ValidationError
 
+from app.logging import MAX_QUOTED_CHARS, quoted
 from app.settings import Settings
 from app.simulator import RealtimeSimulator
 
@@ -64,6 +66,34 @@ async def test_trusting_every_peer_warns_at_start(simulator: RealtimeSimulator, 
     [warning] = [line for line in log_lines(log_stream) if line["event"] == "client_address_chosen_by_client"]
     assert warning["level"] == "warning"
     assert "FORWARDED_ALLOW_IPS is *" in warning["message"]
+
+
+async def test_an_address_a_client_writes_is_quoted_at_most_max_quoted_chars_everywhere(
+    simulator: RealtimeSimulator, log_stream: io.StringIO,
+) -> None:
+    # With every peer trusted the client's own X-Forwarded-For entry is its address: it may be 16 KiB of anything.
+    written = "203.0.113.7" + "x" * 8_000
+    bounded = written[:MAX_QUOTED_CHARS - 1] + "\u2026"
+    settings = relay_settings(simulator.url, forwarded_allow_ips="*", teacher_password="correct-horse-battery")
+    async with serve_app(settings, log_stream) as relay:
+        assert (await start(relay.lesson_url(name="Ana"), written))["type"] == "lesson"
+        async with httpx.AsyncClient(base_url=relay.base_url) as http:
+            await http.get("/healthz", headers={"X-Forwarded-For": written})
+            wrong = await http.post("/api/students", headers={"X-Forwarded-For": written,
+                                                             "Authorization": "Bearer not-the-password"})
+    assert wrong.status_code == 401
+    assert counted_as(log_stream) == [bounded]
+    [refused] = [line for line in log_lines(log_stream) if line["event"] == "teacher_api_refused"]
+    assert refused["client"] == bounded
+    # uvicorn's own lines (the WebSocket's and the access log's) quote the same bounded address.
+    assert "x" * MAX_QUOTED_CHARS not in log_stream.getvalue()
+    assert any(bounded in line.get("event", "") for line in log_lines(log_stream) if "GET /healthz" in line["event"])
+
+
+def test_quoted_keeps_short_text_and_cuts_long_text_to_max_quoted_chars() -> None:
+    assert quoted("2001:db8::1") == "2001:db8::1"
+    assert quoted("a" * MAX_QUOTED_CHARS) == "a" * MAX_QUOTED_CHARS
+    assert quoted("a" * (MAX_QUOTED_CHARS + 1)) == "a" * (MAX_QUOTED_CHARS - 1) + "\u2026"
 
 
 def test_forwarded_allow_ips_defaults_to_loopback_and_takes_addresses_and_networks() -> None:

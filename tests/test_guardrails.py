@@ -13,6 +13,7 @@ import pytest
 from harness import AppServer, log_lines, open_lesson, relay_settings, serve_app
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from app.logging import MAX_QUOTED_CHARS
 from app.pacing import MAX_PAGE_MESSAGES_PER_S
 from app.simulator import RealtimeSimulator
 
@@ -134,6 +135,19 @@ async def test_a_cross_site_handshake_is_refused(relay: AppServer, simulator: Re
     same_origin = relay.base_url
     async with open_lesson(relay.lesson_url(name="Ana"), origin=same_origin) as page:
         assert (await page.until_type("lesson"))["name"] == "Ana"
+
+
+async def test_a_refused_origin_is_quoted_in_the_log_at_most_max_quoted_chars(
+    relay: AppServer, log_stream: io.StringIO
+) -> None:
+    origin = "https://evil.example/" + "x" * 8_000
+    with pytest.raises(InvalidStatus):
+        async with open_lesson(relay.lesson_url(name="Ana"), origin=origin):
+            pass
+    [refused] = [line for line in log_lines(log_stream) if line["event"] == "lesson_refused"]
+    assert refused["code"] == "origin_not_allowed"
+    assert refused["origin"] == origin[:MAX_QUOTED_CHARS - 1] + "\u2026"
+    assert "x" * MAX_QUOTED_CHARS not in log_stream.getvalue()
 
 
 async def test_allowed_origins_widens_the_origin_check(simulator: RealtimeSimulator) -> None:

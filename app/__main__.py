@@ -5,7 +5,11 @@ With WEB_CONCURRENCY > 1 this process supervises that many workers (`app.replica
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+
+import structlog
 
 from app.logging import configure_logging
 from app.main import DrainingServer, create_app, exit_cleanly, server_config
@@ -13,12 +17,31 @@ from app.replica import run_replica
 from app.settings import load_settings
 from app.store.runtime import prepare_database
 
+log = structlog.get_logger("lesson_relay")
+
+
+def stop_before_serving() -> None:
+    """SIGTERM during the start, before any lesson can run: log one line and exit at once (status 0).
+
+    A migration under way, or waiting up to 300 s for another instance's, is not waited for: its transaction is
+    the database's to roll back (PostgreSQL's ends with the connection, SQLite's with the process), exactly as
+    after the platform's kill. Without a handler, Python as the image's PID 1 would ignore SIGTERM meanwhile.
+    """
+    log.info("stopped_before_serving", signal="SIGTERM",
+             message="stopped before serving (while the database was prepared): no lesson had started")
+    sys.stdout.flush()
+    os._exit(0)
+
 
 def main() -> None:
     settings = load_settings()
     # Before migrating: a start that waits for another instance's migration says so in the deployment's format.
     configure_logging(settings)
-    prepare_database(settings)
+    # Until the server's own handlers replace it (uvicorn's, or the supervisor's with WEB_CONCURRENCY > 1). The
+    # migration's event loop takes the signal while it runs, and puts back the default handler when it closes.
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_before_serving())
+    prepare_database(settings, on_sigterm=stop_before_serving)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_before_serving())
     if settings.web_concurrency > 1:
         raise SystemExit(run_replica(settings))
     config = server_config(create_app(settings), settings, host=settings.host, port=settings.port)

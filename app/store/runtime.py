@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -56,15 +57,19 @@ def _url(settings: Settings) -> URL:
     return database_url(settings.database_url.get_secret_value() if settings.database_url else None)
 
 
-def prepare_database(settings: Settings) -> None:
-    """Migrate the database before the server starts, or stop the process with one line naming it.
+def prepare_database(settings: Settings, *, on_sigterm: Callable[[], None] | None = None) -> None:
+    """Migrate the database before the server starts, or stop the process with one line naming it;
+    `on_sigterm()` is called on SIGTERM meanwhile.
 
     `python -m app` calls this first so that an unreachable database ends the start with that line alone
     (the lifespan's own failure would come wrapped in uvicorn's traceback); the lifespan migrates again,
-    which is a no-op on an up-to-date schema.
+    which is a no-op on an up-to-date schema. The signal is taken by the event loop: a plain handler would
+    wait for the main thread, which sleeps while SQLite waits for another instance's lock in a thread of its own.
     """
 
     async def migrate_once() -> None:
+        if on_sigterm is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         engine = create_engine(_url(settings))
         try:
             await migrate(engine)

@@ -31,6 +31,7 @@ from app.store.models import Base
 STARTERS = 4
 WAITING = "migration_waits_for_another_instance"
 SERVING = "Application startup complete."
+STOPPED = "stopped_before_serving"
 # No lesson starts in these tests: the Realtime server is never dialled.
 UNUSED_UPSTREAM = "ws://127.0.0.1:9"
 # A failure bound, not synchronisation: how long a starter may take before the test gives up on it.
@@ -177,6 +178,21 @@ async def test_python_m_app_waits_for_another_instances_migration_says_so_and_se
     assert waiting["level"] == "info"
     assert waiting["url"] == redact(database_url(store_url))
     await _assert_schema_at_head_once(store_url)
+
+
+async def test_sigterm_while_waiting_for_another_instances_migration_stops_python_m_app_at_once(
+        store_url: str) -> None:
+    async with app_process(UNUSED_UPSTREAM, store_url) as served, _migration_lock_held(store_url):
+        await served.output.until(lambda lines: any(line.get("event") == WAITING for line in lines))
+        served.process.send_signal(signal.SIGTERM)
+        # A failure bound well under the 300 s the wait would last: the process does not wait for the lock.
+        exit_code = await served.exited(STARTER_TIMEOUT_S)
+
+    assert exit_code == 0
+    [stopped] = served.output.of(STOPPED)
+    assert (stopped["level"], stopped["signal"]) == ("info", "SIGTERM")
+    assert served.output.of(SERVING) == []
+    assert served.output.lines[-1]["event"] == STOPPED
 
 
 async def test_an_instance_that_has_migrated_does_not_hold_up_the_next(

@@ -5,10 +5,11 @@ client takes to send a request nor what the server owes a client that stops read
 wrap uvicorn's own, by composition, and see every byte and every flow-control call first:
 
 - `GuardedHTTP`: a request's head (request line and headers) and its body must arrive within
-  `request_timeout_s`, the head must fit in `max_head_bytes` and the request line in `max_url_bytes`;
-  otherwise the client gets 408, 431 or 414 and the connection is closed. At `max_connections` open
-  connections, a new one takes the place of the connection that has waited longest for its request to
-  arrive (a half-sent request loses to a real one); when none is waiting, the new one gets 503.
+  `request_timeout_s`, the head must fit in `max_head_bytes`, the request line in `max_url_bytes` and each
+  header line in `max_header_line_bytes`; otherwise the client gets 408, 414 or 431 and the connection is
+  closed. At `max_connections` open connections, a new one takes the place of the connection that has waited
+  longest for its request to arrive (a half-sent request loses to a real one); when none is waiting, the new
+  one gets 503.
 - `GuardedWebSocket`: what the server owes a peer and cannot send (pongs to pings it never reads) is capped
   at `max_unsent_bytes`; past that the connection is dropped. The kernel's send buffer is fixed at
   `send_buffer_bytes` (seconds of a lesson's audio) instead of growing to megabytes for a peer that does
@@ -64,6 +65,9 @@ class TransportLimits:
     max_connections: int = 500
     max_head_bytes: int = 16_384
     max_url_bytes: int = 8_192
+    # websockets' own limit on a handshake's header line: past it, it answers 431 into a buffer uvicorn never
+    # writes, and the connection hangs unanswered, holding its place. Refused here first, for every request.
+    max_header_line_bytes: int = 8_192
     # Far above what a lesson leaves unsent (its sends wait at the transport's 64 KiB high-water mark): only
     # bytes the server writes without waiting, pongs, can pile up this far.
     max_unsent_bytes: int = 1_048_576
@@ -222,6 +226,11 @@ class GuardedHTTP(asyncio.Protocol):
                 self._refuse(431, f"request head over {limits.max_head_bytes} bytes")
                 return position
             return position + len(head) - before
+        # Counted with its CRLF, as websockets counts it.
+        longest_line = max(map(len, head[:end].split(b"\r\n"))) + 2 if end > limits.max_header_line_bytes else 0
+        if longest_line > limits.max_header_line_bytes:
+            self._refuse(431, f"a header line over {limits.max_header_line_bytes} bytes")
+            return position
         self._requests += 1
         self._body = _body_of(bytes(head[:end]))
         head.clear()

@@ -430,3 +430,24 @@ async def until_connections(relay: AppServer, count: int) -> None:
 def _address(relay: AppServer) -> tuple[str, int]:
     host, port = relay.base_url.removeprefix("http://").split(":")
     return host, int(port)
+
+
+
+def handshake(path: str, header_line: bytes) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n").encode() + header_line \
+        + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("path", ["/ws/lesson?name=Ana", "/"])
+async def test_a_header_line_over_8_kib_gets_431_even_on_a_websocket_handshake(relay: AppServer, path: str) -> None:
+    # Past websockets' own line limit a handshake was left unanswered, holding its connection until the client left.
+    answer = await http_exchange(relay, handshake(path, b"Origin: https://evil.example/" + b"x" * 8_200))
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_a_header_line_of_8_kib_with_its_crlf_reaches_the_app(relay: AppServer) -> None:
+    origin = b"Origin: https://evil.example/"
+    line = origin + b"x" * (8_192 - len(origin) - 2)
+    # The app answers: the origin is not allowed.
+    assert (await http_exchange(relay, handshake("/ws/lesson?name=Ana", line))).startswith(b"HTTP/1.1 403 ")

@@ -33,7 +33,7 @@ def limit_key(address: str) -> str:
 class BoundedClientAddress:
     """ASGI middleware: the client address of every request and WebSocket, as the log lines, the limits and the
     records see it, is at most `MAX_QUOTED_CHARS`. A real address always fits; with FORWARDED_ALLOW_IPS = * the
-    client writes its own in X-Forwarded-For, up to the 16 KiB of a request's head. uvicorn's own access lines
+    client writes its own in X-Forwarded-For, up to the 8 KiB of a header line. uvicorn's own access lines
     read the same scope, so they quote the bounded address too."""
 
     def __init__(self, app: ASGIApp) -> None:

@@ -18,7 +18,7 @@ from app.settings import Settings
 
 REDACTED = "[redacted]"
 # The most a log line quotes of what a client chose (a request header, an address it wrote in X-Forwarded-For):
-# enough to recognise it (an address is at most 45), never the 16 KiB a request's head may hold.
+# enough to recognise it (an address is at most 45 characters), never the 8 KiB a header line may hold.
 MAX_QUOTED_CHARS = 100
 
 

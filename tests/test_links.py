@@ -190,29 +190,21 @@ async def test_a_bad_or_withdrawn_link_is_refused_in_plain_words_and_nothing_is_
     assert simulator.connections == []
 
 
-async def test_a_student_s_own_target_language_is_taught_and_named_on_their_page(
+async def test_a_student_s_own_target_language_names_their_page(
         simulator: RealtimeSimulator, store_url: str) -> None:
+    # What their lessons teach is tested above (test_a_link_lesson_teaches_the_language_the_teacher_set_…).
     async with serve_app(relay_settings(simulator.url, lesson_secret=SECRET, database_url=store_url)) as server:
         state = await started_app(server)
-        student = await queries.create_student(state.db, name="Sofía", level="A1", target_language="Spanish")
-        link = await queries.create_link(state.db, student_id=student.id, expires_at=None)
-        token = make_lesson_token(state.link_secret, student_id=student.id, link_id=link.id, expires_at=None)
+        _, _, spanish = await personal_link(state, name="Sofía", level="A1", target_language="Spanish")
+        _, _, default = await personal_link(state, name="Bruno", level="A1")
         async with httpx.AsyncClient() as http:
-            page = await http.get(f"{server.base_url}/", params={"token": token})
-        async with open_lesson(server.lesson_url(name="Sofía", token=token)) as lesson:
-            greeting = await lesson.until_type("transcript.done", role="tutor")
-            await lesson.send_json({"type": "end"})
-            await lesson.drain_until_closed()
-        upstream = await simulator.next_connection()
-    assert "<h1>Spanish lesson</h1>" in page.text
-    session = upstream.received[0]["session"]
-    assert "The target language is Spanish." in session["instructions"]
-    assert "English" not in session["instructions"]
-    # TARGET_LANGUAGE_CODE is English's: the transcription is left to find Spanish itself.
-    assert "language" not in session["audio"]["input"]["transcription"]
-    assert "Spanish" in greeting["text"]
+            spanish_page, default_page = [await http.get(f"{server.base_url}/", params={"token": token})
+                                          for token in (spanish, default)]
+    assert "<h1>Spanish lesson</h1>" in spanish_page.text
     # Spanish's code is not known: the transcript is left unmarked rather than marked English.
-    assert 'id="transcript" class="transcript">' in page.text
+    assert 'id="transcript" class="transcript">' in spanish_page.text
+    assert "<h1>English lesson</h1>" in default_page.text
+    assert 'id="transcript" class="transcript" data-lang="en">' in default_page.text
 
 
 async def test_the_transcript_is_marked_with_the_lesson_s_language_code_when_it_is_known(

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
 from app.store.handover import HANDED_OFF, TakenOverLesson, give_back_lesson, take_over_lesson
 from app.store.instances import InstanceTiming
-from app.store.models import Instance, Lesson, Turn
+from app.store.models import Instance, Lesson, Student, Turn
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 GRACE_S = 30.0
@@ -31,10 +31,10 @@ async def instance(sessions: async_sessionmaker[AsyncSession], instance_id: str,
 
 
 async def lesson(sessions: async_sessionmaker[AsyncSession], *, end_reason: str | None, ended_at: datetime | None,
-                 lesson_id: str = "L1", instance_id: str | None = "A") -> None:
+                 lesson_id: str = "L1", instance_id: str | None = "A", student_id: str | None = None) -> None:
     async with sessions.begin() as session:
         session.add(Lesson(id=lesson_id, level="A2", started_at=T0, model="gpt-realtime-2.1", simulated=True,
-                           instance_id=instance_id,
+                           instance_id=instance_id, student_id=student_id,
                            ended_at=ended_at, end_reason=end_reason, audio_input_tokens=100, text_input_tokens=20,
                            cached_tokens=5, audio_output_tokens=300, text_output_tokens=40))
         await session.flush()
@@ -53,13 +53,27 @@ async def test_a_handed_over_lesson_is_taken_over_once_with_its_turns_and_usage(
                            (3, "tutor", "What is your favourite food?")]
     assert taken.tokens == {"audio_input_tokens": 100, "text_input_tokens": 20, "cached_tokens": 5,
                             "audio_output_tokens": 300, "text_output_tokens": 40}
-    assert (taken.started_at, taken.from_lost_instance) == (T0, False)
+    assert (taken.started_at, taken.from_lost_instance, taken.target_language) == (T0, False, None)
     async with sessions() as session:
         row = await session.get(Lesson, "L1")
     assert row is not None
     assert (row.ended_at, row.end_reason, row.instance_id) == (None, None, "B")  # running again, here
     with pytest.raises(ResumeNotYet):
         await take_over(sessions, "L1", now=handed_off_at + timedelta(seconds=6), by="C")
+
+
+async def test_a_taken_over_lesson_keeps_the_target_language_the_teacher_set_for_its_student(
+    sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions.begin() as session:
+        session.add_all([Student(id="S1", name="Sofía", level="A2", target_language="Spanish"),
+                         Student(id="S2", name="Bruno", level="A2")])
+    await lesson(sessions, end_reason=HANDED_OFF, ended_at=T0, lesson_id="L1", student_id="S1")
+    await lesson(sessions, end_reason=HANDED_OFF, ended_at=T0, lesson_id="L2", student_id="S2")
+    spanish = await take_over(sessions, "L1", now=T0 + timedelta(seconds=1))
+    default = await take_over(sessions, "L2", now=T0 + timedelta(seconds=1))
+    assert (spanish.student_id, spanish.target_language) == ("S1", "Spanish")
+    assert (default.student_id, default.target_language) == ("S2", None)
 
 
 async def test_a_lesson_given_back_by_the_instance_that_claimed_it_is_taken_over_by_the_next_resume(

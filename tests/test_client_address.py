@@ -71,7 +71,8 @@ async def test_trusting_every_peer_warns_at_start(simulator: RealtimeSimulator, 
 async def test_an_address_a_client_writes_is_quoted_at_most_max_quoted_chars_everywhere(
     simulator: RealtimeSimulator, log_stream: io.StringIO,
 ) -> None:
-    # With every peer trusted the client's own X-Forwarded-For entry is its address: it may be 16 KiB of anything.
+    # With every peer trusted the client's own X-Forwarded-For entry is its address: up to a header line's 8 KiB
+    # of anything.
     written = "203.0.113.7" + "x" * 8_000
     bounded = written[:MAX_QUOTED_CHARS - 1] + "\u2026"
     settings = relay_settings(simulator.url, forwarded_allow_ips="*", teacher_password="correct-horse-battery")

@@ -142,7 +142,7 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         # Frames a little over MAX_FRAME_BYTES get an error frame; far over it, close 1009.
         "ws_max_size": max(65_536, 4 * settings.max_frame_bytes),
         # PCM speech compresses poorly (to ~0.8), and a compressed connection costs ~50 KiB of zlib windows and
-        # 9–18 µs of CPU per relayed frame (docs/performance.md, "permessage-deflate").
+        # 9-18 µs of CPU per relayed frame (docs/performance.md, "permessage-deflate").
         "ws_per_message_deflate": False,
         # Keepalive on the page's leg: idle proxies must not cut a lesson during a long pause.
         "ws_ping_interval": 20.0,

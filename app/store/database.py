@@ -113,11 +113,18 @@ def create_engine(url: URL) -> AsyncEngine:
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     # SQLite ignores ON DELETE CASCADE unless asked per connection; WAL lets the desk read while the
     # writer writes.
+    # SQLite's own lower() folds A to Z alone: the desk's search by name ("élodie" for "Élodie") and its order
+    # by name then follow PostgreSQL's.
+    dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
     cursor.close()
+
+
+def _lower(value: str | None) -> str | None:
+    return None if value is None else value.lower()
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

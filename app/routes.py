@@ -270,6 +270,8 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
         )
     except BaseException:
         admitted.release()
+        # Claimed here but never run: kept claimed, every resume would be refused until this instance is gone.
+        await _give_back(state, claim.lesson_id, resume_log)
         raise
     await _run_lesson(websocket, config, resume_log, admitted, replay=replay)
 
@@ -286,7 +288,8 @@ async def _take_over(state: Any, lesson_id: str) -> TakenOverLesson:
 
 
 async def _give_back(state: Any, lesson_id: str, resume_log: structlog.typing.FilteringBoundLogger) -> None:
-    """Hand a lesson taken over here, but refused a place, back to the store for the page's next attempt."""
+    """Hand a lesson taken over here, but refused a place or not built, back to the store for the page's next
+    attempt."""
     try:
         async with asyncio.timeout(LOOKUP_TIMEOUT_S):
             await give_back_lesson(state.db, lesson_id, instance_id=state.instance_id, now=datetime.now(UTC))

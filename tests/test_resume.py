@@ -41,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from websockets.asyncio.client import connect
 
+from app import routes
 from app.main import drain_lessons
 from app.resume import ResumeClaim, make_resume_token
 from app.simulator import RealtimeSimulator, SimulatorBehaviour
@@ -470,6 +471,36 @@ async def test_a_lesson_handed_to_an_instance_with_no_place_for_it_is_taken_over
         async with open_lesson(resume_url(new, lesson["resume_token"])) as back:
             resumed, answer = await resumed_turn_and_end(back)
     assert (full["code"], full["fatal"], full_code) == ("over_capacity", False, 1013)
+    assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
+    assert answer["text"]
+
+
+async def test_a_lesson_taken_over_by_a_resume_that_fails_before_it_runs_is_given_back_for_the_next(
+    simulator: RealtimeSimulator, log_stream: io.StringIO, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = f"sqlite:///{tmp_path / 'lessons.db'}"
+    async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as old:
+        async with open_lesson(old.lesson_url(name="Ana")) as page:
+            lesson = await lesson_heard(page)
+            drain = asyncio.create_task(drain_lessons(old.app, 5))
+            await until_status(page, "reconnecting")
+            await closed_with(page)
+        await drain
+        await old.app.state.records.flushed()
+    async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as new:
+        load_memory = routes.load_memory
+
+        async def failing_once(*args: Any, **kwargs: Any) -> Any:
+            monkeypatch.setattr(routes, "load_memory", load_memory)
+            raise RuntimeError("the lesson could not be built")
+
+        monkeypatch.setattr(routes, "load_memory", failing_once)
+        async with open_lesson(resume_url(new, lesson["resume_token"])) as failed:
+            await closed_with(failed)
+        # Kept claimed, every later resume would find it "running elsewhere" until the grace ran out.
+        async with open_lesson(resume_url(new, lesson["resume_token"])) as back:
+            resumed, answer = await resumed_turn_and_end(back)
+    assert of_type(failed.messages, "lesson") == []
     assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
     assert answer["text"]
 

@@ -6,7 +6,8 @@ has been silent for `lost_after_s` (`app.store.instances`) they may be taken ove
 a page resumes on claims the row in one conditional UPDATE that also makes it the lesson's instance, so two
 resumes of one lesson never both take it over, and reads what the lesson needs to go on. The route calls
 this under `LOOKUP_TIMEOUT_S` before the lesson's machine is built. A claimed lesson that finds no place here
-(capacity, start rates) is given back, handed off again, for the page's next attempt to take over.
+(capacity, start rates), or whose machine cannot be built, is given back, handed off again, for the page's next
+attempt to take over.
 """
 
 from __future__ import annotations

@@ -114,6 +114,8 @@ def test_a_turn_the_student_interrupted_is_marked_cut_off_and_a_reload_shows_it_
     lesson.page.reload()
 
     lesson.wait_debug("d.resumes === 1", timeout_s=30)
+    # The turns come back in frames after the one that counts the resume: wait for them, not for the count.
+    lesson.page.wait_for_function(f"() => ({CUT_TURNS})().length >= {len(cut_live)}", timeout=15_000)
     # The relay sent the cut turns as heard and marked: the page shows them as it did live (and the reload
     # may have cut one more).
     assert lesson.page.evaluate(CUT_TURNS)[: len(cut_live)] == cut_live

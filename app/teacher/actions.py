@@ -15,6 +15,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.messages import MAX_NAME_LENGTH
 from app.teacher import queries
 from app.teacher.inputs import InvalidInput, LevelChange, NewLink, NewStudent, validate, whole_number
 from app.teacher.pages import not_found, student_context, students_context
@@ -54,7 +55,7 @@ async def add_student(request: Request, teacher: Teacher) -> Response:
 @router.post(f"{DESK_PATH}/students/{{student_id}}/level")
 async def change_level(request: Request, teacher: Teacher, student_id: str) -> Response:
     form = await checked_form(request, teacher)
-    list_page = form.get("list_page", "")
+    list_page, list_find = form.get("list_page", ""), form.get("list_find", "")
     try:
         change = validate(LevelChange, {"level": form.get("level", "")})
     except InvalidInput as exc:
@@ -64,9 +65,10 @@ async def change_level(request: Request, teacher: Teacher, student_id: str) -> R
         if not await queries.set_level(db, student_id, change.level):
             raise not_found("student")
     log.info("teacher_level_changed", student_id=student_id, level=change.level)
-    # Changed from the students list: back to the same page of it.
+    # Changed from the students list: back to the same page of it, of the same search.
     if re.fullmatch(r"[1-9][0-9]{0,5}", list_page):
-        return redirect(DESK_PATH, notice="level_changed", page=int(list_page))
+        find = list_find if len(list_find) <= MAX_NAME_LENGTH else None
+        return redirect(DESK_PATH, notice="level_changed", page=int(list_page), find=find)
     return redirect(_student_path(student_id), notice="level_changed")
 
 

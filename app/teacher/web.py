@@ -209,10 +209,13 @@ def render(request: Request, template: str, session: DeskSession | None, context
     return response
 
 
-def redirect(path: str, *, notice: str | None = None, page: int | None = None) -> RedirectResponse:
-    """A 303 to `path` (a desk path), at its `page` of a list when given, announcing `notice` (a key of NOTICES)."""
+def redirect(path: str, *, notice: str | None = None, page: int | None = None,
+             find: str | None = None) -> RedirectResponse:
+    """A 303 to `path` (a desk path), at its `page` of a list when given, of the names holding `find` when given,
+    announcing `notice` (a key of NOTICES)."""
     assert notice is None or notice in NOTICES
-    query = {key: value for key, value in (("page", page), ("notice", notice)) if value is not None}
+    query = {key: value for key, value in (("page", page), ("find", find or None), ("notice", notice))
+             if value is not None}
     return RedirectResponse(f"{path}?{urlencode(query)}" if query else path, status_code=303)
 
 

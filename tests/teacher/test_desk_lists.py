@@ -102,6 +102,21 @@ async def test_a_level_changed_on_the_list_goes_back_to_that_page_of_it(desk_on:
     assert not_a_page.headers["location"] == f"/teacher/students/{student_id}?notice=level_changed"
 
 
+async def test_a_level_changed_on_a_search_goes_back_to_that_search(desk_on: Desk) -> None:
+    await add_students(desk_on, ["Ana Lopez", "Bruno Costa", "Anabel Ruiz"])
+    found = (await desk_on.client.get("/teacher?find=ana+l")).text
+    student_id = re.findall(r'<a href="/teacher/students/([0-9a-f]+)">Ana Lopez</a>', found)[0]
+    assert '<input type="hidden" name="list_find" value="ana l">' in found
+
+    saved = await desk_on.submit(f"/teacher/students/{student_id}/level",
+                                 {"level": "B2", "list_page": "1", "list_find": "ana l"})
+
+    assert saved.headers["location"] == "/teacher?page=1&find=ana+l&notice=level_changed"
+    shown = (await desk_on.client.get(saved.headers["location"])).text
+    assert "Level changed." in shown
+    assert student_names(shown) == ["Ana Lopez"]
+
+
 async def test_costs_per_student_and_for_all_in_all_and_in_the_recent_days(desk_on: Desk) -> None:
     ana = await add_student(desk_on.app, "Ana")
     bruno = await add_student(desk_on.app, "Bruno")

@@ -180,7 +180,10 @@ function showError(message, canRetry) {
 }
 
 function hideError() {
+  // Try again hidden under the focus would drop it to the top of the page, as a disabled control would.
+  const hadFocus = page.error.contains(document.activeElement);
   page.error.hidden = true;
+  if (hadFocus) page.status.focus();
 }
 
 function setLessonControls(active) {

@@ -387,3 +387,32 @@ def test_a_tutor_answer_cut_by_end_is_marked_cut_off(stack: Stack, open_page: Op
     expect(turns.last.locator(".turn__note")).to_have_text("Cut off")
     expect(turns.first.locator(".turn__note")).to_have_count(0)
     assert lesson.console_errors == []
+
+
+# The first request for the microphone is refused, the next ones get the fake device.
+REFUSE_MICROPHONE_ONCE = """
+const getUserMedia = MediaDevices.prototype.getUserMedia;
+let refused = false;
+MediaDevices.prototype.getUserMedia = function (constraints) {
+  if (refused) return getUserMedia.call(this, constraints);
+  refused = true;
+  return Promise.reject(new DOMException("the test refused", "NotAllowedError"));
+};
+"""
+
+
+def test_try_again_by_keyboard_keeps_the_focus_on_the_lesson(stack: Stack, open_page: OpenPage) -> None:
+    lesson = open_page(stack.url, init_scripts=[REFUSE_MICROPHONE_ONCE])
+    lesson.start("Ana")
+    try_again = lesson.page.get_by_role("alert").get_by_role("button", name="Try again")
+    expect(try_again).to_be_visible(timeout=15_000)
+    try_again.focus()
+    lesson.page.keyboard.press("Enter")
+
+    # The error and its button go as the lesson starts again: the focus moves to the status line, not to the
+    # top of the page, and Tab goes on to the lesson's buttons.
+    lesson.wait_greeting_played()
+    assert focused(lesson) == "status"
+    lesson.page.keyboard.press("Tab")
+    assert focused(lesson) == "mute"
+    assert lesson.console_errors == []

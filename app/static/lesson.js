@@ -179,11 +179,16 @@ function showError(message, canRetry) {
   page.error.scrollIntoView({ block: "nearest" }); // on a phone it may start below the screen's edge
 }
 
-function hideError() {
-  // Try again hidden under the focus would drop it to the top of the page, as a disabled control would.
-  const hadFocus = page.error.contains(document.activeElement);
-  page.error.hidden = true;
+// A control hidden under the focus would drop it to the top of the page, as a disabled one would: the focus goes
+// to the status line instead (see setLessonControls).
+function hideKeepingFocus(element) {
+  const hadFocus = element.contains(document.activeElement);
+  element.hidden = true;
   if (hadFocus) page.status.focus();
+}
+
+function hideError() {
+  hideKeepingFocus(page.error);
 }
 
 function setLessonControls(active) {
@@ -380,7 +385,7 @@ class Lesson {
     this.context = new AudioContext(rate ? { sampleRate: rate, latencyHint: "interactive" } : { latencyHint: "interactive" });
     const resumed = this.context.resume();
     if (this.socket === null) showState("starting");
-    page.resumeAudio.hidden = true;
+    hideKeepingFocus(page.resumeAudio);
     this.setUp(resumed).catch((error) => this.failToStart(error));
   }
 

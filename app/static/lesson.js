@@ -842,6 +842,8 @@ window.addEventListener("online", () => lesson?.retryNow());
 page.end.addEventListener("click", () => {
   lesson?.end();
   setLessonControls(false);
+  // End waits for the socket to come back: a new start now would drop this lesson unended, without its feedback.
+  if (lesson?.endOnOpen) page.start.disabled = true;
 });
 // A toggle: its name stays "Mute microphone" and aria-pressed (styled as pressed) says whether it is on, so a
 // screen reader never hears "Unmute microphone, pressed".

@@ -91,6 +91,9 @@ def test_end_pressed_while_offline_ends_the_lesson_once_back_with_its_feedback(
     expect(lesson.page.get_by_role("status")).to_have_text("Reconnecting…", timeout=5_000)
     lesson.page.get_by_role("button", name="End lesson").click()
     expect(lesson.page.get_by_role("button", name="End lesson")).to_be_disabled()
+    # Until the lesson has ended a new one cannot be started over it.
+    start = lesson.page.get_by_role("button", name="Start lesson")
+    expect(start).to_be_disabled()
     lesson.page.context.set_offline(False)
 
     expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
@@ -98,6 +101,7 @@ def test_end_pressed_while_offline_ends_the_lesson_once_back_with_its_feedback(
     assert lesson.debug("lessonId") == lesson_id
     assert lesson.debug("statuses")[-1] == "ended:student_ended"  # as the student asked, not browser_gone
     assert lesson.page.get_by_role("alert").is_hidden()
+    expect(start).to_be_enabled()
     assert lesson.console_errors == []
 
 

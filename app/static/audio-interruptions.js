@@ -81,8 +81,8 @@ class AudioInterruptions {
     this.continueSound.removeEventListener("click", this.onContinueClick);
     this.restartMicrophone.removeEventListener("click", this.onRestartClick);
     this.unwatchTracks();
-    this.soundPaused.hidden = true;
-    this.microphoneStopped.hidden = true;
+    this.hide(this.soundPaused);
+    this.hide(this.microphoneStopped);
   }
 
   checkContext() {
@@ -91,7 +91,7 @@ class AudioInterruptions {
       clearTimeout(this.resumeTimer);
       this.resumeTimer = null;
       this.interrupted = false;
-      this.soundPaused.hidden = true;
+      this.hide(this.soundPaused);
       return;
     }
     if (context.state === "closed") return;
@@ -147,7 +147,7 @@ class AudioInterruptions {
     lesson.source.connect(lesson.capture);
     lesson.setMuted(lesson.muted);
     this.watchTracks(stream);
-    this.microphoneStopped.hidden = true;
+    this.hide(this.microphoneStopped);
     this.debug.microphoneRestarts += 1;
   }
 
@@ -208,5 +208,13 @@ class AudioInterruptions {
     messageElement.textContent = text;
     panel.hidden = false;
     button.focus();
+  }
+
+  // Hides `panel`. Its button, pressed, goes from under the focus: the focus moves to the lesson's status line
+  // rather than to the top of the page.
+  hide(panel) {
+    const hadFocus = panel.contains(document.activeElement);
+    panel.hidden = true;
+    if (hadFocus) document.getElementById("status").focus();
   }
 }

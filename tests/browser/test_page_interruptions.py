@@ -204,6 +204,8 @@ def test_a_context_that_needs_a_gesture_is_resumed_by_continue_lesson_with_the_s
 
     lesson.page.wait_for_function("() => lesson.context.state === 'running'")
     expect(paused).to_be_hidden()
+    # The button went from under the focus: the focus is on the status line, not at the top of the page.
+    assert lesson.page.evaluate("() => document.activeElement.id") == "status"
     wait_frames_flow(lesson)
     wait_tutor_heard_again(lesson, heard_before)
     assert lesson.page.evaluate("[window.audioContextsCreated, window.socketsOpened]") == [1, 1]
@@ -263,6 +265,7 @@ def test_a_microphone_that_ends_is_asked_for_again_and_its_audio_reaches_the_tut
 
     lesson.wait_debug("d.microphoneRestarts === 1")
     expect(lesson.page.get_by_role("button", name="Turn the microphone back on")).to_be_hidden()
+    assert lesson.page.evaluate("() => document.activeElement.id") == "status"
     wait_frames_flow(lesson)
     last_half_second = recorded_second(recording, recording.stat().st_size)[-SAMPLE_RATE // 2:]
     assert dominant_hz(last_half_second) == pytest.approx(440, abs=5)

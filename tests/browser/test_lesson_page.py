@@ -385,7 +385,8 @@ def test_a_tutor_answer_cut_by_end_is_marked_cut_off(stack: Stack, open_page: Op
     turns = lesson.page.locator("#transcript .turn--tutor")
     expect(turns).to_have_count(2)
     expect(turns.last.locator(".turn__note")).to_have_text("Cut off")
-    expect(turns.first.locator(".turn__note")).to_have_count(0)
+    # Only what the relay cut is marked: the greeting too, when a slow machine let the tone start on its tail.
+    expect(turns.locator(".turn__note")).to_have_count(len(set(lesson.debug("interrupted"))))
     assert lesson.console_errors == []
 
 

@@ -83,6 +83,21 @@ async def a_lesson_whose_page_drops(relay: AppServer) -> dict[str, Any]:
     return lesson
 
 
+async def a_lesson_left_by_a_drained_instance(simulator: RealtimeSimulator, database: str,
+                                              log_stream: io.StringIO) -> dict[str, Any]:
+    """A lesson whose instance drained (a redeploy) with its page still there, its records written: its
+    `lesson` frame, whose resume token another instance on `database` can take the lesson over with."""
+    async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as old:
+        async with open_lesson(old.lesson_url(name="Ana")) as page:
+            lesson = await lesson_heard(page)
+            drain = asyncio.create_task(drain_lessons(old.app, 5))
+            await until_status(page, "reconnecting")
+            await closed_with(page)
+        await drain
+        await old.app.state.records.flushed()
+    return lesson
+
+
 async def a_turn(page: LessonClient) -> dict[str, Any]:
     """The student says something and the tutor answers: the answer's `transcript.done`."""
     await speak(page, 30)
@@ -451,14 +466,7 @@ async def test_a_lesson_handed_to_an_instance_with_no_place_for_it_is_taken_over
     simulator: RealtimeSimulator, log_stream: io.StringIO, tmp_path: Path
 ) -> None:
     database = f"sqlite:///{tmp_path / 'lessons.db'}"
-    async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as old:
-        async with open_lesson(old.lesson_url(name="Ana")) as page:
-            lesson = await lesson_heard(page)
-            drain = asyncio.create_task(drain_lessons(old.app, 5))
-            await until_status(page, "reconnecting")
-            await closed_with(page)
-        await drain
-        await old.app.state.records.flushed()
+    lesson = await a_lesson_left_by_a_drained_instance(simulator, database, log_stream)
     async with serve_app(relay_settings(simulator.url, database_url=database, max_sessions=1), log_stream) as new:
         async with open_lesson(new.lesson_url(name="Ben")) as other:
             await other.until_type("lesson")
@@ -479,14 +487,7 @@ async def test_a_lesson_taken_over_by_a_resume_that_fails_before_it_runs_is_give
     simulator: RealtimeSimulator, log_stream: io.StringIO, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     database = f"sqlite:///{tmp_path / 'lessons.db'}"
-    async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as old:
-        async with open_lesson(old.lesson_url(name="Ana")) as page:
-            lesson = await lesson_heard(page)
-            drain = asyncio.create_task(drain_lessons(old.app, 5))
-            await until_status(page, "reconnecting")
-            await closed_with(page)
-        await drain
-        await old.app.state.records.flushed()
+    lesson = await a_lesson_left_by_a_drained_instance(simulator, database, log_stream)
     async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as new:
         load_memory = routes.load_memory
 

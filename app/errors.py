@@ -5,7 +5,8 @@
     ├── OverCapacity                 1013  too many lessons, or lesson starts too fast
     ├── StoreUnavailable             1013  a lesson link cannot be checked: the records' database is out of reach
     ├── DailyBudgetReached           1008  the link's student has spent MAX_STUDENT_COST_USD_PER_DAY in a day
-    ├── ResumeRefused                1008  a resume token that is altered, expired, foreign or of an ended lesson
+    ├── ResumeRefused                1008  a resume token that is altered, expired, foreign or of an ended (or
+    │                                      withdrawn) lesson
     ├── ResumeNotYet                 1013  a resumed lesson is still being handed over: the page tries again
     │   └── ResumeElsewhere          1013  … it runs on another worker, which is asked to hand it over
     ├── InvalidTransition            1011  the lesson state machine was driven out of order (a bug)
@@ -19,6 +20,8 @@ Foreign exceptions (websockets, OSError, TimeoutError) are translated into these
 """
 
 from __future__ import annotations
+
+from app.withdrawal import Withdrawal
 
 
 class LessonError(Exception):
@@ -85,6 +88,11 @@ class ResumeRefused(LessonError):
     def unknown(cls, detail: str) -> ResumeRefused:
         return cls(detail, code="resume_unknown",
                    student_message="This lesson is not known here. Please start a new lesson.")
+
+    @classmethod
+    def withdrawn(cls, detail: str, withdrawal: Withdrawal) -> ResumeRefused:
+        """The teacher withdrew the lesson (`app.withdrawal`): the page is told so as when it was ended."""
+        return cls(detail, code=withdrawal.value, student_message=withdrawal.student_message)
 
     @classmethod
     def ended(cls, detail: str) -> ResumeRefused:

@@ -13,6 +13,7 @@ from prometheus_client import Gauge
 
 from app.admission import AdmittedLesson
 from app.relay import PageSocket, Relay
+from app.withdrawal import Withdrawal
 
 
 class LiveLessons:
@@ -34,6 +35,26 @@ class LiveLessons:
         task = asyncio.create_task(self._run(lesson_id, relay, page, admitted, replay), name=f"lesson-{lesson_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def running_links(self) -> set[str]:
+        """The lesson links of the lessons running here (lessons without one are not listed)."""
+        return {link_id for relay in self._lessons.values()
+                if not relay.over and (link_id := relay.session.config.link_id) is not None}
+
+    def withdraw(self, withdrawal: Withdrawal, *, link_id: str | None = None,
+                 student_id: str | None = None) -> list[str]:
+        """End the lessons running here of `link_id`, or of any link of `student_id`, as `withdrawal`: the ids of
+        those told."""
+        told = []
+        for lesson_id, relay in list(self._lessons.items()):
+            config = relay.session.config
+            if relay.over or config.link_id is None:
+                continue
+            if (link_id is not None and config.link_id == link_id) or \
+                    (student_id is not None and config.student_id == student_id):
+                relay.withdraw(withdrawal)
+                told.append(lesson_id)
+        return told
 
     async def ended(self) -> None:
         """Return once every lesson running now has ended and given back its place."""

@@ -2,12 +2,14 @@
 
 The lifespan configures logging, opens the lesson records' database (migrating it to the newest schema;
 a database out of reach stops the start), starts the embedded Realtime simulator when no API key is set
-(the lesson then works offline end to end, over real sockets, through the same code path), and on
-shutdown drains open lessons: each is told the server is restarting and closed cleanly.
+(the lesson then works offline end to end, over real sockets, through the same code path), checks every
+LINK_CHECK_SECONDS for lessons a teacher withdrew (`app.link_check`), and on shutdown drains open lessons:
+each is told the server is restarting and closed cleanly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import threading
@@ -26,6 +28,7 @@ from fastapi.templating import Jinja2Templates
 from app.addresses import BoundedClientAddress
 from app.admission import LessonRegistry, LocalPlaces, Places, StartRateLimiter
 from app.budget import DailyBudget
+from app.link_check import check_withdrawn_links
 from app.live_lessons import LiveLessons
 from app.logging import configure_logging
 from app.loop_lag import LoopLagProbe
@@ -92,9 +95,13 @@ def create_app(
                             shutdown_worst_case_s=shutdown_worst_case_seconds(settings.shutdown_grace_seconds))
         loop_lag = LoopLagProbe(app.state.metrics.loop_lag_seconds.observe)
         loop_lag.start()
+        link_check = asyncio.create_task(
+            check_withdrawn_links(store.sessions, app.state.live_lessons, every_s=settings.link_check_seconds),
+            name="link-check")
         try:
             yield
         finally:
+            link_check.cancel()
             await drain_lessons(app, settings.shutdown_grace_seconds)
             loop_lag.stop()
             if simulator is not None:

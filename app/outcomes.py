@@ -23,6 +23,8 @@ END_REASONS: dict[str, str] = {
     "instance_lost": "The server running the lesson stopped unexpectedly, and the student's page did not come "
                      "back to it in time.",
     "server_shutdown": "The server restarted for an update while resuming lessons was switched off.",
+    "link_revoked": "The teacher revoked the lesson link while the lesson was under way, so it ended.",
+    "student_removed": "The teacher archived or deleted the student while the lesson was under way, so it ended.",
     "internal_error": "An error in the lesson server stopped the lesson.",
     "over_capacity": "The lesson could not start: every place was taken, or too many lessons were started at once.",
     "daily_budget_reached": "The lesson could not start: the student's lessons of the last 24 hours already cost "

@@ -37,6 +37,7 @@ from app.records import Record, RecordSink
 from app.session import LessonSession
 from app.transport import PageConnection
 from app.upstream import RealtimeClient
+from app.withdrawal import Withdrawal
 
 Clock = Callable[[], float]
 ConnectUpstream = Callable[[], Awaitable[RealtimeClient]]
@@ -152,6 +153,13 @@ class Relay:
         else:
             actions = session.handle_moved(self.clock())
         await self._carry_out(actions)
+
+    def withdraw(self, withdrawal: Withdrawal) -> None:
+        """The teacher withdrew the lesson (its link revoked, its student archived or deleted): end it."""
+        self._start_task(self._carry_out_withdrawal(withdrawal))
+
+    async def _carry_out_withdrawal(self, withdrawal: Withdrawal) -> None:
+        await self._carry_out(self.session.handle_withdrawn(withdrawal, self.clock()))
 
     async def _serve_resumed(self, page: PageSocket, replay: bool) -> None:
         previous, self.page = self.page, page

@@ -42,6 +42,7 @@ from app.recorder import LessonRecorder
 from app.resumable import ResumableLesson
 from app.upstream_events import UpstreamEvents, error_fields
 from app.usage import LessonUsage
+from app.withdrawal import Withdrawal
 
 # A response that ended `incomplete`, by status_details.reason.
 _INCOMPLETE_WORDS = {
@@ -172,6 +173,16 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
             return NO_ACTIONS
         return self._finish("replaced", 1000, now, error=(
             "lesson_replaced", "This lesson was opened again in another window or device, so it ended here."))
+
+    def handle_withdrawn(self, withdrawal: Withdrawal, now: float) -> Sequence[Action]:
+        """The teacher revoked the lesson's link, or archived or deleted its student: the lesson ends now, without
+        feedback; one already waiting for its feedback ends as it was going to."""
+        if self.state in (LessonState.ENDED, LessonState.FEEDBACK):
+            return NO_ACTIONS
+        cfg = self.config
+        return (Log("info", "lesson_withdrawn", {"reason": withdrawal.value, "link_id": cfg.link_id,
+                                                 "student_id": cfg.student_id}),
+                *self._finish(withdrawal.value, 1000, now, error=(withdrawal.value, withdrawal.student_message)))
 
     def handle_crash(self, now: float) -> Sequence[Action]:
         """The lesson's own code raised unexpectedly: tell the student in plain words and end with 1011."""

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     # An instance that has not marked itself alive for this long was killed: its lessons may be taken over.
     instance_lost_after_seconds: float = Field(default=15, ge=1, le=300)
     idle_timeout_seconds: float = Field(default=300, gt=0, allow_inf_nan=False)
+    # How often each worker asks the store whether a teacher withdrew the links of its running lessons.
+    link_check_seconds: float = Field(default=10, ge=1, le=300)
     # How long the lesson's feedback may take after a normal end before the lesson ends without it.
     feedback_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
     # A class of 30 behind one school NAT all starting in the same minute, each once more (a reload, a retry).

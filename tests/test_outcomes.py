@@ -17,6 +17,7 @@ from openai.types.realtime import RealtimeResponse
 
 from app import errors
 from app.outcomes import END_REASONS, EVENT_KINDS, NOT_FAILURES, ended_because, event_meaning, is_failure
+from app.withdrawal import Withdrawal
 
 APP = Path(__file__).parents[1] / "app"
 API_DOC = Path(__file__).parents[1] / "docs" / "api.md"
@@ -71,11 +72,12 @@ def _codes_in_source() -> tuple[set[str], set[str]]:
 
 
 def _codes_from_errors() -> set[str]:
-    """End reasons that are an upstream error's code (the session could not be opened) or a refused start's."""
+    """End reasons that are an upstream error's code (the session could not be opened), a refused start's, or a
+    teacher's withdrawal of the lesson."""
     refusals = {errors._refusal_wording(status, upstream_code)[0]
                 for status in (400, 401, 403, 404, 429, 500, 503) for upstream_code in (None, "insufficient_quota")}
     return refusals | {errors.UpstreamUnavailable.code, errors.UpstreamError.code, errors.OverCapacity.code,
-                        errors.DailyBudgetReached.code}
+                        errors.DailyBudgetReached.code, *Withdrawal}
 
 
 def _response_event_kinds() -> set[str]:

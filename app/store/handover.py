@@ -24,6 +24,8 @@ from sqlalchemy.sql import ColumnElement
 from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
 from app.store.instances import InstanceTiming
 from app.store.models import Instance, Lesson, Student, Turn
+from app.store.queries import link_states, withdrawals
+from app.withdrawal import Withdrawal
 
 HANDED_OFF = "handed_off"
 
@@ -48,7 +50,7 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
                            timing: InstanceTiming, now: datetime) -> TakenOverLesson:
     """Claim for `instance_id` a lesson handed over, or left by a lost instance, no longer than the resume grace
     ago, or say why not: `ResumeNotYet` while it is neither (the page tries again), `ResumeRefused` when it
-    ended or waited too long.
+    ended or waited too long, or when the teacher withdrew its link meanwhile (it then ends as withdrawn).
 
     The claim is the first statement, so it takes the database's write lock before anything is read: of two
     resumes at once, the second waits for the first and then finds the lesson open again."""
@@ -66,19 +68,37 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
                 raise await _why_not(session, lesson_id, timing.resume_grace_s, too_late=lost_since - grace)
         lesson = await session.get(Lesson, lesson_id)
         assert lesson is not None
-        turns = (await session.execute(
-            select(Turn.seq, Turn.role, Turn.text).where(Turn.lesson_id == lesson_id).order_by(Turn.seq))).all()
-        student = await session.get(Student, lesson.student_id) if lesson.student_id is not None else None
-        return TakenOverLesson(
-            lesson_id=lesson.id, student_id=lesson.student_id, link_id=lesson.link_id,
-            target_language=student.target_language if student is not None else None, level=lesson.level,
-            started_at=lesson.started_at,
-            turns=[(seq, cast(Literal["tutor", "student"], role), text) for seq, role, text in turns],
-            tokens={"audio_input_tokens": lesson.audio_input_tokens, "text_input_tokens": lesson.text_input_tokens,
-                    "cached_tokens": lesson.cached_tokens, "audio_output_tokens": lesson.audio_output_tokens,
-                    "text_output_tokens": lesson.text_output_tokens},
-            from_lost_instance=from_lost_instance,
-        )
+        withdrawal = await _withdrawal(session, lesson.link_id)
+        if withdrawal is None:
+            return await _taken_over(session, lesson, from_lost_instance)
+        # Its link was withdrawn while no instance ran it: it ends here, as it would have where it ran.
+        lesson.ended_at, lesson.end_reason = now, withdrawal.value
+    raise ResumeRefused.withdrawn(f"lesson {lesson_id!r} not taken over: its link was withdrawn ({withdrawal})",
+                                  withdrawal)
+
+
+async def _withdrawal(session: AsyncSession, link_id: str | None) -> Withdrawal | None:
+    if link_id is None:
+        return None
+    states = (await session.execute(link_states([link_id]))).tuples().all()
+    return withdrawals([link_id], states).get(link_id)
+
+
+async def _taken_over(session: AsyncSession, lesson: Lesson, from_lost_instance: bool) -> TakenOverLesson:
+    lesson_id = lesson.id
+    turns = (await session.execute(
+        select(Turn.seq, Turn.role, Turn.text).where(Turn.lesson_id == lesson_id).order_by(Turn.seq))).all()
+    student = await session.get(Student, lesson.student_id) if lesson.student_id is not None else None
+    return TakenOverLesson(
+        lesson_id=lesson.id, student_id=lesson.student_id, link_id=lesson.link_id,
+        target_language=student.target_language if student is not None else None, level=lesson.level,
+        started_at=lesson.started_at,
+        turns=[(seq, cast(Literal["tutor", "student"], role), text) for seq, role, text in turns],
+        tokens={"audio_input_tokens": lesson.audio_input_tokens, "text_input_tokens": lesson.text_input_tokens,
+                "cached_tokens": lesson.cached_tokens, "audio_output_tokens": lesson.audio_output_tokens,
+                "text_output_tokens": lesson.text_output_tokens},
+        from_lost_instance=from_lost_instance,
+    )
 
 
 async def give_back_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id: str, *, instance_id: str,
@@ -113,6 +133,9 @@ async def _why_not(session: AsyncSession, lesson_id: str, grace_s: float, *,
             return ResumeRefused.expired(f"lesson {lesson_id!r} was left by an instance last seen at "
                                          f"{owner.seen_at.isoformat()}, lost more than {grace_s:g} s ago")
         return ResumeElsewhere(f"lesson {lesson_id!r} is open on another instance, or was just taken over")
+    if lesson.end_reason in set(Withdrawal):
+        return ResumeRefused.withdrawn(f"lesson {lesson_id!r} ended: {lesson.end_reason}",
+                                       Withdrawal(lesson.end_reason))
     if lesson.end_reason != HANDED_OFF:
         return ResumeRefused.ended(f"lesson {lesson_id!r} ended: {lesson.end_reason}")
     return ResumeRefused.expired(f"lesson {lesson_id!r} was handed off at {lesson.ended_at.isoformat()}, "

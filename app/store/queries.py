@@ -7,17 +7,19 @@ built. The teacher's desk has its own queries in app/teacher/.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.links import EXPIRED_WORDS, LinkClaim, LinkError
 from app.settings import Settings
 from app.store.models import AppSecret, Lesson, Link, Student
+from app.withdrawal import Withdrawal
 
 LINK_SECRET_NAME = "lesson_link_secret"
 # How long a lesson start waits for the store before going on without it (or refusing a link lesson).
@@ -79,6 +81,33 @@ async def student_for_link(sessions: async_sessionmaker[AsyncSession], claim: Li
     return LinkedStudent(student_id=student.id, link_id=link.id, name=student.name, level=student.level,
                          target_language=student.target_language, topic=link.topic,
                          support_language=link.support_language)
+
+
+def link_states(link_ids: Collection[str]) -> Select[str, datetime | None, datetime | None]:
+    """(link id, revoked at, its student archived at) of those of `link_ids` still in the store, by primary key."""
+    return (select(Link.id, Link.revoked_at, Student.archived_at).join(Student, Link.student_id == Student.id)
+            .where(Link.id.in_(link_ids)))
+
+
+def withdrawals(link_ids: Collection[str],
+                states: Iterable[tuple[str, datetime | None, datetime | None]]) -> dict[str, Withdrawal]:
+    """Which of `link_ids` (links that opened a running lesson), given their `link_states`, the teacher withdrew, and
+    how: revoked, or their student archived or deleted (which deletes the links too). Expiry is not a withdrawal."""
+    withdrawn = dict.fromkeys(link_ids, Withdrawal.STUDENT_REMOVED)
+    for link_id, revoked_at, archived_at in states:
+        if archived_at is None and revoked_at is None:
+            del withdrawn[link_id]
+        elif archived_at is None:
+            withdrawn[link_id] = Withdrawal.LINK_REVOKED
+    return withdrawn
+
+
+async def withdrawn_links(sessions: async_sessionmaker[AsyncSession],
+                          link_ids: Collection[str]) -> dict[str, Withdrawal]:
+    """`withdrawals` of `link_ids`, read in one query."""
+    async with sessions() as session:
+        states = (await session.execute(link_states(link_ids))).tuples().all()
+    return withdrawals(link_ids, states)
 
 
 async def student_cost_since(sessions: async_sessionmaker[AsyncSession], student_id: str, since: datetime) -> float:

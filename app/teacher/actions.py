@@ -19,7 +19,17 @@ from app.messages import MAX_NAME_LENGTH
 from app.teacher import queries
 from app.teacher.inputs import InvalidInput, LevelChange, NewLink, NewStudent, validate, whole_number
 from app.teacher.pages import not_found, student_context, students_context
-from app.teacher.web import DESK_PATH, DeskError, Teacher, checked_form, database, redirect, render
+from app.teacher.web import (
+    DESK_PATH,
+    DeskError,
+    Teacher,
+    checked_form,
+    database,
+    end_withdrawn_here,
+    redirect,
+    render,
+)
+from app.withdrawal import Withdrawal
 
 router = APIRouter()
 log = structlog.get_logger("lesson_relay")
@@ -31,6 +41,7 @@ _MAX_FEEDBACK_INDEX = 999
 
 def _student_path(student_id: str) -> str:
     return f"{DESK_PATH}/students/{student_id}"
+
 
 
 @router.post(f"{DESK_PATH}/students")
@@ -78,6 +89,8 @@ async def archive_student(request: Request, teacher: Teacher, student_id: str) -
     async with database(request) as db:
         if not await queries.set_archived(db, student_id, archived_at=datetime.now(UTC)):
             raise not_found("student")
+    log.info("teacher_student_archived", student_id=student_id)
+    end_withdrawn_here(request, Withdrawal.STUDENT_REMOVED, student_id=student_id)
     return redirect(DESK_PATH, notice="archived")
 
 
@@ -100,6 +113,7 @@ async def delete_student(request: Request, teacher: Teacher, student_id: str) ->
         if not await queries.delete_student(db, student_id):
             raise not_found("student")
     log.info("teacher_student_deleted", student_id=student_id)
+    end_withdrawn_here(request, Withdrawal.STUDENT_REMOVED, student_id=student_id)
     return redirect(DESK_PATH, notice="deleted")
 
 
@@ -137,6 +151,7 @@ async def revoke_link(request: Request, teacher: Teacher, student_id: str, link_
         if not await queries.revoke_link(db, student_id, link_id, now=datetime.now(UTC)):
             raise not_found("lesson link")
     log.info("teacher_link_revoked", student_id=student_id, link_id=link_id)
+    end_withdrawn_here(request, Withdrawal.LINK_REVOKED, student_id=student_id, link_id=link_id)
     return redirect(_student_path(student_id), notice="link_revoked")
 
 

@@ -21,7 +21,8 @@ from app.teacher.auth import TeacherAuth, bearer_token
 from app.teacher.inputs import BodyTooLarge, InvalidInput, NewStudent, read_json_object, validate
 from app.teacher.pages import ExportFormat, export_response
 from app.teacher.sign_in_limit import SignInLimiter, SignInUnavailable
-from app.teacher.web import client_address, database, lesson_link_url
+from app.teacher.web import client_address, database, end_withdrawn_here, lesson_link_url
+from app.withdrawal import Withdrawal
 
 router = APIRouter(prefix="/api")
 log = structlog.get_logger("lesson_relay")
@@ -158,4 +159,5 @@ async def delete_student(request: Request, _: Authorized, student_id: str) -> Re
         if not await queries.delete_student(db, student_id):
             raise _not_found("student", student_id)
     log.info("teacher_student_deleted", student_id=student_id, via="api")
+    end_withdrawn_here(request, Withdrawal.STUDENT_REMOVED, student_id=student_id)
     return Response(status_code=204)

@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.links import lesson_url, make_lesson_token
+from app.live_lessons import LiveLessons
 from app.settings import Settings
 from app.store.models import Link
 from app.teacher import desk_sessions
@@ -36,6 +37,7 @@ from app.teacher.auth import (
     csrf_matches,
 )
 from app.teacher.inputs import BodyTooLarge, InvalidInput, read_form
+from app.withdrawal import Withdrawal
 
 DESK_PATH = "/teacher"
 SIGN_IN_PATH = f"{DESK_PATH}/signin"
@@ -45,11 +47,11 @@ _UNCHECKED = object()
 NOTICES = {
     "student_added": "Student added. Their lesson link is below.",
     "level_changed": "Level changed.",
-    "archived": "Student archived.",
+    "archived": "Student archived: their links open no lesson, and a lesson under way ends within seconds.",
     "restored": "Student restored.",
-    "deleted": "Student and all their records deleted.",
+    "deleted": "Student and all their records deleted; a lesson of theirs under way ends within seconds.",
     "link_created": "New lesson link made.",
-    "link_revoked": "Lesson link revoked: it no longer opens a lesson.",
+    "link_revoked": "Lesson link revoked: it no longer opens a lesson, and a lesson under way ends within seconds.",
     "correction_deleted": "Correction deleted: it no longer follows the student into their next lessons.",
     "word_deleted": "Word deleted: it no longer follows the student into their next lessons.",
     "signed_out": "Signed out on this browser. Any other browser signed in to the desk stays signed in.",
@@ -180,6 +182,14 @@ def lesson_link_url(request: Request, link: Link) -> str:
 def link_view(request: Request, link: Link) -> LinkView:
     return LinkView(id=link.id, url=lesson_link_url(request, link), expires_at=link.expires_at, topic=link.topic,
                     support_language=link.support_language)
+
+
+def end_withdrawn_here(request: Request, withdrawal: Withdrawal, *, student_id: str,
+                       link_id: str | None = None) -> None:
+    """End at once the lessons this worker runs of the withdrawn link (or of every link of the student); those
+    running elsewhere end at their worker's next check (`app.link_check`)."""
+    live: LiveLessons = request.app.state.live_lessons
+    live.withdraw(withdrawal, link_id=link_id, student_id=None if link_id is not None else student_id)
 
 
 def database(request: Request) -> AbstractAsyncContextManager[AsyncSession]:

@@ -131,7 +131,7 @@ async def test_archiving_and_restoring(desk_on: Desk) -> None:
     archived = await desk_on.submit(f"/teacher/students/{ana.id}/archive")
     listing = await desk_on.client.get(archived.headers["location"])
 
-    assert "Student archived." in listing.text
+    assert "Student archived:" in listing.text
     assert "Your students (0)" in listing.text
     assert "Archived students (1)" in listing.text
     restored = await desk_on.submit(f"/teacher/students/{ana.id}/restore")

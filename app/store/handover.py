@@ -80,7 +80,7 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
 async def _withdrawal(session: AsyncSession, link_id: str | None) -> Withdrawal | None:
     if link_id is None:
         return None
-    states = (await session.execute(link_states([link_id]))).tuples().all()
+    states = (await session.execute(link_states([link_id]))).all()
     return withdrawals([link_id], states).get(link_id)
 
 

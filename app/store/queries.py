@@ -106,7 +106,7 @@ async def withdrawn_links(sessions: async_sessionmaker[AsyncSession],
                           link_ids: Collection[str]) -> dict[str, Withdrawal]:
     """`withdrawals` of `link_ids`, read in one query."""
     async with sessions() as session:
-        states = (await session.execute(link_states(link_ids))).tuples().all()
+        states = (await session.execute(link_states(link_ids))).all()
     return withdrawals(link_ids, states)
 
 

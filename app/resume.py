@@ -4,7 +4,8 @@ A token is `base64url(payload).base64url(hmac_sha256(key, payload))`, the key de
 secret (LESSON_SECRET, or the one kept in the store) under its own label, so a lesson link never passes for
 a resume token nor the other way round. The payload binds the token to one lesson and carries what another
 instance needs to rebuild that lesson's tutor (name, level, support language, topic: the same fields a
-lesson request has) and its expiry: the lesson's longest possible end plus the grace. Whether the lesson
+lesson request has), its lesson link if any (so that a resume of a lesson whose student was deleted with it is
+refused in plain words), and its expiry: the lesson's longest possible end plus the grace. Whether the lesson
 can still be resumed (its page has been away no longer than the grace, it has not ended) is decided by
 its live state, or by the store when another instance handed it over.
 """
@@ -33,6 +34,7 @@ class ResumeClaim:
     support: str | None
     topic: str | None
     expires_at: int
+    link_id: str | None = None
 
 
 def _b64(data: bytes) -> str:
@@ -50,7 +52,7 @@ def _signature(secret: str, payload: bytes) -> bytes:
 
 def make_resume_token(secret: str, claim: ResumeClaim) -> str:
     payload = orjson.dumps({"l": claim.lesson_id, "n": claim.name, "v": claim.level, "s": claim.support,
-                            "t": claim.topic, "e": claim.expires_at})
+                            "t": claim.topic, "e": claim.expires_at, "k": claim.link_id})
     return f"{_b64(payload)}.{_b64(_signature(secret, payload))}"
 
 
@@ -67,7 +69,8 @@ def verify_resume_token(token: str, secret: str, *, now: float) -> ResumeClaim:
     try:
         data = orjson.loads(payload)
         claim = ResumeClaim(lesson_id=str(data["l"]), name=str(data["n"]), level=str(data["v"]),
-                            support=_optional(data["s"]), topic=_optional(data["t"]), expires_at=int(data["e"]))
+                            support=_optional(data["s"]), topic=_optional(data["t"]), expires_at=int(data["e"]),
+                            link_id=_optional(data.get("k")))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ResumeRefused.invalid("resume token payload unreadable") from exc
     if claim.expires_at <= now:

@@ -183,7 +183,8 @@ async def lesson_socket(websocket: WebSocket) -> None:
         started_at = datetime.now(UTC)
         claim = ResumeClaim(lesson_id=lesson_id, name=request.name, level=request.level, support=request.support,
                             topic=request.topic, expires_at=int(started_at.timestamp() + settings.max_lesson_seconds
-                                                                + settings.resume_grace_seconds) + 1)
+                                                                + settings.resume_grace_seconds) + 1,
+                            link_id=student.link_id)
         config = _lesson_config(lesson_id, request, settings, student, memory, started_at=started_at,
                                 resume_token=make_resume_token(state.link_secret, claim))
     except BaseException:
@@ -240,7 +241,7 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
             relay.attach(page, replay=replay)
             await page.done
             return
-        taken = await _take_over(state, claim.lesson_id)
+        taken = await _take_over(state, claim)
         student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id,
                                 target_language=taken.target_language)
         try:
@@ -276,11 +277,12 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
     await _run_lesson(websocket, config, resume_log, admitted, replay=replay)
 
 
-async def _take_over(state: Any, lesson_id: str) -> TakenOverLesson:
+async def _take_over(state: Any, claim: ResumeClaim) -> TakenOverLesson:
+    lesson_id = claim.lesson_id
     try:
         async with asyncio.timeout(LOOKUP_TIMEOUT_S):
             return await take_over_lesson(state.db, lesson_id, instance_id=state.instance_id,
-                                          timing=state.instance_timing, now=datetime.now(UTC))
+                                          timing=state.instance_timing, now=datetime.now(UTC), link_id=claim.link_id)
     except (TimeoutError, OSError, SQLAlchemyError) as exc:
         raise StoreUnavailable(f"lesson {lesson_id!r} not taken over: the store did not answer "
                                f"({type(exc).__name__}: {str(exc)[:200]})",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from app.errors import ResumeRefused
@@ -17,6 +19,8 @@ CLAIM = ResumeClaim(lesson_id="abc123def456", name="Ana", level="A2", support="S
 
 def test_a_token_gives_back_its_lesson_and_what_rebuilds_its_tutor() -> None:
     assert verify_resume_token(make_resume_token(SECRET, CLAIM), SECRET, now=1_999) == CLAIM
+    linked = dataclasses.replace(CLAIM, link_id="k1")
+    assert verify_resume_token(make_resume_token(SECRET, linked), SECRET, now=1_999).link_id == "k1"
 
 
 @pytest.mark.parametrize("alter", [

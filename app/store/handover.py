@@ -23,7 +23,7 @@ from sqlalchemy.sql import ColumnElement
 
 from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
 from app.store.instances import InstanceTiming
-from app.store.models import Instance, Lesson, Student, Turn
+from app.store.models import Instance, Lesson, Link, Student, Turn
 from app.store.queries import link_states, withdrawals
 from app.withdrawal import Withdrawal
 
@@ -47,10 +47,12 @@ class TakenOverLesson:
 
 
 async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id: str, *, instance_id: str,
-                           timing: InstanceTiming, now: datetime) -> TakenOverLesson:
+                           timing: InstanceTiming, now: datetime, link_id: str | None = None) -> TakenOverLesson:
     """Claim for `instance_id` a lesson handed over, or left by a lost instance, no longer than the resume grace
     ago, or say why not: `ResumeNotYet` while it is neither (the page tries again), `ResumeRefused` when it
     ended or waited too long, or when the teacher withdrew its link meanwhile (it then ends as withdrawn).
+    `link_id`, the lesson link its resume token names, tells a lesson deleted with its student from one whose
+    first record has not arrived yet.
 
     The claim is the first statement, so it takes the database's write lock before anything is read: of two
     resumes at once, the second waits for the first and then finds the lesson open again."""
@@ -65,7 +67,8 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
         if not await _claimed(session, _claim(lesson_id, handed_over, instance_id)):
             from_lost_instance = await _claimed(session, _claim(lesson_id, left_by_lost_instance, instance_id))
             if not from_lost_instance:
-                raise await _why_not(session, lesson_id, timing.resume_grace_s, too_late=lost_since - grace)
+                raise await _why_not(session, lesson_id, timing.resume_grace_s, too_late=lost_since - grace,
+                                     link_id=link_id)
         lesson = await session.get(Lesson, lesson_id)
         assert lesson is not None
         withdrawal = await _withdrawal(session, lesson.link_id)
@@ -122,8 +125,12 @@ async def _claimed(session: AsyncSession, claim: Update) -> bool:
 
 
 async def _why_not(session: AsyncSession, lesson_id: str, grace_s: float, *,
-                   too_late: datetime) -> ResumeNotYet | ResumeRefused:
+                   too_late: datetime, link_id: str | None) -> ResumeNotYet | ResumeRefused:
     lesson = await session.get(Lesson, lesson_id)
+    if lesson is None and link_id is not None and await session.get(Link, link_id) is None:
+        # Its student was deleted, with their links and lessons.
+        return ResumeRefused.withdrawn(f"lesson {lesson_id!r} is gone with the student of link {link_id!r}",
+                                       Withdrawal.STUDENT_REMOVED)
     if lesson is None:
         # Its first record may still be on its way from the instance that started it.
         return ResumeNotYet(f"lesson {lesson_id!r} is not in the store (yet)")

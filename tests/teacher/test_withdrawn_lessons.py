@@ -21,6 +21,7 @@ from sqlalchemy import update
 
 from app.link_check import end_withdrawn_lessons
 from app.links import make_lesson_token
+from app.main import drain_lessons
 from app.outcomes import END_REASONS
 from app.simulator import RealtimeSimulator
 from app.store import queries
@@ -189,6 +190,45 @@ async def test_the_check_ends_only_withdrawn_links_lessons_in_one_query_and_an_e
     assert ended == 1
     assert error["code"] == "link_revoked"
     assert len(statements) == 1
+
+
+async def test_a_lesson_handed_off_by_a_restart_is_not_taken_over_once_its_link_was_revoked(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream) as old:
+        state = old.app.state
+        _, link_id, token = await personal_link(state)
+        async with lesson_under_way(old.server, token) as (lesson, started):
+            drain = asyncio.create_task(drain_lessons(old.app, 5))
+            await lesson.until(lambda m: m["type"] == "status" and m["state"] == "reconnecting")
+            await lesson.drain_until_closed()
+        await drain
+        await state.records.flushed()
+        async with state.db.begin() as session:
+            await session.execute(update(Link).where(Link.id == link_id).values(revoked_at=datetime.now(UTC)))
+    async with desk_app(simulator, store_url, log_stream) as new:
+        refusal, close_code = await resume_refusal(new.server, started["resume_token"])
+        row = await stored(new.app.state, started["lesson_id"])
+    assert (refusal["code"], refusal["message"], close_code) == (
+        "link_revoked", Withdrawal.LINK_REVOKED.student_message, 1008)
+    assert row is not None
+    assert row.end_reason == "link_revoked"
+    assert len(simulator.connections) == 1  # no session was opened for the refused resume
+
+
+async def test_a_page_away_when_its_student_is_deleted_is_refused_its_resume_in_plain_words(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        student_id, _, token = await personal_link(desk.app.state)
+        async with lesson_under_way(desk.server, token) as (lesson, started):
+            lesson.ws.transport.abort()  # the network lost: the lesson waits for its page
+        await desk.submit(f"/teacher/students/{student_id}/delete", {"confirm": "yes"},
+                          page=f"/teacher/students/{student_id}")
+        assert await stored(desk.app.state, started["lesson_id"]) is None
+        refusal, close_code = await resume_refusal(desk.server, started["resume_token"])
+    assert (refusal["code"], refusal["message"], close_code) == (
+        "student_removed", Withdrawal.STUDENT_REMOVED.student_message, 1008)
+    [withdrawn] = logged(log_stream, "lesson_withdrawn")
+    assert withdrawn["lesson_id"] == started["lesson_id"]
 
 
 async def test_a_database_outage_during_the_check_ends_no_lesson_and_the_check_resumes(

@@ -225,6 +225,28 @@ def test_a_link_withdrawn_after_its_page_opened_is_refused_in_plain_words_withou
         assert lesson.console_errors == []
 
 
+def test_a_lesson_under_way_ends_in_plain_words_without_try_again_when_its_student_is_deleted(
+    open_page: OpenPage, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with run_stack(tmp_path_factory.mktemp("removed"), app_env={"TEACHER_PASSWORD": TEACHER_PASSWORD}) as stack:
+        student = teacher_api(stack, "POST", "/api/students", {"name": "Ana", "level": "A2"})
+        lesson = open_page(student["link"])
+        lesson.page.get_by_role("button", name="Start lesson").click()
+        lesson.wait_greeting_played()
+        teacher_api(stack, "DELETE", f"/api/students/{student['id']}")
+
+        alert = lesson.page.get_by_role("alert")
+        expect(alert).to_contain_text("Your teacher has closed your lessons here, so this lesson has ended.",
+                                      timeout=15_000)
+        lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+        # Starting again with the same link cannot help: the student is not asked to.
+        expect(alert.get_by_role("button", name="Try again")).to_be_hidden()
+        expect(lesson.page.get_by_role("status")).to_have_text("The lesson has ended.")
+        assert lesson.debug("errors")[0]["code"] == "student_removed"
+        assert lesson.debug("closeCode") == 1000
+        assert lesson.console_errors == []
+
+
 def relative_luminance(css_colour: str) -> float:
     red, green, blue = (int(part) / 255 for part in re.findall(r"\d+", css_colour)[:3])
     linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (red, green, blue)]

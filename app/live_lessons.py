@@ -2,7 +2,8 @@
 
 Each lesson runs as its own task, not inside its first page's connection: it outlives that socket (a page
 that reloads or loses its network comes back to the same lesson). The task holds the lesson's place
-(MAX_SESSIONS) until the lesson ends, however many sockets it had.
+(MAX_SESSIONS) until the lesson ends, however many sockets it had. The lessons of a link the teacher withdrew are
+found here and ended (`app.link_check`).
 """
 
 from __future__ import annotations

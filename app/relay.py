@@ -1,14 +1,14 @@
 """Relay: one lesson's shell, alive as long as the lesson, whichever sockets it has at the moment.
 
 A thin shell around `LessonSession`. The lesson outlives its sockets: its page may leave and come back
-(`attach`, a resumed socket replacing any page still attached) and its upstream session is opened, and may
-be replaced, when the machine says (`OpenUpstream`). Its tasks run in one TaskGroup: a reader per attached
-page, a reader per upstream session, and one per deadline of the machine (on the loop's timer) or signal of
-the registry (drain, replaced, moved) when it comes. Each feeds the machine and carries out the actions it
-returns, in order, before reading again. `Record` actions go to the store's writer without waiting: the
-audio path never waits for the database. A `Close` action ends the lesson: the upstream session is closed
-first, then the page's socket, and the TaskGroup is torn down. Whatever happens, `finally` closes both, so no
-upstream session outlives its lesson.
+(`attach`, a resumed socket replacing any page still attached) and its upstream session is opened, and may be
+replaced, when the machine says (`OpenUpstream`). Its tasks run in one TaskGroup: a reader per attached page,
+a reader per upstream session, and one per deadline of the machine (on the loop's timer), signal of the
+registry (drain, replaced, moved) or withdrawal by the teacher (`withdraw`) when it comes. Each feeds the
+machine and carries out the actions it returns, in order, before reading again. `Record` actions go to the
+store's writer without waiting: the audio path never waits for the database. A `Close` action ends the lesson:
+the upstream session is closed first, then the page's socket, and the TaskGroup is torn down. Whatever
+happens, `finally` closes both, so no upstream session outlives its lesson.
 
 A page that stops reading never holds the lesson: a send that cannot complete within `send_timeout_s` drops
 the page's connection (the machine treats it as a page that went away), and closing the page's socket has

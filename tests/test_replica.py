@@ -3,7 +3,8 @@
 The places are tested twice: in process, the supervisor's side of the workers' channels (the start rate
 and places given back by a worker that dies); and end to end, `python -m app` with two workers as a
 subprocess, where the lesson after MAX_SESSIONS is refused whichever worker takes it, SIGTERM drains
-the lessons of both workers, and the lesson of a worker that is killed is taken over by the replica.
+the lessons of both workers, the lesson of a worker that is killed is taken over by the replica, and a
+student deleted through either worker has their lesson ended on whichever runs it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import orjson
@@ -330,6 +332,40 @@ async def test_a_page_resumes_its_lesson_whichever_worker_its_socket_lands_on(
     assert len(output.of("lesson_taken_over")) == len(moved)
     assert [line["reason"] for line in output.of("lesson_ended")] == ["student_ended"]
     assert all(tries <= 4 for tries in attempts), attempts
+
+
+async def test_deleting_a_student_ends_their_lesson_whichever_worker_runs_it(
+    simulator: RealtimeSimulator, tmp_path: Path
+) -> None:
+    password = "replica-test-password-not-real"
+    async with app_process(simulator.url, f"sqlite:///{tmp_path / 'lessons.db'}", WEB_CONCURRENCY="2",
+                           LESSON_STARTS_PER_MINUTE="1000", TEACHER_PASSWORD=password,
+                           LINK_CHECK_SECONDS="1") as served, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}",
+                              headers={"Authorization": f"Bearer {password}"}) as api:
+        await served.until_workers_started(2)
+        async with contextlib.AsyncExitStack() as stack:
+            lessons = []
+            # Four lessons and four deletions, each landing on either worker: a deletion that reaches the worker
+            # running its student's lesson ends it at once, one that reaches the other worker at that one's check.
+            for name in ("Ana", "Bea", "Cy", "Dan"):
+                student = (await api.post("/api/students", json={"name": name, "level": "A2"})).json()
+                token = parse_qs(urlsplit(student["link"]).query)["token"][0]
+                page = await stack.enter_async_context(open_lesson(f"{served.ws_url}/ws/lesson?name=x&token={token}"))
+                started = await page.until_type("lesson")
+                await page.hear_greeting()
+                lessons.append((student["id"], page, started["lesson_id"]))
+            for student_id, _, _ in lessons:
+                assert (await api.delete(f"/api/students/{student_id}")).status_code == 204
+            async with asyncio.timeout(15):
+                errors = [await page.until_type("error") for _, page, _ in lessons]
+                for _, page, _ in lessons:
+                    await closed_with(page)
+        withdrawn = {line["lesson_id"]: line for line in served.output.of("lesson_withdrawn")}
+    assert [error["code"] for error in errors] == ["student_removed"] * 4
+    assert [page.ws.close_code for _, page, _ in lessons] == [1000] * 4
+    assert sorted(withdrawn) == sorted(lesson_id for _, _, lesson_id in lessons)
+    assert {line["reason"] for line in withdrawn.values()} == {"student_removed"}
 
 
 async def test_a_lesson_on_a_worker_that_is_killed_is_taken_over_by_the_replica_and_goes_on(

@@ -1,0 +1,41 @@
+"""Which running lessons' links a teacher withdrew (`app.store.queries.withdrawn_links`), on SQLite and
+PostgreSQL: one query for all of them, by primary key."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from databases import statements_run
+from sqlalchemy import delete, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.store import queries
+from app.store.models import Link, Student
+from app.withdrawal import Withdrawal
+
+
+async def test_revoked_archived_and_deleted_links_are_withdrawn_and_an_expired_or_untouched_one_is_not(
+        engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+    now = datetime.now(UTC)
+    links = {}
+    for case in ("untouched", "expired", "revoked", "archived", "deleted", "revoked_and_archived"):
+        student = await queries.create_student(sessions, name="Ana", level="A1")
+        link = await queries.create_link(sessions, student_id=student.id)
+        links[case] = (student.id, link.id)
+    async with sessions.begin() as session:
+        await session.execute(update(Link).where(Link.id == links["expired"][1])
+                              .values(expires_at=now - timedelta(minutes=1)))
+        for case in ("revoked", "revoked_and_archived"):
+            await session.execute(update(Link).where(Link.id == links[case][1]).values(revoked_at=now))
+        for case in ("archived", "revoked_and_archived"):
+            await session.execute(update(Student).where(Student.id == links[case][0]).values(archived_at=now))
+        await session.execute(delete(Student).where(Student.id == links["deleted"][0]))
+    with statements_run(engine) as statements:
+        withdrawn = await queries.withdrawn_links(sessions, [link_id for _, link_id in links.values()])
+    assert withdrawn == {
+        links["revoked"][1]: Withdrawal.LINK_REVOKED,
+        links["archived"][1]: Withdrawal.STUDENT_REMOVED,
+        links["deleted"][1]: Withdrawal.STUDENT_REMOVED,
+        links["revoked_and_archived"][1]: Withdrawal.STUDENT_REMOVED,
+    }
+    assert len(statements) == 1

@@ -6,10 +6,10 @@ wrap uvicorn's own, by composition, and see every byte and every flow-control ca
 
 - `GuardedHTTP`: a request's head (request line and headers) and its body must arrive within
   `request_timeout_s`, the head must fit in `max_head_bytes`, the request line in `max_url_bytes` and each
-  header line in `max_header_line_bytes`; otherwise the client gets 408, 414 or 431 and the connection is
-  closed. At `max_connections` open connections, a new one takes the place of the connection that has waited
-  longest for its request to arrive (a half-sent request loses to a real one); when none is waiting, the new
-  one gets 503.
+  header line in `max_header_line_bytes`, each line counted with its CRLF; otherwise the client gets 408, 414
+  (the request line) or 431 (the head or a header line) and the connection is closed. At `max_connections`
+  open connections, a new one takes the place of the connection that has waited longest for its request to
+  arrive (a half-sent request loses to a real one); when none is waiting, the new one gets 503.
 - `GuardedWebSocket`: what the server owes a peer and cannot send (pongs to pings it never reads) is capped
   at `max_unsent_bytes`; past that the connection is dropped. The kernel's send buffer is fixed at
   `send_buffer_bytes` (seconds of a lesson's audio) instead of growing to megabytes for a peer that does
@@ -217,8 +217,9 @@ class GuardedHTTP(asyncio.Protocol):
         before = len(head)
         head += data[position:position + limits.max_head_bytes + 1 - before]
         end = head.find(_HEAD_END, max(0, before - 3))
+        # Lines are counted with their CRLF, as websockets counts a handshake's (the request line too).
         line_end = head.find(b"\r\n")
-        if line_end > limits.max_url_bytes or (line_end < 0 and len(head) > limits.max_url_bytes):
+        if line_end + 2 > limits.max_url_bytes or (line_end < 0 and len(head) > limits.max_url_bytes):
             self._refuse(414, f"request line over {limits.max_url_bytes} bytes")
             return position
         if end < 0:
@@ -226,8 +227,9 @@ class GuardedHTTP(asyncio.Protocol):
                 self._refuse(431, f"request head over {limits.max_head_bytes} bytes")
                 return position
             return position + len(head) - before
-        # Counted with its CRLF, as websockets counts it.
-        longest_line = max(map(len, head[:end].split(b"\r\n"))) + 2 if end > limits.max_header_line_bytes else 0
+        # The header lines only: the request line is the URL's, judged above.
+        header_lines = head[line_end + 2:end].split(b"\r\n")
+        longest_line = max(map(len, header_lines)) + 2 if end > limits.max_header_line_bytes else 0
         if longest_line > limits.max_header_line_bytes:
             self._refuse(431, f"a header line over {limits.max_header_line_bytes} bytes")
             return position

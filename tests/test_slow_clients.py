@@ -362,6 +362,32 @@ async def test_a_url_over_the_limit_gets_414(relay: AppServer) -> None:
     assert "content-security-policy: default-src 'none';" in head
 
 
+def request_line(path: str, length: int) -> bytes:
+    """A GET of `path`, padded in its query to a request line of `length` bytes without its CRLF."""
+    start, end = f"GET {path}&pad=".encode(), b" HTTP/1.1"
+    return start + b"a" * (length - len(start) - len(end)) + end
+
+
+# The request line is counted with its CRLF, as websockets counts a handshake's: 8190 bytes + CRLF fit in 8 KiB.
+@pytest.mark.parametrize(("length", "status"), [(8_190, b"200"), (8_191, b"414"), (8_192, b"414"), (8_193, b"414")])
+async def test_a_request_line_at_the_url_limit_is_judged_by_that_limit_alone(
+    relay: AppServer, length: int, status: bytes
+) -> None:
+    head = request_line("/healthz?x=1", length) + b"\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = await http_exchange(relay, head)
+    assert answer.startswith(b"HTTP/1.1 " + status + b" ")
+
+
+@pytest.mark.parametrize(("length", "status"), [(8_190, b"403"), (8_191, b"414")])
+async def test_a_websocket_handshake_at_the_url_limit_is_answered(relay: AppServer, length: int, status: bytes) -> None:
+    # A request line websockets would refuse must be refused first: websockets' own refusal is never written.
+    head = request_line("/ws/lesson?name=Ana", length) + (
+        b"\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\nOrigin: https://evil.example\r\n\r\n")
+    # The app answers 403 (the origin is not allowed): the handshake reached it.
+    assert (await http_exchange(relay, head)).startswith(b"HTTP/1.1 " + status + b" ")
+
+
 async def test_a_content_length_too_long_to_be_a_number_gets_400_and_no_error_in_the_log(
     simulator: RealtimeSimulator, log_stream: io.StringIO,
 ) -> None:

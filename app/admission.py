@@ -259,7 +259,9 @@ def origin_allowed(origin: str | None, host: str | None, allowlist: frozenset[st
     """Same-origin handshakes, listed origins, and non-browser clients (no Origin header) pass."""
     if origin is None:
         return True
-    origin = origin.rstrip("/")
+    # An origin is scheme://host[:port]: its scheme and host have no case (RFC 6454 serialises them lower-case),
+    # its port is digits. The allowlist is kept lower-case.
+    origin = origin.rstrip("/").lower()
     if "*" in allowlist or origin in allowlist:
         return True
     return host is not None and urlsplit(origin).netloc.lower() == host.lower()

@@ -13,6 +13,7 @@ import pytest
 from harness import AppServer, log_lines, open_lesson, relay_settings, serve_app
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from app.admission import origin_allowed
 from app.logging import MAX_QUOTED_CHARS
 from app.pacing import MAX_PAGE_MESSAGES_PER_S
 from app.simulator import RealtimeSimulator
@@ -155,6 +156,22 @@ async def test_allowed_origins_widens_the_origin_check(simulator: RealtimeSimula
     async with serve_app(settings) as server, \
             open_lesson(server.lesson_url(name="Ana"), origin="https://school.example") as page:
         assert (await page.until_type("lesson"))["name"] == "Ana"
+
+
+@pytest.mark.parametrize(("origin", "allowed"), [
+    ("https://school.example", True),
+    ("HTTPS://School.Example", True),  # a hand-written client: the scheme and host have no case
+    ("https://SCHOOL.example/", True),
+    ("http://school.example", False),
+    ("https://school.example:8443", False),
+    ("https://school.example.evil", False),
+    ("HTTPS://RELAY.example:8000", True),  # the server's own origin
+    ("https://relay.example:8001", False),
+])
+def test_a_listed_origin_matches_in_any_case_but_only_with_its_own_scheme_host_and_port(
+    origin: str, allowed: bool
+) -> None:
+    assert origin_allowed(origin, "relay.example:8000", frozenset({"https://school.example"})) is allowed
 
 
 async def test_max_sessions_refuses_the_next_lesson_without_opening_an_upstream_session(

@@ -7,7 +7,7 @@ lesson places: `MAX_SESSIONS` and `LESSON_STARTS_PER_MINUTE` are counted here, o
 a worker asks over its own socket pair before a lesson starts (one round trip per lesson start; nothing
 on the audio path). A worker that dies has its places given back (its socket pair closes) and is
 replaced. SIGTERM (or SIGINT) is passed to every worker, each drains its own lessons, and the supervisor
-exits 0 once all have.
+exits 0 once all have. The settings' start warnings are logged once, by the supervisor.
 
 Wire format on a worker's socket pair, one JSON object per line: the worker sends
 `{"take": client, "lesson": lesson_id, "link": link_id or null}` and reads `{}` (a place is held) or
@@ -41,6 +41,7 @@ from app.errors import OverCapacity
 from app.logging import configure_logging
 from app.main import DrainingServer, create_app, exit_cleanly, server_config, shutdown_worst_case_seconds
 from app.settings import Settings, load_settings
+from app.startup_warnings import warn_about_settings
 
 log = structlog.get_logger("lesson_relay")
 # Past a worker's own exit deadline, before it is killed.
@@ -214,6 +215,9 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
+        # Once for the replica, here: the workers (and any worker that replaces one) do not log them.
+        warn_about_settings(self.settings,
+                            shutdown_worst_case_s=shutdown_worst_case_seconds(self.settings.shutdown_grace_seconds))
         for worker in self.workers:
             await self._start(worker)
         log.info("replica_started", workers=len(self.workers), port=self.settings.port,
@@ -277,7 +281,8 @@ def run_worker(index: int, listener: socket.socket, channel: socket.socket, metr
     kept in `metrics_dir` with the other workers'."""
     settings = load_settings()
     structlog.contextvars.bind_contextvars(worker=index, pid=os.getpid())
-    app = create_app(settings, places=SupervisorPlaces(channel), metrics_dir=metrics_dir)
+    app = create_app(settings, places=SupervisorPlaces(channel), metrics_dir=metrics_dir,
+                     warn_about_settings_at_start=False)
     # uvicorn drains on either signal, then raises it again for these handlers: exit 0 after a clean drain.
     # (Ctrl+C in a terminal reaches the workers directly as well as through the supervisor.)
     signal.signal(signal.SIGINT, exit_cleanly)

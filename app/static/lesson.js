@@ -19,7 +19,6 @@
 //     underruns,        playback underruns (the jitter buffer ran dry mid-item)
 //     errors,           [{code, message, fatal}] error frames received
 //     feedback,         the lesson's feedback frame once shown as the card (or its feedback.unavailable)
-//     endedAt, feedbackShownAt   performance.now() of the End click and of the card (or its absence) shown
 //     lessonId,         the lesson's id, from its `lesson` frame
 //     resumes,          how many times a socket resumed the lesson (`lesson` frames with resumed: true)
 //     reconnecting,     true while the page is reconnecting its own socket
@@ -144,8 +143,6 @@ const debug = {
   underruns: 0,
   errors: [],
   feedback: null,
-  endedAt: null,
-  feedbackShownAt: null,
   lessonId: null,
   resumes: 0,
   reconnecting: false,
@@ -226,7 +223,6 @@ const feedbackCard = {
   unavailable(message) {
     page.feedbackStatus.textContent = message;
     page.feedback.hidden = false;
-    debug.feedbackShownAt = performance.now();
   },
 
   show(feedback) {
@@ -266,7 +262,6 @@ const feedbackCard = {
     page.feedbackStatus.textContent = "";
     page.feedbackCard.replaceChildren(card);
     page.feedback.hidden = false;
-    debug.feedbackShownAt = performance.now();
   },
 };
 
@@ -648,7 +643,6 @@ class Lesson {
   // socket is back, so the lesson ends as the student asked, with its feedback.
   end() {
     this.ending = true;
-    debug.endedAt = performance.now();
     resumeStore.forget();
     this.releaseAudio();
     if (this.socket?.readyState === WebSocket.OPEN) {

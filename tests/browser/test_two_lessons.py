@@ -48,8 +48,6 @@ def test_the_second_lesson_remembers_the_first_and_the_desk_shows_both(
             lesson.start("Ana", "A2")
             first_summary = end_and_read_card(lesson)
             assert first_summary.startswith("Today we talked about how you are.")
-            waited_ms = lesson.page.evaluate("window.lessonDebug.feedbackShownAt - window.lessonDebug.endedAt")
-            print(f"\nEnd → feedback card, no key (the app's own simulator): {waited_ms:.0f} ms")
 
             [student] = wait_for(lambda: api(f"{stack.url}/api/students")["students"] or None, timeout=15,
                                  what="the browser's student on the desk")

@@ -46,7 +46,7 @@ async def test_transcripts_older_than_the_cutoff_are_deleted_and_the_lessons_sta
         assert await session.scalar(select(func.count()).select_from(Lesson)) == 2
         assert await session.scalar(select(func.count()).select_from(LessonEvent)) == 2
         # The feedback's corrections quote the student: they go with the transcript.
-        feedback = dict((await session.execute(select(Lesson.id, Lesson.feedback))).tuples().all())
+        feedback = {lesson_id: kept for lesson_id, kept in await session.execute(select(Lesson.id, Lesson.feedback))}
     assert feedback == {"old": None, "recent": FEEDBACK}
 
 

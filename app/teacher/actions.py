@@ -8,17 +8,19 @@ field re-renders the page with the field named (422), an unknown id is a 404 pag
 
 from __future__ import annotations
 
-import re
+import math
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.messages import MAX_NAME_LENGTH
 from app.teacher import queries
 from app.teacher.inputs import InvalidInput, LevelChange, NewLink, NewStudent, validate, whole_number
-from app.teacher.pages import not_found, student_context, students_context
+from app.teacher.pages import STUDENTS_PER_PAGE, not_found, student_context, students_context
 from app.teacher.web import (
     DESK_PATH,
     DeskError,
@@ -39,9 +41,46 @@ MAX_LINK_DAYS = 365
 _MAX_FEEDBACK_INDEX = 999
 
 
+# More pages of students than any school has: a longer number is no page the list showed.
+_MOST_LIST_PAGES = 999_999
+
+
 def _student_path(student_id: str) -> str:
     return f"{DESK_PATH}/students/{student_id}"
 
+
+@dataclass(frozen=True)
+class ListPosition:
+    """The page of the students list a form was sent from, and the search (`find`) that page showed."""
+
+    page: int
+    find: str
+
+
+def list_position(form: dict[str, str], *, refused: str, back: str) -> ListPosition | None:
+    """Where on the students list `form` was sent from (its `list_page` and `list_find`), or None when not from the
+    list. A bad value is a 422 page headed `refused` that names the field, raised before anything is written."""
+    if "list_page" not in form and "list_find" not in form:
+        return None
+    page = whole_number(form.get("list_page", "1"), most=_MOST_LIST_PAGES)
+    if page is None or page < 1:
+        raise DeskError(422, refused, f"list_page must be a page number of the students list, from 1 to "
+                        f"{_MOST_LIST_PAGES}. Go back to the list and try again.", back=back)
+    find = form.get("list_find", "")
+    if len(find) > MAX_NAME_LENGTH:
+        raise DeskError(422, refused, f"list_find must be at most {MAX_NAME_LENGTH} characters, as the list's "
+                        "search is. Go back to the list and try again.", back=back)
+    return ListPosition(page, " ".join(find.split()))
+
+
+async def back_to_list(db: AsyncSession, position: ListPosition | None, notice: str) -> Response | None:
+    """A redirect to the students list at `position` (its last page instead when the action left fewer pages),
+    announcing `notice`; None when the form was not sent from the list."""
+    if position is None:
+        return None
+    count = await queries.student_count(db, name_contains=position.find)
+    pages = max(1, math.ceil(count / STUDENTS_PER_PAGE))
+    return redirect(DESK_PATH, notice=notice, page=min(position.page, pages), find=position.find)
 
 
 @router.post(f"{DESK_PATH}/students")
@@ -66,7 +105,7 @@ async def add_student(request: Request, teacher: Teacher) -> Response:
 @router.post(f"{DESK_PATH}/students/{{student_id}}/level")
 async def change_level(request: Request, teacher: Teacher, student_id: str) -> Response:
     form = await checked_form(request, teacher)
-    list_page, list_find = form.get("list_page", ""), form.get("list_find", "")
+    from_list = list_position(form, refused="Level not changed", back=_student_path(student_id))
     try:
         change = validate(LevelChange, {"level": form.get("level", "")})
     except InvalidInput as exc:
@@ -75,32 +114,34 @@ async def change_level(request: Request, teacher: Teacher, student_id: str) -> R
     async with database(request) as db:
         if not await queries.set_level(db, student_id, change.level):
             raise not_found("student")
+        # Changed from the students list: back to the same page of it, of the same search.
+        back = await back_to_list(db, from_list, "level_changed")
     log.info("teacher_level_changed", student_id=student_id, level=change.level)
-    # Changed from the students list: back to the same page of it, of the same search.
-    if re.fullmatch(r"[1-9][0-9]{0,5}", list_page):
-        find = list_find if len(list_find) <= MAX_NAME_LENGTH else None
-        return redirect(DESK_PATH, notice="level_changed", page=int(list_page), find=find)
-    return redirect(_student_path(student_id), notice="level_changed")
+    return back or redirect(_student_path(student_id), notice="level_changed")
 
 
 @router.post(f"{DESK_PATH}/students/{{student_id}}/archive")
 async def archive_student(request: Request, teacher: Teacher, student_id: str) -> Response:
-    await checked_form(request, teacher)
+    form = await checked_form(request, teacher)
+    from_list = list_position(form, refused="Not archived", back=_student_path(student_id))
     async with database(request) as db:
         if not await queries.set_archived(db, student_id, archived_at=datetime.now(UTC)):
             raise not_found("student")
+        back = await back_to_list(db, from_list, "archived")
     log.info("teacher_student_archived", student_id=student_id)
     end_withdrawn_here(request, Withdrawal.STUDENT_REMOVED, student_id=student_id)
-    return redirect(DESK_PATH, notice="archived")
+    return back or redirect(DESK_PATH, notice="archived")
 
 
 @router.post(f"{DESK_PATH}/students/{{student_id}}/restore")
 async def restore_student(request: Request, teacher: Teacher, student_id: str) -> Response:
-    await checked_form(request, teacher)
+    form = await checked_form(request, teacher)
+    from_list = list_position(form, refused="Not restored", back=_student_path(student_id))
     async with database(request) as db:
         if not await queries.set_archived(db, student_id, archived_at=None):
             raise not_found("student")
-    return redirect(_student_path(student_id), notice="restored")
+        back = await back_to_list(db, from_list, "restored")
+    return back or redirect(_student_path(student_id), notice="restored")
 
 
 @router.post(f"{DESK_PATH}/students/{{student_id}}/delete")
@@ -120,7 +161,9 @@ async def delete_student(request: Request, teacher: Teacher, student_id: str) ->
 @router.post(f"{DESK_PATH}/students/{{student_id}}/links")
 async def make_link(request: Request, teacher: Teacher, student_id: str) -> Response:
     form = await checked_form(request, teacher)
-    fields = {key: value for key, value in form.items() if value.strip() != ""}
+    from_list = list_position(form, refused="No link made", back=_student_path(student_id))
+    fields = {key: value for key, value in form.items()
+              if value.strip() != "" and key not in ("list_page", "list_find")}
     valid_days = fields.pop("valid_days", "").strip()
     async with database(request) as db:
         if await queries.get_student(db, student_id) is None:
@@ -141,18 +184,21 @@ async def make_link(request: Request, teacher: Teacher, student_id: str) -> Resp
         expires_at = datetime.now(UTC) + timedelta(days=days) if days is not None else None
         await queries.create_link(db, student_id, expires_at=expires_at, topic=new.topic,
                                   support_language=new.support_language)
-    return redirect(_student_path(student_id), notice="link_created")
+        back = await back_to_list(db, from_list, "link_created")
+    return back or redirect(_student_path(student_id), notice="link_created")
 
 
 @router.post(f"{DESK_PATH}/students/{{student_id}}/links/{{link_id}}/revoke")
 async def revoke_link(request: Request, teacher: Teacher, student_id: str, link_id: str) -> Response:
-    await checked_form(request, teacher)
+    form = await checked_form(request, teacher)
+    from_list = list_position(form, refused="Link not revoked", back=_student_path(student_id))
     async with database(request) as db:
         if not await queries.revoke_link(db, student_id, link_id, now=datetime.now(UTC)):
             raise not_found("lesson link")
+        back = await back_to_list(db, from_list, "link_revoked")
     log.info("teacher_link_revoked", student_id=student_id, link_id=link_id)
     end_withdrawn_here(request, Withdrawal.LINK_REVOKED, student_id=student_id, link_id=link_id)
-    return redirect(_student_path(student_id), notice="link_revoked")
+    return back or redirect(_student_path(student_id), notice="link_revoked")
 
 
 @router.post(f"{DESK_PATH}/lessons/{{lesson_id}}/feedback/{{kind}}/{{index}}/delete")

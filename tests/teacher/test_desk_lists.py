@@ -99,7 +99,11 @@ async def test_a_level_changed_on_the_list_goes_back_to_that_page_of_it(desk_on:
     assert "Level changed." in shown
     assert "Student 101" in shown
     assert from_student.headers["location"] == f"/teacher/students/{student_id}?notice=level_changed"
-    assert not_a_page.headers["location"] == f"/teacher/students/{student_id}?notice=level_changed"
+    # A page number the list never showed is refused by name, and changes nothing.
+    assert not_a_page.status_code == 422
+    assert "list_page must be a page number of the students list" in not_a_page.text
+    assert f'href="/teacher/students/{student_id}">Back' in not_a_page.text
+    assert 'value="C1" selected' in (await desk_on.client.get(f"/teacher/students/{student_id}")).text
 
 
 async def test_a_level_changed_on_a_search_goes_back_to_that_search(desk_on: Desk) -> None:
@@ -115,6 +119,83 @@ async def test_a_level_changed_on_a_search_goes_back_to_that_search(desk_on: Des
     shown = (await desk_on.client.get(saved.headers["location"])).text
     assert "Level changed." in shown
     assert student_names(shown) == ["Ana Lopez"]
+
+
+def student_id_of(page: str, name: str) -> str:
+    [student_id] = re.findall(rf'<a href="/teacher/students/([0-9a-f]+)">{re.escape(name)}</a>', page)
+    return student_id
+
+
+async def test_every_action_on_a_later_page_of_a_search_goes_back_to_that_page_of_it(desk_on: Desk) -> None:
+    olgas = [f"Olga {number:03d}" for number in range(STUDENTS_PER_PAGE + 2)]
+    await add_students(desk_on, [*olgas, "Ana Lima"])
+    where = "/teacher?page=2&find=olga"
+    second = (await desk_on.client.get(where)).text
+    # Every form on the list says where it is: Archive, Make a link (no link yet), the level's Save.
+    assert second.count('<input type="hidden" name="list_page" value="2">') == 3 * 2
+    assert second.count('<input type="hidden" name="list_find" value="olga">') == 3 * 2
+    first_on_page, last = student_id_of(second, olgas[-2]), student_id_of(second, olgas[-1])
+
+    made = await desk_on.submit(f"/teacher/students/{first_on_page}/links",
+                                {"list_page": "2", "list_find": "olga"}, page=where)
+    assert made.headers["location"] == "/teacher?page=2&find=olga&notice=link_created"
+    shown = (await desk_on.client.get(made.headers["location"])).text
+    assert "New lesson link made." in shown
+    assert f"Lesson link for {olgas[-2]}" in shown
+    [link_id] = re.findall(rf'action="/teacher/students/{first_on_page}/links/([\w-]+)/revoke"', shown)
+    # Revoke, from the link's box on the list, is sent with where it is too.
+    assert re.search(rf'/links/{link_id}/revoke" class="inline">\s*<input type="hidden" name="csrf_token"[^>]+>\s*'
+                     r'<input type="hidden" name="list_page" value="2"><input type="hidden" name="list_find" '
+                     r'value="olga">', shown)
+    revoked = await desk_on.submit(f"/teacher/students/{first_on_page}/links/{link_id}/revoke",
+                                   {"list_page": "2", "list_find": "olga"}, page=where)
+    assert revoked.headers["location"] == "/teacher?page=2&find=olga&notice=link_revoked"
+
+    archived = await desk_on.submit(f"/teacher/students/{last}/archive", {"list_page": "2", "list_find": "olga"},
+                                    page=where)
+    assert archived.headers["location"] == "/teacher?page=2&find=olga&notice=archived"
+    shown = (await desk_on.client.get(archived.headers["location"])).text
+    assert "Student archived." in shown
+    assert f"Students whose name holds “olga” ({len(olgas) - 1})" in shown
+    assert "Archived students (1)" in shown
+    # Restore is on every page of the list, in the archived students: back to the page it was pressed on.
+    assert re.search(rf'/students/{last}/restore" class="inline">\s*<input type="hidden" name="csrf_token"[^>]+>\s*'
+                     r'<input type="hidden" name="list_page" value="2"><input type="hidden" name="list_find" '
+                     r'value="olga">', shown)
+    restored = await desk_on.submit(f"/teacher/students/{last}/restore", {"list_page": "2", "list_find": "olga"},
+                                    page=where)
+    assert restored.headers["location"] == "/teacher?page=2&find=olga&notice=restored"
+    shown = (await desk_on.client.get(restored.headers["location"])).text
+    assert student_names(shown) == olgas[-2:]
+    assert "Archived students" not in shown
+
+
+async def test_archiving_the_last_student_of_the_last_page_goes_back_to_the_page_before(desk_on: Desk) -> None:
+    await add_students(desk_on, [f"Student {number:03d}" for number in range(STUDENTS_PER_PAGE + 1)])
+    second = (await desk_on.client.get("/teacher?page=2")).text
+    only = student_id_of(second, f"Student {STUDENTS_PER_PAGE:03d}")
+
+    archived = await desk_on.submit(f"/teacher/students/{only}/archive", {"list_page": "2"}, page="/teacher?page=2")
+
+    # Page 2 is gone: its 404 would be no place to come back to.
+    assert archived.headers["location"] == "/teacher?page=1&notice=archived"
+    assert (await desk_on.client.get(archived.headers["location"])).status_code == 200
+
+
+async def test_an_action_sent_with_a_bad_place_on_the_list_is_refused_by_name_and_writes_nothing(
+    desk_on: Desk
+) -> None:
+    await add_students(desk_on, ["Ana Lima"])
+    ana = student_id_of((await desk_on.client.get("/teacher")).text, "Ana Lima")
+    for fields, named in (({"list_page": "https://evil.example"}, "list_page"), ({"list_page": "0"}, "list_page"),
+                          ({"list_page": "1" * 5000}, "list_page"), ({"list_page": "²"}, "list_page"),
+                          ({"list_page": "1", "list_find": "x" * 41}, "list_find")):
+        refused = await desk_on.submit(f"/teacher/students/{ana}/archive", fields)
+        assert refused.status_code == 422, fields
+        assert "<h1>Not archived</h1>" in refused.text
+        assert f"{named} must be" in refused.text
+        assert "location" not in refused.headers
+    assert student_names((await desk_on.client.get("/teacher")).text) == ["Ana Lima"]
 
 
 async def test_costs_per_student_and_for_all_in_all_and_in_the_recent_days(desk_on: Desk) -> None:

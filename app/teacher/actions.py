@@ -15,8 +15,10 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.logging import quoted
 from app.messages import MAX_NAME_LENGTH
 from app.teacher import queries
 from app.teacher.inputs import InvalidInput, LevelChange, NewLink, NewStudent, validate, whole_number
@@ -47,6 +49,14 @@ _MOST_LIST_PAGES = 999_999
 
 def _student_path(student_id: str) -> str:
     return f"{DESK_PATH}/students/{student_id}"
+
+
+def _error_text(exc: InvalidInput, form: type[BaseModel]) -> str:
+    """What the page says of a refused field of `form`: by its label, shown under it; of a field the form does
+    not have (a hand-made request), that it does not, in the summary above the form."""
+    if exc.field in form.model_fields:
+        return f"{exc.field.replace('_', ' ').capitalize()} {exc.problem}."
+    return f"The form held a field it does not have ({quoted(exc.field)!r}): reload the page and send it again."
 
 
 @dataclass(frozen=True)
@@ -92,8 +102,7 @@ async def add_student(request: Request, teacher: Teacher) -> Response:
             new = validate(NewStudent, fields)
         except InvalidInput as exc:
             context = await students_context(db, request)
-            context |= {"errors": {exc.field: f"{exc.field.replace('_', ' ').capitalize()} {exc.problem}."},
-                        "values": form}
+            context |= {"errors": {exc.field: _error_text(exc, NewStudent)}, "values": form}
             return render(request, "students.html", teacher, context, status_code=422)
         student = await queries.add_student(db, name=new.name, level=new.level,
                                             target_language=new.target_language)
@@ -176,7 +185,7 @@ async def make_link(request: Request, teacher: Teacher, student_id: str) -> Resp
         try:
             new = validate(NewLink, fields)
         except InvalidInput as exc:
-            errors[exc.field] = f"{exc.field.replace('_', ' ').capitalize()} {exc.problem}."
+            errors[exc.field] = _error_text(exc, NewLink)
         if errors:
             context = await student_context(db, request, student_id)
             context |= {"errors": errors, "values": form}

@@ -318,6 +318,23 @@ async def test_a_bad_topic_or_support_language_is_named_and_everything_typed_kep
     assert await count(desk_on.app, Link) == 0
 
 
+async def test_a_field_the_form_does_not_have_is_named_in_its_summary_and_nothing_is_written(desk_on: Desk) -> None:
+    # Only a hand-made request sends one: the page has no place under a field for it, so the summary says it.
+    ana = await add_student(desk_on.app)
+    page = f"/teacher/students/{ana.id}"
+    links = await count(desk_on.app, Link)
+    not_a_link = await desk_on.submit(f"{page}/links", {"topic": "food", "colour": "red"}, page=page)
+    not_a_student = await desk_on.submit("/teacher/students", {"name": "Bruno", "level": "A1", "x" * 500: "1"})
+
+    assert (not_a_link.status_code, not_a_student.status_code) == (422, 422)
+    assert re.search(r'<p class="problem" role="alert"[^>]*>No link made: The form held a field it does not have '
+                     r"\(&#39;colour&#39;\): reload the page and send it again.</p>", not_a_link.text)
+    assert re.search(r'<p class="problem" role="alert"[^>]*>The student was not added: The form held a field it '
+                     rf"does not have \(&#39;{'x' * 99}…&#39;\)", not_a_student.text)
+    assert await count(desk_on.app, Link) == links
+    assert "Bruno" not in (await desk_on.client.get("/teacher")).text
+
+
 async def test_finding_a_student_whose_name_begins_with_an_accented_capital_in_lower_case(desk_on: Desk) -> None:
     # SQLite's own lower() folds A to Z alone: the same search must find the same students on both databases.
     await add_students(desk_on, ["Élodie Martin", "Øystein Berg", "Olga Ivanova"])

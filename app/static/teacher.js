@@ -4,7 +4,7 @@
 "use strict";
 
 // <time datetime="…Z" data-local>2026-03-02 09:30 UTC</time> → "Mon 2 Mar 2026, 10:30" where the teacher is,
-// with the UTC time kept as its title.
+// with the UTC time kept as its title; the page's own title (a lesson's start) changes with it.
 const localTime = new Intl.DateTimeFormat(undefined, {
   weekday: "short", day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit",
 });
@@ -13,6 +13,7 @@ for (const element of document.querySelectorAll("time[data-local]")) {
   if (Number.isNaN(at.getTime())) continue;
   element.title = element.textContent;
   element.textContent = localTime.format(at);
+  document.title = document.title.replace(element.title, element.textContent);
 }
 
 document.addEventListener("click", async (event) => {

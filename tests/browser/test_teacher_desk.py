@@ -93,6 +93,10 @@ def test_teacher_adds_a_student_whose_lesson_shows_on_the_desk(
                 return "Still open." not in desk.locator(".facts").inner_text()
 
             wait_for(lesson_ended_on_desk, timeout=30, what="the lesson's end on its page")
+            # The title gives the lesson's start as its heading does, in the teacher's own zone.
+            started = desk.get_by_role("heading", level=1).locator("time").inner_text()
+            assert "UTC" not in started
+            assert desk.title() == f"Lesson {started} · Teacher's desk"
             expect(desk.locator(".facts")).to_contain_text("The student pressed End.")
             expect(desk.get_by_role("heading", name="Transcript")).to_be_visible()
             expect(desk.locator(".conversation .turn--tutor").first).to_contain_text("Ana")

@@ -1,6 +1,7 @@
-// Teacher's desk: the only script. It shows every time in the teacher's own time zone, and every "Copy"
-// button copies the lesson link in the field it names (aria-controls). Without it the times stay in UTC
-// and the field is still there to select and copy by hand.
+// Teacher's desk: the only script. It shows every time in the teacher's own time zone, every "Copy"
+// button copies the lesson link in the field it names (aria-controls), and a form sent back with errors gets
+// the focus. Without it the times stay in UTC, the field is still there to select and copy by hand, and the
+// errors are still announced (role="alert") and tied to their fields.
 "use strict";
 
 // <time datetime="…Z" data-local>2026-03-02 09:30 UTC</time> → "Mon 2 Mar 2026, 10:30" where the teacher is,
@@ -15,6 +16,11 @@ for (const element of document.querySelectorAll("time[data-local]")) {
   element.textContent = localTime.format(at);
   document.title = document.title.replace(element.title, element.textContent);
 }
+
+// A form sent back with errors (422): the focus goes to its first invalid field, which reads its error with it
+// (aria-describedby), or to the form's summary when the error is of no field the form shows. The summary
+// (role="alert") is announced either way.
+(document.querySelector('[aria-invalid="true"]') ?? document.getElementById("form-problem"))?.focus();
 
 document.addEventListener("click", async (event) => {
   const button = event.target.closest("button[data-copy]");

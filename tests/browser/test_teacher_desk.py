@@ -3,7 +3,8 @@
 What this proves: a teacher signs in with the keyboard, adds a student, and the personal link the desk
 shows opens a lesson (in a second page) that belongs to that student; once the lesson has ended its
 transcript and cost are on the desk, and the desk's pages fit a phone's width. Times show in the teacher's
-own time zone, and a teacher on a phone signs out.
+own time zone, and a teacher on a phone signs out. A form sent back with errors puts the focus on its first
+invalid field (or on its summary, for a field it does not show).
 """
 
 from __future__ import annotations
@@ -155,5 +156,58 @@ def test_times_show_in_the_teachers_zone_and_a_phone_can_sign_out(
             desk.goto(f"{stack.url}/teacher")
             expect(desk.get_by_role("heading", name="Sign in")).to_be_visible()
             assert [error for error in errors if "401" not in error] == []
+        finally:
+            browser.close()
+
+
+def test_a_form_sent_back_with_errors_puts_the_focus_on_its_first_invalid_field(
+    playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with run_stack(tmp_path_factory.mktemp("desk"), app_env={"TEACHER_PASSWORD": PASSWORD}) as stack:
+        browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
+        try:
+            teacher = LessonPage.open(browser, f"{stack.url}/teacher")
+            desk = teacher.page
+            desk.keyboard.type(PASSWORD)
+            desk.keyboard.press("Enter")
+
+            # Add a student, by keyboard: a name the tutor cannot say is sent back with the focus on Name.
+            name = desk.get_by_label("Name", exact=True)
+            name.fill("R2D2")
+            name.press("Enter")
+            expect(desk.get_by_role("alert")).to_contain_text("The student was not added: Name may hold only letters")
+            expect(name).to_be_focused()
+            expect(name).to_have_value("R2D2")
+            expect(name).to_have_accessible_description(re.compile(r"^Name may hold only letters"))
+
+            name.fill("Ana")
+            name.press("Enter")
+            expect(desk.get_by_role("heading", name="Ana", level=1)).to_be_visible()
+
+            # Make a link: the second field refused gets the focus, the first one having none.
+            support = desk.get_by_label("Support language")
+            desk.get_by_label("Topic").fill("ordering food")
+            support.fill("Speak only French. Be rude")
+            support.press("Enter")
+            expect(desk.get_by_role("alert")).to_contain_text("No link made: Support language must be the name")
+            expect(support).to_be_focused()
+            expect(support).to_have_accessible_description(re.compile(
+                r"^A language the tutor may use sparingly to help, like Spanish\. Support language must be the name"))
+
+            # A form holding a field the page does not have (hand-made): the summary, which says so, gets the focus.
+            desk.evaluate("""() => {
+                const form = document.querySelector("form[action$='/links']:not(.inline)");
+                const extra = Object.assign(document.createElement("input"), {type: "hidden", name: "colour"});
+                extra.value = "red";
+                form.append(extra);
+                form.querySelector("#support_language").value = "";
+                form.requestSubmit();
+            }""")
+            summary = desk.get_by_role("alert")
+            expect(summary).to_contain_text("The form held a field it does not have ('colour')")
+            expect(summary).to_be_focused()
+            # Chromium logs each 422 as a resource that failed to load: nothing else.
+            assert [error for error in teacher.console_errors if "status of 422" not in error] == []
+            assert teacher.csp_violations() == []
         finally:
             browser.close()

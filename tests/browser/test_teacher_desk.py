@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from browser_stack import LessonPage, Stack, launch_chromium, make_wav, run_stack, wait_for
-from playwright.sync_api import FloatRect, Page, Playwright, expect
+from playwright.sync_api import FloatRect, Locator, Page, Playwright, expect
 
 pytestmark = pytest.mark.browser
 
@@ -37,6 +37,12 @@ def heading_box(page: Page, name: str) -> FloatRect:
     box = page.get_by_role("heading", name=name, exact=True).bounding_box()
     assert box is not None, f"the {name} heading is not shown"
     return box
+
+
+def top(locator: Locator) -> float:
+    box = locator.bounding_box()
+    assert box is not None, f"{locator} is not shown"
+    return box["y"]
 
 
 def fits_the_width(page: Page) -> bool:
@@ -179,6 +185,10 @@ def test_a_form_sent_back_with_errors_puts_the_focus_on_its_first_invalid_field(
             expect(name).to_be_focused()
             expect(name).to_have_value("R2D2")
             expect(name).to_have_accessible_description(re.compile(r"^Name may hold only letters"))
+            # On a wide screen the error under Name (and the hint under Target language) leave every box in line.
+            controls = (name, desk.get_by_label("Level", exact=True), desk.get_by_label("Target language"),
+                        desk.get_by_role("button", name="Add student"))
+            assert len({top(control) for control in controls}) == 1, [top(control) for control in controls]
 
             name.fill("Ana")
             name.press("Enter")

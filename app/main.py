@@ -84,8 +84,6 @@ def create_app(
             simulator = RealtimeSimulator(keep_history=False)
             await simulator.start("127.0.0.1", 0)
             app.state.upstream = Upstream(url=simulator.url, api_key=SIMULATOR_KEY)
-            log.warning("simulator_mode", message="OPENAI_API_KEY is not set: lessons use the built-in "
-                        "Realtime simulator, not OpenAI", upstream=simulator.url)
         else:
             assert settings.openai_api_key is not None
             app.state.upstream = Upstream(url=str(settings.openai_realtime_url),

@@ -20,7 +20,11 @@ RAILWAY_DRAINING_SECONDS = 20
 def warn_about_settings(settings: Settings, *, shutdown_worst_case_s: float) -> None:
     """Log one warning for each risky combination of `settings`; the process exits at most
     `shutdown_worst_case_s` after SIGTERM."""
-    if not settings.simulated:
+    if settings.simulated:
+        # Each worker starts its own simulator, and logs its address (simulator_started).
+        log.warning("simulator_mode", message="OPENAI_API_KEY is not set: lessons use the built-in "
+                    "Realtime simulator, not OpenAI")
+    else:
         if settings.lesson_secret is None:
             # A paid key with no links: anyone who can reach the server spends it.
             log.warning("lessons_open_to_anyone", message="OPENAI_API_KEY is set but LESSON_SECRET is not: "

@@ -387,15 +387,16 @@ class AppProcess:
 
 
 @asynccontextmanager
-async def app_process(upstream_url: str, database_url: str, **environment: str) -> AsyncIterator[AppProcess]:
+async def app_process(upstream_url: str, database_url: str,
+                      **environment: str | None) -> AsyncIterator[AppProcess]:
     """`python -m app` against `upstream_url` on a free port (JSON logs at info, a 5 s drain, `environment` on
-    top) until the block ends; then stopped with its workers (`stop_group`): SIGTERM, and past the longest
-    drain SIGKILL to all of them, so none outlives a test that failed."""
+    top, None unsetting a variable) until the block ends; then stopped with its workers (`stop_group`): SIGTERM,
+    and past the longest drain SIGKILL to all of them, so none outlives a test that failed."""
     port = free_port()
-    env = os.environ | {
+    env = {name: value for name, value in (os.environ | {
         "OPENAI_API_KEY": FAKE_KEY, "OPENAI_REALTIME_URL": upstream_url, "PORT": str(port), "HOST": "127.0.0.1",
         "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info", "DATABASE_URL": database_url,
-    } | environment
+    } | environment).items() if value is not None}
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
                                                    start_new_session=True, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.STDOUT)

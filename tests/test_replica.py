@@ -177,16 +177,21 @@ async def test_two_workers_hold_max_sessions_for_the_replica_and_drain_on_sigter
     assert sorted(line["worker"] for line in output.of("startup_heap_frozen")) == [0, 1]
 
 
+@pytest.mark.parametrize(("upstream", "warnings"), [
+    # A real key without LESSON_SECRET or METRICS_TOKEN, and FORWARDED_ALLOW_IPS=*.
+    ({}, ("lessons_open_to_anyone", "metrics_open_to_anyone", "client_address_chosen_by_client")),
+    # No key: each worker starts its own simulator.
+    ({"OPENAI_API_KEY": None, "OPENAI_REALTIME_URL": None}, ("simulator_mode", "client_address_chosen_by_client")),
+])
 async def test_two_workers_log_each_start_warning_once_for_the_replica(
-    simulator: RealtimeSimulator, tmp_path: Path
+    simulator: RealtimeSimulator, tmp_path: Path, upstream: dict[str, str | None], warnings: tuple[str, ...]
 ) -> None:
-    # A real key without LESSON_SECRET or METRICS_TOKEN, and FORWARDED_ALLOW_IPS=*: three start warnings.
     async with app_process(simulator.url, f"sqlite:///{tmp_path / 'lessons.db'}", WEB_CONCURRENCY="2",
-                           FORWARDED_ALLOW_IPS="*") as served:
+                           FORWARDED_ALLOW_IPS="*", **upstream) as served:
         await served.until_workers_started(2)
         served.process.send_signal(signal.SIGTERM)
         assert await served.exited(30) == 0, "".join(served.output.text)
-    for warning in ("lessons_open_to_anyone", "metrics_open_to_anyone", "client_address_chosen_by_client"):
+    for warning in warnings:
         assert len(served.output.of(warning)) == 1, "".join(served.output.text)
 
 

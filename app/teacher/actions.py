@@ -72,10 +72,12 @@ def list_position(form: dict[str, str], *, refused: str, back: str) -> ListPosit
     list. A bad value is a 422 page headed `refused` that names the field, raised before anything is written."""
     if "list_page" not in form and "list_find" not in form:
         return None
-    page = whole_number(form.get("list_page", "1"), most=_MOST_LIST_PAGES)
+    page_text = form.get("list_page", "1")
+    page = whole_number(page_text, most=_MOST_LIST_PAGES)
     if page is None or page < 1:
         raise DeskError(422, refused, f"list_page must be a page number of the students list, from 1 to "
-                        f"{_MOST_LIST_PAGES}. Go back to the list and try again.", back=back)
+                        f"{_MOST_LIST_PAGES}, not {quoted(page_text)!r}. Go back to the list and try again.",
+                        back=back)
     find = form.get("list_find", "")
     if len(find) > MAX_NAME_LENGTH:
         raise DeskError(422, refused, f"list_find must be at most {MAX_NAME_LENGTH} characters, as the list's "

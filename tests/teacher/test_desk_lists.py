@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from test_desk_pages import shown_links
 
 from app.links import verify_lesson_token
+from app.logging import quoted
 from app.store.models import Link, Student
 from app.store.queries import student_for_link
 from app.teacher.pages import LESSONS_PER_PAGE, RECENT_COST_DAYS, STUDENTS_PER_PAGE
@@ -194,6 +195,8 @@ async def test_an_action_sent_with_a_bad_place_on_the_list_is_refused_by_name_an
         assert refused.status_code == 422, fields
         assert "<h1>Not archived</h1>" in refused.text
         assert f"{named} must be" in refused.text
+        if named == "list_page":
+            assert "not " + repr(quoted(fields["list_page"])).replace("'", "&#39;") in refused.text
         assert "location" not in refused.headers
     assert student_names((await desk_on.client.get("/teacher")).text) == ["Ana Lima"]
 

@@ -90,20 +90,28 @@ async def back_to_list(db: AsyncSession, position: ListPosition | None, notice: 
     announcing `notice`; None when the form was not sent from the list."""
     if position is None:
         return None
+    return redirect(DESK_PATH, notice=notice, page=await _shown_page(db, position), find=position.find)
+
+
+async def _shown_page(db: AsyncSession, position: ListPosition) -> int:
+    """`position`'s page of the list, or its last page when there are fewer now."""
     count = await queries.student_count(db, name_contains=position.find)
-    pages = max(1, math.ceil(count / STUDENTS_PER_PAGE))
-    return redirect(DESK_PATH, notice=notice, page=min(position.page, pages), find=position.find)
+    return min(position.page, max(1, math.ceil(count / STUDENTS_PER_PAGE)))
 
 
 @router.post(f"{DESK_PATH}/students")
 async def add_student(request: Request, teacher: Teacher) -> Response:
     form = await checked_form(request, teacher)
-    fields = {key: value for key, value in form.items() if value.strip() != ""}
+    from_list = list_position(form, refused="The student was not added", back=DESK_PATH)
+    fields = {key: value for key, value in form.items()
+              if value.strip() != "" and key not in ("list_page", "list_find")}
     async with database(request) as db:
         try:
             new = validate(NewStudent, fields)
         except InvalidInput as exc:
-            context = await students_context(db, request)
+            # Shown again on the page of the list, of the search, it was sent from.
+            page, find = (await _shown_page(db, from_list), from_list.find) if from_list else (1, "")
+            context = await students_context(db, request, page=page, find=find)
             context |= {"errors": {exc.field: _error_text(exc, NewStudent)}, "values": form}
             return render(request, "students.html", teacher, context, status_code=422)
         student = await queries.add_student(db, name=new.name, level=new.level,

@@ -132,9 +132,9 @@ async def test_every_action_on_a_later_page_of_a_search_goes_back_to_that_page_o
     await add_students(desk_on, [*olgas, "Ana Lima"])
     where = "/teacher?page=2&find=olga"
     second = (await desk_on.client.get(where)).text
-    # Every form on the list says where it is: Archive, Make a link (no link yet), the level's Save.
-    assert second.count('<input type="hidden" name="list_page" value="2">') == 3 * 2
-    assert second.count('<input type="hidden" name="list_find" value="olga">') == 3 * 2
+    # Every form on the page says where it is: Archive, Make a link (no link yet), the level's Save, Add student.
+    assert second.count('<input type="hidden" name="list_page" value="2">') == 3 * 2 + 1
+    assert second.count('<input type="hidden" name="list_find" value="olga">') == 3 * 2 + 1
     first_on_page, last = student_id_of(second, olgas[-2]), student_id_of(second, olgas[-1])
 
     made = await desk_on.submit(f"/teacher/students/{first_on_page}/links",
@@ -169,6 +169,22 @@ async def test_every_action_on_a_later_page_of_a_search_goes_back_to_that_page_o
     shown = (await desk_on.client.get(restored.headers["location"])).text
     assert student_names(shown) == olgas[-2:]
     assert "Archived students" not in shown
+
+
+async def test_a_student_refused_on_a_later_page_of_a_search_is_shown_again_on_that_page(desk_on: Desk) -> None:
+    olgas = [f"Olga {number:03d}" for number in range(STUDENTS_PER_PAGE + 2)]
+    await add_students(desk_on, [*olgas, "Ana Lima"])
+
+    refused = await desk_on.submit("/teacher/students", {"name": "R2D2", "level": "A1", "list_page": "2",
+                                                         "list_find": "olga"}, page="/teacher?page=2&find=olga")
+
+    assert refused.status_code == 422
+    assert 'id="name-error">Name may hold only letters' in refused.text
+    assert 'value="R2D2"' in refused.text
+    assert f"Students whose name holds “olga” ({len(olgas)})" in refused.text
+    assert student_names(refused.text) == olgas[STUDENTS_PER_PAGE:]
+    assert refused.text.count('<input type="hidden" name="list_find" value="olga">') == 2 * 3 + 1
+    assert await count(desk_on.app, Student) == len(olgas) + 1
 
 
 async def test_archiving_the_last_student_of_the_last_page_goes_back_to_the_page_before(desk_on: Desk) -> None:

@@ -156,7 +156,7 @@ async def test_every_action_on_a_later_page_of_a_search_goes_back_to_that_page_o
                                     page=where)
     assert archived.headers["location"] == "/teacher?page=2&find=olga&notice=archived"
     shown = (await desk_on.client.get(archived.headers["location"])).text
-    assert "Student archived." in shown
+    assert "Student archived:" in shown
     assert f"Students whose name holds “olga” ({len(olgas) - 1})" in shown
     assert "Archived students (1)" in shown
     # Restore is on every page of the list, in the archived students: back to the page it was pressed on.

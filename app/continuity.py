@@ -67,9 +67,14 @@ class Transcript:
     # Lines cut since `forget_cuts()` (the page left): a page that comes back gets them again, marked.
     cut_lines: set[int] = field(default_factory=set)
 
-    def add(self, seq: int, role: Role, item_id: str, text: str) -> None:
+    def add(self, seq: int, role: Role, item_id: str, text: str, *, cut: bool = False) -> None:
+        """A finished turn; `cut`: a tutor turn cut short, `text` being what the student heard of it."""
         if text.strip():
-            self.lines.append(TranscriptLine(seq, role, item_id, text))
+            self.lines.append(TranscriptLine(seq, role, item_id, text, cut=cut))
+
+    def text_of(self, item_id: str) -> str:
+        """The text of the tutor turn of `item_id`, or "" when it has no line."""
+        return next((line.text for line in self.lines if line.item_id == item_id and line.role == "tutor"), "")
 
     def cut(self, item_id: str, heard: Callable[[str], str]) -> TranscriptLine | None:
         """The tutor turn of `item_id` was cut short: its text becomes `heard(text)`. The cut line, or None

@@ -7,7 +7,7 @@ stamps record times as wall-clock UTC counted from the lesson's start.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -99,13 +99,17 @@ class LessonRecorder:
         turn = self._tutor.pop(item_id, None) or self._begin(now)
         return self._turn("tutor", turn, transcript, now)
 
-    def tutor_interrupted(self, item_id: str, seq: int, heard_ms: int, now: float) -> Record:
-        """A barge-in: the turn still waiting for its transcript is recorded with what came of it;
-        one already recorded is marked interrupted."""
+    def tutor_interrupted(self, item_id: str, seq: int, heard_ms: int, now: float, *, recorded_text: str,
+                          heard: Callable[[str], str]) -> Record:
+        """The tutor was cut short (a barge-in, End, the page or the upstream gone): the turn still waiting for its
+        transcript is recorded with what came of it; one already recorded (as `recorded_text`) is marked
+        interrupted. Either keeps `heard(text)`, the words the student heard."""
         turn = self._tutor.pop(item_id, None)
         if turn is None:
-            return Record(TurnInterrupted(lesson_id=self.lesson_id, seq=seq, heard_ms=heard_ms))
-        return self._turn("tutor", turn, "".join(turn.parts), now, heard_ms=heard_ms)
+            return Record(TurnInterrupted(lesson_id=self.lesson_id, seq=seq, heard_ms=heard_ms,
+                                          heard_text=heard(recorded_text)))
+        text = "".join(turn.parts)
+        return self._turn("tutor", turn, text, now, heard_ms=heard_ms, heard_text=heard(text))
 
     # ---- the student's turns: input_audio_buffer.speech_*, input_audio_transcription -------------
 
@@ -139,9 +143,9 @@ class LessonRecorder:
         return turn
 
     def _turn(self, role: Literal["tutor", "student"], turn: _PendingTurn, text: str, ended_at: float,
-              *, heard_ms: int | None = None) -> Record:
+              *, heard_ms: int | None = None, heard_text: str | None = None) -> Record:
         return Record(TurnFinished(
             lesson_id=self.lesson_id, seq=turn.seq, role=role, text=text,
             started_at=self.wall(turn.started_at), ended_at=self.wall(ended_at),
-            interrupted=heard_ms is not None, heard_ms=heard_ms,
+            interrupted=heard_ms is not None, heard_ms=heard_ms, heard_text=heard_text,
         ))

@@ -32,7 +32,8 @@ class LessonStarted:
 
 @dataclass(frozen=True, slots=True)
 class TurnFinished:
-    """One turn of the conversation; `seq` orders the turns by when they began."""
+    """One turn of the conversation; `seq` orders the turns by when they began. A tutor turn cut short before its
+    transcript was done is `interrupted`: `text` is what came of it, `heard_text` the words of it the student heard."""
 
     lesson_id: str
     seq: int
@@ -42,15 +43,18 @@ class TurnFinished:
     ended_at: datetime
     interrupted: bool = False
     heard_ms: int | None = None
+    heard_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TurnInterrupted:
-    """The student cut the tutor's turn `seq` short after hearing `heard_ms` of it."""
+    """The tutor's turn `seq` was cut short (a barge-in, End, the page or the upstream gone) after the student
+    heard `heard_ms` of it: the words of it they heard, `heard_text`."""
 
     lesson_id: str
     seq: int
     heard_ms: int
+    heard_text: str
 
 
 @dataclass(frozen=True, slots=True)

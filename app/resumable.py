@@ -196,7 +196,7 @@ class ResumableLesson(abc.ABC):
         self._greeted = carried.greeted
         self._usage.carry(carried.tokens)
         for line in carried.turns:
-            self._transcript.add(line.seq, line.role, line.item_id, line.text)
+            self._transcript.add(line.seq, line.role, line.item_id, line.text, cut=line.cut)
         self._set_deadline(Timer.LESSON_LIMIT, self._started_at + self.config.max_lesson_s)
         self._transition(LessonState.RECONNECTING)
         self._reconnect_why = "taken_over"

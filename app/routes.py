@@ -265,8 +265,9 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
             claim.lesson_id, request, settings, student, memory, started_at=taken.started_at, resume_token=token,
             carried=CarriedOver(
                 elapsed_s=(datetime.now(UTC) - taken.started_at).total_seconds(),
-                turns=[TranscriptLine(seq, role, f"turn-{seq}", text) for seq, role, text in taken.turns],
-                tokens=taken.tokens, greeted=any(role == "tutor" for _, role, _ in taken.turns),
+                turns=[TranscriptLine(turn.seq, turn.role, f"turn-{turn.seq}", turn.text, cut=turn.cut)
+                       for turn in taken.turns],
+                tokens=taken.tokens, greeted=any(turn.role == "tutor" for turn in taken.turns),
                 from_lost_instance=taken.from_lost_instance),
         )
     except BaseException:

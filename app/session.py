@@ -24,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, assert_never
 
@@ -402,10 +403,12 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
         actions.append(Log("info", why, {
             "item_id": playing.item_id, "heard_ms": heard_ms, "received_ms": playing.received_ms,
         }))
-        actions.append(self._kept(self._recorder.tutor_interrupted(playing.item_id, playing.turn_seq, heard_ms, now),
-                                  playing.item_id))
+        heard = functools.partial(heard_text, heard_ms=heard_ms, audio_ms=playing.received_ms)
+        actions.append(self._kept(self._recorder.tutor_interrupted(
+            playing.item_id, playing.turn_seq, heard_ms, now, recorded_text=self._transcript.text_of(playing.item_id),
+            heard=heard), playing.item_id))
         # The transcript keeps what was heard (as the truncated item does upstream); the page shows it marked.
-        cut = self._transcript.cut(playing.item_id, lambda text: heard_text(text, heard_ms, playing.received_ms))
+        cut = self._transcript.cut(playing.item_id, heard)
         if cut is not None:
             actions.append(ToBrowser(line_frame(cut)))
         return actions

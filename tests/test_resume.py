@@ -14,10 +14,12 @@ import json
 import signal
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 from harness import (
     END_OF_TURN_FRAMES,
@@ -439,7 +441,10 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
     assert close_code == 1001
     assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
     instructions = renewed.received[0]["session"]["instructions"]
-    assert f"Tutor: {json.dumps(reply['text'], ensure_ascii=False)}" in instructions
+    # The redeploy cut the reply while it played: the new session is told what the page last showed of it.
+    heard = [m["text"] for m in page.messages if m["type"] == "transcript.done" and m["item_id"] == reply["item_id"]]
+    assert heard[-1] == "" or f"Tutor: {json.dumps(heard[-1], ensure_ascii=False)}" in instructions
+    assert heard[-1] == reply["text"] or json.dumps(reply["text"], ensure_ascii=False) not in instructions
     assert [e for e in renewed.received if e["type"] == "response.create"
             and not (e.get("response") or {}).get("metadata")] == []  # no greeting on the new instance
     assert answer["text"]
@@ -460,6 +465,42 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
     assert "lesson_taken_over" in kinds
     assert taken_over_counts(new) == {"false": 1, "true": 0}
     assert pytest.approx(row.duration_s, abs=1) == (row.ended_at - row.started_at).total_seconds()
+
+
+async def test_a_reply_cut_before_a_hand_over_is_taken_over_as_the_student_heard_it_marked_and_told_so(
+    simulator: RealtimeSimulator, log_stream: io.StringIO, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'lessons.db'}"
+    said = "Pizza is great. Do you make it at home, or do you buy it in a shop near you?"
+    async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as new:
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{new.base_url}/healthz")).status_code == 200  # started: its store migrated
+        # What an instance that drained mid-reply leaves: the reply kept whole, with the words the student heard.
+        now = datetime.now(UTC)
+        async with new.app.state.db.begin() as session:
+            session.add(Lesson(id="cutlesson01", level="A2", started_at=now - timedelta(minutes=5), model="m",
+                               simulated=True, ended_at=now, end_reason="handed_off", instance_id="gone"))
+            await session.flush()
+            session.add_all([
+                Turn(lesson_id="cutlesson01", seq=1, role="tutor", text="Hello Ana! What food do you like?",
+                     started_at=now, ended_at=now),
+                Turn(lesson_id="cutlesson01", seq=2, role="student", text="I like pizza.", started_at=now,
+                     ended_at=now),
+                Turn(lesson_id="cutlesson01", seq=3, role="tutor", text=said, started_at=now, ended_at=now,
+                     interrupted=True, heard_ms=1500, heard_text="Pizza is great. Do you make"),
+            ])
+        claim = ResumeClaim(lesson_id="cutlesson01", name="Ana", level="A2", support=None, topic=None,
+                            expires_at=int(now.timestamp()) + 3600)
+        token = make_resume_token(new.app.state.link_secret, claim)
+        async with open_lesson(resume_url(new, token, replay=True)) as back:
+            await until_status(back, "listening")
+    renewed = simulator.connections[-1]
+    replayed = [(m["role"], m["text"], m.get("interrupted", False)) for m in of_type(back.messages, "transcript.done")]
+    assert replayed == [("tutor", "Hello Ana! What food do you like?", False), ("student", "I like pizza.", False),
+                        ("tutor", "Pizza is great. Do you make", True)]
+    instructions = renewed.received[0]["session"]["instructions"]
+    assert 'Tutor: "Pizza is great. Do you make"' in instructions
+    assert "at home" not in instructions  # never heard: the tutor is not told it said it
 
 
 async def test_a_lesson_handed_to_an_instance_with_no_place_for_it_is_taken_over_there_once_a_place_frees(

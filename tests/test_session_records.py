@@ -85,7 +85,7 @@ def test_a_student_turn_with_no_words_is_not_recorded() -> None:
         3.5)) == []
 
 
-def test_a_barge_in_records_the_unfinished_tutor_turn_as_interrupted_with_what_was_heard() -> None:
+def test_a_barge_in_records_the_unfinished_tutor_turn_as_interrupted_with_the_words_heard() -> None:
     session = LessonSession(config())
     greeted(session)
     session.handle_upstream({"type": "response.created", "response": {"id": "resp_2"}}, 1.0)
@@ -95,17 +95,18 @@ def test_a_barge_in_records_the_unfinished_tutor_turn_as_interrupted_with_what_w
     actions = session.handle_upstream({"type": "input_audio_buffer.speech_started", "item_id": "stu_1"}, 1.4)
     [turn] = records(actions)
     assert turn == TurnFinished(lesson_id="L1", seq=2, role="tutor", text="Let me tell ", started_at=at(1.0),
-                                ended_at=at(1.4), interrupted=True, heard_ms=400)
+                                ended_at=at(1.4), interrupted=True, heard_ms=400, heard_text="Let me")
 
 
-def test_a_barge_in_after_the_transcript_marks_the_recorded_turn_interrupted() -> None:
+def test_a_barge_in_after_the_transcript_marks_the_recorded_turn_interrupted_with_the_words_heard() -> None:
     session = LessonSession(config())
     greeted(session)
     session.handle_upstream({"type": "response.created", "response": {"id": "resp_2"}}, 1.0)
     session.handle_upstream(audio_delta(PCM_100MS * 10, response_id="resp_2", item_id="item_2"), 1.0)
     session.handle_upstream(transcript_done("A long story.", item_id="item_2", response_id="resp_2"), 1.1)
     actions = session.handle_upstream({"type": "input_audio_buffer.speech_started", "item_id": "stu_1"}, 1.3)
-    assert records(actions) == [TurnInterrupted(lesson_id="L1", seq=2, heard_ms=300)]
+    # 300 of 1000 ms: the first 30 % of the text, with the word under way kept whole.
+    assert records(actions) == [TurnInterrupted(lesson_id="L1", seq=2, heard_ms=300, heard_text="A long")]
 
 
 def test_a_response_that_did_not_complete_is_kept_with_its_status_details() -> None:

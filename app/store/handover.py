@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, cast
+from typing import Literal, NamedTuple, cast
 
 from sqlalchemy import Update, and_, select, update
 from sqlalchemy.engine import CursorResult
@@ -30,6 +30,15 @@ from app.withdrawal import Withdrawal
 HANDED_OFF = "handed_off"
 
 
+class CarriedTurn(NamedTuple):
+    seq: int
+    role: Literal["tutor", "student"]
+    # What the student heard: the whole turn, or of a tutor turn cut short the words they heard of it.
+    text: str
+    # A tutor turn cut short: the page shows it marked "Cut off".
+    cut: bool
+
+
 @dataclass(frozen=True)
 class TakenOverLesson:
     lesson_id: str
@@ -39,8 +48,8 @@ class TakenOverLesson:
     target_language: str | None
     level: str
     started_at: datetime
-    # The turns so far: (seq, role, text), in the order they began.
-    turns: list[tuple[int, Literal["tutor", "student"], str]]
+    # The turns so far, as the student heard them, in the order they began.
+    turns: list[CarriedTurn]
     tokens: dict[str, int]
     # Taken from an instance that stopped answering, rather than handed over by one that was stopping.
     from_lost_instance: bool
@@ -90,13 +99,15 @@ async def _withdrawal(session: AsyncSession, link_id: str | None) -> Withdrawal 
 async def _taken_over(session: AsyncSession, lesson: Lesson, from_lost_instance: bool) -> TakenOverLesson:
     lesson_id = lesson.id
     turns = (await session.execute(
-        select(Turn.seq, Turn.role, Turn.text).where(Turn.lesson_id == lesson_id).order_by(Turn.seq))).all()
+        select(Turn.seq, Turn.role, Turn.text, Turn.interrupted, Turn.heard_text)
+        .where(Turn.lesson_id == lesson_id).order_by(Turn.seq))).all()
     student = await session.get(Student, lesson.student_id) if lesson.student_id is not None else None
     return TakenOverLesson(
         lesson_id=lesson.id, student_id=lesson.student_id, link_id=lesson.link_id,
         target_language=student.target_language if student is not None else None, level=lesson.level,
         started_at=lesson.started_at,
-        turns=[(seq, cast(Literal["tutor", "student"], role), text) for seq, role, text in turns],
+        turns=[_carried(seq, role, text, interrupted, heard_text)
+               for seq, role, text, interrupted, heard_text in turns],
         tokens={"audio_input_tokens": lesson.audio_input_tokens, "text_input_tokens": lesson.text_input_tokens,
                 "cached_tokens": lesson.cached_tokens, "audio_output_tokens": lesson.audio_output_tokens,
                 "text_output_tokens": lesson.text_output_tokens},
@@ -113,6 +124,13 @@ async def give_back_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
         await session.execute(update(Lesson).where(Lesson.id == lesson_id, Lesson.instance_id == instance_id,
                                                    Lesson.ended_at.is_(None))
                               .values(ended_at=now, end_reason=HANDED_OFF))
+
+
+def _carried(seq: int, role: str, text: str, interrupted: bool, heard_text: str | None) -> CarriedTurn:
+    """A turn as the student heard it. A cut turn recorded before the heard words were kept (`heard_text` NULL)
+    comes back marked with all its text, the only text there is."""
+    heard = heard_text if interrupted and heard_text is not None else text
+    return CarriedTurn(seq, cast(Literal["tutor", "student"], role), heard, interrupted)
 
 
 def _claim(lesson_id: str, condition: ColumnElement[bool], instance_id: str) -> Update:

@@ -155,6 +155,9 @@ class Turn(Base):
     ended_at: Mapped[datetime]
     interrupted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     heard_ms: Mapped[int | None] = mapped_column(Integer)
+    # A tutor turn cut short: the words of `text` the student heard (what the page showed, marked "Cut off"),
+    # while `text` keeps all the tutor said. NULL for a whole turn, and for a cut turn recorded before 0005.
+    heard_text: Mapped[str | None] = mapped_column(Text)
 
     lesson: Mapped[Lesson] = relationship(back_populates="turns")
 

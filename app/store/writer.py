@@ -189,7 +189,8 @@ async def _apply(connection: AsyncConnection, batch: list[LessonRecord], instanc
         elif kind is TurnFinished:
             await connection.execute(insert(Turn), [
                 {"lesson_id": r.lesson_id, "seq": r.seq, "role": r.role, "text": r.text, "started_at": r.started_at,
-                 "ended_at": r.ended_at, "interrupted": r.interrupted, "heard_ms": r.heard_ms}
+                 "ended_at": r.ended_at, "interrupted": r.interrupted, "heard_ms": r.heard_ms,
+                 "heard_text": r.heard_text}
                 for r in records if isinstance(r, TurnFinished)])
         elif kind is LessonEventHappened:
             await connection.execute(insert(LessonEvent), [
@@ -198,8 +199,8 @@ async def _apply(connection: AsyncConnection, batch: list[LessonRecord], instanc
         elif kind is TurnInterrupted:
             await connection.execute(
                 update(Turn).where(Turn.lesson_id == bindparam("b_lesson"), Turn.seq == bindparam("b_seq"))
-                .values(interrupted=True, heard_ms=bindparam("b_heard_ms")),
-                [{"b_lesson": r.lesson_id, "b_seq": r.seq, "b_heard_ms": r.heard_ms}
+                .values(interrupted=True, heard_ms=bindparam("b_heard_ms"), heard_text=bindparam("b_heard_text")),
+                [{"b_lesson": r.lesson_id, "b_seq": r.seq, "b_heard_ms": r.heard_ms, "b_heard_text": r.heard_text}
                  for r in records if isinstance(r, TurnInterrupted)])
         elif kind is UsageSoFar:
             await _update_lessons(connection, records, _USAGE_COLUMNS, this_instances)

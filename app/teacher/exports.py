@@ -17,7 +17,7 @@ import orjson
 from markupsafe import Markup
 
 from app.outcomes import ended_because, event_meaning, is_failure
-from app.store.models import Lesson, LessonEvent, Student
+from app.store.models import Lesson, LessonEvent, Student, Turn
 
 USAGE_FIELDS = ("audio_input_tokens", "text_input_tokens", "cached_tokens", "audio_output_tokens",
                 "text_output_tokens")
@@ -70,6 +70,7 @@ def lesson_json(lesson: Lesson) -> dict[str, Any]:
                 "ended_at": iso(turn.ended_at),
                 "interrupted": turn.interrupted,
                 "heard_ms": turn.heard_ms,
+                "heard_text": turn.heard_text,
             }
             for turn in lesson.turns
         ],
@@ -77,6 +78,29 @@ def lesson_json(lesson: Lesson) -> dict[str, Any]:
         # summary, corrections [{said, better, why}], new_words [{word, meaning}], next_step; null without any.
         "feedback": lesson.feedback,
     }
+
+
+def _unheard(turn: Turn) -> str:
+    """The words of a tutor turn cut short that the student did not hear: its text after `heard_text`; "" for a
+    whole turn, or a cut one recorded before the heard words were kept."""
+    if not turn.interrupted or turn.heard_text is None or not turn.text.startswith(turn.heard_text):
+        return ""
+    return turn.text[len(turn.heard_text):].strip()
+
+
+def cut_note(turn: Turn) -> str:
+    """What the desk and the Markdown export say beside a tutor turn cut short; "" for a whole turn."""
+    if not turn.interrupted:
+        return ""
+    if turn.heard_text is None:
+        return f"Interrupted: {turn.heard_ms or 0} ms heard"
+    rest = _unheard(turn)
+    return f"Cut off: {turn.heard_ms or 0} ms heard" + (f"; not heard: {rest}" if rest else "")
+
+
+def heard_words(turn: Turn) -> str:
+    """A turn's words as the student heard them: `heard_text` for a tutor turn cut short, else its text."""
+    return turn.heard_text if turn.interrupted and turn.heard_text is not None else turn.text
 
 
 def lesson_json_text(lesson: Lesson) -> str:
@@ -144,7 +168,7 @@ def compact(value: object) -> str:
 
 
 TEMPLATE_FILTERS = {"when": when, "local_time": local_time, "usd": usd, "duration": duration, "offset": offset,
-                    "reason": event_reason, "compact": compact,
+                    "reason": event_reason, "compact": compact, "cut_note": cut_note, "heard_words": heard_words,
                     "ended_because": ended_because, "event_meaning": event_meaning, "is_failure": is_failure}
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+|!~])")
@@ -173,9 +197,9 @@ def lesson_markdown(lesson: Lesson) -> str:
         "",
     ]
     for turn in lesson.turns:
-        heard = f" *(interrupted: {turn.heard_ms or 0} ms heard)*" if turn.interrupted else ""
+        note = f" *({_md(cut_note(turn))})*" if turn.interrupted else ""
         lines += [f"**{turn.role.capitalize()}** ({offset(turn.started_at, lesson.started_at)}): "
-                  f"{_md(turn.text)}{heard}", ""]
+                  f"{_md(heard_words(turn))}{note}", ""]
     if not lesson.turns:
         lines += ["No turns were recorded.", ""]
     lines += ["## Events", ""]

@@ -49,8 +49,8 @@ async def test_a_handed_over_lesson_is_taken_over_once_with_its_turns_and_usage(
     handed_off_at = T0 + timedelta(minutes=10)
     await lesson(sessions, end_reason=HANDED_OFF, ended_at=handed_off_at)
     taken = await take_over(sessions, "L1", now=handed_off_at + timedelta(seconds=5))
-    assert taken.turns == [(1, "tutor", "Hello Ana!"), (2, "student", "Hi."),
-                           (3, "tutor", "What is your favourite food?")]
+    assert taken.turns == [(1, "tutor", "Hello Ana!", False), (2, "student", "Hi.", False),
+                           (3, "tutor", "What is your favourite food?", False)]
     assert taken.tokens == {"audio_input_tokens": 100, "text_input_tokens": 20, "cached_tokens": 5,
                             "audio_output_tokens": 300, "text_output_tokens": 40}
     assert (taken.started_at, taken.from_lost_instance, taken.target_language) == (T0, False, None)
@@ -74,6 +74,24 @@ async def test_a_taken_over_lesson_keeps_the_target_language_the_teacher_set_for
     default = await take_over(sessions, "L2", now=T0 + timedelta(seconds=1))
     assert (spanish.student_id, spanish.target_language) == ("S1", "Spanish")
     assert (default.student_id, default.target_language) == ("S2", None)
+
+
+async def test_a_cut_turn_is_taken_over_as_the_student_heard_it_and_marked_cut(
+    sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await lesson(sessions, end_reason=HANDED_OFF, ended_at=T0)
+    async with sessions.begin() as session:
+        session.add_all([
+            Turn(lesson_id="L1", seq=4, role="student", text="Pizza.", started_at=T0, ended_at=T0),
+            Turn(lesson_id="L1", seq=5, role="tutor", text="Pizza is great. Do you make it at home?", started_at=T0,
+                 ended_at=T0, interrupted=True, heard_ms=900, heard_text="Pizza is great."),
+            # Cut before the heard words were kept: all its text is what there is.
+            Turn(lesson_id="L1", seq=6, role="tutor", text="Tell me more about it.", started_at=T0, ended_at=T0,
+                 interrupted=True, heard_ms=400),
+        ])
+    taken = await take_over(sessions, "L1", now=T0 + timedelta(seconds=1))
+    assert taken.turns[3:] == [(4, "student", "Pizza.", False), (5, "tutor", "Pizza is great.", True),
+                               (6, "tutor", "Tell me more about it.", True)]
 
 
 async def test_a_lesson_given_back_by_the_instance_that_claimed_it_is_taken_over_by_the_next_resume(
@@ -145,7 +163,7 @@ async def test_a_lesson_left_by_an_instance_silent_past_lost_after_is_taken_over
     await instance(sessions, "B", seen_at=resumed_at)
     taken = await take_over(sessions, "L1", now=resumed_at)
     assert taken.from_lost_instance
-    assert [seq for seq, _, _ in taken.turns] == [1, 2, 3]
+    assert [turn.seq for turn in taken.turns] == [1, 2, 3]
     assert taken.tokens["audio_output_tokens"] == 300
     async with sessions() as session:
         row = await session.get(Lesson, "L1")

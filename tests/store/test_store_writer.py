@@ -57,7 +57,9 @@ async def test_a_lesson_s_records_become_its_rows(writer: RecordWriter,
                             detail={"status": "failed", "code": "server_error"}),
         TurnFinished(lesson_id="L1", seq=2, role="student", text="Hi!", started_at=at(4), ended_at=at(5)),
         TurnFinished(lesson_id="L1", seq=3, role="tutor", text="Tell me", started_at=at(6), ended_at=at(7)),
-        TurnInterrupted(lesson_id="L1", seq=3, heard_ms=700),
+        TurnInterrupted(lesson_id="L1", seq=3, heard_ms=700, heard_text="Tell"),
+        TurnFinished(lesson_id="L1", seq=4, role="tutor", text="Now, what", started_at=at(8), ended_at=at(9),
+                     interrupted=True, heard_ms=300, heard_text="Now,"),
         ended(),
     ]:
         writer.put(record)
@@ -72,12 +74,13 @@ async def test_a_lesson_s_records_become_its_rows(writer: RecordWriter,
         "student_ended", 90.0, "gpt-realtime-2.1", True)
     assert (lesson.audio_input_tokens, lesson.text_input_tokens, lesson.cached_tokens, lesson.audio_output_tokens,
             lesson.text_output_tokens, lesson.estimated_cost_usd) == (100, 20, 5, 300, 40, 0.0231)
-    assert [(t.seq, t.role, t.text, t.interrupted, t.heard_ms) for t in turns] == [
-        (1, "tutor", "Hello Ana!", False, None), (2, "student", "Hi!", False, None), (3, "tutor", "Tell me", True, 700)]
+    assert [(t.seq, t.role, t.text, t.interrupted, t.heard_ms, t.heard_text) for t in turns] == [
+        (1, "tutor", "Hello Ana!", False, None, None), (2, "student", "Hi!", False, None, None),
+        (3, "tutor", "Tell me", True, 700, "Tell"), (4, "tutor", "Now, what", True, 300, "Now,")]
     assert (turns[0].started_at, turns[0].ended_at) == (at(1), at(3))
     assert (event.kind, event.at) == ("greeting_retry", at(2))
     assert event.detail == {"status": "failed", "code": "server_error"}
-    assert (writer.written, writer.dropped) == (7, 0)
+    assert (writer.written, writer.dropped) == (8, 0)
 
 
 async def test_the_same_browser_is_the_same_student(writer: RecordWriter,
@@ -198,7 +201,8 @@ async def test_a_batch_of_interleaved_lessons_is_written_kind_by_kind_keeping_ev
         TurnFinished(lesson_id="L1", seq=1, role="tutor", text="Hello Ana!", started_at=at(1), ended_at=at(3)),
         usage("L1", 100),
         TurnFinished(lesson_id="L2", seq=1, role="tutor", text="Hello Bo!", started_at=at(1), ended_at=at(2)),
-        TurnInterrupted(lesson_id="L1", seq=1, heard_ms=900), usage("L2", 50), usage("L1", 200), ended("L1"),
+        TurnInterrupted(lesson_id="L1", seq=1, heard_ms=900, heard_text="Hello"), usage("L2", 50), usage("L1", 200),
+        ended("L1"),
         usage("L2", 70),
     ]:
         writer.put(record)

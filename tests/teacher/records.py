@@ -29,7 +29,10 @@ async def add_student(app: Any, name: str = "Ana", level: str = "A2") -> Student
 
 async def add_lesson(app: Any, student_id: str | None, lesson_id: str, *, started_at: datetime = START,
                      turns: tuple[tuple[str, str], ...] = (), events: tuple[tuple[str, dict[str, Any]], ...] = (),
-                     duration_s: float = 125.0, cost: float = 0.0123, audio_output_tokens: int = 1500) -> None:
+                     duration_s: float = 125.0, cost: float = 0.0123, audio_output_tokens: int = 1500,
+                     heard_texts: dict[int, str] | None = None) -> None:
+    """Every tutor turn but the first is cut short after 1200 ms; `heard_texts` gives, by turn number, the words
+    heard of those that keep them (the others are as cut turns were recorded before they were kept)."""
     sessions: async_sessionmaker[AsyncSession] = app.state.db
     async with sessions() as db, db.begin():
         db.add(Lesson(
@@ -44,7 +47,8 @@ async def add_lesson(app: Any, student_id: str | None, lesson_id: str, *, starte
             at = started_at + timedelta(seconds=10 * seq)
             db.add(Turn(lesson_id=lesson_id, seq=seq, role=role, text=text, started_at=at,
                         ended_at=at + timedelta(seconds=5), interrupted=role == "tutor" and seq > 0,
-                        heard_ms=1200 if role == "tutor" and seq > 0 else None))
+                        heard_ms=1200 if role == "tutor" and seq > 0 else None,
+                        heard_text=(heard_texts or {}).get(seq)))
         for index, (kind, detail) in enumerate(events):
             db.add(LessonEvent(lesson_id=lesson_id, at=started_at + timedelta(seconds=1 + index), kind=kind,
                                detail=detail))

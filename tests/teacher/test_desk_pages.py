@@ -288,6 +288,27 @@ async def test_lesson_exports_markdown_and_json(desk_on: Desk) -> None:
     assert (await desk_on.client.get("/teacher/lessons/lesson-1/export?format=xml")).status_code == 422
 
 
+async def test_a_cut_turn_shows_the_words_the_student_heard_and_those_they_did_not_on_the_page_and_export(
+    desk_on: Desk
+) -> None:
+    ana = await add_student(desk_on.app)
+    await add_lesson(desk_on.app, ana.id, "lesson-1", turns=CONVERSATION, heard_texts={2: "Great. What did you"})
+
+    html = (await desk_on.client.get("/teacher/lessons/lesson-1")).text
+    markdown = (await desk_on.client.get("/teacher/lessons/lesson-1/export?format=md")).text
+    exported = json.loads((await desk_on.client.get("/teacher/lessons/lesson-1/export?format=json")).text)
+
+    texts = re.findall(r'<p class="turn__text">(.*?)</p>', html)
+    assert texts[2] == "Great. What did you"
+    assert "Cut off: 1200 ms heard; not heard: do &lt;b&gt;yesterday&lt;/b&gt;?" in html
+    assert ("**Tutor** (00:20): Great. What did you *(Cut off: 1200 ms heard; not heard: do \\<b\\>yesterday\\</b\\>?)*"
+            in markdown)
+    cut = exported["turns"][2]
+    assert (cut["text"], cut["interrupted"], cut["heard_ms"], cut["heard_text"]) == (
+        "Great. What did you do <b>yesterday</b>?", True, 1200, "Great. What did you")
+    assert exported["turns"][0]["heard_text"] is None
+
+
 async def test_all_lessons_as_csv(desk_on: Desk) -> None:
     ana = await add_student(desk_on.app, "Ana")
     await add_lesson(desk_on.app, ana.id, "lesson-b", started_at=START + timedelta(hours=1), cost=0.5)

@@ -51,7 +51,7 @@ class CarriedOver:
 
     elapsed_s: float
     turns: Sequence[TranscriptLine]
-    tokens: Mapping[str, int]  # the five token counts by kind, as LessonEnded has them
+    tokens: Mapping[str, int]  # the token counts as the records keep them (`LessonUsage.carry` takes them)
     # Whether the tutor had spoken: the new session then does not greet.
     greeted: bool
     # Left by an instance that stopped answering, rather than handed over by one that was stopping.

@@ -51,7 +51,7 @@ def closing_actions(*, reason: str, close_code: int, duration_s: float, usage: L
         ToBrowser({"type": "usage", **totals, "duration_s": duration_s, "estimated_cost_usd": cost}),
         ToBrowser(messages.status("ended", reason)),
         Log("info", "lesson_ended", {"reason": reason, "duration_s": duration_s, **totals, "estimated_cost_usd": cost}),
-        recorder.ended(now, end_reason=reason, duration_s=duration_s, usage=usage.tokens_by_kind(),
+        recorder.ended(now, end_reason=reason, duration_s=duration_s, usage=usage.recorded_counts(),
                        estimated_cost_usd=cost),
         Close(close_code, reason),
     ]

@@ -62,20 +62,22 @@ class LessonRecorder:
                                                      "from_lost_instance": from_lost_instance})
 
     def usage(self, usage: Mapping[str, int], estimated_cost_usd: float) -> Record:
-        """What the lesson has used so far; `usage` holds the five token counts by kind."""
+        """What the lesson has used so far; `usage` holds the counts `LessonUsage.recorded_counts` gives."""
         return Record(UsageSoFar(
             lesson_id=self.lesson_id, audio_input_tokens=usage["audio_input_tokens"],
             text_input_tokens=usage["text_input_tokens"], cached_tokens=usage["cached_tokens"],
+            cached_audio_tokens=usage["cached_audio_tokens"], cached_text_tokens=usage["cached_text_tokens"],
             audio_output_tokens=usage["audio_output_tokens"], text_output_tokens=usage["text_output_tokens"],
             estimated_cost_usd=estimated_cost_usd))
 
     def ended(self, now: float, *, end_reason: str, duration_s: float, usage: Mapping[str, int],
               estimated_cost_usd: float) -> Record:
-        """The lesson's end; `usage` holds the five token counts by kind (LessonEnded's *_tokens)."""
+        """The lesson's end; `usage` holds the counts `LessonUsage.recorded_counts` gives (LessonEnded's *_tokens)."""
         return Record(LessonEnded(
             lesson_id=self.lesson_id, ended_at=self.wall(now), end_reason=end_reason, duration_s=duration_s,
             audio_input_tokens=usage["audio_input_tokens"], text_input_tokens=usage["text_input_tokens"],
-            cached_tokens=usage["cached_tokens"], audio_output_tokens=usage["audio_output_tokens"],
+            cached_tokens=usage["cached_tokens"], cached_audio_tokens=usage["cached_audio_tokens"],
+            cached_text_tokens=usage["cached_text_tokens"], audio_output_tokens=usage["audio_output_tokens"],
             text_output_tokens=usage["text_output_tokens"], estimated_cost_usd=estimated_cost_usd,
         ))
 

@@ -79,6 +79,9 @@ class LessonEnded:
     audio_output_tokens: int
     text_output_tokens: int
     estimated_cost_usd: float
+    # Of cached_tokens, those taken off the audio input and off the text input; None: not known.
+    cached_audio_tokens: int | None = None
+    cached_text_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,9 @@ class UsageSoFar:
     audio_output_tokens: int
     text_output_tokens: int
     estimated_cost_usd: float
+    # Of cached_tokens, those taken off the audio input and off the text input; None: not known.
+    cached_audio_tokens: int | None = None
+    cached_text_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -322,7 +322,7 @@ class ResumableLesson(abc.ABC):
             Log("info", "lesson_handed_off", {"why": why, "duration_s": duration_s,
                                               "page_attached": self.page_attached, "estimated_cost_usd": cost,
                                               **tokens}),
-            self._recorder.ended(now, end_reason="handed_off", duration_s=duration_s, usage=tokens,
-                                 estimated_cost_usd=cost),
+            self._recorder.ended(now, end_reason="handed_off", duration_s=duration_s,
+                                 usage=self._usage.recorded_counts(), estimated_cost_usd=cost),
             close,
         )

@@ -294,7 +294,7 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
         })]
         if response.usage is not None:
             # Kept as it grows: a lesson whose instance is killed keeps its cost so far.
-            actions.append(self._recorder.usage(self._usage.tokens_by_kind(), cost))
+            actions.append(self._recorder.usage(self._usage.recorded_counts(), cost))
         if self._active_response_id == response_id:
             self._active_response_id = None
         if response.status == "completed":

@@ -2,7 +2,8 @@
 
 The cost only grows: each response's cached tokens are taken off that response's own input (as its
 `cached_tokens_details` split them, or off its audio first when it does not say), so a later response can
-never reprice what an earlier one was charged.
+never reprice what an earlier one was charged. The records keep that split, so a lesson taken over by another
+instance is priced there as it was here.
 """
 
 from __future__ import annotations
@@ -46,13 +47,20 @@ class LessonUsage:
             self.audio_output_tokens += out.audio_tokens
 
     def carry(self, tokens: Mapping[str, int]) -> None:
-        """Start from what the lesson used on the instance that handed it over (`tokens_by_kind`'s counts)."""
+        """Start from what the lesson used on the instance that handed it over (`recorded_counts`'s counts).
+
+        A lesson recorded before the cached split was kept has no `cached_audio_tokens`/`cached_text_tokens`: its
+        cached tokens are then taken off the text input first. Text input is priced below audio input (by OpenAI
+        and by default), so its estimate may grow by the difference but never drops below what it was."""
         self.audio_input_tokens = tokens.get("audio_input_tokens", 0)
         self.text_input_tokens = tokens.get("text_input_tokens", 0)
         self.cached_tokens = tokens.get("cached_tokens", 0)
-        # The records keep the cached total only: it is taken off the audio input first.
-        self.cached_audio_tokens = min(self.cached_tokens, self.audio_input_tokens)
-        self.cached_text_tokens = min(self.cached_tokens - self.cached_audio_tokens, self.text_input_tokens)
+        cached_audio, cached_text = tokens.get("cached_audio_tokens"), tokens.get("cached_text_tokens")
+        if cached_audio is not None and cached_text is not None:
+            self.cached_audio_tokens, self.cached_text_tokens = cached_audio, cached_text
+        else:
+            self.cached_text_tokens = min(self.cached_tokens, self.text_input_tokens)
+            self.cached_audio_tokens = min(self.cached_tokens - self.cached_text_tokens, self.audio_input_tokens)
         self.audio_output_tokens = tokens.get("audio_output_tokens", 0)
         self.text_output_tokens = tokens.get("text_output_tokens", 0)
         self.input_tokens = self.audio_input_tokens + self.text_input_tokens
@@ -65,6 +73,11 @@ class LessonUsage:
             "text_input_tokens": self.text_input_tokens, "text_output_tokens": self.text_output_tokens,
             "cached_tokens": self.cached_tokens,
         }
+
+    def recorded_counts(self) -> dict[str, int]:
+        """What the records keep: the five counts by kind, and which input the cached tokens were taken off."""
+        return {**self.tokens_by_kind(), "cached_audio_tokens": self.cached_audio_tokens,
+                "cached_text_tokens": self.cached_text_tokens}
 
     def totals(self) -> dict[str, int]:
         """Every count: responses, input and output tokens, and the counts by kind."""

@@ -108,9 +108,7 @@ async def _taken_over(session: AsyncSession, lesson: Lesson, from_lost_instance:
         started_at=lesson.started_at,
         turns=[_carried(seq, role, text, interrupted, heard_text)
                for seq, role, text, interrupted, heard_text in turns],
-        tokens={"audio_input_tokens": lesson.audio_input_tokens, "text_input_tokens": lesson.text_input_tokens,
-                "cached_tokens": lesson.cached_tokens, "audio_output_tokens": lesson.audio_output_tokens,
-                "text_output_tokens": lesson.text_output_tokens},
+        tokens=_tokens(lesson),
         from_lost_instance=from_lost_instance,
     )
 
@@ -124,6 +122,17 @@ async def give_back_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
         await session.execute(update(Lesson).where(Lesson.id == lesson_id, Lesson.instance_id == instance_id,
                                                    Lesson.ended_at.is_(None))
                               .values(ended_at=now, end_reason=HANDED_OFF))
+
+
+def _tokens(lesson: Lesson) -> dict[str, int]:
+    """The lesson's token counts as `LessonUsage.carry` takes them: without the cached split when it is not known
+    (a lesson recorded before it was kept)."""
+    tokens = {"audio_input_tokens": lesson.audio_input_tokens, "text_input_tokens": lesson.text_input_tokens,
+              "cached_tokens": lesson.cached_tokens, "audio_output_tokens": lesson.audio_output_tokens,
+              "text_output_tokens": lesson.text_output_tokens}
+    if lesson.cached_audio_tokens is not None and lesson.cached_text_tokens is not None:
+        tokens |= {"cached_audio_tokens": lesson.cached_audio_tokens, "cached_text_tokens": lesson.cached_text_tokens}
+    return tokens
 
 
 def _carried(seq: int, role: str, text: str, interrupted: bool, heard_text: str | None) -> CarriedTurn:

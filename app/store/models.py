@@ -124,6 +124,10 @@ class Lesson(Base):
     audio_input_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     text_input_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Of cached_tokens, those taken off the audio input and off the text input (they are priced apart), so a
+    # take-over re-prices the lesson exactly. NULL until its first response, and for lessons recorded before 0006.
+    cached_audio_tokens: Mapped[int | None] = mapped_column(Integer)
+    cached_text_tokens: Mapped[int | None] = mapped_column(Integer)
     audio_output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     text_output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     estimated_cost_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")

@@ -7,14 +7,20 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app import protocol
 from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
+from app.recorder import LessonRecorder
+from app.records import LessonStarted
 from app.store.handover import HANDED_OFF, TakenOverLesson, give_back_lesson, take_over_lesson
 from app.store.instances import InstanceTiming
 from app.store.models import Instance, Lesson, Student, Turn
+from app.store.writer import RecordWriter
+from app.usage import LessonUsage
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+PRICES = {"audio_input": 32.0, "audio_output": 64.0, "text_input": 4.0, "text_output": 16.0, "cached": 0.4}
 GRACE_S = 30.0
 LOST_AFTER_S = 15.0
 TIMING = InstanceTiming(lost_after_s=LOST_AFTER_S, resume_grace_s=GRACE_S, max_lesson_s=3600)
@@ -92,6 +98,48 @@ async def test_a_cut_turn_is_taken_over_as_the_student_heard_it_and_marked_cut(
     taken = await take_over(sessions, "L1", now=T0 + timedelta(seconds=1))
     assert taken.turns[3:] == [(4, "student", "Pizza.", False), (5, "tutor", "Pizza is great.", True),
                                (6, "tutor", "Tell me more about it.", True)]
+
+
+async def test_a_lesson_taken_over_is_priced_as_it_was_where_its_cached_input_was_text(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # A response that read its 600 tokens of instructions from the cache: text, four times cheaper than audio.
+    usage = LessonUsage()
+    usage.add(protocol.Usage.model_validate({
+        "total_tokens": 1300, "input_tokens": 1000, "output_tokens": 300,
+        "input_token_details": {"text_tokens": 700, "audio_tokens": 300, "cached_tokens": 600,
+                                "cached_tokens_details": {"text_tokens": 600, "audio_tokens": 0}},
+        "output_token_details": {"text_tokens": 50, "audio_tokens": 250}}))
+    cost = usage.cost_usd(PRICES)
+    recorder = LessonRecorder("L1", T0)
+    writer = RecordWriter(engine)
+    writer.start()
+    try:
+        writer.put(LessonStarted(lesson_id="L1", started_at=T0, level="A2", model="m", simulated=True))
+        writer.put(recorder.usage(usage.recorded_counts(), cost).record)
+        writer.put(recorder.ended(60.0, end_reason=HANDED_OFF, duration_s=60.0, usage=usage.recorded_counts(),
+                                  estimated_cost_usd=cost).record)
+        await writer.flushed()
+    finally:
+        await writer.stop(grace_s=5)
+    taken = await take_over(sessions, "L1", now=T0 + timedelta(seconds=61))
+    carried = LessonUsage()
+    carried.carry(taken.tokens)
+    # Taken off the audio input first (all 300 of it), the cached tokens made it $0.0084 cheaper than it was.
+    assert carried.cost_usd(PRICES) == cost
+
+
+async def test_a_lesson_recorded_without_its_cached_split_is_not_priced_lower_after_a_take_over(
+    sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await lesson(sessions, end_reason=HANDED_OFF, ended_at=T0)  # 100 audio, 20 text and 5 cached input tokens
+    taken = await take_over(sessions, "L1", now=T0 + timedelta(seconds=1))
+    assert "cached_audio_tokens" not in taken.tokens
+    carried = LessonUsage()
+    carried.carry(taken.tokens)
+    # Whichever input the 5 cached tokens came off, the estimate is at least what it was.
+    assert (carried.cached_text_tokens, carried.cached_audio_tokens) == (5, 0)
+    assert carried.cost_usd(PRICES) == round((100 * 32 + 15 * 4 + 5 * 0.4 + 300 * 64 + 40 * 16) / 1e6, 6)
 
 
 async def test_a_lesson_given_back_by_the_instance_that_claimed_it_is_taken_over_by_the_next_resume(

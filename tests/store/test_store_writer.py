@@ -34,8 +34,8 @@ def started(lesson_id: str = "L1", **fields: object) -> LessonStarted:
 
 def ended(lesson_id: str = "L1") -> LessonEnded:
     return LessonEnded(lesson_id=lesson_id, ended_at=at(90), end_reason="student_ended", duration_s=90.0,
-                       audio_input_tokens=100, text_input_tokens=20, cached_tokens=5, audio_output_tokens=300,
-                       text_output_tokens=40, estimated_cost_usd=0.0231)
+                       audio_input_tokens=100, text_input_tokens=20, cached_tokens=5, cached_audio_tokens=1,
+                       cached_text_tokens=4, audio_output_tokens=300, text_output_tokens=40, estimated_cost_usd=0.0231)
 
 
 @pytest.fixture
@@ -74,6 +74,7 @@ async def test_a_lesson_s_records_become_its_rows(writer: RecordWriter,
         "student_ended", 90.0, "gpt-realtime-2.1", True)
     assert (lesson.audio_input_tokens, lesson.text_input_tokens, lesson.cached_tokens, lesson.audio_output_tokens,
             lesson.text_output_tokens, lesson.estimated_cost_usd) == (100, 20, 5, 300, 40, 0.0231)
+    assert (lesson.cached_audio_tokens, lesson.cached_text_tokens) == (1, 4)
     assert [(t.seq, t.role, t.text, t.interrupted, t.heard_ms, t.heard_text) for t in turns] == [
         (1, "tutor", "Hello Ana!", False, None, None), (2, "student", "Hi!", False, None, None),
         (3, "tutor", "Tell me", True, 700, "Tell"), (4, "tutor", "Now, what", True, 300, "Now,")]

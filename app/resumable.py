@@ -83,7 +83,7 @@ class ResumableLesson(abc.ABC):
     def _transition(self, new: LessonState) -> None: ...
 
     @abc.abstractmethod
-    def _cut_tutor_short(self, now: float, *, why: str, tell_upstream: bool) -> Sequence[Action]: ...
+    def _cut_tutor_short(self, now: float, *, why: str, cancel: bool, truncate: bool) -> Sequence[Action]: ...
 
     @abc.abstractmethod
     def _request_greeting(self, now: float) -> Sequence[Action]: ...
@@ -113,7 +113,7 @@ class ResumableLesson(abc.ABC):
         self._transcript.forget_cuts()
         fields = {"state": self.state.value, "grace_s": self.config.resume_grace_s}
         actions: list[Action] = [Log("info", "page_away", fields), self._recorder.event(now, "page_away", fields)]
-        actions += self._cut_tutor_short(now, why="page_away", tell_upstream=True)
+        actions += self._cut_tutor_short(now, why="page_away", cancel=True, truncate=True)
         if self.state is LessonState.GREETING:
             # The student has not heard the greeting: it is asked for again when the page is back.
             self._greeting_on_return = True
@@ -218,7 +218,7 @@ class ResumableLesson(abc.ABC):
         logged = {**fields, "why": why, "state": self.state.value}
         actions: list[Action] = [
             Log("warning", "upstream_lost", logged), self._recorder.event(now, "upstream_lost", logged),
-            *self._cut_tutor_short(now, why="tutor_cut_off", tell_upstream=False),
+            *self._cut_tutor_short(now, why="tutor_cut_off", cancel=False, truncate=False),
         ]
         if self.state is LessonState.GREETING and not self.page_attached:
             self._greeting_on_return = True
@@ -308,7 +308,7 @@ class ResumableLesson(abc.ABC):
                    close: Close = _RESTARTING) -> Sequence[Action]:
         """The lesson leaves this instance as `handed_off` (its turns, usage and time so far in the store). On a
         redeploy its page is told the server restarts and that it reconnects: no `status ended`."""
-        cut = self._cut_tutor_short(now, why="tutor_cut_off", tell_upstream=False)
+        cut = self._cut_tutor_short(now, why="tutor_cut_off", cancel=False, truncate=False)
         self._transition(LessonState.ENDED)
         self.ended_reason = "handed_off"
         self._deadlines.clear()

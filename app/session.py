@@ -376,15 +376,15 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
                           error=(failure_code or "greeting_failed", failure_words(failure_code))),
         )
 
-    def _cut_tutor_short(self, now: float, *, why: str, tell_upstream: bool) -> Sequence[Action]:
-        """The student stops hearing the tutor now (a barge-in, the page gone, the upstream gone): flush the
-        page, cancel the response, truncate the item to what was heard (`tell_upstream`: the upstream is still
-        there to be told), and keep the turn as it was cut. Logged as `why`."""
+    def _cut_tutor_short(self, now: float, *, why: str, cancel: bool, truncate: bool) -> Sequence[Action]:
+        """The student stops hearing the tutor now (a barge-in, End, the page gone, the upstream gone): flush the
+        page, cancel the response (`cancel`), truncate the item upstream to what was heard (`truncate`: the
+        upstream is still there to be told), and keep the turn as it was cut. Logged as `why`."""
         actions: list[Action] = []
         playing = self._items.playing(now)
         active = self._active_response_id
         if playing is None:
-            if tell_upstream and why != "barge_in" and active is not None \
+            if cancel and why != "barge_in" and active is not None \
                     and active not in self._items.dropped_responses:
                 # An answer under way that has not reached the page yet: nobody will hear it.
                 self._items.dropped_responses.add(active)
@@ -394,10 +394,10 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
         heard_ms = playing.heard_ms(now)
         actions.append(ToBrowser(messages.audio_interrupt(item_id=playing.item_id)))
         self._items.interrupt(playing)
-        if tell_upstream and active == playing.response_id:
+        if cancel and active == playing.response_id:
             actions.append(ToUpstream(protocol.dumps(protocol.response_cancel(
                 event_id=self._next_event_id(), response_id=playing.response_id))))
-        if tell_upstream and heard_ms > 0:
+        if truncate and heard_ms > 0:
             actions.append(ToUpstream(protocol.dumps(protocol.item_truncate(
                 event_id=self._next_event_id(), item_id=playing.item_id, audio_end_ms=heard_ms))))
         actions.append(Log("info", why, {
@@ -513,22 +513,24 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
         """The student's End, the time limit or idleness: after a conversation, the feedback is asked for first."""
         if self.state is not LessonState.CONVERSING:
             return self._finish(reason, 1000, now)
-        # The student stops hearing the tutor here: its turn is kept as heard (its response is cancelled below).
-        cut = self._cut_tutor_short(now, why="tutor_cut_at_end", tell_upstream=False)
+        active = self._active_response_id
+        # One response at a time: the tutor's is cancelled, and the feedback asked for at its response.done.
+        cancelled = self._cancel_while_ending(active) if active is not None else ()
+        # The student stops hearing the tutor here: its turn is kept as heard, and its item truncated to that
+        # (after the cancel, as for a barge-in), so the feedback, which reads the conversation, sees only it.
+        cut = self._cut_tutor_short(now, why="tutor_cut_at_end", cancel=False, truncate=True)
         self._transition(LessonState.FEEDBACK)
         self._ending_reason = reason
         self._deadlines.clear()
         self._set_deadline(Timer.FEEDBACK, now + self.config.feedback_timeout_s)
         actions: list[Action] = [
+            *cancelled,
             *cut,
             ToBrowser(messages.feedback_pending(timeout_s=self.config.feedback_timeout_s)),
             # The microphone is no longer relayed; what the server holds of it must not become a turn.
             ToUpstream(protocol.dumps(protocol.input_audio_clear(event_id=self._next_event_id()))),
         ]
-        if self._active_response_id is None:
-            return (*actions, *self._ask_for_feedback(now))
-        # One response at a time: the tutor's is cancelled and the feedback asked for at its response.done.
-        return (*actions, *self._cancel_while_ending(self._active_response_id))
+        return actions if active is not None else (*actions, *self._ask_for_feedback(now))
 
     def _ask_for_feedback(self, now: float) -> Sequence[Action]:
         return (ToUpstream(self._feedback.request(self._next_event_id(), now)),

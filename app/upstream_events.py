@@ -61,7 +61,7 @@ class UpstreamEvents(abc.ABC):
     def _on_error(self, event: protocol.ErrorEvent, now: float) -> Sequence[Action]: ...
 
     @abc.abstractmethod
-    def _cut_tutor_short(self, now: float, *, why: str, tell_upstream: bool) -> Sequence[Action]: ...
+    def _cut_tutor_short(self, now: float, *, why: str, cancel: bool, truncate: bool) -> Sequence[Action]: ...
 
     @abc.abstractmethod
     def _clear_deadline(self, timer: Timer) -> None: ...
@@ -203,7 +203,8 @@ class UpstreamEvents(abc.ABC):
         if item_id := event.get("item_id"):
             self._recorder.student_started(item_id, now)
         # speech_started while the tutor speaks = barge-in.
-        return (Log("debug", "student_speech_started"), *self._cut_tutor_short(now, why="barge_in", tell_upstream=True))
+        return (Log("debug", "student_speech_started"),
+                *self._cut_tutor_short(now, why="barge_in", cancel=True, truncate=True))
 
 
 def error_fields(error: object) -> dict[str, Any]:

@@ -463,8 +463,28 @@ class TestWhatWasHeard:
         assert (messages[1]["text"], messages[1]["interrupted"]) == ("Nice,", True)
         assert messages[2]["state"] == "feedback"
         [turn] = [r for r in records(actions) if isinstance(r, TurnFinished)]
-        assert (turn.text, turn.interrupted, turn.heard_ms) == ("Nice, Ana", True, 500)
-        assert [e["type"] for e in upstream_events(actions)] == ["input_audio_buffer.clear", "response.cancel"]
+        assert (turn.text, turn.interrupted, turn.heard_ms, turn.heard_text) == ("Nice, Ana", True, 500, "Nice,")
+        # Cancelled, then truncated to what was heard, as after a barge-in: the feedback reads only that.
+        cancel, truncate, clear = upstream_events(actions)
+        assert (cancel["type"], cancel["response_id"]) == ("response.cancel", "resp_2")
+        assert (truncate["type"], truncate["item_id"], truncate["audio_end_ms"]) == (
+            "conversation.item.truncate", "item_2", 500)
+        assert clear["type"] == "input_audio_buffer.clear"
+        asked = session.handle_upstream(response_done("resp_2", "cancelled", reason="client_cancelled"), 5.6)
+        assert [(e["type"], e["response"]["conversation"]) for e in upstream_events(asked)] == [
+            ("response.create", "none")]
+
+    def test_a_turn_still_playing_at_end_is_truncated_before_the_feedback_is_asked_for(self) -> None:
+        session = resumable()
+        greeted(session)
+        answer_sent(session, 5.0)
+        session.handle_upstream(response_done("resp_2"), 5.0)  # all of it generated; 300 ms of it heard at End
+        actions = session.handle_browser_text('{"type": "end"}', 5.3)
+        sent = upstream_events(actions)
+        assert [e["type"] for e in sent] == ["conversation.item.truncate", "input_audio_buffer.clear",
+                                             "response.create"]
+        assert (sent[0]["item_id"], sent[0]["audio_end_ms"]) == ("item_2", 300)
+        assert sent[2]["response"]["metadata"]["purpose"] == "feedback"
 
 
 def test_a_lesson_through_every_kind_of_break_keeps_its_state_in_slots() -> None:

@@ -178,6 +178,24 @@ async def test_feedback_is_built_from_the_conversation_the_lesson_had(simulator:
     assert shorter_feedback.next_step == "Next time, tell me more about how you are."
 
 
+async def test_feedback_sees_a_truncated_reply_only_as_far_as_the_student_heard_it(
+    simulator: RealtimeSimulator,
+) -> None:
+    async with realtime_client(simulator) as client:
+        await greet_and_answer(client)
+        reply = of_type(client.events, "response.done")[-1]["response"]["output"][0]
+        # "Very good, Ana! Now tell me: what is your favourite food?": the student stopped hearing it after "Ana!"
+        # (its audio starts at 943 ms, "Now" at 1 693 ms); "favourite food" was never heard.
+        await client.send({"type": "conversation.item.truncate", "item_id": reply["id"], "content_index": 0,
+                           "audio_end_ms": 1200})
+        await client.until("conversation.item.truncated")
+        feedback = Feedback.model_validate_json(
+            of_type(await ask_for_feedback(client), "response.output_text.done")[0]["text"]
+        )
+    assert feedback.summary == "Today we talked about how you are. You answered once, Ana: a good start!"
+    assert [word.word for word in feedback.new_words] == ["tutor"]
+
+
 async def test_feedback_is_not_added_to_the_conversation_and_the_lesson_goes_on(
     simulator: RealtimeSimulator,
 ) -> None:

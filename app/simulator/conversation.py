@@ -21,6 +21,9 @@ class Conversation:
     id: str = field(default_factory=lambda: new_id("conv"))
     items: dict[str, JsonObject] = field(default_factory=dict)  # in order
     item_audio_ms: dict[str, int] = field(default_factory=dict)  # assistant audio sent per item, for truncate
+    # Assistant words per item: (where each starts in the item's audio, in ms; its text), in the order said.
+    item_words: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    truncated_ms: dict[str, int] = field(default_factory=dict)  # assistant items truncated, at their audio_end_ms
     turns_spoken: int = 0  # responses that said something: a failed greeting is greeted again
     assistant_audio_sent: bool = False  # the voice is fixed once audio was produced
     audio_ms: int = 0  # input audio in the context (assistant audio counted twice: it costs about double)
@@ -93,4 +96,18 @@ class Conversation:
                 "invalid_value", f"Audio content of {sent_ms}ms is already shorter than {audio_end_ms}ms",
                 param="audio_end_ms",
             )
+        self.truncated_ms[item["id"]] = audio_end_ms
         return {"item_id": item["id"], "content_index": content_index, "audio_end_ms": audio_end_ms}
+
+    def context_items(self) -> list[JsonObject]:
+        """The items as the model has them in its context. The real API deletes a truncated item's transcript and
+        keeps its audio up to `audio_end_ms`, so no word the user did not hear stays in the context; the
+        simulator, which reads words rather than audio, keeps the words whose audio starts before that point."""
+        return [self._as_heard(item) for item in self.items.values()]
+
+    def _as_heard(self, item: JsonObject) -> JsonObject:
+        end_ms = self.truncated_ms.get(item["id"])
+        if end_ms is None:
+            return item
+        heard = "".join(text for start_ms, text in self.item_words.get(item["id"], []) if start_ms < end_ms)
+        return {**item, "content": [{"type": "output_audio", "transcript": heard.strip()}]}

@@ -269,8 +269,8 @@ class ResponseStream:
             return tutor_text(response.facts, self._conversation.turns_spoken)
         if self._behaviour.feedback_fault == "invalid_json":
             return not_feedback_text(response.facts)
-        # With no `input`, an out-of-band response sees the whole default conversation.
-        return feedback_text(self._conversation.items.values(), response.facts)
+        # With no `input`, an out-of-band response sees the whole default conversation, as the model has it.
+        return feedback_text(self._conversation.context_items(), response.facts)
 
     async def _stream_text(self, response: SimulatedResponse, item_id: str, text: str) -> str:
         where = {"response_id": response.id, "item_id": item_id, "output_index": 0, "content_index": 0}
@@ -299,6 +299,7 @@ class ResponseStream:
         started = time.monotonic()
         seconds_per_chunk = CHUNK_SAMPLES / SAMPLE_RATE
         conversation.item_audio_ms[item_id] = 0
+        said = conversation.item_words[item_id] = []
         for deltas, chunk in enumerate(utterance.chunks(), start=1):
             if response.cancel_reason is not None:
                 break
@@ -313,6 +314,7 @@ class ResponseStream:
             while words and words[0].start_sample < chunk_end_sample:
                 word = words.pop(0)
                 spoken.append(word.text)
+                said.append((word.start_sample * 1000 // SAMPLE_RATE, word.text))
                 await self._send({"type": "response.output_audio_transcript.delta", **where, "delta": word.text})
             if self._behaviour.audio_pace > 0:
                 deadline = started + deltas * seconds_per_chunk / self._behaviour.audio_pace
@@ -323,6 +325,7 @@ class ResponseStream:
         if response.cancel_reason is None:
             for word in words:
                 spoken.append(word.text)
+                said.append((word.start_sample * 1000 // SAMPLE_RATE, word.text))
                 await self._send({"type": "response.output_audio_transcript.delta", **where, "delta": word.text})
         transcript = "".join(spoken).strip()
         await self._send({"type": "response.output_audio.done", **where})

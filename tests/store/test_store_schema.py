@@ -5,14 +5,25 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.store.database import DatabaseUnavailable, create_engine, database_url, migrate
+from app.store.database import (
+    DatabaseUnavailable,
+    alembic_config,
+    create_engine,
+    database_url,
+    migrate,
+    session_factory,
+)
+from app.store.handover import take_over_lesson
+from app.store.instances import InstanceTiming
 from app.store.models import Base, Lesson, LessonEvent, Link, Student, Turn
+from app.usage import LessonUsage
 
 TABLES = {"students", "links", "lessons", "turns", "lesson_events", "instances", "app_secrets", "sign_in_failures",
           "teacher_sessions", "alembic_version"}
@@ -97,3 +108,29 @@ async def test_a_turn_order_is_unique_within_its_lesson(sessions: async_sessionm
     with pytest.raises(IntegrityError):
         async with sessions.begin() as session:
             session.add(Turn(lesson_id="l1", seq=0, role="student", text="Hello", started_at=now, ended_at=now))
+
+
+async def test_a_lesson_recorded_before_the_heard_words_and_cached_split_were_kept_still_loads_and_goes_on(
+        store_url: str) -> None:
+    engine = create_engine(database_url(store_url))
+    now = datetime.now(UTC)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0004"))
+            await connection.execute(text(
+                "INSERT INTO lessons (id, level, started_at, model, simulated, audio_input_tokens, text_input_tokens, "
+                "cached_tokens, audio_output_tokens, text_output_tokens, estimated_cost_usd, ended_at, end_reason) "
+                "VALUES ('old', 'A2', :now, 'm', true, 100, 20, 5, 300, 40, 0.02, :now, 'handed_off')"), {"now": now})
+            await connection.execute(text(
+                "INSERT INTO turns (lesson_id, seq, role, text, started_at, ended_at, interrupted, heard_ms) "
+                "VALUES ('old', 1, 'tutor', 'Hello Ana! How are you?', :now, :now, true, 700)"), {"now": now})
+        await migrate(engine)
+        taken = await take_over_lesson(session_factory(engine), "old", instance_id="B", now=now,
+                                       timing=InstanceTiming(lost_after_s=15, resume_grace_s=30, max_lesson_s=3600))
+    finally:
+        await engine.dispose()
+    # All its text, the only text there is, marked cut as it was; its cached tokens off the cheaper text input.
+    assert taken.turns == [(1, "tutor", "Hello Ana! How are you?", True)]
+    usage = LessonUsage()
+    usage.carry(taken.tokens)
+    assert (usage.cached_text_tokens, usage.cached_audio_tokens) == (5, 0)

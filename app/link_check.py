@@ -1,14 +1,15 @@
 """Finding the running lessons a teacher withdrew (`app.withdrawal`): their link revoked, their student archived
-or deleted.
+or deleted, or the lesson itself ended from the desk or the API.
 
 The desk's request ends the lessons of its worker at once (`LiveLessons.withdraw`); the lesson may run on another
-worker of the replica or on another instance sharing the database, so every worker also checks its own link
-lessons every `LINK_CHECK_SECONDS`: one query by primary key for all of them, nothing on the audio path. A check
+worker of the replica or on another instance sharing the database, so every worker also checks its own lessons
+every `LINK_CHECK_SECONDS`: one query by primary keys for all of them (their links, and their
+`end_requested_at`), nothing on the audio path. A check
 the database does not answer is logged and tried again at the next interval, never taken for a withdrawal.
 
 A link that expires while its lesson runs lets that lesson finish: it was valid when the lesson started. Lessons
-without a link (the open page) are never checked: archiving the open page's student does not stop its new
-lessons either.
+without a link (the open page) are checked only for a teacher's end: archiving the open page's student does not
+stop its new lessons either.
 """
 
 from __future__ import annotations
@@ -21,20 +22,26 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.live_lessons import LiveLessons
 from app.store.database import error_reason
-from app.store.queries import LOOKUP_TIMEOUT_S, withdrawn_links
+from app.store.queries import LOOKUP_TIMEOUT_S, withdrawn_lessons
+from app.withdrawal import Withdrawal
 
 log = structlog.get_logger("lesson_relay")
 
 
 async def end_withdrawn_lessons(sessions: async_sessionmaker[AsyncSession], live: LiveLessons) -> int:
-    """End this worker's link lessons whose link was revoked or whose student was archived or deleted; how many.
-    Raises what the database raises (or `TimeoutError` past `LOOKUP_TIMEOUT_S`): then nothing is ended."""
-    links = live.running_links()
-    if not links:
+    """End this worker's lessons a teacher ended, and its link lessons whose link was revoked or whose student was
+    archived or deleted; how many. Raises what the database raises (or `TimeoutError` past `LOOKUP_TIMEOUT_S`):
+    then nothing is ended."""
+    lessons = live.running_lessons()
+    if not lessons:
         return 0
     async with asyncio.timeout(LOOKUP_TIMEOUT_S):
-        withdrawn = await withdrawn_links(sessions, links)
-    return sum(len(live.withdraw(withdrawal, link_id=link_id)) for link_id, withdrawal in withdrawn.items())
+        withdrawn = await withdrawn_lessons(sessions, link_ids=live.running_links(), lesson_ids=lessons)
+    told = {lesson_id for link_id, withdrawal in withdrawn.links.items()
+            for lesson_id in live.withdraw(withdrawal, link_id=link_id)}
+    for lesson_id in withdrawn.ended_lessons - told:
+        told.update(live.withdraw(Withdrawal.TEACHER_ENDED, lesson_id=lesson_id))
+    return len(told)
 
 
 async def check_withdrawn_links(sessions: async_sessionmaker[AsyncSession], live: LiveLessons, *,

@@ -3,7 +3,7 @@
 Each lesson runs as its own task, not inside its first page's connection: it outlives that socket (a page
 that reloads or loses its network comes back to the same lesson). The task holds the lesson's place
 (MAX_SESSIONS) until the lesson ends, however many sockets it had. The lessons of a link the teacher withdrew are
-found here and ended (`app.link_check`).
+found here and ended, as are those a teacher ended (`app.link_check`).
 """
 
 from __future__ import annotations
@@ -42,19 +42,24 @@ class LiveLessons:
         return {link_id for relay in self._lessons.values()
                 if not relay.over and (link_id := relay.session.config.link_id) is not None}
 
-    def withdraw(self, withdrawal: Withdrawal, *, link_id: str | None = None,
-                 student_id: str | None = None) -> list[str]:
-        """End the lessons running here of `link_id`, or of any link of `student_id`, as `withdrawal`: the ids of
-        those told."""
+    def running_lessons(self) -> set[str]:
+        """The ids of the lessons running here, with a link or without."""
+        return {lesson_id for lesson_id, relay in self._lessons.items() if not relay.over}
+
+    def withdraw(self, withdrawal: Withdrawal, *, link_id: str | None = None, student_id: str | None = None,
+                 lesson_id: str | None = None) -> list[str]:
+        """End as `withdrawal` the lessons running here of `link_id`, or of any link of `student_id`, or the lesson
+        `lesson_id` (with a link or without): the ids of those told."""
         told = []
-        for lesson_id, relay in list(self._lessons.items()):
+        for running_id, relay in list(self._lessons.items()):
             config = relay.session.config
-            if relay.over or config.link_id is None:
+            if relay.over:
                 continue
-            if (link_id is not None and config.link_id == link_id) or \
-                    (student_id is not None and config.student_id == student_id):
+            if running_id == lesson_id or (config.link_id is not None and (
+                    (link_id is not None and config.link_id == link_id)
+                    or (student_id is not None and config.student_id == student_id))):
                 relay.withdraw(withdrawal)
-                told.append(lesson_id)
+                told.append(running_id)
         return told
 
     async def ended(self) -> None:

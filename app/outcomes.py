@@ -25,6 +25,7 @@ END_REASONS: dict[str, str] = {
     "server_shutdown": "The server restarted for an update while resuming lessons was switched off.",
     "link_revoked": "The teacher revoked the lesson link while the lesson was under way, so it ended.",
     "student_removed": "The teacher archived or deleted the student while the lesson was under way, so it ended.",
+    "teacher_ended": "The teacher ended the lesson from the desk or the API.",
     "internal_error": "An error in the lesson server stopped the lesson.",
     "over_capacity": "The lesson could not start: every place was taken, or too many lessons were started at once.",
     "daily_budget_reached": "The lesson could not start: the student's lessons of the last 24 hours already cost "

@@ -177,13 +177,18 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
 
     def handle_withdrawn(self, withdrawal: Withdrawal, now: float) -> Sequence[Action]:
         """The teacher revoked the lesson's link, or archived or deleted its student: the lesson ends now, without
-        feedback; one already waiting for its feedback ends as it was going to."""
+        feedback. The teacher ended the lesson: the page is told so, then it ends as the student's End does, with
+        its feedback after a conversation. One already waiting for its feedback ends as it was going to."""
         if self.state in (LessonState.ENDED, LessonState.FEEDBACK):
             return NO_ACTIONS
         cfg = self.config
-        return (Log("info", "lesson_withdrawn", {"reason": withdrawal.value, "link_id": cfg.link_id,
-                                                 "student_id": cfg.student_id}),
-                *self._finish(withdrawal.value, 1000, now, error=(withdrawal.value, withdrawal.student_message)))
+        logged = Log("info", "lesson_withdrawn", {"reason": withdrawal.value, "link_id": cfg.link_id,
+                                                  "student_id": cfg.student_id})
+        words = (withdrawal.value, withdrawal.student_message)
+        if withdrawal.with_feedback and self.state is LessonState.CONVERSING:
+            return (logged, ToBrowser(messages.error(code=words[0], message=words[1], fatal=True)),
+                    *self._end_normally(withdrawal.value, now))
+        return (logged, *self._finish(withdrawal.value, 1000, now, error=words))
 
     def handle_crash(self, now: float) -> Sequence[Action]:
         """The lesson's own code raised unexpectedly: tell the student in plain words and end with 1011."""

@@ -163,8 +163,8 @@ function showState(state, reason) {
 
 // Whether starting again can get past a refusal of this code: not the day's lesson time spent, nor a link's
 // page refused its request (name and level come from the link, so the link itself was refused), nor a lesson
-// the teacher withdrew. The message says what to do instead.
-const NO_RETRY_CODES = new Set(["daily_budget_reached", "link_revoked", "student_removed"]);
+// the teacher withdrew or ended. The message says what to do instead.
+const NO_RETRY_CODES = new Set(["daily_budget_reached", "link_revoked", "student_removed", "teacher_ended"]);
 
 function retryCanHelp(code) {
   if (NO_RETRY_CODES.has(code)) return false;

@@ -59,7 +59,7 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
                            timing: InstanceTiming, now: datetime, link_id: str | None = None) -> TakenOverLesson:
     """Claim for `instance_id` a lesson handed over, or left by a lost instance, no longer than the resume grace
     ago, or say why not: `ResumeNotYet` while it is neither (the page tries again), `ResumeRefused` when it
-    ended or waited too long, or when the teacher withdrew its link meanwhile (it then ends as withdrawn).
+    ended or waited too long, or when the teacher withdrew its link or ended it meanwhile (it then ends as withdrawn).
     `link_id`, the lesson link its resume token names, tells a lesson deleted with its student from one whose
     first record has not arrived yet.
 
@@ -80,20 +80,22 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
                                      link_id=link_id)
         lesson = await session.get(Lesson, lesson_id)
         assert lesson is not None
-        withdrawal = await _withdrawal(session, lesson.link_id)
+        withdrawal = await _withdrawal(session, lesson)
         if withdrawal is None:
             return await _taken_over(session, lesson, from_lost_instance)
-        # Its link was withdrawn while no instance ran it: it ends here, as it would have where it ran.
+        # Withdrawn, or ended by its teacher, while no instance ran it: it ends here, without the feedback there
+        # is no tutor session left to ask for.
         lesson.ended_at, lesson.end_reason = now, withdrawal.value
-    raise ResumeRefused.withdrawn(f"lesson {lesson_id!r} not taken over: its link was withdrawn ({withdrawal})",
+    raise ResumeRefused.withdrawn(f"lesson {lesson_id!r} not taken over: its teacher withdrew it ({withdrawal})",
                                   withdrawal)
 
 
-async def _withdrawal(session: AsyncSession, link_id: str | None) -> Withdrawal | None:
-    if link_id is None:
-        return None
-    states = (await session.execute(link_states([link_id]))).all()
-    return withdrawals([link_id], states).get(link_id)
+async def _withdrawal(session: AsyncSession, lesson: Lesson) -> Withdrawal | None:
+    if lesson.link_id is not None:
+        states = (await session.execute(link_states([lesson.link_id]))).all()
+        if (withdrawal := withdrawals([lesson.link_id], states).get(lesson.link_id)) is not None:
+            return withdrawal
+    return Withdrawal.TEACHER_ENDED if lesson.end_requested_at is not None else None
 
 
 async def _taken_over(session: AsyncSession, lesson: Lesson, from_lost_instance: bool) -> TakenOverLesson:

@@ -116,7 +116,11 @@ class Lesson(Base):
     link_id: Mapped[str | None] = mapped_column(String(32))
     level: Mapped[str] = mapped_column(String(2))
     started_at: Mapped[datetime] = mapped_column(index=True)
-    ended_at: Mapped[datetime | None]
+    # Indexed: the lessons under way (NULL) and those handed off just now are what the desk and the sweep look for.
+    ended_at: Mapped[datetime | None] = mapped_column(index=True)
+    # When a teacher ended the lesson from the desk or the API: the worker running it ends it at its next check
+    # (`app.link_check`), a page taking it over is refused.
+    end_requested_at: Mapped[datetime | None]
     end_reason: Mapped[str | None] = mapped_column(String(100))
     duration_s: Mapped[float | None] = mapped_column(Float)
     model: Mapped[str] = mapped_column(String(200))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, String, func, literal_column, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -108,6 +108,32 @@ async def withdrawn_links(sessions: async_sessionmaker[AsyncSession],
     async with sessions() as session:
         states = (await session.execute(link_states(link_ids))).all()
     return withdrawals(link_ids, states)
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    """What a teacher withdrew of the lessons running on one worker: links (by id, and how), and lessons they
+    ended (by id)."""
+
+    links: dict[str, Withdrawal]
+    ended_lessons: set[str]
+
+
+async def withdrawn_lessons(sessions: async_sessionmaker[AsyncSession], *, link_ids: Collection[str],
+                            lesson_ids: Collection[str]) -> Withdrawn:
+    """`withdrawals` of `link_ids`, and which of `lesson_ids` a teacher ended (`end_requested_at`), read in one
+    query by primary keys."""
+    kind = literal_column("'link'", String).label("kind")
+    links = link_states(link_ids).add_columns(kind)
+    ended = (select(Lesson.id, Lesson.end_requested_at, Lesson.end_requested_at,
+                    literal_column("'lesson'", String))
+             .where(Lesson.id.in_(lesson_ids), Lesson.end_requested_at.is_not(None)))
+    async with sessions() as session:
+        rows = (await session.execute(union_all(links, ended))).all()
+    states = [(row_id, revoked_at, archived_at) for row_id, revoked_at, archived_at, row_kind in rows
+              if row_kind == "link"]
+    return Withdrawn(links=withdrawals(link_ids, states),
+                     ended_lessons={row_id for row_id, _, _, row_kind in rows if row_kind == "lesson"})
 
 
 async def student_cost_since(sessions: async_sessionmaker[AsyncSession], student_id: str, since: datetime) -> float:

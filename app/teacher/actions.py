@@ -1,5 +1,5 @@
 """The desk's forms (POST): add a student, change their level, archive, restore, delete, make and revoke links,
-and delete a wrong correction or word from a lesson's feedback.
+end a lesson under way, and delete a wrong correction or word from a lesson's feedback.
 
 Each reads its form through `checked_form` (size and CSRF first), validates it, writes in one
 transaction and redirects (303) to the page that shows the result. A refused form writes nothing: a bad
@@ -29,6 +29,7 @@ from app.teacher.web import (
     Teacher,
     checked_form,
     database,
+    end_lesson_here,
     end_withdrawn_here,
     redirect,
     render,
@@ -218,6 +219,25 @@ async def revoke_link(request: Request, teacher: Teacher, student_id: str, link_
     log.info("teacher_link_revoked", student_id=student_id, link_id=link_id)
     end_withdrawn_here(request, Withdrawal.LINK_REVOKED, student_id=student_id, link_id=link_id)
     return back or redirect(_student_path(student_id), notice="link_revoked")
+
+
+@router.post(f"{DESK_PATH}/lessons/{{lesson_id}}/end")
+async def end_lesson(request: Request, teacher: Teacher, lesson_id: str) -> Response:
+    """End a lesson under way: at once when this worker runs it, at its worker's next check otherwise. The form comes
+    from the lessons under way (`back` = "live", where it goes back to) or from the lesson's page."""
+    form = await checked_form(request, teacher)
+    back = f"{DESK_PATH}/live" if form.get("back") == "live" else f"{DESK_PATH}/lessons/{lesson_id}"
+    async with database(request) as db:
+        outcome = await queries.request_end(db, lesson_id, now=datetime.now(UTC),
+                                            resume_grace_s=request.app.state.instance_timing.resume_grace_s)
+    if outcome is None:
+        raise not_found("lesson")
+    if outcome == "already_ended":
+        return redirect(f"{DESK_PATH}/lessons/{lesson_id}", notice="lesson_already_ended")
+    log.info("teacher_lesson_ended", lesson_id=lesson_id, moving=outcome == "ended")
+    if outcome == "ended":
+        return redirect(back, notice="lesson_ended_moving")
+    return redirect(back, notice="lesson_ended" if end_lesson_here(request, lesson_id) else "lesson_ending")
 
 
 @router.post(f"{DESK_PATH}/lessons/{{lesson_id}}/feedback/{{kind}}/{{index}}/delete")

@@ -21,7 +21,7 @@ from app.teacher.auth import TeacherAuth, bearer_token
 from app.teacher.inputs import BodyTooLarge, InvalidInput, NewStudent, read_json_object, validate
 from app.teacher.pages import ExportFormat, export_response
 from app.teacher.sign_in_limit import SignInLimiter, SignInUnavailable
-from app.teacher.web import client_address, database, end_withdrawn_here, lesson_link_url
+from app.teacher.web import client_address, database, end_lesson_here, end_withdrawn_here, lesson_link_url
 from app.withdrawal import Withdrawal
 
 router = APIRouter(prefix="/api")
@@ -151,6 +151,22 @@ async def export_lesson(request: Request, _: Authorized, lesson_id: str,
         if lesson is None:
             raise _not_found("lesson", lesson_id)
         return export_response(lesson, export_format)
+
+
+@router.post("/lessons/{lesson_id}/end", status_code=202)
+async def end_lesson(request: Request, _: Authorized, lesson_id: str) -> JSONResponse:
+    """End a lesson under way, as the desk's End lesson does; 409 for a lesson that has ended."""
+    async with database(request) as db:
+        outcome = await queries.request_end(db, lesson_id, now=datetime.now(UTC),
+                                            resume_grace_s=request.app.state.instance_timing.resume_grace_s)
+        lesson = await queries.get_lesson(db, lesson_id) if outcome == "already_ended" else None
+    if outcome is None:
+        raise _not_found("lesson", lesson_id)
+    if lesson is not None:
+        raise ApiError(409, f"lesson {lesson_id!r} has already ended ({lesson.end_reason}): nothing was changed")
+    log.info("teacher_lesson_ended", lesson_id=lesson_id, moving=outcome == "ended", via="api")
+    ending = "now" if outcome == "ended" or end_lesson_here(request, lesson_id) else "at_next_check"
+    return JSONResponse({"id": lesson_id, "ending": ending}, status_code=202)
 
 
 @router.delete("/students/{student_id}", status_code=204)

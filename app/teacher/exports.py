@@ -49,6 +49,7 @@ def lesson_summary_json(lesson: Lesson) -> dict[str, Any]:
         "started_at": iso(lesson.started_at),
         "ended_at": iso(lesson.ended_at),
         "end_reason": lesson.end_reason,
+        "end_requested_at": iso(lesson.end_requested_at),
         "duration_s": lesson.duration_s,
         "model": lesson.model,
         "simulated": lesson.simulated,
@@ -137,6 +138,11 @@ def duration(seconds: float | None) -> str:
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
+def since(start: datetime, now: datetime) -> str:
+    """How long a lesson under way has lasted by `now`."""
+    return duration(max(0.0, (now - start).total_seconds()))
+
+
 def usd(amount: float | None) -> str:
     return f"${amount or 0:.4f}"
 
@@ -167,8 +173,9 @@ def compact(value: object) -> str:
     return str(value)
 
 
-TEMPLATE_FILTERS = {"when": when, "local_time": local_time, "usd": usd, "duration": duration, "offset": offset,
-                    "reason": event_reason, "compact": compact, "cut_note": cut_note, "heard_words": heard_words,
+TEMPLATE_FILTERS = {"when": when, "local_time": local_time, "usd": usd, "duration": duration, "since": since,
+                    "offset": offset, "reason": event_reason, "compact": compact, "cut_note": cut_note,
+                    "heard_words": heard_words,
                     "ended_because": ended_because, "event_meaning": event_meaning, "is_failure": is_failure}
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+|!~])")

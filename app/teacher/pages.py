@@ -1,4 +1,5 @@
-"""The desk's pages (GET): students, one student, one lesson, failures by day, and the exports.
+"""The desk's pages (GET): students, the lessons under way, one student, one lesson, failures by day, and the
+exports.
 
 Every page needs a signed-in teacher (`Teacher`); an unknown id is a 404 page. Pages only read.
 """
@@ -106,14 +107,27 @@ async def student_page(request: Request, teacher: Teacher, student_id: str,
         return render(request, "student.html", teacher, await student_context(db, request, student_id, page=page))
 
 
+@router.get(f"{DESK_PATH}/live", response_class=HTMLResponse)
+async def live_page(request: Request, teacher: Teacher) -> Response:
+    """The lessons under way now, on every instance: who, since when, what they cost so far; open or end one."""
+    now = datetime.now(UTC)
+    async with database(request) as db:
+        lessons = await queries.lessons_under_way(db, now=now, timing=request.app.state.instance_timing)
+        return render(request, "live.html", teacher, {"section": "live", "lessons": lessons, "now": now})
+
+
 @router.get(f"{DESK_PATH}/lessons/{{lesson_id}}", response_class=HTMLResponse)
 async def lesson_page(request: Request, teacher: Teacher, lesson_id: str) -> Response:
+    now = datetime.now(UTC)
     async with database(request) as db:
         lesson = await queries.get_lesson(db, lesson_id)
         if lesson is None:
             raise not_found("lesson")
+        under_way = await queries.is_under_way(
+            db, lesson_id, now=now, timing=request.app.state.instance_timing)
         return render(request, "lesson.html", teacher, {
             "section": "students", "lesson": lesson, "usage_fields": exports.USAGE_FIELDS,
+            "under_way": under_way, "now": now,
         })
 
 

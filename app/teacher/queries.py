@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date, datetime
-from typing import Any
+from datetime import date, datetime, timedelta
+from typing import Any, Literal
 
 from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +18,10 @@ from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import ColumnElement
 
 from app.outcomes import NOT_FAILURES
-from app.store.models import Lesson, LessonEvent, Link, Student
+from app.store.handover import HANDED_OFF
+from app.store.instances import InstanceTiming
+from app.store.models import Instance, Lesson, LessonEvent, Link, Student
+from app.withdrawal import Withdrawal
 
 
 @dataclass(frozen=True)
@@ -297,3 +300,72 @@ async def delete_feedback_entry(db: AsyncSession, lesson_id: str, kind: str, ind
     # A new object: SQLAlchemy writes a JSON column when it is assigned, not when it is changed in place.
     lesson.feedback = {**feedback, key: entries}
     return "deleted"
+
+
+@dataclass(frozen=True)
+class LessonUnderWay:
+    """A lesson running now on a live instance, or `moving`: handed off by a restart and waiting, within the resume
+    grace, for its page to take it over elsewhere. `link` is the lesson link it was opened with (None: the open
+    page, or a link deleted since)."""
+
+    lesson: Lesson
+    student_name: str | None
+    link: Link | None
+    moving: bool
+
+    @property
+    def ending(self) -> bool:
+        """A teacher ended it, and the worker running it has not yet."""
+        return self.lesson.end_requested_at is not None and self.lesson.ended_at is None
+
+
+def _under_way(now: datetime, timing: InstanceTiming) -> ColumnElement[bool]:
+    alive_since = now - timedelta(seconds=timing.lost_after_s)
+    moving_since = now - timedelta(seconds=timing.resume_grace_s)
+    return or_(and_(Lesson.ended_at.is_(None), Instance.seen_at >= alive_since),
+               and_(Lesson.end_reason == HANDED_OFF, Lesson.ended_at >= moving_since))
+
+
+async def lessons_under_way(db: AsyncSession, *, now: datetime, timing: InstanceTiming) -> list[LessonUnderWay]:
+    """The lessons under way across every instance sharing the records, newest first: open ones whose instance is
+    alive, and those moving (handed off no longer than the resume grace ago). An open lesson of a lost instance is
+    left out: no page can reach it until it is taken over."""
+    query = (
+        select(Lesson, Student.name, Link)
+        .outerjoin(Instance, Instance.id == Lesson.instance_id)
+        .outerjoin(Student, Student.id == Lesson.student_id)
+        .outerjoin(Link, Link.id == Lesson.link_id)
+        .where(_under_way(now, timing))
+        .order_by(Lesson.started_at.desc(), Lesson.id)
+    )
+    return [LessonUnderWay(lesson, name, link, moving=lesson.ended_at is not None)
+            for lesson, name, link in (await db.execute(query)).all()]
+
+
+async def is_under_way(db: AsyncSession, lesson_id: str, *, now: datetime, timing: InstanceTiming) -> bool:
+    query = (select(Lesson.id).outerjoin(Instance, Instance.id == Lesson.instance_id)
+             .where(Lesson.id == lesson_id, _under_way(now, timing)))
+    return (await db.execute(query)).first() is not None
+
+
+EndRequest = Literal["requested", "ended", "already_ended"]
+
+
+async def request_end(db: AsyncSession, lesson_id: str, *, now: datetime, resume_grace_s: float) -> EndRequest | None:
+    """A teacher ends the lesson: "requested" for an open one (`end_requested_at`, kept from a first request, tells
+    the worker running it, or the instance taking it over), "ended" for one handed off within the resume grace
+    (it ends in the records as `teacher_ended`, and its page's resume is refused), "already_ended" for one that
+    ended otherwise (nothing is changed); None without such a lesson. Each is one conditional UPDATE, so a
+    take-over at the same moment either claims the lesson first or finds it ended."""
+    moving = await db.execute(
+        update(Lesson).where(Lesson.id == lesson_id, Lesson.end_reason == HANDED_OFF,
+                             Lesson.ended_at >= now - timedelta(seconds=resume_grace_s))
+        .values(end_reason=Withdrawal.TEACHER_ENDED.value, end_requested_at=now))
+    if _changed(moving):
+        return "ended"
+    running = await db.execute(
+        update(Lesson).where(Lesson.id == lesson_id, Lesson.ended_at.is_(None))
+        .values(end_requested_at=func.coalesce(Lesson.end_requested_at, now)))
+    if _changed(running):
+        return "requested"
+    return "already_ended" if await db.get(Lesson, lesson_id) is not None else None

@@ -52,6 +52,11 @@ NOTICES = {
     "deleted": "Student and all their records deleted; a lesson of theirs under way ends within seconds.",
     "link_created": "New lesson link made.",
     "link_revoked": "Lesson link revoked: it no longer opens a lesson, and a lesson under way ends within seconds.",
+    "lesson_ended": "Lesson ended: the student was told that you ended it, and gets the lesson's feedback.",
+    "lesson_ending": "Lesson ending: the server running it ends it within seconds; the student is told that you ended "
+                     "it, and gets the lesson's feedback.",
+    "lesson_ended_moving": "Lesson ended: it was moving to another server, and will not go on there.",
+    "lesson_already_ended": "This lesson had already ended: nothing was changed.",
     "correction_deleted": "Correction deleted: it no longer follows the student into their next lessons.",
     "word_deleted": "Word deleted: it no longer follows the student into their next lessons.",
     "signed_out": "Signed out on this browser. Any other browser signed in to the desk stays signed in.",
@@ -190,6 +195,13 @@ def end_withdrawn_here(request: Request, withdrawal: Withdrawal, *, student_id: 
     running elsewhere end at their worker's next check (`app.link_check`)."""
     live: LiveLessons = request.app.state.live_lessons
     live.withdraw(withdrawal, link_id=link_id, student_id=None if link_id is not None else student_id)
+
+
+def end_lesson_here(request: Request, lesson_id: str) -> bool:
+    """End at once the lesson `lesson_id` if this worker runs it (a teacher ended it): whether it does. Elsewhere it
+    ends at its worker's next check (`app.link_check`)."""
+    live: LiveLessons = request.app.state.live_lessons
+    return bool(live.withdraw(Withdrawal.TEACHER_ENDED, lesson_id=lesson_id))
 
 
 def database(request: Request) -> AbstractAsyncContextManager[AsyncSession]:

@@ -1,20 +1,35 @@
-"""A lesson the teacher withdrew (its link revoked, its student archived or deleted), driven on the state machine:
-no event loop, no sockets, time passed in."""
+"""A lesson the teacher withdrew (its link revoked, its student archived or deleted) or ended from the desk, driven
+on the state machine: no event loop, no sockets, time passed in."""
 
 from __future__ import annotations
 
 import pytest
-from test_session import browser_messages, closes, config, configured, greeted, logs, upstream_events
+from test_session import (
+    FEEDBACK,
+    FEEDBACK_PENDING,
+    browser_messages,
+    closes,
+    config,
+    configured,
+    feedback_created,
+    feedback_done,
+    greeted,
+    logs,
+    upstream_events,
+)
 
 from app.actions import Close, Record
-from app.records import LessonEnded, LessonEventHappened
+from app.records import FeedbackGiven, LessonEnded, LessonEventHappened
 from app.session import LessonSession, LessonState
 from app.withdrawal import Withdrawal
 
 END = '{"type":"end"}'
 
 
-@pytest.mark.parametrize("withdrawal", list(Withdrawal))
+WITHOUT_FEEDBACK = [withdrawal for withdrawal in Withdrawal if not withdrawal.with_feedback]
+
+
+@pytest.mark.parametrize("withdrawal", WITHOUT_FEEDBACK)
 def test_a_withdrawn_lesson_ends_at_once_telling_the_page_why_in_plain_words(withdrawal: Withdrawal) -> None:
     session = LessonSession(config(link_id="K1", student_id="S1"))
     greeted(session)
@@ -37,11 +52,43 @@ def test_a_withdrawn_lesson_ends_at_once_telling_the_page_why_in_plain_words(wit
     assert (session.state, session.ended_reason) == (LessonState.ENDED, withdrawal.value)
 
 
-def test_a_lesson_withdrawn_before_its_greeting_ends_too() -> None:
+@pytest.mark.parametrize("withdrawal", list(Withdrawal))
+def test_a_lesson_withdrawn_or_ended_before_its_greeting_ends_at_once(withdrawal: Withdrawal) -> None:
     session = LessonSession(config(link_id="K1", student_id="S1"))
     configured(session)
-    actions = session.handle_withdrawn(Withdrawal.LINK_REVOKED, 3.0)
-    assert closes(actions) == [Close(1000, "link_revoked")]
+    actions = session.handle_withdrawn(withdrawal, 3.0)
+    assert closes(actions) == [Close(1000, withdrawal.value)]
+    assert browser_messages(actions)[0]["message"] == withdrawal.student_message
+
+
+def test_a_lesson_its_teacher_ends_tells_the_page_then_ends_with_its_feedback_as_at_end() -> None:
+    session = LessonSession(config(link_id=None, student_id="S1"))
+    greeted(session)
+    ending = session.handle_withdrawn(Withdrawal.TEACHER_ENDED, 30.0)
+    assert browser_messages(ending) == [
+        {"type": "error", "code": "teacher_ended", "message": "Your teacher has ended this lesson.", "fatal": True},
+        FEEDBACK_PENDING,
+    ]
+    [request] = [event for event in upstream_events(ending) if event["type"] == "response.create"]
+    assert request["response"]["metadata"] == {"purpose": "feedback"}
+    assert logs(ending, "lesson_withdrawn") == [{"reason": "teacher_ended", "link_id": None, "student_id": "S1"}]
+    assert logs(ending, "feedback_requested") == [{"ending": "teacher_ended"}]
+    assert closes(ending) == []
+    assert session.state is LessonState.FEEDBACK
+    # A second request (the next check, or the desk again) while the feedback comes changes nothing.
+    assert session.handle_withdrawn(Withdrawal.TEACHER_ENDED, 31.0) == ()
+    session.handle_upstream(feedback_created(), 31.0)
+    ended = session.handle_upstream(feedback_done(), 32.0)
+    assert [frame["type"] for frame in browser_messages(ended)] == ["feedback", "usage", "status"]
+    assert browser_messages(ended)[-1] == {"type": "status", "state": "ended", "reason": "teacher_ended"}
+    records = [action.record for action in ended if isinstance(action, Record)]
+    [given] = [record for record in records if isinstance(record, FeedbackGiven)]
+    assert given.feedback == FEEDBACK
+    [end] = [record for record in records if isinstance(record, LessonEnded)]
+    assert end.end_reason == "teacher_ended"
+    # Not a failure: the lesson records no event of its own for it.
+    assert [record for record in records if isinstance(record, LessonEventHappened)] == []
+    assert closes(ended) == [Close(1000, "teacher_ended")]
 
 
 def test_a_lesson_waiting_for_its_feedback_ends_as_it_was_going_to_and_an_ended_one_ignores_it() -> None:

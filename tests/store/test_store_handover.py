@@ -254,3 +254,26 @@ async def test_a_lesson_of_a_lost_instance_is_not_taken_over_past_the_grace_nor_
         row = await session.get(Lesson, "L1")
     assert row is not None
     assert (row.ended_at, row.instance_id) == (None, owner)
+
+
+@pytest.mark.parametrize("left_by_lost_instance", [False, True])
+async def test_a_lesson_its_teacher_ended_while_no_instance_ran_it_is_refused_and_ends_as_teacher_ended(
+    sessions: async_sessionmaker[AsyncSession], left_by_lost_instance: bool
+) -> None:
+    now = T0 + timedelta(minutes=10)
+    if left_by_lost_instance:
+        await instance(sessions, "A", seen_at=now - timedelta(seconds=LOST_AFTER_S + 5))
+        await lesson(sessions, end_reason=None, ended_at=None)
+    else:
+        # Ended on the desk while it ran, and handed off by a restart before its worker's next check.
+        await lesson(sessions, end_reason=HANDED_OFF, ended_at=now - timedelta(seconds=5))
+    async with sessions.begin() as session:
+        row = await session.get_one(Lesson, "L1")
+        row.end_requested_at = now - timedelta(seconds=6)
+    with pytest.raises(ResumeRefused) as refused:
+        await take_over(sessions, "L1", now=now)
+    async with sessions() as session:
+        row = await session.get_one(Lesson, "L1")
+    assert (refused.value.code, refused.value.student_message) == (
+        "teacher_ended", "Your teacher has ended this lesson.")
+    assert (row.end_reason, row.ended_at) == ("teacher_ended", now)

@@ -10,7 +10,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.store import queries
-from app.store.models import Link, Student
+from app.store.models import Lesson, Link, Student
 from app.withdrawal import Withdrawal
 
 
@@ -38,4 +38,23 @@ async def test_revoked_archived_and_deleted_links_are_withdrawn_and_an_expired_o
         links["deleted"][1]: Withdrawal.STUDENT_REMOVED,
         links["revoked_and_archived"][1]: Withdrawal.STUDENT_REMOVED,
     }
+    assert len(statements) == 1
+
+
+async def test_the_lessons_a_teacher_ended_come_with_the_withdrawn_links_in_the_same_one_query(
+        engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+    now = datetime.now(UTC)
+    student = await queries.create_student(sessions, name="Ana", level="A1")
+    revoked = await queries.create_link(sessions, student_id=student.id)
+    kept = await queries.create_link(sessions, student_id=student.id)
+    async with sessions.begin() as session:
+        await session.execute(update(Link).where(Link.id == revoked.id).values(revoked_at=now))
+        for lesson_id, end_requested_at in (("ended", now), ("running", None)):
+            session.add(Lesson(id=lesson_id, level="A1", started_at=now, model="m", simulated=True,
+                               end_requested_at=end_requested_at))
+    with statements_run(engine) as statements:
+        withdrawn = await queries.withdrawn_lessons(sessions, link_ids=[revoked.id, kept.id],
+                                                    lesson_ids=["ended", "running", "not-written-yet"])
+    assert withdrawn.links == {revoked.id: Withdrawal.LINK_REVOKED}
+    assert withdrawn.ended_lessons == {"ended"}
     assert len(statements) == 1

@@ -1,0 +1,257 @@
+"""The lessons under way on the desk (`/teacher/live`), and a teacher ending one: from the desk (confirmed, with
+its CSRF token) or the API. On the app running the lesson it ends at once; on another app of the same database at
+that app's next check. The page is told in plain words, gets its feedback as at End, and the record says
+`teacher_ended`. Lessons run against the simulator; every store-backed test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from desk_client import PASSWORD, Desk
+from harness import LessonClient, open_lesson, relay_settings, serve_app
+from sqlalchemy import insert
+from test_withdrawn_lessons import desk_app, lesson_under_way, personal_link, resume_refusal, stored
+
+from app.main import drain_lessons
+from app.outcomes import END_REASONS, NOT_FAILURES
+from app.simulator import RealtimeSimulator
+from app.store.models import Instance, Lesson, new_id
+from app.teacher.web import NOTICES
+from app.withdrawal import Withdrawal
+
+WORDS = Withdrawal.TEACHER_ENDED.student_message
+
+
+async def ended_by_teacher(lesson: LessonClient) -> list[dict[str, Any]]:
+    """Every JSON frame from the teacher's `error` to the close (within 20 s: a lesson not ended fails rather than
+    waits for its own end)."""
+    async with asyncio.timeout(20):
+        await lesson.until_type("error", code="teacher_ended")
+        start = len(lesson.messages) - 1
+        await lesson.drain_until_closed()
+    return [frame for frame in lesson.messages[start:] if isinstance(frame, dict)]
+
+
+def assert_ended_with_feedback(frames: list[dict[str, Any]], lesson: LessonClient) -> None:
+    assert frames[0] == {"type": "error", "code": "teacher_ended", "message": WORDS, "fatal": True}
+    assert [(frame["type"], frame.get("state")) for frame in frames[1:]] == [
+        ("status", "feedback"), ("feedback", None), ("usage", None), ("status", "ended")]
+    assert frames[-1]["reason"] == "teacher_ended"
+    assert lesson.ws.close_code == 1000
+
+
+async def failures_of(state: Any, lesson_id: str) -> list[str]:
+    async with state.db() as session:
+        lesson = await session.get(Lesson, lesson_id)
+        assert lesson is not None
+        await session.refresh(lesson, ["events"])
+        return [event.kind for event in lesson.events if event.kind not in NOT_FAILURES]
+
+
+async def test_the_desk_lists_the_lessons_under_way_and_moving_but_not_ended_or_lost_ones(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        empty = await desk.client.get("/teacher/live")
+        student_id, _, token = await personal_link(state)
+        now = datetime.now(UTC)
+        lost_instance = new_id()
+        moving, ended, lost = new_id(), new_id(), new_id()
+        async with state.db.begin() as session:
+            await session.execute(insert(Instance).values(id=lost_instance, started_at=now - timedelta(hours=1),
+                                                          seen_at=now - timedelta(minutes=5)))
+            common = {"student_id": student_id, "level": "B1", "model": "m", "simulated": True}
+            await session.execute(insert(Lesson), [
+                common | {"id": moving, "started_at": now - timedelta(minutes=3), "ended_at": now,
+                          "end_reason": "handed_off", "duration_s": 180.0, "instance_id": state.instance_id},
+                common | {"id": ended, "started_at": now - timedelta(minutes=9), "ended_at": now,
+                          "end_reason": "student_ended", "instance_id": state.instance_id},
+                common | {"id": lost, "started_at": now - timedelta(minutes=9), "instance_id": lost_instance},
+            ])
+        async with lesson_under_way(desk.server, token) as (_, started):
+            await state.records.flushed()
+            live = await desk.client.get("/teacher/live")
+            lesson_page = await desk.client.get(f"/teacher/lessons/{started['lesson_id']}")
+    assert empty.status_code == 200
+    assert "No lesson is under way." in empty.text
+    assert live.status_code == 200
+    assert 'href="/teacher/live" aria-current="page"' in live.text
+    assert f'href="/teacher/lessons/{started["lesson_id"]}"' in live.text
+    assert f'action="/teacher/lessons/{started["lesson_id"]}/end"' in live.text
+    assert f'href="/teacher/lessons/{moving}"' in live.text
+    assert "Moving to another server" in live.text
+    assert "In lesson" in live.text
+    assert "Personal link" in live.text
+    assert "data-local" in live.text
+    assert ended not in live.text
+    assert lost not in live.text
+    assert lesson_page.status_code == 200
+    assert "Transcript so far" in lesson_page.text
+    assert "Under way" in lesson_page.text
+    assert "Still open." not in lesson_page.text
+    assert f'action="/teacher/lessons/{started["lesson_id"]}/end"' in lesson_page.text
+
+
+async def test_ending_a_lesson_on_the_desk_of_its_app_ends_it_at_once_with_its_feedback(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        _, link_id, token = await personal_link(state)
+        async with lesson_under_way(desk.server, token) as (lesson, started):
+            lesson_id = started["lesson_id"]
+            answer = await desk.submit(f"/teacher/lessons/{lesson_id}/end", {"back": "live"}, page="/teacher/live")
+            frames = await ended_by_teacher(lesson)
+        row = await stored(state, lesson_id)
+        failures = await failures_of(state, lesson_id)
+        after = await desk.client.get("/teacher/live")
+        lesson_page = await desk.client.get(f"/teacher/lessons/{lesson_id}")
+        refusal, close_code = await resume_refusal(desk.server, started["resume_token"])
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/teacher/live?notice=lesson_ended"
+    assert_ended_with_feedback(frames, lesson)
+    assert row is not None
+    assert (row.end_reason, row.end_requested_at is not None, row.ended_at is not None) == ("teacher_ended", True, True)
+    assert row.feedback == {key: value for key, value in frames[2].items() if key != "type"}
+    assert failures == []
+    assert "No lesson is under way." in after.text
+    assert END_REASONS["teacher_ended"] in lesson_page.text
+    [withdrawn] = [line for line in log_stream.getvalue().splitlines() if '"lesson_withdrawn"' in line]
+    assert '"teacher_ended"' in withdrawn
+    assert link_id in withdrawn
+    assert (refusal["code"], refusal["message"], close_code) == ("teacher_ended", WORDS, 1008)
+
+
+async def test_a_lesson_on_another_app_of_the_same_database_ends_at_its_next_check(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream, link_check_seconds=1) as running, \
+            desk_app(simulator, store_url, log_stream) as desk:
+        _, _, token = await personal_link(running.app.state)
+        async with lesson_under_way(running.server, token) as (lesson, started):
+            lesson_id = started["lesson_id"]
+            await running.app.state.records.flushed()
+            # The desk's request lands on an app that does not run the lesson: only the check can end it.
+            assert desk.app.state.live_lessons.running_lessons() == set()
+            listed = await desk.client.get("/teacher/live")
+            answer = await desk.submit(f"/teacher/lessons/{lesson_id}/end", page=f"/teacher/lessons/{lesson_id}")
+            frames = await ended_by_teacher(lesson)
+        row = await stored(running.app.state, lesson_id)
+    assert f'href="/teacher/lessons/{lesson_id}"' in listed.text
+    assert answer.headers["location"] == f"/teacher/lessons/{lesson_id}?notice=lesson_ending"
+    assert_ended_with_feedback(frames, lesson)
+    assert row is not None
+    assert row.end_reason == "teacher_ended"
+    assert row.feedback is not None
+
+
+async def test_a_lesson_of_the_open_page_without_a_link_is_listed_and_ended_too(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    settings = relay_settings(simulator.url, database_url=store_url, teacher_password=PASSWORD)
+    async with serve_app(settings, log_stream) as server, httpx.AsyncClient(base_url=server.base_url) as client:
+        desk = Desk(server, client, log_stream)
+        await desk.sign_in()
+        async with open_lesson(server.lesson_url(name="Ana", level="A2")) as lesson:
+            started = await lesson.until_type("lesson")
+            await lesson.hear_greeting()
+            await server.app.state.records.flushed()
+            listed = await desk.client.get("/teacher/live")
+            answer = await desk.submit(f"/teacher/lessons/{started['lesson_id']}/end", page="/teacher/live")
+            frames = await ended_by_teacher(lesson)
+    assert "Open page (no link)" in listed.text
+    assert answer.status_code == 303
+    assert_ended_with_feedback(frames, lesson)
+
+
+async def test_a_form_without_its_csrf_token_ends_nothing(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        _, _, token = await personal_link(state)
+        async with lesson_under_way(desk.server, token) as (_, started):
+            lesson_id = started["lesson_id"]
+            await state.records.flushed()
+            without = await desk.client.post(f"/teacher/lessons/{lesson_id}/end", data={"back": "live"})
+            wrong = await desk.client.post(f"/teacher/lessons/{lesson_id}/end", data={"csrf_token": "forged"})
+            still_running = state.live_lessons.running_lessons()
+            row = await stored(state, lesson_id)
+    assert (without.status_code, wrong.status_code) == (403, 403)
+    assert "Form refused" in without.text
+    assert still_running == {lesson_id}
+    assert row is not None
+    assert (row.ended_at, row.end_requested_at) == (None, None)
+
+
+async def test_ending_a_lesson_that_has_ended_says_so_and_changes_nothing(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        _, _, token = await personal_link(state)
+        async with lesson_under_way(desk.server, token) as (lesson, started):
+            lesson_id = started["lesson_id"]
+            await lesson.send_json({"type": "end"})
+            await lesson.drain_until_closed()
+        before = await stored(state, lesson_id)
+        answer = await desk.submit(f"/teacher/lessons/{lesson_id}/end", {"back": "live"})
+        shown = await desk.client.get(answer.headers["location"])
+        after = await stored(state, lesson_id)
+        unknown = await desk.submit("/teacher/lessons/no-such-lesson/end")
+    assert answer.headers["location"] == f"/teacher/lessons/{lesson_id}?notice=lesson_already_ended"
+    assert NOTICES["lesson_already_ended"] in shown.text
+    assert before is not None
+    assert after is not None
+    assert (after.end_reason, after.ended_at, after.end_requested_at) == ("student_ended", before.ended_at, None)
+    assert unknown.status_code == 404
+
+
+async def test_the_api_ends_a_lesson_and_refuses_an_ended_or_unknown_one_or_no_token(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    bearer = {"Authorization": f"Bearer {PASSWORD}"}
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        _, _, token = await personal_link(state)
+        async with httpx.AsyncClient(base_url=desk.server.base_url) as api:
+            async with lesson_under_way(desk.server, token) as (lesson, started):
+                lesson_id = started["lesson_id"]
+                await state.records.flushed()
+                no_token = await api.post(f"/api/lessons/{lesson_id}/end")
+                ended = await api.post(f"/api/lessons/{lesson_id}/end", headers=bearer)
+                frames = await ended_by_teacher(lesson)
+            await state.records.flushed()
+            again = await api.post(f"/api/lessons/{lesson_id}/end", headers=bearer)
+            unknown = await api.post("/api/lessons/no-such-lesson/end", headers=bearer)
+            record = await api.get(f"/api/lessons/{lesson_id}", headers=bearer)
+    assert no_token.status_code == 401
+    assert (ended.status_code, ended.json()) == (202, {"id": lesson_id, "ending": "now"})
+    assert_ended_with_feedback(frames, lesson)
+    assert again.status_code == 409
+    assert again.json() == {"error": f"lesson {lesson_id!r} has already ended (teacher_ended): nothing was changed"}
+    assert unknown.status_code == 404
+    assert record.json()["end_reason"] == "teacher_ended"
+    assert record.json()["end_requested_at"] is not None
+
+
+async def test_a_lesson_moving_after_a_restart_ended_on_the_desk_is_not_taken_over(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream) as old:
+        _, _, token = await personal_link(old.app.state)
+        async with lesson_under_way(old.server, token) as (lesson, started):
+            drain = asyncio.create_task(drain_lessons(old.app, 5))
+            await lesson.until(lambda m: m["type"] == "status" and m["state"] == "reconnecting")
+            await lesson.drain_until_closed()
+        await drain
+        await old.app.state.records.flushed()
+    async with desk_app(simulator, store_url, log_stream) as new:
+        lesson_id = started["lesson_id"]
+        listed = await new.client.get("/teacher/live")
+        answer = await new.submit(f"/teacher/lessons/{lesson_id}/end", {"back": "live"}, page="/teacher/live")
+        refusal, close_code = await resume_refusal(new.server, started["resume_token"])
+        row = await stored(new.app.state, lesson_id)
+    assert "Moving to another server" in listed.text
+    assert answer.headers["location"] == "/teacher/live?notice=lesson_ended_moving"
+    assert (refusal["code"], refusal["message"], close_code) == ("teacher_ended", WORDS, 1008)
+    assert row is not None
+    assert row.end_reason == "teacher_ended"
+    assert len(simulator.connections) == 1  # no session was opened for the refused resume

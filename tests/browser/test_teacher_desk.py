@@ -221,3 +221,63 @@ def test_a_form_sent_back_with_errors_puts_the_focus_on_its_first_invalid_field(
             assert teacher.csp_violations() == []
         finally:
             browser.close()
+
+
+def test_a_teacher_sees_a_lesson_under_way_and_ends_it_from_the_desk(
+    playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with run_stack(tmp_path_factory.mktemp("desk"), app_env={"TEACHER_PASSWORD": PASSWORD}) as stack:
+        browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
+        try:
+            teacher = LessonPage.open(browser, f"{stack.url}/teacher")
+            desk = teacher.page
+            desk.get_by_label("Password").fill(PASSWORD)
+            desk.keyboard.press("Enter")
+            desk.get_by_label("Name", exact=True).fill("Ana")
+            desk.get_by_role("button", name="Add student").click()
+            link = desk.get_by_label("Lesson link for Ana").input_value()
+
+            lesson = LessonPage.open(browser, link)
+            lesson.page.get_by_role("button", name="Start lesson").click()
+            lesson.wait_greeting_played()
+
+            desk.get_by_role("link", name="Under way").click()
+            expect(desk.get_by_role("heading", name="Lessons under way")).to_be_visible()
+            row = desk.get_by_role("row", name=re.compile("Ana"))
+
+            # The lesson's first record reaches the database through the writer's queue: reload until it is listed.
+            def lesson_listed() -> bool:
+                desk.reload()
+                return row.count() == 1
+
+            wait_for(lesson_listed, timeout=30, what="the lesson under way on the desk")
+            expect(row).to_contain_text("In lesson")
+            expect(row.locator("time[data-local]")).to_have_attribute("title", re.compile("UTC$"))
+            desk.set_viewport_size(PHONE)
+            assert fits_the_width(desk), "the lessons under way are wider than a phone"
+
+            end = row.get_by_text("End lesson")
+            end.click()
+            confirm = row.get_by_role("button", name="Yes, end Ana's lesson")
+            expect(confirm).to_be_visible()
+            assert fits_the_width(desk), "the opened question is wider than a phone"
+            confirm.click()
+            expect(desk.get_by_role("status")).to_contain_text("Lesson ended")
+
+            alert = lesson.page.get_by_role("alert")
+            expect(alert).to_contain_text("Your teacher has ended this lesson.", timeout=15_000)
+            expect(alert.get_by_role("button", name="Try again")).to_be_hidden()
+            lesson.wait_debug("d.socket === 'closed' && d.state === 'ended' && d.feedback !== null")
+            assert lesson.debug("feedback")["type"] == "feedback"
+            assert lesson.debug("closeCode") == 1000
+
+            def none_under_way() -> bool:
+                desk.reload()
+                return desk.get_by_text("No lesson is under way.").count() == 1
+
+            wait_for(none_under_way, timeout=30, what="the ended lesson gone from the lessons under way")
+            assert teacher.csp_violations() == []
+            assert teacher.console_errors == []
+            assert lesson.console_errors == []
+        finally:
+            browser.close()

@@ -102,14 +102,6 @@ def withdrawals(link_ids: Collection[str],
     return withdrawn
 
 
-async def withdrawn_links(sessions: async_sessionmaker[AsyncSession],
-                          link_ids: Collection[str]) -> dict[str, Withdrawal]:
-    """`withdrawals` of `link_ids`, read in one query."""
-    async with sessions() as session:
-        states = (await session.execute(link_states(link_ids))).all()
-    return withdrawals(link_ids, states)
-
-
 @dataclass(frozen=True)
 class Withdrawn:
     """What a teacher withdrew of the lessons running on one worker: links (by id, and how), and lessons they

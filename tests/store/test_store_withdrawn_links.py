@@ -1,5 +1,5 @@
-"""Which running lessons' links a teacher withdrew (`app.store.queries.withdrawn_links`), on SQLite and
-PostgreSQL: one query for all of them, by primary key."""
+"""Which running lessons' links a teacher withdrew, and which lessons they ended
+(`app.store.queries.withdrawn_lessons`), on SQLite and PostgreSQL: one query for all of them, by primary keys."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ async def test_revoked_archived_and_deleted_links_are_withdrawn_and_an_expired_o
             await session.execute(update(Student).where(Student.id == links[case][0]).values(archived_at=now))
         await session.execute(delete(Student).where(Student.id == links["deleted"][0]))
     with statements_run(engine) as statements:
-        withdrawn = await queries.withdrawn_links(sessions, [link_id for _, link_id in links.values()])
-    assert withdrawn == {
+        withdrawn = await queries.withdrawn_lessons(sessions, link_ids=[link_id for _, link_id in links.values()],
+                                                    lesson_ids=[])
+    assert withdrawn.links == {
         links["revoked"][1]: Withdrawal.LINK_REVOKED,
         links["archived"][1]: Withdrawal.STUDENT_REMOVED,
         links["deleted"][1]: Withdrawal.STUDENT_REMOVED,

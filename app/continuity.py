@@ -99,7 +99,7 @@ class Transcript:
         return [line_frame(line) for line in lines]
 
     def past_turns(self) -> list[PastTurn]:
-        return [PastTurn(line.role, line.text) for line in sorted(self.lines, key=lambda line: line.seq)
+        return [PastTurn(line.role, line.text, line.cut) for line in sorted(self.lines, key=lambda line: line.seq)
                 if line.text.strip()]
 
 

@@ -142,7 +142,9 @@ def feedback_instructions(*, name: str, level: Level, target_language: str, supp
 
 class PastTurn(NamedTuple):
     role: Role
+    # What the student heard of it: of a tutor turn cut short, only its first words.
     text: str
+    cut: bool = False
 
 
 # A renewed session gets the end of the conversation, bounded: long lessons must not swell its instructions.
@@ -166,7 +168,7 @@ def continued_instructions(instructions: str, *, turns: Sequence[PastTurn]) -> s
         size += len(text) + 10
         if size > CONTINUATION_MAX_CHARS:
             break
-        kept.append(PastTurn(turn.role, text))
+        kept.append(PastTurn(turn.role, text, turn.cut))
     kept.reverse()
     return _TEMPLATES.get_template("continuation.j2").render(
         instructions=instructions, turns=kept, omitted=len(kept) < len([t for t in turns if t.text.strip()]),

@@ -261,13 +261,15 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
         memory = await load_memory(state.db, student)
         request = messages.LessonRequest(name=claim.name, level=taken.level, support=claim.support,
                                          topic=claim.topic)
+        # The greeting was heard if a tutor turn was heard whole: a greeting the hand-over cut is given again.
+        greeted = any(turn.role == "tutor" and not turn.cut for turn in taken.turns)
         config = _lesson_config(
             claim.lesson_id, request, settings, student, memory, started_at=taken.started_at, resume_token=token,
             carried=CarriedOver(
                 elapsed_s=(datetime.now(UTC) - taken.started_at).total_seconds(),
                 turns=[TranscriptLine(turn.seq, turn.role, f"turn-{turn.seq}", turn.text, cut=turn.cut)
                        for turn in taken.turns],
-                tokens=taken.tokens, greeted=any(turn.role == "tutor" for turn in taken.turns),
+                tokens=taken.tokens, greeted=greeted,
                 from_lost_instance=taken.from_lost_instance),
         )
     except BaseException:

@@ -442,9 +442,10 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
     assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
     instructions = renewed.received[0]["session"]["instructions"]
     # The redeploy cut the reply while it played: the new session is told what the page last showed of it.
-    heard = [m["text"] for m in page.messages if m["type"] == "transcript.done" and m["item_id"] == reply["item_id"]]
-    assert heard[-1] == "" or f"Tutor: {json.dumps(heard[-1], ensure_ascii=False)}" in instructions
-    assert heard[-1] == reply["text"] or json.dumps(reply["text"], ensure_ascii=False) not in instructions
+    shown = [m for m in page.messages if m["type"] == "transcript.done" and m["item_id"] == reply["item_id"]][-1]
+    told_as = "Tutor (cut off)" if shown.get("interrupted") else "Tutor"
+    assert shown["text"] == "" or f"{told_as}: {json.dumps(shown['text'], ensure_ascii=False)}" in instructions
+    assert shown["text"] == reply["text"] or json.dumps(reply["text"], ensure_ascii=False) not in instructions
     assert [e for e in renewed.received if e["type"] == "response.create"
             and not (e.get("response") or {}).get("metadata")] == []  # no greeting on the new instance
     assert answer["text"]
@@ -499,8 +500,37 @@ async def test_a_reply_cut_before_a_hand_over_is_taken_over_as_the_student_heard
     assert replayed == [("tutor", "Hello Ana! What food do you like?", False), ("student", "I like pizza.", False),
                         ("tutor", "Pizza is great. Do you make", True)]
     instructions = renewed.received[0]["session"]["instructions"]
-    assert 'Tutor: "Pizza is great. Do you make"' in instructions
+    assert 'Tutor (cut off): "Pizza is great. Do you make"' in instructions
     assert "at home" not in instructions  # never heard: the tutor is not told it said it
+
+
+async def test_a_greeting_a_hand_over_cut_before_it_was_heard_is_given_again_on_the_instance_that_takes_over(
+    simulator: RealtimeSimulator, log_stream: io.StringIO, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'lessons.db'}"
+    async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as new:
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{new.base_url}/healthz")).status_code == 200  # started: its store migrated
+        # What an instance that drained just as the greeting began leaves: the greeting cut, nothing of it heard.
+        now = datetime.now(UTC)
+        async with new.app.state.db.begin() as session:
+            session.add(Lesson(id="cutgreeting", level="A2", started_at=now - timedelta(seconds=5), model="m",
+                               simulated=True, ended_at=now, end_reason="handed_off", instance_id="gone"))
+            await session.flush()
+            session.add(Turn(lesson_id="cutgreeting", seq=1, role="tutor", text="Hello Ana! How", started_at=now,
+                             ended_at=now, interrupted=True, heard_ms=0, heard_text=""))
+        claim = ResumeClaim(lesson_id="cutgreeting", name="Ana", level="A2", support=None, topic=None,
+                            expires_at=int(now.timestamp()) + 3600)
+        token = make_resume_token(new.app.state.link_secret, claim)
+        async with open_lesson(resume_url(new, token)) as back:
+            first = await back.until(lambda m: m["type"] == "status" and m["state"] in ("greeting", "listening"))
+            assert first["state"] == "greeting"  # not straight to listening, as if the greeting had been heard
+            await back.hear_greeting()
+    statuses = [m["state"] for m in of_type(back.messages, "status")]
+    assert statuses.index("greeting") < statuses.index("listening")
+    greeting = of_type(back.messages, "transcript.done")[-1]
+    assert (greeting["role"], greeting.get("interrupted", False)) == ("tutor", False)
+    assert "Ana" in greeting["text"]
 
 
 async def test_a_lesson_handed_to_an_instance_with_no_place_for_it_is_taken_over_there_once_a_place_frees(

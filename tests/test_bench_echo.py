@@ -42,6 +42,7 @@ from bench.report import targets_check
 from bench.scenarios import LoadReport, Target, own_collector_off
 from bench.students import BrowserStudent, DirectStudent, LoadClock, StudentResult, StudentSocket, next_frame_time
 from bench.tcp_proxy import open_proxy
+from bench.withdrawal_check import check_times_ms
 
 GREETING_SEQUENCE = [
     "response.created",
@@ -456,3 +457,12 @@ def test_the_harness_streams_with_its_own_collector_off_and_turns_it_back_on() -
     with pytest.raises(RuntimeError):
         stream_and_fail()
     assert gc.isenabled()
+
+
+async def test_the_withdrawal_check_bench_times_the_query_that_finds_the_withdrawn_link_and_the_ended_lesson(
+    tmp_path: Path,
+) -> None:
+    times, cpu_ms, links, lessons = await check_times_ms(f"sqlite:///{tmp_path / 'lessons.db'}", students=6,
+                                                         lessons_each=2, running=4, checks=3)
+    assert (len(times), links, lessons) == (3, 1, 1)
+    assert cpu_ms > 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from app.store.models import Lesson, LessonEvent, Link, Student, Turn
 from app.teacher.inputs import MAX_BODY_BYTES
 
 BEARER = {"Authorization": f"Bearer {PASSWORD}"}
+ROOT = Path(__file__).parents[2]
 CONVERSATION = (("tutor", "Hello Ana!"), ("student", "Hello."))
 
 
@@ -233,3 +236,12 @@ async def test_the_api_ignores_the_desk_cookie(desk_on: Desk) -> None:
     cookie = desk_on.client.cookies["teacher_session"]
     refused = await desk_on.client.get("/api/students", headers={"Cookie": f"teacher_session={cookie}"})
     assert refused.status_code == 401
+
+
+def test_every_status_the_api_refuses_with_is_in_the_errors_table_of_its_docs() -> None:
+    source = "".join(path.read_text() for path in (ROOT / "app" / "teacher").glob("*.py"))
+    answered = set(re.findall(r"ApiError\((\d{3}),", source))
+    errors_table = (ROOT / "docs" / "api.md").read_text().split("## Errors", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| (\d{3}) \|", errors_table, re.MULTILINE))
+    assert answered >= {"401", "404", "409", "422"}
+    assert sorted(answered - documented) == []

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.live_lessons import LiveLessons
@@ -46,14 +45,15 @@ async def end_withdrawn_lessons(sessions: async_sessionmaker[AsyncSession], live
 
 async def check_withdrawn_links(sessions: async_sessionmaker[AsyncSession], live: LiveLessons, *,
                                 every_s: float) -> None:
-    """Until cancelled: `end_withdrawn_lessons` every `every_s`. A database out of reach is logged once per
-    outage."""
+    """Until cancelled: `end_withdrawn_lessons` every `every_s`. A check that fails (the database out of reach, or
+    any error its driver raises) is logged once per outage, and the next one is tried all the same: a check that
+    stopped would let every withdrawn lesson of this worker run to its own end."""
     failing = False
     while True:
         await asyncio.sleep(every_s)
         try:
             await end_withdrawn_lessons(sessions, live)
-        except (TimeoutError, OSError, SQLAlchemyError) as exc:
+        except Exception as exc:  # the driver's own errors too (asyncpg, sqlite3), not only SQLAlchemy's wrappers
             if not failing:
                 log.warning("withdrawn_links_unchecked", error=error_reason(exc), retry_in_s=every_s)
             failing = True

@@ -1,0 +1,79 @@
+"""The per-worker check for lessons a teacher withdrew (`app.link_check.check_withdrawn_links`), with the database
+replaced by a stand-in: whatever a failed check raises, it is logged and the check goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from harness import logged
+
+from app.link_check import check_withdrawn_links
+from app.logging import configure_logging
+from app.settings import Settings
+from app.withdrawal import Withdrawal
+
+
+class DriverError(Exception):
+    """An error of a database driver's own tree, which SQLAlchemy does not always wrap (asyncpg, sqlite3)."""
+
+
+class OneLinkLesson:
+    """A worker running one lesson, of link K1; `told` is set once a withdrawal reaches it."""
+
+    def __init__(self) -> None:
+        self.told = asyncio.Event()
+        self.withdrawals: list[Withdrawal] = []
+
+    def running_lessons(self) -> set[str]:
+        return {"L1"}
+
+    def running_links(self) -> set[str]:
+        return {"K1"}
+
+    def withdraw(self, withdrawal: Withdrawal, *, link_id: str | None = None, student_id: str | None = None,
+                 lesson_id: str | None = None) -> list[str]:
+        self.withdrawals.append(withdrawal)
+        self.told.set()
+        return ["L1"]
+
+
+class RevokedAfterAnOutage:
+    """Sessions whose first check fails with `DriverError`, and whose next ones find link K1 revoked."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[RevokedAfterAnOutage]:
+        self.opened += 1
+        if self.opened == 1:
+            raise DriverError("the database system is starting up")
+        yield self
+
+    async def execute(self, statement: Any) -> RevokedAfterAnOutage:
+        return self
+
+    def all(self) -> list[tuple[str, datetime | None, datetime | None, str]]:
+        return [("K1", datetime.now(UTC), None, "link")]
+
+
+async def test_a_check_failing_with_a_drivers_own_error_is_logged_and_the_next_one_still_ends_the_lesson() -> None:
+    log = io.StringIO()
+    configure_logging(Settings(log_format="json"), log)
+    live, sessions = OneLinkLesson(), RevokedAfterAnOutage()
+    checking = asyncio.create_task(check_withdrawn_links(sessions, live, every_s=0.01))  # type: ignore[arg-type]
+    told = asyncio.create_task(live.told.wait())
+    # The check runs until cancelled: its task ending first means it stopped checking.
+    done, _ = await asyncio.wait({checking, told}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    checking.cancel()
+    told.cancel()
+    assert done == {told}, checking.exception() if checking in done else "no check told the lesson within 10 s"
+    assert live.withdrawals[0] is Withdrawal.LINK_REVOKED
+    [unchecked] = logged(log, "withdrawn_links_unchecked")
+    assert (unchecked["level"], unchecked["error"]) == ("warning", "the database system is starting up")
+    assert len(logged(log, "withdrawn_links_checked_again")) == 1

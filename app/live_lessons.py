@@ -49,11 +49,12 @@ class LiveLessons:
     def withdraw(self, withdrawal: Withdrawal, *, link_id: str | None = None, student_id: str | None = None,
                  lesson_id: str | None = None) -> list[str]:
         """End as `withdrawal` the lessons running here of `link_id`, or of any link of `student_id`, or the lesson
-        `lesson_id` (with a link or without): the ids of those told."""
+        `lesson_id` (with a link or without): the ids of those told. A lesson already ending on its own is not told:
+        it ends as it was going to."""
         told = []
         for running_id, relay in list(self._lessons.items()):
             config = relay.session.config
-            if relay.over:
+            if relay.over or relay.session.ending_already:
                 continue
             if running_id == lesson_id or (config.link_id is not None and (
                     (link_id is not None and config.link_id == link_id)

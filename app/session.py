@@ -175,11 +175,16 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
         return self._finish("replaced", 1000, now, error=(
             "lesson_replaced", "This lesson was opened again in another window or device, so it ended here."))
 
+    @property
+    def ending_already(self) -> bool:
+        """Ended, or ending on its own (its feedback on its way): a teacher's withdrawal changes nothing."""
+        return self.state in (LessonState.ENDED, LessonState.FEEDBACK)
+
     def handle_withdrawn(self, withdrawal: Withdrawal, now: float) -> Sequence[Action]:
         """The teacher revoked the lesson's link, or archived or deleted its student: the lesson ends now, without
         feedback. The teacher ended the lesson: the page is told so, then it ends as the student's End does, with
         its feedback after a conversation. One already waiting for its feedback ends as it was going to."""
-        if self.state in (LessonState.ENDED, LessonState.FEEDBACK):
+        if self.ending_already:
             return NO_ACTIONS
         cfg = self.config
         logged = Log("info", "lesson_withdrawn", {"reason": withdrawal.value, "link_id": cfg.link_id,

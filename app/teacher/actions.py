@@ -237,7 +237,9 @@ async def end_lesson(request: Request, teacher: Teacher, lesson_id: str) -> Resp
     log.info("teacher_lesson_ended", lesson_id=lesson_id, moving=outcome == "ended")
     if outcome == "ended":
         return redirect(back, notice="lesson_ended_moving")
-    return redirect(back, notice="lesson_ended" if end_lesson_here(request, lesson_id) else "lesson_ending")
+    here = end_lesson_here(request, lesson_id)
+    notice = {"told": "lesson_ended", "ending_already": "lesson_ending_already", None: "lesson_ending"}[here]
+    return redirect(back, notice=notice)
 
 
 @router.post(f"{DESK_PATH}/lessons/{{lesson_id}}/feedback/{{kind}}/{{index}}/delete")

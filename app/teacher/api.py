@@ -165,7 +165,7 @@ async def end_lesson(request: Request, _: Authorized, lesson_id: str) -> JSONRes
     if lesson is not None:
         raise ApiError(409, f"lesson {lesson_id!r} has already ended ({lesson.end_reason}): nothing was changed")
     log.info("teacher_lesson_ended", lesson_id=lesson_id, moving=outcome == "ended", via="api")
-    ending = "now" if outcome == "ended" or end_lesson_here(request, lesson_id) else "at_next_check"
+    ending = "now" if outcome == "ended" or end_lesson_here(request, lesson_id) is not None else "at_next_check"
     return JSONResponse({"id": lesson_id, "ending": ending}, status_code=202)
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import Depends, Request
@@ -55,6 +55,8 @@ NOTICES = {
     "lesson_ended": "Lesson ended: the student was told that you ended it, and gets the lesson's feedback.",
     "lesson_ending": "Lesson ending: the server running it ends it within seconds; the student is told that you ended "
                      "it, and gets the lesson's feedback.",
+    "lesson_ending_already": "This lesson was already ending (the student pressed End, or its time was up): it ends "
+                             "with its feedback as it was going to.",
     "lesson_ended_moving": "Lesson ended: it was moving to another server, and will not go on there.",
     "lesson_already_ended": "This lesson had already ended: nothing was changed.",
     "correction_deleted": "Correction deleted: it no longer follows the student into their next lessons.",
@@ -197,11 +199,14 @@ def end_withdrawn_here(request: Request, withdrawal: Withdrawal, *, student_id: 
     live.withdraw(withdrawal, link_id=link_id, student_id=None if link_id is not None else student_id)
 
 
-def end_lesson_here(request: Request, lesson_id: str) -> bool:
-    """End at once the lesson `lesson_id` if this worker runs it (a teacher ended it): whether it does. Elsewhere it
-    ends at its worker's next check (`app.link_check`)."""
+def end_lesson_here(request: Request, lesson_id: str) -> Literal["told", "ending_already"] | None:
+    """End at once the lesson `lesson_id` if this worker runs it (a teacher ended it): "told" when it does,
+    "ending_already" when it runs here but is already ending on its own (its feedback on its way), None when it runs
+    elsewhere, where it ends at its worker's next check (`app.link_check`)."""
     live: LiveLessons = request.app.state.live_lessons
-    return bool(live.withdraw(Withdrawal.TEACHER_ENDED, lesson_id=lesson_id))
+    if live.withdraw(Withdrawal.TEACHER_ENDED, lesson_id=lesson_id):
+        return "told"
+    return "ending_already" if live.get(lesson_id) is not None else None
 
 
 def database(request: Request) -> AbstractAsyncContextManager[AsyncSession]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 from desk_client import PASSWORD, Desk
-from harness import LessonClient, open_lesson, relay_settings, serve_app
+from harness import LessonClient, SimulatorWith, logged, open_lesson, relay_settings, serve_app
 from sqlalchemy import insert
 from test_withdrawn_lessons import desk_app, lesson_under_way, personal_link, resume_refusal, stored
 
@@ -204,6 +204,33 @@ async def test_ending_a_lesson_that_has_ended_says_so_and_changes_nothing(
     assert after is not None
     assert (after.end_reason, after.ended_at, after.end_requested_at) == ("student_ended", before.ended_at, None)
     assert unknown.status_code == 404
+
+
+async def test_ending_a_lesson_already_waiting_for_its_feedback_says_so_and_it_ends_as_it_was_going_to(
+        simulator_with: SimulatorWith, store_url: str, log_stream: io.StringIO) -> None:
+    # The feedback never comes: the lesson waits for it, ending on its own, while the teacher presses End lesson.
+    async with simulator_with(feedback_fault="never") as simulator, \
+            desk_app(simulator, store_url, log_stream, feedback_timeout_seconds=5) as desk:
+        state = desk.app.state
+        _, _, token = await personal_link(state)
+        async with lesson_under_way(desk.server, token) as (lesson, started):
+            lesson_id = started["lesson_id"]
+            await lesson.send_json({"type": "end"})
+            await lesson.until(lambda m: m["type"] == "status" and m["state"] == "feedback")
+            await state.records.flushed()
+            answer = await desk.submit(f"/teacher/lessons/{lesson_id}/end", {"back": "live"}, page="/teacher/live")
+            shown = await desk.client.get(answer.headers["location"])
+            await lesson.drain_until_closed()
+        row = await stored(state, lesson_id)
+    assert answer.headers["location"] == "/teacher/live?notice=lesson_ending_already"
+    assert NOTICES["lesson_ending_already"] in shown.text
+    # The student was not told that the teacher ended it: the lesson ended as they asked.
+    frames = [frame for frame in lesson.messages if isinstance(frame, dict)]
+    assert [frame for frame in frames if frame["type"] == "error"] == []
+    assert frames[-1] == {"type": "status", "state": "ended", "reason": "student_ended"}
+    assert row is not None
+    assert row.end_reason == "student_ended"
+    assert logged(log_stream, "lesson_withdrawn") == []
 
 
 async def test_the_api_ends_a_lesson_and_refuses_an_ended_or_unknown_one_or_no_token(

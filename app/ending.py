@@ -1,15 +1,24 @@
 """How a lesson ends, as the actions that end it, in the order the page must get them: the feedback (or
 word that there is none), the usage frame, `status` `ended`, then the close; with them the log lines and
-the records of the lesson's feedback and end."""
+the records of the lesson's feedback and end.
+
+`EndingLesson`, a base class of `LessonSession` (app/session.py) split out by concern as `ResumableLesson` is, holds
+the normal end: after a conversation the tutor's answer under way is cancelled and cut where the student stopped
+hearing it, the feedback is asked for, and the lesson ends once it comes (or does not). Like the machine it does no
+I/O and reads no clock; it works the machine's state through what `LessonSession` provides, declared below."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import abc
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from app import messages
-from app.actions import Action, Close, Log, ToBrowser
-from app.feedback import FeedbackUnavailable, ParsedFeedback
+from app import messages, protocol
+from app.actions import NO_ACTIONS, Action, Close, Log, ToBrowser, ToUpstream
+from app.feedback import ACTIVE_RESPONSE_CODE, FeedbackExchange, FeedbackUnavailable, ParsedFeedback
+from app.heard import TutorItems
+from app.lesson_config import LessonConfig
+from app.lesson_state import LessonState, Timer
 from app.recorder import LessonRecorder
 from app.usage import LessonUsage
 
@@ -56,3 +65,93 @@ def closing_actions(*, reason: str, close_code: int, duration_s: float, usage: L
         Close(close_code, reason),
     ]
     return actions
+
+
+class EndingLesson(abc.ABC):
+    """The lesson's normal end and its feedback; `LessonSession` is the lesson."""
+
+    # The machine's own state, kept by LessonSession, that the end reads and moves.
+    config: LessonConfig
+    state: LessonState
+    _deadlines: dict[Timer, float]
+    _recorder: LessonRecorder
+    _feedback: FeedbackExchange
+    _items: TutorItems
+    _active_response_id: str | None
+    # Why a lesson waiting for its feedback ends (student_ended, time_limit, idle, teacher_ended).
+    _ending_reason: str
+
+    # ---- what the machine provides -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _transition(self, new: LessonState) -> None: ...
+
+    @abc.abstractmethod
+    def _set_deadline(self, timer: Timer, at: float) -> None: ...
+
+    @abc.abstractmethod
+    def _next_event_id(self) -> str: ...
+
+    @abc.abstractmethod
+    def _cut_tutor_short(self, now: float, *, why: str, cancel: bool, truncate: bool) -> Sequence[Action]: ...
+
+    @abc.abstractmethod
+    def _finish(self, reason: str, close_code: int, now: float,
+                error: tuple[str, str] | None = None) -> Sequence[Action]: ...
+
+    # ---- the normal end and its feedback -----------------------------------------------------------
+
+    def _end_normally(self, reason: str, now: float) -> Sequence[Action]:
+        """The student's End, the time limit or idleness: after a conversation, the feedback is asked for first."""
+        if self.state is not LessonState.CONVERSING:
+            return self._finish(reason, 1000, now)
+        active = self._active_response_id
+        # One response at a time: the tutor's is cancelled, and the feedback asked for at its response.done.
+        cancelled = self._cancel_while_ending(active) if active is not None else ()
+        # The student stops hearing the tutor here: its turn is kept as heard, and its item truncated to that
+        # (after the cancel, as for a barge-in), so the feedback, which reads the conversation, sees only it.
+        cut = self._cut_tutor_short(now, why="tutor_cut_at_end", cancel=False, truncate=True)
+        self._transition(LessonState.FEEDBACK)
+        self._ending_reason = reason
+        self._deadlines.clear()
+        self._set_deadline(Timer.FEEDBACK, now + self.config.feedback_timeout_s)
+        actions: list[Action] = [
+            *cancelled,
+            *cut,
+            ToBrowser(messages.feedback_pending(timeout_s=self.config.feedback_timeout_s)),
+            # The microphone is no longer relayed; what the server holds of it must not become a turn.
+            ToUpstream(protocol.dumps(protocol.input_audio_clear(event_id=self._next_event_id()))),
+        ]
+        return actions if active is not None else (*actions, *self._ask_for_feedback(now))
+
+    def _ask_for_feedback(self, now: float) -> Sequence[Action]:
+        return (ToUpstream(self._feedback.request(self._next_event_id(), now)),
+                Log("info", "feedback_requested", {"ending": self._ending_reason}))
+
+    def _cancel_while_ending(self, response_id: str) -> Sequence[Action]:
+        self._items.dropped_responses.add(response_id)
+        return (ToUpstream(protocol.dumps(protocol.response_cancel(event_id=self._next_event_id(),
+                                                                   response_id=response_id))),
+                Log("info", "response_cancelled_for_feedback", {"response_id": response_id}))
+
+    def _on_response_created_while_ending(self, response: protocol.Response) -> Sequence[Action]:
+        if self._feedback.claims(response):
+            return (Log("debug", "feedback_created", {"response_id": response.id}),)
+        # A tutor turn the server started from audio it had before the end: nobody is listening any more.
+        return self._cancel_while_ending(response.id or "")
+
+    def _on_error_while_ending(self, error: protocol.ErrorDetail, fields: Mapping[str, Any],
+                               now: float) -> Sequence[Action]:
+        if error.event_id is None or error.event_id != self._feedback.request_id:
+            return NO_ACTIONS
+        if error.code == ACTIVE_RESPONSE_CODE and self._feedback.refused_while_busy():
+            # Asked again at the active response's response.done (which the server still sends).
+            return NO_ACTIONS
+        return self._end_with_feedback(FeedbackUnavailable("request_refused", fields), now)
+
+    def _end_with_feedback(self, outcome: ParsedFeedback | FeedbackUnavailable, now: float) -> Sequence[Action]:
+        """The page gets the feedback (or word that there is none) before `status` `ended`; the store keeps it."""
+        asked_at = self._feedback.asked_at
+        fields = {"ending": self._ending_reason, "waited_s": None if asked_at is None else round(now - asked_at, 3)}
+        return (*feedback_actions(outcome, recorder=self._recorder, fields=fields, now=now),
+                *self._finish(self._ending_reason, 1000, now))

@@ -31,8 +31,8 @@ from typing import Any, assert_never
 from app import messages, protocol
 from app.actions import NO_ACTIONS, Action, Close, Log, OpenUpstream, ToBrowser, ToUpstream
 from app.continuity import UNRETRYABLE_CODES, line_frame
-from app.ending import closing_actions, feedback_actions
-from app.feedback import ACTIVE_RESPONSE_CODE, FeedbackExchange, FeedbackUnavailable, ParsedFeedback
+from app.ending import EndingLesson, closing_actions
+from app.feedback import FeedbackExchange, FeedbackUnavailable
 from app.greeting import Greeting, failure_words, retry_wait_s
 from app.heard import TutorItems, heard_text
 from app.lesson_config import LessonConfig
@@ -56,13 +56,13 @@ _COST_LIMIT_WORDS = "This lesson has reached the most tutor time one lesson may 
 _UPSTREAM_LOST_WORDS = "The connection to the tutor was lost. Start the lesson again to continue."
 
 
-class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
+class LessonSession(EndingLesson, ResumableLesson, UpstreamEvents, PageInput):
     """One lesson's protocol state. Feed it events; carry out the actions it returns, in order.
 
-    Its base classes hold a concern each: how it outlives its sockets (the page away and back, the upstream
-    replaced, the hand-over) is `ResumableLesson` (app/resumable.py); how upstream events are read and routed,
-    and the conversation they carry relayed, is `UpstreamEvents` (app/upstream_events.py); what the page may
-    send is `PageInput` (app/page_input.py)."""
+    Its base classes hold a concern each: its normal end and feedback is `EndingLesson` (app/ending.py); how it
+    outlives its sockets (the page away and back, the upstream replaced, the hand-over) is `ResumableLesson`
+    (app/resumable.py); how upstream events are read and routed, and the conversation they carry relayed, is
+    `UpstreamEvents` (app/upstream_events.py); what the page may send is `PageInput` (app/page_input.py)."""
 
     # Every attribute of the machine and its base classes: over 30 in an instance dict would make it unshared,
     # 1.5 KiB a lesson. A name missing here still works, in a dict (a test keeps the list whole).
@@ -516,63 +516,6 @@ class LessonSession(ResumableLesson, UpstreamEvents, PageInput):
                 return self._roll_over_if_at_a_boundary(now)
             case _:
                 assert_never(timer)
-
-    # ---- the normal end and its feedback ---------------------------------------------------------
-
-    def _end_normally(self, reason: str, now: float) -> Sequence[Action]:
-        """The student's End, the time limit or idleness: after a conversation, the feedback is asked for first."""
-        if self.state is not LessonState.CONVERSING:
-            return self._finish(reason, 1000, now)
-        active = self._active_response_id
-        # One response at a time: the tutor's is cancelled, and the feedback asked for at its response.done.
-        cancelled = self._cancel_while_ending(active) if active is not None else ()
-        # The student stops hearing the tutor here: its turn is kept as heard, and its item truncated to that
-        # (after the cancel, as for a barge-in), so the feedback, which reads the conversation, sees only it.
-        cut = self._cut_tutor_short(now, why="tutor_cut_at_end", cancel=False, truncate=True)
-        self._transition(LessonState.FEEDBACK)
-        self._ending_reason = reason
-        self._deadlines.clear()
-        self._set_deadline(Timer.FEEDBACK, now + self.config.feedback_timeout_s)
-        actions: list[Action] = [
-            *cancelled,
-            *cut,
-            ToBrowser(messages.feedback_pending(timeout_s=self.config.feedback_timeout_s)),
-            # The microphone is no longer relayed; what the server holds of it must not become a turn.
-            ToUpstream(protocol.dumps(protocol.input_audio_clear(event_id=self._next_event_id()))),
-        ]
-        return actions if active is not None else (*actions, *self._ask_for_feedback(now))
-
-    def _ask_for_feedback(self, now: float) -> Sequence[Action]:
-        return (ToUpstream(self._feedback.request(self._next_event_id(), now)),
-                Log("info", "feedback_requested", {"ending": self._ending_reason}))
-
-    def _cancel_while_ending(self, response_id: str) -> Sequence[Action]:
-        self._items.dropped_responses.add(response_id)
-        return (ToUpstream(protocol.dumps(protocol.response_cancel(event_id=self._next_event_id(),
-                                                                   response_id=response_id))),
-                Log("info", "response_cancelled_for_feedback", {"response_id": response_id}))
-
-    def _on_response_created_while_ending(self, response: protocol.Response) -> Sequence[Action]:
-        if self._feedback.claims(response):
-            return (Log("debug", "feedback_created", {"response_id": response.id}),)
-        # A tutor turn the server started from audio it had before the end: nobody is listening any more.
-        return self._cancel_while_ending(response.id or "")
-
-    def _on_error_while_ending(self, error: protocol.ErrorDetail, fields: Mapping[str, Any],
-                               now: float) -> Sequence[Action]:
-        if error.event_id is None or error.event_id != self._feedback.request_id:
-            return NO_ACTIONS
-        if error.code == ACTIVE_RESPONSE_CODE and self._feedback.refused_while_busy():
-            # Asked again at the active response's response.done (which the server still sends).
-            return NO_ACTIONS
-        return self._end_with_feedback(FeedbackUnavailable("request_refused", fields), now)
-
-    def _end_with_feedback(self, outcome: ParsedFeedback | FeedbackUnavailable, now: float) -> Sequence[Action]:
-        """The page gets the feedback (or word that there is none) before `status` `ended`; the store keeps it."""
-        asked_at = self._feedback.asked_at
-        fields = {"ending": self._ending_reason, "waited_s": None if asked_at is None else round(now - asked_at, 3)}
-        return (*feedback_actions(outcome, recorder=self._recorder, fields=fields, now=now),
-                *self._finish(self._ending_reason, 1000, now))
 
     # ---- helpers ---------------------------------------------------------------------------------
 

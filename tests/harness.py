@@ -415,7 +415,8 @@ async def until_lesson_stored(database: str, lesson_id: str,
     instance writes its records within a moment, and one killed after that loses none of them."""
     engine = create_engine(database_url(database))
     try:
-        async with asyncio.timeout(10):
+        # Bounded well past the writer's linger: a loaded machine (a full run beside PostgreSQL) writes late.
+        async with asyncio.timeout(30):
             while True:
                 async with session_factory(engine)() as session:
                     row = await session.get(Lesson, lesson_id)

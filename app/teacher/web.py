@@ -52,9 +52,10 @@ NOTICES = {
     "deleted": "Student and all their records deleted; a lesson of theirs under way ends within seconds.",
     "link_created": "New lesson link made.",
     "link_revoked": "Lesson link revoked: it no longer opens a lesson, and a lesson under way ends within seconds.",
-    "lesson_ended": "Lesson ended: the student was told that you ended it, and gets the lesson's feedback.",
+    "lesson_ended": ("Lesson ended: the student was told that you ended it, and gets the lesson's feedback if the "
+                     "tutor had greeted them."),
     "lesson_ending": "Lesson ending: the server running it ends it within seconds; the student is told that you ended "
-                     "it, and gets the lesson's feedback.",
+                     "it, and gets the lesson's feedback if the tutor had greeted them.",
     "lesson_ending_already": "This lesson was already ending (the student pressed End, or its time was up): it ends "
                              "with its feedback as it was going to.",
     "lesson_ended_moving": "Lesson ended: it was moving to another server, and will not go on there.",

@@ -468,31 +468,36 @@ async def test_a_redeploy_hands_the_lesson_to_the_instance_that_answers_which_go
     assert pytest.approx(row.duration_s, abs=1) == (row.ended_at - row.started_at).total_seconds()
 
 
+async def a_lesson_handed_off_with(server: AppServer, lesson_id: str, turns: list[dict[str, Any]]) -> str:
+    """What an instance that drained leaves in the store: lesson `lesson_id` handed off with `turns` (Turn fields
+    but its lesson and times); its resume token, for Ana at A2."""
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{server.base_url}/healthz")).status_code == 200  # started: its store migrated
+    now = datetime.now(UTC)
+    async with server.app.state.db.begin() as session:
+        session.add(Lesson(id=lesson_id, level="A2", started_at=now - timedelta(minutes=1), model="m",
+                           simulated=True, ended_at=now, end_reason="handed_off", instance_id="gone"))
+        await session.flush()
+        session.add_all([Turn(lesson_id=lesson_id, seq=seq, started_at=now, ended_at=now, **turn)
+                         for seq, turn in enumerate(turns, start=1)])
+    claim = ResumeClaim(lesson_id=lesson_id, name="Ana", level="A2", support=None, topic=None,
+                        expires_at=int(now.timestamp()) + 3600)
+    return make_resume_token(server.app.state.link_secret, claim)
+
+
 async def test_a_reply_cut_before_a_hand_over_is_taken_over_as_the_student_heard_it_marked_and_told_so(
     simulator: RealtimeSimulator, log_stream: io.StringIO, tmp_path: Path
 ) -> None:
     database = f"sqlite:///{tmp_path / 'lessons.db'}"
     said = "Pizza is great. Do you make it at home, or do you buy it in a shop near you?"
     async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as new:
-        async with httpx.AsyncClient() as http:
-            assert (await http.get(f"{new.base_url}/healthz")).status_code == 200  # started: its store migrated
-        # What an instance that drained mid-reply leaves: the reply kept whole, with the words the student heard.
-        now = datetime.now(UTC)
-        async with new.app.state.db.begin() as session:
-            session.add(Lesson(id="cutlesson01", level="A2", started_at=now - timedelta(minutes=5), model="m",
-                               simulated=True, ended_at=now, end_reason="handed_off", instance_id="gone"))
-            await session.flush()
-            session.add_all([
-                Turn(lesson_id="cutlesson01", seq=1, role="tutor", text="Hello Ana! What food do you like?",
-                     started_at=now, ended_at=now),
-                Turn(lesson_id="cutlesson01", seq=2, role="student", text="I like pizza.", started_at=now,
-                     ended_at=now),
-                Turn(lesson_id="cutlesson01", seq=3, role="tutor", text=said, started_at=now, ended_at=now,
-                     interrupted=True, heard_ms=1500, heard_text="Pizza is great. Do you make"),
-            ])
-        claim = ResumeClaim(lesson_id="cutlesson01", name="Ana", level="A2", support=None, topic=None,
-                            expires_at=int(now.timestamp()) + 3600)
-        token = make_resume_token(new.app.state.link_secret, claim)
+        # Drained mid-reply: the reply kept whole, with the words the student heard.
+        token = await a_lesson_handed_off_with(new, "cutlesson01", [
+            {"role": "tutor", "text": "Hello Ana! What food do you like?"},
+            {"role": "student", "text": "I like pizza."},
+            {"role": "tutor", "text": said, "interrupted": True, "heard_ms": 1500,
+             "heard_text": "Pizza is great. Do you make"},
+        ])
         async with open_lesson(resume_url(new, token, replay=True)) as back:
             await until_status(back, "listening")
     renewed = simulator.connections[-1]
@@ -509,19 +514,10 @@ async def test_a_greeting_a_hand_over_cut_before_it_was_heard_is_given_again_on_
 ) -> None:
     database = f"sqlite:///{tmp_path / 'lessons.db'}"
     async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as new:
-        async with httpx.AsyncClient() as http:
-            assert (await http.get(f"{new.base_url}/healthz")).status_code == 200  # started: its store migrated
-        # What an instance that drained just as the greeting began leaves: the greeting cut, nothing of it heard.
-        now = datetime.now(UTC)
-        async with new.app.state.db.begin() as session:
-            session.add(Lesson(id="cutgreeting", level="A2", started_at=now - timedelta(seconds=5), model="m",
-                               simulated=True, ended_at=now, end_reason="handed_off", instance_id="gone"))
-            await session.flush()
-            session.add(Turn(lesson_id="cutgreeting", seq=1, role="tutor", text="Hello Ana! How", started_at=now,
-                             ended_at=now, interrupted=True, heard_ms=0, heard_text=""))
-        claim = ResumeClaim(lesson_id="cutgreeting", name="Ana", level="A2", support=None, topic=None,
-                            expires_at=int(now.timestamp()) + 3600)
-        token = make_resume_token(new.app.state.link_secret, claim)
+        # Drained just as the greeting began: the greeting cut, nothing of it heard.
+        token = await a_lesson_handed_off_with(new, "cutgreeting", [
+            {"role": "tutor", "text": "Hello Ana! How", "interrupted": True, "heard_ms": 0, "heard_text": ""},
+        ])
         async with open_lesson(resume_url(new, token)) as back:
             first = await back.until(lambda m: m["type"] == "status" and m["state"] in ("greeting", "listening"))
             assert first["state"] == "greeting"  # not straight to listening, as if the greeting had been heard

@@ -97,7 +97,8 @@ def test_teacher_adds_a_student_whose_lesson_shows_on_the_desk(
             # reload until the lesson's end is there too.
             def lesson_ended_on_desk() -> bool:
                 desk.reload()
-                return "Still open." not in desk.locator(".facts").inner_text()
+                facts = desk.locator(".facts").inner_text()
+                return "Ended because" in facts and "Still open." not in facts
 
             wait_for(lesson_ended_on_desk, timeout=30, what="the lesson's end on its page")
             # The title gives the lesson's start as its heading does, in the teacher's own zone.

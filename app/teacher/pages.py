@@ -123,8 +123,7 @@ async def lesson_page(request: Request, teacher: Teacher, lesson_id: str) -> Res
         lesson = await queries.get_lesson(db, lesson_id)
         if lesson is None:
             raise not_found("lesson")
-        under_way = await queries.is_under_way(
-            db, lesson_id, now=now, timing=request.app.state.instance_timing)
+        under_way = await queries.is_under_way(db, lesson, now=now, timing=request.app.state.instance_timing)
         return render(request, "lesson.html", teacher, {
             "section": "students", "lesson": lesson, "usage_fields": exports.USAGE_FIELDS,
             "under_way": under_way, "now": now,

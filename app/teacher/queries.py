@@ -342,10 +342,15 @@ async def lessons_under_way(db: AsyncSession, *, now: datetime, timing: Instance
             for lesson, name, link in (await db.execute(query)).all()]
 
 
-async def is_under_way(db: AsyncSession, lesson_id: str, *, now: datetime, timing: InstanceTiming) -> bool:
-    query = (select(Lesson.id).outerjoin(Instance, Instance.id == Lesson.instance_id)
-             .where(Lesson.id == lesson_id, _under_way(now, timing)))
-    return (await db.execute(query)).first() is not None
+async def is_under_way(db: AsyncSession, lesson: Lesson, *, now: datetime, timing: InstanceTiming) -> bool:
+    """Whether `lesson`, as read, is under way (`_under_way`): judged on that row, so that an end written since
+    cannot leave it neither under way nor ended; only its instance's liveness is read."""
+    if lesson.ended_at is not None:
+        return lesson.end_reason == HANDED_OFF and lesson.ended_at >= now - timedelta(seconds=timing.resume_grace_s)
+    if lesson.instance_id is None:
+        return False
+    seen_at = await db.scalar(select(Instance.seen_at).where(Instance.id == lesson.instance_id))
+    return seen_at is not None and seen_at >= now - timedelta(seconds=timing.lost_after_s)
 
 
 EndRequest = Literal["requested", "ended", "already_ended"]

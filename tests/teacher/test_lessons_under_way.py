@@ -20,6 +20,7 @@ from app.main import drain_lessons
 from app.outcomes import END_REASONS, NOT_FAILURES
 from app.simulator import RealtimeSimulator
 from app.store.models import Instance, Lesson, new_id
+from app.teacher.queries import is_under_way
 from app.teacher.web import NOTICES
 from app.withdrawal import Withdrawal
 
@@ -282,3 +283,30 @@ async def test_a_lesson_moving_after_a_restart_ended_on_the_desk_is_not_taken_ov
     assert row is not None
     assert row.end_reason == "teacher_ended"
     assert len(simulator.connections) == 1  # no session was opened for the refused resume
+
+
+async def test_a_lesson_read_open_is_judged_under_way_on_that_row_even_when_its_end_is_written_after(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        now = datetime.now(UTC)
+        lesson_id, lost_instance = new_id(), new_id()
+        async with state.db.begin() as session:
+            await session.execute(insert(Instance).values(id=lost_instance, started_at=now - timedelta(hours=1),
+                                                          seen_at=now - timedelta(minutes=5)))
+            common = {"level": "B1", "model": "m", "simulated": True, "started_at": now - timedelta(minutes=2)}
+            await session.execute(insert(Lesson), [common | {"id": lesson_id, "instance_id": state.instance_id},
+                                                   common | {"id": "oflostone", "instance_id": lost_instance}])
+        async with state.db() as session:
+            read_open = await session.get(Lesson, lesson_id)
+            of_lost_instance = await session.get(Lesson, "oflostone")
+            # Its end is written by the instance running it, between the desk's two reads.
+            async with state.db.begin() as writer:
+                ended = await writer.get(Lesson, lesson_id)
+                assert ended is not None
+                ended.ended_at, ended.end_reason = now, "student_ended"
+            timing = state.instance_timing
+            assert read_open is not None
+            assert of_lost_instance is not None
+            assert await is_under_way(session, read_open, now=now, timing=timing)
+            assert not await is_under_way(session, of_lost_instance, now=now, timing=timing)

@@ -175,7 +175,7 @@ def test_a_form_sent_back_with_errors_puts_the_focus_on_its_first_invalid_field(
         try:
             teacher = LessonPage.open(browser, f"{stack.url}/teacher")
             desk = teacher.page
-            desk.keyboard.type(PASSWORD)
+            desk.get_by_label("Password").fill(PASSWORD)
             desk.keyboard.press("Enter")
 
             # Add a student, by keyboard: a name the tutor cannot say is sent back with the focus on Name.

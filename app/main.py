@@ -38,7 +38,7 @@ from app.routes import Upstream, router
 from app.security_headers import SecurityHeaders, server_error
 from app.settings import Settings, load_settings
 from app.simulator import RealtimeSimulator
-from app.startup_warnings import warn_about_settings
+from app.startup_warnings import log_settings_at_start
 from app.store.runtime import open_store
 from app.teacher import install as install_teacher_desk
 from app.transport import TransportLimits, protocol_options
@@ -58,14 +58,15 @@ log = structlog.get_logger("lesson_relay")
 
 def create_app(
     settings: Settings | None = None, *, log_stream: TextIO | None = None, places: Places | None = None,
-    record_sink: RecordSink | None = None, metrics_dir: str | None = None, warn_about_settings_at_start: bool = True,
+    record_sink: RecordSink | None = None, metrics_dir: str | None = None, logs_settings_at_start: bool = True,
 ) -> FastAPI:
     """The application for `settings` (read from the environment when omitted), logging to `log_stream`.
 
     `places` counts the replica's lesson places, and `metrics_dir` holds its metrics; by default this
     process is the whole replica. Lessons hand their records to `record_sink`, by default the store's
-    writer (the bench's baseline passes one that discards). The settings' start warnings are logged once per
-    replica: by this app unless `warn_about_settings_at_start` is False (a worker: its supervisor logs them).
+    writer (the bench's baseline passes one that discards). The upstream and the settings' start warnings
+    are logged once per replica: by this app unless `logs_settings_at_start` is False (a worker: its
+    supervisor logs them).
     """
     settings = settings or load_settings()
 
@@ -88,11 +89,9 @@ def create_app(
             assert settings.openai_api_key is not None
             app.state.upstream = Upstream(url=str(settings.openai_realtime_url),
                                           api_key=settings.openai_api_key.get_secret_value())
-            log.info("upstream_configured", url=str(settings.openai_realtime_url),
-                     model=settings.openai_realtime_model, voice=settings.openai_realtime_voice)
-        if warn_about_settings_at_start:
-            warn_about_settings(settings,
-                                shutdown_worst_case_s=shutdown_worst_case_seconds(settings.shutdown_grace_seconds))
+        if logs_settings_at_start:
+            log_settings_at_start(settings,
+                                  shutdown_worst_case_s=shutdown_worst_case_seconds(settings.shutdown_grace_seconds))
         loop_lag = LoopLagProbe(app.state.metrics.loop_lag_seconds.observe)
         loop_lag.start()
         link_check = asyncio.create_task(

@@ -41,7 +41,7 @@ from app.errors import OverCapacity
 from app.logging import configure_logging
 from app.main import DrainingServer, create_app, exit_cleanly, server_config, shutdown_worst_case_seconds
 from app.settings import Settings, load_settings
-from app.startup_warnings import warn_about_settings
+from app.startup_warnings import log_settings_at_start
 
 log = structlog.get_logger("lesson_relay")
 # Past a worker's own exit deadline, before it is killed.
@@ -216,8 +216,8 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
         # Once for the replica, here: the workers (and any worker that replaces one) do not log them.
-        warn_about_settings(self.settings,
-                            shutdown_worst_case_s=shutdown_worst_case_seconds(self.settings.shutdown_grace_seconds))
+        log_settings_at_start(self.settings,
+                              shutdown_worst_case_s=shutdown_worst_case_seconds(self.settings.shutdown_grace_seconds))
         for worker in self.workers:
             await self._start(worker)
         log.info("replica_started", workers=len(self.workers), port=self.settings.port,
@@ -282,7 +282,7 @@ def run_worker(index: int, listener: socket.socket, channel: socket.socket, metr
     settings = load_settings()
     structlog.contextvars.bind_contextvars(worker=index, pid=os.getpid())
     app = create_app(settings, places=SupervisorPlaces(channel), metrics_dir=metrics_dir,
-                     warn_about_settings_at_start=False)
+                     logs_settings_at_start=False)
     # uvicorn drains on either signal, then raises it again for these handlers: exit 0 after a clean drain.
     # (Ctrl+C in a terminal reaches the workers directly as well as through the supervisor.)
     signal.signal(signal.SIGINT, exit_cleanly)

@@ -1,4 +1,5 @@
-"""Warnings logged at start about settings that work but leave something open or undercut another setting.
+"""What is logged once per replica at start: which upstream the lessons use, and a warning for each setting that
+works but leaves something open or undercuts another setting.
 
 A setting that cannot work stops the start (`app.settings`); these start, and say once what the operator
 would want to know before it matters.
@@ -17,14 +18,16 @@ log = structlog.get_logger("lesson_relay")
 RAILWAY_DRAINING_SECONDS = 20
 
 
-def warn_about_settings(settings: Settings, *, shutdown_worst_case_s: float) -> None:
-    """Log one warning for each risky combination of `settings`; the process exits at most
-    `shutdown_worst_case_s` after SIGTERM."""
+def log_settings_at_start(settings: Settings, *, shutdown_worst_case_s: float) -> None:
+    """Log the upstream the lessons use and one warning for each risky combination of `settings`; the process
+    exits at most `shutdown_worst_case_s` after SIGTERM."""
     if settings.simulated:
         # Each worker starts its own simulator, and logs its address (simulator_started).
         log.warning("simulator_mode", message="OPENAI_API_KEY is not set: lessons use the built-in "
                     "Realtime simulator, not OpenAI")
     else:
+        log.info("upstream_configured", url=str(settings.openai_realtime_url),
+                 model=settings.openai_realtime_model, voice=settings.openai_realtime_voice)
         if settings.lesson_secret is None:
             # A paid key with no links: anyone who can reach the server spends it.
             log.warning("lessons_open_to_anyone", message="OPENAI_API_KEY is set but LESSON_SECRET is not: "

@@ -179,11 +179,12 @@ async def test_two_workers_hold_max_sessions_for_the_replica_and_drain_on_sigter
 
 @pytest.mark.parametrize(("upstream", "warnings"), [
     # A real key without LESSON_SECRET or METRICS_TOKEN, and FORWARDED_ALLOW_IPS=*.
-    ({}, ("lessons_open_to_anyone", "metrics_open_to_anyone", "client_address_chosen_by_client")),
+    ({}, ("upstream_configured", "lessons_open_to_anyone", "metrics_open_to_anyone",
+          "client_address_chosen_by_client")),
     # No key: each worker starts its own simulator.
     ({"OPENAI_API_KEY": None, "OPENAI_REALTIME_URL": None}, ("simulator_mode", "client_address_chosen_by_client")),
 ])
-async def test_two_workers_log_each_start_warning_once_for_the_replica(
+async def test_two_workers_log_the_upstream_and_each_start_warning_once_for_the_replica(
     simulator: RealtimeSimulator, tmp_path: Path, upstream: dict[str, str | None], warnings: tuple[str, ...]
 ) -> None:
     async with app_process(simulator.url, f"sqlite:///{tmp_path / 'lessons.db'}", WEB_CONCURRENCY="2",

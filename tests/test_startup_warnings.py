@@ -13,7 +13,7 @@ from harness import logged, relay_settings, serve_app
 from app.main import shutdown_worst_case_seconds
 from app.settings import Settings
 from app.simulator import RealtimeSimulator
-from app.startup_warnings import RAILWAY_DRAINING_SECONDS, warn_about_settings
+from app.startup_warnings import RAILWAY_DRAINING_SECONDS, log_settings_at_start
 
 TOKEN = "metrics-test-token-not-a-secret"
 
@@ -42,7 +42,7 @@ async def test_the_simulator_without_metrics_token_does_not_warn(log_stream: io.
 def warnings_for(settings: Settings, event: str) -> list[MutableMapping[str, Any]]:
     """The `event` lines `python -m app` logs at start for `settings`."""
     with structlog.testing.capture_logs() as captured:
-        warn_about_settings(settings,
+        log_settings_at_start(settings,
                             shutdown_worst_case_s=shutdown_worst_case_seconds(settings.shutdown_grace_seconds))
     return [line for line in captured if line["event"] == event]
 

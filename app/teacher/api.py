@@ -1,10 +1,11 @@
-"""The JSON API (docs/api.md): the desk's records for scripts, behind `Authorization: Bearer <TEACHER_PASSWORD>`.
+"""The JSON API (docs/api.md): the desk's records for scripts, behind `Authorization: Bearer <token>`, the token
+being the API token the desk shows (never counted against the address) or `TEACHER_PASSWORD` (counted).
 
 Every answer is JSON; every refusal is `{"error": …}` with its status (and `"field"` for a bad body):
 401 without the right token, 404 for an unknown id, 413 for a body over the limit (refused before it is
-parsed), 422 for a body that is not the JSON object asked for, 429 after repeated wrong tokens, 503
-while TEACHER_PASSWORD is unset or while the store cannot count a token's attempt. A refused request
-writes nothing.
+parsed), 422 for a body that is not the JSON object asked for, 429 after repeated wrong tokens (never for
+the API token), 503 while TEACHER_PASSWORD is unset or while the store cannot count a token's attempt. A
+refused request writes nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class ApiError(Exception):
 
 
 async def api_teacher(request: Request) -> None:
-    """Let the request through with the right Bearer token; `ApiError` 401/429/503 otherwise."""
+    """Let the request through with the API token or the password as its Bearer token; `ApiError` 401/429/503
+    otherwise. The API token passes at once; anything else is counted as a password attempt."""
     auth: TeacherAuth | None = request.app.state.teacher_auth
     if auth is None:
         raise ApiError(503, "the teacher API is off: set TEACHER_PASSWORD to turn it on")
@@ -56,6 +58,8 @@ async def api_teacher(request: Request) -> None:
     if token is None:
         log.warning("teacher_api_refused", client=client, reason="no token")
         raise _token_required()
+    if auth.api_token_matches(token):
+        return
     limiter: SignInLimiter = request.app.state.sign_in_limiter
     try:
         attempt = await limiter.attempt(request.app.state.db, client, datetime.now(UTC))
@@ -72,7 +76,8 @@ async def api_teacher(request: Request) -> None:
 
 
 def _token_required() -> ApiError:
-    return ApiError(401, "an Authorization: Bearer <TEACHER_PASSWORD> header is required",
+    return ApiError(401, "an Authorization: Bearer <API token> header is required (the desk's API page shows the "
+                         "token)",
                     headers={"WWW-Authenticate": "Bearer"})
 
 

@@ -1,4 +1,5 @@
-"""Who is the teacher: the password, the desk's session cookie and its CSRF token, the known-browser cookie.
+"""Who is the teacher: the password, the desk's session cookie and its CSRF token, the known-browser cookie, the
+API token.
 
 Invariants: the password is compared in constant time and never logged or echoed; the cookies are
 HMAC-signed with keys derived from the password (changing `TEACHER_PASSWORD` signs every desk out and makes
@@ -6,7 +7,9 @@ every browser unknown again); a signed-in session's cookie names its row in the 
 (desk_sessions.py); every form the desk serves carries the session's CSRF token and every POST is checked
 against it before anything is read from the form or written. Wrong passwords (form or Bearer token) are
 counted, and refused for a while once too many, before the password is even compared (sign_in_limit.py): a
-browser that signed in before is counted by itself, the others by their address.
+browser that signed in before is counted by itself, the others by their address. The API token is derived from
+the password too, and is as long as a key: nobody guesses it, so it is never counted nor held up by others'
+wrong guesses, and scripts that use it keep working whatever is typed at their address.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ KNOWN_BROWSER_COOKIE = "teacher_browser"
 KNOWN_BROWSER_MAX_AGE_S = 183 * 86400
 _SESSION_KEY_LABEL = b"lesson-relay teacher desk session v2"
 _KNOWN_BROWSER_KEY_LABEL = b"lesson-relay teacher desk known browser v1"
+_API_TOKEN_LABEL = b"lesson-relay teacher api token v1"
+# Says what the token is where it is pasted (a script, a secret store); it adds nothing to its strength.
+API_TOKEN_PREFIX = "lrt_"
 
 
 @dataclass(frozen=True)
@@ -70,9 +76,14 @@ class TeacherAuth:
         self._cookie_key = hmac.new(secret, _SESSION_KEY_LABEL, hashlib.sha256).digest()
         # A key of its own, so neither cookie can pass for the other.
         self._known_browser_key = hmac.new(secret, _KNOWN_BROWSER_KEY_LABEL, hashlib.sha256).digest()
+        self.api_token = API_TOKEN_PREFIX + _b64(hmac.new(secret, _API_TOKEN_LABEL, hashlib.sha256).digest())
+        self._api_token_digest = hashlib.sha256(self.api_token.encode()).digest()
 
     def password_matches(self, candidate: str) -> bool:
         return hmac.compare_digest(hashlib.sha256(candidate.encode()).digest(), self._password_digest)
+
+    def api_token_matches(self, candidate: str) -> bool:
+        return hmac.compare_digest(hashlib.sha256(candidate.encode()).digest(), self._api_token_digest)
 
     def encode(self, session: DeskSession) -> str:
         """The cookie value for `session`: `base64url(payload).base64url(hmac)`."""

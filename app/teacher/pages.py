@@ -1,5 +1,5 @@
-"""The desk's pages (GET): students, the lessons under way, one student, one lesson, failures by day, and the
-exports.
+"""The desk's pages (GET): students, the lessons under way, one student, one lesson, failures by day, the
+exports, and the API token for scripts.
 
 Every page needs a signed-in teacher (`Teacher`); an unknown id is a 404 page. Pages only read.
 """
@@ -20,7 +20,7 @@ from app.prompts import memory_section
 from app.store.models import Lesson
 from app.students import LessonStudent
 from app.teacher import exports, queries
-from app.teacher.web import DESK_PATH, DeskError, Teacher, database, link_view, render
+from app.teacher.web import DESK_PATH, DeskError, Teacher, database, link_view, public_base_url, render, teacher_auth
 
 router = APIRouter()
 
@@ -142,6 +142,14 @@ async def failures_page(request: Request, teacher: Teacher, days: int = 30) -> R
             "section": "failures", "days": days, "windows": FAILURE_WINDOWS_DAYS, "failure_days": failure_days,
             "kinds": sorted({kind for day in failure_days for kind in day.by_kind}),
         })
+
+
+@router.get(f"{DESK_PATH}/api", response_class=HTMLResponse)
+async def api_page(request: Request, teacher: Teacher) -> Response:
+    """The API token for the teacher's scripts, and how to use it (docs/api.md)."""
+    return render(request, "api.html", teacher, {
+        "section": "api", "api_token": teacher_auth(request).api_token,
+        "api_url": public_base_url(request).rstrip("/") + "/api/students"})
 
 
 @router.get(f"{DESK_PATH}/lessons/{{lesson_id}}/export")

@@ -179,12 +179,17 @@ def lesson_link_url(request: Request, link: Link) -> str:
     Starlette takes the request's address from a Host header only when it is a valid host; the pages
     show the URL autoescaped all the same.
     """
-    settings: Settings = request.app.state.settings
-    base = str(settings.public_url) if settings.public_url else str(request.base_url)
+    base = public_base_url(request)
     expires_at = int(link.expires_at.timestamp()) if link.expires_at is not None else None
     token = make_lesson_token(request.app.state.link_secret, student_id=link.student_id, link_id=link.id,
                               expires_at=expires_at)
     return lesson_url(base, token)
+
+
+def public_base_url(request: Request) -> str:
+    """PUBLIC_URL when set, else the address this request came to."""
+    settings: Settings = request.app.state.settings
+    return str(settings.public_url) if settings.public_url else str(request.base_url)
 
 
 def link_view(request: Request, link: Link) -> LinkView:

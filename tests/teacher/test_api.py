@@ -148,6 +148,51 @@ async def test_repeated_wrong_tokens_are_429_even_with_the_right_one_after(api: 
     assert int(locked.headers["retry-after"]) > 0
 
 
+async def api_token_shown_on_the_desk(desk: Desk) -> str:
+    page = await desk.client.get("/teacher/api")
+    assert page.status_code == 200, page.text
+    assert page.headers["cache-control"] == "no-store"
+    match = re.search(r'id="api-token"[^>]* value="([^"]+)"', page.text)
+    assert match, page.text
+    return match.group(1)
+
+
+async def test_the_desks_api_token_is_never_held_up_by_wrong_passwords_from_its_address(desk_on: Desk) -> None:
+    token = await api_token_shown_on_the_desk(desk_on)
+    desk_on.client.cookies.clear()
+    for _ in range(desk_on.app.state.sign_in_limiter.max_failures):
+        wrong = await desk_on.client.get("/api/students", headers={"Authorization": "Bearer guess-guess"})
+        assert wrong.status_code == 401
+    assert (await desk_on.client.get("/api/students", headers=BEARER)).status_code == 429
+
+    created = await desk_on.client.post("/api/students", json={"name": "Ana", "level": "A1"},
+                                        headers={"Authorization": f"Bearer {token}"})
+
+    assert created.status_code == 201, created.text
+    assert await count(desk_on.app, Student) == 1
+    assert token not in desk_on.log.getvalue()
+
+
+async def test_the_api_token_is_the_passwords_and_changes_with_it(log_stream: io.StringIO) -> None:
+    async with serve_desk(log_stream) as desk:
+        await desk.sign_in()
+        token = await api_token_shown_on_the_desk(desk)
+        assert token.startswith("lrt_")
+        assert PASSWORD not in token
+        assert (await desk.client.get("/api/students", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+    async with serve_desk(log_stream, teacher_password="another-desk-password-not-real") as desk:
+        refused = await desk.client.get("/api/students", headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 401
+        await desk.sign_in("another-desk-password-not-real")
+        assert await api_token_shown_on_the_desk(desk) != token
+
+
+async def test_the_api_page_needs_a_signed_in_teacher(desk: Desk) -> None:
+    page = await desk.client.get("/teacher/api")
+    assert page.status_code == 303
+    assert page.headers["location"].startswith("/teacher/signin")
+
+
 async def test_the_api_is_off_without_a_password(log_stream: io.StringIO) -> None:
     async with serve_desk(log_stream, teacher_password=None) as desk:
         refused = await desk.client.get("/api/students", headers=BEARER)

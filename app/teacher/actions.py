@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.logging import quoted
 from app.messages import MAX_NAME_LENGTH
 from app.teacher import queries
-from app.teacher.inputs import InvalidInput, LevelChange, NewLink, NewStudent, validate, whole_number
+from app.teacher.inputs import MAX_LINK_DAYS, InvalidInput, LevelChange, NewLink, NewStudent, validate, whole_number
 from app.teacher.pages import STUDENTS_PER_PAGE, not_found, student_context, students_context
 from app.teacher.web import (
     DESK_PATH,
@@ -39,7 +39,6 @@ from app.withdrawal import Withdrawal
 router = APIRouter()
 log = structlog.get_logger("lesson_relay")
 
-MAX_LINK_DAYS = 365
 # Past any feedback list's length: such an entry is one that changed since the page was shown.
 _MAX_FEEDBACK_INDEX = 999
 

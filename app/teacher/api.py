@@ -10,22 +10,33 @@ refused request writes nothing.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, TypeVar
 
 import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
+from app.store.models import Link
 from app.teacher import exports, queries
 from app.teacher.auth import TeacherAuth, bearer_token
-from app.teacher.inputs import BodyTooLarge, InvalidInput, NewStudent, read_json_object, validate
+from app.teacher.inputs import (
+    ApiNewLink,
+    BodyTooLarge,
+    InvalidInput,
+    NewStudent,
+    StudentChange,
+    read_json_object,
+    validate,
+)
 from app.teacher.pages import ExportFormat, export_response
 from app.teacher.sign_in_limit import SignInLimiter, SignInUnavailable
 from app.teacher.web import client_address, database, end_lesson_here, end_withdrawn_here, lesson_link_url
 from app.withdrawal import Withdrawal
 
 router = APIRouter(prefix="/api")
+Model = TypeVar("Model", bound=BaseModel)
 log = structlog.get_logger("lesson_relay")
 
 
@@ -97,13 +108,31 @@ def _not_found(what: str, identifier: str) -> ApiError:
     return ApiError(404, f"no {what} with id {identifier!r}")
 
 
-@router.post("/students", status_code=201)
-async def create_student(request: Request, _: Authorized) -> JSONResponse:
+def _link_json(request: Request, link: Link) -> dict[str, Any]:
+    return {
+        "id": link.id,
+        "url": lesson_link_url(request, link),
+        "created_at": exports.iso(link.created_at),
+        "expires_at": exports.iso(link.expires_at),
+        "revoked_at": exports.iso(link.revoked_at),
+        "topic": link.topic,
+        "support_language": link.support_language,
+    }
+
+
+async def _valid_body(request: Request, model: type[Model]) -> Model:
+    """The request's JSON body as `model`: 413 or 422 naming the field otherwise."""
     body = await _json_body(request)
     try:
-        new = validate(NewStudent, body)
+        return validate(model, body)
     except InvalidInput as exc:
-        raise ApiError(422, f"{exc.field} {exc.problem}", field=exc.field) from None
+        problem = exc.problem if exc.field == "body" else f"{exc.field} {exc.problem}"
+        raise ApiError(422, problem, field=exc.field) from None
+
+
+@router.post("/students", status_code=201)
+async def create_student(request: Request, _: Authorized) -> JSONResponse:
+    new = await _valid_body(request, NewStudent)
     async with database(request) as db:
         student = await queries.add_student(db, name=new.name, level=new.level, target_language=new.target_language)
         link = await queries.create_link(db, student.id, expires_at=None)
@@ -126,6 +155,67 @@ async def list_students(request: Request, _: Authorized) -> JSONResponse:
         }
         for summary in summaries
     ]})
+
+
+@router.patch("/students/{student_id}")
+async def change_student(request: Request, _: Authorized, student_id: str) -> JSONResponse:
+    """Change the student's level, archive them (ending their lesson under way, as the desk does) or restore them."""
+    change = await _valid_body(request, StudentChange)
+    async with database(request) as db:
+        student = await queries.get_student(db, student_id)
+        if student is None:
+            raise _not_found("student", student_id)
+        if change.level is not None:
+            student.level = change.level
+        archiving = change.archived is True and student.archived_at is None
+        if archiving:
+            student.archived_at = datetime.now(UTC)
+        elif change.archived is False:
+            student.archived_at = None
+        changed = exports.student_json(student)
+    log.info("teacher_student_changed", student_id=student_id, level=change.level, archived=change.archived,
+             via="api")
+    if archiving:
+        end_withdrawn_here(request, Withdrawal.STUDENT_REMOVED, student_id=student_id)
+    return JSONResponse(changed)
+
+
+@router.get("/students/{student_id}/links")
+async def list_links(request: Request, _: Authorized, student_id: str) -> JSONResponse:
+    """The student's links that still open a lesson, newest first."""
+    async with database(request) as db:
+        if await queries.get_student(db, student_id) is None:
+            raise _not_found("student", student_id)
+        links = await queries.active_links(db, student_id, now=datetime.now(UTC))
+        return JSONResponse({"links": [_link_json(request, link) for link in links]})
+
+
+@router.post("/students/{student_id}/links", status_code=201)
+async def make_link(request: Request, _: Authorized, student_id: str) -> JSONResponse:
+    new = await _valid_body(request, ApiNewLink)
+    expires_at = datetime.now(UTC) + timedelta(days=new.valid_days) if new.valid_days is not None else None
+    async with database(request) as db:
+        if await queries.get_student(db, student_id) is None:
+            raise _not_found("student", student_id)
+        link = await queries.create_link(db, student_id, expires_at=expires_at, topic=new.topic,
+                                         support_language=new.support_language)
+        made = _link_json(request, link)
+    log.info("teacher_link_made", student_id=student_id, link_id=made["id"], via="api")
+    return JSONResponse(made, status_code=201)
+
+
+@router.post("/students/{student_id}/links/{link_id}/revoke")
+async def revoke_link(request: Request, _: Authorized, student_id: str, link_id: str) -> JSONResponse:
+    """Revoke the link: it opens no lesson from now on, and its lesson under way ends, as on the desk."""
+    async with database(request) as db:
+        if not await queries.revoke_link(db, student_id, link_id, now=datetime.now(UTC)):
+            raise _not_found("lesson link", link_id)
+        link = await db.get(Link, link_id)
+        assert link is not None
+        revoked = _link_json(request, link)
+    log.info("teacher_link_revoked", student_id=student_id, link_id=link_id, via="api")
+    end_withdrawn_here(request, Withdrawal.LINK_REVOKED, student_id=student_id, link_id=link_id)
+    return JSONResponse(revoked)
 
 
 @router.get("/students/{student_id}/lessons")

@@ -13,11 +13,13 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from app.messages import LEVELS, LessonRequest, Level
 
 MAX_BODY_BYTES = 16 * 1024
+# A link made to expire opens lessons for at most this many days.
+MAX_LINK_DAYS = 365
 _MAX_FORM_FIELDS = 20
 
 
@@ -135,6 +137,28 @@ class LevelChange(BaseModel):
     level: Level
 
 
+class ApiNewLink(NewLink):
+    """`POST /api/students/{id}/links`: as the desk's form, and for how many days the link opens lessons (none:
+    until it is revoked)."""
+
+    valid_days: int | None = Field(default=None, ge=1, le=MAX_LINK_DAYS, strict=True)
+
+
+class StudentChange(BaseModel):
+    """`PATCH /api/students/{id}`: a new level, archived (true) or restored (false); at least one of them."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+    level: Level | None = None
+    archived: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> StudentChange:
+        if self.level is None and self.archived is None:
+            raise ValueError("give level, archived or both")
+        return self
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -163,8 +187,16 @@ def _problem(error: Any) -> str:
                 f"must be at least {error['ctx']['min_length']} characters"
         case "string_too_long":
             return f"must be at most {error['ctx']['max_length']} characters"
-        case "string_type" | "int_type" | "dict_type":
+        case "string_type" | "dict_type":
             return "must be text"
+        case "int_type":
+            return "must be a whole number"
+        case "bool_type":
+            return "must be true or false"
+        case "greater_than_equal":
+            return f"must be at least {error['ctx']['ge']}"
+        case "less_than_equal":
+            return f"must be at most {error['ctx']['le']}"
         case _:
             message: str = error["msg"]
             return message.removeprefix("Value error, ")

@@ -151,6 +151,28 @@ async def test_archiving_or_deleting_the_student_on_the_desk_ends_their_lesson_a
     assert (withdrawn["lesson_id"], withdrawn["student_id"]) == (started["lesson_id"], student_id)
 
 
+@pytest.mark.parametrize("action", ["revoke", "archive"])
+async def test_revoking_the_link_or_archiving_the_student_through_the_api_ends_the_lesson_at_once(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO, action: str) -> None:
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        student_id, link_id, token = await personal_link(state)
+        bearer = {"Authorization": f"Bearer {PASSWORD}"}
+        async with lesson_under_way(desk.server, token) as (lesson, started):
+            if action == "revoke":
+                answer = await desk.client.post(f"/api/students/{student_id}/links/{link_id}/revoke", headers=bearer)
+            else:
+                answer = await desk.client.patch(f"/api/students/{student_id}", json={"archived": True},
+                                                 headers=bearer)
+            error, ended = await ended_as(lesson)
+        row = await stored(state, started["lesson_id"])
+    assert answer.status_code == 200, answer.text
+    withdrawal = Withdrawal.LINK_REVOKED if action == "revoke" else Withdrawal.STUDENT_REMOVED
+    assert_told(error, ended, lesson, withdrawal)
+    assert row is not None
+    assert row.end_reason == withdrawal.value
+
+
 async def test_a_lesson_on_another_app_of_the_same_database_ends_at_its_next_check(
         simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
     async with desk_app(simulator, store_url, log_stream, link_check_seconds=1) as running, \

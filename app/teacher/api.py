@@ -229,6 +229,31 @@ async def list_lessons(request: Request, _: Authorized, student_id: str) -> JSON
     ]})
 
 
+def _seconds_so_far(row: queries.LessonUnderWay, now: datetime) -> float:
+    """How long the lesson has lasted: until its hand-off for a moving one, as the desk shows it."""
+    if row.moving and row.lesson.duration_s is not None:
+        return round(row.lesson.duration_s, 1)
+    return round(max(0.0, (now - row.lesson.started_at).total_seconds()), 1)
+
+
+# Before `/lessons/{lesson_id}`, which would take "under-way" for an id.
+@router.get("/lessons/under-way")
+async def list_lessons_under_way(request: Request, _: Authorized) -> JSONResponse:
+    """The lessons running now on every instance, as the desk's Under way page lists them, newest first."""
+    now = datetime.now(UTC)
+    async with database(request) as db:
+        rows = await queries.lessons_under_way(db, now=now, timing=request.app.state.instance_timing)
+        return JSONResponse({"lessons": [
+            exports.lesson_summary_json(row.lesson) | {
+                "student_name": row.student_name,
+                "state": "moving" if row.moving else "ending" if row.ending else "in_lesson",
+                "seconds_so_far": _seconds_so_far(row, now),
+                "link": _link_json(request, row.link) if row.link is not None else None,
+            }
+            for row in rows
+        ]})
+
+
 @router.get("/lessons/{lesson_id}")
 async def get_lesson(request: Request, _: Authorized, lesson_id: str) -> JSONResponse:
     async with database(request) as db:

@@ -121,6 +121,7 @@ async def test_without_the_token_every_route_is_401(api: Desk, headers: dict[str
                 ("PATCH", f"/api/students/{student.id}"), ("GET", f"/api/students/{student.id}/links"),
                 ("POST", f"/api/students/{student.id}/links"), ("POST", f"/api/students/{student.id}/links/x/revoke"),
                 ("GET", "/api/lessons/x"), ("GET", "/api/lessons/x/export?format=json"),
+                ("GET", "/api/lessons/under-way"),
                 ("DELETE", f"/api/students/{student.id}")]
     for method, path in requests:
         refused = await api.client.request(method, path, headers=headers, json={"name": "Bruno", "level": "A1"})

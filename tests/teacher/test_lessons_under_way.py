@@ -53,7 +53,7 @@ async def failures_of(state: Any, lesson_id: str) -> list[str]:
         return [event.kind for event in lesson.events if event.kind not in NOT_FAILURES]
 
 
-async def test_the_desk_lists_the_lessons_under_way_and_moving_but_not_ended_or_lost_ones(
+async def test_the_desk_and_the_api_list_the_lessons_under_way_and_moving_but_not_ended_or_lost_ones(
         simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
     async with desk_app(simulator, store_url, log_stream) as desk:
         state = desk.app.state
@@ -77,6 +77,7 @@ async def test_the_desk_lists_the_lessons_under_way_and_moving_but_not_ended_or_
             await state.records.flushed()
             live = await desk.client.get("/teacher/live")
             lesson_page = await desk.client.get(f"/teacher/lessons/{started['lesson_id']}")
+            listed = await desk.client.get("/api/lessons/under-way", headers={"Authorization": f"Bearer {PASSWORD}"})
     assert empty.status_code == 200
     assert "No lesson is under way." in empty.text
     assert live.status_code == 200
@@ -95,6 +96,13 @@ async def test_the_desk_lists_the_lessons_under_way_and_moving_but_not_ended_or_
     assert "Under way" in lesson_page.text
     assert "Still open." not in lesson_page.text
     assert f'action="/teacher/lessons/{started["lesson_id"]}/end"' in lesson_page.text
+    assert listed.status_code == 200
+    running, handed_off = listed.json()["lessons"]
+    assert (running["id"], running["state"], running["student_name"]) == (started["lesson_id"], "in_lesson", "Ana")
+    assert running["link"]["url"].startswith(f"{desk.server.base_url}/?token=")
+    assert running["seconds_so_far"] >= 0
+    assert (handed_off["id"], handed_off["state"], handed_off["seconds_so_far"], handed_off["link"]) == (
+        moving, "moving", 180.0, None)
 
 
 async def test_ending_a_lesson_on_the_desk_of_its_app_ends_it_at_once_with_its_feedback(

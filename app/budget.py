@@ -21,11 +21,10 @@ from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import DailyBudgetReached, StoreUnavailable
-from app.store.database import error_reason
+from app.store.database import STORE_ERRORS, error_reason
 from app.store.queries import LOOKUP_TIMEOUT_S, student_cost_since
 from app.students import LessonStudent
 
@@ -64,7 +63,7 @@ class DailyBudget:
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S):
                 spent = await student_cost_since(sessions, student_id, now - BUDGET_WINDOW)
-        except (TimeoutError, OSError, SQLAlchemyError) as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable(f"daily budget of student {student_id!r} not checked: the store did not "
                                    f"answer ({error_reason(exc)})") from exc
         if spent >= self.cap_usd:

@@ -15,10 +15,10 @@ from datetime import datetime
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.feedback import Feedback, NewWord
+from app.store.database import STORE_ERRORS
 from app.store.queries import recent_feedback
 from app.students import LessonStudent
 
@@ -58,7 +58,7 @@ async def load_memory(sessions: async_sessionmaker[AsyncSession], student: Lesso
     try:
         async with asyncio.timeout(timeout_s):
             return await remembered_lessons(sessions, student)
-    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+    except STORE_ERRORS as exc:
         log.warning("memory_unavailable", timeout_s=timeout_s, error=f"{type(exc).__name__}: {str(exc)[:200]}")
         return []
 
@@ -84,7 +84,7 @@ async def student_history(sessions: async_sessionmaker[AsyncSession], student_id
         async with asyncio.timeout(timeout_s):
             lessons = await remembered_lessons(sessions, LessonStudent(student_id=student_id),
                                                limit=HISTORY_WORD_LESSONS)
-    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+    except STORE_ERRORS as exc:
         log.warning("history_unavailable", timeout_s=timeout_s, error=f"{type(exc).__name__}: {str(exc)[:200]}")
         return StudentHistory([], [])
     words: dict[str, NewWord] = {}

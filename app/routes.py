@@ -23,7 +23,6 @@ import structlog
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.exc import SQLAlchemyError
 
 from app import messages
 from app.addresses import limit_key
@@ -51,7 +50,7 @@ from app.relay import PageSocket, Relay
 from app.resume import ResumeClaim, make_resume_token, verify_resume_token
 from app.session import LessonSession
 from app.settings import Settings
-from app.store.database import error_reason
+from app.store.database import STORE_ERRORS, error_reason
 from app.store.handover import TakenOverLesson, give_back_lesson, take_over_lesson
 from app.store.queries import LOOKUP_TIMEOUT_S
 from app.students import LessonStudent, linked_student, student_for_request
@@ -286,7 +285,7 @@ async def _take_over(state: Any, claim: ResumeClaim) -> TakenOverLesson:
         async with asyncio.timeout(LOOKUP_TIMEOUT_S):
             return await take_over_lesson(state.db, lesson_id, instance_id=state.instance_id,
                                           timing=state.instance_timing, now=datetime.now(UTC), link_id=claim.link_id)
-    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+    except STORE_ERRORS as exc:
         raise StoreUnavailable(f"lesson {lesson_id!r} not taken over: the store did not answer "
                                f"({type(exc).__name__}: {str(exc)[:200]})",
                                student_message="Your lesson cannot be reached just now. Reconnecting…") from exc
@@ -298,7 +297,7 @@ async def _give_back(state: Any, lesson_id: str, resume_log: structlog.typing.Fi
     try:
         async with asyncio.timeout(LOOKUP_TIMEOUT_S):
             await give_back_lesson(state.db, lesson_id, instance_id=state.instance_id, now=datetime.now(UTC))
-    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+    except STORE_ERRORS as exc:
         # Then it stays claimed by this instance: it ends as instance_lost once this instance is gone.
         resume_log.warning("lesson_not_given_back", error=error_reason(exc))
 

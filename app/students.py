@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import InvalidRequest, StoreUnavailable
 from app.links import LinkClaim, LinkError, verify_lesson_token
 from app.messages import LessonRequest
+from app.store.database import STORE_ERRORS
 from app.store.queries import LOOKUP_TIMEOUT_S, LinkedStudent, student_for_link
 
 
@@ -61,7 +61,7 @@ async def linked_student(token: str, *, link_secret: str, sessions: async_sessio
             return await student_for_link(sessions, claim, datetime.now(UTC))
     except LinkError as exc:
         raise InvalidRequest(str(exc), student_message=exc.student_message) from exc
-    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+    except STORE_ERRORS as exc:
         raise StoreUnavailable(f"lesson link not checked: the store did not answer ({type(exc).__name__}: "
                                f"{str(exc)[:200]})") from exc
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from databases import postgres_behind_proxy, postgres_server, store_url  # noqa: F401  (fixtures for all tests)
+from databases import postgres_behind_proxy, postgres_server, postgres_url, store_url  # noqa: F401  (fixtures for all tests)
 from harness import AppServer, relay_settings, serve_app
 
 from app.simulator import RealtimeSimulator, SimulatorBehaviour

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -175,6 +175,31 @@ class CuttableProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers -= {writer, up_writer}
+
+
+@pytest.fixture
+async def postgres_url(postgres_server: str) -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database's URL."""
+    name = await _create_database(postgres_server)
+    yield f"{postgres_server}/{name}"
+    await _drop_database(postgres_server, name)
+
+
+@contextlib.asynccontextmanager
+async def connections_refused(engine: AsyncEngine, error: Callable[[], Exception]) -> AsyncIterator[None]:
+    """While the block runs, every new connection of `engine` fails with `error()`, raised where SQLAlchemy calls
+    the driver's connect (its `do_connect` hook); the pooled connections are closed first, so every call connects.
+    asyncpg's own `CannotConnectNowError` there is PostgreSQL restarting ("the database system is starting up"), as
+    asyncpg raises it and SQLAlchemy 2.0 passes it on, unwrapped."""
+    def refuse(*_: object) -> None:
+        raise error()
+
+    event.listen(engine.sync_engine, "do_connect", refuse)
+    try:
+        await engine.dispose()
+        yield
+    finally:
+        event.remove(engine.sync_engine, "do_connect", refuse)
 
 
 @pytest.fixture

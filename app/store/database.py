@@ -17,13 +17,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -45,6 +46,15 @@ MIGRATION_WAIT_S = 300
 MIGRATION_LOCK_KEY = 0x6C6573736F6E7265
 
 log = structlog.get_logger("lesson_relay")
+
+# What a request's call on the store raises when the database is out of reach, restarting or refusing: SQLAlchemy's
+# errors, and the drivers' own, which SQLAlchemy does not wrap everywhere (asyncpg's while it connects, such as
+# "the database system is starting up"). Each caller answers these as "store unavailable". A bug of ours (a
+# TypeError, an AttributeError) is none of them: it fails as a bug, not as an outage.
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    TimeoutError, OSError, SQLAlchemyError, sqlite3.Error,
+    asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+)
 
 _SCHEMES = {
     "sqlite": "sqlite+aiosqlite",

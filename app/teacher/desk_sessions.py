@@ -18,10 +18,9 @@ from typing import cast
 
 import structlog
 from sqlalchemy import CursorResult, delete, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.store.database import error_reason
+from app.store.database import STORE_ERRORS, error_reason
 from app.store.models import TeacherSession
 from app.store.queries import LOOKUP_TIMEOUT_S
 from app.teacher.auth import SESSION_MAX_AGE_S
@@ -44,7 +43,7 @@ async def start(sessions: async_sessionmaker[AsyncSession], session_id: str, now
             await db.execute(delete(TeacherSession).where(TeacherSession.expires_at <= now))
             db.add(TeacherSession(id_digest=_digest(session_id),
                                   expires_at=now + timedelta(seconds=SESSION_MAX_AGE_S)))
-    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+    except STORE_ERRORS as exc:
         raise _unavailable("start", exc) from exc
 
 
@@ -54,7 +53,7 @@ async def is_open(sessions: async_sessionmaker[AsyncSession], session_id: str, n
         async with asyncio.timeout(LOOKUP_TIMEOUT_S), sessions() as db:
             expires_at = await db.scalar(
                 select(TeacherSession.expires_at).where(TeacherSession.id_digest == _digest(session_id)))
-    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+    except STORE_ERRORS as exc:
         raise _unavailable("check", exc) from exc
     return expires_at is not None and expires_at > now
 
@@ -64,7 +63,7 @@ async def end(sessions: async_sessionmaker[AsyncSession], session_id: str) -> No
     try:
         async with asyncio.timeout(LOOKUP_TIMEOUT_S), sessions.begin() as db:
             await db.execute(delete(TeacherSession).where(TeacherSession.id_digest == _digest(session_id)))
-    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+    except STORE_ERRORS as exc:
         raise _unavailable("end", exc) from exc
 
 
@@ -73,7 +72,7 @@ async def end_all(sessions: async_sessionmaker[AsyncSession]) -> int:
     try:
         async with asyncio.timeout(LOOKUP_TIMEOUT_S), sessions.begin() as db:
             ended = cast(CursorResult[tuple[()]], await db.execute(delete(TeacherSession)))
-    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+    except STORE_ERRORS as exc:
         raise _unavailable("end_all", exc) from exc
     return ended.rowcount
 

@@ -26,11 +26,10 @@ from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import delete, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.addresses import limit_key
-from app.store.database import error_reason
+from app.store.database import STORE_ERRORS, error_reason
 from app.store.models import SignInFailure
 from app.store.queries import LOOKUP_TIMEOUT_S
 
@@ -85,7 +84,7 @@ class SignInLimiter:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S):
                 failure_id = await self._write(sessions, counted_as, now, window_start)
                 others = await self._count(sessions, counted_as, failure_id, window_start)
-        except (TimeoutError, OSError, SQLAlchemyError) as exc:
+        except STORE_ERRORS as exc:
             raise _unavailable(client, exc) from exc
         wait_s = self._wait_s(others, now)
         if wait_s > 0:
@@ -134,7 +133,7 @@ class SignInLimiter:
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S), sessions.begin() as db:
                 await db.execute(delete(SignInFailure).where(SignInFailure.id == failure_id))
-        except (TimeoutError, OSError, SQLAlchemyError) as exc:
+        except STORE_ERRORS as exc:
             log.warning("sign_in_attempt_not_cleared", client=client, error=error_reason(exc),
                         message="the store did not answer: this attempt counts as a wrong password until it "
                         "leaves the window")

@@ -8,6 +8,10 @@ resumes of one lesson never both take it over, and reads what the lesson needs t
 this under `LOOKUP_TIMEOUT_S` before the lesson's machine is built. A claimed lesson that finds no place here
 (capacity, start rates), or whose machine cannot be built, is given back, handed off again, for the page's next
 attempt to take over.
+
+A lesson its teacher withdrew meanwhile is not taken over: it ends when it stopped, as `app.store.instances` dates
+a lesson of a lost instance: at its hand-off (with the duration its instance recorded), or at its lost instance's
+last heartbeat (its duration counted to then). It keeps the instance that ran it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, NamedTuple, cast
 
-from sqlalchemy import Update, and_, select, update
+from sqlalchemy import ColumnExpressionArgument, Update, and_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import ColumnElement
@@ -73,8 +77,9 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
                                  owner_seen_at >= lost_since - grace)
     async with sessions.begin() as session:
         from_lost_instance = False
-        if not await _claimed(session, _claim(lesson_id, handed_over, instance_id)):
-            from_lost_instance = await _claimed(session, _claim(lesson_id, left_by_lost_instance, instance_id))
+        if not await _claimed(session, _claim(lesson_id, handed_over, stopped_at=Lesson.ended_at)):
+            from_lost_instance = await _claimed(session, _claim(lesson_id, left_by_lost_instance,
+                                                                stopped_at=owner_seen_at))
             if not from_lost_instance:
                 raise await _why_not(session, lesson_id, timing.resume_grace_s, too_late=lost_since - grace,
                                      link_id=link_id)
@@ -82,10 +87,14 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
         assert lesson is not None
         withdrawal = await _withdrawal(session, lesson)
         if withdrawal is None:
+            lesson.ended_at, lesson.end_reason, lesson.instance_id = None, None, instance_id
             return await _taken_over(session, lesson, from_lost_instance)
-        # Withdrawn, or ended by its teacher, while no instance ran it: it ends here, without the feedback there
-        # is no tutor session left to ask for.
-        lesson.ended_at, lesson.end_reason = now, withdrawal.value
+        # Withdrawn, or ended by its teacher, while no instance ran it: it ends when it stopped, without the
+        # feedback there is no tutor session left to ask for.
+        lesson.end_reason = withdrawal.value
+        if from_lost_instance:
+            assert lesson.ended_at is not None  # its claim set it to the lost instance's last heartbeat
+            lesson.duration_s = max(0.0, (lesson.ended_at - lesson.started_at).total_seconds())
     raise ResumeRefused.withdrawn(f"lesson {lesson_id!r} not taken over: its teacher withdrew it ({withdrawal})",
                                   withdrawal)
 
@@ -144,9 +153,11 @@ def _carried(seq: int, role: str, text: str, interrupted: bool, heard_text: str 
     return CarriedTurn(seq, cast(Literal["tutor", "student"], role), heard, interrupted)
 
 
-def _claim(lesson_id: str, condition: ColumnElement[bool], instance_id: str) -> Update:
-    return (update(Lesson).where(Lesson.id == lesson_id, condition)
-            .values(ended_at=None, end_reason=None, instance_id=instance_id))
+def _claim(lesson_id: str, condition: ColumnElement[bool], *,
+           stopped_at: ColumnExpressionArgument[datetime | None]) -> Update:
+    """The claim of a lesson in `condition`: its row locked for this transaction, `ended_at` set to when it stopped
+    (until the lesson is known not withdrawn: then it is reopened for this instance)."""
+    return update(Lesson).where(Lesson.id == lesson_id, condition).values(ended_at=stopped_at)
 
 
 async def _claimed(session: AsyncSession, claim: Update) -> bool:

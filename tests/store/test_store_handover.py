@@ -15,7 +15,7 @@ from app.recorder import LessonRecorder
 from app.records import LessonStarted
 from app.store.handover import HANDED_OFF, TakenOverLesson, give_back_lesson, take_over_lesson
 from app.store.instances import InstanceTiming
-from app.store.models import Instance, Lesson, Student, Turn
+from app.store.models import Instance, Lesson, Link, Student, Turn
 from app.store.writer import RecordWriter
 from app.usage import LessonUsage
 
@@ -37,10 +37,11 @@ async def instance(sessions: async_sessionmaker[AsyncSession], instance_id: str,
 
 
 async def lesson(sessions: async_sessionmaker[AsyncSession], *, end_reason: str | None, ended_at: datetime | None,
-                 lesson_id: str = "L1", instance_id: str | None = "A", student_id: str | None = None) -> None:
+                 lesson_id: str = "L1", instance_id: str | None = "A", student_id: str | None = None,
+                 link_id: str | None = None) -> None:
     async with sessions.begin() as session:
         session.add(Lesson(id=lesson_id, level="A2", started_at=T0, model="gpt-realtime-2.1", simulated=True,
-                           instance_id=instance_id, student_id=student_id,
+                           instance_id=instance_id, student_id=student_id, link_id=link_id,
                            ended_at=ended_at, end_reason=end_reason, audio_input_tokens=100, text_input_tokens=20,
                            cached_tokens=5, audio_output_tokens=300, text_output_tokens=40))
         await session.flush()
@@ -257,23 +258,52 @@ async def test_a_lesson_of_a_lost_instance_is_not_taken_over_past_the_grace_nor_
 
 
 @pytest.mark.parametrize("left_by_lost_instance", [False, True])
-async def test_a_lesson_its_teacher_ended_while_no_instance_ran_it_is_refused_and_ends_as_teacher_ended(
+async def test_a_lesson_its_teacher_ended_while_no_instance_ran_it_is_refused_and_ends_when_it_stopped(
     sessions: async_sessionmaker[AsyncSession], left_by_lost_instance: bool
 ) -> None:
     now = T0 + timedelta(minutes=10)
+    # When the lesson stopped: its instance's last heartbeat, or its hand-off (recorded with its duration).
+    stopped_at = now - timedelta(seconds=LOST_AFTER_S + 5) if left_by_lost_instance else now - timedelta(seconds=5)
     if left_by_lost_instance:
-        await instance(sessions, "A", seen_at=now - timedelta(seconds=LOST_AFTER_S + 5))
+        await instance(sessions, "A", seen_at=stopped_at)
         await lesson(sessions, end_reason=None, ended_at=None)
     else:
         # Ended on the desk while it ran, and handed off by a restart before its worker's next check.
-        await lesson(sessions, end_reason=HANDED_OFF, ended_at=now - timedelta(seconds=5))
+        await lesson(sessions, end_reason=HANDED_OFF, ended_at=stopped_at)
     async with sessions.begin() as session:
         row = await session.get_one(Lesson, "L1")
         row.end_requested_at = now - timedelta(seconds=6)
+        if not left_by_lost_instance:
+            row.duration_s = 594.0
     with pytest.raises(ResumeRefused) as refused:
         await take_over(sessions, "L1", now=now)
     async with sessions() as session:
         row = await session.get_one(Lesson, "L1")
     assert (refused.value.code, refused.value.student_message) == (
         "teacher_ended", "Your teacher has ended this lesson.")
-    assert (row.end_reason, row.ended_at) == ("teacher_ended", now)
+    assert (row.end_reason, row.ended_at, row.instance_id) == ("teacher_ended", stopped_at, "A")
+    assert row.duration_s == ((stopped_at - T0).total_seconds() if left_by_lost_instance else 594.0)
+
+
+@pytest.mark.parametrize("left_by_lost_instance", [False, True])
+async def test_a_lesson_whose_link_was_revoked_while_no_instance_ran_it_ends_when_it_stopped(
+    sessions: async_sessionmaker[AsyncSession], left_by_lost_instance: bool
+) -> None:
+    now = T0 + timedelta(minutes=10)
+    stopped_at = now - timedelta(seconds=LOST_AFTER_S + 5) if left_by_lost_instance else now - timedelta(seconds=5)
+    async with sessions.begin() as session:
+        session.add(Student(id="S1", name="Ana", level="A2"))
+        await session.flush()
+        session.add(Link(id="K1", student_id="S1", revoked_at=now - timedelta(seconds=2)))
+    if left_by_lost_instance:
+        await instance(sessions, "A", seen_at=stopped_at)
+    await lesson(sessions, end_reason=None if left_by_lost_instance else HANDED_OFF,
+                 ended_at=None if left_by_lost_instance else stopped_at, student_id="S1", link_id="K1")
+    with pytest.raises(ResumeRefused) as refused:
+        await take_over(sessions, "L1", now=now)
+    async with sessions() as session:
+        row = await session.get_one(Lesson, "L1")
+    assert refused.value.code == "link_revoked"
+    assert (row.end_reason, row.ended_at, row.instance_id) == ("link_revoked", stopped_at, "A")
+    if left_by_lost_instance:
+        assert row.duration_s == (stopped_at - T0).total_seconds()

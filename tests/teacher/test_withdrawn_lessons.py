@@ -225,6 +225,7 @@ async def test_a_lesson_handed_off_by_a_restart_is_not_taken_over_once_its_link_
             await lesson.drain_until_closed()
         await drain
         await state.records.flushed()
+        handed_off = await stored(state, started["lesson_id"])
         async with state.db.begin() as session:
             await session.execute(update(Link).where(Link.id == link_id).values(revoked_at=datetime.now(UTC)))
     async with desk_app(simulator, store_url, log_stream) as new:
@@ -233,7 +234,10 @@ async def test_a_lesson_handed_off_by_a_restart_is_not_taken_over_once_its_link_
     assert (refusal["code"], refusal["message"], close_code) == (
         "link_revoked", Withdrawal.LINK_REVOKED.student_message, 1008)
     assert row is not None
+    assert handed_off is not None
     assert row.end_reason == "link_revoked"
+    # It stopped at its hand-off, not when its page came back.
+    assert (row.ended_at, row.duration_s) == (handed_off.ended_at, handed_off.duration_s)
     assert len(simulator.connections) == 1  # no session was opened for the refused resume
 
 

@@ -222,20 +222,23 @@ async def revoke_link(request: Request, teacher: Teacher, student_id: str, link_
 
 @router.post(f"{DESK_PATH}/lessons/{{lesson_id}}/end")
 async def end_lesson(request: Request, teacher: Teacher, lesson_id: str) -> Response:
-    """End a lesson under way: at once when this worker runs it, at its worker's next check otherwise. The form comes
-    from the lessons under way (`back` = "live", where it goes back to) or from the lesson's page."""
+    """End a lesson under way: at once when this worker runs it, or in the records when it was moving to another
+    server or its server was lost, at its worker's next check otherwise. The form comes from the lessons under way
+    (`back` = "live", where it goes back to) or from the lesson's page."""
     form = await checked_form(request, teacher)
     back = f"{DESK_PATH}/live" if form.get("back") == "live" else f"{DESK_PATH}/lessons/{lesson_id}"
     async with database(request) as db:
         outcome = await queries.request_end(db, lesson_id, now=datetime.now(UTC),
-                                            resume_grace_s=request.app.state.instance_timing.resume_grace_s)
+                                            timing=request.app.state.instance_timing)
     if outcome is None:
         raise not_found("lesson")
     if outcome == "already_ended":
         return redirect(f"{DESK_PATH}/lessons/{lesson_id}", notice="lesson_already_ended")
-    log.info("teacher_lesson_ended", lesson_id=lesson_id, moving=outcome == "ended")
+    log.info("teacher_lesson_ended", lesson_id=lesson_id, moving=outcome == "ended", lost=outcome == "ended_lost")
     if outcome == "ended":
         return redirect(back, notice="lesson_ended_moving")
+    if outcome == "ended_lost":
+        return redirect(back, notice="lesson_ended_lost")
     here = end_lesson_here(request, lesson_id)
     notice = {"told": "lesson_ended", "ending_already": "lesson_ending_already", None: "lesson_ending"}[here]
     return redirect(back, notice=notice)

@@ -278,14 +278,17 @@ async def end_lesson(request: Request, _: Authorized, lesson_id: str) -> JSONRes
     """End a lesson under way, as the desk's End lesson does; 409 for a lesson that has ended."""
     async with database(request) as db:
         outcome = await queries.request_end(db, lesson_id, now=datetime.now(UTC),
-                                            resume_grace_s=request.app.state.instance_timing.resume_grace_s)
+                                            timing=request.app.state.instance_timing)
         lesson = await queries.get_lesson(db, lesson_id) if outcome == "already_ended" else None
     if outcome is None:
         raise _not_found("lesson", lesson_id)
     if lesson is not None:
         raise ApiError(409, f"lesson {lesson_id!r} has already ended ({lesson.end_reason}): nothing was changed")
-    log.info("teacher_lesson_ended", lesson_id=lesson_id, moving=outcome == "ended", via="api")
-    ending = "now" if outcome == "ended" or end_lesson_here(request, lesson_id) is not None else "at_next_check"
+    log.info("teacher_lesson_ended", lesson_id=lesson_id, moving=outcome == "ended", lost=outcome == "ended_lost",
+             via="api")
+    # Ended in the records already, or by this worker: else the worker running it ends it at its next check.
+    ended = outcome in ("ended", "ended_lost") or end_lesson_here(request, lesson_id) is not None
+    ending = "now" if ended else "at_next_check"
     return JSONResponse({"id": lesson_id, "ending": ending}, status_code=202)
 
 

@@ -353,24 +353,49 @@ async def is_under_way(db: AsyncSession, lesson: Lesson, *, now: datetime, timin
     return seen_at is not None and seen_at >= now - timedelta(seconds=timing.lost_after_s)
 
 
-EndRequest = Literal["requested", "ended", "already_ended"]
+EndRequest = Literal["requested", "ended", "ended_lost", "already_ended"]
 
 
-async def request_end(db: AsyncSession, lesson_id: str, *, now: datetime, resume_grace_s: float) -> EndRequest | None:
-    """A teacher ends the lesson: "requested" for an open one (`end_requested_at`, kept from a first request, tells
-    the worker running it, or the instance taking it over), "ended" for one handed off within the resume grace
-    (it ends in the records as `teacher_ended`, and its page's resume is refused), "already_ended" for one that
-    ended otherwise (nothing is changed); None without such a lesson. Each is one conditional UPDATE, so a
-    take-over at the same moment either claims the lesson first or finds it ended."""
+async def request_end(db: AsyncSession, lesson_id: str, *, now: datetime, timing: InstanceTiming) -> EndRequest | None:
+    """A teacher ends the lesson: "requested" for an open one whose instance is alive (`end_requested_at`, kept from a
+    first request, tells the worker running it, or the instance taking it over), "ended" for one handed off within
+    the resume grace (it ends in the records as `teacher_ended`, and its page's resume is refused), "ended_lost" for an
+    open one whose instance is lost (no worker checks it: it ends in the records as `teacher_ended`, when its instance
+    was last seen alive), "already_ended" for one that ended otherwise (nothing is changed); None without such a
+    lesson. Each end is one conditional UPDATE, so a take-over at the same moment either claims the lesson first or
+    finds it ended."""
     moving = await db.execute(
         update(Lesson).where(Lesson.id == lesson_id, Lesson.end_reason == HANDED_OFF,
-                             Lesson.ended_at >= now - timedelta(seconds=resume_grace_s))
+                             Lesson.ended_at >= now - timedelta(seconds=timing.resume_grace_s))
         .values(end_reason=Withdrawal.TEACHER_ENDED.value, end_requested_at=now))
     if _changed(moving):
         return "ended"
+    if await _end_lost(db, lesson_id, now=now, lost_since=now - timedelta(seconds=timing.lost_after_s)):
+        return "ended_lost"
     running = await db.execute(
         update(Lesson).where(Lesson.id == lesson_id, Lesson.ended_at.is_(None))
         .values(end_requested_at=func.coalesce(Lesson.end_requested_at, now)))
     if _changed(running):
         return "requested"
     return "already_ended" if await db.get(Lesson, lesson_id) is not None else None
+
+
+async def _end_lost(db: AsyncSession, lesson_id: str, *, now: datetime, lost_since: datetime) -> bool:
+    """End as `teacher_ended` the open lesson `lesson_id` if its instance was last seen before `lost_since`: dated
+    when that instance was last seen alive, as `app.store.instances` dates the lessons of lost instances. Whether it
+    was."""
+    found = (await db.execute(
+        select(Lesson.instance_id, Lesson.started_at, Instance.seen_at)
+        .join(Instance, Instance.id == Lesson.instance_id)
+        .where(Lesson.id == lesson_id, Lesson.ended_at.is_(None), Instance.seen_at < lost_since))).one_or_none()
+    if found is None:
+        return False
+    instance_id, started_at, seen_at = found
+    owner_seen_at = select(Instance.seen_at).where(Instance.id == Lesson.instance_id).scalar_subquery()
+    # Unless taken over, or its instance back, meanwhile.
+    ended = await db.execute(
+        update(Lesson).where(Lesson.id == lesson_id, Lesson.ended_at.is_(None), Lesson.instance_id == instance_id,
+                             owner_seen_at < lost_since)
+        .values(ended_at=seen_at, end_reason=Withdrawal.TEACHER_ENDED.value, end_requested_at=now,
+                duration_s=max(0.0, (seen_at - started_at).total_seconds())))
+    return _changed(ended)

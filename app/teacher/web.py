@@ -59,6 +59,8 @@ NOTICES = {
     "lesson_ending_already": "This lesson was already ending (the student pressed End, or its time was up): it ends "
                              "with its feedback as it was going to.",
     "lesson_ended_moving": "Lesson ended: it was moving to another server, and will not go on there.",
+    "lesson_ended_lost": "Lesson ended: the server running it had stopped answering, and it will not go on on "
+                         "another.",
     "lesson_already_ended": "This lesson had already ended: nothing was changed.",
     "correction_deleted": "Correction deleted: it no longer follows the student into their next lessons.",
     "word_deleted": "Word deleted: it no longer follows the student into their next lessons.",

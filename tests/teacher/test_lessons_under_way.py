@@ -18,6 +18,7 @@ from test_withdrawn_lessons import desk_app, lesson_under_way, personal_link, re
 
 from app.main import drain_lessons
 from app.outcomes import END_REASONS, NOT_FAILURES
+from app.resume import ResumeClaim, make_resume_token
 from app.simulator import RealtimeSimulator
 from app.store.models import Instance, Lesson, new_id
 from app.teacher.queries import is_under_way
@@ -291,6 +292,41 @@ async def test_a_lesson_moving_after_a_restart_ended_on_the_desk_is_not_taken_ov
     assert row is not None
     assert row.end_reason == "teacher_ended"
     assert len(simulator.connections) == 1  # no session was opened for the refused resume
+
+
+async def test_a_lesson_whose_instance_is_lost_ends_in_the_records_at_once_dated_when_that_instance_was_last_seen(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        now = datetime.now(UTC)
+        lost_instance, last_seen = new_id(), now - timedelta(minutes=5)
+        by_api, by_desk = new_id(), new_id()
+        async with state.db.begin() as session:
+            await session.execute(insert(Instance).values(id=lost_instance, started_at=now - timedelta(hours=1),
+                                                          seen_at=last_seen))
+            common = {"level": "B1", "model": "m", "simulated": True, "started_at": now - timedelta(minutes=9),
+                      "instance_id": lost_instance}
+            await session.execute(insert(Lesson), [common | {"id": by_api}, common | {"id": by_desk}])
+        async with httpx.AsyncClient(base_url=desk.server.base_url) as api:
+            answer = await api.post(f"/api/lessons/{by_api}/end", headers={"Authorization": f"Bearer {PASSWORD}"})
+        # The End lesson of the lessons under way, shown before its instance was lost.
+        form = await desk.submit(f"/teacher/lessons/{by_desk}/end", {"back": "live"}, page="/teacher/live")
+        shown = await desk.client.get(form.headers["location"])
+        claim = ResumeClaim(lesson_id=by_api, name="Ana", level="B1", support=None, topic=None,
+                            expires_at=int(now.timestamp()) + 3600)
+        refusal, close_code = await resume_refusal(desk.server, make_resume_token(state.link_secret, claim))
+        rows = [await stored(state, lesson_id) for lesson_id in (by_api, by_desk)]
+    # No worker will check it: "at_next_check" would never come true.
+    assert (answer.status_code, answer.json()) == (202, {"id": by_api, "ending": "now"})
+    assert form.headers["location"] == "/teacher/live?notice=lesson_ended_lost"
+    assert NOTICES["lesson_ended_lost"] in shown.text
+    # Its page, coming back to take it over, is told its teacher ended it.
+    assert (refusal["code"], refusal["message"], close_code) == ("teacher_ended", WORDS, 1008)
+    for row in rows:
+        assert row is not None
+        assert (row.end_reason, row.ended_at, row.duration_s) == ("teacher_ended", last_seen, 240.0)
+        assert row.end_requested_at is not None
+    assert [line["lost"] for line in logged(log_stream, "teacher_lesson_ended")] == [True, True]
 
 
 async def test_a_lesson_read_open_is_judged_under_way_on_that_row_even_when_its_end_is_written_after(

@@ -9,9 +9,9 @@ this under `LOOKUP_TIMEOUT_S` before the lesson's machine is built. A claimed le
 (capacity, start rates), or whose machine cannot be built, is given back, handed off again, for the page's next
 attempt to take over.
 
-A lesson its teacher withdrew meanwhile is not taken over: it ends when it stopped, as `app.store.instances` dates
-a lesson of a lost instance: at its hand-off (with the duration its instance recorded), or at its lost instance's
-last heartbeat (its duration counted to then). It keeps the instance that ran it.
+A lesson its teacher withdrew meanwhile is not taken over: it ends when it stopped, at its hand-off (with the
+duration its instance recorded), or, as `app.store.instances` dates the lessons of lost instances, at its lost
+instance's last heartbeat (its duration counted to then). It keeps the instance that ran it.
 """
 
 from __future__ import annotations

@@ -26,7 +26,17 @@ from app.teacher import actions, api, pages, signin
 from app.teacher.auth import TeacherAuth
 from app.teacher.exports import TEMPLATE_FILTERS
 from app.teacher.sign_in_limit import SignInLimiter
-from app.teacher.web import DESK_PATH, DeskError, DeskOff, SignInRequired, error_page, off_page, sign_in_redirect
+from app.teacher.web import (
+    DESK_PATH,
+    DeskError,
+    DeskOff,
+    RecordsUnavailable,
+    SignInRequired,
+    error_page,
+    off_page,
+    sign_in_redirect,
+    store_unavailable,
+)
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -53,6 +63,12 @@ def install(app: FastAPI, settings: Settings) -> None:
         assert isinstance(exc, api.ApiError)
         return exc.response()
 
+    async def on_records_unavailable(request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith("/api/"):
+            return api.ApiError(503, "the lesson records cannot be read or changed: the database is not answering; "
+                                     "try again later").response()
+        return await error_page(request, store_unavailable("read or change the lesson records"))
+
     async def on_invalid_parameters(request: Request, exc: Exception) -> Response:
         # A bad path or query parameter (e.g. ?format=xml): named, in the API's or the desk's own form.
         assert isinstance(exc, RequestValidationError)
@@ -70,3 +86,4 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.add_exception_handler(SignInRequired, on_sign_in_required)
     app.add_exception_handler(api.ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_invalid_parameters)
+    app.add_exception_handler(RecordsUnavailable, on_records_unavailable)

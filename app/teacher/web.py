@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
+import structlog
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.links import lesson_url, make_lesson_token
 from app.live_lessons import LiveLessons
 from app.settings import Settings
+from app.store.database import STORE_ERRORS, error_reason
 from app.store.models import Link
 from app.teacher import desk_sessions
 from app.teacher.auth import (
@@ -38,6 +40,8 @@ from app.teacher.auth import (
 )
 from app.teacher.inputs import BodyTooLarge, InvalidInput, read_form
 from app.withdrawal import Withdrawal
+
+log = structlog.get_logger("lesson_relay")
 
 DESK_PATH = "/teacher"
 SIGN_IN_PATH = f"{DESK_PATH}/signin"
@@ -217,15 +221,25 @@ def end_lesson_here(request: Request, lesson_id: str) -> Literal["told", "ending
     return "ending_already" if live.get(lesson_id) is not None else None
 
 
+class RecordsUnavailable(Exception):
+    """A desk or API request could not read or change the lesson records: the database did not answer (logged as
+    `teacher_records_unavailable`); answered with 503, nothing changed."""
+
+
 def database(request: Request) -> AbstractAsyncContextManager[AsyncSession]:
-    """One transaction on the lesson records: committed when the block ends, rolled back if it raises."""
-    return _transaction(request.app.state.db)
+    """One transaction on the lesson records: committed when the block ends, rolled back if it raises;
+    `RecordsUnavailable` when the database does not answer."""
+    return _transaction(request.app.state.db, request.url.path)
 
 
 @asynccontextmanager
-async def _transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    async with sessions() as db, db.begin():
-        yield db
+async def _transaction(sessions: async_sessionmaker[AsyncSession], path: str) -> AsyncIterator[AsyncSession]:
+    try:
+        async with sessions() as db, db.begin():
+            yield db
+    except STORE_ERRORS as exc:
+        log.error("teacher_records_unavailable", path=path, error=error_reason(exc))
+        raise RecordsUnavailable(path) from exc
 
 
 def render(request: Request, template: str, session: DeskSession | None, context: dict[str, Any] | None = None,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from databases import CuttableProxy
 from desk_client import PASSWORD, Desk, serve_desk
 from harness import logged
 from records import GREETING_FAILED, add_lesson, add_student, count
@@ -196,6 +197,28 @@ async def test_the_api_page_needs_a_signed_in_teacher(desk: Desk) -> None:
     page = await desk.client.get("/teacher/api")
     assert page.status_code == 303
     assert page.headers["location"].startswith("/teacher/signin")
+
+
+async def test_with_the_api_token_a_database_out_of_reach_is_503_logged_and_changes_nothing(
+        postgres_behind_proxy: tuple[str, CuttableProxy], log_stream: io.StringIO) -> None:
+    url, proxy = postgres_behind_proxy
+    async with serve_desk(log_stream, database_url=url) as desk:
+        token = {"Authorization": f"Bearer {desk.app.state.teacher_auth.api_token}"}
+        before = await desk.client.get("/api/students", headers=token)  # also: the app has started
+        proxy.cut()
+        listed = await desk.client.get("/api/students", headers=token)
+        created = await desk.client.post("/api/students", json={"name": "Ana", "level": "A1"}, headers=token)
+        proxy.restore()
+        after = await desk.client.get("/api/students", headers=token)
+
+    assert before.status_code == 200
+    for refused in (listed, created):
+        assert refused.status_code == 503
+        assert "the database is not answering" in refused.json()["error"]
+    assert (after.status_code, after.json()) == (200, {"students": []})
+    unavailable = logged(log_stream, "teacher_records_unavailable")
+    assert [line["path"] for line in unavailable] == ["/api/students", "/api/students"]
+    assert all(line["level"] == "error" and line["error"] for line in unavailable)
 
 
 async def test_the_api_is_off_without_a_password(log_stream: io.StringIO) -> None:

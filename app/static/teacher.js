@@ -1,4 +1,5 @@
-// Teacher's desk: the only script. It shows every time in the teacher's own time zone, every "Copy"
+// Teacher's desk: the script of every page (the lessons under way add teacher-live.js). It shows every time in the
+// teacher's own time zone (markup fetched later too, on its "desk:content" event), every "Copy"
 // button copies the lesson link in the field it names (aria-controls), and a form sent back with errors gets
 // the focus. Without it the times stay in UTC, the field is still there to select and copy by hand, and the
 // errors are still announced (role="alert") and tied to their fields.
@@ -9,13 +10,20 @@
 const localTime = new Intl.DateTimeFormat(undefined, {
   weekday: "short", day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit",
 });
-for (const element of document.querySelectorAll("time[data-local]")) {
-  const at = new Date(element.getAttribute("datetime"));
-  if (Number.isNaN(at.getTime())) continue;
-  element.title = element.textContent;
-  element.textContent = localTime.format(at);
-  document.title = document.title.replace(element.title, element.textContent);
+
+function showLocalTimes(root) {
+  for (const element of root.querySelectorAll("time[data-local]")) {
+    const at = new Date(element.getAttribute("datetime"));
+    if (Number.isNaN(at.getTime())) continue;
+    element.title = element.textContent;
+    element.textContent = localTime.format(at);
+    document.title = document.title.replace(element.title, element.textContent);
+  }
 }
+
+showLocalTimes(document);
+// Markup a page's own script fetched (teacher-live.js) is announced with this event before it is shown.
+document.addEventListener("desk:content", (event) => showLocalTimes(event.detail));
 
 // A form sent back with errors (422): the focus goes to its first invalid field, which reads its error with it
 // (aria-describedby), or to the form's summary when the error is of no field the form shows. The summary

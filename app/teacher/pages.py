@@ -20,7 +20,17 @@ from app.prompts import memory_section
 from app.store.models import Lesson
 from app.students import LessonStudent
 from app.teacher import exports, queries
-from app.teacher.web import DESK_PATH, DeskError, Teacher, database, link_view, public_base_url, render, teacher_auth
+from app.teacher.web import (
+    DESK_PATH,
+    DeskError,
+    Teacher,
+    TeacherForScript,
+    database,
+    link_view,
+    public_base_url,
+    render,
+    teacher_auth,
+)
 
 router = APIRouter()
 
@@ -107,13 +117,29 @@ async def student_page(request: Request, teacher: Teacher, student_id: str,
         return render(request, "student.html", teacher, await student_context(db, request, student_id, page=page))
 
 
-@router.get(f"{DESK_PATH}/live", response_class=HTMLResponse)
-async def live_page(request: Request, teacher: Teacher) -> Response:
-    """The lessons under way now, on every instance: who, since when, what they cost so far; open or end one."""
+# How often the lessons under way page reads its list again while it is shown.
+LIVE_UPDATE_SECONDS = 10
+
+
+async def live_context(request: Request) -> dict[str, Any]:
     now = datetime.now(UTC)
     async with database(request) as db:
         lessons = await queries.lessons_under_way(db, now=now, timing=request.app.state.instance_timing)
-        return render(request, "live.html", teacher, {"section": "live", "lessons": lessons, "now": now})
+    return {"section": "live", "lessons": lessons, "now": now, "update_seconds": LIVE_UPDATE_SECONDS}
+
+
+@router.get(f"{DESK_PATH}/live", response_class=HTMLResponse)
+async def live_page(request: Request, teacher: Teacher) -> Response:
+    """The lessons under way now, on every instance: who, since when, what they cost so far; open or end one. Its
+    script keeps the list current with `live_list`."""
+    return render(request, "live.html", teacher, await live_context(request))
+
+
+@router.get(f"{DESK_PATH}/live/list", response_class=HTMLResponse)
+async def live_list(request: Request, teacher: TeacherForScript) -> Response:
+    """The list of the lessons under way alone, from the template the page includes it with: what the page's script
+    reads every LIVE_UPDATE_SECONDS to update the page in place. Signed out: 401, for the script to reload the page."""
+    return render(request, "_live_lessons.html", teacher, await live_context(request))
 
 
 @router.get(f"{DESK_PATH}/lessons/{{lesson_id}}", response_class=HTMLResponse)

@@ -1,7 +1,8 @@
 """The plumbing every desk page shares: who is signed in, checked forms, rendering, and error pages.
 
 Pages depend on `signed_in` (a signed cookie whose session the store still holds, else a redirect to the
-sign-in page; a store that does not answer is a 503 page, never an open desk) and read POST bodies only
+sign-in page; a store that does not answer is a 503 page, never an open desk); what their scripts fetch depends
+on `signed_in_for_script` (the same check, answering 401 instead of redirecting). Pages read POST bodies only
 through `checked_form`, which refuses an oversized body (413) and a missing or wrong CSRF token (403) before
 a field is looked at, so a refused form writes nothing.
 """
@@ -149,7 +150,19 @@ def store_unavailable(doing: str) -> DeskError:
                      "Try again in a minute.")
 
 
+async def signed_in_for_script(request: Request,
+                               auth: Annotated[TeacherAuth, Depends(teacher_auth)]) -> DeskSession:
+    """The signed-in session of a request a desk page's script makes, or `DeskError` 401: a redirect would hand the
+    script the sign-in form as its answer, where the 401 tells it to reload its page (which asks to sign in)."""
+    session = await current_session(request, auth)
+    if session is None or not session.signed_in:
+        raise DeskError(401, "Signed out", "You are not signed in to the desk, or your session has expired. "
+                        "Sign in again.", back=SIGN_IN_PATH)
+    return session
+
+
 Teacher = Annotated[DeskSession, Depends(signed_in)]
+TeacherForScript = Annotated[DeskSession, Depends(signed_in_for_script)]
 
 
 async def checked_form(request: Request, session: DeskSession | None) -> dict[str, str]:

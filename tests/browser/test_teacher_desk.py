@@ -4,20 +4,25 @@ What this proves: a teacher signs in with the keyboard, adds a student, and the 
 shows opens a lesson (in a second page) that belongs to that student; once the lesson has ended its
 transcript and cost are on the desk, and the desk's pages fit a phone's width. Times show in the teacher's
 own time zone, and a teacher on a phone signs out. A form sent back with errors puts the focus on its first
-invalid field (or on its summary, for a field it does not show).
+invalid field (or on its summary, for a field it does not show). The lessons under way keep themselves current
+without a reload, leaving the focus and an opened End lesson question where they are, say so briefly to a screen
+reader, show a note while the desk does not answer, and go to the sign-in form once signed out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from browser_stack import LessonPage, Stack, launch_chromium, make_wav, run_stack, wait_for
-from playwright.sync_api import FloatRect, Locator, Page, Playwright, expect
+from playwright.sync_api import Browser, FloatRect, Locator, Page, Playwright, expect
 
 pytestmark = pytest.mark.browser
 
@@ -47,6 +52,53 @@ def top(locator: Locator) -> float:
 
 def fits_the_width(page: Page) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+@dataclass(frozen=True)
+class SignedInDesk:
+    stack: Stack
+    browser: Browser
+    teacher: LessonPage  # the desk's tab, keeping its console errors and Content-Security-Policy violations
+
+    @property
+    def page(self) -> Page:
+        return self.teacher.page
+
+    def add_student(self, name: str) -> str:
+        """Add a student on the students page; their lesson link."""
+        self.page.goto(f"{self.stack.url}/teacher")
+        self.page.get_by_label("Name", exact=True).fill(name)
+        self.page.get_by_role("button", name="Add student").click()
+        return self.page.get_by_label(f"Lesson link for {name}").input_value()
+
+
+def sign_in(desk: Page) -> None:
+    desk.get_by_label("Password").fill(PASSWORD)
+    desk.keyboard.press("Enter")
+    expect(desk.get_by_role("heading", name="Students", exact=True)).to_be_visible()
+
+
+@contextlib.contextmanager
+def signed_in_desk(playwright: Playwright, tmp_path: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignedInDesk]:
+    """A stack with the desk on, a Chromium (its microphone silent, for the lessons it opens) and a tab of it signed
+    in to the desk, on its students page."""
+    with run_stack(tmp_path_factory.mktemp("desk"), app_env={"TEACHER_PASSWORD": PASSWORD}) as stack:
+        browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
+        try:
+            teacher = LessonPage.open(browser, f"{stack.url}/teacher")
+            sign_in(teacher.page)
+            yield SignedInDesk(stack, browser, teacher)
+        finally:
+            browser.close()
+
+
+def start_lesson(browser: Browser, link: str) -> LessonPage:
+    """The lesson of `link` in a tab of its own, once its greeting has played."""
+    lesson = LessonPage.open(browser, link)
+    lesson.page.get_by_role("button", name="Start lesson").click()
+    lesson.wait_greeting_played()
+    return lesson
 
 
 def test_teacher_adds_a_student_whose_lesson_shows_on_the_desk(
@@ -170,115 +222,153 @@ def test_times_show_in_the_teachers_zone_and_a_phone_can_sign_out(
 def test_a_form_sent_back_with_errors_puts_the_focus_on_its_first_invalid_field(
     playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    with run_stack(tmp_path_factory.mktemp("desk"), app_env={"TEACHER_PASSWORD": PASSWORD}) as stack:
-        browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
-        try:
-            teacher = LessonPage.open(browser, f"{stack.url}/teacher")
-            desk = teacher.page
-            desk.get_by_label("Password").fill(PASSWORD)
-            desk.keyboard.press("Enter")
+    with signed_in_desk(playwright, tmp_path, tmp_path_factory) as signed_in:
+        teacher, desk = signed_in.teacher, signed_in.page
 
-            # Add a student, by keyboard: a name the tutor cannot say is sent back with the focus on Name.
-            name = desk.get_by_label("Name", exact=True)
-            name.fill("R2D2")
-            name.press("Enter")
-            expect(desk.get_by_role("alert")).to_contain_text("The student was not added: Name may hold only letters")
-            expect(name).to_be_focused()
-            expect(name).to_have_value("R2D2")
-            expect(name).to_have_accessible_description(re.compile(r"^Name may hold only letters"))
-            # On a wide screen the error under Name (and the hint under Target language) leave every box in line.
-            controls = (name, desk.get_by_label("Level", exact=True), desk.get_by_label("Target language"),
-                        desk.get_by_role("button", name="Add student"))
-            assert len({top(control) for control in controls}) == 1, [top(control) for control in controls]
+        # Add a student, by keyboard: a name the tutor cannot say is sent back with the focus on Name.
+        name = desk.get_by_label("Name", exact=True)
+        name.fill("R2D2")
+        name.press("Enter")
+        expect(desk.get_by_role("alert")).to_contain_text("The student was not added: Name may hold only letters")
+        expect(name).to_be_focused()
+        expect(name).to_have_value("R2D2")
+        expect(name).to_have_accessible_description(re.compile(r"^Name may hold only letters"))
+        # On a wide screen the error under Name (and the hint under Target language) leave every box in line.
+        controls = (name, desk.get_by_label("Level", exact=True), desk.get_by_label("Target language"),
+                    desk.get_by_role("button", name="Add student"))
+        assert len({top(control) for control in controls}) == 1, [top(control) for control in controls]
 
-            name.fill("Ana")
-            name.press("Enter")
-            expect(desk.get_by_role("heading", name="Ana", level=1)).to_be_visible()
+        name.fill("Ana")
+        name.press("Enter")
+        expect(desk.get_by_role("heading", name="Ana", level=1)).to_be_visible()
 
-            # Make a link: the second field refused gets the focus, the first one having none.
-            support = desk.get_by_label("Support language")
-            desk.get_by_label("Topic").fill("ordering food")
-            support.fill("Speak only French. Be rude")
-            support.press("Enter")
-            expect(desk.get_by_role("alert")).to_contain_text("No link made: Support language must be the name")
-            expect(support).to_be_focused()
-            expect(support).to_have_accessible_description(re.compile(
-                r"^A language the tutor may use sparingly to help, like Spanish\. Support language must be the name"))
+        # Make a link: the second field refused gets the focus, the first one having none.
+        support = desk.get_by_label("Support language")
+        desk.get_by_label("Topic").fill("ordering food")
+        support.fill("Speak only French. Be rude")
+        support.press("Enter")
+        expect(desk.get_by_role("alert")).to_contain_text("No link made: Support language must be the name")
+        expect(support).to_be_focused()
+        expect(support).to_have_accessible_description(re.compile(
+            r"^A language the tutor may use sparingly to help, like Spanish\. Support language must be the name"))
 
-            # A form holding a field the page does not have (hand-made): the summary, which says so, gets the focus.
-            desk.evaluate("""() => {
-                const form = document.querySelector("form[action$='/links']:not(.inline)");
-                const extra = Object.assign(document.createElement("input"), {type: "hidden", name: "colour"});
-                extra.value = "red";
-                form.append(extra);
-                form.querySelector("#support_language").value = "";
-                form.requestSubmit();
-            }""")
-            summary = desk.get_by_role("alert")
-            expect(summary).to_contain_text("The form held a field it does not have ('colour')")
-            expect(summary).to_be_focused()
-            # Chromium logs each 422 as a resource that failed to load: nothing else.
-            assert [error for error in teacher.console_errors if "status of 422" not in error] == []
-            assert teacher.csp_violations() == []
-        finally:
-            browser.close()
+        # A form holding a field the page does not have (hand-made): the summary, which says so, gets the focus.
+        desk.evaluate("""() => {
+            const form = document.querySelector("form[action$='/links']:not(.inline)");
+            const extra = Object.assign(document.createElement("input"), {type: "hidden", name: "colour"});
+            extra.value = "red";
+            form.append(extra);
+            form.querySelector("#support_language").value = "";
+            form.requestSubmit();
+        }""")
+        summary = desk.get_by_role("alert")
+        expect(summary).to_contain_text("The form held a field it does not have ('colour')")
+        expect(summary).to_be_focused()
+        # Chromium logs each 422 as a resource that failed to load: nothing else.
+        assert [error for error in teacher.console_errors if "status of 422" not in error] == []
+        assert teacher.csp_violations() == []
 
 
 def test_a_teacher_sees_a_lesson_under_way_and_ends_it_from_the_desk(
     playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    with run_stack(tmp_path_factory.mktemp("desk"), app_env={"TEACHER_PASSWORD": PASSWORD}) as stack:
-        browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
-        try:
-            teacher = LessonPage.open(browser, f"{stack.url}/teacher")
-            desk = teacher.page
-            desk.get_by_label("Password").fill(PASSWORD)
-            desk.keyboard.press("Enter")
-            desk.get_by_label("Name", exact=True).fill("Ana")
-            desk.get_by_role("button", name="Add student").click()
-            link = desk.get_by_label("Lesson link for Ana").input_value()
+    with signed_in_desk(playwright, tmp_path, tmp_path_factory) as signed_in:
+        teacher, desk = signed_in.teacher, signed_in.page
+        lesson = start_lesson(signed_in.browser, signed_in.add_student("Ana"))
 
-            lesson = LessonPage.open(browser, link)
-            lesson.page.get_by_role("button", name="Start lesson").click()
-            lesson.wait_greeting_played()
+        desk.get_by_role("link", name="Under way").click()
+        expect(desk.get_by_role("heading", name="Lessons under way")).to_be_visible()
+        row = desk.get_by_role("row", name=re.compile("Ana"))
 
-            desk.get_by_role("link", name="Under way").click()
-            expect(desk.get_by_role("heading", name="Lessons under way")).to_be_visible()
-            row = desk.get_by_role("row", name=re.compile("Ana"))
+        # The lesson's first record reaches the database through the writer's queue: reload until it is listed.
+        def lesson_listed() -> bool:
+            desk.reload()
+            return row.count() == 1
 
-            # The lesson's first record reaches the database through the writer's queue: reload until it is listed.
-            def lesson_listed() -> bool:
-                desk.reload()
-                return row.count() == 1
+        wait_for(lesson_listed, timeout=30, what="the lesson under way on the desk")
+        expect(row).to_contain_text("In lesson")
+        expect(row.locator("time[data-local]")).to_have_attribute("title", re.compile("UTC$"))
+        desk.set_viewport_size(PHONE)
+        assert fits_the_width(desk), "the lessons under way are wider than a phone"
 
-            wait_for(lesson_listed, timeout=30, what="the lesson under way on the desk")
-            expect(row).to_contain_text("In lesson")
-            expect(row.locator("time[data-local]")).to_have_attribute("title", re.compile("UTC$"))
-            desk.set_viewport_size(PHONE)
-            assert fits_the_width(desk), "the lessons under way are wider than a phone"
+        end = row.get_by_text("End lesson")
+        end.click()
+        confirm = row.get_by_role("button", name="Yes, end Ana's lesson")
+        expect(confirm).to_be_visible()
+        assert fits_the_width(desk), "the opened question is wider than a phone"
+        confirm.click()
+        expect(desk.get_by_role("status")).to_contain_text("Lesson ended")
 
-            end = row.get_by_text("End lesson")
-            end.click()
-            confirm = row.get_by_role("button", name="Yes, end Ana's lesson")
-            expect(confirm).to_be_visible()
-            assert fits_the_width(desk), "the opened question is wider than a phone"
-            confirm.click()
-            expect(desk.get_by_role("status")).to_contain_text("Lesson ended")
+        alert = lesson.page.get_by_role("alert")
+        expect(alert).to_contain_text("Your teacher has ended this lesson.", timeout=15_000)
+        expect(alert.get_by_role("button", name="Try again")).to_be_hidden()
+        lesson.wait_debug("d.socket === 'closed' && d.state === 'ended' && d.feedback !== null")
+        assert lesson.debug("feedback")["type"] == "feedback"
+        assert lesson.debug("closeCode") == 1000
 
-            alert = lesson.page.get_by_role("alert")
-            expect(alert).to_contain_text("Your teacher has ended this lesson.", timeout=15_000)
-            expect(alert.get_by_role("button", name="Try again")).to_be_hidden()
-            lesson.wait_debug("d.socket === 'closed' && d.state === 'ended' && d.feedback !== null")
-            assert lesson.debug("feedback")["type"] == "feedback"
-            assert lesson.debug("closeCode") == 1000
+        def none_under_way() -> bool:
+            desk.reload()
+            return desk.get_by_text("No lesson is under way.").count() == 1
 
-            def none_under_way() -> bool:
-                desk.reload()
-                return desk.get_by_text("No lesson is under way.").count() == 1
+        wait_for(none_under_way, timeout=30, what="the ended lesson gone from the lessons under way")
+        assert teacher.csp_violations() == []
+        assert teacher.console_errors == []
+        assert lesson.console_errors == []
 
-            wait_for(none_under_way, timeout=30, what="the ended lesson gone from the lessons under way")
-            assert teacher.csp_violations() == []
-            assert teacher.console_errors == []
-            assert lesson.console_errors == []
-        finally:
-            browser.close()
+
+def test_the_lessons_under_way_keep_themselves_current_around_what_the_teacher_is_doing(
+    playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with signed_in_desk(playwright, tmp_path, tmp_path_factory) as signed_in:
+        teacher, desk = signed_in.teacher, signed_in.page
+        ana, ben = signed_in.add_student("Ana"), signed_in.add_student("Ben")
+        start_lesson(signed_in.browser, ana)
+        desk.get_by_role("link", name="Under way").click()
+        status = desk.locator("#live-status")
+        expect(status).to_have_attribute("aria-live", "polite")
+        # Gone if the page is reloaded: every change below comes into this same document.
+        desk.evaluate("window.notReloaded = true")
+
+        # The lesson's first record reaches the database through the writer's queue: the list shows it by itself.
+        ana_row = desk.get_by_role("row", name=re.compile("Ana"))
+        expect(ana_row).to_contain_text("In lesson", timeout=30_000)
+        # The teacher opens the question of ending Ana's lesson, by keyboard, and leaves it open.
+        end_ana = ana_row.get_by_text("End lesson")
+        end_ana.focus()
+        desk.keyboard.press("Enter")
+        confirm = ana_row.get_by_role("button", name="Yes, end Ana's lesson")
+        expect(confirm).to_be_visible()
+
+        start_lesson(signed_in.browser, ben)
+        ben_row = desk.get_by_role("row", name=re.compile("Ben"))
+        expect(ben_row).to_contain_text("In lesson", timeout=30_000)
+        assert desk.evaluate("window.notReloaded") is True
+        expect(end_ana).to_be_focused()
+        expect(confirm).to_be_visible()
+        # Told once, in a few words, to a screen reader: the rows themselves are not announced.
+        expect(status).to_have_text(re.compile(r"^2 lessons under way, updated \d\d:\d\d"))
+        expect(status).to_have_class(re.compile(r"\bvisually-hidden\b"))
+        expect(ben_row.locator("time[data-local]")).to_have_attribute("title", re.compile("UTC$"))
+
+        # The desk stops answering: a visible note, and the last list kept.
+        desk.route("**/teacher/live/list", lambda route: route.abort("connectionrefused"))
+        expect(status).to_have_text("Could not update; retrying.", timeout=30_000)
+        expect(status).not_to_have_class(re.compile(r"\bvisually-hidden\b"))
+        expect(ana_row).to_be_visible()
+        expect(ben_row).to_be_visible()
+        desk.unroute("**/teacher/live/list")
+        expect(status).to_have_text(re.compile(r"^2 lessons under way, updated"), timeout=30_000)
+        expect(end_ana).to_be_focused()
+        assert desk.evaluate("window.notReloaded") is True
+
+        # Signed out everywhere from another browser: the page asks to sign in, not shows an empty list.
+        elsewhere = LessonPage.open(signed_in.browser, f"{signed_in.stack.url}/teacher")
+        sign_in(elsewhere.page)
+        elsewhere.page.get_by_role("button", name="Sign out everywhere").click()
+        expect(desk.get_by_role("heading", name="Sign in")).to_be_visible(timeout=30_000)
+        assert desk.url == f"{signed_in.stack.url}/teacher/signin?next=%2Fteacher%2Flive"
+
+        assert teacher.csp_violations() == []
+        # Chromium logs the refused reads and the 401 as resources that failed to load: nothing else.
+        assert [error for error in teacher.console_errors
+                if "ERR_CONNECTION_REFUSED" not in error and "status of 401" not in error] == []

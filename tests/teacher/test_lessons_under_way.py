@@ -1,17 +1,19 @@
 """The lessons under way on the desk (`/teacher/live`), and a teacher ending one: from the desk (confirmed, with
 its CSRF token) or the API. On the app running the lesson it ends at once; on another app of the same database at
 that app's next check. The page is told in plain words, gets its feedback as at End, and the record says
-`teacher_ended`. Lessons run against the simulator; every store-backed test runs on SQLite and PostgreSQL."""
+`teacher_ended`. The list the page updates itself with is the page's own, for a signed-in desk only. Lessons run
+against the simulator; every store-backed test runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from desk_client import PASSWORD, Desk
+from desk_client import PASSWORD, Desk, csrf_token
 from harness import LessonClient, SimulatorWith, logged, open_lesson, relay_settings, serve_app
 from sqlalchemy import insert
 from test_withdrawn_lessons import desk_app, lesson_under_way, personal_link, resume_refusal, stored
@@ -104,6 +106,57 @@ async def test_the_desk_and_the_api_list_the_lessons_under_way_and_moving_but_no
     assert running["seconds_so_far"] >= 0
     assert (handed_off["id"], handed_off["state"], handed_off["seconds_so_far"], handed_off["link"]) == (
         moving, "moving", 180.0, None)
+
+
+def without_the_clock(html: str) -> str:
+    """`html` with what changes from one second to the next (the time of "As of", a lesson's time so far) blanked."""
+    html = re.sub(r'<span id="live-as-of">.*?</span>', '<span id="live-as-of"></span>', html)
+    return re.sub(r'(<td data-label="So far" class="num">).*?(</td>)', r"\1\2", html)
+
+
+async def test_the_list_the_page_updates_itself_with_is_the_pages_own_and_needs_a_signed_in_desk(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        student_id, _, _ = await personal_link(state)
+        lesson_id = new_id()
+        async with state.db.begin() as session:
+            await session.execute(insert(Lesson).values(
+                id=lesson_id, student_id=student_id, level="B1", model="m", simulated=True,
+                started_at=datetime.now(UTC) - timedelta(minutes=3), instance_id=state.instance_id))
+        page = await desk.client.get("/teacher/live")
+        # A GET with the session cookie alone: no CSRF token is asked for.
+        listed = await desk.client.get("/teacher/live/list")
+        async with httpx.AsyncClient(base_url=desk.server.base_url) as stranger:
+            never_signed_in = await stranger.get("/teacher/live/list")
+        # A copy of the cookie, kept by a page left open when the teacher signed out elsewhere.
+        async with httpx.AsyncClient(base_url=desk.server.base_url, cookies=desk.client.cookies) as left_open:
+            before_sign_out = await left_open.get("/teacher/live/list")
+            await desk.submit("/teacher/signout")
+            signed_out = await left_open.get("/teacher/live/list")
+            page_signed_out = await left_open.get("/teacher/live")
+    assert (listed.status_code, before_sign_out.status_code) == (200, 200)
+    assert listed.headers["cache-control"] == "no-store"
+    fragment = listed.text.strip()
+    assert fragment.startswith('<div id="live-lessons"')
+    assert "<html" not in fragment
+    assert f'<tr data-lesson="{lesson_id}">' in fragment
+    assert '<caption class="visually-hidden">1 lesson under way</caption>' in fragment
+    assert f'action="/teacher/lessons/{lesson_id}/end"' in fragment
+    # Its End lesson form carries the session's token, as the page's does.
+    assert csrf_token(fragment) == csrf_token(page.text)
+    # The page shows that same list, from the same template.
+    assert without_the_clock(fragment) in without_the_clock(page.text)
+    assert 'data-update-url="/teacher/live/list"' in page.text
+    assert '<script src="/static/teacher-live.js" defer></script>' in page.text
+    # Signed out, the script is told so (401), not sent the sign-in form; the page itself redirects to it.
+    for refused in (never_signed_in, signed_out):
+        assert refused.status_code == 401
+        assert "location" not in refused.headers
+        assert "Signed out" in refused.text
+        assert lesson_id not in refused.text
+    assert page_signed_out.status_code == 303
+    assert page_signed_out.headers["location"] == "/teacher/signin?next=%2Fteacher%2Flive"
 
 
 async def test_ending_a_lesson_on_the_desk_of_its_app_ends_it_at_once_with_its_feedback(

@@ -6,7 +6,8 @@ transcript and cost are on the desk, and the desk's pages fit a phone's width. T
 own time zone, and a teacher on a phone signs out. A form sent back with errors puts the focus on its first
 invalid field (or on its summary, for a field it does not show). The lessons under way keep themselves current
 without a reload, leaving the focus and an opened End lesson question where they are, say so briefly to a screen
-reader, show a note while the desk does not answer, and go to the sign-in form once signed out.
+reader, show a note while the desk does not answer, and go to the sign-in form once signed out; a hidden tab
+reads nothing until it is shown again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -372,3 +373,45 @@ def test_the_lessons_under_way_keep_themselves_current_around_what_the_teacher_i
         # Chromium logs the refused reads and the 401 as resources that failed to load: nothing else.
         assert [error for error in teacher.console_errors
                 if "ERR_CONNECTION_REFUSED" not in error and "status of 401" not in error] == []
+
+
+# Counts the page's reads of the lessons under way (window.listReads): a fetch starts as its script calls it.
+COUNT_LIST_READS = """window.listReads = 0;
+const originalFetch = window.fetch;
+window.fetch = (resource, options) => {
+    if (String(resource).endsWith("/teacher/live/list")) window.listReads += 1;
+    return originalFetch(resource, options);
+};"""
+# Sets what document.visibilityState says (the tab hidden or shown) and tells the page, as a browser does; the
+# reads the page has started by the time it has been told.
+SHOW_TAB = """(state) => {
+    Object.defineProperty(document, "visibilityState", {configurable: true, get: () => state});
+    document.dispatchEvent(new Event("visibilitychange"));
+    return window.listReads;
+}"""
+
+
+def test_a_hidden_tab_reads_the_lessons_under_way_only_once_shown_again(
+    playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with signed_in_desk(playwright, tmp_path, tmp_path_factory) as signed_in:
+        desk = signed_in.page
+        desk.add_init_script(COUNT_LIST_READS)
+        # The page's timers run on a clock the test moves: a minute passes at once, and no update comes unasked.
+        desk.clock.install()
+        desk.goto(f"{signed_in.stack.url}/teacher/live")
+        desk.clock.pause_at(datetime.now(UTC) + timedelta(seconds=1))
+        assert desk.evaluate(SHOW_TAB, "hidden") == 0
+        desk.clock.run_for(60_000)
+        assert desk.evaluate("window.listReads") == 0
+        # Shown again: the list is read at once, then again once an update's time has passed.
+        assert desk.evaluate(SHOW_TAB, "visible") == 1
+
+        def read_again() -> bool:
+            desk.clock.run_for(10_000)
+            return bool(desk.evaluate("window.listReads") >= 2)
+
+        wait_for(read_again, timeout=30, what="the next read of the list")
+        expect(desk.locator("#live-list")).to_contain_text("No lesson is under way.")
+        assert signed_in.teacher.csp_violations() == []
+        assert signed_in.teacher.console_errors == []

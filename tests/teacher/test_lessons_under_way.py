@@ -148,6 +148,8 @@ async def test_the_list_the_page_updates_itself_with_is_the_pages_own_and_needs_
     # The page shows that same list, from the same template.
     assert without_the_clock(fragment) in without_the_clock(page.text)
     assert 'data-update-url="/teacher/live/list"' in page.text
+    # Without the script, the page is read again by its link.
+    assert '<a href="/teacher/live">Refresh</a>' in page.text
     assert '<script src="/static/teacher-live.js" defer></script>' in page.text
     # Signed out, the script is told so (401), not sent the sign-in form; the page itself redirects to it.
     for refused in (never_signed_in, signed_out):

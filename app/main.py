@@ -34,6 +34,7 @@ from app.logging import configure_logging
 from app.loop_lag import LoopLagProbe
 from app.metrics import LessonMetrics, metrics_router
 from app.records import RecordSink
+from app.resume import RefusedResumes
 from app.routes import Upstream, router
 from app.security_headers import SecurityHeaders, server_error
 from app.settings import Settings, load_settings
@@ -118,6 +119,7 @@ def create_app(
     # must not write a lesson row per attempt.
     app.state.refusals_recorded = StartRateLimiter(per_minute=1)
     app.state.daily_budget = DailyBudget(settings.max_student_cost_usd_per_day)
+    app.state.refused_resumes = RefusedResumes()
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)

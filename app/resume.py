@@ -15,13 +15,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Final
 
 import orjson
 
 from app.errors import ResumeRefused
 
 _KEY_LABEL = b"lesson-resume-token"
+# The most lessons a worker remembers refusing a resume of for good (about 300 bytes each, 3 MB in all); past it
+# the oldest is dropped, and a resume of it is checked against the store again.
+MAX_REFUSED_REMEMBERED: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +85,31 @@ def verify_resume_token(token: str, secret: str, *, now: float) -> ResumeClaim:
 
 def _optional(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+class RefusedResumes:
+    """The lessons this worker refused a resume of for good (ended, withdrawn, handed off or lost too long ago):
+    none of them can become resumable again, so a resume of one is refused again from memory.
+
+    Without it every resume of an ended lesson is a write transaction on the store (the take-over's claim): one
+    script repeating its own lesson's token would hold the records' database from every other lesson start,
+    sign-in and record. What is kept is the refusal's words, never the exception (its traceback holds a socket).
+    """
+
+    def __init__(self, max_remembered: int = MAX_REFUSED_REMEMBERED) -> None:
+        self.max_remembered = max_remembered
+        # Lesson id → (code, detail, student message) of its refusal, oldest first.
+        self._refused: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
+
+    def remember(self, lesson_id: str, refusal: ResumeRefused) -> None:
+        self._refused[lesson_id] = (refusal.code, refusal.detail, refusal.student_message)
+        self._refused.move_to_end(lesson_id)
+        if len(self._refused) > self.max_remembered:
+            self._refused.popitem(last=False)
+
+    def refuse_remembered(self, lesson_id: str) -> None:
+        """Raise the `ResumeRefused` this worker gave a resume of `lesson_id` before, if it did."""
+        known = self._refused.get(lesson_id)
+        if known is not None:
+            code, detail, student_message = known
+            raise ResumeRefused(f"{detail} (refused before)", code=code, student_message=student_message)

@@ -47,7 +47,7 @@ from app.metrics import LessonMetrics, bearer_allowed
 from app.prompts import feedback_instructions, tutor_instructions
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, RecordSink
 from app.relay import PageSocket, Relay
-from app.resume import ResumeClaim, make_resume_token, verify_resume_token
+from app.resume import RefusedResumes, ResumeClaim, make_resume_token, verify_resume_token
 from app.session import LessonSession
 from app.settings import Settings
 from app.store.database import STORE_ERRORS, error_reason
@@ -240,7 +240,14 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
             relay.attach(page, replay=replay)
             await page.done
             return
-        taken = await _take_over(state, claim)
+        # A lesson refused for good stays so: its token, repeated, is refused without a write to the store.
+        refused: RefusedResumes = state.refused_resumes
+        refused.refuse_remembered(claim.lesson_id)
+        try:
+            taken = await _take_over(state, claim)
+        except ResumeRefused as exc:
+            refused.remember(claim.lesson_id, exc)
+            raise
         student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id,
                                 target_language=taken.target_language)
         try:

@@ -355,6 +355,31 @@ async def test_tampered_foreign_expired_and_ended_tokens_are_refused_in_plain_wo
     assert len(logged(log_stream, "resume_refused")) == 4
 
 
+async def test_a_token_of_an_ended_lesson_repeated_is_refused_from_memory_without_a_write_to_the_store(
+    relay: AppServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each take-over attempt is a write transaction: a script repeating its own ended lesson's token must not
+    hold the records' database from every other lesson start, sign-in and record."""
+    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+        lesson = await page.until_type("lesson")
+        await page.until_type("audio.start")
+        await page.send_json({"type": "end"})
+        await closed_with(page)
+    await relay.app.state.records.flushed()
+    take_overs: list[str] = []
+    take_over = routes.take_over_lesson
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        take_overs.append(args[1])
+        return await take_over(*args, **kwargs)
+
+    monkeypatch.setattr(routes, "take_over_lesson", counted)
+    answers = [await refused(resume_url(relay, lesson["resume_token"])) for _ in range(5)]
+    assert {(error["code"], error["message"], code) for error, code, _ in answers} == {
+        ("lesson_ended", "This lesson has already ended. Please start a new lesson.", 1008)}
+    assert take_overs == [lesson["lesson_id"]]
+
+
 async def test_a_resume_that_may_succeed_later_is_refused_for_now_and_the_page_tries_again(
     simulator: RealtimeSimulator, relay: AppServer
 ) -> None:

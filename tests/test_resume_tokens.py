@@ -9,7 +9,7 @@ import pytest
 from app.errors import ResumeRefused
 from app.links import make_lesson_token
 from app.prompts import CONTINUATION_MAX_TURNS, PastTurn, continued_instructions, tutor_instructions
-from app.resume import ResumeClaim, make_resume_token, verify_resume_token
+from app.resume import RefusedResumes, ResumeClaim, make_resume_token, verify_resume_token
 from app.simulator import tutor_text
 
 SECRET = "test-lesson-secret-not-real-0123456789"
@@ -96,3 +96,15 @@ def test_the_simulated_tutor_carries_on_instead_of_greeting_a_lesson_it_takes_ov
     taken_over = continued_instructions(base, turns=[PastTurn("tutor", tutor_text(base, 0)),
                                                                  PastTurn("student", "Fine, thanks.")])
     assert tutor_text(taken_over, 0) == tutor_text(base, 1)
+
+
+def test_a_lesson_refused_for_good_is_refused_again_from_memory_and_the_oldest_is_forgotten_past_the_bound() -> None:
+    refused = RefusedResumes(max_remembered=2)
+    refused.refuse_remembered("l1")  # never refused: nothing raised
+    for lesson_id in ("l1", "l2", "l3"):
+        refused.remember(lesson_id, ResumeRefused.ended(f"lesson {lesson_id!r} ended: student_ended"))
+    refused.refuse_remembered("l1")  # the oldest, forgotten past the bound: checked against the store again
+    with pytest.raises(ResumeRefused) as again:
+        refused.refuse_remembered("l3")
+    assert (again.value.code, again.value.student_message) == (
+        "lesson_ended", "This lesson has already ended. Please start a new lesson.")

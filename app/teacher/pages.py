@@ -36,6 +36,8 @@ from app.teacher.web import (
 router = APIRouter()
 
 FAILURE_WINDOWS_DAYS = (7, 30, 90, 365)
+# The failures page lists this many, the newest; it counts all of them.
+FAILURES_LISTED = 500
 # The students page lists this many students, by name, with links to the others.
 STUDENTS_PER_PAGE = 100
 # A student's page lists this many lessons, newest first, with links to the older ones.
@@ -164,10 +166,11 @@ async def failures_page(request: Request, teacher: Teacher, days: int = 30) -> R
                         f"{', '.join(map(str, FAILURE_WINDOWS_DAYS))} days.", back=f"{DESK_PATH}/failures")
     since = datetime.now(UTC) - timedelta(days=days)
     async with database(request) as db:
-        failure_days = await queries.failures_since(db, since)
+        failure_days = await queries.failures_since(db, since, listed=FAILURES_LISTED)
         return render(request, "failures.html", teacher, {
             "section": "failures", "days": days, "windows": FAILURE_WINDOWS_DAYS, "failure_days": failure_days,
             "kinds": sorted({kind for day in failure_days for kind in day.by_kind}),
+            "failure_count": sum(day.count for day in failure_days), "listed": FAILURES_LISTED,
         })
 
 

@@ -65,15 +65,15 @@ class Failure:
 
 @dataclass(frozen=True)
 class FailureDay:
+    """One UTC day's failures: every one counted by kind, the newest of them listed (`failures`)."""
+
     day: date
+    by_kind: dict[str, int]
     failures: list[Failure]
 
     @property
-    def by_kind(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for failure in self.failures:
-            counts[failure.event.kind] = counts.get(failure.event.kind, 0) + 1
-        return dict(sorted(counts.items()))
+    def count(self) -> int:
+        return sum(self.by_kind.values())
 
 
 async def student_summaries(db: AsyncSession, *, archived: bool = False, recent_since: datetime | None = None,
@@ -251,20 +251,29 @@ async def get_lesson(db: AsyncSession, lesson_id: str) -> Lesson | None:
     return lesson
 
 
-async def failures_since(db: AsyncSession, since: datetime) -> list[FailureDay]:
-    """Every failure (a lesson event not in NOT_FAILURES) at or after `since`, grouped by UTC day, newest day (and
-    event) first."""
-    query = (
+async def failures_since(db: AsyncSession, since: datetime, *, listed: int) -> list[FailureDay]:
+    """Every failure (a lesson event not in NOT_FAILURES) at or after `since`, counted by UTC day and kind, newest day
+    first, with the newest `listed` of them (newest first) on their days. The counts are read as (time, kind) rows,
+    streamed: however many failures an outage or a script left, the page neither loads nor shows them all."""
+    failure = and_(LessonEvent.at >= since, LessonEvent.kind.not_in(NOT_FAILURES))
+    counts: dict[date, dict[str, int]] = {}
+    async for at, kind in await db.stream(select(LessonEvent.at, LessonEvent.kind).where(failure)
+                                          .execution_options(yield_per=2000)):
+        day = counts.setdefault(at.date(), {})
+        day[kind] = day.get(kind, 0) + 1
+    newest = (
         select(LessonEvent, Lesson.id, Student.id, Student.name)
         .join(Lesson, Lesson.id == LessonEvent.lesson_id)
         .outerjoin(Student, Student.id == Lesson.student_id)
-        .where(LessonEvent.at >= since, LessonEvent.kind.not_in(NOT_FAILURES))
+        .where(failure)
         .order_by(LessonEvent.at.desc(), LessonEvent.id.desc())
+        .limit(listed)
     )
-    days: dict[date, list[Failure]] = {}
-    for event, lesson_id, student_id, student_name in (await db.execute(query)).all():
-        days.setdefault(event.at.date(), []).append(Failure(event, lesson_id, student_id, student_name))
-    return [FailureDay(day, failures) for day, failures in days.items()]
+    shown: dict[date, list[Failure]] = {}
+    for event, lesson_id, student_id, student_name in (await db.execute(newest)).all():
+        shown.setdefault(event.at.date(), []).append(Failure(event, lesson_id, student_id, student_name))
+    return [FailureDay(day, dict(sorted(counts[day].items())), shown.get(day, []))
+            for day in sorted(counts, reverse=True)]
 
 
 async def lessons_for_export(db: AsyncSession) -> AsyncIterator[tuple[Lesson, str | None]]:

@@ -19,6 +19,7 @@ from records import GREETING_FAILED, START, add_lesson, add_student, count
 from app.links import LinkError, verify_lesson_token
 from app.store.models import Lesson, LessonEvent, Link, Student, Turn
 from app.store.queries import student_for_link
+from app.teacher import pages
 
 CONVERSATION = (("tutor", "Hello Ana! How are you today?"), ("student", "I am fine, thank you."),
                 ("tutor", "Great. What did you do <b>yesterday</b>?"))
@@ -260,6 +261,27 @@ async def test_failures_page_groups_every_failure_by_day(desk_on: Desk) -> None:
     assert 'href="/teacher/lessons/day-2"' in page.text
     assert "day-1" not in page.text  # older than the window
     assert (await desk_on.client.get("/teacher/failures?days=3")).status_code == 400
+
+
+async def test_failures_page_counts_every_failure_and_lists_only_the_newest(desk_on: Desk,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outage or a script can leave hundreds of thousands of failures: building and rendering every one held the
+    worker's event loop (and every lesson's audio on it) for seconds, so the page lists only the newest."""
+    monkeypatch.setattr(pages, "FAILURES_LISTED", 2)
+    ana = await add_student(desk_on.app)
+    await add_lesson(desk_on.app, ana.id, "older", started_at=_days_ago(2),
+                     events=(("greeting_failed", GREETING_FAILED), ("greeting_retry", GREETING_FAILED)))
+    await add_lesson(desk_on.app, ana.id, "newer", started_at=_days_ago(1),
+                     events=(("greeting_retry", GREETING_FAILED), ("greeting_retry", GREETING_FAILED)))
+
+    page = await desk_on.client.get("/teacher/failures?days=7")
+
+    assert page.status_code == 200
+    assert re.findall(r'<h2 id="day-(\d{4}-\d{2}-\d{2})"', page.text) == [_days_ago(1).date().isoformat()]
+    assert page.text.count('href="/teacher/lessons/newer"') == 2
+    assert 'href="/teacher/lessons/older"' not in page.text
+    assert re.findall(r'data-label="All" class="num">(\d+)<', page.text) == ["2", "2"]
+    assert "All 4 failures are counted above; the newest 2 are listed below." in page.text
 
 
 def _days_ago(days: int) -> datetime:

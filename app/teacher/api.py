@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
@@ -38,6 +38,13 @@ from app.withdrawal import Withdrawal
 router = APIRouter(prefix="/api")
 Model = TypeVar("Model", bound=BaseModel)
 log = structlog.get_logger("lesson_relay")
+
+# A student's lessons come a page at a time: a link or a browser key can gather tens of thousands of them, and
+# answering all at once held the worker's event loop (every lesson's audio on it) for seconds.
+LESSONS_PER_PAGE = 100
+MOST_LESSONS_PER_PAGE = 500
+# Past any student's lessons; a larger number is no offset a page gave (and would overflow the database's integer).
+_MOST_OFFSET = 1_000_000_000
 
 
 class ApiError(Exception):
@@ -219,14 +226,20 @@ async def revoke_link(request: Request, _: Authorized, student_id: str, link_id:
 
 
 @router.get("/students/{student_id}/lessons")
-async def list_lessons(request: Request, _: Authorized, student_id: str) -> JSONResponse:
+async def list_lessons(request: Request, _: Authorized, student_id: str,
+                       limit: Annotated[int, Query(ge=1, le=MOST_LESSONS_PER_PAGE)] = LESSONS_PER_PAGE,
+                       offset: Annotated[int, Query(ge=0, le=_MOST_OFFSET)] = 0) -> JSONResponse:
+    """The student's lessons, newest first, `limit` of them from the `offset`-th; `next_offset` gives the next page."""
     async with database(request) as db:
         if await queries.get_student(db, student_id) is None:
             raise _not_found("student", student_id)
-        lessons = await queries.student_lessons(db, student_id)
-    return JSONResponse({"lessons": [
-        exports.lesson_summary_json(summary.lesson) | {"event_count": summary.event_count} for summary in lessons
-    ]})
+        # One more than asked for: whether there is a next page, without counting them all.
+        lessons = await queries.student_lessons(db, student_id, limit=limit + 1, offset=offset)
+    return JSONResponse({
+        "lessons": [exports.lesson_summary_json(summary.lesson) | {"event_count": summary.event_count}
+                    for summary in lessons[:limit]],
+        "next_offset": offset + limit if len(lessons) > limit else None,
+    })
 
 
 def _seconds_so_far(row: queries.LessonUnderWay, now: datetime) -> float:

@@ -7,7 +7,7 @@ import io
 import json
 import re
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -360,6 +360,26 @@ async def test_a_students_lessons_and_one_lesson(api: Desk) -> None:
     assert [(turn["role"], turn["text"]) for turn in body["turns"]] == list(CONVERSATION)
     assert body["events"][0]["kind"] == "greeting_retry"
     assert body["events"][0]["detail"]["status_details"]["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_a_students_lessons_come_a_page_at_a_time_newest_first(api: Desk) -> None:
+    """A link or a browser key can gather tens of thousands of lessons: they are never answered all at once."""
+    ana = await add_student(api.app)
+    for day in range(1, 6):
+        await add_lesson(api.app, ana.id, f"lesson-{day}", started_at=datetime(2026, 3, day, 9, 30, tzinfo=UTC))
+    path = f"/api/students/{ana.id}/lessons"
+
+    first = (await api.client.get(path, params={"limit": 2})).json()
+    last = (await api.client.get(path, params={"limit": 2, "offset": 4})).json()
+    default = (await api.client.get(path)).json()
+    refused = [await api.client.get(path, params=params)
+               for params in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"offset": 10**30})]
+
+    assert ([lesson["id"] for lesson in first["lessons"]], first["next_offset"]) == (["lesson-5", "lesson-4"], 2)
+    assert ([lesson["id"] for lesson in last["lessons"]], last["next_offset"]) == (["lesson-1"], None)
+    assert (len(default["lessons"]), default["next_offset"]) == (5, None)
+    assert [(answer.status_code, answer.json()["field"]) for answer in refused] == [
+        (422, "limit"), (422, "limit"), (422, "offset"), (422, "offset")]
 
 
 async def test_lesson_exports(api: Desk) -> None:

@@ -129,17 +129,21 @@ class Relay:
     def attach(self, page: PageSocket, *, replay: bool) -> None:
         """A resumed socket of this lesson: it replaces the attached page, if any, and is served until it leaves
         or the lesson ends (`page.done`). `replay`: the page has no transcript (a reload) and gets it all."""
-        if not self._start_task(self._serve_resumed(page, replay)):
+        serving = self._start_task(self._serve_resumed(page, replay))
+        if serving is None:
             page.finish()
+        else:
+            # Cancelled before it first ran (the lesson's last task ended as the page attached), it never took the
+            # page: the page is done with all the same, or its socket would wait for the lesson forever.
+            serving.add_done_callback(lambda _: page.finish())
 
-    def _start_task(self, work: Coroutine[Any, Any, None]) -> bool:
-        """Run `work` in the lesson's TaskGroup; False (and `work` dropped) once the lesson is ending."""
+    def _start_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        """Run `work` in the lesson's TaskGroup; None (and `work` dropped) once the lesson is ending."""
         if self._tasks is not None and not self.over:
             with contextlib.suppress(RuntimeError):  # the group is being torn down
-                self._tasks.create_task(work)
-                return True
+                return self._tasks.create_task(work)
         work.close()
-        return False
+        return None
 
     def _signalled(self, signal: LessonSignal) -> None:
         self._start_task(self._carry_out_signal(signal))

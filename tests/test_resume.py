@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import signal
@@ -45,6 +46,7 @@ from websockets.asyncio.client import connect
 
 from app import routes
 from app.main import drain_lessons
+from app.relay import Relay
 from app.resume import ResumeClaim, make_resume_token
 from app.simulator import RealtimeSimulator, SimulatorBehaviour
 from app.store.database import create_engine, database_url, session_factory
@@ -378,6 +380,40 @@ async def test_a_token_of_an_ended_lesson_repeated_is_refused_from_memory_withou
     assert {(error["code"], error["message"], code) for error, code, _ in answers} == {
         ("lesson_ended", "This lesson has already ended. Please start a new lesson.", 1008)}
     assert take_overs == [lesson["lesson_id"]]
+
+
+async def test_a_page_that_resumes_as_its_lesson_closes_is_closed_too_never_left_hanging(
+    relay: AppServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume attaches between the lesson's last close and the end of its tasks: the task that would serve it is
+    cancelled before it starts, and its socket must still be closed (it waited for the lesson forever)."""
+    close_all, attach = Relay._close_all, Relay.attach
+    closing, attached = asyncio.Event(), asyncio.Event()
+
+    async def close_then_wait_for_the_resume(self: Relay) -> None:
+        await close_all(self)
+        if self._closing and not attached.is_set():
+            closing.set()
+            await attached.wait()
+
+    def attach_and_tell(self: Relay, page: Any, *, replay: bool) -> None:
+        attached.set()
+        # Attached just after the lesson's closing task has ended, before its task group has heard of it.
+        asyncio.get_running_loop().call_soon(functools.partial(attach, self, page, replay=replay))
+
+    monkeypatch.setattr(Relay, "_close_all", close_then_wait_for_the_resume)
+    monkeypatch.setattr(Relay, "attach", attach_and_tell)
+    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+        lesson = await lesson_heard(page)
+        await page.send_json({"type": "end"})
+        await closed_with(page)
+    await closing.wait()
+    async with open_lesson(resume_url(relay, lesson["resume_token"])) as back:
+        await asyncio.wait_for(closed_with(back), 30)  # a guard against the hang, not a measure of time
+    assert back.ws.close_code != 1000  # not a lesson that ended for it: the page tries again, and is told
+    await relay.app.state.records.flushed()
+    error, code, _ = await refused(resume_url(relay, lesson["resume_token"]))
+    assert (error["code"], code) == ("lesson_ended", 1008)
 
 
 async def test_a_resume_that_may_succeed_later_is_refused_for_now_and_the_page_tries_again(

@@ -24,7 +24,7 @@ import orjson
 from app.errors import ResumeRefused
 
 _KEY_LABEL = b"lesson-resume-token"
-# The most lessons a worker remembers refusing a resume of for good (about 300 bytes each, 3 MB in all); past it
+# The most lessons a worker remembers refusing a resume of for good (about 250 bytes each, 2.5 MB in all); past it
 # the oldest is dropped, and a resume of it is checked against the store again.
 MAX_REFUSED_REMEMBERED: Final = 10_000
 

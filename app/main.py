@@ -35,7 +35,7 @@ from app.loop_lag import LoopLagProbe
 from app.metrics import LessonMetrics, metrics_router
 from app.records import RecordSink
 from app.resume import RefusedResumes
-from app.routes import Upstream, router
+from app.routes import RESUMES_PER_LESSON_PER_MINUTE, Upstream, router
 from app.security_headers import SecurityHeaders, server_error
 from app.settings import Settings, load_settings
 from app.simulator import RealtimeSimulator
@@ -120,6 +120,7 @@ def create_app(
     app.state.refusals_recorded = StartRateLimiter(per_minute=1)
     app.state.daily_budget = DailyBudget(settings.max_student_cost_usd_per_day)
     app.state.refused_resumes = RefusedResumes()
+    app.state.page_resumes = StartRateLimiter(per_minute=RESUMES_PER_LESSON_PER_MINUTE)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)

@@ -60,6 +60,10 @@ from app.upstream import RealtimeClient, realtime_url
 router = APIRouter()
 log = structlog.get_logger("lesson_relay")
 
+# How often a running lesson may be resumed: the lesson page, retrying after 0.5, 1, 2, 4 s, comes back a few times
+# a minute on the worst network.
+RESUMES_PER_LESSON_PER_MINUTE = 30
+
 
 @dataclass
 class Upstream:
@@ -236,6 +240,13 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
         resume_log = resume_log.bind(lesson_id=claim.lesson_id)
         relay = state.live_lessons.get(claim.lesson_id)
         if relay is not None:
+            # Each resume is a page away and back in the lesson's records and log: a script repeating its token
+            # is held to what a page on a failing network does, and tries again as that page would.
+            resumes: StartRateLimiter = state.page_resumes
+            if not resumes.allows(claim.lesson_id, time.monotonic()):
+                raise ResumeNotYet(f"lesson {claim.lesson_id!r} was resumed {resumes.per_minute} times in a minute",
+                                   student_message="Reconnecting to your lesson…")
+            resumes.record(claim.lesson_id, time.monotonic())
             page = PageSocket(websocket, current_page_connection())
             relay.attach(page, replay=replay)
             await page.done

@@ -45,6 +45,7 @@ from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from app import routes
+from app.admission import StartRateLimiter
 from app.main import drain_lessons
 from app.relay import Relay
 from app.resume import ResumeClaim, make_resume_token
@@ -414,6 +415,25 @@ async def test_a_page_that_resumes_as_its_lesson_closes_is_closed_too_never_left
     await relay.app.state.records.flushed()
     error, code, _ = await refused(resume_url(relay, lesson["resume_token"]))
     assert (error["code"], code) == ("lesson_ended", 1008)
+
+
+async def test_a_running_lesson_resumed_too_often_is_refused_for_now_so_its_records_and_log_stay_bounded(
+    relay: AppServer, log_stream: io.StringIO
+) -> None:
+    """Each resume is a page away and back, written to the lesson's records: a script repeating its own token made
+    thousands a minute, every one a row of the lesson and two log lines."""
+    relay.app.state.page_resumes = StartRateLimiter(per_minute=3)
+    async with open_lesson(relay.lesson_url(name="Ana")) as page:
+        lesson = await lesson_heard(page)
+        for _ in range(3):
+            async with open_lesson(resume_url(relay, lesson["resume_token"])) as back:
+                resumed = await back.until_type("lesson")
+                assert resumed["resumed"] is True
+        # A guard, not a measure of time: a resume let through answers with no error at all.
+        error, code, _ = await asyncio.wait_for(refused(resume_url(relay, lesson["resume_token"])), 30)
+    assert (error["code"], error["fatal"], code) == ("resume_not_yet", False, 1013)
+    assert error["message"] == "Reconnecting to your lesson…"
+    assert len(logged(log_stream, "page_back")) == 3
 
 
 async def test_a_resume_that_may_succeed_later_is_refused_for_now_and_the_page_tries_again(

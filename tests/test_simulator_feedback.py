@@ -196,6 +196,61 @@ async def test_feedback_sees_a_truncated_reply_only_as_far_as_the_student_heard_
     assert [word.word for word in feedback.new_words] == ["tutor"]
 
 
+async def test_a_deleted_reply_leaves_the_conversation_for_the_feedback_the_next_answer_and_the_token_counts(
+    simulator: RealtimeSimulator,
+) -> None:
+    async with realtime_client(simulator) as client:
+        await greet_and_answer(client)
+        reply = of_type(client.events, "response.done")[-1]["response"]
+        with_reply = (await ask_for_feedback(client))[-1]["response"]
+        # "Very good, Ana! Now tell me: what is your favourite food?", none of it heard: deleted.
+        await client.send({"type": "conversation.item.delete", "event_id": "evt_delete",
+                           "item_id": reply["output"][0]["id"]})
+        deleted = (await client.until("conversation.item.deleted"))[-1]
+        without_reply = (await ask_for_feedback(client))[-1]["response"]
+        feedback = Feedback.model_validate_json(without_reply["output"][0]["content"][0]["text"])
+        # The tutor's next answer does not know it said the deleted one: it says it again.
+        await client.send({"type": "response.create"})
+        following = (await client.until("response.done"))[-1]["response"]
+        await client.send({"type": "conversation.item.retrieve", "event_id": "evt_get",
+                           "item_id": reply["output"][0]["id"]})
+        gone = (await client.until("error"))[-1]["error"]
+
+    assert deleted == {"type": "conversation.item.deleted", "event_id": deleted["event_id"],
+                       "item_id": reply["output"][0]["id"]}
+    assert feedback.summary == "Today we talked about how you are. You answered once, Ana: a good start!"
+    assert [word.word for word in feedback.new_words] == ["tutor"]
+    assert following["output"][0]["content"][0]["transcript"] == reply["output"][0]["content"][0]["transcript"]
+    # The reply left the context with it: the same request reads fewer input tokens than before the delete.
+    assert "favourite" in with_reply["output"][0]["content"][0]["text"]
+    assert without_reply["usage"]["input_tokens"] < with_reply["usage"]["input_tokens"]
+    assert (gone["code"], gone["event_id"]) == ("item_not_found", "evt_get")
+
+
+@pytest.mark.parametrize("item_id", ["item_never_made", None])
+async def test_deleting_an_item_the_conversation_does_not_have_is_refused_as_the_real_api_does(
+    simulator: RealtimeSimulator, item_id: str | None,
+) -> None:
+    async with realtime_client(simulator) as client:
+        await client.configure()
+        event: dict[str, Any] = {"type": "conversation.item.delete", "event_id": "evt_delete"}
+        if item_id is not None:
+            event["item_id"] = item_id
+        await client.send(event, conforming=item_id is not None)
+        error = (await client.until("error"))[-1]["error"]
+        # The conversation is as it was: the greeting is asked for and comes.
+        await client.send({"type": "response.create"})
+        assert (await client.until("response.done"))[-1]["response"]["status"] == "completed"
+
+    if item_id is None:
+        assert (error["code"], error["param"], error["event_id"]) == (
+            "missing_required_parameter", "item_id", "evt_delete")
+    else:
+        assert error == {"type": "invalid_request_error", "code": "item_delete_invalid_item_id",
+                         "message": "Error deleting item: the item with id 'item_never_made' does not exist.",
+                         "param": None, "event_id": "evt_delete"}
+
+
 async def test_feedback_is_not_added_to_the_conversation_and_the_lesson_goes_on(
     simulator: RealtimeSimulator,
 ) -> None:

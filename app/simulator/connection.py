@@ -259,9 +259,7 @@ class SimulatedConnection:
                 item = self._conversation.item(event)
                 await self._send({"type": "conversation.item.retrieved", "item": item})
             case "conversation.item.delete":
-                item = self._conversation.item(event)
-                del self._conversation.items[item["id"]]
-                await self._send({"type": "conversation.item.deleted", "item_id": item["id"]})
+                await self._send({"type": "conversation.item.deleted", "item_id": self._conversation.delete(event)})
             case "conversation.item.truncate":
                 await self._send({"type": "conversation.item.truncated", **self._conversation.truncate(event)})
             case "response.create":
@@ -378,7 +376,7 @@ class SimulatedConnection:
             "content": [{"type": "input_audio", "transcript": None}],
         }
         self._conversation.items[item_id] = item
-        self._conversation.audio_ms += int(buffered_ms)
+        self._conversation.count(item_id, audio_ms=int(buffered_ms))
         await self._send({"type": "conversation.item.added", "previous_item_id": previous_item_id, "item": item})
         await self._send({"type": "conversation.item.done", "previous_item_id": previous_item_id, "item": item})
         transcription = self.session["audio"]["input"]["transcription"]

@@ -15,6 +15,15 @@ def text_tokens(text: str) -> int:
 
 
 @dataclass
+class _ItemShare:
+    """What one item adds to the conversation's counts: taken away again when the item is deleted."""
+
+    text_tokens: int = 0
+    audio_ms: int = 0
+    spoken: bool = False  # an assistant reply that said something (counted in `turns_spoken`)
+
+
+@dataclass
 class Conversation:
     """One connection's conversation (the default one; out-of-band responses are not added to it)."""
 
@@ -29,6 +38,17 @@ class Conversation:
     audio_ms: int = 0  # input audio in the context (assistant audio counted twice: it costs about double)
     text_tokens: int = 0
     previous_input_tokens: int = 0  # of the last response, for the cached-token estimate
+    shares: dict[str, _ItemShare] = field(default_factory=dict)  # by item id
+
+    def count(self, item_id: str, *, text_tokens: int = 0, audio_ms: int = 0, spoken: bool = False) -> None:
+        """Item `item_id` adds these to the context (and, `spoken`, a tutor turn said) until it is deleted."""
+        share = self.shares.setdefault(item_id, _ItemShare())
+        share.text_tokens += text_tokens
+        share.audio_ms += audio_ms
+        share.spoken = share.spoken or spoken
+        self.text_tokens += text_tokens
+        self.audio_ms += audio_ms
+        self.turns_spoken += int(spoken)
 
     def last_item_id(self) -> str | None:
         """The `previous_item_id` of an item appended now."""
@@ -70,8 +90,29 @@ class Conversation:
         item.update(status="completed", object="realtime.item")
         previous_item_id = previous_item_id or self.last_item_id()
         self.items[item_id] = item
-        self.text_tokens += sum(text_tokens(str(part.get("text") or "")) for part in content)
+        self.count(item_id, text_tokens=sum(text_tokens(str(part.get("text") or "")) for part in content))
         return previous_item_id, item
+
+    def delete(self, event: JsonObject) -> str:
+        """Carry out a conversation.item.delete: the item leaves the conversation, and with it what it added to
+        the context, so no later response (the feedback included) sees it. The deleted item's id."""
+        item_id = event.get("item_id")
+        if not isinstance(item_id, str):
+            raise ClientEventError(
+                "missing_required_parameter", "Missing required parameter: 'item_id'.", param="item_id"
+            )
+        if item_id not in self.items:
+            # The real API's refusal, word for word.
+            raise ClientEventError("item_delete_invalid_item_id",
+                                   f"Error deleting item: the item with id {item_id!r} does not exist.")
+        del self.items[item_id]
+        for per_item in (self.item_audio_ms, self.item_words, self.truncated_ms):
+            per_item.pop(item_id, None)
+        share = self.shares.pop(item_id, _ItemShare())
+        self.text_tokens -= share.text_tokens
+        self.audio_ms -= share.audio_ms
+        self.turns_spoken -= int(share.spoken)
+        return item_id
 
     def truncate(self, event: JsonObject) -> JsonObject:
         """Check a conversation.item.truncate; the fields of the conversation.item.truncated that answers it."""

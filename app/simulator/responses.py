@@ -241,16 +241,15 @@ class ResponseStream:
             item["content"] = [{"type": "output_audio", "transcript": spoken}]
         else:
             spoken = ""
-        if spoken and response.in_conversation:
-            conversation.turns_spoken += 1
         cancelled = response.cancel_reason is not None
         usage = self._usage_for(response, spoken, audio_ms)  # before this item joins the context
         item["status"] = "incomplete" if cancelled or cut_off else "completed"
         await self._send({"type": "response.output_item.done", "response_id": response.id, "output_index": 0,
                           "item": copy.deepcopy(item)})
         if response.in_conversation:
-            conversation.text_tokens += text_tokens(spoken) if spoken else 0
-            conversation.audio_ms += audio_ms * 2  # assistant audio costs about twice as many tokens
+            # Assistant audio costs about twice as many tokens as the student's.
+            conversation.count(item_id, text_tokens=text_tokens(spoken) if spoken else 0, audio_ms=audio_ms * 2,
+                               spoken=bool(spoken))
             await self._send({"type": "conversation.item.done", "previous_item_id": previous_item_id,
                               "item": copy.deepcopy(item)})
         if cancelled:

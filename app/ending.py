@@ -108,8 +108,9 @@ class EndingLesson(abc.ABC):
         active = self._active_response_id
         # One response at a time: the tutor's is cancelled, and the feedback asked for at its response.done.
         cancelled = self._cancel_while_ending(active) if active is not None else ()
-        # The student stops hearing the tutor here: its turn is kept as heard, and its item truncated to that
-        # (after the cancel, as for a barge-in), so the feedback, which reads the conversation, sees only it.
+        # The student stops hearing the tutor here: its turn is kept as heard, and its item truncated to that, or
+        # deleted when none of it was heard (after the cancel, as for a barge-in), all before the feedback's
+        # response.create, so the feedback, which reads the conversation, sees only what the student heard.
         cut = self._cut_tutor_short(now, why="tutor_cut_at_end", cancel=False, truncate=True)
         self._transition(LessonState.FEEDBACK)
         self._ending_reason = reason

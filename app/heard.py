@@ -1,7 +1,7 @@
 """What the student has heard of each tutor audio item: the audio sent to the page and its playback reports.
 
-Barge-in truncates an item to what was heard, and the greeting counts as heard when its items were played;
-both read it from here.
+Barge-in truncates an item to what was heard (deletes it when nothing was), and the greeting counts as heard
+when its items were played; both read it from here.
 """
 
 from __future__ import annotations
@@ -22,10 +22,14 @@ def heard_text(text: str, heard_ms: int, audio_ms: int) -> str:
     The Realtime API gives no timings for the words of the tutor's audio, so this is an estimate: the share of
     the characters equal to the share of the audio heard, with the word under way when the sound stopped kept
     whole. Nothing heard, no words."""
-    if audio_ms <= 0 or heard_ms >= audio_ms - PLAYED_TOLERANCE_MS:
+    if audio_ms <= 0:
+        return text
+    if heard_ms <= 0:
+        return ""
+    if heard_ms >= audio_ms - PLAYED_TOLERANCE_MS:
         return text
     reached = round(len(text) * heard_ms / audio_ms)
-    if heard_ms <= 0 or not text[:reached].strip():
+    if not text[:reached].strip():
         return ""
     end = _SPACE.search(text, reached)
     return (text if end is None else text[:end.start()]).rstrip()

@@ -245,6 +245,11 @@ def item_truncate(*, event_id: str, item_id: str, audio_end_ms: int) -> dict[str
     }
 
 
+def item_delete(*, event_id: str, item_id: str) -> dict[str, Any]:
+    """`conversation.item.delete`: the item leaves the conversation (answered by `conversation.item.deleted`)."""
+    return {"type": "conversation.item.delete", "event_id": event_id, "item_id": item_id}
+
+
 _APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
 
 

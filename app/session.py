@@ -388,8 +388,8 @@ class LessonSession(EndingLesson, ResumableLesson, UpstreamEvents, PageInput):
 
     def _cut_tutor_short(self, now: float, *, why: str, cancel: bool, truncate: bool) -> Sequence[Action]:
         """The student stops hearing the tutor now (a barge-in, End, the page gone, the upstream gone): flush the
-        page, cancel the response (`cancel`), truncate the item upstream to what was heard (`truncate`: the
-        upstream is still there to be told), and keep the turn as it was cut. Logged as `why`."""
+        page, cancel the response (`cancel`), make the item upstream what was heard (`truncate`: the upstream is
+        still there to be told), and keep the turn as it was cut. Logged as `why`."""
         actions: list[Action] = []
         playing = self._items.playing(now)
         active = self._active_response_id
@@ -407,9 +407,13 @@ class LessonSession(EndingLesson, ResumableLesson, UpstreamEvents, PageInput):
         if cancel and active == playing.response_id:
             actions.append(ToUpstream(protocol.dumps(protocol.response_cancel(
                 event_id=self._next_event_id(), response_id=playing.response_id))))
-        if truncate and heard_ms > 0:
-            actions.append(ToUpstream(protocol.dumps(protocol.item_truncate(
-                event_id=self._next_event_id(), item_id=playing.item_id, audio_end_ms=heard_ms))))
+        if truncate:
+            # conversation.item.truncate may not name 0 ms: an item nothing was heard of is deleted instead, so
+            # neither the tutor's next answer nor the feedback reads words the student never heard.
+            event_id = self._next_event_id()
+            as_heard = (protocol.item_truncate(event_id=event_id, item_id=playing.item_id, audio_end_ms=heard_ms)
+                        if heard_ms > 0 else protocol.item_delete(event_id=event_id, item_id=playing.item_id))
+            actions.append(ToUpstream(protocol.dumps(as_heard)))
         actions.append(Log("info", why, {
             "item_id": playing.item_id, "heard_ms": heard_ms, "received_ms": playing.received_ms,
         }))

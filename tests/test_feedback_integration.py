@@ -3,9 +3,12 @@ it reaches the page before `status` `ended` and the store keeps it; without it t
 
 from __future__ import annotations
 
+import functools
 import io
+import time
 from typing import Any
 
+import pytest
 from harness import (
     END_OF_TURN_FRAMES,
     AppServer,
@@ -21,6 +24,8 @@ from harness import (
 )
 from test_records_integration import stored
 
+from app import routes
+from app.relay import Relay
 from app.simulator import RealtimeSimulator
 
 
@@ -102,6 +107,65 @@ async def test_end_while_the_tutor_speaks_truncates_its_reply_before_asking_for_
     # The feedback reads the conversation as the student heard it: the reply's question never reached them.
     assert feedback["summary"] == "Today we talked about how you are. You answered once, Ana: a good start!"
     assert [word["word"] for word in feedback["new_words"]] == ["tutor"]
+
+
+class HeldClock:
+    """The relay's clock: `time.monotonic`, except that while held it stands still (and goes on from there)."""
+
+    def __init__(self) -> None:
+        self._held_at: float | None = None
+        self._lost_s = 0.0
+
+    def __call__(self) -> float:
+        return self._held_at if self._held_at is not None else time.monotonic() - self._lost_s
+
+    def hold(self) -> None:
+        self._held_at = self()
+
+    def release(self) -> None:
+        assert self._held_at is not None
+        self._lost_s = time.monotonic() - self._held_at
+        self._held_at = None
+
+
+async def test_end_before_any_of_the_reply_was_heard_deletes_it_so_the_feedback_never_reads_it(
+        simulator_with: SimulatorWith, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = HeldClock()
+    monkeypatch.setattr(routes, "Relay", functools.partial(Relay, clock=clock))
+    async with simulator_with(audio_pace=0) as simulator, \
+            serve_app(relay_settings(simulator.url), log_stream) as server:
+        async with open_lesson(server.lesson_url(name="Ana", level="A2")) as page:
+            await page.hear_greeting()
+            await speak(page, 30)
+            await pause(page, END_OF_TURN_FRAMES)
+            # "Very good, Ana! Now tell me: what is your favourite food?" has all come; the page has played none of
+            # it when the student ends the lesson (the clock held, so no time passes between the two).
+            reply = await page.until_type("audio.done")
+            await page.until_type("transcript.done", role="tutor", item_id=reply["item_id"])
+            clock.hold()
+            await page.send_json({"type": "playback", "item_id": reply["item_id"], "played_ms": 0})
+            await page.send_json({"type": "end"})
+            await page.until_type("status", state="feedback")
+            clock.release()
+            feedback = await page.until_type("feedback")
+            await page.drain_until_closed()
+        _, turns, _ = await stored(server)
+    received = simulator.connections[-1].received
+    for_reply = [(at, e["type"]) for at, e in enumerate(received) if e.get("item_id") == reply["item_id"]]
+    [asked_at] = [at for at, e in enumerate(received)
+                  if e["type"] == "response.create" and "metadata" in e.get("response", {})]
+    assert [event_type for _, event_type in for_reply] == ["conversation.item.delete"]
+    assert for_reply[0][0] < asked_at
+    assert of_type(simulator.connections[-1].sent, "conversation.item.deleted")[0]["item_id"] == reply["item_id"]
+    # The feedback reads the conversation as the student heard it: the greeting and their answer, not the reply.
+    assert feedback["summary"] == "Today we talked about how you are. You answered once, Ana: a good start!"
+    assert [word["word"] for word in feedback["new_words"]] == ["tutor"]
+    # The page and the record keep the reply as cut with nothing heard.
+    [cut] = [m for m in page.messages if m["type"] == "transcript.done" and m.get("interrupted")]
+    assert (cut["item_id"], cut["text"]) == (reply["item_id"], "")
+    [kept] = [turn for turn in turns if turn.role == "tutor" and turn.interrupted]
+    assert "favourite food" in kept.text
+    assert (kept.heard_ms, kept.heard_text) == (0, "")
 
 
 async def feedback_fault_lesson(simulator_with: SimulatorWith, log_stream: io.StringIO, fault: str,

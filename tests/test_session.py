@@ -447,11 +447,11 @@ class TestBargeIn:
         actions = session.handle_upstream({"type": "input_audio_buffer.speech_started"}, 25.0)
         assert upstream_events(actions)[-1]["audio_end_ms"] == 1000
 
-    def test_nothing_played_means_no_truncate(self) -> None:
+    def test_nothing_played_means_no_truncate_but_a_delete(self) -> None:
         session = self.speaking(now=10.0)
         session.handle_browser_text('{"type":"playback","item_id":"item_2","played_ms":0}', 10.0)
         actions = session.handle_upstream({"type": "input_audio_buffer.speech_started"}, 10.0)
-        assert [e["type"] for e in upstream_events(actions)] == ["response.cancel"]
+        assert [e["type"] for e in upstream_events(actions)] == ["response.cancel", "conversation.item.delete"]
 
     def test_late_deltas_of_the_interrupted_response_are_dropped(self) -> None:
         session = self.speaking(now=10.0)

@@ -516,3 +516,5 @@ class TestHeardText:
         assert heard_text(ANSWER, 1000, 0) == ANSWER
         assert heard_text(ANSWER, 0, 1000) == ""
         assert heard_text(ANSWER, 5, 1000) == ""
+        # Less audio than the tolerance, none of it played: still nothing heard (the item is deleted upstream).
+        assert heard_text(ANSWER, 0, 30) == ""

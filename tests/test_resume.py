@@ -687,6 +687,10 @@ async def test_a_lesson_whose_instance_is_killed_is_taken_over_once_that_instanc
                 async with open_lesson(f"{old.ws_url}/ws/lesson?name=Ana") as page:
                     lesson = await lesson_heard(page)
                     reply = await a_turn(page)
+                    # The reply's transcript reaches the page before its response.done is logged: the greeting's
+                    # and the reply's are both counted only once both lines are read.
+                    await old.output.until(lambda lines: [line.get("event") for line in lines].count(
+                        "response_done") == 2)
                     used_there = audio_output_tokens(old.output.of("response_done"))
                     await until_lesson_stored(database, lesson["lesson_id"], lambda row, turns: (
                         reply["text"] in turns and row.audio_output_tokens == used_there))

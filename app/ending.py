@@ -21,6 +21,7 @@ from app.lesson_config import LessonConfig
 from app.lesson_state import LessonState, Timer
 from app.recorder import LessonRecorder
 from app.usage import LessonUsage
+from app.withdrawal import Withdrawal
 
 
 def feedback_actions(outcome: ParsedFeedback | FeedbackUnavailable, *, recorder: LessonRecorder,
@@ -44,6 +45,11 @@ def feedback_actions(outcome: ParsedFeedback | FeedbackUnavailable, *, recorder:
         trimmed = {"given": dict(outcome.trimmed)}
         actions += [Log("warning", "feedback_trimmed", trimmed), recorder.event(now, "feedback_trimmed", trimmed)]
     return actions
+
+
+def withdrawal_frame(withdrawal: Withdrawal) -> dict[str, Any]:
+    """The fatal `error` frame telling the page in plain words that its teacher withdrew or ended the lesson."""
+    return messages.error(code=withdrawal.value, message=withdrawal.student_message, fatal=True)
 
 
 def closing_actions(*, reason: str, close_code: int, duration_s: float, usage: LessonUsage,
@@ -124,6 +130,17 @@ class EndingLesson(abc.ABC):
             ToUpstream(protocol.dumps(protocol.input_audio_clear(event_id=self._next_event_id()))),
         ]
         return actions if active is not None else (*actions, *self._ask_for_feedback(now))
+
+    def _told_on_return(self, now: float) -> Sequence[Action]:
+        """What a page that comes back while the feedback is on its way is told, as it was told had it been there:
+        the teacher's words when the teacher ended the lesson, then that the feedback comes, within the time left.
+        The feedback (or word that there is none) and the end reason follow when it comes."""
+        told: list[Action] = []
+        if self._ending_reason in set(Withdrawal):
+            told.append(ToBrowser(withdrawal_frame(Withdrawal(self._ending_reason))))
+        left_s = self._deadlines.get(Timer.FEEDBACK, now) - now
+        told.append(ToBrowser(messages.feedback_pending(timeout_s=round(max(0.0, left_s), 3))))
+        return told
 
     def _ask_for_feedback(self, now: float) -> Sequence[Action]:
         return (ToUpstream(self._feedback.request(self._next_event_id(), now)),

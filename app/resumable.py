@@ -95,6 +95,9 @@ class ResumableLesson(abc.ABC):
     @abc.abstractmethod
     def _end_with_feedback(self, outcome: ParsedFeedback | FeedbackUnavailable, now: float) -> Sequence[Action]: ...
 
+    @abc.abstractmethod
+    def _told_on_return(self, now: float) -> Sequence[Action]: ...
+
     # ---- the page away and back --------------------------------------------------------------------
 
     def handle_page_detached(self, now: float) -> Sequence[Action]:
@@ -158,6 +161,9 @@ class ResumableLesson(abc.ABC):
             case LessonState.CONVERSING:
                 self._set_deadline(Timer.IDLE, now + self.config.idle_timeout_s)
                 actions.append(ToBrowser(messages.status("listening")))
+            case LessonState.FEEDBACK:
+                # Ended while the page was away (its teacher, the time limit): told as a page that was there.
+                actions += self._told_on_return(now)
         return actions
 
     def handle_browser_stalled(self, timeout_s: float, now: float) -> Sequence[Action]:

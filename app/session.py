@@ -31,7 +31,7 @@ from typing import Any, assert_never
 from app import messages, protocol
 from app.actions import NO_ACTIONS, Action, Close, Log, OpenUpstream, ToBrowser, ToUpstream
 from app.continuity import UNRETRYABLE_CODES, line_frame
-from app.ending import EndingLesson, closing_actions
+from app.ending import EndingLesson, closing_actions, withdrawal_frame
 from app.feedback import FeedbackExchange, FeedbackUnavailable
 from app.greeting import Greeting, failure_words, retry_wait_s
 from app.heard import TutorItems, heard_text
@@ -189,11 +189,11 @@ class LessonSession(EndingLesson, ResumableLesson, UpstreamEvents, PageInput):
         cfg = self.config
         logged = Log("info", "lesson_withdrawn", {"reason": withdrawal.value, "link_id": cfg.link_id,
                                                   "student_id": cfg.student_id})
-        words = (withdrawal.value, withdrawal.student_message)
         if withdrawal.with_feedback and self.state is LessonState.CONVERSING:
-            return (logged, ToBrowser(messages.error(code=words[0], message=words[1], fatal=True)),
-                    *self._end_normally(withdrawal.value, now))
-        return (logged, *self._finish(withdrawal.value, 1000, now, error=words))
+            # A page away now is told the same when it comes back before the lesson ends (`_told_on_return`).
+            return (logged, ToBrowser(withdrawal_frame(withdrawal)), *self._end_normally(withdrawal.value, now))
+        return (logged, *self._finish(withdrawal.value, 1000, now,
+                                      error=(withdrawal.value, withdrawal.student_message)))
 
     def handle_crash(self, now: float) -> Sequence[Action]:
         """The lesson's own code raised unexpectedly: tell the student in plain words and end with 1011."""

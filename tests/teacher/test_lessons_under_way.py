@@ -13,15 +13,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from desk_client import PASSWORD, Desk, csrf_token
 from harness import LessonClient, SimulatorWith, logged, open_lesson, relay_settings, serve_app
 from sqlalchemy import insert
-from test_withdrawn_lessons import desk_app, lesson_under_way, personal_link, resume_refusal, stored
+from test_withdrawn_lessons import desk_app, lesson_under_way, personal_link, resume_refusal, stored, until_logged
 
 from app.main import drain_lessons
 from app.outcomes import END_REASONS, NOT_FAILURES
 from app.resume import ResumeClaim, make_resume_token
 from app.simulator import RealtimeSimulator
+from app.simulator.connection import SimulatedConnection
+from app.simulator.feedback import is_feedback_request
 from app.store.models import Instance, Lesson, new_id
 from app.teacher.queries import is_under_way
 from app.teacher.web import NOTICES
@@ -210,6 +213,48 @@ async def test_a_lesson_on_another_app_of_the_same_database_ends_at_its_next_che
     assert row is not None
     assert row.end_reason == "teacher_ended"
     assert row.feedback is not None
+
+
+async def test_a_page_away_when_its_teacher_ends_the_lesson_is_told_so_on_its_return_then_gets_its_feedback(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The simulator holds the feedback request until the page is back: it comes while the lesson waits for it.
+    page_back = asyncio.Event()
+    answer_feedback = SimulatedConnection._response_create
+
+    async def feedback_once_the_page_is_back(connection: SimulatedConnection, event: dict[str, Any]) -> None:
+        if is_feedback_request((event.get("response") or {}).get("metadata")):
+            await page_back.wait()
+        await answer_feedback(connection, event)
+
+    monkeypatch.setattr(SimulatedConnection, "_response_create", feedback_once_the_page_is_back)
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        _, _, token = await personal_link(state)
+        async with lesson_under_way(desk.server, token) as (lesson, started):
+            lesson_id = started["lesson_id"]
+            lesson.ws.transport.abort()  # the network lost: the lesson waits for its page
+            await until_logged(log_stream, "page_away")
+        await state.records.flushed()
+        answer = await desk.submit(f"/teacher/lessons/{lesson_id}/end", {"back": "live"}, page="/teacher/live")
+        await until_logged(log_stream, "feedback_requested")
+        async with open_lesson(f"{desk.server.ws_url}/ws/lesson?resume={started['resume_token']}") as back:
+            resumed = await back.until_type("lesson")
+            waiting = await back.until_type("status")
+            page_back.set()
+            async with asyncio.timeout(20):
+                await back.drain_until_closed()
+        row = await stored(state, lesson_id)
+    assert answer.headers["location"] == "/teacher/live?notice=lesson_ended"
+    assert (resumed["lesson_id"], resumed["resumed"]) == (lesson_id, True)
+    # As a page that was there: the teacher's words, the feedback on its way (within what is left of its
+    # time), the feedback, the end reason.
+    frames = back.messages[back.messages.index(resumed) + 1:]
+    assert_ended_with_feedback(frames, back)
+    assert frames[1] == waiting
+    assert 0 < waiting["timeout_s"] <= 20
+    assert row is not None
+    assert row.end_reason == "teacher_ended"
+    assert row.feedback == {key: value for key, value in frames[2].items() if key != "type"}
 
 
 async def test_a_lesson_of_the_open_page_without_a_link_is_listed_and_ended_too(

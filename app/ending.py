@@ -112,6 +112,10 @@ class EndingLesson(abc.ABC):
         if self.state is not LessonState.CONVERSING:
             return self._finish(reason, 1000, now)
         active = self._active_response_id
+        if (active is not None and active not in self._items.dropped_responses
+                and not self._items.of_response(active)):
+            # An answer none of whose audio has reached the page: what it said so far is deleted at its end.
+            self._items.unheard_responses.add(active)
         # One response at a time: the tutor's is cancelled, and the feedback asked for at its response.done.
         cancelled = self._cancel_while_ending(active) if active is not None else ()
         # The student stops hearing the tutor here: its turn is kept as heard, and its item truncated to that, or
@@ -156,7 +160,18 @@ class EndingLesson(abc.ABC):
         if self._feedback.claims(response):
             return (Log("debug", "feedback_created", {"response_id": response.id}),)
         # A tutor turn the server started from audio it had before the end: nobody is listening any more.
+        self._items.unheard_responses.add(response.id or "")
         return self._cancel_while_ending(response.id or "")
+
+    def _delete_unheard(self, response: protocol.Response) -> Sequence[Action]:
+        """The response.done of a tutor response cancelled at the end before the student heard any of it: its
+        output items are deleted upstream (before the feedback is asked for), as an item cut with nothing heard
+        is, so that the feedback does not read what it had said so far."""
+        if response.id not in self._items.unheard_responses:
+            return NO_ACTIONS
+        self._items.unheard_responses.discard(response.id)
+        return tuple(ToUpstream(protocol.dumps(protocol.item_delete(event_id=self._next_event_id(), item_id=item.id)))
+                     for item in response.output or () if item.id is not None)
 
     def _on_error_while_ending(self, error: protocol.ErrorDetail, fields: Mapping[str, Any],
                                now: float) -> Sequence[Action]:

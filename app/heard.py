@@ -68,11 +68,14 @@ class TutorItem:
 
 class TutorItems:
     """The tutor audio items that may still be playing, by item id, and the responses whose output is dropped
-    (cancelled by a barge-in or at the lesson's end: their late deltas never reach the page)."""
+    (cancelled by a barge-in or at the lesson's end: their late deltas never reach the page), of which those
+    cancelled at the end before any of their audio reached the page are `unheard_responses` (their items are
+    deleted upstream at their response.done, before the feedback is asked for)."""
 
     def __init__(self) -> None:
         self.by_id: dict[str, TutorItem] = {}
         self.dropped_responses: set[str] = set()
+        self.unheard_responses: set[str] = set()
 
     def add(self, item: TutorItem, now: float) -> None:
         # Only items that may still be playing matter for barge-in and the greeting; the rest are forgotten.

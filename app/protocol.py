@@ -110,6 +110,7 @@ class ContentPart(_Tolerant):
 
 
 class OutputItem(_Tolerant):
+    id: str | None = None
     type: str | None = None
     content: list[ContentPart] | None = None
 

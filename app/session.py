@@ -330,7 +330,9 @@ class LessonSession(EndingLesson, ResumableLesson, UpstreamEvents, PageInput):
         if self.state is LessonState.FEEDBACK:
             if self._feedback.claims(response):
                 actions.extend(self._end_with_feedback(self._feedback.answer(response), now))
-            elif not self._feedback.asked:
+                return actions
+            actions.extend(self._delete_unheard(response))
+            if not self._feedback.asked:
                 # The tutor's last response is done: only now may the feedback's response.create go out.
                 actions.extend(self._ask_for_feedback(now))
             return actions

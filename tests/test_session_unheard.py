@@ -156,3 +156,49 @@ def test_a_page_that_leaves_before_any_of_the_reply_was_heard_has_it_deleted() -
     session.handle_upstream(audio_delta(PCM_100MS * 10, response_id="resp_2", item_id="item_2"), 10.0)
     events = sent(session.handle_page_detached(10.0))
     assert [event["type"] for event in events] == ["response.cancel", "conversation.item.delete"]
+
+
+def cancelled_with_output(response_id: str, item_id: str) -> dict[str, Any]:
+    """The response.done of a tutor response cancelled at the end, after the server had begun its item."""
+    event = response_done(response_id, "cancelled", reason="client_cancelled")
+    event["response"]["output"] = [{"id": item_id, "type": "message", "role": "assistant", "status": "incomplete",
+                                    "content": [{"type": "output_audio", "transcript": "Very good, Ana! Now"}]}]
+    return event
+
+
+def test_an_end_before_any_audio_of_the_answer_under_way_reached_the_page_deletes_what_it_said_so_far() -> None:
+    session = LessonSession(config())
+    greeted(session)
+    session.handle_upstream({"type": "response.created", "response": {"id": "resp_2"}}, 10.0)
+    ending = sent(session.handle_browser_text(END, 10.1))
+    assert [event["type"] for event in ending] == ["response.cancel", "input_audio_buffer.clear"]
+    # Its late audio never reaches the page; at its response.done its item is deleted, then the feedback asked for.
+    assert session.handle_upstream(audio_delta(PCM_100MS, response_id="resp_2", item_id="item_2"), 10.15) == ()
+    done = sent(session.handle_upstream(cancelled_with_output("resp_2", "item_2"), 10.2))
+    assert [event["type"] for event in done] == ["conversation.item.delete", "response.create"]
+    delete_of("item_2", done)
+    assert done[-1]["response"]["metadata"] == {"purpose": "feedback"}
+
+
+def test_an_answer_cut_by_a_barge_in_just_before_the_end_is_not_deleted_at_its_response_done() -> None:
+    session = speaking()
+    session.handle_browser_text('{"type":"playback","item_id":"item_2","played_ms":300}', 10.3)
+    # The barge-in truncated it to the 300 ms heard; End comes before its response.done.
+    session.handle_upstream({"type": "input_audio_buffer.speech_started", "item_id": "stu_1"}, 10.3)
+    session.handle_browser_text(END, 10.35)
+    done = sent(session.handle_upstream(cancelled_with_output("resp_2", "item_2"), 10.4))
+    assert [event["type"] for event in done] == ["response.create"]
+
+
+def test_a_tutor_turn_the_server_starts_while_the_feedback_is_asked_for_is_deleted_before_it_is_asked_again() -> None:
+    session = LessonSession(config())
+    greeted(session)
+    [request] = [e for e in sent(session.handle_browser_text(END, 10.0)) if e["type"] == "response.create"]
+    # The server had already begun a turn from audio it held: the feedback is refused as busy, that turn cancelled.
+    session.handle_upstream({"type": "response.created", "response": {"id": "resp_3"}}, 10.1)
+    session.handle_upstream({"type": "error", "error": {
+        "type": "invalid_request_error", "code": "conversation_already_has_active_response",
+        "message": "Conversation already has an active response", "event_id": request["event_id"]}}, 10.1)
+    done = sent(session.handle_upstream(cancelled_with_output("resp_3", "item_3"), 10.2))
+    assert [event["type"] for event in done] == ["conversation.item.delete", "response.create"]
+    delete_of("item_3", done)

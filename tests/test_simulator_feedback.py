@@ -227,6 +227,22 @@ async def test_a_deleted_reply_leaves_the_conversation_for_the_feedback_the_next
     assert (gone["code"], gone["event_id"]) == ("item_not_found", "evt_get")
 
 
+async def test_a_reply_deleted_while_it_is_being_said_adds_nothing_to_the_conversation_when_it_ends() -> None:
+    async with running(SimulatorBehaviour(audio_pace=1.0)) as simulator, realtime_client(simulator) as client:
+        await client.configure()
+        await client.send({"type": "response.create"})
+        started = (await client.until("response.output_audio.delta"))[-1]
+        await client.send({"type": "conversation.item.delete", "item_id": started["item_id"]})
+        await client.until("conversation.item.deleted")
+        await client.send({"type": "response.cancel"})
+        await client.until("response.done")
+        await client.send({"type": "response.create"})
+        again = (await client.until("response.done"))[-1]["response"]
+    # Nothing of the deleted greeting stayed: the tutor greets again, from a context as empty as the first.
+    assert again["output"][0]["content"][0]["transcript"] == "Hello Ana! I am your English tutor. How are you today?"
+    assert again["usage"]["input_token_details"]["audio_tokens"] == 0
+
+
 @pytest.mark.parametrize("item_id", ["item_never_made", None])
 async def test_deleting_an_item_the_conversation_does_not_have_is_refused_as_the_real_api_does(
     simulator: RealtimeSimulator, item_id: str | None,

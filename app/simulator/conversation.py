@@ -102,7 +102,7 @@ class Conversation:
                 "missing_required_parameter", "Missing required parameter: 'item_id'.", param="item_id"
             )
         if item_id not in self.items:
-            # The real API's refusal, word for word.
+            # The real API's refusal, as its clients report it (code item_delete_invalid_item_id, no param).
             raise ClientEventError("item_delete_invalid_item_id",
                                    f"Error deleting item: the item with id {item_id!r} does not exist.")
         del self.items[item_id]

@@ -247,9 +247,10 @@ class ResponseStream:
         await self._send({"type": "response.output_item.done", "response_id": response.id, "output_index": 0,
                           "item": copy.deepcopy(item)})
         if response.in_conversation:
-            # Assistant audio costs about twice as many tokens as the student's.
-            conversation.count(item_id, text_tokens=text_tokens(spoken) if spoken else 0, audio_ms=audio_ms * 2,
-                               spoken=bool(spoken))
+            if item_id in conversation.items:  # an item deleted while it was being said adds nothing
+                # Assistant audio costs about twice as many tokens as the student's.
+                conversation.count(item_id, text_tokens=text_tokens(spoken) if spoken else 0,
+                                   audio_ms=audio_ms * 2, spoken=bool(spoken))
             await self._send({"type": "conversation.item.done", "previous_item_id": previous_item_id,
                               "item": copy.deepcopy(item)})
         if cancelled:

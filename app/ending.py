@@ -170,6 +170,10 @@ class EndingLesson(abc.ABC):
         if response.id not in self._items.unheard_responses:
             return NO_ACTIONS
         self._items.unheard_responses.discard(response.id)
+        return self._delete_output(response)
+
+    def _delete_output(self, response: protocol.Response) -> Sequence[Action]:
+        """`conversation.item.delete` for each output item of a response nobody heard."""
         return tuple(ToUpstream(protocol.dumps(protocol.item_delete(event_id=self._next_event_id(), item_id=item.id)))
                      for item in response.output or () if item.id is not None)
 

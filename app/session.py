@@ -317,6 +317,11 @@ class LessonSession(EndingLesson, ResumableLesson, UpstreamEvents, PageInput):
                 "response_id": response_id, "status": response.status,
                 "status_details": details.model_dump(exclude_none=True) if details else None,
             }))
+        if (response.status == "cancelled" and details is not None and details.reason == "turn_detected"
+                and not dropped and audio_bytes == 0):
+            # The student spoke before any of this answer's audio reached the page: what it had said so far is
+            # deleted, so that the tutor's next answer (and the feedback) does not build on it.
+            actions.extend(self._delete_output(response))
         # A lesson waiting for its feedback is already ending: its last response is not cut short.
         if (cap := self.config.max_cost_usd) is not None and self.state is not LessonState.FEEDBACK and cost >= cap:
             actions.append(Log("warning", "cost_limit_reached", {"estimated_cost_usd": cost, "max_cost_usd": cap}))

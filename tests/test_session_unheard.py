@@ -202,3 +202,26 @@ def test_a_tutor_turn_the_server_starts_while_the_feedback_is_asked_for_is_delet
     done = sent(session.handle_upstream(cancelled_with_output("resp_3", "item_3"), 10.2))
     assert [event["type"] for event in done] == ["conversation.item.delete", "response.create"]
     delete_of("item_3", done)
+
+
+def test_an_answer_the_student_spoke_over_before_any_of_its_audio_reached_the_page_is_deleted_once_cancelled() -> None:
+    session = LessonSession(config())
+    greeted(session)
+    session.handle_upstream({"type": "response.created", "response": {"id": "resp_2"}}, 10.0)
+    # speech_started with nothing playing is no barge-in here: the server cancels the answer itself.
+    speech = session.handle_upstream({"type": "input_audio_buffer.speech_started", "item_id": "stu_1"}, 10.1)
+    assert upstream_events(speech) == []
+    done = cancelled_with_output("resp_2", "item_2")
+    done["response"]["status_details"]["reason"] = "turn_detected"
+    events = sent(session.handle_upstream(done, 10.15))
+    assert [event["type"] for event in events] == ["conversation.item.delete"]
+    delete_of("item_2", events)
+
+
+def test_an_answer_cut_by_a_barge_in_after_some_of_it_was_heard_keeps_its_truncate_at_its_response_done() -> None:
+    session = speaking()
+    session.handle_browser_text('{"type":"playback","item_id":"item_2","played_ms":300}', 10.3)
+    session.handle_upstream({"type": "input_audio_buffer.speech_started", "item_id": "stu_1"}, 10.3)
+    done = cancelled_with_output("resp_2", "item_2")
+    done["response"]["status_details"]["reason"] = "turn_detected"
+    assert upstream_events(session.handle_upstream(done, 10.35)) == []

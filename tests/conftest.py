@@ -7,7 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from databases import postgres_behind_proxy, postgres_server, postgres_url, store_url  # noqa: F401  (fixtures for all tests)
+from databases import (  # noqa: F401  (fixtures for all tests)
+    postgres_behind_proxy,
+    postgres_server,
+    postgres_url,
+    refusal,
+    store_url,
+)
 from harness import AppServer, relay_settings, serve_app
 
 from app.simulator import RealtimeSimulator, SimulatorBehaviour

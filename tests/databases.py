@@ -28,6 +28,7 @@ import pytest
 from ci import tool_unavailable
 from harness import free_port
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 PG_USER = "postgres"
@@ -183,6 +184,26 @@ async def postgres_url(postgres_server: str) -> AsyncIterator[str]:
     name = await _create_database(postgres_server)
     yield f"{postgres_server}/{name}"
     await _drop_database(postgres_server, name)
+
+
+# What PostgreSQL says while it restarts, as asyncpg's own `CannotConnectNowError`.
+STARTING_UP = "the database system is starting up"
+
+Refusal = Callable[[], Exception]
+
+
+def drivers_own_refusal() -> Exception:
+    return asyncpg.exceptions.CannotConnectNowError(STARTING_UP)
+
+
+def sqlalchemys_refusal() -> Exception:
+    return OperationalError("connect", None, asyncpg.exceptions.CannotConnectNowError(STARTING_UP))
+
+
+@pytest.fixture(params=[drivers_own_refusal, sqlalchemys_refusal], ids=["drivers_own_error", "sqlalchemy_error"])
+def refusal(request: pytest.FixtureRequest) -> Refusal:
+    """A connection refused while PostgreSQL restarts: as the driver raises it, and as SQLAlchemy wraps it."""
+    return request.param  # type: ignore[no-any-return]
 
 
 @contextlib.asynccontextmanager

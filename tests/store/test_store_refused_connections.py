@@ -6,55 +6,29 @@ code is not taken for an outage. On PostgreSQL, the driver whose connect errors 
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
-import asyncpg
 import pytest
-from databases import connections_refused
+from databases import STARTING_UP, Refusal, connections_refused
 from harness import logged
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.budget import DailyBudget
 from app.errors import StoreUnavailable
 from app.memory import load_memory, student_history
-from app.store.database import create_engine, database_url, migrate, session_factory
 from app.students import LessonStudent
 from app.teacher import desk_sessions
 from app.teacher.sign_in_limit import SignInAttempt, SignInLimiter
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-REASON = "the database system is starting up"
 ANA = LessonStudent(student_id="ana")
 
-Refusal = Callable[[], Exception]
-
-
-def drivers_own() -> Exception:
-    return asyncpg.exceptions.CannotConnectNowError(REASON)
-
-
-def sqlalchemys() -> Exception:
-    return OperationalError("connect", None, asyncpg.exceptions.CannotConnectNowError(REASON))
-
-
-@pytest.fixture(params=[drivers_own, sqlalchemys], ids=["drivers_own_error", "sqlalchemy_error"])
-def refusal(request: pytest.FixtureRequest) -> Refusal:
-    return request.param  # type: ignore[no-any-return]
-
 
 @pytest.fixture
-async def engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url(postgres_url))
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return session_factory(engine)
+def store_url(postgres_url: str) -> str:
+    """The store's `engine` and `sessions` (conftest.py) on PostgreSQL alone: its driver's errors are the ones
+    SQLAlchemy does not always wrap."""
+    return postgres_url
 
 
 async def test_the_daily_budget_refuses_the_start_unchecked(
@@ -63,7 +37,8 @@ async def test_the_daily_budget_refuses_the_start_unchecked(
         with pytest.raises(StoreUnavailable) as unchecked:
             await DailyBudget(20.0).check(sessions, ANA, now=NOW, clock=0.0)
     assert unchecked.value.code == "link_unchecked"
-    assert f"daily budget of student 'ana' not checked: the store did not answer ({REASON})" == unchecked.value.detail
+    assert unchecked.value.detail == (
+        f"daily budget of student 'ana' not checked: the store did not answer ({STARTING_UP})")
 
 
 async def test_memory_and_history_are_left_out_and_the_lesson_or_page_goes_on(
@@ -76,24 +51,24 @@ async def test_memory_and_history_are_left_out_and_the_lesson_or_page_goes_on(
     assert (history.lessons, history.words) == ([], [])
     for event in ("memory_unavailable", "history_unavailable"):
         [line] = logged(store_log, event)
-        assert REASON in line["error"]
+        assert STARTING_UP in line["error"]
 
 
 async def test_desk_sessions_are_refused_and_the_reason_logged(
         engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], refusal: Refusal,
         store_log: io.StringIO) -> None:
     async with connections_refused(engine, refusal):
-        with pytest.raises(desk_sessions.DeskSessionsUnavailable, match=REASON):
+        with pytest.raises(desk_sessions.DeskSessionsUnavailable, match=STARTING_UP):
             await desk_sessions.start(sessions, "laptop", NOW)
-        with pytest.raises(desk_sessions.DeskSessionsUnavailable, match=REASON):
+        with pytest.raises(desk_sessions.DeskSessionsUnavailable, match=STARTING_UP):
             await desk_sessions.is_open(sessions, "laptop", NOW)
-        with pytest.raises(desk_sessions.DeskSessionsUnavailable, match=REASON):
+        with pytest.raises(desk_sessions.DeskSessionsUnavailable, match=STARTING_UP):
             await desk_sessions.end(sessions, "laptop")
-        with pytest.raises(desk_sessions.DeskSessionsUnavailable, match=REASON):
+        with pytest.raises(desk_sessions.DeskSessionsUnavailable, match=STARTING_UP):
             await desk_sessions.end_all(sessions)
     lines = logged(store_log, "desk_session_unavailable")
     assert [(line["action"], line["error"]) for line in lines] == [
-        ("start", REASON), ("check", REASON), ("end", REASON), ("end_all", REASON)]
+        ("start", STARTING_UP), ("check", STARTING_UP), ("end", STARTING_UP), ("end_all", STARTING_UP)]
 
 
 async def test_a_sign_in_attempt_is_refused_and_one_not_cleared_stays_counted(
@@ -103,11 +78,11 @@ async def test_a_sign_in_attempt_is_refused_and_one_not_cleared_stays_counted(
     right = await limiter.attempt(sessions, "10.0.0.1", NOW)
     async with connections_refused(engine, refusal):
         await limiter.passed(sessions, right)
-        with pytest.raises(Exception, match=f"the sign-in limit could not be checked: {REASON}"):
+        with pytest.raises(Exception, match=f"the sign-in limit could not be checked: {STARTING_UP}"):
             await limiter.attempt(sessions, "10.0.0.1", NOW)
     [not_cleared] = logged(store_log, "sign_in_attempt_not_cleared")
     [unavailable] = logged(store_log, "sign_in_limit_unavailable")
-    assert (not_cleared["error"], unavailable["error"]) == (REASON, REASON)
+    assert (not_cleared["error"], unavailable["error"]) == (STARTING_UP, STARTING_UP)
 
 
 async def test_an_error_of_our_own_code_is_not_taken_for_an_outage(

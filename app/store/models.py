@@ -175,7 +175,7 @@ class LessonEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     lesson_id: Mapped[str] = mapped_column(ForeignKey("lessons.id", ondelete="CASCADE"), index=True)
-    at: Mapped[datetime]
+    at: Mapped[datetime] = mapped_column(index=True)
     # e.g. response_incomplete, response_failed, greeting_retry, greeting_failed, upstream_error, refused
     kind: Mapped[str] = mapped_column(String(60))
     # status, status_details, code, message … as the upstream said them

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import ColumnElement
@@ -251,14 +251,23 @@ async def get_lesson(db: AsyncSession, lesson_id: str) -> Lesson | None:
     return lesson
 
 
+def _failure_since(since: datetime) -> ColumnElement[bool]:
+    return and_(LessonEvent.at >= since, LessonEvent.kind.not_in(NOT_FAILURES))
+
+
+def failure_times(since: datetime) -> Select[tuple[datetime, str]]:
+    """When each failure at or after `since` happened, and its kind: read through the index on `lesson_events.at`,
+    so the failures of the last days cost what they are, not what every event ever recorded is."""
+    return select(LessonEvent.at, LessonEvent.kind).where(_failure_since(since))
+
+
 async def failures_since(db: AsyncSession, since: datetime, *, listed: int) -> list[FailureDay]:
     """Every failure (a lesson event not in NOT_FAILURES) at or after `since`, counted by UTC day and kind, newest day
     first, with the newest `listed` of them (newest first) on their days. The counts are read as (time, kind) rows,
     streamed: however many failures an outage or a script left, the page neither loads nor shows them all."""
-    failure = and_(LessonEvent.at >= since, LessonEvent.kind.not_in(NOT_FAILURES))
+    failure = _failure_since(since)
     counts: dict[date, dict[str, int]] = {}
-    async for at, kind in await db.stream(select(LessonEvent.at, LessonEvent.kind).where(failure)
-                                          .execution_options(yield_per=2000)):
+    async for at, kind in await db.stream(failure_times(since).execution_options(yield_per=2000)):
         day = counts.setdefault(at.date(), {})
         day[kind] = day.get(kind, 0) + 1
     newest = (

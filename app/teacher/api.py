@@ -39,11 +39,12 @@ router = APIRouter(prefix="/api")
 Model = TypeVar("Model", bound=BaseModel)
 log = structlog.get_logger("lesson_relay")
 
-# A student's lessons come a page at a time: a link or a browser key can gather tens of thousands of them, and
-# answering all at once held the worker's event loop (every lesson's audio on it) for seconds.
-LESSONS_PER_PAGE = 100
-MOST_LESSONS_PER_PAGE = 500
-# Past any student's lessons; a larger number is no offset a page gave (and would overflow the database's integer).
+# Students and a student's lessons come a page at a time: browser keys make tens of thousands of students, a link or
+# a browser key gathers tens of thousands of lessons, and answering all at once held the worker's event loop (every
+# lesson's audio on it) for seconds.
+PER_PAGE = 100
+MOST_PER_PAGE = 500
+# Past any list; a larger number is no offset a page gave (and would overflow the database's integer).
 _MOST_OFFSET = 1_000_000_000
 
 
@@ -149,10 +150,15 @@ async def create_student(request: Request, _: Authorized) -> JSONResponse:
 
 
 @router.get("/students")
-async def list_students(request: Request, _: Authorized) -> JSONResponse:
+async def list_students(request: Request, _: Authorized,
+                        limit: Annotated[int, Query(ge=1, le=MOST_PER_PAGE)] = PER_PAGE,
+                        offset: Annotated[int, Query(ge=0, le=_MOST_OFFSET)] = 0) -> JSONResponse:
+    """Every student, archived ones too, by name, `limit` of them from the `offset`-th; `next_offset` gives the next
+    page."""
     async with database(request) as db:
-        summaries = [*await queries.student_summaries(db), *await queries.student_summaries(db, archived=True)]
-    return JSONResponse({"students": [
+        # One more than asked for: whether there is a next page, without counting them all.
+        summaries = await queries.student_summaries(db, archived=None, limit=limit + 1, offset=offset)
+    return JSONResponse({"next_offset": offset + limit if len(summaries) > limit else None, "students": [
         exports.student_json(summary.student) | {
             "lesson_count": summary.lesson_count,
             "minutes": round(summary.minutes, 2),
@@ -160,7 +166,7 @@ async def list_students(request: Request, _: Authorized) -> JSONResponse:
             "last_lesson_id": summary.last_lesson_id,
             "last_lesson_at": exports.iso(summary.last_lesson_at),
         }
-        for summary in summaries
+        for summary in summaries[:limit]
     ]})
 
 
@@ -227,7 +233,7 @@ async def revoke_link(request: Request, _: Authorized, student_id: str, link_id:
 
 @router.get("/students/{student_id}/lessons")
 async def list_lessons(request: Request, _: Authorized, student_id: str,
-                       limit: Annotated[int, Query(ge=1, le=MOST_LESSONS_PER_PAGE)] = LESSONS_PER_PAGE,
+                       limit: Annotated[int, Query(ge=1, le=MOST_PER_PAGE)] = PER_PAGE,
                        offset: Annotated[int, Query(ge=0, le=_MOST_OFFSET)] = 0) -> JSONResponse:
     """The student's lessons, newest first, `limit` of them from the `offset`-th; `next_offset` gives the next page."""
     async with database(request) as db:

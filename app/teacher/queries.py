@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Select, and_, case, delete, func, or_, select, update
+from sqlalchemy import Select, and_, case, delete, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import ColumnElement
@@ -76,10 +76,11 @@ class FailureDay:
         return sum(self.by_kind.values())
 
 
-async def student_summaries(db: AsyncSession, *, archived: bool = False, recent_since: datetime | None = None,
-                            name_contains: str | None = None, limit: int | None = None,
-                            offset: int = 0) -> list[StudentSummary]:
-    """Students (archived or not, as asked, whose name holds `name_contains` in any case when given), by name, with
+async def student_summaries(db: AsyncSession, *, archived: bool | None = False,
+                            recent_since: datetime | None = None, name_contains: str | None = None,
+                            limit: int | None = None, offset: int = 0) -> list[StudentSummary]:
+    """Students (archived or not as asked, both with None; whose name holds `name_contains` in any case when given),
+    by name, with
     lesson count, minutes, cost (and that of their lessons started at or after `recent_since`) and last lesson;
     `limit` of them from the `offset`-th when given."""
     last_lesson = (
@@ -127,8 +128,9 @@ async def student_count(db: AsyncSession, *, archived: bool = False, name_contai
     return int((await db.execute(query)).scalar_one())
 
 
-def _students(*, archived: bool, name_contains: str | None) -> ColumnElement[bool]:
-    condition: ColumnElement[bool] = Student.archived_at.is_not(None) if archived else Student.archived_at.is_(None)
+def _students(*, archived: bool | None, name_contains: str | None) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = (
+        true() if archived is None else Student.archived_at.is_not(None) if archived else Student.archived_at.is_(None))
     if name_contains:
         condition = and_(condition, func.lower(Student.name).contains(name_contains.lower(), autoescape=True))
     return condition

@@ -247,6 +247,32 @@ async def test_listing_students_with_their_lessons(api: Desk) -> None:
     assert students[1]["archived_at"] is not None
 
 
+async def test_students_come_a_page_at_a_time_by_name_archived_ones_among_them(api: Desk) -> None:
+    """The open page makes a student per browser key: tens of thousands are never answered all at once."""
+    for name in ("Eva", "Ana", "Dan", "Bea", "Cy"):
+        await add_student(api.app, name)
+    archived = await add_student(api.app, "Ana")
+    async with api.app.state.db.begin() as db:
+        (await db.get(Student, archived.id)).archived_at = datetime(2026, 3, 1, tzinfo=UTC)
+
+    first = (await api.client.get("/api/students", params={"limit": 2})).json()
+    second = (await api.client.get("/api/students", params={"limit": 2, "offset": 2})).json()
+    last = (await api.client.get("/api/students", params={"limit": 2, "offset": 4})).json()
+    default = (await api.client.get("/api/students")).json()
+    refused = [await api.client.get("/api/students", params=params)
+               for params in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"offset": 10**30}, {"limit": "all"})]
+
+    pages = [first, second, last]
+    assert [[student["name"] for student in page["students"]] for page in pages] == [
+        ["Ana", "Ana"], ["Bea", "Cy"], ["Dan", "Eva"]]
+    assert [page["next_offset"] for page in pages] == [2, 4, None]
+    assert [student["id"] for page in pages for student in page["students"]] == [
+        student["id"] for student in default["students"]]
+    assert default["next_offset"] is None
+    assert [(answer.status_code, answer.json()["field"]) for answer in refused] == [
+        (422, "limit"), (422, "limit"), (422, "offset"), (422, "offset"), (422, "limit")]
+
+
 async def test_changing_a_students_level_archiving_and_restoring_them(api: Desk) -> None:
     ana = (await api.client.post("/api/students", json={"name": "Ana", "level": "A2"})).json()
 

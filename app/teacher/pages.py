@@ -40,6 +40,8 @@ FAILURE_WINDOWS_DAYS = (7, 30, 90, 365)
 FAILURES_LISTED = 500
 # The students page lists this many students, by name, with links to the others.
 STUDENTS_PER_PAGE = 100
+# And this many archived students, by name, with links to the others: browser keys make tens of thousands.
+ARCHIVED_PER_PAGE = 100
 # A student's page lists this many lessons, newest first, with links to the older ones.
 LESSONS_PER_PAGE = 50
 # A student's page also gives what their lessons of this many last days cost.
@@ -51,9 +53,12 @@ def not_found(what: str) -> DeskError:
     return DeskError(404, f"No such {what}", f"There is no {what} with that id. It may have been deleted.")
 
 
-async def students_context(db: AsyncSession, request: Request, *, page: int = 1, find: str = "") -> dict[str, Any]:
+async def students_context(db: AsyncSession, request: Request, *, page: int = 1, find: str = "",
+                           archived_page: int = 1) -> dict[str, Any]:
     """What the students page shows (its `page` of current students, by name, those whose name holds `find` when
-    given); also re-rendered with form errors by a refused add-student form. A page past the last is a 404 page."""
+    given, with their links; its `archived_page` of archived students); also re-rendered with form errors by a
+    refused add-student form. A page past the last is a 404 page. However many students there are, a view reads
+    (and signs the links of) a page of them."""
     now = datetime.now(UTC)
     recent_since = now - timedelta(days=RECENT_COST_DAYS)
     find = " ".join(find.split())
@@ -65,6 +70,14 @@ async def students_context(db: AsyncSession, request: Request, *, page: int = 1,
     first = (page - 1) * STUDENTS_PER_PAGE
     students = await queries.student_summaries(db, recent_since=recent_since, name_contains=find,
                                                limit=STUDENTS_PER_PAGE, offset=first)
+    archived_count = await queries.student_count(db, archived=True)
+    archived_pages = max(1, math.ceil(archived_count / ARCHIVED_PER_PAGE))
+    if archived_page > archived_pages:
+        raise DeskError(404, "No such page", f"There are {archived_count} archived students: {archived_pages} "
+                        f"page{'s' if archived_pages != 1 else ''} of them.")
+    first_archived = (archived_page - 1) * ARCHIVED_PER_PAGE
+    archived = await queries.student_summaries(db, archived=True, limit=ARCHIVED_PER_PAGE, offset=first_archived)
+    links = await queries.newest_links(db, [summary.student.id for summary in students], now=now)
     return {
         "section": "students",
         "levels": LEVELS,
@@ -74,9 +87,11 @@ async def students_context(db: AsyncSession, request: Request, *, page: int = 1,
         "student_pages": {"page": page, "pages": pages, "first": first + 1, "last": first + len(students)},
         "totals": await queries.all_students_totals(db, recent_since=recent_since),
         "recent_cost_days": RECENT_COST_DAYS,
-        "archived": await queries.student_summaries(db, archived=True),
-        "links": {student_id: link_view(request, link)
-                  for student_id, link in (await queries.newest_links(db, now=now)).items()},
+        "archived": archived,
+        "archived_count": archived_count,
+        "archived_pages": {"page": archived_page, "pages": archived_pages, "first": first_archived + 1,
+                           "last": first_archived + len(archived)},
+        "links": {student_id: link_view(request, link) for student_id, link in links.items()},
         "errors": {},
         "values": {},
     }
@@ -84,9 +99,11 @@ async def students_context(db: AsyncSession, request: Request, *, page: int = 1,
 
 @router.get(DESK_PATH, response_class=HTMLResponse)
 async def students_page(request: Request, teacher: Teacher, page: Annotated[int, Query(ge=1)] = 1,
-                        find: Annotated[str, Query(max_length=MAX_NAME_LENGTH)] = "") -> Response:
+                        find: Annotated[str, Query(max_length=MAX_NAME_LENGTH)] = "",
+                        archived_page: Annotated[int, Query(ge=1)] = 1) -> Response:
     async with database(request) as db:
-        return render(request, "students.html", teacher, await students_context(db, request, page=page, find=find))
+        return render(request, "students.html", teacher,
+                      await students_context(db, request, page=page, find=find, archived_page=archived_page))
 
 
 async def student_context(db: AsyncSession, request: Request, student_id: str, *, page: int = 1) -> dict[str, Any]:

@@ -200,11 +200,12 @@ async def active_links(db: AsyncSession, student_id: str, *, now: datetime) -> l
     return list((await db.execute(query)).scalars())
 
 
-async def newest_links(db: AsyncSession, *, now: datetime) -> dict[str, Link]:
-    """Each student's newest link that still opens a lesson, by student id."""
+async def newest_links(db: AsyncSession, student_ids: list[str], *, now: datetime) -> dict[str, Link]:
+    """The newest link that still opens a lesson of each of `student_ids` that has one, by student id."""
     query = (
         select(Link)
-        .where(Link.revoked_at.is_(None), or_(Link.expires_at.is_(None), Link.expires_at > now))
+        .where(Link.student_id.in_(student_ids), Link.revoked_at.is_(None),
+               or_(Link.expires_at.is_(None), Link.expires_at > now))
         .order_by(Link.created_at)
     )
     # Oldest first, so the newest overwrites the others.

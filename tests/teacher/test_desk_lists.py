@@ -8,8 +8,10 @@ import html
 import re
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from desk_client import PASSWORD, Desk
 from records import GREETING_FAILED, START, add_lesson, add_student, count
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,7 +21,9 @@ from app.links import verify_lesson_token
 from app.logging import quoted
 from app.store.models import Link, Student
 from app.store.queries import student_for_link
+from app.teacher import pages
 from app.teacher.pages import LESSONS_PER_PAGE, RECENT_COST_DAYS, STUDENTS_PER_PAGE
+from app.teacher.web import link_view
 
 
 def lesson_ids(page: str) -> list[str]:
@@ -387,3 +391,53 @@ async def test_finding_students_by_part_of_their_name_in_any_case(desk_on: Desk)
     too_long = await desk_on.client.get("/teacher", params={"find": "x" * 41})
     assert too_long.status_code == 422
     assert "find:" in too_long.text
+
+
+async def test_archived_students_are_paged_by_name_and_counted(desk_on: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Browser keys make tens of thousands of students: the page never reads every archived one."""
+    monkeypatch.setattr(pages, "ARCHIVED_PER_PAGE", 2)
+    await add_students(desk_on, ["Current"])
+    sessions: async_sessionmaker[AsyncSession] = desk_on.app.state.db
+    async with sessions.begin() as db:
+        db.add_all(Student(name=name, level="A1", archived_at=START) for name in ("Cleo", "Abe", "Bo"))
+
+    first = (await desk_on.client.get("/teacher")).text
+    second = (await desk_on.client.get("/teacher?archived_page=2")).text
+    past_the_end = await desk_on.client.get("/teacher?archived_page=3")
+    refused = await desk_on.client.get("/teacher?archived_page=0")
+
+    def archived_names(page: str) -> list[str]:
+        return student_names(page.split('id="archived"')[1])
+
+    assert (archived_names(first), archived_names(second)) == (["Abe", "Bo"], ["Cleo"])
+    assert "Archived students (3)" in first
+    assert "Archived students 1\N{EN DASH}2 of 3, by name." in first
+    assert 'href="/teacher?page=1&amp;archived_page=2#archived" rel="next"' in first
+    assert 'href="/teacher?page=1&amp;archived_page=1#archived" rel="prev"' in second
+    assert student_names(second.split('id="archived"')[0]) == ["Current"]
+    assert past_the_end.status_code == 404
+    assert "There are 3 archived students: 2 pages of them." in past_the_end.text
+    assert refused.status_code == 422
+
+
+async def test_the_students_page_signs_the_links_of_its_page_of_students_alone(
+        desk_on: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each link shown is signed (an HMAC): a view signs those of the students it shows, not every student's."""
+    monkeypatch.setattr(pages, "STUDENTS_PER_PAGE", 2)
+    signed: list[str] = []
+
+    def counted_link_view(request: Any, link: Link) -> Any:
+        signed.append(link.student_id)
+        return link_view(request, link)
+
+    monkeypatch.setattr(pages, "link_view", counted_link_view)
+    names = ["Ana", "Bea", "Cy", "Dan", "Eva"]
+    for name in names:
+        await desk_on.submit("/teacher/students", {"name": name, "level": "A1"})
+    signed.clear()
+
+    second = (await desk_on.client.get("/teacher?page=2")).text
+
+    assert student_names(second) == ["Cy", "Dan"]
+    assert len(shown_links(second)) == 2
+    assert len(signed) == 2

@@ -258,7 +258,7 @@ def _failure_since(since: datetime) -> ColumnElement[bool]:
     return and_(LessonEvent.at >= since, LessonEvent.kind.not_in(NOT_FAILURES))
 
 
-def failure_times(since: datetime) -> Select[tuple[datetime, str]]:
+def failure_times(since: datetime) -> Select[datetime, str]:
     """When each failure at or after `since` happened, and its kind: read through the index on `lesson_events.at`,
     so the failures of the last days cost what they are, not what every event ever recorded is."""
     return select(LessonEvent.at, LessonEvent.kind).where(_failure_since(since))

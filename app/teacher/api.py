@@ -276,20 +276,20 @@ async def list_lessons_under_way(request: Request, _: Authorized) -> JSONRespons
 @router.get("/lessons/{lesson_id}")
 async def get_lesson(request: Request, _: Authorized, lesson_id: str) -> JSONResponse:
     async with database(request) as db:
-        lesson = await queries.get_lesson(db, lesson_id)
-        if lesson is None:
+        record = await queries.lesson_record(db, lesson_id)
+        if record is None:
             raise _not_found("lesson", lesson_id)
-        return JSONResponse(exports.lesson_json(lesson))
+        return JSONResponse(exports.lesson_json(record.lesson, events_left_out=record.events_left_out))
 
 
 @router.get("/lessons/{lesson_id}/export")
 async def export_lesson(request: Request, _: Authorized, lesson_id: str,
                         export_format: ExportFormat = "md") -> Response:
     async with database(request) as db:
-        lesson = await queries.get_lesson(db, lesson_id)
-        if lesson is None:
+        record = await queries.lesson_record(db, lesson_id)
+        if record is None:
             raise _not_found("lesson", lesson_id)
-        return export_response(lesson, export_format)
+        return export_response(record, export_format)
 
 
 @router.post("/lessons/{lesson_id}/end", status_code=202)

@@ -58,8 +58,9 @@ def lesson_summary_json(lesson: Lesson) -> dict[str, Any]:
     }
 
 
-def lesson_json(lesson: Lesson) -> dict[str, Any]:
-    """The whole lesson: `GET /api/lessons/{id}` and the JSON export. Turns and events must be loaded."""
+def lesson_json(lesson: Lesson, *, events_left_out: int) -> dict[str, Any]:
+    """The whole lesson: `GET /api/lessons/{id}` and the JSON export. Turns and events must be loaded: its newest
+    events, `events_left_out` older ones not."""
     return lesson_summary_json(lesson) | {
         "student_name": lesson.student.name if lesson.student else None,
         "turns": [
@@ -76,6 +77,7 @@ def lesson_json(lesson: Lesson) -> dict[str, Any]:
             for turn in lesson.turns
         ],
         "events": [{"kind": event.kind, "at": iso(event.at), "detail": event.detail} for event in lesson.events],
+        "events_left_out": events_left_out,
         # summary, corrections [{said, better, why}], new_words [{word, meaning}], next_step; null without any.
         "feedback": lesson.feedback,
     }
@@ -104,8 +106,9 @@ def heard_words(turn: Turn) -> str:
     return turn.heard_text if turn.interrupted and turn.heard_text is not None else turn.text
 
 
-def lesson_json_text(lesson: Lesson) -> str:
-    return orjson.dumps(lesson_json(lesson), option=orjson.OPT_INDENT_2).decode() + "\n"
+def lesson_json_text(lesson: Lesson, *, events_left_out: int) -> str:
+    whole = lesson_json(lesson, events_left_out=events_left_out)
+    return orjson.dumps(whole, option=orjson.OPT_INDENT_2).decode() + "\n"
 
 
 def event_reason(event: LessonEvent) -> str:
@@ -186,8 +189,16 @@ def _md(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
 
 
-def lesson_markdown(lesson: Lesson) -> str:
-    """The lesson as a Markdown document: facts, transcript, events and usage. Turns and events loaded."""
+def events_left_out_note(shown: int, left_out: int) -> str:
+    """What a lesson's page and Markdown export say when they list only its newest events; "" when all are."""
+    if not left_out:
+        return ""
+    return f"The newest {shown} of its {shown + left_out} events are listed; {left_out} older ones are left out."
+
+
+def lesson_markdown(lesson: Lesson, *, events_left_out: int) -> str:
+    """The lesson as a Markdown document: facts, transcript, events and usage. Turns and events loaded: its newest
+    events, `events_left_out` older ones not."""
     student = _md(lesson.student.name) if lesson.student else "no student record"
     lines = [
         f"# Lesson {lesson.id}",
@@ -210,6 +221,8 @@ def lesson_markdown(lesson: Lesson) -> str:
     if not lesson.turns:
         lines += ["No turns were recorded.", ""]
     lines += ["## Events", ""]
+    if events_left_out:
+        lines += [events_left_out_note(len(lesson.events), events_left_out), ""]
     if lesson.events:
         lines += ["| at | kind | reason |", "|---|---|---|"]
         lines += [f"| {offset(event.at, lesson.started_at)} | {_md(event_meaning(event.kind))} (`{event.kind}`) "

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.memory import remembered_lessons
 from app.messages import LEVELS, MAX_NAME_LENGTH
 from app.prompts import memory_section
-from app.store.models import Lesson
 from app.students import LessonStudent
 from app.teacher import exports, queries
 from app.teacher.web import (
@@ -166,13 +165,15 @@ async def live_list(request: Request, teacher: TeacherForScript) -> Response:
 async def lesson_page(request: Request, teacher: Teacher, lesson_id: str) -> Response:
     now = datetime.now(UTC)
     async with database(request) as db:
-        lesson = await queries.get_lesson(db, lesson_id)
-        if lesson is None:
+        record = await queries.lesson_record(db, lesson_id)
+        if record is None:
             raise not_found("lesson")
+        lesson = record.lesson
         under_way = await queries.is_under_way(db, lesson, now=now, timing=request.app.state.instance_timing)
         return render(request, "lesson.html", teacher, {
             "section": "students", "lesson": lesson, "usage_fields": exports.USAGE_FIELDS,
             "under_way": under_way, "now": now,
+            "events_left_out": exports.events_left_out_note(len(lesson.events), record.events_left_out),
         })
 
 
@@ -203,18 +204,21 @@ async def api_page(request: Request, teacher: Teacher) -> Response:
 async def lesson_export(request: Request, teacher: Teacher, lesson_id: str,
                         export_format: ExportFormat = "md") -> Response:
     async with database(request) as db:
-        lesson = await queries.get_lesson(db, lesson_id)
-        if lesson is None:
+        record = await queries.lesson_record(db, lesson_id)
+        if record is None:
             raise not_found("lesson")
-        return export_response(lesson, export_format)
+        return export_response(record, export_format)
 
 
-def export_response(lesson: Lesson, export_format: Literal["md", "json"]) -> Response:
-    """The lesson as a download: Markdown or JSON (the API's lesson object)."""
+def export_response(record: queries.LessonRecord, export_format: Literal["md", "json"]) -> Response:
+    """The lesson as a download: Markdown or JSON (the API's lesson object), with the newest of its events as its
+    page lists them: a whole download of a lesson's every event would hold the worker's event loop as its page
+    did."""
+    lesson, left_out = record.lesson, record.events_left_out
     if export_format == "md":
-        body, media_type = exports.lesson_markdown(lesson), "text/markdown; charset=utf-8"
+        body, media_type = exports.lesson_markdown(lesson, events_left_out=left_out), "text/markdown; charset=utf-8"
     else:
-        body, media_type = exports.lesson_json_text(lesson), "application/json"
+        body, media_type = exports.lesson_json_text(lesson, events_left_out=left_out), "application/json"
     return PlainTextResponse(body, media_type=media_type, headers={
         "Content-Disposition": f'attachment; filename="lesson-{lesson.id}.{export_format}"',
         "Cache-Control": "no-store",

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import Select, and_, case, delete, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql import ColumnElement
 
 from app.outcomes import NOT_FAILURES
@@ -244,14 +245,47 @@ async def _totals(db: AsyncSession, students: Any, *, recent_since: datetime) ->
                          recent_cost_usd=float(recent))
 
 
+# A lesson's page, export and API answer hold its newest events, this many, and count the others: a page that
+# resumes again and again piles events on its lesson, and loading a hundred thousand of them held the worker's
+# event loop (every lesson's audio on it) for seconds.
+EVENTS_SHOWN = 1000
+
+
+@dataclass(frozen=True)
+class LessonRecord:
+    """A lesson with its turns (in order), student and newest `EVENTS_SHOWN` events (oldest of them first) loaded,
+    and how many older events were left out."""
+
+    lesson: Lesson
+    events_left_out: int
+
+
 async def get_lesson(db: AsyncSession, lesson_id: str) -> Lesson | None:
-    """The lesson with its turns (in order), events and student loaded, or None."""
-    query = (
-        select(Lesson).where(Lesson.id == lesson_id)
-        .options(selectinload(Lesson.turns), selectinload(Lesson.events), selectinload(Lesson.student))
-    )
+    """The lesson with its student loaded (not its turns or events), or None."""
+    query = select(Lesson).where(Lesson.id == lesson_id).options(selectinload(Lesson.student))
     lesson: Lesson | None = (await db.execute(query)).scalar_one_or_none()
     return lesson
+
+
+async def lesson_record(db: AsyncSession, lesson_id: str) -> LessonRecord | None:
+    """The lesson as its page, export and API answer show it (`LessonRecord`), or None."""
+    query = (
+        select(Lesson).where(Lesson.id == lesson_id)
+        .options(selectinload(Lesson.turns), selectinload(Lesson.student))
+    )
+    lesson: Lesson | None = (await db.execute(query)).scalar_one_or_none()
+    if lesson is None:
+        return None
+    newest = (await db.execute(
+        select(LessonEvent).where(LessonEvent.lesson_id == lesson_id)
+        .order_by(LessonEvent.id.desc()).limit(EVENTS_SHOWN))).scalars().all()
+    # The lesson's `events`, as read: the pages only read them, so nothing is written from the partial list.
+    set_committed_value(lesson, "events", list(reversed(newest)))
+    left_out = 0
+    if len(newest) == EVENTS_SHOWN:
+        total = await db.scalar(select(func.count(LessonEvent.id)).where(LessonEvent.lesson_id == lesson_id))
+        left_out = int(total or 0) - EVENTS_SHOWN
+    return LessonRecord(lesson, left_out)
 
 
 def _failure_since(since: datetime) -> ColumnElement[bool]:

@@ -215,7 +215,7 @@ async def test_with_the_api_token_a_database_out_of_reach_is_503_logged_and_chan
     for refused in (listed, created):
         assert refused.status_code == 503
         assert "the database is not answering" in refused.json()["error"]
-    assert (after.status_code, after.json()) == (200, {"students": []})
+    assert (after.status_code, after.json()) == (200, {"students": [], "next_offset": None})
     unavailable = logged(log_stream, "teacher_records_unavailable")
     assert [line["path"] for line in unavailable] == ["/api/students", "/api/students"]
     assert all(line["level"] == "error" and line["error"] for line in unavailable)

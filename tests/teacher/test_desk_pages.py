@@ -13,13 +13,13 @@ from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from desk_client import Desk
+from desk_client import PASSWORD, Desk
 from records import GREETING_FAILED, START, add_lesson, add_student, count
 
 from app.links import LinkError, verify_lesson_token
 from app.store.models import Lesson, LessonEvent, Link, Student, Turn
 from app.store.queries import student_for_link
-from app.teacher import pages
+from app.teacher import pages, queries
 
 CONVERSATION = (("tutor", "Hello Ana! How are you today?"), ("student", "I am fine, thank you."),
                 ("tutor", "Great. What did you do <b>yesterday</b>?"))
@@ -433,3 +433,36 @@ async def test_the_desks_link_opens_a_lesson_until_revoked_or_archived(desk_on: 
     await desk_on.submit(f"/teacher/students/{student_id}/archive", page=page)
     with pytest.raises(LinkError, match="archived"):
         await _link_opens_a_lesson_for(desk_on, second_link)
+
+
+async def test_a_lesson_shows_and_exports_its_newest_events_and_counts_the_others(
+        desk_on: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page resuming again and again piles events on its lesson: its page, exports and API answer never load them
+    all."""
+    monkeypatch.setattr(queries, "EVENTS_SHOWN", 3)
+    ana = await add_student(desk_on.app)
+    events = tuple(("upstream_error", {"message": f"failure {number}"}) for number in range(5))
+    await add_lesson(desk_on.app, ana.id, "piled", events=events)
+    await add_lesson(desk_on.app, ana.id, "few", events=events[:3])
+    bearer = {"Authorization": f"Bearer {PASSWORD}"}
+
+    page = (await desk_on.client.get("/teacher/lessons/piled")).text
+    markdown = (await desk_on.client.get("/teacher/lessons/piled/export", params={"format": "md"})).text
+    exported = json.loads((await desk_on.client.get("/teacher/lessons/piled/export?format=json")).text)
+    answered = (await desk_on.client.get("/api/lessons/piled", headers=bearer)).json()
+    whole = (await desk_on.client.get("/teacher/lessons/few")).text
+    whole_answered = (await desk_on.client.get("/api/lessons/few", headers=bearer)).json()
+
+    note = "The newest 3 of its 5 events are listed; 2 older ones are left out."
+    newest = ["failure 2", "failure 3", "failure 4"]
+    # The page gives each message twice: as the reason, and in the event's details.
+    assert list(dict.fromkeys(re.findall(r"failure \d", page))) == newest
+    assert note in page
+    assert note in markdown
+    assert re.findall(r"failure \d", markdown) == newest
+    for lesson in (exported, answered):
+        assert [event["detail"]["message"] for event in lesson["events"]] == newest
+        assert lesson["events_left_out"] == 2
+    assert list(dict.fromkeys(re.findall(r"failure \d", whole))) == ["failure 0", "failure 1", "failure 2"]
+    assert "left out" not in whole
+    assert whole_answered["events_left_out"] == 0

@@ -54,6 +54,29 @@ class _PathsWithoutQueries(logging.Filter):
         return True
 
 
+class _LessonSocketsQuiet(logging.Filter):
+    """uvicorn writes three info lines for every lesson socket (its handshake's answer, "connection open",
+    "connection closed"): a script retrying refused starts would write thousands a second. The relay's own
+    lines (`lesson_started`, `lesson_refused`, `lesson_ended`) say more, so at info level these are left out;
+    at debug level they all pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        if record.msg in _SOCKET_STATE_LINES:
+            return False
+        if isinstance(record.msg, str) and record.msg.startswith(_HANDSHAKE_LINE) and isinstance(record.args, tuple):
+            return not any(isinstance(arg, str) and arg.partition("?")[0] == _LESSON_SOCKET_PATH for arg in record.args)
+        return True
+
+
+_LESSON_SOCKET_PATH = "/ws/lesson"
+# What websockets' server protocol logs for every connection, through uvicorn's logger.
+_SOCKET_STATE_LINES = frozenset({"connection open", "connection closed"})
+# How uvicorn's lines about a WebSocket's handshake begin: accepted, 403, or another status.
+_HANDSHAKE_LINE = '%s - "WebSocket %s"'
+
+
 def _path_only(value: object) -> object:
     if isinstance(value, str) and value.startswith("/") and "?" in value:
         return value.partition("?")[0]
@@ -101,6 +124,11 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    uvicorn_lines = logging.getLogger("uvicorn.error")
+    uvicorn_lines.filters[:] = [existing for existing in uvicorn_lines.filters
+                              if not isinstance(existing, _LessonSocketsQuiet)]
+    if level > logging.DEBUG:
+        uvicorn_lines.addFilter(_LessonSocketsQuiet())
     # websockets (and uvicorn's use of it) log every frame, payload included, at debug, and aiosqlite every
     # statement with its parameters (a student's name, a transcript): never wanted.
     for name in ("websockets", "uvicorn.error", "aiosqlite"):

@@ -8,7 +8,7 @@ reads, no I/O):
 - `FrameCoalescer` joins frames smaller than `MIN_APPEND_BYTES`, so a stream of tiny frames becomes a
   few upstream `input_audio_buffer.append` events instead of one per frame.
 - `LogThrottle` turns a flood of the same warning into one line per interval carrying the count of
-  the lines it held back.
+  the lines it held back; `LogThrottles` keeps one per kind of a warning (a refusal's reason) for the server.
 - `MessageCounter` counts what a page sends in each second, so one script flooding messages cannot take a
   worker's whole core from every other lesson on it.
 """
@@ -111,3 +111,19 @@ class LogThrottle:
         held_back, self.suppressed = self.suppressed, 0
         self._next_at = now + self.interval_s
         return held_back
+
+
+@dataclass(slots=True)
+class LogThrottles:
+    """A `LogThrottle` for each kind of a repeated warning, so one kind's flood never hides another kind's first
+    line. Kinds are a bounded set the server names (an event and a refusal's code), never what a client chose."""
+
+    interval_s: float = WARNING_INTERVAL_S
+    _by_kind: dict[str, LogThrottle] = field(default_factory=dict)
+
+    def allow(self, kind: str, now: float) -> int | None:
+        """As `LogThrottle.allow`, for the warnings of `kind`."""
+        throttle = self._by_kind.get(kind)
+        if throttle is None:
+            throttle = self._by_kind[kind] = LogThrottle(self.interval_s)
+        return throttle.allow(now)

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +44,7 @@ from app.live_lessons import LiveLessons
 from app.logging import quoted
 from app.memory import RememberedLesson, StudentHistory, load_memory, student_history
 from app.metrics import LessonMetrics, bearer_allowed
+from app.pacing import LogThrottles
 from app.prompts import feedback_instructions, tutor_instructions
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, RecordSink
 from app.relay import PageSocket, Relay
@@ -141,7 +142,7 @@ async def lesson_socket(websocket: WebSocket) -> None:
     origin = websocket.headers.get("origin")
     if origin is not None and not origin_allowed(origin, websocket.headers.get("host"), settings.origin_allowlist):
         # Cross-site WebSocket hijacking: refuse the handshake itself (HTTP 403).
-        lesson_log.warning("lesson_refused", code="origin_not_allowed", origin=quoted(origin))
+        _log_refusal(websocket, lesson_log.warning, "lesson_refused", "origin_not_allowed", origin=quoted(origin))
         metrics.refused("origin_not_allowed")
         await websocket.close(code=1008)
         return
@@ -398,7 +399,7 @@ async def _refuse(websocket: WebSocket, exc: LessonError, lesson_log: structlog.
                   send_timeout_s: float) -> None:
     """Tell the page why in plain words, close, and drop the connection at once: a refused lesson waits on
     nothing from its client (not even the answer to the close frame)."""
-    lesson_log.warning("lesson_refused", code=exc.code, detail=exc.detail)
+    _log_refusal(websocket, lesson_log.warning, "lesson_refused", exc.code, detail=exc.detail)
     frame = messages.error(code=exc.code, message=exc.student_message, fatal=True)
     try:
         async with asyncio.timeout(send_timeout_s):
@@ -406,7 +407,7 @@ async def _refuse(websocket: WebSocket, exc: LessonError, lesson_log: structlog.
             await websocket.send_text(orjson.dumps(messages.status("ended", exc.code)).decode())
             await websocket.close(exc.close_code, exc.code)
     except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
-        lesson_log.info("refusal_not_delivered", code=exc.code)
+        _log_refusal(websocket, lesson_log.info, "refusal_not_delivered", exc.code)
     page = current_page_connection()
     if page is not None:
         page.close_within(0)
@@ -418,9 +419,9 @@ async def _refuse_resume(websocket: WebSocket, exc: LessonError, resume_log: str
     fatal: the page tries again within its grace)."""
     final = isinstance(exc, ResumeRefused)
     if final:
-        resume_log.warning("resume_refused", code=exc.code, detail=exc.detail)
+        _log_refusal(websocket, resume_log.warning, "resume_refused", exc.code, detail=exc.detail)
     else:
-        resume_log.info("resume_not_yet", code=exc.code, detail=exc.detail)
+        _log_refusal(websocket, resume_log.info, "resume_not_yet", exc.code, detail=exc.detail)
     try:
         async with asyncio.timeout(send_timeout_s):
             await websocket.send_text(orjson.dumps(messages.error(code=exc.code, message=exc.student_message,
@@ -429,7 +430,16 @@ async def _refuse_resume(websocket: WebSocket, exc: LessonError, resume_log: str
                 await websocket.send_text(orjson.dumps(messages.status("ended", exc.code)).decode())
             await websocket.close(exc.close_code if final else 1013, exc.code)
     except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
-        resume_log.info("refusal_not_delivered", code=exc.code)
+        _log_refusal(websocket, resume_log.info, "refusal_not_delivered", exc.code)
     page = current_page_connection()
     if page is not None:
         page.close_within(0)
+
+
+def _log_refusal(websocket: WebSocket, level: Callable[..., Any], event: str, code: str, **fields: Any) -> None:
+    """One line per `event` and `code` every 10 s, with `not_logged_since` (how many were not logged): one script
+    retrying a refused start or resume would otherwise fill the log and hide every other line."""
+    throttles: LogThrottles = _state(websocket).refusal_log
+    not_logged = throttles.allow(f"{event}:{code}", time.monotonic())
+    if not_logged is not None:
+        level(event, code=code, **fields, not_logged_since=not_logged)

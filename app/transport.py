@@ -36,6 +36,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
+from app.pacing import LogThrottles
 from app.security_headers import SECURITY_HEADERS
 
 log = structlog.get_logger("lesson_relay")
@@ -55,8 +56,6 @@ _MAX_CHUNK_LINE_BYTES = 1024
 # A Content-Length longer than this is no length a body can have (2**64 has 20 digits); past 4300 digits
 # int() itself refuses it.
 _MAX_LENGTH_DIGITS = 20
-# One log line per kind of refusal per this many seconds, with a count of those not logged.
-_LOG_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -118,17 +117,13 @@ class _Shared:
     limits: TransportLimits
     # Connections whose request has not fully arrived, oldest first (a dict keeps insertion order).
     waiting: dict[GuardedHTTP, None] = field(default_factory=dict)
-    _logged_at: dict[str, float] = field(default_factory=dict)
-    _not_logged: dict[str, int] = field(default_factory=dict)
+    _log_throttles: LogThrottles = field(default_factory=LogThrottles)
 
     def warn(self, event: str, kind: str, **fields: Any) -> None:
-        """Log `event` at most once per `_LOG_EVERY_S` for each `kind`, with how many were not logged."""
-        key, now = f"{event}:{kind}", time.monotonic()
-        if now - self._logged_at.get(key, -_LOG_EVERY_S) < _LOG_EVERY_S:
-            self._not_logged[key] = self._not_logged.get(key, 0) + 1
-            return
-        self._logged_at[key] = now
-        log.warning(event, **fields, not_logged_since=self._not_logged.pop(key, 0))
+        """Log `event` at most once per interval for each `kind`, with how many were not logged."""
+        not_logged = self._log_throttles.allow(f"{event}:{kind}", time.monotonic())
+        if not_logged is not None:
+            log.warning(event, **fields, not_logged_since=not_logged)
 
 
 class GuardedHTTP(asyncio.Protocol):

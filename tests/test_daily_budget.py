@@ -15,6 +15,7 @@ from harness import logged, open_lesson, relay_settings, serve_app
 from test_links import lessons_in, personal_link, started_app
 from test_metrics import TOKEN, scrape, value
 
+from app.pacing import LogThrottles
 from app.simulator import RealtimeSimulator
 from app.store.models import Lesson
 
@@ -146,6 +147,8 @@ async def test_a_capped_link_retried_again_and_again_is_refused_from_memory_read
     settings = relay_settings(simulator.url, max_student_cost_usd_per_day=2.0, metrics_token=TOKEN)
     async with serve_app(settings, log_stream) as server:
         state = await started_app(server)
+        # Every refusal's line, not one every 10 s: each says where the cap was found.
+        state.refusal_log = LogThrottles(interval_s=0)
         ana_id, _, token = await personal_link(state, name="Ana")
         await spent(state, ana_id, (timedelta(hours=1), 3.0))
         refusals = []

@@ -16,6 +16,7 @@ import pytest
 from harness import log_lines, open_lesson, relay_settings, serve_app
 
 from app.links import make_lesson_token
+from app.pacing import LogThrottles
 from app.simulator import RealtimeSimulator
 from app.store import queries
 
@@ -33,6 +34,8 @@ async def test_no_log_line_carries_a_link_token_or_a_student_name(
         async with httpx.AsyncClient(base_url=relay.base_url) as http:
             assert (await http.get("/healthz")).status_code == 200  # the lifespan has run: the store is open
             state = relay.app.state
+            # Every refusal's line is searched, not one every 10 s.
+            state.refusal_log = LogThrottles(interval_s=0)
             student = await queries.create_student(state.db, name=NAME, level="A2")
             link = await queries.create_link(state.db, student_id=student.id)
             token = make_lesson_token(state.link_secret, student_id=student.id, link_id=link.id,

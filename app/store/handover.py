@@ -11,7 +11,8 @@ attempt to take over.
 
 A lesson its teacher withdrew meanwhile is not taken over: it ends when it stopped, at its hand-off (with the
 duration its instance recorded), or, as `app.store.instances` dates the lessons of lost instances, at its lost
-instance's last heartbeat (its duration counted to then). It keeps the instance that ran it.
+instance's last heartbeat (its duration counted to then). It keeps the instance that ran it, and a lost instance's
+lesson keeps the `instance_lost` event the sweep would have recorded.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import ColumnElement
 
 from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
-from app.store.instances import InstanceTiming
+from app.store.instances import InstanceTiming, instance_lost_event
 from app.store.models import Instance, Lesson, Link, Student, Turn
 from app.store.queries import link_states, withdrawals
 from app.withdrawal import Withdrawal
@@ -95,6 +96,7 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
         if from_lost_instance:
             assert lesson.ended_at is not None  # its claim set it to the lost instance's last heartbeat
             lesson.duration_s = max(0.0, (lesson.ended_at - lesson.started_at).total_seconds())
+            session.add(instance_lost_event(lesson_id, lesson.instance_id, lesson.ended_at, now=now))
     raise ResumeRefused.withdrawn(f"lesson {lesson_id!r} not taken over: its teacher withdrew it ({withdrawal})",
                                   withdrawal)
 

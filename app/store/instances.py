@@ -58,6 +58,14 @@ async def mark_alive(sessions: async_sessionmaker[AsyncSession], instance_id: st
         await session.execute(update(Instance).where(Instance.id == instance_id).values(seen_at=now))
 
 
+def instance_lost_event(lesson_id: str, instance_id: str | None, seen_at: datetime | None, *,
+                        now: datetime) -> LessonEvent:
+    """What a lesson keeps of its instance's loss, however it ends (this sweep, its teacher, a take-over refused
+    because it was withdrawn), so that the desk's Failures page shows the server lost."""
+    return LessonEvent(lesson_id=lesson_id, at=now, kind=INSTANCE_LOST,
+                       detail={"instance_id": instance_id, "last_seen_at": seen_at.isoformat() if seen_at else None})
+
+
 async def end_lessons_of_lost_instances(sessions: async_sessionmaker[AsyncSession], timing: InstanceTiming, *,
                                         now: datetime) -> list[str]:
     """End as `instance_lost` the open lessons that nothing runs and no page can take over any more: those of
@@ -83,10 +91,10 @@ async def end_lessons_of_lost_instances(sessions: async_sessionmaker[AsyncSessio
                         duration_s=max(0.0, (ended_at - started_at).total_seconds())))
             if getattr(done, "rowcount", 0) != 1:
                 continue  # taken over meanwhile
-            detail = {"instance_id": instance_id, "last_seen_at": seen_at.isoformat() if seen_at else None}
-            session.add(LessonEvent(lesson_id=lesson_id, at=now, kind=INSTANCE_LOST, detail=detail))
+            event = instance_lost_event(lesson_id, instance_id, seen_at, now=now)
+            session.add(event)
             ended.append(lesson_id)
-            log.warning("lesson_lost_with_instance", lesson_id=lesson_id, **detail)
+            log.warning("lesson_lost_with_instance", lesson_id=lesson_id, **event.detail)
         # Their lessons have all ended, the open ones just now.
         await session.execute(delete(Instance).where(Instance.seen_at < now - FORGET_AFTER))
     return ended

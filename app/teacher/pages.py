@@ -169,10 +169,12 @@ async def lesson_page(request: Request, teacher: Teacher, lesson_id: str) -> Res
         if record is None:
             raise not_found("lesson")
         lesson = record.lesson
-        under_way = await queries.is_under_way(db, lesson, now=now, timing=request.app.state.instance_timing)
+        timing = request.app.state.instance_timing
+        under_way = await queries.is_under_way(db, lesson, now=now, timing=timing)
+        lost_at = None if under_way else await queries.server_lost_at(db, lesson, now=now, timing=timing)
         return render(request, "lesson.html", teacher, {
             "section": "students", "lesson": lesson, "usage_fields": exports.USAGE_FIELDS,
-            "under_way": under_way, "now": now,
+            "under_way": under_way, "server_lost_at": lost_at, "now": now,
             "events_left_out": exports.events_left_out_note(len(lesson.events), record.events_left_out),
         })
 

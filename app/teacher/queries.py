@@ -20,7 +20,7 @@ from sqlalchemy.sql import ColumnElement
 
 from app.outcomes import NOT_FAILURES
 from app.store.handover import HANDED_OFF
-from app.store.instances import InstanceTiming
+from app.store.instances import InstanceTiming, instance_lost_event
 from app.store.models import Instance, Lesson, LessonEvent, Link, Student
 from app.withdrawal import Withdrawal
 
@@ -408,6 +408,16 @@ async def is_under_way(db: AsyncSession, lesson: Lesson, *, now: datetime, timin
     return seen_at is not None and seen_at >= now - timedelta(seconds=timing.lost_after_s)
 
 
+async def server_lost_at(db: AsyncSession, lesson: Lesson, *, now: datetime, timing: InstanceTiming) -> datetime | None:
+    """When `lesson`, as read, is open but its instance has stopped answering (silent past `lost_after_s`): when that
+    instance was last seen alive. None otherwise. Such a lesson is not under way, and a teacher may end it
+    (`request_end`); unended, its page may take it over, or the sweep ends it as `instance_lost`."""
+    if lesson.ended_at is not None or lesson.instance_id is None:
+        return None
+    seen_at = await db.scalar(select(Instance.seen_at).where(Instance.id == lesson.instance_id))
+    return seen_at if seen_at is not None and seen_at < now - timedelta(seconds=timing.lost_after_s) else None
+
+
 EndRequest = Literal["requested", "ended", "ended_lost", "already_ended"]
 
 
@@ -437,8 +447,8 @@ async def request_end(db: AsyncSession, lesson_id: str, *, now: datetime, timing
 
 async def _end_lost(db: AsyncSession, lesson_id: str, *, now: datetime, lost_since: datetime) -> bool:
     """End as `teacher_ended` the open lesson `lesson_id` if its instance was last seen before `lost_since`: dated
-    when that instance was last seen alive, as `app.store.instances` dates the lessons of lost instances. Whether it
-    was."""
+    when that instance was last seen alive, and with its `instance_lost` event, as `app.store.instances` ends the
+    lessons of lost instances. Whether it was."""
     found = (await db.execute(
         select(Lesson.instance_id, Lesson.started_at, Instance.seen_at)
         .join(Instance, Instance.id == Lesson.instance_id)
@@ -453,4 +463,7 @@ async def _end_lost(db: AsyncSession, lesson_id: str, *, now: datetime, lost_sin
                              owner_seen_at < lost_since)
         .values(ended_at=seen_at, end_reason=Withdrawal.TEACHER_ENDED.value, end_requested_at=now,
                 duration_s=max(0.0, (seen_at - started_at).total_seconds())))
-    return _changed(ended)
+    if not _changed(ended):
+        return False
+    db.add(instance_lost_event(lesson_id, instance_id, seen_at, now=now))
+    return True

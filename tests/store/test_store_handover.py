@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import protocol
@@ -14,8 +16,8 @@ from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
 from app.recorder import LessonRecorder
 from app.records import LessonStarted
 from app.store.handover import HANDED_OFF, TakenOverLesson, give_back_lesson, take_over_lesson
-from app.store.instances import InstanceTiming
-from app.store.models import Instance, Lesson, Link, Student, Turn
+from app.store.instances import INSTANCE_LOST, InstanceTiming, end_lessons_of_lost_instances
+from app.store.models import Instance, Lesson, LessonEvent, Link, Student, Turn
 from app.store.writer import RecordWriter
 from app.usage import LessonUsage
 
@@ -48,6 +50,12 @@ async def lesson(sessions: async_sessionmaker[AsyncSession], *, end_reason: str 
         for seq, role, text in ((1, "tutor", "Hello Ana!"), (3, "tutor", "What is your favourite food?"),
                                 (2, "student", "Hi.")):
             session.add(Turn(lesson_id=lesson_id, seq=seq, role=role, text=text, started_at=T0, ended_at=T0))
+
+
+async def instance_lost_events(sessions: async_sessionmaker[AsyncSession]) -> list[dict[str, Any]]:
+    async with sessions() as session:
+        return list((await session.scalars(select(LessonEvent.detail).where(
+            LessonEvent.lesson_id == "L1", LessonEvent.kind == INSTANCE_LOST))).all())
 
 
 async def test_a_handed_over_lesson_is_taken_over_once_with_its_turns_and_usage(
@@ -283,6 +291,10 @@ async def test_a_lesson_its_teacher_ended_while_no_instance_ran_it_is_refused_an
         "teacher_ended", "Your teacher has ended this lesson.")
     assert (row.end_reason, row.ended_at, row.instance_id) == ("teacher_ended", stopped_at, "A")
     assert row.duration_s == ((stopped_at - T0).total_seconds() if left_by_lost_instance else 594.0)
+    # A lost instance's lesson keeps its loss for the desk's Failures page, once: no sweep records it again.
+    await end_lessons_of_lost_instances(sessions, TIMING, now=now + timedelta(seconds=GRACE_S))
+    assert await instance_lost_events(sessions) == (
+        [{"instance_id": "A", "last_seen_at": stopped_at.isoformat()}] if left_by_lost_instance else [])
 
 
 @pytest.mark.parametrize("left_by_lost_instance", [False, True])
@@ -305,5 +317,7 @@ async def test_a_lesson_whose_link_was_revoked_while_no_instance_ran_it_ends_whe
         row = await session.get_one(Lesson, "L1")
     assert refused.value.code == "link_revoked"
     assert (row.end_reason, row.ended_at, row.instance_id) == ("link_revoked", stopped_at, "A")
+    assert await instance_lost_events(sessions) == (
+        [{"instance_id": "A", "last_seen_at": stopped_at.isoformat()}] if left_by_lost_instance else [])
     if left_by_lost_instance:
         assert row.duration_s == (stopped_at - T0).total_seconds()

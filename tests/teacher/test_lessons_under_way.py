@@ -416,6 +416,7 @@ async def test_a_lesson_whose_instance_is_lost_ends_in_the_records_at_once_dated
                             expires_at=int(now.timestamp()) + 3600)
         refusal, close_code = await resume_refusal(desk.server, make_resume_token(state.link_secret, claim))
         rows = [await stored(state, lesson_id) for lesson_id in (by_api, by_desk)]
+        failures = [await failures_of(state, lesson_id) for lesson_id in (by_api, by_desk)]
     # No worker will check it: "at_next_check" would never come true.
     assert (answer.status_code, answer.json()) == (202, {"id": by_api, "ending": "now"})
     assert form.headers["location"] == "/teacher/live?notice=lesson_ended_lost"
@@ -427,6 +428,37 @@ async def test_a_lesson_whose_instance_is_lost_ends_in_the_records_at_once_dated
         assert (row.end_reason, row.ended_at, row.duration_s) == ("teacher_ended", last_seen, 240.0)
         assert row.end_requested_at is not None
     assert [line["lost"] for line in logged(log_stream, "teacher_lesson_ended")] == [True, True]
+    # Its server's loss is on the Failures page, as the sweep would have recorded it.
+    assert failures == [["instance_lost"], ["instance_lost"]]
+
+
+async def test_a_lesson_whose_server_stopped_answering_says_so_on_its_page_and_ends_there(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        now = datetime.now(UTC)
+        lost_instance, last_seen, lesson_id = new_id(), now - timedelta(minutes=5), new_id()
+        async with state.db.begin() as session:
+            await session.execute(insert(Instance).values(id=lost_instance, started_at=now - timedelta(hours=1),
+                                                          seen_at=last_seen))
+            await session.execute(insert(Lesson).values(
+                id=lesson_id, level="B1", model="m", simulated=True, started_at=now - timedelta(minutes=9),
+                instance_id=lost_instance, end_requested_at=now - timedelta(minutes=6)))
+        page = await desk.client.get(f"/teacher/lessons/{lesson_id}")
+        form = await desk.submit(f"/teacher/lessons/{lesson_id}/end", page=f"/teacher/lessons/{lesson_id}")
+        after = await desk.client.get(form.headers["location"])
+        row = await stored(state, lesson_id)
+    assert page.status_code == 200
+    assert "Its server stopped answering at" in page.text
+    # Even a lesson its teacher had ended before the server was lost: no worker will end it now.
+    assert f'action="/teacher/lessons/{lesson_id}/end"' in page.text
+    assert "Ended because" not in page.text
+    assert form.headers["location"] == f"/teacher/lessons/{lesson_id}?notice=lesson_ended_lost"
+    assert NOTICES["lesson_ended_lost"] in after.text
+    assert "Its server stopped answering" not in after.text
+    assert f'action="/teacher/lessons/{lesson_id}/end"' not in after.text
+    assert row is not None
+    assert (row.end_reason, row.ended_at) == ("teacher_ended", last_seen)
 
 
 async def test_a_lesson_read_open_is_judged_under_way_on_that_row_even_when_its_end_is_written_after(

@@ -127,3 +127,8 @@ class LogThrottles:
         if throttle is None:
             throttle = self._by_kind[kind] = LogThrottle(self.interval_s)
         return throttle.allow(now)
+
+    def held_back(self, kind: str) -> int:
+        """How many warnings of `kind` were held back since its last line."""
+        throttle = self._by_kind.get(kind)
+        return 0 if throttle is None else throttle.suppressed

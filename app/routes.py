@@ -13,10 +13,10 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import structlog
@@ -64,6 +64,8 @@ log = structlog.get_logger("lesson_relay")
 # How often a running lesson may be resumed: the lesson page, retrying after 0.5, 1, 2, 4 s, comes back a few times
 # a minute on the worst network.
 RESUMES_PER_LESSON_PER_MINUTE = 30
+
+RefusalLevel = Literal["warning", "info"]
 
 
 @dataclass
@@ -142,7 +144,7 @@ async def lesson_socket(websocket: WebSocket) -> None:
     origin = websocket.headers.get("origin")
     if origin is not None and not origin_allowed(origin, websocket.headers.get("host"), settings.origin_allowlist):
         # Cross-site WebSocket hijacking: refuse the handshake itself (HTTP 403).
-        _log_refusal(websocket, lesson_log.warning, "lesson_refused", "origin_not_allowed", origin=quoted(origin))
+        _log_refusal(websocket, lesson_log, "warning", "lesson_refused", "origin_not_allowed", origin=quoted(origin))
         metrics.refused("origin_not_allowed")
         await websocket.close(code=1008)
         return
@@ -399,7 +401,7 @@ async def _refuse(websocket: WebSocket, exc: LessonError, lesson_log: structlog.
                   send_timeout_s: float) -> None:
     """Tell the page why in plain words, close, and drop the connection at once: a refused lesson waits on
     nothing from its client (not even the answer to the close frame)."""
-    _log_refusal(websocket, lesson_log.warning, "lesson_refused", exc.code, detail=exc.detail)
+    _log_refusal(websocket, lesson_log, "warning", "lesson_refused", exc.code, detail=exc.detail)
     frame = messages.error(code=exc.code, message=exc.student_message, fatal=True)
     try:
         async with asyncio.timeout(send_timeout_s):
@@ -407,7 +409,7 @@ async def _refuse(websocket: WebSocket, exc: LessonError, lesson_log: structlog.
             await websocket.send_text(orjson.dumps(messages.status("ended", exc.code)).decode())
             await websocket.close(exc.close_code, exc.code)
     except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
-        _log_refusal(websocket, lesson_log.info, "refusal_not_delivered", exc.code)
+        _log_refusal(websocket, lesson_log, "info", "refusal_not_delivered", exc.code)
     page = current_page_connection()
     if page is not None:
         page.close_within(0)
@@ -419,9 +421,9 @@ async def _refuse_resume(websocket: WebSocket, exc: LessonError, resume_log: str
     fatal: the page tries again within its grace)."""
     final = isinstance(exc, ResumeRefused)
     if final:
-        _log_refusal(websocket, resume_log.warning, "resume_refused", exc.code, detail=exc.detail)
+        _log_refusal(websocket, resume_log, "warning", "resume_refused", exc.code, detail=exc.detail)
     else:
-        _log_refusal(websocket, resume_log.info, "resume_not_yet", exc.code, detail=exc.detail)
+        _log_refusal(websocket, resume_log, "info", "resume_not_yet", exc.code, detail=exc.detail)
     try:
         async with asyncio.timeout(send_timeout_s):
             await websocket.send_text(orjson.dumps(messages.error(code=exc.code, message=exc.student_message,
@@ -430,16 +432,28 @@ async def _refuse_resume(websocket: WebSocket, exc: LessonError, resume_log: str
                 await websocket.send_text(orjson.dumps(messages.status("ended", exc.code)).decode())
             await websocket.close(exc.close_code if final else 1013, exc.code)
     except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
-        _log_refusal(websocket, resume_log.info, "refusal_not_delivered", exc.code)
+        _log_refusal(websocket, resume_log, "info", "refusal_not_delivered", exc.code)
     page = current_page_connection()
     if page is not None:
         page.close_within(0)
 
 
-def _log_refusal(websocket: WebSocket, level: Callable[..., Any], event: str, code: str, **fields: Any) -> None:
+def _log_refusal(websocket: WebSocket, bound_log: structlog.typing.FilteringBoundLogger, level: RefusalLevel,
+                 event: str, code: str, **fields: Any) -> None:
     """One line per `event` and `code` every 10 s, with `not_logged_since` (how many were not logged): one script
-    retrying a refused start or resume would otherwise fill the log and hide every other line."""
+    retrying a refused start or resume would otherwise fill the log and hide every other line. The first refusal
+    held back arms a timer that logs the count when its interval ends, so the last ones of a flood are counted too."""
     throttles: LogThrottles = _state(websocket).refusal_log
-    not_logged = throttles.allow(f"{event}:{code}", time.monotonic())
+    kind = f"{event}:{code}"
+    not_logged = throttles.allow(kind, time.monotonic())
     if not_logged is not None:
-        level(event, code=code, **fields, not_logged_since=not_logged)
+        getattr(bound_log, level)(event, code=code, **fields, not_logged_since=not_logged)
+    elif throttles.held_back(kind) == 1:
+        asyncio.get_running_loop().call_later(throttles.interval_s, _log_held_back, throttles, level, event, code)
+
+
+def _log_held_back(throttles: LogThrottles, level: RefusalLevel, event: str, code: str) -> None:
+    """The count of refusals held back in the interval just ended, on a line of its own (of no one client)."""
+    not_logged = throttles.allow(f"{event}:{code}", time.monotonic())
+    if not_logged:
+        getattr(log, level)(event, code=code, not_logged_since=not_logged)

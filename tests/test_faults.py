@@ -531,7 +531,8 @@ async def test_hundreds_of_short_lessons_leave_no_task_socket_or_session_behind(
     reasons = sorted({line["reason"] for line in ended})
     assert reasons == ["browser_gone", "student_ended"]
     assert len(ended) == batches * admitted_per_batch
-    assert len(logged(log_stream, "lesson_refused")) == batches * refused_per_batch
+    # Each refusal was checked by its page; the log has a line for the first and counts the rest (one per 10 s).
+    assert {line["code"] for line in logged(log_stream, "lesson_refused")} == {"over_capacity"}
 
 
 async def _settled_tasks(baseline: set[asyncio.Task[Any]], deadline_s: float = 5.0) -> list[str]:

@@ -3,8 +3,10 @@ are counted into the next line of the same kind, and uvicorn's per-socket lines 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+from typing import Any
 
 from harness import log_lines, logged, open_lesson, relay_settings, serve_app
 
@@ -51,6 +53,32 @@ async def test_a_flood_of_refused_starts_and_resumes_logs_one_line_of_each_kind(
     events = [str(line["event"]) for line in log_lines(log_stream)]
     assert "connection open" not in events
     assert not [event for event in events if "WebSocket /ws/lesson" in event]
+
+
+async def test_the_count_of_the_last_refusals_held_back_is_logged_when_their_interval_ends(
+        simulator: RealtimeSimulator) -> None:
+    log_stream = io.StringIO()
+    async with serve_app(relay_settings(simulator.url, log_level="info"), log_stream) as relay:
+        relay.app.state.refusal_log = LogThrottles(interval_s=0.5)
+        assert await _refused_starts(relay.lesson_url(name="Ana", level="Z9"), ATTEMPTS) == (
+            ["invalid_request"] * ATTEMPTS)
+        # No refusal follows: the interval's end alone logs how many were held back, until each is accounted for.
+        async with asyncio.timeout(10):
+            while True:
+                if _accounted_for(logged(log_stream, "lesson_refused")) >= ATTEMPTS:
+                    break
+                await asyncio.sleep(0.05)
+    lines = logged(log_stream, "lesson_refused")
+    assert _accounted_for(lines) == ATTEMPTS
+    assert lines[0]["not_logged_since"] == 0
+    # The last line is the count alone, of no one client's refusals.
+    assert {"client", "detail"} & lines[-1].keys() == set()
+    assert lines[-1]["not_logged_since"] > 0
+
+
+def _accounted_for(lines: list[dict[str, Any]]) -> int:
+    """The refusals `lines` tell of: each logged one (with its `detail`), and each counted as not logged."""
+    return sum(1 for line in lines if "detail" in line) + sum(line["not_logged_since"] for line in lines)
 
 
 def test_uvicorn_lines_about_lesson_sockets_are_left_out_at_info_and_its_other_lines_kept() -> None:

@@ -127,14 +127,22 @@ class ResumableLesson(abc.ABC):
         return actions
 
     def handle_page_attached(self, now: float, *, replay: bool) -> Sequence[Action]:
-        """A page resumed the lesson (a replaced page counts as gone first): it gets the lesson frame, the
-        turns it missed (all of them with `replay`) and where the lesson is; the lesson goes on."""
+        """A page resumed the lesson (a replaced page counts as gone first, except while the feedback is on its
+        way: the new page waits for it instead): it gets the lesson frame, the turns it missed (all of them with
+        `replay`) and where the lesson is; the lesson goes on."""
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
         replaced = self.page_attached
-        actions: list[Action] = list(self.handle_page_detached(now)) if replaced else []
+        actions: list[Action] = []
+        if replaced and self.state is LessonState.FEEDBACK:
+            # A page is attached all along: the feedback goes to the new one, as to a page back from away.
+            self._page_left_at = now
+            self._page_seen_lines = len(self._transcript.lines)
+            self._transcript.forget_cuts()
+        elif replaced:
+            actions += self.handle_page_detached(now)
         if self.ended_reason is not None:
-            return actions  # resuming is off, or the lesson was ending: the replaced page ended it
+            return actions  # resuming is off: the replaced page ended the lesson
         self.page_attached = True
         self._page_stalled = False
         self._clear_deadline(Timer.PAGE_GRACE)
@@ -162,7 +170,8 @@ class ResumableLesson(abc.ABC):
                 self._set_deadline(Timer.IDLE, now + self.config.idle_timeout_s)
                 actions.append(ToBrowser(messages.status("listening")))
             case LessonState.FEEDBACK:
-                # Ended while the page was away (its teacher, the time limit): told as a page that was there.
+                # Ended while the page was away (its teacher, the time limit), or a page replaced after the end:
+                # told as a page that was there.
                 actions += self._told_on_return(now)
         return actions
 

@@ -3,10 +3,12 @@ it reaches the page before `status` `ended` and the store keeps it; without it t
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from harness import (
@@ -27,6 +29,8 @@ from test_records_integration import stored
 from app import routes
 from app.relay import Relay
 from app.simulator import RealtimeSimulator
+from app.simulator.connection import SimulatedConnection
+from app.simulator.feedback import is_feedback_request
 
 
 async def converse(page: LessonClient) -> None:
@@ -77,6 +81,51 @@ async def test_end_brings_the_feedback_to_the_page_before_ended_and_into_the_sto
     # Its text is not a turn of the conversation.
     assert all(feedback["summary"] not in turn.text for turn in turns)
     assert [line for line in log_lines(log_stream) if line["event"] == "upstream_text_output"] == []
+
+
+async def test_a_page_replaced_just_after_end_gets_the_feedback_the_lesson_was_waiting_for(
+        relay: AppServer, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A reload or a network blip right after End: the new socket resumes while the first is still open. The
+    # simulator holds the feedback until the new page is attached, so it comes while the lesson waits for it.
+    new_page_attached = asyncio.Event()
+    answer = SimulatedConnection._response_create
+
+    async def feedback_once_the_new_page_is_attached(connection: SimulatedConnection, event: dict[str, Any]) -> None:
+        if is_feedback_request((event.get("response") or {}).get("metadata")):
+            await new_page_attached.wait()
+        await answer(connection, event)
+
+    monkeypatch.setattr(SimulatedConnection, "_response_create", feedback_once_the_new_page_is_attached)
+    async with open_lesson(relay.lesson_url(name="Ana", level="A2")) as first:
+        token = (await first.until_type("lesson"))["resume_token"]
+        await converse(first)
+        await first.send_json({"type": "end"})
+        await first.until_type("status", state="feedback")
+        async with open_lesson(f"{relay.ws_url}/ws/lesson?{urlencode({'resume': token})}") as second:
+            try:
+                async with asyncio.timeout(20):
+                    resumed = await second.until_type("lesson")
+                    waiting = await second.until_type("status")
+            finally:
+                new_page_attached.set()  # never left holding the simulator, whatever the page got
+            async with asyncio.timeout(20):
+                await second.drain_until_closed()
+                await first.drain_until_closed()
+        lesson, _, _ = await stored(relay)
+    assert resumed["resumed"] is True
+    assert waiting["state"] == "feedback"
+    assert 0 < waiting["timeout_s"] <= 20
+    frames = second.messages[second.messages.index(waiting) + 1:]
+    assert [(f["type"], f.get("state")) for f in frames] == [("feedback", None), ("usage", None), ("status", "ended")]
+    assert frames[-1]["reason"] == "student_ended"
+    assert second.ws.close_code == 1000
+    # The replaced page is told the lesson went on elsewhere, and gets no word that the feedback is lost.
+    assert [(f["code"], f["fatal"]) for f in of_type(first.messages, "error")] == [("lesson_resumed_elsewhere", True)]
+    assert of_type(first.messages, "feedback.unavailable") == []
+    assert first.ws.close_code == 4001
+    assert lesson.feedback == {key: value for key, value in frames[0].items() if key != "type"}
+    assert lesson.end_reason == "student_ended"
+    assert [line for line in log_lines(log_stream) if line["event"] == "feedback_unavailable"] == []
 
 
 async def test_end_while_the_tutor_speaks_truncates_its_reply_before_asking_for_feedback_on_what_was_heard(

@@ -24,6 +24,7 @@ from test_session import (
     upstream_events,
 )
 from test_session_records import events, records
+from test_session_resume import greeting_transcript
 
 from app.actions import Close, ToBrowser, ToBrowserAudio
 from app.lesson_state import LessonState
@@ -246,6 +247,38 @@ def test_losing_a_socket_while_waiting_ends_the_lesson_as_it_was_ending(
     assert frame["reason"] == reason
     assert "error" not in frame_types(actions)
     assert closes(actions) == [Close(1000, "student_ended")]
+
+
+def test_a_page_replaced_while_waiting_hands_the_wait_to_the_new_page_which_gets_the_feedback() -> None:
+    # A reload or a network blip just after End: the new socket resumes while the first is still attached.
+    session = LessonSession(config(resume_grace_s=30.0))
+    greeted(session)
+    greeting_transcript(session, 0.2)
+    session.handle_browser_text(END, 10.0)
+    session.handle_upstream(feedback_created(), 10.1)
+    # The replaced page had every turn: the new one is not sent them again.
+    attached = session.handle_page_attached(11.0, replay=False)
+    assert [frame["type"] for frame in browser_messages(attached)] == ["lesson", "status"]
+    assert browser_messages(attached)[1] == FEEDBACK_PENDING | {"timeout_s": 19.0}
+    assert logs(attached, "page_back")[0]["replaced"] is True
+    assert logs(attached, "feedback_unavailable") == []
+    assert closes(attached) == []
+    assert (session.state, session.page_attached) == (LessonState.FEEDBACK, True)
+    ended = session.handle_upstream(feedback_done(), 12.0)
+    assert [frame["type"] for frame in browser_messages(ended)] == ["feedback", "usage", "status"]
+    assert browser_messages(ended)[-1] == {"type": "status", "state": "ended", "reason": "student_ended"}
+    assert [r.feedback for r in records(ended) if isinstance(r, FeedbackGiven)] == [FEEDBACK]
+    assert closes(ended) == [Close(1000, "student_ended")]
+
+
+def test_a_page_replaced_while_waiting_after_a_reload_gets_every_turn_again() -> None:
+    session = LessonSession(config(resume_grace_s=30.0))
+    greeted(session)
+    greeting_transcript(session, 0.2)
+    session.handle_browser_text(END, 10.0)
+    reloaded = browser_messages(session.handle_page_attached(11.0, replay=True))
+    assert [frame["type"] for frame in reloaded] == ["lesson", "transcript.done", "status"]
+    assert reloaded[-1]["state"] == "feedback"
 
 
 # ---- told apart from the tutor's turns -----------------------------------------------------------

@@ -21,6 +21,9 @@ Foreign exceptions (websockets, OSError, TimeoutError) are translated into these
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from app.withdrawal import Withdrawal
 
 
@@ -70,9 +73,12 @@ class ResumeRefused(LessonError):
     close_code = 1008
     code = "resume_refused"
 
-    def __init__(self, detail: str, *, code: str, student_message: str) -> None:
+    def __init__(self, detail: str, *, code: str, student_message: str,
+                 ended_with: tuple[str, Mapping[str, Any]] | None = None) -> None:
         super().__init__(detail, student_message=student_message)
         self.code = code
+        # A lesson that ended with its feedback: (end reason, feedback), for a page that missed them.
+        self.ended_with = ended_with
 
     @classmethod
     def invalid(cls, detail: str) -> ResumeRefused:
@@ -90,13 +96,14 @@ class ResumeRefused(LessonError):
                    student_message="This lesson is not known here. Please start a new lesson.")
 
     @classmethod
-    def withdrawn(cls, detail: str, withdrawal: Withdrawal) -> ResumeRefused:
+    def withdrawn(cls, detail: str, withdrawal: Withdrawal,
+                  ended_with: tuple[str, Mapping[str, Any]] | None = None) -> ResumeRefused:
         """The teacher withdrew the lesson (`app.withdrawal`): the page is told so as when it was ended."""
-        return cls(detail, code=withdrawal.value, student_message=withdrawal.student_message)
+        return cls(detail, code=withdrawal.value, student_message=withdrawal.student_message, ended_with=ended_with)
 
     @classmethod
-    def ended(cls, detail: str) -> ResumeRefused:
-        return cls(detail, code="lesson_ended",
+    def ended(cls, detail: str, ended_with: tuple[str, Mapping[str, Any]] | None = None) -> ResumeRefused:
+        return cls(detail, code="lesson_ended", ended_with=ended_with,
                    student_message="This lesson has already ended. Please start a new lesson.")
 
 

@@ -417,20 +417,33 @@ async def _refuse(websocket: WebSocket, exc: LessonError, lesson_log: structlog.
 
 async def _refuse_resume(websocket: WebSocket, exc: LessonError, resume_log: structlog.typing.FilteringBoundLogger,
                          send_timeout_s: float) -> None:
-    """A refused resume: for good (1008, `status ended`: the page starts a new lesson), or for now (1013, not
-    fatal: the page tries again within its grace)."""
+    """A refused resume: for good (1008, `status ended`: the page starts a new lesson; a lesson that ended with its
+    feedback sends it and `status ended` with its end reason, 1000), or for now (1013, not fatal: the page tries
+    again within its grace)."""
     final = isinstance(exc, ResumeRefused)
     if final:
         _log_refusal(websocket, resume_log, "warning", "resume_refused", exc.code, detail=exc.detail)
     else:
         _log_refusal(websocket, resume_log, "info", "resume_not_yet", exc.code, detail=exc.detail)
+    ended_with = exc.ended_with if isinstance(exc, ResumeRefused) else None
     try:
         async with asyncio.timeout(send_timeout_s):
-            await websocket.send_text(orjson.dumps(messages.error(code=exc.code, message=exc.student_message,
-                                                                  fatal=final)).decode())
-            if final:
-                await websocket.send_text(orjson.dumps(messages.status("ended", exc.code)).decode())
-            await websocket.close(exc.close_code if final else 1013, exc.code)
+            if ended_with is not None:
+                # The lesson ended with its feedback while its page was away: the page gets what a page there got,
+                # its teacher's words if its teacher ended it, the feedback and the end.
+                reason, feedback = ended_with
+                if exc.code == reason:  # withdrawn: its code is the end reason
+                    await websocket.send_text(orjson.dumps(messages.error(code=exc.code, message=exc.student_message,
+                                                                          fatal=True)).decode())
+                await websocket.send_text(orjson.dumps(messages.feedback(feedback)).decode())
+                await websocket.send_text(orjson.dumps(messages.status("ended", reason)).decode())
+                await websocket.close(1000, reason)
+            else:
+                await websocket.send_text(orjson.dumps(messages.error(code=exc.code, message=exc.student_message,
+                                                                      fatal=final)).decode())
+                if final:
+                    await websocket.send_text(orjson.dumps(messages.status("ended", exc.code)).decode())
+                await websocket.close(exc.close_code if final else 1013, exc.code)
     except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
         _log_refusal(websocket, resume_log, "info", "refusal_not_delivered", exc.code)
     page = current_page_connection()

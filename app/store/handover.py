@@ -182,10 +182,12 @@ async def _why_not(session: AsyncSession, lesson_id: str, grace_s: float, *,
             return ResumeRefused.expired(f"lesson {lesson_id!r} was left by an instance last seen at "
                                          f"{owner.seen_at.isoformat()}, lost more than {grace_s:g} s ago")
         return ResumeElsewhere(f"lesson {lesson_id!r} is open on another instance, or was just taken over")
+    # Its page may have missed the end with its feedback (away, or resuming on another worker, while it came).
+    ended_with = None if lesson.feedback is None else (lesson.end_reason or "", lesson.feedback)
     if lesson.end_reason in set(Withdrawal):
         return ResumeRefused.withdrawn(f"lesson {lesson_id!r} ended: {lesson.end_reason}",
-                                       Withdrawal(lesson.end_reason))
+                                       Withdrawal(lesson.end_reason), ended_with)
     if lesson.end_reason != HANDED_OFF:
-        return ResumeRefused.ended(f"lesson {lesson_id!r} ended: {lesson.end_reason}")
+        return ResumeRefused.ended(f"lesson {lesson_id!r} ended: {lesson.end_reason}", ended_with)
     return ResumeRefused.expired(f"lesson {lesson_id!r} was handed off at {lesson.ended_at.isoformat()}, "
                                  f"more than {grace_s:g} s ago")

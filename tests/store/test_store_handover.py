@@ -201,6 +201,25 @@ async def test_a_lesson_not_handed_over_or_handed_over_too_long_ago_is_not_taken
     assert row.end_reason == end_reason  # untouched
 
 
+@pytest.mark.parametrize(("end_reason", "code"), [("time_limit", "lesson_ended"), ("teacher_ended", "teacher_ended")])
+async def test_a_lesson_that_ended_with_its_feedback_is_refused_with_its_feedback_and_end_reason(
+    sessions: async_sessionmaker[AsyncSession], end_reason: str, code: str
+) -> None:
+    # Its page was away (or resuming on another worker) while the feedback came: the refusal carries it.
+    feedback = {"summary": "We talked about food.", "corrections": [], "new_words": [], "next_step": "Practise."}
+    await lesson(sessions, end_reason=end_reason, ended_at=T0 + timedelta(seconds=60))
+    async with sessions.begin() as session:
+        (await session.get_one(Lesson, "L1")).feedback = feedback
+    with pytest.raises(ResumeRefused) as refused:
+        await take_over(sessions, "L1", now=T0 + timedelta(seconds=61))
+    assert refused.value.code == code
+    assert refused.value.ended_with == (end_reason, feedback)
+    await lesson(sessions, end_reason="student_ended", ended_at=T0 + timedelta(seconds=60), lesson_id="L2")
+    with pytest.raises(ResumeRefused) as without_feedback:
+        await take_over(sessions, "L2", now=T0 + timedelta(seconds=61))
+    assert without_feedback.value.ended_with is None
+
+
 async def test_a_lesson_not_in_the_store_yet_is_tried_again(sessions: async_sessionmaker[AsyncSession]) -> None:
     with pytest.raises(ResumeNotYet):
         await take_over(sessions, "nowhere", now=T0)

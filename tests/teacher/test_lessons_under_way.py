@@ -257,6 +257,34 @@ async def test_a_page_away_when_its_teacher_ends_the_lesson_is_told_so_on_its_re
     assert row.feedback == {key: value for key, value in frames[2].items() if key != "type"}
 
 
+async def test_a_page_back_after_its_lesson_ended_with_its_feedback_gets_the_teachers_words_the_feedback_and_the_end(
+        simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
+    # The same from the lesson records, on whichever instance or worker the page comes back to: the lesson ended
+    # (with its feedback) while its page was away.
+    async with desk_app(simulator, store_url, log_stream) as desk:
+        state = desk.app.state
+        _, _, token = await personal_link(state)
+        async with lesson_under_way(desk.server, token) as (lesson, started):
+            lesson_id = started["lesson_id"]
+            lesson.ws.transport.abort()  # the network lost: the lesson waits for its page
+            await until_logged(log_stream, "page_away")
+        await state.records.flushed()
+        await desk.submit(f"/teacher/lessons/{lesson_id}/end", {"back": "live"}, page="/teacher/live")
+        await until_logged(log_stream, "lesson_ended")
+        await state.records.flushed()
+        async with open_lesson(f"{desk.server.ws_url}/ws/lesson?resume={started['resume_token']}") as back:
+            async with asyncio.timeout(20):
+                await back.drain_until_closed()
+        row = await stored(state, lesson_id)
+    frames = [frame for frame in back.messages if isinstance(frame, dict)]
+    assert frames[0] == {"type": "error", "code": "teacher_ended", "message": WORDS, "fatal": True}
+    assert [(frame["type"], frame.get("state")) for frame in frames[1:]] == [("feedback", None), ("status", "ended")]
+    assert frames[-1]["reason"] == "teacher_ended"
+    assert back.ws.close_code == 1000
+    assert row is not None
+    assert row.feedback == {key: value for key, value in frames[1].items() if key != "type"}
+
+
 async def test_a_lesson_of_the_open_page_without_a_link_is_listed_and_ended_too(
         simulator: RealtimeSimulator, store_url: str, log_stream: io.StringIO) -> None:
     settings = relay_settings(simulator.url, database_url=store_url, teacher_password=PASSWORD)

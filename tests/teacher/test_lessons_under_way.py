@@ -190,7 +190,8 @@ async def test_ending_a_lesson_on_the_desk_of_its_app_ends_it_at_once_with_its_f
     [withdrawn] = [line for line in log_stream.getvalue().splitlines() if '"lesson_withdrawn"' in line]
     assert '"teacher_ended"' in withdrawn
     assert link_id in withdrawn
-    assert (refusal["code"], refusal["message"], close_code) == ("teacher_ended", WORDS, 1008)
+    # A page back after the end gets what the page there got: the teacher's words, the feedback, the end (1000).
+    assert (refusal["code"], refusal["message"], close_code) == ("teacher_ended", WORDS, 1000)
 
 
 async def test_a_lesson_on_another_app_of_the_same_database_ends_at_its_next_check(

@@ -4,8 +4,8 @@ being the API token the desk shows (never counted against the address) or `TEACH
 Every answer is JSON; every refusal is `{"error": …}` with its status (and `"field"` for a bad body):
 401 without the right token, 404 for an unknown id, 413 for a body over the limit (refused before it is
 parsed), 422 for a body that is not the JSON object asked for, 429 after repeated wrong tokens (never for
-the API token), 503 while TEACHER_PASSWORD is unset or while the store cannot count a token's attempt. A
-refused request writes nothing.
+the API token), 503 while TEACHER_PASSWORD is unset or while the database does not answer (to count a
+password's attempt, or to read or change the records). A refused request writes nothing.
 """
 
 from __future__ import annotations

@@ -197,6 +197,13 @@ function setLessonControls(active) {
   page.end.disabled = !active;
   page.mute.disabled = !active;
   page.name.readOnly = locked || active;
+  // On a phone the form folds away while the lesson runs (lesson.css): the status and the live transcript fit
+  // on the first screen. Unfolded at the end, it must not push an error or a feedback card already shown off it.
+  const wasFolded = page.form.classList.contains("setup--in-lesson");
+  page.form.classList.toggle("setup--in-lesson", active);
+  if (wasFolded && !active) {
+    [page.error, page.feedback].find((shown) => !shown.hidden)?.scrollIntoView({ block: "nearest" });
+  }
   // A link's level is read-only text (lesson.html); the open page's level list is held while a lesson runs.
   if (!locked) page.level.disabled = active;
   // A control disabled under the focus drops it to the top of the page: the keyboard and the screen reader
@@ -217,12 +224,18 @@ const feedbackCard = {
 
   pending() {
     page.feedbackStatus.textContent = "Preparing your feedback…";
-    page.feedback.hidden = false;
+    this.reveal();
   },
 
   unavailable(message) {
     page.feedbackStatus.textContent = message;
+    this.reveal();
+  },
+
+  // On a phone the card may start below the screen's edge, under the form unfolded at the lesson's end.
+  reveal() {
     page.feedback.hidden = false;
+    page.feedback.scrollIntoView({ block: "nearest" });
   },
 
   show(feedback) {
@@ -261,7 +274,7 @@ const feedbackCard = {
     );
     page.feedbackStatus.textContent = "";
     page.feedbackCard.replaceChildren(card);
-    page.feedback.hidden = false;
+    this.reveal();
   },
 };
 
@@ -631,8 +644,8 @@ class Lesson {
   awaitFeedback(timeoutSeconds) {
     this.ending = true;
     this.releaseAudio();
-    feedbackCard.pending();
     setLessonControls(false);
+    feedbackCard.pending();
     clearTimeout(this.closeTimer);
     const seconds = Number.isFinite(timeoutSeconds) ? timeoutSeconds : 20;
     this.closeTimer = setTimeout(() => this.stop(), (seconds + 5) * 1000);

@@ -2,7 +2,8 @@
 
 What this proves: nothing is wider than the screen; a personal link's page with its last lessons still has
 Start lesson on the first screen, and a refusal is shown where the student is looking, next to the status;
-a bad link's page keeps its words off the screen's edges.
+while a lesson runs, its status and the tutor's live words are on the first screen, and at its end the
+feedback is; a bad link's page keeps its words off the screen's edges.
 """
 
 from __future__ import annotations
@@ -76,6 +77,29 @@ def test_a_link_s_page_with_its_history_keeps_start_and_its_messages_on_the_firs
             assert lesson.console_errors == []
         finally:
             browser.close()
+
+
+def test_the_lesson_s_words_and_then_its_feedback_are_on_a_phone_s_first_screen(stack: Stack,
+                                                                               open_page: OpenPage) -> None:
+    lesson = open_page(stack.url)
+    page = lesson.page
+    page.set_viewport_size(PHONE)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    greeting = page.locator("#transcript").get_by_text("Hello Ana!")
+    expect(greeting).to_be_visible()
+    assert on_first_screen(greeting)
+    assert on_first_screen(page.get_by_role("button", name="End lesson"))
+
+    page.get_by_role("button", name="End lesson").click()
+    summary = page.locator("#feedback .feedback-card__summary")
+    expect(summary).to_be_visible(timeout=30_000)
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    assert on_first_screen(summary)
+    # The form is back for the next lesson.
+    expect(page.get_by_role("button", name="Start lesson")).to_be_enabled()
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+    assert lesson.console_errors == []
 
 
 def test_a_bad_link_s_page_is_laid_out_like_the_lesson_page(stack: Stack, open_page: OpenPage) -> None:

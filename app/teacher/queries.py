@@ -12,11 +12,14 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Select, and_, case, delete, func, or_, select, true, update
+from sqlalchemy import Date, Select, and_, case, delete, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from app.outcomes import NOT_FAILURES
 from app.store.handover import HANDED_OFF
@@ -292,26 +295,48 @@ def _failure_since(since: datetime) -> ColumnElement[bool]:
     return and_(LessonEvent.at >= since, LessonEvent.kind.not_in(NOT_FAILURES))
 
 
-def failure_times(since: datetime) -> Select[datetime, str]:
-    """When each failure at or after `since` happened, and its kind: read through the index on `lesson_events.at`,
-    so the failures of the last days cost what they are, not what every event ever recorded is."""
-    return select(LessonEvent.at, LessonEvent.kind).where(_failure_since(since))
+class UtcDay(FunctionElement[date]):
+    """The UTC calendar day of a timestamp column, in the database's own dialect: the days are counted where the rows
+    are, and PostgreSQL's and SQLite's days are the same."""
+
+    type = Date()
+    name = "utc_day"
+    inherit_cache = True
+
+
+@compiles(UtcDay, "sqlite")
+def _utc_day_sqlite(element: UtcDay, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite keeps UtcDateTime as UTC text ("2026-03-01 23:59:59.999999"); date() reads its day (and would bring a
+    # time written with an offset to UTC first).
+    return f"date({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(UtcDay, "postgresql")
+def _utc_day_postgresql(element: UtcDay, compiler: SQLCompiler, **kw: Any) -> str:
+    # A timestamptz's date would be that of the session's time zone: its day in UTC, whatever the session's.
+    return f"CAST(({compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC') AS DATE)"
+
+
+def failure_counts(since: datetime) -> Select[date, str, int]:
+    """How many failures at or after `since` each UTC day had, by kind: counted by the database, which reads them
+    through the index on `lesson_events.at` and returns one row per day and kind, however many failures there are."""
+    day = UtcDay(LessonEvent.at)
+    return (select(day, LessonEvent.kind, func.count()).where(_failure_since(since))
+            .group_by(day, LessonEvent.kind))
 
 
 async def failures_since(db: AsyncSession, since: datetime, *, listed: int) -> list[FailureDay]:
     """Every failure (a lesson event not in NOT_FAILURES) at or after `since`, counted by UTC day and kind, newest day
-    first, with the newest `listed` of them (newest first) on their days. The counts are read as (time, kind) rows,
-    streamed: however many failures an outage or a script left, the page neither loads nor shows them all."""
-    failure = _failure_since(since)
+    first, with the newest `listed` of them (newest first) on their days. The database counts them
+    (`failure_counts`): however many failures an outage or a script left, the page neither loads nor shows them all."""
     counts: dict[date, dict[str, int]] = {}
-    async for at, kind in await db.stream(failure_times(since).execution_options(yield_per=2000)):
-        day = counts.setdefault(at.date(), {})
-        day[kind] = day.get(kind, 0) + 1
+    for day, kind, number in (await db.execute(failure_counts(since))).all():
+        counts.setdefault(day, {})[kind] = number
     newest = (
         select(LessonEvent, Lesson.id, Student.id, Student.name)
         .join(Lesson, Lesson.id == LessonEvent.lesson_id)
         .outerjoin(Student, Student.id == Lesson.student_id)
-        .where(failure)
+        .where(_failure_since(since))
         .order_by(LessonEvent.at.desc(), LessonEvent.id.desc())
         .limit(listed)
     )

@@ -23,7 +23,7 @@ from app.store.database import (
 from app.store.handover import take_over_lesson
 from app.store.instances import InstanceTiming
 from app.store.models import Base, Lesson, LessonEvent, Link, Student, Turn
-from app.teacher.queries import failure_times
+from app.teacher.queries import failure_counts
 from app.usage import LessonUsage
 
 TABLES = {"students", "links", "lessons", "turns", "lesson_events", "instances", "app_secrets", "sign_in_failures",
@@ -140,7 +140,7 @@ async def test_a_lesson_recorded_before_the_heard_words_and_cached_split_were_ke
 async def test_the_failures_of_the_last_days_are_found_by_the_index_on_event_times(engine: AsyncEngine) -> None:
     """The failures page counts those of its period: without an index on `lesson_events.at` it read every event ever
     recorded (seconds, with a hundred thousand failures)."""
-    statement = failure_times(datetime(2026, 3, 1, tzinfo=UTC))
+    statement = failure_counts(datetime(2026, 3, 1, tzinfo=UTC))
     compiled = statement.compile(engine, compile_kwargs={"literal_binds": True})
     sqlite = engine.dialect.name == "sqlite"
     async with engine.connect() as connection:

@@ -47,7 +47,7 @@ async def fill(url: str, *, failures: int, lessons: int, days: int, now: datetim
         await engine.dispose()
 
 
-async def _ticker(worst: list[float]) -> None:
+async def ticker(worst: list[float]) -> None:
     """Sleep 1 ms again and again, keeping in `worst[0]` the most a wake-up came late."""
     while True:
         asked = time.perf_counter()
@@ -64,13 +64,13 @@ async def measure(url: str, *, days: int, rounds: int, now: datetime) -> tuple[l
         for _ in range(rounds):
             async with sessions() as db:
                 worst = [0.0]
-                ticker = asyncio.create_task(_ticker(worst))
+                ticking = asyncio.create_task(ticker(worst))
                 await asyncio.sleep(0.01)
                 began = time.perf_counter()
                 failure_days = await queries.failures_since(db, now - timedelta(days=days),
                                                             listed=pages.FAILURES_LISTED)
                 timings.append(time.perf_counter() - began)
-                ticker.cancel()
+                ticking.cancel()
                 held.append(worst[0])
             counted = sum(day.count for day in failure_days)
             listed = sum(len(day.failures) for day in failure_days)

@@ -39,9 +39,9 @@ router = APIRouter(prefix="/api")
 Model = TypeVar("Model", bound=BaseModel)
 log = structlog.get_logger("lesson_relay")
 
-# Students and a student's lessons come a page at a time: browser keys make tens of thousands of students, a link or
-# a browser key gathers tens of thousands of lessons, and answering all at once held the worker's event loop (every
-# lesson's audio on it) for seconds.
+# Students, a student's lessons, and a lesson's turns and events come a page at a time: browser keys make tens of
+# thousands of students, a link or a browser key gathers tens of thousands of lessons, a page that keeps resuming piles
+# up events, and answering all at once held the worker's event loop (every lesson's audio on it) for seconds.
 PER_PAGE = 100
 MOST_PER_PAGE = 500
 # Past any list; a larger number is no offset a page gave (and would overflow the database's integer).
@@ -275,11 +275,42 @@ async def list_lessons_under_way(request: Request, _: Authorized) -> JSONRespons
 
 @router.get("/lessons/{lesson_id}")
 async def get_lesson(request: Request, _: Authorized, lesson_id: str) -> JSONResponse:
+    """The lesson with its newest turns and events; `turns_left_out` and `events_left_out` count the older ones, which
+    `/turns` and `/events` give a page at a time."""
     async with database(request) as db:
         record = await queries.lesson_record(db, lesson_id)
         if record is None:
             raise _not_found("lesson", lesson_id)
-        return JSONResponse(exports.lesson_json(record.lesson, events_left_out=record.events_left_out))
+        return JSONResponse(exports.lesson_json(record.lesson, events_left_out=record.events_left_out,
+                                                turns_left_out=record.turns_left_out))
+
+
+@router.get("/lessons/{lesson_id}/events")
+async def list_lesson_events(request: Request, _: Authorized, lesson_id: str,
+                             limit: Annotated[int, Query(ge=1, le=MOST_PER_PAGE)] = PER_PAGE,
+                             offset: Annotated[int, Query(ge=0, le=_MOST_OFFSET)] = 0) -> JSONResponse:
+    """The lesson's events in the order they happened, `limit` of them from the `offset`-th; `next_offset` gives the
+    next page."""
+    async with database(request) as db:
+        if await queries.get_lesson(db, lesson_id) is None:
+            raise _not_found("lesson", lesson_id)
+        # One more than asked for: whether there is a next page, without counting them all.
+        events = await queries.lesson_events(db, lesson_id, limit=limit + 1, offset=offset)
+        return JSONResponse({"events": [exports.event_json(event) for event in events[:limit]],
+                             "next_offset": offset + limit if len(events) > limit else None})
+
+
+@router.get("/lessons/{lesson_id}/turns")
+async def list_lesson_turns(request: Request, _: Authorized, lesson_id: str,
+                            limit: Annotated[int, Query(ge=1, le=MOST_PER_PAGE)] = PER_PAGE,
+                            offset: Annotated[int, Query(ge=0, le=_MOST_OFFSET)] = 0) -> JSONResponse:
+    """The lesson's turns in order, `limit` of them from the `offset`-th; `next_offset` gives the next page."""
+    async with database(request) as db:
+        if await queries.get_lesson(db, lesson_id) is None:
+            raise _not_found("lesson", lesson_id)
+        turns = await queries.lesson_turns(db, lesson_id, limit=limit + 1, offset=offset)
+        return JSONResponse({"turns": [exports.turn_json(turn) for turn in turns[:limit]],
+                             "next_offset": offset + limit if len(turns) > limit else None})
 
 
 @router.get("/lessons/{lesson_id}/export")

@@ -58,25 +58,31 @@ def lesson_summary_json(lesson: Lesson) -> dict[str, Any]:
     }
 
 
-def lesson_json(lesson: Lesson, *, events_left_out: int) -> dict[str, Any]:
+def turn_json(turn: Turn) -> dict[str, Any]:
+    return {
+        "seq": turn.seq,
+        "role": turn.role,
+        "text": turn.text,
+        "started_at": iso(turn.started_at),
+        "ended_at": iso(turn.ended_at),
+        "interrupted": turn.interrupted,
+        "heard_ms": turn.heard_ms,
+        "heard_text": turn.heard_text,
+    }
+
+
+def event_json(event: LessonEvent) -> dict[str, Any]:
+    return {"kind": event.kind, "at": iso(event.at), "detail": event.detail}
+
+
+def lesson_json(lesson: Lesson, *, events_left_out: int, turns_left_out: int) -> dict[str, Any]:
     """The whole lesson: `GET /api/lessons/{id}` and the JSON export. Turns and events must be loaded: its newest
-    events, `events_left_out` older ones not."""
+    ones, `turns_left_out` older turns and `events_left_out` older events not."""
     return lesson_summary_json(lesson) | {
         "student_name": lesson.student.name if lesson.student else None,
-        "turns": [
-            {
-                "seq": turn.seq,
-                "role": turn.role,
-                "text": turn.text,
-                "started_at": iso(turn.started_at),
-                "ended_at": iso(turn.ended_at),
-                "interrupted": turn.interrupted,
-                "heard_ms": turn.heard_ms,
-                "heard_text": turn.heard_text,
-            }
-            for turn in lesson.turns
-        ],
-        "events": [{"kind": event.kind, "at": iso(event.at), "detail": event.detail} for event in lesson.events],
+        "turns": [turn_json(turn) for turn in lesson.turns],
+        "turns_left_out": turns_left_out,
+        "events": [event_json(event) for event in lesson.events],
         "events_left_out": events_left_out,
         # summary, corrections [{said, better, why}], new_words [{word, meaning}], next_step; null without any.
         "feedback": lesson.feedback,
@@ -106,8 +112,8 @@ def heard_words(turn: Turn) -> str:
     return turn.heard_text if turn.interrupted and turn.heard_text is not None else turn.text
 
 
-def lesson_json_text(lesson: Lesson, *, events_left_out: int) -> str:
-    whole = lesson_json(lesson, events_left_out=events_left_out)
+def lesson_json_text(lesson: Lesson, *, events_left_out: int, turns_left_out: int) -> str:
+    whole = lesson_json(lesson, events_left_out=events_left_out, turns_left_out=turns_left_out)
     return orjson.dumps(whole, option=orjson.OPT_INDENT_2).decode() + "\n"
 
 
@@ -196,9 +202,16 @@ def events_left_out_note(shown: int, left_out: int) -> str:
     return f"The newest {shown} of its {shown + left_out} events are listed; {left_out} older ones are left out."
 
 
-def lesson_markdown(lesson: Lesson, *, events_left_out: int) -> str:
+def turns_left_out_note(shown: int, left_out: int) -> str:
+    """What a lesson's page and Markdown export say when they show only its last turns; "" when all are."""
+    if not left_out:
+        return ""
+    return f"The last {shown} of its {shown + left_out} turns are shown; {left_out} earlier ones are left out."
+
+
+def lesson_markdown(lesson: Lesson, *, events_left_out: int, turns_left_out: int) -> str:
     """The lesson as a Markdown document: facts, transcript, events and usage. Turns and events loaded: its newest
-    events, `events_left_out` older ones not."""
+    ones, `turns_left_out` older turns and `events_left_out` older events not."""
     student = _md(lesson.student.name) if lesson.student else "no student record"
     lines = [
         f"# Lesson {lesson.id}",
@@ -214,6 +227,8 @@ def lesson_markdown(lesson: Lesson, *, events_left_out: int) -> str:
         "## Transcript",
         "",
     ]
+    if turns_left_out:
+        lines += [turns_left_out_note(len(lesson.turns), turns_left_out), ""]
     for turn in lesson.turns:
         note = f" *({_md(cut_note(turn))})*" if turn.interrupted else ""
         lines += [f"**{turn.role.capitalize()}** ({offset(turn.started_at, lesson.started_at)}): "

@@ -43,6 +43,9 @@ STUDENTS_PER_PAGE = 100
 ARCHIVED_PER_PAGE = 100
 # A student's page lists this many lessons, newest first, with links to the older ones.
 LESSONS_PER_PAGE = 50
+# A lesson's events and transcript pages list this many of them a page, in order, with links to the others.
+EVENTS_PER_PAGE = 500
+TURNS_PER_PAGE = 500
 # A student's page also gives what their lessons of this many last days cost.
 RECENT_COST_DAYS = 30
 ExportFormat = Annotated[Literal["md", "json"], Query(alias="format")]
@@ -163,6 +166,8 @@ async def live_list(request: Request, teacher: TeacherForScript) -> Response:
 
 @router.get(f"{DESK_PATH}/lessons/{{lesson_id}}", response_class=HTMLResponse)
 async def lesson_page(request: Request, teacher: Teacher, lesson_id: str) -> Response:
+    """The lesson with its newest turns and events (`queries.LessonRecord`); when some are left out, links to the
+    page of its transcript or events that holds the newest of those."""
     now = datetime.now(UTC)
     async with database(request) as db:
         record = await queries.lesson_record(db, lesson_id)
@@ -176,7 +181,51 @@ async def lesson_page(request: Request, teacher: Teacher, lesson_id: str) -> Res
             "section": "students", "lesson": lesson, "usage_fields": exports.USAGE_FIELDS,
             "under_way": under_way, "server_lost_at": lost_at, "now": now,
             "events_left_out": exports.events_left_out_note(len(lesson.events), record.events_left_out),
+            "older_events_page": math.ceil(record.events_left_out / EVENTS_PER_PAGE),
+            "turns_left_out": exports.turns_left_out_note(len(lesson.turns), record.turns_left_out),
+            "earlier_turns_page": math.ceil(record.turns_left_out / TURNS_PER_PAGE),
         })
+
+
+def _page_span(count: int, page: int, per_page: int, *, what: str, back: str) -> dict[str, int]:
+    """Where `page` of a list of `count` lies (page, pages, first, last: counted from 1); past the last page, a 404
+    page."""
+    pages = max(1, math.ceil(count / per_page))
+    if page > pages:
+        raise DeskError(404, "No such page", f"There are {count} {what}: {pages} page{'s' if pages != 1 else ''} of "
+                        "them.", back=back)
+    first = (page - 1) * per_page
+    return {"page": page, "pages": pages, "first": first + 1, "last": min(count, first + per_page)}
+
+
+@router.get(f"{DESK_PATH}/lessons/{{lesson_id}}/events", response_class=HTMLResponse)
+async def lesson_events_page(request: Request, teacher: Teacher, lesson_id: str,
+                             page: Annotated[int, Query(ge=1)] = 1) -> Response:
+    """Every event of the lesson, in the order they happened, EVENTS_PER_PAGE a page."""
+    async with database(request) as db:
+        lesson = await queries.get_lesson(db, lesson_id)
+        if lesson is None:
+            raise not_found("lesson")
+        span = _page_span(await queries.event_count(db, lesson_id), page, EVENTS_PER_PAGE, what="events",
+                          back=f"{DESK_PATH}/lessons/{lesson_id}")
+        events = await queries.lesson_events(db, lesson_id, limit=EVENTS_PER_PAGE, offset=span["first"] - 1)
+        return render(request, "lesson_events.html", teacher, {
+            "section": "students", "lesson": lesson, "events": events, "span": span})
+
+
+@router.get(f"{DESK_PATH}/lessons/{{lesson_id}}/transcript", response_class=HTMLResponse)
+async def lesson_transcript_page(request: Request, teacher: Teacher, lesson_id: str,
+                                 page: Annotated[int, Query(ge=1)] = 1) -> Response:
+    """The lesson's whole transcript, in order, TURNS_PER_PAGE turns a page."""
+    async with database(request) as db:
+        lesson = await queries.get_lesson(db, lesson_id)
+        if lesson is None:
+            raise not_found("lesson")
+        span = _page_span(await queries.turn_count(db, lesson_id), page, TURNS_PER_PAGE, what="turns",
+                          back=f"{DESK_PATH}/lessons/{lesson_id}")
+        turns = await queries.lesson_turns(db, lesson_id, limit=TURNS_PER_PAGE, offset=span["first"] - 1)
+        return render(request, "lesson_transcript.html", teacher, {
+            "section": "students", "lesson": lesson, "turns": turns, "span": span})
 
 
 @router.get(f"{DESK_PATH}/failures", response_class=HTMLResponse)
@@ -213,14 +262,15 @@ async def lesson_export(request: Request, teacher: Teacher, lesson_id: str,
 
 
 def export_response(record: queries.LessonRecord, export_format: Literal["md", "json"]) -> Response:
-    """The lesson as a download: Markdown or JSON (the API's lesson object), with the newest of its events as its
-    page lists them: a whole download of a lesson's every event would hold the worker's event loop as its page
+    """The lesson as a download: Markdown or JSON (the API's lesson object), with the newest of its turns and events
+    as its page shows them: a whole download of a lesson's every event would hold the worker's event loop as its page
     did."""
-    lesson, left_out = record.lesson, record.events_left_out
+    lesson, left_out = record.lesson, {"events_left_out": record.events_left_out,
+                                       "turns_left_out": record.turns_left_out}
     if export_format == "md":
-        body, media_type = exports.lesson_markdown(lesson, events_left_out=left_out), "text/markdown; charset=utf-8"
+        body, media_type = exports.lesson_markdown(lesson, **left_out), "text/markdown; charset=utf-8"
     else:
-        body, media_type = exports.lesson_json_text(lesson, events_left_out=left_out), "application/json"
+        body, media_type = exports.lesson_json_text(lesson, **left_out), "application/json"
     return PlainTextResponse(body, media_type=media_type, headers={
         "Content-Disposition": f'attachment; filename="lesson-{lesson.id}.{export_format}"',
         "Cache-Control": "no-store",

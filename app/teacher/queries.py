@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Date, Select, and_, case, delete, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,7 +24,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from app.outcomes import NOT_FAILURES
 from app.store.handover import HANDED_OFF
 from app.store.instances import InstanceTiming, instance_lost_event
-from app.store.models import Instance, Lesson, LessonEvent, Link, Student
+from app.store.models import Instance, Lesson, LessonEvent, Link, Student, Turn
 from app.withdrawal import Withdrawal
 
 
@@ -248,19 +248,25 @@ async def _totals(db: AsyncSession, students: Any, *, recent_since: datetime) ->
                          recent_cost_usd=float(recent))
 
 
-# A lesson's page, export and API answer hold its newest events, this many, and count the others: a page that
-# resumes again and again piles events on its lesson, and loading a hundred thousand of them held the worker's
-# event loop (every lesson's audio on it) for seconds.
+# A lesson's page, export and API answer hold its newest events and turns, this many of each, and count the others: a
+# page that resumes again and again piles events on its lesson, a page that keeps speaking makes thousands of turns an
+# hour, and loading a hundred thousand rows held the worker's event loop (every lesson's audio on it) for seconds. The
+# others are read a page at a time (`lesson_events`, `lesson_turns`).
 EVENTS_SHOWN = 1000
+TURNS_SHOWN = 1000
 
 
 @dataclass(frozen=True)
 class LessonRecord:
-    """A lesson with its turns (in order), student and newest `EVENTS_SHOWN` events (oldest of them first) loaded,
-    and how many older events were left out."""
+    """A lesson with its student, its newest `TURNS_SHOWN` turns and `EVENTS_SHOWN` events (oldest of them first)
+    loaded, and how many older turns and events were left out."""
 
     lesson: Lesson
     events_left_out: int
+    turns_left_out: int
+
+
+LessonRow = TypeVar("LessonRow", Turn, LessonEvent)
 
 
 async def get_lesson(db: AsyncSession, lesson_id: str) -> Lesson | None:
@@ -272,23 +278,53 @@ async def get_lesson(db: AsyncSession, lesson_id: str) -> Lesson | None:
 
 async def lesson_record(db: AsyncSession, lesson_id: str) -> LessonRecord | None:
     """The lesson as its page, export and API answer show it (`LessonRecord`), or None."""
-    query = (
-        select(Lesson).where(Lesson.id == lesson_id)
-        .options(selectinload(Lesson.turns), selectinload(Lesson.student))
-    )
-    lesson: Lesson | None = (await db.execute(query)).scalar_one_or_none()
+    lesson = await get_lesson(db, lesson_id)
     if lesson is None:
         return None
-    newest = (await db.execute(
-        select(LessonEvent).where(LessonEvent.lesson_id == lesson_id)
-        .order_by(LessonEvent.id.desc()).limit(EVENTS_SHOWN))).scalars().all()
-    # The lesson's `events`, as read: the pages only read them, so nothing is written from the partial list.
-    set_committed_value(lesson, "events", list(reversed(newest)))
+    turns, turns_left_out = await _newest(db, Turn, Turn.seq, lesson_id, TURNS_SHOWN)
+    events, events_left_out = await _newest(db, LessonEvent, LessonEvent.id, lesson_id, EVENTS_SHOWN)
+    # The lesson's `turns` and `events`, as read: the pages only read them, so nothing is written from partial lists.
+    set_committed_value(lesson, "turns", turns)
+    set_committed_value(lesson, "events", events)
+    return LessonRecord(lesson, events_left_out=events_left_out, turns_left_out=turns_left_out)
+
+
+async def _newest(db: AsyncSession, model: type[LessonRow], order: Any, lesson_id: str,
+                  shown: int) -> tuple[list[LessonRow], int]:
+    """The lesson's newest `shown` rows of `model` by `order`, oldest of them first, and how many older ones there
+    are (counted only when there may be some)."""
+    newest = list((await db.execute(
+        select(model).where(model.lesson_id == lesson_id).order_by(order.desc()).limit(shown))).scalars())
     left_out = 0
-    if len(newest) == EVENTS_SHOWN:
-        total = await db.scalar(select(func.count(LessonEvent.id)).where(LessonEvent.lesson_id == lesson_id))
-        left_out = int(total or 0) - EVENTS_SHOWN
-    return LessonRecord(lesson, left_out)
+    if len(newest) == shown:
+        left_out = await _count(db, model, lesson_id) - shown
+    return newest[::-1], left_out
+
+
+async def _count(db: AsyncSession, model: type[Turn] | type[LessonEvent], lesson_id: str) -> int:
+    return int(await db.scalar(select(func.count()).select_from(model).where(model.lesson_id == lesson_id)) or 0)
+
+
+async def lesson_events(db: AsyncSession, lesson_id: str, *, limit: int, offset: int = 0) -> list[LessonEvent]:
+    """The lesson's events in the order they happened, `limit` of them from the `offset`-th (the first is 0). Events
+    are only ever added after the others, so a page read now holds the same events when read again."""
+    query = (select(LessonEvent).where(LessonEvent.lesson_id == lesson_id).order_by(LessonEvent.id)
+             .limit(limit).offset(offset))
+    return list((await db.execute(query)).scalars())
+
+
+async def lesson_turns(db: AsyncSession, lesson_id: str, *, limit: int, offset: int = 0) -> list[Turn]:
+    """The lesson's turns in order (by `seq`), `limit` of them from the `offset`-th (the first is 0)."""
+    query = select(Turn).where(Turn.lesson_id == lesson_id).order_by(Turn.seq).limit(limit).offset(offset)
+    return list((await db.execute(query)).scalars())
+
+
+async def event_count(db: AsyncSession, lesson_id: str) -> int:
+    return await _count(db, LessonEvent, lesson_id)
+
+
+async def turn_count(db: AsyncSession, lesson_id: str) -> int:
+    return await _count(db, Turn, lesson_id)
 
 
 def _failure_since(since: datetime) -> ColumnElement[bool]:

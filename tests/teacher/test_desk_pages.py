@@ -353,7 +353,8 @@ async def test_all_lessons_as_csv(desk_on: Desk) -> None:
 async def test_desk_pages_need_signing_in(desk_on: Desk) -> None:
     desk_on.client.cookies.clear()
     for path in ("/teacher", "/teacher/students/x", "/teacher/lessons/x", "/teacher/failures",
-                 "/teacher/lessons.csv", "/teacher/lessons/x/export"):
+                 "/teacher/lessons.csv", "/teacher/lessons/x/export", "/teacher/lessons/x/events",
+                 "/teacher/lessons/x/transcript"):
         page = await desk_on.client.get(path)
         assert page.status_code == 303, path
         assert page.headers["location"].startswith("/teacher/signin?next=")
@@ -393,7 +394,7 @@ async def test_every_desk_page_is_labelled_headed_and_free_of_inline_code(desk_o
     await desk_on.submit(f"/teacher/students/{(await add_student(desk_on.app, 'Bruno')).id}/archive")
 
     for path in ("/teacher", f"/teacher/students/{ana.id}", "/teacher/lessons/lesson-1", "/teacher/failures",
-                 "/teacher/students/nope"):
+                 "/teacher/lessons/lesson-1/events", "/teacher/lessons/lesson-1/transcript", "/teacher/students/nope"):
         audit = _PageAudit()
         audit.feed((await desk_on.client.get(path)).text)
         assert audit.h1 == 1, path

@@ -1,5 +1,5 @@
-"""The desk's pages (GET): students, the lessons under way, one student, one lesson, failures by day, the
-exports, and the API token for scripts.
+"""The desk's pages (GET): students, the lessons under way, one student, one lesson (and its whole transcript and
+events, a page at a time), failures by day, the exports, and the API token for scripts.
 
 Every page needs a signed-in teacher (`Teacher`; the list the lessons under way page updates itself with,
 `TeacherForScript`); an unknown id is a 404 page. Pages only read.

@@ -35,7 +35,7 @@ from app.loop_lag import LoopLagProbe
 from app.metrics import LessonMetrics, metrics_router
 from app.pacing import LogThrottles
 from app.records import RecordSink
-from app.resume import RefusedResumes
+from app.resume import RefusedResumes, ResumeLookups
 from app.routes import RESUMES_PER_LESSON_PER_MINUTE, Upstream, router
 from app.security_headers import SecurityHeaders, server_error
 from app.settings import Settings, load_settings
@@ -121,6 +121,7 @@ def create_app(
     app.state.refusals_recorded = StartRateLimiter(per_minute=1)
     app.state.daily_budget = DailyBudget(settings.max_student_cost_usd_per_day)
     app.state.refused_resumes = RefusedResumes()
+    app.state.resume_lookups = ResumeLookups()
     app.state.refusal_log = LogThrottles()
     app.state.page_resumes = StartRateLimiter(per_minute=RESUMES_PER_LESSON_PER_MINUTE)
     app.state.templates = Jinja2Templates(directory=HERE / "templates")

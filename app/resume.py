@@ -12,21 +12,25 @@ its live state, or by the store when another instance handed it over.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import orjson
 
-from app.errors import ResumeRefused
+from app.errors import LessonError, ResumeElsewhere, ResumeNotYet, ResumeRefused
 
 _KEY_LABEL = b"lesson-resume-token"
 # The most lessons a worker remembers refusing a resume of for good (about 250 bytes each, 2.5 MB in all); past it
 # the oldest is dropped, and a resume of it is checked against the store again.
 MAX_REFUSED_REMEMBERED: Final = 10_000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +117,64 @@ class RefusedResumes:
         if known is not None:
             code, detail, student_message = known
             raise ResumeRefused(f"{detail} (refused before)", code=code, student_message=student_message)
+
+
+# What a resume that waited on another's look-up is told: an error made for it (never the first one's exception,
+# whose traceback holds that resume's socket).
+SharedAnswer = Callable[[], LessonError]
+
+
+class ResumeLookups:
+    """Concurrent resumes of one lesson on this worker share one look-up in the store (single-flight, keyed by the
+    lesson): a burst of sockets opened at once with one token is one take-over transaction, not one each, and
+    each gets the same answer.
+
+    The first resume looks the lesson up; those that come while it does wait for its answer. A refusal, for good
+    or for now, is theirs too (a lesson running elsewhere is asked to hand over once, by the first). A lesson the
+    first resume took over is that resume's to run: the others try again, as a page does, and find it running
+    here. A look-up that ends otherwise (the first resume cancelled) tells the others to try again too.
+    """
+
+    def __init__(self) -> None:
+        self._in_flight: dict[str, asyncio.Future[SharedAnswer]] = {}
+
+    async def look_up(self, lesson_id: str, take_over: Callable[[], Awaitable[T]]) -> T:
+        """`take_over()`'s lesson, or its error; or, while another resume of `lesson_id` looks it up, that
+        look-up's answer as an error of its own (`ResumeNotYet` when the other one took the lesson over)."""
+        shared = self._in_flight.get(lesson_id)
+        if shared is not None:
+            # Shielded: a waiting resume cancelled must not cancel the answer the others wait for.
+            raise (await asyncio.shield(shared))()
+        shared = asyncio.get_running_loop().create_future()
+        self._in_flight[lesson_id] = shared
+        answer: SharedAnswer = _lookup_unfinished(lesson_id)
+        try:
+            taken = await take_over()
+            answer = _taken_by_another(lesson_id)
+            return taken
+        except LessonError as exc:
+            answer = _same_answer(exc)
+            raise
+        finally:
+            del self._in_flight[lesson_id]
+            shared.set_result(answer)
+
+
+def _same_answer(exc: LessonError) -> SharedAnswer:
+    detail, student_message = f"{exc.detail} (looked up for a resume at the same moment)", exc.student_message
+    if isinstance(exc, ResumeRefused):
+        code, ended_with = exc.code, exc.ended_with
+        return lambda: ResumeRefused(detail, code=code, student_message=student_message, ended_with=ended_with)
+    # The first resume asked the worker running it to hand it over: the others only try again.
+    kind = ResumeNotYet if isinstance(exc, ResumeElsewhere) else type(exc)
+    return lambda: kind(detail, student_message=student_message)
+
+
+def _taken_by_another(lesson_id: str) -> SharedAnswer:
+    return lambda: ResumeNotYet(f"lesson {lesson_id!r} was taken over here by a resume at the same moment",
+                                student_message="Reconnecting to your lesson…")
+
+
+def _lookup_unfinished(lesson_id: str) -> SharedAnswer:
+    return lambda: ResumeNotYet(f"the look-up of lesson {lesson_id!r} for a resume at the same moment did not finish",
+                                student_message="Reconnecting to your lesson…")

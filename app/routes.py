@@ -48,7 +48,7 @@ from app.pacing import LogThrottles
 from app.prompts import feedback_instructions, tutor_instructions
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, RecordSink
 from app.relay import PageSocket, Relay
-from app.resume import RefusedResumes, ResumeClaim, make_resume_token, verify_resume_token
+from app.resume import RefusedResumes, ResumeClaim, ResumeLookups, make_resume_token, verify_resume_token
 from app.session import LessonSession
 from app.settings import Settings
 from app.store.database import STORE_ERRORS, error_reason
@@ -257,8 +257,10 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
         # A lesson refused for good stays so: its token, repeated, is refused without a write to the store.
         refused: RefusedResumes = state.refused_resumes
         refused.refuse_remembered(claim.lesson_id)
+        # Resumes of it at the same moment (a burst of sockets with its token) share one look-up in the store.
+        lookups: ResumeLookups = state.resume_lookups
         try:
-            taken = await _take_over(state, claim)
+            taken = await lookups.look_up(claim.lesson_id, lambda: _take_over(state, claim))
         except ResumeRefused as exc:
             refused.remember(claim.lesson_id, exc)
             raise

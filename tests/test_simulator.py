@@ -467,13 +467,54 @@ async def test_without_interrupt_response_speech_does_not_cancel() -> None:
         assert (await client.until("response.done"))[-1]["response"]["status_details"]["reason"] == "client_cancelled"
 
 
-async def test_truncate_of_an_unknown_item_is_refused(simulator: RealtimeSimulator) -> None:
+# The real API's answers to an item it does not have, as its clients report them (README, "How close the simulator
+# is to the real API"): each `error` names the client event that caused it by its event_id.
+UNKNOWN_ITEM_REFUSALS = {
+    "conversation.item.retrieve": (
+        "item_retrieve_invalid_item_id", "Error retrieving item: the item with id 'item_nope' does not exist."),
+    "conversation.item.truncate": ("item_truncate_invalid_item_id", "Item with item_id not found: item_nope"),
+    "conversation.item.delete": (
+        "item_delete_invalid_item_id", "Error deleting item: the item with id 'item_nope' does not exist."),
+}
+
+
+@pytest.mark.parametrize("event_type", list(UNKNOWN_ITEM_REFUSALS))
+async def test_an_unknown_item_is_refused_with_the_real_api_s_code_for_each_event(
+    simulator: RealtimeSimulator, event_type: str
+) -> None:
+    event = {"type": event_type, "event_id": "evt_unknown", "item_id": "item_nope"}
+    if event_type == "conversation.item.truncate":
+        event |= {"content_index": 0, "audio_end_ms": 10}
     async with realtime_client(simulator) as client:
-        await client.send({"type": "conversation.item.truncate", "event_id": "evt_t", "item_id": "item_nope",
-                           "content_index": 0, "audio_end_ms": 10})
-        error = await client.receive()
-        assert error["error"]["param"] == "item_id"
-        assert error["error"]["event_id"] == "evt_t"
+        await client.send(event)
+        error = (await client.receive())["error"]
+        await client.send({"type": "conversation.item.retrieve", "item_id": "item_nope"})  # no event_id given
+        unnamed = (await client.receive())["error"]
+    code, message = UNKNOWN_ITEM_REFUSALS[event_type]
+    assert error == {"type": "invalid_request_error", "code": code, "message": message, "param": None,
+                     "event_id": "evt_unknown"}
+    assert (unnamed["code"], unnamed["event_id"]) == ("item_retrieve_invalid_item_id", None)
+
+
+async def test_a_message_without_model_audio_is_not_truncated_and_an_unknown_previous_item_is_refused(
+    simulator: RealtimeSimulator,
+) -> None:
+    async with realtime_client(simulator) as client:
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi there"}]}
+        await client.send({"type": "conversation.item.create", "item": item})
+        item_id = (await client.until("conversation.item.done"))[-1]["item"]["id"]
+        await client.send({"type": "conversation.item.truncate", "event_id": "evt_t", "item_id": item_id,
+                           "content_index": 0, "audio_end_ms": 0})
+        not_audio = (await client.receive())["error"]
+        await client.send({"type": "conversation.item.create", "event_id": "evt_c", "previous_item_id": "item_nope",
+                           "item": item})
+        no_previous = (await client.receive())["error"]
+    assert not_audio == {"type": "invalid_request_error", "code": "unsupported_content_type",
+                         "message": "Only model output audio messages can be truncated", "param": None,
+                         "event_id": "evt_t"}
+    assert no_previous == {"type": "invalid_request_error", "code": "item_create_invalid_previous_item_id",
+                           "message": "Error adding item: the previous item with id 'item_nope' does not exist.",
+                           "param": None, "event_id": "evt_c"}
 
 
 async def test_truncate_beyond_a_finished_items_audio_is_refused(simulator: RealtimeSimulator) -> None:

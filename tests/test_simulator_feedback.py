@@ -224,7 +224,7 @@ async def test_a_deleted_reply_leaves_the_conversation_for_the_feedback_the_next
     # The reply left the context with it: the same request reads fewer input tokens than before the delete.
     assert "favourite" in with_reply["output"][0]["content"][0]["text"]
     assert without_reply["usage"]["input_tokens"] < with_reply["usage"]["input_tokens"]
-    assert (gone["code"], gone["event_id"]) == ("item_not_found", "evt_get")
+    assert (gone["code"], gone["event_id"]) == ("item_retrieve_invalid_item_id", "evt_get")
 
 
 async def test_a_reply_deleted_while_it_is_being_said_adds_nothing_to_the_conversation_when_it_ends() -> None:
@@ -280,7 +280,7 @@ async def test_feedback_is_not_added_to_the_conversation_and_the_lesson_goes_on(
         await client.send({"type": "response.create"})
         following = (await client.until("response.done"))[-1]["response"]
 
-    assert (error["code"], error["event_id"]) == ("item_not_found", "evt_get")
+    assert (error["code"], error["event_id"]) == ("item_retrieve_invalid_item_id", "evt_get")
     assert following["output"][0]["content"][0]["transcript"] == "Great job, Ana. Where do you live?"
     assert following["conversation_id"] is not None
 

@@ -256,7 +256,7 @@ class SimulatedConnection:
             case "conversation.item.create":
                 await self._item_create(event)
             case "conversation.item.retrieve":
-                item = self._conversation.item(event)
+                item = self._conversation.retrieve(event)
                 await self._send({"type": "conversation.item.retrieved", "item": item})
             case "conversation.item.delete":
                 await self._send({"type": "conversation.item.deleted", "item_id": self._conversation.delete(event)})

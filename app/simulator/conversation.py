@@ -14,6 +14,14 @@ def text_tokens(text: str) -> int:
     return max(1, round(len(text) / 4))
 
 
+def _named_item(event: JsonObject) -> str:
+    """The `item_id` a conversation.item.retrieve/delete/truncate names."""
+    item_id = event.get("item_id")
+    if not isinstance(item_id, str):
+        raise ClientEventError("missing_required_parameter", "Missing required parameter: 'item_id'.", param="item_id")
+    return item_id
+
+
 @dataclass
 class _ItemShare:
     """What one item adds to the conversation's counts: taken away again when the item is deleted."""
@@ -54,16 +62,14 @@ class Conversation:
         """The `previous_item_id` of an item appended now."""
         return next(reversed(self.items), None)
 
-    def item(self, event: JsonObject) -> JsonObject:
-        """The item a conversation.item.retrieve/delete/truncate names in `item_id`."""
-        item_id = event.get("item_id")
-        if not isinstance(item_id, str):
-            raise ClientEventError(
-                "missing_required_parameter", "Missing required parameter: 'item_id'.", param="item_id"
-            )
+    def retrieve(self, event: JsonObject) -> JsonObject:
+        """The item a conversation.item.retrieve names."""
+        item_id = _named_item(event)
         item = self.items.get(item_id)
         if item is None:
-            raise ClientEventError("item_not_found", f"Item with item_id {item_id!r} not found.", param="item_id")
+            # The real API's refusal, as its clients report it (README, "How close the simulator is to the real API").
+            raise ClientEventError("item_retrieve_invalid_item_id",
+                                   f"Error retrieving item: the item with id {item_id!r} does not exist.")
         return item
 
     def create_item(self, event: JsonObject) -> tuple[str | None, JsonObject]:
@@ -84,9 +90,8 @@ class Conversation:
             raise ClientEventError("invalid_value", f"Item with id {item_id!r} already exists.", param="item.id")
         previous_item_id = event.get("previous_item_id")
         if previous_item_id is not None and previous_item_id not in self.items:
-            raise ClientEventError(
-                "item_not_found", f"Item with item_id {previous_item_id!r} not found.", param="previous_item_id"
-            )
+            raise ClientEventError("item_create_invalid_previous_item_id",
+                                   f"Error adding item: the previous item with id {previous_item_id!r} does not exist.")
         item.update(status="completed", object="realtime.item")
         previous_item_id = previous_item_id or self.last_item_id()
         self.items[item_id] = item
@@ -96,13 +101,8 @@ class Conversation:
     def delete(self, event: JsonObject) -> str:
         """Carry out a conversation.item.delete: the item leaves the conversation, and with it what it added to
         the context, so no later response (the feedback included) sees it. The deleted item's id."""
-        item_id = event.get("item_id")
-        if not isinstance(item_id, str):
-            raise ClientEventError(
-                "missing_required_parameter", "Missing required parameter: 'item_id'.", param="item_id"
-            )
+        item_id = _named_item(event)
         if item_id not in self.items:
-            # The real API's refusal, as its clients report it (code item_delete_invalid_item_id, no param).
             raise ClientEventError("item_delete_invalid_item_id",
                                    f"Error deleting item: the item with id {item_id!r} does not exist.")
         del self.items[item_id]
@@ -116,7 +116,10 @@ class Conversation:
 
     def truncate(self, event: JsonObject) -> JsonObject:
         """Check a conversation.item.truncate; the fields of the conversation.item.truncated that answers it."""
-        item = self.item(event)
+        item_id = _named_item(event)
+        item = self.items.get(item_id)
+        if item is None:
+            raise ClientEventError("item_truncate_invalid_item_id", f"Item with item_id not found: {item_id}")
         content_index = event.get("content_index")
         audio_end_ms = event.get("audio_end_ms")
         check_type(content_index, int, "content_index")
@@ -124,9 +127,7 @@ class Conversation:
         assert isinstance(content_index, int)
         assert isinstance(audio_end_ms, int)
         if item["id"] not in self.item_audio_ms:
-            raise ClientEventError(
-                "invalid_value", "Only assistant messages with audio can be truncated.", param="item_id"
-            )
+            raise ClientEventError("unsupported_content_type", "Only model output audio messages can be truncated")
         if content_index != 0:
             raise invalid_value("content_index", content_index, "0")
         if audio_end_ms < 0:

@@ -257,20 +257,14 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
         # A lesson refused for good stays so: its token, repeated, is refused without a write to the store.
         refused: RefusedResumes = state.refused_resumes
         refused.refuse_remembered(claim.lesson_id)
-        # Resumes of it at the same moment (a burst of sockets with its token) share one look-up in the store.
+        # Resumes of it at the same moment (a burst of sockets with its token) share one look-up in the store, held
+        # until the lesson taken over runs here: those that waited then find it running at their next attempt.
         lookups: ResumeLookups = state.resume_lookups
         try:
-            taken = await lookups.look_up(claim.lesson_id, lambda: _take_over(state, claim))
+            config, admitted = await lookups.look_up(
+                claim.lesson_id, lambda: _take_over_here(state, claim, token, client=client, resume_log=resume_log))
         except ResumeRefused as exc:
             refused.remember(claim.lesson_id, exc)
-            raise
-        student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id,
-                                target_language=taken.target_language)
-        try:
-            admitted = await registry.admit(Start(lesson_id=claim.lesson_id, client=limit_key(client),
-                                                  link_id=taken.link_id), time.monotonic())
-        except OverCapacity:
-            await _give_back(state, claim.lesson_id, resume_log)
             raise
     except (ResumeRefused, ResumeNotYet, OverCapacity, StoreUnavailable) as exc:
         if isinstance(exc, ResumeElsewhere):
@@ -279,6 +273,23 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
         metrics.refused(exc.code)
         await _refuse_resume(websocket, exc, resume_log, settings.browser_send_timeout_seconds)
         return
+    # No wait from here until the lesson runs (LiveLessons.start): a resume of it finds it there, not in the store.
+    await _run_lesson(websocket, config, resume_log, admitted, replay=replay)
+
+
+async def _take_over_here(state: Any, claim: ResumeClaim, token: str, *, client: str,
+                          resume_log: structlog.typing.FilteringBoundLogger) -> tuple[LessonConfig, AdmittedLesson]:
+    """Take the lesson over from the store and give it a place here: its config and place, or why not."""
+    settings: Settings = state.settings
+    registry: LessonRegistry = state.lessons
+    taken = await _take_over(state, claim)
+    student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id, target_language=taken.target_language)
+    try:
+        admitted = await registry.admit(Start(lesson_id=claim.lesson_id, client=limit_key(client),
+                                              link_id=taken.link_id), time.monotonic())
+    except OverCapacity:
+        await _give_back(state, claim.lesson_id, resume_log)
+        raise
     try:
         memory = await load_memory(state.db, student)
         request = messages.LessonRequest(name=claim.name, level=taken.level, support=claim.support,
@@ -299,7 +310,7 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
         # Claimed here but never run: kept claimed, every resume would be refused until this instance is gone.
         await _give_back(state, claim.lesson_id, resume_log)
         raise
-    await _run_lesson(websocket, config, resume_log, admitted, replay=replay)
+    return config, admitted
 
 
 async def _take_over(state: Any, claim: ResumeClaim) -> TakenOverLesson:

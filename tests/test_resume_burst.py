@@ -220,12 +220,9 @@ async def test_a_burst_of_resumes_of_an_ended_lesson_is_one_look_up_in_the_store
     assert take_overs == [lesson["lesson_id"]]
 
 
-async def test_a_burst_of_resumes_of_a_handed_over_lesson_takes_it_over_once_and_the_others_try_again(
-    simulator: RealtimeSimulator, log_stream: io.StringIO, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One resume takes the lesson over; the others, told to try again, must not ask the replica to hand over the
-    lesson this worker has just taken (another worker's, they would have thought it, as the store said)."""
-    settings = relay_settings(simulator.url, database_url=f"sqlite:///{tmp_path / 'lessons.db'}")
+async def a_lesson_handed_over(simulator: RealtimeSimulator, log_stream: io.StringIO,
+                               settings: Any) -> dict[str, Any]:
+    """A lesson whose instance drained with its page there, on `settings`' store: its `lesson` frame."""
     async with serve_app(settings, log_stream) as old:
         async with open_lesson(old.lesson_url(name="Ana")) as page:
             lesson = await page.until_type("lesson")
@@ -234,12 +231,27 @@ async def test_a_burst_of_resumes_of_a_handed_over_lesson_takes_it_over_once_and
             await closed_with(page)
         await drain
         await old.app.state.records.flushed()
+    return lesson
+
+
+def handovers_requested(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     handovers: list[str] = []
 
     async def handover_requested(self: LessonRegistry, lesson_id: str) -> None:
         handovers.append(lesson_id)
 
     monkeypatch.setattr(LessonRegistry, "request_handover", handover_requested)
+    return handovers
+
+
+async def test_a_burst_of_resumes_of_a_handed_over_lesson_takes_it_over_once_and_the_others_try_again(
+    simulator: RealtimeSimulator, log_stream: io.StringIO, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One resume takes the lesson over; the others, told to try again, must not ask the replica to hand over the
+    lesson this worker has just taken (another worker's, they would have thought it, as the store said)."""
+    settings = relay_settings(simulator.url, database_url=f"sqlite:///{tmp_path / 'lessons.db'}")
+    lesson = await a_lesson_handed_over(simulator, log_stream, settings)
+    handovers = handovers_requested(monkeypatch)
     async with serve_app(settings, log_stream) as new:
         take_overs = hold_take_overs_until_all_verified(monkeypatch, BURST)
         url = resume_url(new, lesson["resume_token"])
@@ -257,3 +269,48 @@ async def test_a_burst_of_resumes_of_a_handed_over_lesson_takes_it_over_once_and
             resumed = await again.until_type("lesson")
         assert resumed["resumed"] is True
     assert len(simulator.connections) == 2  # the old instance's session, and the one session of the take-over
+
+
+async def test_a_resume_while_the_lesson_taken_over_is_being_set_up_here_waits_for_it_and_asks_no_hand_over(
+    simulator: RealtimeSimulator, log_stream: io.StringIO, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claimed in the store but not yet running here (its student's memory being read), the lesson looked "open on
+    another instance" to a second resume, which asked the replica to hand over the lesson this worker had just taken
+    and made a second take-over transaction."""
+    settings = relay_settings(simulator.url, database_url=f"sqlite:///{tmp_path / 'lessons.db'}")
+    lesson = await a_lesson_handed_over(simulator, log_stream, settings)
+    handovers = handovers_requested(monkeypatch)
+    take_overs: list[str] = []
+    reading_memory, second_verified = asyncio.Event(), asyncio.Event()
+    verify, take_over, memory = routes.verify_resume_token, routes.take_over_lesson, routes.load_memory
+
+    def verify_and_tell(*args: Any, **kwargs: Any) -> Any:
+        claim = verify(*args, **kwargs)
+        if reading_memory.is_set():
+            second_verified.set()
+        return claim
+
+    async def counted_take_over(*args: Any, **kwargs: Any) -> Any:
+        take_overs.append(args[1])
+        return await take_over(*args, **kwargs)
+
+    async def memory_once_the_second_resume_is_in(*args: Any, **kwargs: Any) -> Any:
+        reading_memory.set()
+        await second_verified.wait()
+        return await memory(*args, **kwargs)
+
+    monkeypatch.setattr(routes, "verify_resume_token", verify_and_tell)
+    monkeypatch.setattr(routes, "take_over_lesson", counted_take_over)
+    monkeypatch.setattr(routes, "load_memory", memory_once_the_second_resume_is_in)
+    async with serve_app(settings, log_stream) as new:
+        url = resume_url(new, lesson["resume_token"])
+        async with open_lesson(url) as first:
+            await reading_memory.wait()
+            async with open_lesson(url) as second:
+                error = await second.until_type("error")
+                await closed_with(second)
+            taken = await first.until_type("lesson")
+    assert (error["code"], error["fatal"], second.ws.close_code) == ("resume_not_yet", False, 1013)
+    assert taken["resumed"] is True
+    assert take_overs == [lesson["lesson_id"]]
+    assert handovers == []

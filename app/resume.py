@@ -129,10 +129,11 @@ class ResumeLookups:
     lesson): a burst of sockets opened at once with one token is one take-over transaction, not one each, and
     each gets the same answer.
 
-    The first resume looks the lesson up; those that come while it does wait for its answer. A refusal, for good
-    or for now, is theirs too (a lesson running elsewhere is asked to hand over once, by the first). A lesson the
-    first resume took over is that resume's to run: the others try again, as a page does, and find it running
-    here. A look-up that ends otherwise (the first resume cancelled) tells the others to try again too.
+    The first resume looks the lesson up (and, when it takes it over, sets it up to run here); those that come
+    while it does wait for its answer. A refusal, for good or for now, is theirs too (a lesson running elsewhere is
+    asked to hand over once, by the first). A lesson the first resume took over is that resume's to run: the others
+    try again, as a page does, and find it running here. A look-up that ends otherwise (the first resume
+    cancelled) tells the others to try again too.
     """
 
     def __init__(self) -> None:

@@ -6,6 +6,8 @@ a new upstream session) and works the machine's through what `LessonSession` pro
 
 - A page that leaves is waited for `resume_grace_s`: the tutor is cut where the student stopped hearing it,
   nothing is relayed, and the lesson ends `browser_gone` (or `browser_stalled`) when no page resumes it.
+  A page that leaves while the feedback is on its way leaves the lesson waiting for it as before: it ends with
+  its feedback recorded and the end reason it was ending with, whether a page came back by then or not.
 - A lost (or expiring, or about to expire) upstream session is replaced by one told the conversation so far,
   which does not greet again; at most `MAX_RECONNECT_ATTEMPTS` before a session completes a response.
 - On a redeploy the lesson is handed over (ended here as `handed_off`); another instance takes it over.
@@ -27,7 +29,6 @@ from app.continuity import (
     Transcript,
     roll_over_after_s,
 )
-from app.feedback import FeedbackUnavailable, ParsedFeedback
 from app.greeting import Greeting
 from app.heard import TutorItems
 from app.lesson_config import LessonConfig
@@ -93,29 +94,21 @@ class ResumableLesson(abc.ABC):
                 error: tuple[str, str] | None = None) -> Sequence[Action]: ...
 
     @abc.abstractmethod
-    def _end_with_feedback(self, outcome: ParsedFeedback | FeedbackUnavailable, now: float) -> Sequence[Action]: ...
-
-    @abc.abstractmethod
     def _told_on_return(self, now: float) -> Sequence[Action]: ...
 
     # ---- the page away and back --------------------------------------------------------------------
 
     def handle_page_detached(self, now: float) -> Sequence[Action]:
         """The page's socket went away (network lost, tab reloaded or closed): the lesson waits for it for the
-        grace period, relays nothing to it, and cuts the tutor short where the student stopped hearing."""
+        grace period, relays nothing to it, and cuts the tutor short where the student stopped hearing. While the
+        feedback is on its way the lesson waits for that instead (`_page_away_while_ending`)."""
         if self.state is LessonState.ENDED or not self.page_attached:
             return NO_ACTIONS
         if self.state is LessonState.FEEDBACK:
-            # The lesson itself is over: it ends as it was going to, without its feedback.
-            return self._end_with_feedback(FeedbackUnavailable("page_gone"), now)
+            return self._page_away_while_ending(now)
         if self.config.resume_grace_s <= 0:
             return self._finish(self._page_gone_reason(), 1008 if self._page_stalled else 1000, now)
-        self.page_attached = False
-        self._page_left_at = now
-        self._page_seen_lines = len(self._transcript.lines)
-        self._transcript.forget_cuts()
-        fields = {"state": self.state.value, "grace_s": self.config.resume_grace_s}
-        actions: list[Action] = [Log("info", "page_away", fields), self._recorder.event(now, "page_away", fields)]
+        actions: list[Action] = list(self._page_away(now, {"grace_s": self.config.resume_grace_s}))
         actions += self._cut_tutor_short(now, why="page_away", cancel=True, truncate=True)
         if self.state is LessonState.GREETING:
             # The student has not heard the greeting: it is asked for again when the page is back.
@@ -126,20 +119,31 @@ class ResumableLesson(abc.ABC):
         self._set_deadline(Timer.PAGE_GRACE, now + self.config.resume_grace_s)
         return actions
 
+    def _page_away(self, now: float, fields: Mapping[str, Any]) -> Sequence[Action]:
+        """No page is attached from `now`: what it had seen is remembered for its return; logged and recorded."""
+        self.page_attached = False
+        self._page_left_at = now
+        self._page_seen_lines = len(self._transcript.lines)
+        self._transcript.forget_cuts()
+        logged = {"state": self.state.value, **fields}
+        return Log("info", "page_away", logged), self._recorder.event(now, "page_away", logged)
+
+    def _page_away_while_ending(self, now: float) -> Sequence[Action]:
+        """The page left while the feedback is on its way: the lesson still waits for it, to the same deadline and
+        whether resuming is on or off, for the lesson's record (its teacher reads it there). A page back by then
+        takes the wait over; one back after the end gets the feedback from the record. No grace period: the
+        feedback's deadline ends the wait, with the end reason the lesson was ending with."""
+        left_s = self._deadlines.get(Timer.FEEDBACK, now) - now
+        return self._page_away(now, {"feedback_left_s": round(max(0.0, left_s), 3)})
+
     def handle_page_attached(self, now: float, *, replay: bool) -> Sequence[Action]:
-        """A page resumed the lesson (a replaced page counts as gone first, except while the feedback is on its
-        way: the new page waits for it instead): it gets the lesson frame, the turns it missed (all of them with
-        `replay`) and where the lesson is; the lesson goes on."""
+        """A page resumed the lesson (a replaced page counts as gone first): it gets the lesson frame, the turns it
+        missed (all of them with `replay`) and where the lesson is; the lesson goes on."""
         if self.state is LessonState.ENDED:
             return NO_ACTIONS
         replaced = self.page_attached
         actions: list[Action] = []
-        if replaced and self.state is LessonState.FEEDBACK:
-            # A page is attached all along: the feedback goes to the new one, as to a page back from away.
-            self._page_left_at = now
-            self._page_seen_lines = len(self._transcript.lines)
-            self._transcript.forget_cuts()
-        elif replaced:
+        if replaced:
             actions += self.handle_page_detached(now)
         if self.ended_reason is not None:
             return actions  # resuming is off: the replaced page ended the lesson
@@ -170,8 +174,8 @@ class ResumableLesson(abc.ABC):
                 self._set_deadline(Timer.IDLE, now + self.config.idle_timeout_s)
                 actions.append(ToBrowser(messages.status("listening")))
             case LessonState.FEEDBACK:
-                # Ended while the page was away (its teacher, the time limit), or a page replaced after the end:
-                # told as a page that was there.
+                # Ended while the page was away (its teacher, the time limit), or a page away (or replaced) after
+                # the end: told as a page that was there.
                 actions += self._told_on_return(now)
         return actions
 

@@ -28,8 +28,9 @@ from test_session_resume import greeting_transcript
 
 from app.actions import Close, ToBrowser, ToBrowserAudio
 from app.lesson_state import LessonState
-from app.records import FeedbackGiven, TurnFinished
+from app.records import FeedbackGiven, LessonEnded, TurnFinished
 from app.session import LessonSession
+from app.withdrawal import Withdrawal
 
 END = '{"type":"end"}'
 
@@ -233,7 +234,6 @@ def test_a_refused_request_ends_the_lesson_without_feedback() -> None:
 
 @pytest.mark.parametrize(("end", "reason"), [
     (lambda s: s.handle_upstream_closed(1006, "", 11.0), "upstream_closed"),
-    (lambda s: s.handle_page_detached(11.0), "page_gone"),
     (lambda s: s.handle_shutdown(11.0), "server_shutdown"),
 ])
 def test_losing_a_socket_while_waiting_ends_the_lesson_as_it_was_ending(
@@ -247,6 +247,84 @@ def test_losing_a_socket_while_waiting_ends_the_lesson_as_it_was_ending(
     assert frame["reason"] == reason
     assert "error" not in frame_types(actions)
     assert closes(actions) == [Close(1000, "student_ended")]
+
+
+def ended_records(actions: Sequence[object]) -> list[object]:
+    return [r for r in records(actions) if isinstance(r, (FeedbackGiven, LessonEnded))]
+
+
+@pytest.mark.parametrize("grace_s", [0.0, 30.0], ids=["resuming_off", "resuming_on"])
+@pytest.mark.parametrize("away", [
+    lambda s: s.handle_page_detached(11.0),
+    lambda s: s.handle_browser_stalled(5.0, 11.0),
+], ids=["page_closed", "page_stalled"])
+def test_a_page_gone_while_waiting_leaves_the_lesson_waiting_and_its_feedback_is_recorded_with_its_end(
+    away: Callable[[LessonSession], Sequence[object]], grace_s: float
+) -> None:
+    # The student closes the tab right after End, the network drops, or the page stops reading.
+    session = LessonSession(config(resume_grace_s=grace_s))
+    greeted(session)
+    session.handle_browser_text(END, 10.0)
+    session.handle_upstream(feedback_created(), 10.1)
+    gone = away(session)
+    assert closes(gone) == []
+    assert logs(gone, "feedback_unavailable") == []
+    assert logs(gone, "page_away") == [{"state": "feedback", "feedback_left_s": 19.0}]
+    assert (session.state, session.page_attached) == (LessonState.FEEDBACK, False)
+    # The feedback's deadline still ends the wait; no grace period is added to it.
+    assert session.next_deadline() == pytest.approx(30.0)
+    ended = session.handle_upstream(feedback_done(), 12.0)
+    assert [type(r).__name__ for r in ended_records(ended)] == ["FeedbackGiven", "LessonEnded"]
+    assert [r.feedback for r in records(ended) if isinstance(r, FeedbackGiven)] == [FEEDBACK]
+    assert [r.end_reason for r in records(ended) if isinstance(r, LessonEnded)] == ["student_ended"]
+    assert logs(ended, "feedback_given")[0]["ending"] == "student_ended"
+    assert closes(ended) == [Close(1000, "student_ended")]
+
+
+def test_a_page_gone_while_waiting_with_no_answer_ends_at_the_feedback_timeout_with_the_lessons_end_reason() -> None:
+    session = LessonSession(config(resume_grace_s=30.0))
+    greeted(session)
+    session.handle_browser_text(END, 10.0)
+    session.handle_page_detached(11.0)
+    ended = session.handle_timeout(30.0)
+    frame, _, _ = unavailable(ended)
+    assert frame["reason"] == "timeout"
+    assert [r.end_reason for r in records(ended) if isinstance(r, LessonEnded)] == ["student_ended"]
+    assert closes(ended) == [Close(1000, "student_ended")]
+
+
+def test_a_page_back_while_the_feedback_is_on_its_way_takes_the_wait_over_with_the_time_left() -> None:
+    session = LessonSession(config(resume_grace_s=30.0))
+    greeted(session)
+    greeting_transcript(session, 0.2)
+    session.handle_browser_text(END, 10.0)
+    session.handle_page_detached(11.0)
+    back = session.handle_page_attached(14.0, replay=False)
+    assert [frame["type"] for frame in browser_messages(back)] == ["lesson", "status"]
+    assert browser_messages(back)[1] == FEEDBACK_PENDING | {"timeout_s": 16.0}
+    assert logs(back, "page_back") == [{"away_s": 3.0, "replaced": False, "replay": False, "state": "feedback"}]
+    assert (session.state, session.page_attached) == (LessonState.FEEDBACK, True)
+    session.handle_upstream(feedback_created(), 14.1)
+    ended = session.handle_upstream(feedback_done(), 15.0)
+    assert [frame["type"] for frame in browser_messages(ended)] == ["feedback", "usage", "status"]
+    assert browser_messages(ended)[-1] == {"type": "status", "state": "ended", "reason": "student_ended"}
+
+
+def test_a_lesson_its_teacher_ended_whose_page_leaves_while_waiting_ends_teacher_ended_with_its_feedback() -> None:
+    session = LessonSession(config(resume_grace_s=30.0))
+    greeted(session)
+    session.handle_withdrawn(Withdrawal.TEACHER_ENDED, 10.0)
+    session.handle_page_detached(10.5)
+    back = browser_messages(session.handle_page_attached(11.0, replay=False))
+    # The page back is told what a page there was told: its teacher's words, then that the feedback comes.
+    assert [(m["type"], m.get("code") or m.get("state")) for m in back] == [
+        ("lesson", None), ("error", "teacher_ended"), ("status", "feedback")]
+    session.handle_page_detached(11.5)
+    session.handle_upstream(feedback_created(), 12.0)
+    ended = session.handle_upstream(feedback_done(), 12.5)
+    assert [r.feedback for r in records(ended) if isinstance(r, FeedbackGiven)] == [FEEDBACK]
+    assert [r.end_reason for r in records(ended) if isinstance(r, LessonEnded)] == ["teacher_ended"]
+    assert closes(ended) == [Close(1000, "teacher_ended")]
 
 
 def test_a_page_replaced_while_waiting_hands_the_wait_to_the_new_page_which_gets_the_feedback() -> None:

@@ -17,9 +17,9 @@ import base64
 import hashlib
 import hmac
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -29,6 +29,10 @@ _KEY_LABEL = b"lesson-resume-token"
 # The most lessons a worker remembers refusing a resume of for good (about 250 bytes each, 2.5 MB in all); past it
 # the oldest is dropped, and a resume of it is checked against the store again.
 MAX_REFUSED_REMEMBERED: Final = 10_000
+# The most bytes of feedback (as JSON) those lessons' refusals hold, for each resume of them to give it again: a
+# feedback is 1 to 3 KiB as a rule, at most 1500 tokens. Past it the oldest feedback is dropped (its refusal kept):
+# the next resume of its lesson is checked against the store once again, which gives the feedback back.
+MAX_FEEDBACK_BYTES_REMEMBERED: Final = 2 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -93,30 +97,92 @@ def _optional(value: object) -> str | None:
 
 class RefusedResumes:
     """The lessons this worker refused a resume of for good (ended, withdrawn, handed off or lost too long ago):
-    none of them can become resumable again, so a resume of one is refused again from memory.
+    none of them can become resumable again, so a resume of one is refused again from memory; one that ended with
+    its feedback gives every resume that feedback and its end again, while it holds it (`max_feedback_bytes`).
 
     Without it every resume of an ended lesson is a write transaction on the store (the take-over's claim): one
     script repeating its own lesson's token would hold the records' database from every other lesson start,
     sign-in and record. What is kept is the refusal's words, never the exception (its traceback holds a socket).
     """
 
-    def __init__(self, max_remembered: int = MAX_REFUSED_REMEMBERED) -> None:
+    def __init__(self, max_remembered: int = MAX_REFUSED_REMEMBERED,
+                 max_feedback_bytes: int = MAX_FEEDBACK_BYTES_REMEMBERED) -> None:
         self.max_remembered = max_remembered
+        self.max_feedback_bytes = max_feedback_bytes
         # Lesson id → (code, detail, student message) of its refusal, oldest first.
         self._refused: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
+        self._ended_with = _HeldFeedback(max_feedback_bytes)
 
     def remember(self, lesson_id: str, refusal: ResumeRefused) -> None:
         self._refused[lesson_id] = (refusal.code, refusal.detail, refusal.student_message)
         self._refused.move_to_end(lesson_id)
+        if refusal.ended_with is None:
+            self._ended_with.drop(lesson_id)
+        else:
+            self._ended_with.hold(lesson_id, refusal.ended_with)
         if len(self._refused) > self.max_remembered:
-            self._refused.popitem(last=False)
+            forgotten, _ = self._refused.popitem(last=False)
+            self._ended_with.drop(forgotten)
+
+    @property
+    def feedback_bytes(self) -> int:
+        """What the feedback held takes, in bytes of JSON."""
+        return self._ended_with.bytes
 
     def refuse_remembered(self, lesson_id: str) -> None:
-        """Raise the `ResumeRefused` this worker gave a resume of `lesson_id` before, if it did."""
+        """Raise the `ResumeRefused` this worker gave a resume of `lesson_id` before, if it did, with the lesson's
+        feedback and end if it ended with them. One whose feedback is no longer held is not refused here: it is
+        checked against the store again, which gives the feedback back to be remembered."""
         known = self._refused.get(lesson_id)
-        if known is not None:
-            code, detail, student_message = known
-            raise ResumeRefused(f"{detail} (refused before)", code=code, student_message=student_message)
+        if known is None:
+            return
+        code, detail, student_message = known
+        ended_with = None
+        if self._ended_with.ended_with_feedback(lesson_id):
+            ended_with = self._ended_with.get(lesson_id)
+            if ended_with is None:
+                return
+        raise ResumeRefused(f"{detail} (refused before)", code=code, student_message=student_message,
+                            ended_with=ended_with)
+
+
+class _HeldFeedback:
+    """The end reason of each remembered lesson that ended with its feedback, and the feedback itself (as JSON, at
+    most `max_bytes` in all, the oldest dropped first)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._end_reasons: dict[str, str] = {}
+        self._feedback: OrderedDict[str, bytes] = OrderedDict()
+        self.bytes = 0
+
+    def hold(self, lesson_id: str, ended_with: tuple[str, Mapping[str, Any]]) -> None:
+        end_reason, feedback = ended_with
+        self.drop(lesson_id)
+        self._end_reasons[lesson_id] = end_reason
+        held = orjson.dumps(feedback)
+        self._feedback[lesson_id] = held
+        self.bytes += len(held)
+        while self.bytes > self.max_bytes:
+            _, dropped = self._feedback.popitem(last=False)
+            self.bytes -= len(dropped)
+
+    def drop(self, lesson_id: str) -> None:
+        self._end_reasons.pop(lesson_id, None)
+        dropped = self._feedback.pop(lesson_id, None)
+        if dropped is not None:
+            self.bytes -= len(dropped)
+
+    def ended_with_feedback(self, lesson_id: str) -> bool:
+        return lesson_id in self._end_reasons
+
+    def get(self, lesson_id: str) -> tuple[str, Mapping[str, Any]] | None:
+        """(end reason, feedback) of `lesson_id`, or None when its feedback is not held (any more)."""
+        held = self._feedback.get(lesson_id)
+        if held is None:
+            return None
+        feedback: Mapping[str, Any] = orjson.loads(held)
+        return self._end_reasons[lesson_id], feedback
 
 
 # What a resume that waited on another's look-up is told: an error made for it (never the first one's exception,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
 import pytest
 
 from app.errors import ResumeRefused
@@ -108,3 +109,49 @@ def test_a_lesson_refused_for_good_is_refused_again_from_memory_and_the_oldest_i
         refused.refuse_remembered("l3")
     assert (again.value.code, again.value.student_message) == (
         "lesson_ended", "This lesson has already ended. Please start a new lesson.")
+
+
+FEEDBACK = {"summary": "We talked about your dog.", "corrections": [], "new_words": [], "next_step": "Say more."}
+
+
+def ended_with_feedback(lesson_id: str, summary: str = FEEDBACK["summary"]) -> ResumeRefused:
+    return ResumeRefused.ended(f"lesson {lesson_id!r} ended: student_ended",
+                               ("student_ended", FEEDBACK | {"summary": summary}))
+
+
+def test_every_resume_of_a_lesson_that_ended_with_its_feedback_is_given_that_feedback_again_from_memory() -> None:
+    refused = RefusedResumes()
+    refused.remember("l1", ended_with_feedback("l1"))
+    refused.remember("l2", ResumeRefused.ended("lesson 'l2' ended: idle"))
+    for _ in range(3):  # a reload, another, a phone
+        with pytest.raises(ResumeRefused) as again:
+            refused.refuse_remembered("l1")
+        assert (again.value.code, again.value.ended_with) == ("lesson_ended", ("student_ended", FEEDBACK))
+    with pytest.raises(ResumeRefused) as without:
+        refused.refuse_remembered("l2")
+    assert without.value.ended_with is None
+
+
+def test_past_the_bound_of_feedback_held_the_oldest_lessons_resume_asks_the_store_again() -> None:
+    one = len(orjson.dumps(FEEDBACK))
+    refused = RefusedResumes(max_feedback_bytes=2 * one)
+    for lesson_id in ("l1", "l2", "l3"):
+        refused.remember(lesson_id, ended_with_feedback(lesson_id))
+    # Its feedback dropped, the lesson is not refused from memory without it: the store gives it again.
+    refused.refuse_remembered("l1")
+    with pytest.raises(ResumeRefused) as held:
+        refused.refuse_remembered("l3")
+    assert held.value.ended_with == ("student_ended", FEEDBACK)
+    refused.remember("l1", ended_with_feedback("l1"))  # what the store said, remembered again
+    with pytest.raises(ResumeRefused) as again:
+        refused.refuse_remembered("l1")
+    assert again.value.ended_with == ("student_ended", FEEDBACK)
+    refused.refuse_remembered("l2")  # the oldest held then, dropped for it
+
+
+def test_a_lesson_forgotten_past_the_bound_of_refusals_takes_its_feedback_with_it() -> None:
+    refused = RefusedResumes(max_remembered=1)
+    refused.remember("l1", ended_with_feedback("l1"))
+    refused.remember("l2", ended_with_feedback("l2", summary="Another lesson."))
+    refused.refuse_remembered("l1")
+    assert refused.feedback_bytes == len(orjson.dumps(FEEDBACK | {"summary": "Another lesson."}))

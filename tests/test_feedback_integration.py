@@ -7,6 +7,7 @@ import asyncio
 import functools
 import io
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,6 +18,7 @@ from harness import (
     LessonClient,
     SimulatorWith,
     log_lines,
+    logged,
     of_type,
     open_lesson,
     pause,
@@ -27,7 +29,9 @@ from harness import (
 from test_records_integration import stored
 
 from app import routes
+from app.actions import Action
 from app.relay import Relay
+from app.session import LessonSession
 from app.simulator import RealtimeSimulator
 from app.simulator.connection import SimulatedConnection
 from app.simulator.feedback import is_feedback_request
@@ -83,19 +87,38 @@ async def test_end_brings_the_feedback_to_the_page_before_ended_and_into_the_sto
     assert [line for line in log_lines(log_stream) if line["event"] == "upstream_text_output"] == []
 
 
+def hold_the_feedback_until(monkeypatch: pytest.MonkeyPatch, released: asyncio.Event) -> None:
+    """The simulator answers the feedback request only once `released` is set."""
+    answer = SimulatedConnection._response_create
+
+    async def feedback_once_released(connection: SimulatedConnection, event: dict[str, Any]) -> None:
+        if is_feedback_request((event.get("response") or {}).get("metadata")):
+            await released.wait()
+        await answer(connection, event)
+
+    monkeypatch.setattr(SimulatedConnection, "_response_create", feedback_once_released)
+
+
+def when_the_page_is_away(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set once the lesson has been told its page went away (its socket closed, lost or stalled)."""
+    away = asyncio.Event()
+    detached = LessonSession.handle_page_detached
+
+    def detached_and_told(session: LessonSession, now: float) -> Sequence[Action]:
+        actions = detached(session, now)
+        away.set()
+        return actions
+
+    monkeypatch.setattr(LessonSession, "handle_page_detached", detached_and_told)
+    return away
+
+
 async def test_a_page_replaced_just_after_end_gets_the_feedback_the_lesson_was_waiting_for(
         relay: AppServer, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
     # A reload or a network blip right after End: the new socket resumes while the first is still open. The
     # simulator holds the feedback until the new page is attached, so it comes while the lesson waits for it.
     new_page_attached = asyncio.Event()
-    answer = SimulatedConnection._response_create
-
-    async def feedback_once_the_new_page_is_attached(connection: SimulatedConnection, event: dict[str, Any]) -> None:
-        if is_feedback_request((event.get("response") or {}).get("metadata")):
-            await new_page_attached.wait()
-        await answer(connection, event)
-
-    monkeypatch.setattr(SimulatedConnection, "_response_create", feedback_once_the_new_page_is_attached)
+    hold_the_feedback_until(monkeypatch, new_page_attached)
     async with open_lesson(relay.lesson_url(name="Ana", level="A2")) as first:
         token = (await first.until_type("lesson"))["resume_token"]
         await converse(first)
@@ -126,6 +149,89 @@ async def test_a_page_replaced_just_after_end_gets_the_feedback_the_lesson_was_w
     assert lesson.feedback == {key: value for key, value in frames[0].items() if key != "type"}
     assert lesson.end_reason == "student_ended"
     assert [line for line in log_lines(log_stream) if line["event"] == "feedback_unavailable"] == []
+
+
+async def test_a_tab_closed_right_after_end_leaves_the_lesson_waiting_and_its_feedback_recorded_for_the_teacher(
+        simulator: RealtimeSimulator, relay: AppServer, log_stream: io.StringIO,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The feedback comes once the page has gone: the lesson must still be waiting for it then.
+    away = when_the_page_is_away(monkeypatch)
+    hold_the_feedback_until(monkeypatch, away)
+    async with open_lesson(relay.lesson_url(name="Ana", level="A2")) as page:
+        await converse(page)
+        await page.send_json({"type": "end"})
+        await page.until_type("status", state="feedback")
+    async with asyncio.timeout(30):  # a guard against a lesson left waiting, not a measure of time
+        await relay.app.state.live_lessons.ended()
+    lesson, _, events = await stored(relay)
+    assert lesson.feedback is not None
+    assert lesson.feedback["summary"].startswith("Today we talked about how you are and your favourite food.")
+    assert lesson.end_reason == "student_ended"
+    assert [event.detail["state"] for event in events if event.kind == "page_away"] == ["feedback"]
+    assert logged(log_stream, "feedback_unavailable") == []
+    assert simulator.connections[-1].closed
+
+
+async def test_a_page_whose_network_drops_while_waiting_resumes_and_takes_the_wait_over(
+        relay: AppServer, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    back_attached = asyncio.Event()
+    hold_the_feedback_until(monkeypatch, back_attached)
+    away = when_the_page_is_away(monkeypatch)
+    attached = LessonSession.handle_page_attached
+
+    def attached_and_told(session: LessonSession, now: float, *, replay: bool) -> Sequence[Action]:
+        actions = attached(session, now, replay=replay)
+        back_attached.set()
+        return actions
+
+    monkeypatch.setattr(LessonSession, "handle_page_attached", attached_and_told)
+    async with open_lesson(relay.lesson_url(name="Ana", level="A2")) as page:
+        token = (await page.until_type("lesson"))["resume_token"]
+        await converse(page)
+        await page.send_json({"type": "end"})
+        await page.until_type("status", state="feedback")
+        page.ws.transport.abort()  # no close frame: the network is gone
+    async with asyncio.timeout(30):
+        await away.wait()
+        async with open_lesson(f"{relay.ws_url}/ws/lesson?{urlencode({'resume': token})}") as back:
+            resumed = await back.until_type("lesson")
+            waiting = await back.until_type("status")
+            await back.drain_until_closed()
+    assert resumed["resumed"] is True
+    assert waiting["state"] == "feedback"
+    assert 0 < waiting["timeout_s"] <= 20
+    frames = back.messages[back.messages.index(waiting) + 1:]
+    assert [(f["type"], f.get("reason")) for f in frames] == [
+        ("feedback", None), ("usage", None), ("status", "student_ended")]
+    assert back.ws.close_code == 1000
+    lesson, _, _ = await stored(relay)
+    assert lesson.feedback == {key: value for key, value in frames[0].items() if key != "type"}
+    assert lesson.end_reason == "student_ended"
+    assert logged(log_stream, "feedback_unavailable") == []
+
+
+async def test_every_page_back_after_the_lesson_ended_while_it_was_away_gets_the_feedback(
+        relay: AppServer, log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The network drops after End and the feedback comes while no page is there; then the student reloads
+    # twice, or opens the lesson on a phone and a laptop.
+    hold_the_feedback_until(monkeypatch, when_the_page_is_away(monkeypatch))
+    async with open_lesson(relay.lesson_url(name="Ana", level="A2")) as page:
+        token = (await page.until_type("lesson"))["resume_token"]
+        await converse(page)
+        await page.send_json({"type": "end"})
+        await page.until_type("status", state="feedback")
+        page.ws.transport.abort()
+    async with asyncio.timeout(30):
+        await relay.app.state.live_lessons.ended()
+    lesson, _, _ = await stored(relay)
+    answers = []
+    for _ in range(3):
+        async with open_lesson(f"{relay.ws_url}/ws/lesson?{urlencode({'resume': token})}") as back:
+            await back.drain_until_closed()
+        answers.append(([(m["type"], m.get("reason")) for m in back.messages], back.ws.close_code))
+    assert answers == [([("feedback", None), ("status", "student_ended")], 1000)] * 3
+    assert back.messages[0] == {"type": "feedback", **(lesson.feedback or {})}
+    assert lesson.end_reason == "student_ended"
 
 
 async def test_end_while_the_tutor_speaks_truncates_its_reply_before_asking_for_feedback_on_what_was_heard(

@@ -18,7 +18,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import orjson
@@ -34,6 +34,7 @@ from harness import (
     until_lesson_stored,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from test_feedback_integration import hold_the_feedback_until
 
 from app.admission import LocalPlaces, Start
 from app.errors import OverCapacity
@@ -41,6 +42,8 @@ from app.logging import configure_logging
 from app.replica import PlaceKeeper, SupervisorPlaces
 from app.settings import Settings
 from app.simulator import RealtimeSimulator
+from app.store.database import create_engine, database_url, session_factory
+from app.store.models import Lesson
 
 
 @contextlib.asynccontextmanager
@@ -351,6 +354,57 @@ async def test_a_page_resumes_its_lesson_whichever_worker_its_socket_lands_on(
     assert len(output.of("lesson_taken_over")) == len(moved)
     assert [line["reason"] for line in output.of("lesson_ended")] == ["student_ended"]
     assert all(tries <= 4 for tries in attempts), attempts
+
+
+async def test_a_resume_that_reaches_the_other_worker_while_the_feedback_is_on_its_way_ends_with_the_feedback(
+    simulator: RealtimeSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The simulator (in this process) holds the feedback until a resume has reached the worker not running the
+    # lesson, which is told to try again: the lesson's own worker still waits for the feedback, with no page.
+    reached_the_other_worker = asyncio.Event()
+    hold_the_feedback_until(monkeypatch, reached_the_other_worker)
+    database = f"sqlite:///{tmp_path / 'lessons.db'}"
+    async with app_process(simulator.url, database, WEB_CONCURRENCY="2", LESSON_STARTS_PER_MINUTE="1000") as served:
+        await served.until_workers_started(2)
+        async with contextlib.AsyncExitStack() as stack:
+            page = await stack.enter_async_context(open_lesson(f"{served.ws_url}/ws/lesson?name=Ana"))
+            lesson = await page.until_type("lesson")
+            resume = f"{served.ws_url}/ws/lesson?{urlencode({'resume': lesson['resume_token']})}"
+            await page.hear_greeting()
+            await page.send_json({"type": "end"})
+            await page.until(lambda m: m["type"] == "status" and m["state"] == "feedback")
+            page.ws.transport.abort()  # the network drops during the wait
+            for _ in range(20):  # each resume lands on either worker, as the kernel spreads connections
+                back = await stack.enter_async_context(open_lesson(resume))
+                first = await back.until(lambda m: m["type"] in ("lesson", "error"))
+                if first["type"] == "error":
+                    assert (first["code"], first["fatal"], await closed_with(back)) == ("resume_not_yet", False, 1013)
+                    break
+                # On the lesson's own worker: it took the wait over. Its network drops too.
+                await back.until(lambda m: m["type"] == "status" and m["state"] == "feedback")
+                back.ws.transport.abort()
+            else:
+                raise AssertionError("no resume reached the other worker")
+            reached_the_other_worker.set()
+            for attempt in range(1, 8):  # the page tries again as lesson.js does while it is told "not yet"
+                back = await stack.enter_async_context(open_lesson(resume))
+                code = await closed_with(back)
+                if code != 1013:
+                    break
+                await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 4))  # the page's own pause before its next attempt
+        await until_lesson_stored(database, lesson["lesson_id"], lambda row, _: row.ended_at is not None)
+        engine = create_engine(database_url(database))
+        try:
+            async with session_factory(engine)() as session:
+                row = await session.get(Lesson, lesson["lesson_id"])
+        finally:
+            await engine.dispose()
+    assert row is not None
+    got = [(m["type"], m.get("reason")) for m in back.messages if m["type"] != "transcript.done"]
+    assert got[-2:] == [("feedback", None), ("status", "student_ended")]
+    assert code == 1000
+    assert back.messages[[m["type"] for m in back.messages].index("feedback")] == {"type": "feedback", **row.feedback}
+    assert row.end_reason == "student_ended"
 
 
 async def test_deleting_a_student_ends_their_lesson_whichever_worker_runs_it(

@@ -232,9 +232,19 @@ def _same_answer(exc: LessonError) -> SharedAnswer:
     if isinstance(exc, ResumeRefused):
         code, ended_with = exc.code, exc.ended_with
         return lambda: ResumeRefused(detail, code=code, student_message=student_message, ended_with=ended_with)
-    # The first resume asked the worker running it to hand it over: the others only try again.
-    kind = ResumeNotYet if isinstance(exc, ResumeElsewhere) else type(exc)
-    return lambda: kind(detail, student_message=student_message)
+    if isinstance(exc, ResumeElsewhere):
+        # The first resume asked the worker running it to hand it over: the others only try again.
+        return lambda: ResumeNotYet(detail, student_message=student_message)
+    return lambda: _fresh_copy(exc, detail)
+
+
+def _fresh_copy(exc: LessonError, detail: str) -> LessonError:
+    """An error of `exc`'s kind with its fields (an upstream refusal's status too) and `detail`, without its traceback:
+    built field by field, since not every kind is made from a detail and a student message alone."""
+    copy = type(exc).__new__(type(exc), detail)
+    copy.__dict__.update(exc.__dict__)
+    copy.detail = detail
+    return copy
 
 
 def _taken_by_another(lesson_id: str) -> SharedAnswer:

@@ -27,7 +27,15 @@ from harness import (
 
 from app import routes
 from app.admission import LessonRegistry
-from app.errors import LessonError, ResumeElsewhere, ResumeNotYet, ResumeRefused, StoreUnavailable
+from app.errors import (
+    LessonError,
+    ResumeElsewhere,
+    ResumeNotYet,
+    ResumeRefused,
+    StoreUnavailable,
+    UpstreamClosed,
+    UpstreamRefused,
+)
 from app.main import drain_lessons
 from app.resume import ResumeLookups
 from app.simulator import RealtimeSimulator, SimulatorBehaviour
@@ -99,6 +107,19 @@ async def test_a_refusal_for_now_is_every_resume_s_at_once(refusal: LessonError,
     assert first is refusal
     assert [(type(other), other.code, other.close_code, other.student_message) for other in others] == [
         (kind_for_the_others, refusal.code, refusal.close_code, refusal.student_message)] * 2
+
+
+@pytest.mark.parametrize("failure", [
+    UpstreamRefused("the tutor service refused the session: 429", status=429, upstream_code="insufficient_quota"),
+    UpstreamClosed("the tutor service closed the socket", received_code=1011, received_reason="server error"),
+])
+async def test_an_error_with_words_of_its_own_is_every_resume_s_at_once(failure: LessonError) -> None:
+    burst = Burst(3, raising(failure))
+    first, *others = await burst.answers()
+    assert first is failure
+    assert [(type(other), other.code, other.close_code, other.student_message) for other in others] == [
+        (type(failure), failure.code, failure.close_code, failure.student_message)] * 2
+    assert len({id(other) for other in others}) == 2
 
 
 async def test_a_lesson_taken_over_is_the_first_resume_s_and_the_others_try_again() -> None:

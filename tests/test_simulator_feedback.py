@@ -350,6 +350,22 @@ async def test_a_feedback_request_that_is_never_answered() -> None:
     assert after[0]["error"]["code"] == "response_cancel_not_active"
 
 
+async def test_a_slow_feedback_answer_is_nothing_but_its_response_created_until_it_starts() -> None:
+    # Ten minutes: the answer cannot start during the test, so whatever comes before the cancel came early.
+    async with running(SimulatorBehaviour(audio_pace=0, feedback_delay_ms=600_000)) as simulator, \
+            realtime_client(simulator) as client:
+        await greet_and_answer(client)
+        await client.send({"type": "response.create", "response": FEEDBACK_REQUEST})
+        started = await client.until("rate_limits.updated")
+        await client.send({"type": "response.cancel"})
+        ended = await client.until("response.done")
+
+    assert [event["type"] for event in started] == ["response.created", "rate_limits.updated"]
+    assert of_type(ended, "response.output_text.delta") == []
+    assert ended[-1]["response"]["status"] == "cancelled"
+    assert ended[-1]["response"]["metadata"]["purpose"] == "feedback"
+
+
 def test_feedback_reads_typed_text_and_transcripts_and_caps_its_lists() -> None:
     mistakes = " ".join(f"She go to work {day}." for day in ("Monday", "Tuesday", "Wednesday", "Thursday"))
     items = [

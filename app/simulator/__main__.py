@@ -55,6 +55,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--session-seconds", type=_positive_seconds, default=SESSION_SECONDS,
                         help="then error session_expired and close 1001, like the real API at 60 minutes")
     parser.add_argument("--feedback-fault", choices=["never", "failed", "invalid_json", "incomplete"])
+    parser.add_argument("--feedback-delay-ms", type=float, default=0.0,
+                        help="a feedback answer starts this long after its response.created")
     parser.add_argument("--cut-after-deltas", type=_positive_int, metavar="N",
                         help="end the connection after N output deltas of a response")
     parser.add_argument("--cut-response", type=_positive_int, default=1, metavar="N",
@@ -76,6 +78,7 @@ async def _serve_forever(arguments: argparse.Namespace) -> None:
         audio_pace=arguments.audio_pace,
         session_seconds=arguments.session_seconds,
         feedback_fault=arguments.feedback_fault or "none",
+        feedback_delay_ms=arguments.feedback_delay_ms,
         cut_after_deltas=arguments.cut_after_deltas,
         cut_response=arguments.cut_response,
         cut_connection=arguments.cut_connection,

@@ -34,6 +34,7 @@ class SimulatorBehaviour:
     vad: bool = True  # energy VAD on appended audio, honouring the session's turn_detection
     session_seconds: float = SESSION_SECONDS  # then error session_expired and close 1001, like the real API
     feedback_fault: FeedbackFault = "none"
+    feedback_delay_ms: float = 0  # a feedback answer starts this long after its response.created (a model writing)
 
     def fault_for(self, response_number: int) -> ResponseFault:
         """The fault of the `response_number`-th response of a connection (counted from 1)."""

@@ -167,6 +167,9 @@ class ResponseStream:
                     await self._finish(response, "incomplete", [], {"type": "incomplete", "reason": "content_filter"},
                                        self._usage_for(response, "", 0))
                 case "empty" | "none":
+                    if response.feedback and self._behaviour.feedback_delay_ms > 0:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(response.cancelled.wait(), self._behaviour.feedback_delay_ms / 1000)
                     await self._stream_message(response)
         except (ConnectionClosed, ConnectionCut):
             self._log.info("simulator_response_abandoned", response_id=response.id)

@@ -47,6 +47,8 @@ const MICROPHONE_TIMEOUT_MS = 60000;
 // server has been silent for INSTANCE_LOST_AFTER_SECONDS (15 s), halfway through the grace.
 const RECONNECT_FIRST_MS = 500;
 const RECONNECT_LONGEST_MS = 4000;
+// How long past the feedback's `timeout_s` the page waits for it: the relay's answer may be on its way.
+const FEEDBACK_MARGIN_MS = 5000;
 // Mirrors the relay's rule (app/messages.py): at most 5 words, 40 characters, each word letters joined by
 // single hyphens or apostrophes, or initials with their dots ("J.", "J.R.R.").
 const NAME_WORD = String.raw`(?:[\p{L}\p{M}]+(?:['’-][\p{L}\p{M}]+)*|(?:\p{L}\.)+)`;
@@ -83,6 +85,8 @@ const CLOSE_MESSAGES = {
 const DROPPED_MESSAGE = "The connection to your tutor was lost. Check your internet connection and try again.";
 const NO_FEEDBACK_OFFLINE_MESSAGE =
   "The lesson has ended. There is no feedback this time: the connection was lost before the lesson could end.";
+const FEEDBACK_LOST_OFFLINE_MESSAGE =
+  "The lesson has ended, but the connection was lost before your feedback arrived.";
 
 // A part of the audio set-up that did not finish in time.
 class SetupTimeout extends Error {
@@ -213,70 +217,7 @@ function setLessonControls(active) {
 
 const transcript = new Transcript(page.transcript, page.turnAnnouncer);
 
-// The lesson's feedback card. Every field is model output: it is set as text, never parsed as HTML.
-// The personal page's server-rendered cards (templates/_feedback.html) have the same structure.
-const feedbackCard = {
-  clear() {
-    page.feedback.hidden = true;
-    page.feedbackStatus.textContent = "";
-    page.feedbackCard.replaceChildren();
-  },
-
-  pending() {
-    page.feedbackStatus.textContent = "Preparing your feedback…";
-    this.reveal();
-  },
-
-  unavailable(message) {
-    page.feedbackStatus.textContent = message;
-    this.reveal();
-  },
-
-  // On a phone the card may start below the screen's edge, under the form unfolded at the lesson's end.
-  reveal() {
-    page.feedback.hidden = false;
-    page.feedback.scrollIntoView({ block: "nearest" });
-  },
-
-  show(feedback) {
-    const element = (tag, className, text) => {
-      const node = document.createElement(tag);
-      if (className) node.className = className;
-      if (text !== undefined) node.textContent = String(text);
-      return node;
-    };
-    const section = (title, className, items, fill) => {
-      if (!Array.isArray(items) || items.length === 0) return [];
-      const list = element("ul", className);
-      for (const item of items) {
-        const entry = element("li");
-        fill(entry, item ?? {});
-        list.append(entry);
-      }
-      return [element("h3", "feedback-card__heading", title), list];
-    };
-    const card = element("article", "feedback-card");
-    card.append(
-      element("p", "feedback-card__summary", feedback.summary ?? ""),
-      ...section("Say it better", "feedback-card__corrections", feedback.corrections, (entry, correction) => {
-        entry.append(
-          element("span", "feedback-card__said", correction.said ?? ""),
-          " → ",
-          element("span", "feedback-card__better", correction.better ?? ""),
-          element("span", "feedback-card__why", correction.why ?? ""),
-        );
-      }),
-      ...section("New words", "feedback-card__words", feedback.new_words, (entry, word) => {
-        entry.append(element("strong", "feedback-card__word", word.word ?? ""), " — ", String(word.meaning ?? ""));
-      }),
-      element("h3", "feedback-card__heading", "Next time"),
-      element("p", "feedback-card__next", feedback.next_step ?? ""),
-    );
-    page.feedbackStatus.textContent = "";
-    page.feedbackCard.replaceChildren(card);
-    this.reveal();
-  },
-};
+const feedbackCard = new FeedbackCard(page.feedback, page.feedbackStatus, page.feedbackCard);
 
 // One lesson: its audio graph and its socket. stop() releases everything and is safe to repeat.
 class Lesson {
@@ -305,6 +246,7 @@ class Lesson {
     this.fatalError = false;
     this.ending = false;
     this.endOnOpen = false; // End was pressed while no socket was open: it is sent once one is
+    this.feedbackUntil = null; // [Date.now() ms] while the relay prepares the feedback: the last moment it is waited for
     this.stopped = false;
     this.closeTimer = null;
   }
@@ -433,7 +375,7 @@ class Lesson {
     this.socket = null;
     debug.socket = "closed";
     debug.reconnecting = true;
-    const left = this.lostAt + this.graceMs - Date.now();
+    const left = this.resumableUntil() - Date.now();
     if (left <= 0) {
       this.giveUp();
       return;
@@ -446,10 +388,19 @@ class Lesson {
     this.reconnectTimer = setTimeout(() => (navigator.onLine === false ? this.reconnect() : this.open()), delay);
   }
 
-  // Whether a lost socket is worth reopening: the lesson may be resumed, and it is not ending anyway.
+  // Whether a lost socket is worth reopening: the lesson may be resumed, and it is not ending anyway, or it is
+  // ending and what the student asked for (the end, or the feedback it brings) is still to come.
   canResume() {
-    return Boolean(this.resumeToken) && this.graceMs > 0 && !this.stopped && (!this.ending || this.endOnOpen)
-      && (this.lostAt === null || Date.now() < this.lostAt + this.graceMs);
+    const waited = this.feedbackUntil !== null || this.graceMs > 0;
+    return Boolean(this.resumeToken) && waited && !this.stopped
+      && (!this.ending || this.endOnOpen || this.feedbackUntil !== null) && Date.now() < this.resumableUntil();
+  }
+
+  // Until when a lost socket may be reopened. The relay keeps a lesson waiting for its feedback to the feedback's
+  // deadline, whatever its grace for a page that left.
+  resumableUntil() {
+    if (this.feedbackUntil !== null) return this.feedbackUntil;
+    return this.lostAt === null ? Infinity : this.lostAt + this.graceMs;
   }
 
   // The network came back: try at once instead of waiting out the pause.
@@ -477,7 +428,8 @@ class Lesson {
     debug.closeCode = 1006;
     setLessonControls(false);
     showState("ended");
-    if (this.endOnOpen) feedbackCard.unavailable(NO_FEEDBACK_OFFLINE_MESSAGE);
+    if (this.feedbackUntil !== null) feedbackCard.unavailable(FEEDBACK_LOST_OFFLINE_MESSAGE);
+    else if (this.endOnOpen) feedbackCard.unavailable(NO_FEEDBACK_OFFLINE_MESSAGE);
     else showError(DROPPED_MESSAGE, true);
   }
 
@@ -553,7 +505,7 @@ class Lesson {
         if (this.endOnOpen) {
           this.endOnOpen = false;
           this.sendEnd();
-        } else if (this.resumeToken) {
+        } else if (this.resumeToken && !this.ending) {
           resumeStore.save(this);
         }
         break;
@@ -647,8 +599,10 @@ class Lesson {
     setLessonControls(false);
     feedbackCard.pending();
     clearTimeout(this.closeTimer);
-    const seconds = Number.isFinite(timeoutSeconds) ? timeoutSeconds : 20;
-    this.closeTimer = setTimeout(() => this.stop(), (seconds + 5) * 1000);
+    const waitMs = (Number.isFinite(timeoutSeconds) ? timeoutSeconds : 20) * 1000 + FEEDBACK_MARGIN_MS;
+    this.feedbackUntil = Date.now() + waitMs;
+    // Past the wait, a socket still being reopened will not bring the feedback either.
+    this.closeTimer = setTimeout(() => (this.lostAt === null ? this.stop() : this.giveUp()), waitMs);
   }
 
   // End lesson: ask the relay to finish (it answers with usage and status ended, then closes). While the

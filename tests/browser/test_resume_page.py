@@ -8,9 +8,10 @@ answers, so "the lesson goes on" is a new tutor turn after the page is back.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
-from browser_stack import OpenPage, Stack
+from browser_stack import LessonPage, OpenPage, Stack, run_stack
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
@@ -103,6 +104,57 @@ def test_end_pressed_while_offline_ends_the_lesson_once_back_with_its_feedback(
     assert lesson.page.get_by_role("alert").is_hidden()
     expect(start).to_be_enabled()
     assert lesson.console_errors == []
+
+
+@pytest.fixture(scope="module")
+def slow_feedback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose tutor takes 3 s to write the feedback, which the relay waits 8 s for."""
+    with run_stack(tmp_path_factory.mktemp("slow-feedback"), "--feedback-delay-ms", "3000",
+                   app_env={"FEEDBACK_TIMEOUT_SECONDS": "8"}) as stack:
+        yield stack
+
+
+def end_and_go_offline_while_the_feedback_is_written(lesson: LessonPage) -> None:
+    page = lesson.page
+    lesson.wait_greeting_played()
+    lesson.wait_debug("d.state === 'listening'")
+    page.get_by_role("button", name="End lesson").click()
+    lesson.wait_debug("d.statuses.includes('feedback')")
+    page.context.set_offline(True)
+    expect(page.get_by_role("status")).to_have_text("Reconnecting…", timeout=5_000)
+    expect(page.locator("#feedback-status")).to_have_text("Preparing your feedback…")
+
+
+def test_the_network_lost_while_the_feedback_is_written_the_page_comes_back_for_it(
+    slow_feedback: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(slow_feedback.url)
+    lesson.start("Ana")
+    end_and_go_offline_while_the_feedback_is_written(lesson)
+    lesson.page.context.set_offline(False)
+
+    expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    assert lesson.debug("resumes") == 1
+    assert lesson.debug("statuses")[-1] == "ended:student_ended"
+    assert lesson.page.get_by_role("alert").is_hidden()
+    expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
+    assert lesson.console_errors == []
+
+
+def test_the_network_away_past_the_feedback_s_wait_the_page_says_the_feedback_did_not_arrive(
+    slow_feedback: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(slow_feedback.url)
+    lesson.start("Ana")
+    end_and_go_offline_while_the_feedback_is_written(lesson)
+
+    # The page waits the relay's 8 s and its own 5 s margin, then stops trying.
+    expect(lesson.page.locator("#feedback-status")).to_have_text(
+        "The lesson has ended, but the connection was lost before your feedback arrived.", timeout=30_000)
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended' && !d.reconnecting")
+    assert lesson.page.get_by_role("alert").is_hidden()
+    expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
 
 
 CUT_TURNS = "() => [...document.querySelectorAll('#transcript .turn--cut')].map((turn) => turn.innerText)"

@@ -12,21 +12,17 @@ worker would wait; a 1 ms ticker's worst lateness), and the medians. A run measu
 from __future__ import annotations
 
 import argparse
-import asyncio
-import statistics
-import tempfile
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.store.database import create_engine, database_url, migrate, redact, session_factory
+from app.store.database import create_engine, database_url, migrate
 from app.store.models import Lesson, LessonEvent
 from app.teacher import pages, queries
+from bench.desk_reads import BATCH, run
 
 KINDS = ("greeting_retry", "response_failed", "upstream_error", "refused")
-BATCH = 5000
 
 
 async def fill(url: str, *, failures: int, lessons: int, days: int, now: datetime) -> None:
@@ -47,40 +43,6 @@ async def fill(url: str, *, failures: int, lessons: int, days: int, now: datetim
         await engine.dispose()
 
 
-async def ticker(worst: list[float]) -> None:
-    """Sleep 1 ms again and again, keeping in `worst[0]` the most a wake-up came late."""
-    while True:
-        asked = time.perf_counter()
-        await asyncio.sleep(0.001)
-        worst[0] = max(worst[0], time.perf_counter() - asked - 0.001)
-
-
-async def measure(url: str, *, days: int, rounds: int, now: datetime) -> tuple[list[float], list[float]]:
-    engine = create_engine(database_url(url))
-    sessions = session_factory(engine)
-    timings: list[float] = []
-    held: list[float] = []
-    try:
-        for _ in range(rounds):
-            async with sessions() as db:
-                worst = [0.0]
-                ticking = asyncio.create_task(ticker(worst))
-                await asyncio.sleep(0.01)
-                began = time.perf_counter()
-                failure_days = await queries.failures_since(db, now - timedelta(days=days),
-                                                            listed=pages.FAILURES_LISTED)
-                timings.append(time.perf_counter() - began)
-                ticking.cancel()
-                held.append(worst[0])
-            counted = sum(day.count for day in failure_days)
-            listed = sum(len(day.failures) for day in failure_days)
-            print(f"  {timings[-1] * 1000:8.1f} ms, loop held at most {held[-1] * 1000:6.1f} ms  "
-                  f"({counted} failures on {len(failure_days)} days, {listed} listed)")
-    finally:
-        await engine.dispose()
-    return timings, held
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", help="an empty database to fill (default: a new SQLite file)")
@@ -89,14 +51,18 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
     arguments = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory:
-        url = arguments.database_url or f"sqlite:///{Path(directory) / 'bench.db'}"
-        now = datetime.now(UTC)
-        asyncio.run(fill(url, failures=arguments.failures, lessons=arguments.lessons, days=arguments.days, now=now))
-        print(f"failures_since on {redact(database_url(url))}, {arguments.failures} failures in {arguments.days} days:")
-        timings, held = asyncio.run(measure(url, days=arguments.days, rounds=arguments.rounds, now=now))
-        print(f"median {statistics.median(timings) * 1000:.1f} ms, loop held at most "
-              f"{statistics.median(held) * 1000:.1f} ms (median of {len(timings)} rounds)")
+    now = datetime.now(UTC)
+
+    async def read(db: AsyncSession) -> str:
+        failure_days = await queries.failures_since(db, now - timedelta(days=arguments.days),
+                                                    listed=pages.FAILURES_LISTED)
+        counted = sum(day.count for day in failure_days)
+        listed = sum(len(day.failures) for day in failure_days)
+        return f"{counted} failures on {len(failure_days)} days, {listed} listed"
+
+    run(arguments.database_url,
+        lambda url: fill(url, failures=arguments.failures, lessons=arguments.lessons, days=arguments.days, now=now),
+        read, what=f"failures_since, {arguments.failures} failures in {arguments.days} days", rounds=arguments.rounds)
 
 
 if __name__ == "__main__":

@@ -12,20 +12,16 @@ asserts nothing.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import statistics
-import tempfile
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import orjson
 from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.store.database import create_engine, database_url, migrate, redact, session_factory
+from app.store.database import create_engine, database_url, migrate
 from app.store.models import Lesson, LessonEvent, Turn
 from app.teacher import exports, queries
-from bench.desk_failures import BATCH, ticker
+from bench.desk_reads import BATCH, run
 
 LESSON_ID = "bench-lesson"
 
@@ -50,31 +46,14 @@ async def fill(url: str, *, turns: int, events: int, now: datetime) -> None:
         await engine.dispose()
 
 
-async def measure(url: str, *, rounds: int) -> tuple[list[float], list[float]]:
-    engine = create_engine(database_url(url))
-    sessions = session_factory(engine)
-    timings: list[float] = []
-    held: list[float] = []
-    try:
-        for _ in range(rounds):
-            async with sessions() as db:
-                worst = [0.0]
-                ticking = asyncio.create_task(ticker(worst))
-                await asyncio.sleep(0.01)
-                began = time.perf_counter()
-                record = await queries.lesson_record(db, LESSON_ID)
-                assert record is not None
-                answer = orjson.dumps(exports.lesson_json(record.lesson, events_left_out=record.events_left_out,
-                                                          turns_left_out=record.turns_left_out))
-                timings.append(time.perf_counter() - began)
-                ticking.cancel()
-                held.append(worst[0])
-            print(f"  {timings[-1] * 1000:8.1f} ms, loop held at most {held[-1] * 1000:6.1f} ms  "
-                  f"({len(record.lesson.turns)} turns and {len(record.lesson.events)} events answered, "
-                  f"{len(answer)} bytes)")
-    finally:
-        await engine.dispose()
-    return timings, held
+async def read(db: AsyncSession) -> str:
+    """The lesson as `GET /api/lessons/{id}` answers it."""
+    record = await queries.lesson_record(db, LESSON_ID)
+    assert record is not None
+    answer = orjson.dumps(exports.lesson_json(record.lesson, events_left_out=record.events_left_out,
+                                              turns_left_out=record.turns_left_out))
+    return (f"{len(record.lesson.turns)} turns and {len(record.lesson.events)} events answered, "
+            f"{len(answer)} bytes")
 
 
 def main() -> None:
@@ -84,14 +63,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
     arguments = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory:
-        url = arguments.database_url or f"sqlite:///{Path(directory) / 'bench.db'}"
-        asyncio.run(fill(url, turns=arguments.turns, events=arguments.events, now=datetime.now(UTC)))
-        print(f"GET /api/lessons/{{id}} on {redact(database_url(url))}: {arguments.turns} turns, "
-              f"{arguments.events} events:")
-        timings, held = asyncio.run(measure(url, rounds=arguments.rounds))
-        print(f"median {statistics.median(timings) * 1000:.1f} ms, loop held at most "
-              f"{statistics.median(held) * 1000:.1f} ms (median of {len(timings)} rounds)")
+    run(arguments.database_url,
+        lambda url: fill(url, turns=arguments.turns, events=arguments.events, now=datetime.now(UTC)),
+        read, what=f"GET /api/lessons/{{id}}, {arguments.turns} turns, {arguments.events} events",
+        rounds=arguments.rounds)
 
 
 if __name__ == "__main__":

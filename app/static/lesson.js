@@ -87,6 +87,8 @@ const NO_FEEDBACK_OFFLINE_MESSAGE =
   "The lesson has ended. There is no feedback this time: the connection was lost before the lesson could end.";
 const FEEDBACK_LOST_OFFLINE_MESSAGE =
   "The lesson has ended, but the connection was lost before your feedback arrived.";
+// A personal link's page lists the student's last lessons with the feedback the relay recorded meanwhile.
+const FEEDBACK_KEPT_MESSAGE = "Open this page again when you are back online to find it under “Your last lessons”.";
 
 // A part of the audio set-up that did not finish in time.
 class SetupTimeout extends Error {
@@ -246,7 +248,7 @@ class Lesson {
     this.fatalError = false;
     this.ending = false;
     this.endOnOpen = false; // End was pressed while no socket was open: it is sent once one is
-    this.feedbackUntil = null; // [Date.now() ms] while the relay prepares the feedback: the last moment it is waited for
+    this.feedbackUntil = null; // [Date.now() ms] once the relay prepares the feedback: waited for until then
     this.stopped = false;
     this.closeTimer = null;
   }
@@ -428,9 +430,14 @@ class Lesson {
     debug.closeCode = 1006;
     setLessonControls(false);
     showState("ended");
-    if (this.feedbackUntil !== null) feedbackCard.unavailable(FEEDBACK_LOST_OFFLINE_MESSAGE);
+    if (this.feedbackUntil !== null) feedbackCard.unavailable(this.feedbackLostMessage());
     else if (this.endOnOpen) feedbackCard.unavailable(NO_FEEDBACK_OFFLINE_MESSAGE);
     else showError(DROPPED_MESSAGE, true);
+  }
+
+  feedbackLostMessage() {
+    const kept = this.params.token ? ` ${FEEDBACK_KEPT_MESSAGE}` : "";
+    return `${FEEDBACK_LOST_OFFLINE_MESSAGE}${kept}`;
   }
 
   isCurrent() {

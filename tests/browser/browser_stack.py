@@ -67,6 +67,10 @@ def _listening_url(log: Path) -> str | None:
 METRICS_TOKEN = "browser-stack-metrics-token"
 
 
+# The password of the stacks that run a teacher's desk: app_env={"TEACHER_PASSWORD": TEACHER_PASSWORD}.
+TEACHER_PASSWORD = "browser-stack-teacher-password"
+
+
 def http_json(url: str) -> dict[str, Any] | None:
     """The JSON body of a GET, or None while the server is not answering (any status is an answer)."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
@@ -102,6 +106,16 @@ class Stack:
             f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
             for log in self.logs
         )
+
+
+def teacher_api(stack: Stack, method: str, path: str, body: dict[str, str] | None = None) -> Any:
+    """The teacher's JSON API of a stack started with `TEACHER_PASSWORD`."""
+    request = urllib.request.Request(f"{stack.url}{path}", method=method,
+                                     data=json.dumps(body).encode() if body else None,
+                                     headers={"Authorization": f"Bearer {TEACHER_PASSWORD}",
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read() or b"null")
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 import sqlite3
-import urllib.request
-from typing import Any
 
 import pytest
-from browser_stack import SAMPLE_RATE, LessonPage, OpenPage, Stack, dominant_hz, run_stack, wait_for, wait_recording
+from browser_stack import (
+    SAMPLE_RATE,
+    TEACHER_PASSWORD,
+    LessonPage,
+    OpenPage,
+    Stack,
+    dominant_hz,
+    run_stack,
+    teacher_api,
+    wait_for,
+    wait_recording,
+)
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
@@ -187,19 +195,6 @@ def test_the_keyboard_alone_starts_and_ends_a_lesson_and_the_focus_stays_on_the_
     assert focused(lesson) == "status"
     assert lesson.debug("statuses")[-1] == "ended:student_ended"
     assert lesson.console_errors == []
-
-
-TEACHER_PASSWORD = "lesson-page-test-password"
-
-
-def teacher_api(stack: Stack, method: str, path: str, body: dict[str, str] | None = None) -> Any:
-    """The teacher's JSON API of a stack started with `TEACHER_PASSWORD`."""
-    request = urllib.request.Request(f"{stack.url}{path}", method=method,
-                                     data=json.dumps(body).encode() if body else None,
-                                     headers={"Authorization": f"Bearer {TEACHER_PASSWORD}",
-                                              "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read() or b"null")
 
 
 def test_a_link_withdrawn_after_its_page_opened_is_refused_in_plain_words_without_try_again(

@@ -8,18 +8,24 @@ feedback is; a bad link's page keeps its words off the screen's edges.
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
-from browser_stack import LessonPage, OpenPage, Stack, launch_chromium, make_wav, run_stack, wait_for
+from browser_stack import (
+    TEACHER_PASSWORD,
+    LessonPage,
+    OpenPage,
+    Stack,
+    launch_chromium,
+    make_wav,
+    run_stack,
+    teacher_api,
+    wait_for,
+)
 from playwright.sync_api import Locator, Playwright, expect
 
 pytestmark = pytest.mark.browser
 
-PASSWORD = "phone-page-test-password"
 PHONE = {"width": 360, "height": 740}
 # What a small phone shows of a page under its browser's address bar.
 SMALL_PHONE = {"width": 360, "height": 560}
@@ -37,19 +43,10 @@ def on_first_screen(element: Locator) -> bool:
 def test_a_link_s_page_with_its_history_keeps_start_and_its_messages_on_the_first_screen(
     playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    with run_stack(tmp_path_factory.mktemp("phone"), app_env={"TEACHER_PASSWORD": PASSWORD}) as stack:
-
-        def api(method: str, path: str, body: dict[str, str] | None = None) -> Any:
-            request = urllib.request.Request(f"{stack.url}{path}", method=method,
-                                             data=json.dumps(body).encode() if body else None,
-                                             headers={"Authorization": f"Bearer {PASSWORD}",
-                                                      "Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return json.loads(response.read() or b"null")
-
+    with run_stack(tmp_path_factory.mktemp("phone"), app_env={"TEACHER_PASSWORD": TEACHER_PASSWORD}) as stack:
         browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
         try:
-            student = api("POST", "/api/students", {"name": "Ana", "level": "A2"})
+            student = teacher_api(stack, "POST", "/api/students", {"name": "Ana", "level": "A2"})
             lesson = LessonPage.open(browser, student["link"])
             page = lesson.page
             page.set_viewport_size(PHONE)
@@ -61,7 +58,7 @@ def test_a_link_s_page_with_its_history_keeps_start_and_its_messages_on_the_firs
             expect(page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
             lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
             lesson_id = lesson.debug("lessonId")
-            wait_for(lambda: api("GET", f"/api/lessons/{lesson_id}")["feedback"], timeout=15,
+            wait_for(lambda: teacher_api(stack, "GET", f"/api/lessons/{lesson_id}")["feedback"], timeout=15,
                      what="the lesson's feedback in the store")
 
             page.reload()  # the link's page now shows the lesson just had
@@ -69,7 +66,7 @@ def test_a_link_s_page_with_its_history_keeps_start_and_its_messages_on_the_firs
             assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
             assert on_first_screen(start)
 
-            api("DELETE", f"/api/students/{student['id']}")
+            teacher_api(stack, "DELETE", f"/api/students/{student['id']}")
             start.click()
             alert = page.get_by_role("alert")
             expect(alert).to_contain_text("no longer valid", timeout=15_000)

@@ -11,10 +11,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from browser_stack import LessonPage, OpenPage, Stack, run_stack
+from browser_stack import TEACHER_PASSWORD, LessonPage, OpenPage, Stack, run_stack, teacher_api, wait_for
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
+
 
 
 def tutor_turns(lesson: object) -> int:
@@ -108,9 +109,9 @@ def test_end_pressed_while_offline_ends_the_lesson_once_back_with_its_feedback(
 
 @pytest.fixture(scope="module")
 def slow_feedback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack whose tutor takes 3 s to write the feedback, which the relay waits 8 s for."""
+    """A stack whose tutor takes 3 s to write the feedback, which the relay waits 8 s for; with a teacher's desk."""
     with run_stack(tmp_path_factory.mktemp("slow-feedback"), "--feedback-delay-ms", "3000",
-                   app_env={"FEEDBACK_TIMEOUT_SECONDS": "8"}) as stack:
+                   app_env={"FEEDBACK_TIMEOUT_SECONDS": "8", "TEACHER_PASSWORD": TEACHER_PASSWORD}) as stack:
         yield stack
 
 
@@ -155,6 +156,24 @@ def test_the_network_away_past_the_feedback_s_wait_the_page_says_the_feedback_di
     lesson.wait_debug("d.socket === 'closed' && d.state === 'ended' && !d.reconnecting")
     assert lesson.page.get_by_role("alert").is_hidden()
     expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
+
+
+def test_a_link_s_feedback_that_did_not_arrive_is_on_its_page_once_back_online(
+    slow_feedback: Stack, open_page: OpenPage
+) -> None:
+    student = teacher_api(slow_feedback, "POST", "/api/students", {"name": "Ana", "level": "A2"})
+    lesson = open_page(student["link"])
+    lesson.page.get_by_role("button", name="Start lesson").click()
+    end_and_go_offline_while_the_feedback_is_written(lesson)
+
+    expect(lesson.page.locator("#feedback-status")).to_contain_text(
+        "find it under “Your last lessons”", timeout=30_000)
+    lesson.page.context.set_offline(False)
+    wait_for(lambda: teacher_api(slow_feedback, "GET", f"/api/lessons/{lesson.debug('lessonId')}")["feedback"],
+             timeout=15, what="the lesson's feedback in the store")
+    lesson.page.reload()
+    expect(lesson.page.get_by_role("region", name="Your last lessons")).to_contain_text("Next time")
+    assert lesson.console_errors == []
 
 
 CUT_TURNS = "() => [...document.querySelectorAll('#transcript .turn--cut')].map((turn) => turn.innerText)"

@@ -6,25 +6,13 @@ and names something from the first; both lessons and their feedback are on the t
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
-from browser_stack import LessonPage, launch_chromium, make_wav, run_stack, wait_for
+from browser_stack import TEACHER_PASSWORD, LessonPage, launch_chromium, make_wav, run_stack, teacher_api, wait_for
 from playwright.sync_api import Playwright, expect
 
 pytestmark = pytest.mark.browser
-
-PASSWORD = "two-lessons-test-password"
-
-
-def api(url: str) -> Any:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {PASSWORD}"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())
-
 
 def end_and_read_card(lesson: LessonPage) -> str:
     lesson.wait_greeting_played()
@@ -40,7 +28,8 @@ def test_the_second_lesson_remembers_the_first_and_the_desk_shows_both(
     playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     # No key and no upstream URL: the app starts its own simulator, as on a fresh clone.
-    app_env: dict[str, str | None] = {"OPENAI_API_KEY": None, "OPENAI_REALTIME_URL": None, "TEACHER_PASSWORD": PASSWORD}
+    app_env: dict[str, str | None] = {"OPENAI_API_KEY": None, "OPENAI_REALTIME_URL": None,
+                                      "TEACHER_PASSWORD": TEACHER_PASSWORD}
     with run_stack(tmp_path_factory.mktemp("two-lessons"), app_env=app_env) as stack:
         browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
         try:
@@ -49,10 +38,10 @@ def test_the_second_lesson_remembers_the_first_and_the_desk_shows_both(
             first_summary = end_and_read_card(lesson)
             assert first_summary.startswith("Today we talked about how you are.")
 
-            [student] = wait_for(lambda: api(f"{stack.url}/api/students")["students"] or None, timeout=15,
+            [student] = wait_for(lambda: teacher_api(stack, "GET", "/api/students")["students"] or None, timeout=15,
                                  what="the browser's student on the desk")
             first_id = student["last_lesson_id"]
-            wait_for(lambda: api(f"{stack.url}/api/lessons/{first_id}")["feedback"], timeout=15,
+            wait_for(lambda: teacher_api(stack, "GET", f"/api/lessons/{first_id}")["feedback"], timeout=15,
                      what="the first lesson's feedback in the store")
 
             # The same browser (its student key in localStorage) starts the next lesson.
@@ -64,7 +53,7 @@ def test_the_second_lesson_remembers_the_first_and_the_desk_shows_both(
             assert lesson.console_errors == []
 
             desk = LessonPage.open(browser, f"{stack.url}/teacher").page
-            desk.get_by_label("Password").fill(PASSWORD)
+            desk.get_by_label("Password").fill(TEACHER_PASSWORD)
             desk.keyboard.press("Enter")
             desk.get_by_role("link", name="Ana").first.click()
             lesson_links = desk.locator("a[href^='/teacher/lessons/']")

@@ -8,20 +8,29 @@ class FeedbackCard {
     this.section = section;
     this.status = status;
     this.card = card;
+    this.waiting = false; // "Preparing your feedback…" is shown
   }
 
   clear() {
+    this.waiting = false;
     this.section.hidden = true;
     this.status.textContent = "";
     this.card.replaceChildren();
   }
 
   pending() {
+    this.waiting = true;
     this.status.textContent = "Preparing your feedback…";
     this.reveal();
   }
 
+  // No feedback is on its way after all (the page's error says why): the card does not promise one.
+  withdraw() {
+    if (this.waiting) this.clear();
+  }
+
   unavailable(message) {
+    this.waiting = false;
     this.status.textContent = message;
     this.reveal();
   }
@@ -50,6 +59,7 @@ class FeedbackCard {
       textElement("h3", "feedback-card__heading", "Next time"),
       textElement("p", "feedback-card__next", feedback.next_step ?? ""),
     );
+    this.waiting = false;
     this.status.textContent = "";
     this.card.replaceChildren(card);
     this.reveal();

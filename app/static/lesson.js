@@ -223,7 +223,8 @@ const feedbackCard = new FeedbackCard(page.feedback, page.feedbackStatus, page.f
 
 // One lesson: its audio graph and its socket. stop() releases everything and is safe to repeat.
 class Lesson {
-  // `resume`: {token, graceMs} of a lesson this tab had before a reload; the relay then sends its transcript.
+  // `resume`: {token, graceMs, awaitingFeedback} of a lesson this tab had before a reload; the relay then sends
+  // its transcript (and, when it was ending, its feedback).
   constructor(params, resume = null) {
     this.params = params;
     this.resumeToken = resume?.token ?? null;
@@ -246,7 +247,7 @@ class Lesson {
     this.firstFrameTime = new Map();
     this.serverEnded = false;
     this.fatalError = false;
-    this.ending = false;
+    this.ending = resume?.awaitingFeedback === true;
     this.endOnOpen = false; // End was pressed while no socket was open: it is sent once one is
     this.feedbackUntil = null; // [Date.now() ms] once the relay prepares the feedback: waited for until then
     this.stopped = false;
@@ -267,6 +268,12 @@ class Lesson {
   resumeWithoutSound() {
     this.open();
     page.resumeAudio.hidden = false;
+  }
+
+  // After a reload while the feedback was being written: no sound, the transcript and the feedback come back.
+  comeBackForFeedback() {
+    feedbackCard.pending();
+    this.open();
   }
 
   async setUp(resumed) {
@@ -567,6 +574,8 @@ class Lesson {
         if (message.fatal) {
           this.fatalError = true;
           resumeStore.forget();
+          // A feedback still to come follows its own frames (a teacher's end comes first); a refusal has none.
+          feedbackCard.withdraw();
         }
         // A resume refused for now (another server is taking the lesson over) is retried, not shown.
         if (message.fatal || this.lostAt === null) {
@@ -590,6 +599,7 @@ class Lesson {
     setLessonControls(false);
     showState(this.endedState());
     if (expected || this.fatalError) return;
+    feedbackCard.withdraw();
     showError(CLOSE_MESSAGES[event.code] ?? DROPPED_MESSAGE, true);
   }
 
@@ -605,6 +615,7 @@ class Lesson {
     this.releaseAudio();
     setLessonControls(false);
     feedbackCard.pending();
+    if (this.resumeToken) resumeStore.save(this);
     clearTimeout(this.closeTimer);
     const waitMs = (Number.isFinite(timeoutSeconds) ? timeoutSeconds : 20) * 1000 + FEEDBACK_MARGIN_MS;
     this.feedbackUntil = Date.now() + waitMs;
@@ -645,6 +656,7 @@ class Lesson {
   }
 
   releaseAudio() {
+    if (!page.resumeAudio.hidden) hideKeepingFocus(page.resumeAudio); // no sound is coming back to start
     this.interruptions?.release();
     for (const track of this.stream?.getTracks() ?? []) track.stop();
     this.source?.disconnect();
@@ -746,10 +758,13 @@ page.name.addEventListener("input", () => page.name.setCustomValidity(""));
 window.addEventListener("pagehide", () => lesson?.leave());
 showState("idle");
 
-// A reload within the grace: the lesson this tab had goes on, its transcript sent back by the relay.
+// A reload within the grace: the lesson this tab had goes on, its transcript sent back by the relay. A lesson
+// that was ending comes back for its feedback at any later reload of this tab: the relay keeps it for the token.
 function resumeAfterReload() {
   const saved = resumeStore.load();
-  if (saved === null || saved.leftAt === undefined || Date.now() - saved.leftAt >= saved.graceMs) {
+  const awaitingFeedback = saved?.awaitingFeedback === true;
+  const withinGrace = saved?.leftAt !== undefined && Date.now() - saved.leftAt < saved.graceMs;
+  if (saved === null || !(awaitingFeedback || withinGrace)) {
     resumeStore.forget();
     return;
   }
@@ -757,10 +772,11 @@ function resumeAfterReload() {
     page.name.value = saved.name;
     page.level.value = saved.level;
   }
-  setLessonControls(true);
+  setLessonControls(!awaitingFeedback);
   lesson = new Lesson({ name: saved.name, level: saved.level, token: page.root.dataset.token || "" },
-    { token: saved.token, graceMs: saved.graceMs });
+    { token: saved.token, graceMs: saved.graceMs, awaitingFeedback });
   showState("reconnecting");
-  lesson.resumeWithoutSound();
+  if (awaitingFeedback) lesson.comeBackForFeedback();
+  else lesson.resumeWithoutSound();
 }
 resumeAfterReload();

@@ -1,13 +1,14 @@
 "use strict";
 
-// The lesson this tab may resume (after a reload): {token, graceMs, name, level, leftAt}. Loaded before
-// lesson.js, which uses `resumeStore`.
+// The lesson this tab may resume (after a reload): {token, graceMs, name, level, awaitingFeedback, leftAt}.
+// Loaded before lesson.js, which uses `resumeStore`.
 const RESUME_KEY = "lessonResume";
 
 // What this tab needs to resume its lesson after a reload; forgotten once the lesson is over.
 const resumeStore = {
   save(lesson) {
-    const saved = { token: lesson.resumeToken, graceMs: lesson.graceMs, name: lesson.params.name, level: lesson.params.level };
+    const saved = { token: lesson.resumeToken, graceMs: lesson.graceMs, name: lesson.params.name,
+      level: lesson.params.level, awaitingFeedback: lesson.feedbackUntil !== null };
     this.write(saved);
   },
   left() {

@@ -176,6 +176,72 @@ def test_a_link_s_feedback_that_did_not_arrive_is_on_its_page_once_back_online(
     assert lesson.console_errors == []
 
 
+def test_a_reload_while_the_feedback_is_written_brings_back_the_transcript_and_the_feedback(
+    slow_feedback: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(slow_feedback.url)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    lesson.wait_debug("d.state === 'listening'")
+    greeting = lesson.page.locator("#transcript .turn--tutor").first.inner_text()
+    lesson.page.get_by_role("button", name="End lesson").click()
+    lesson.wait_debug("d.statuses.includes('feedback')")
+
+    lesson.page.reload()
+
+    expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    assert lesson.debug("resumes") == 1
+    assert lesson.debug("statuses")[-1] == "ended:student_ended"
+    assert lesson.page.locator("#transcript .turn--tutor").first.inner_text() == greeting
+    # Nothing is left to hear: the page does not offer to start the sound.
+    expect(lesson.page.get_by_role("button", name="Continue lesson")).to_be_hidden()
+    assert lesson.page.get_by_role("alert").is_hidden()
+    expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
+    assert lesson.console_errors == []
+
+
+def test_a_tab_back_on_the_page_after_its_lesson_ended_without_it_gets_the_feedback(
+    slow_feedback: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(slow_feedback.url)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    lesson.wait_debug("d.state === 'listening'")
+    lesson.page.get_by_role("button", name="End lesson").click()
+    lesson.wait_debug("d.statuses.includes('feedback')")
+    lesson_id = lesson.debug("lessonId")
+
+    lesson.page.goto("about:blank")
+    wait_for(lambda: teacher_api(slow_feedback, "GET", f"/api/lessons/{lesson_id}")["feedback"], timeout=30,
+             what="the lesson ended with its feedback, its page away")
+    lesson.page.goto(slow_feedback.url)
+
+    expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    assert lesson.debug("statuses")[-1] == "ended:student_ended"
+    assert lesson.page.get_by_role("alert").is_hidden()
+    assert lesson.console_errors == []
+
+
+def test_a_lesson_ended_after_a_reload_before_its_sound_came_back_no_longer_offers_the_sound(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(stack.url)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    lesson.page.reload()
+    lesson.wait_debug("d.resumes === 1 && d.statuses.length > 0")
+    continue_button = lesson.page.get_by_role("button", name="Continue lesson")
+    expect(continue_button).to_be_visible()
+
+    lesson.page.get_by_role("button", name="End lesson").click()
+
+    expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
+    expect(continue_button).to_be_hidden()
+    assert lesson.console_errors == []
+
+
 CUT_TURNS = "() => [...document.querySelectorAll('#transcript .turn--cut')].map((turn) => turn.innerText)"
 
 

@@ -85,10 +85,8 @@ const CLOSE_MESSAGES = {
 const DROPPED_MESSAGE = "The connection to your tutor was lost. Check your internet connection and try again.";
 const NO_FEEDBACK_OFFLINE_MESSAGE =
   "The lesson has ended. There is no feedback this time: the connection was lost before the lesson could end.";
-const FEEDBACK_LOST_OFFLINE_MESSAGE =
-  "The lesson has ended, but the connection was lost before your feedback arrived.";
-// A personal link's page lists the student's last lessons with the feedback the relay recorded meanwhile.
-const FEEDBACK_KEPT_MESSAGE = "Open this page again when you are back online to find it under “Your last lessons”.";
+const FEEDBACK_LOST_OFFLINE_MESSAGE = "The lesson has ended, but the connection was lost before your feedback "
+  + "arrived. Reload this page when you are back online to see it.";
 
 // A part of the audio set-up that did not finish in time.
 class SetupTimeout extends Error {
@@ -428,23 +426,19 @@ class Lesson {
     this.reconnect();
   }
 
-  // The grace is over and no socket got through: the lesson is lost.
+  // The grace is over and no socket got through: the lesson is lost. A lesson that was ending is not: the relay
+  // keeps its feedback, and the tab keeps its token for a reload to fetch it.
   giveUp() {
     debug.reconnecting = false;
-    resumeStore.forget();
+    if (this.feedbackUntil === null) resumeStore.forget();
     this.stop();
     if (!this.isCurrent()) return;
     debug.closeCode = 1006;
     setLessonControls(false);
     showState("ended");
-    if (this.feedbackUntil !== null) feedbackCard.unavailable(this.feedbackLostMessage());
+    if (this.feedbackUntil !== null) feedbackCard.unavailable(FEEDBACK_LOST_OFFLINE_MESSAGE);
     else if (this.endOnOpen) feedbackCard.unavailable(NO_FEEDBACK_OFFLINE_MESSAGE);
     else showError(DROPPED_MESSAGE, true);
-  }
-
-  feedbackLostMessage() {
-    const kept = this.params.token ? ` ${FEEDBACK_KEPT_MESSAGE}` : "";
-    return `${FEEDBACK_LOST_OFFLINE_MESSAGE}${kept}`;
   }
 
   isCurrent() {
@@ -615,10 +609,10 @@ class Lesson {
     this.releaseAudio();
     setLessonControls(false);
     feedbackCard.pending();
-    if (this.resumeToken) resumeStore.save(this);
     clearTimeout(this.closeTimer);
     const waitMs = (Number.isFinite(timeoutSeconds) ? timeoutSeconds : 20) * 1000 + FEEDBACK_MARGIN_MS;
     this.feedbackUntil = Date.now() + waitMs;
+    if (this.resumeToken) resumeStore.save(this);
     // Past the wait, a socket still being reopened will not bring the feedback either.
     this.closeTimer = setTimeout(() => (this.lostAt === null ? this.stop() : this.giveUp()), waitMs);
   }

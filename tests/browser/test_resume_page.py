@@ -109,9 +109,10 @@ def test_end_pressed_while_offline_ends_the_lesson_once_back_with_its_feedback(
 
 @pytest.fixture(scope="module")
 def slow_feedback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack whose tutor takes 3 s to write the feedback, which the relay waits 8 s for; with a teacher's desk."""
-    with run_stack(tmp_path_factory.mktemp("slow-feedback"), "--feedback-delay-ms", "3000",
-                   app_env={"FEEDBACK_TIMEOUT_SECONDS": "8", "TEACHER_PASSWORD": TEACHER_PASSWORD}) as stack:
+    """A stack whose tutor takes 3 s to write the feedback, which the relay waits 8 s for; with a teacher's desk.
+    No grace for a page that left: what brings a page back to its lesson here is the feedback alone."""
+    app_env = {"FEEDBACK_TIMEOUT_SECONDS": "8", "RESUME_GRACE_SECONDS": "0", "TEACHER_PASSWORD": TEACHER_PASSWORD}
+    with run_stack(tmp_path_factory.mktemp("slow-feedback"), "--feedback-delay-ms", "3000", app_env=app_env) as stack:
         yield stack
 
 
@@ -143,22 +144,7 @@ def test_the_network_lost_while_the_feedback_is_written_the_page_comes_back_for_
     assert lesson.console_errors == []
 
 
-def test_the_network_away_past_the_feedback_s_wait_the_page_says_the_feedback_did_not_arrive(
-    slow_feedback: Stack, open_page: OpenPage
-) -> None:
-    lesson = open_page(slow_feedback.url)
-    lesson.start("Ana")
-    end_and_go_offline_while_the_feedback_is_written(lesson)
-
-    # The page waits the relay's 8 s and its own 5 s margin, then stops trying.
-    expect(lesson.page.locator("#feedback-status")).to_have_text(
-        "The lesson has ended, but the connection was lost before your feedback arrived.", timeout=30_000)
-    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended' && !d.reconnecting")
-    assert lesson.page.get_by_role("alert").is_hidden()
-    expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
-
-
-def test_a_link_s_feedback_that_did_not_arrive_is_on_its_page_once_back_online(
+def test_the_network_away_past_the_feedback_s_wait_the_page_says_so_and_a_reload_online_brings_it(
     slow_feedback: Stack, open_page: OpenPage
 ) -> None:
     student = teacher_api(slow_feedback, "POST", "/api/students", {"name": "Ana", "level": "A2"})
@@ -166,13 +152,22 @@ def test_a_link_s_feedback_that_did_not_arrive_is_on_its_page_once_back_online(
     lesson.page.get_by_role("button", name="Start lesson").click()
     end_and_go_offline_while_the_feedback_is_written(lesson)
 
-    expect(lesson.page.locator("#feedback-status")).to_contain_text(
-        "find it under “Your last lessons”", timeout=30_000)
+    # The page waits the relay's 8 s and its own 5 s margin, then stops trying.
+    expect(lesson.page.locator("#feedback-status")).to_have_text(
+        "The lesson has ended, but the connection was lost before your feedback arrived. Reload this page when "
+        "you are back online to see it.", timeout=30_000)
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended' && !d.reconnecting")
+    assert lesson.page.get_by_role("alert").is_hidden()
+    expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
+
     lesson.page.context.set_offline(False)
     wait_for(lambda: teacher_api(slow_feedback, "GET", f"/api/lessons/{lesson.debug('lessonId')}")["feedback"],
              timeout=15, what="the lesson's feedback in the store")
     lesson.page.reload()
+    expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
+    # A personal link's page also lists it with the student's last lessons.
     expect(lesson.page.get_by_role("region", name="Your last lessons")).to_contain_text("Next time")
+    assert lesson.page.get_by_role("alert").is_hidden()
     assert lesson.console_errors == []
 
 

@@ -19,11 +19,13 @@ import hmac
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final, TypeVar
 
 import orjson
 
 from app.errors import LessonError, ResumeElsewhere, ResumeNotYet, ResumeRefused
+from app.settings import Settings
 
 _KEY_LABEL = b"lesson-resume-token"
 # The most lessons a worker remembers refusing a resume of for good (about 250 bytes each, 2.5 MB in all); past it
@@ -61,6 +63,13 @@ def _unb64(text: str) -> bytes:
 def _signature(secret: str, payload: bytes) -> bytes:
     key = hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
     return hmac.new(key, payload, hashlib.sha256).digest()
+
+
+def resume_expiry(started_at: datetime, settings: Settings) -> int:
+    """When a lesson's resume token stops working: past the lesson's longest run, a page's grace at its end, and
+    the wait for the feedback of a lesson ended by its time limit (a page back then gets that feedback)."""
+    return int(started_at.timestamp() + settings.max_lesson_seconds + settings.resume_grace_seconds
+               + settings.feedback_timeout_seconds) + 1
 
 
 def make_resume_token(secret: str, claim: ResumeClaim) -> str:

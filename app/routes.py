@@ -48,7 +48,14 @@ from app.pacing import LogThrottles
 from app.prompts import feedback_instructions, tutor_instructions
 from app.records import LessonEnded, LessonEventHappened, LessonStarted, RecordSink
 from app.relay import PageSocket, Relay
-from app.resume import RefusedResumes, ResumeClaim, ResumeLookups, make_resume_token, verify_resume_token
+from app.resume import (
+    RefusedResumes,
+    ResumeClaim,
+    ResumeLookups,
+    make_resume_token,
+    resume_expiry,
+    verify_resume_token,
+)
 from app.session import LessonSession
 from app.settings import Settings
 from app.store.database import STORE_ERRORS, error_reason
@@ -188,8 +195,7 @@ async def lesson_socket(websocket: WebSocket) -> None:
             lesson_log.info("student_remembered", lessons=len(memory))
         started_at = datetime.now(UTC)
         claim = ResumeClaim(lesson_id=lesson_id, name=request.name, level=request.level, support=request.support,
-                            topic=request.topic, expires_at=int(started_at.timestamp() + settings.max_lesson_seconds
-                                                                + settings.resume_grace_seconds) + 1,
+                            topic=request.topic, expires_at=resume_expiry(started_at, settings),
                             link_id=student.link_id)
         config = _lesson_config(lesson_id, request, settings, student, memory, started_at=started_at,
                                 resume_token=make_resume_token(state.link_secret, claim))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from app.errors import ResumeRefused
 from app.links import make_lesson_token
 from app.prompts import CONTINUATION_MAX_TURNS, PastTurn, continued_instructions, tutor_instructions
-from app.resume import RefusedResumes, ResumeClaim, make_resume_token, verify_resume_token
+from app.resume import RefusedResumes, ResumeClaim, make_resume_token, resume_expiry, verify_resume_token
+from app.settings import Settings
 from app.simulator import tutor_text
 
 SECRET = "test-lesson-secret-not-real-0123456789"
@@ -22,6 +24,17 @@ def test_a_token_gives_back_its_lesson_and_what_rebuilds_its_tutor() -> None:
     assert verify_resume_token(make_resume_token(SECRET, CLAIM), SECRET, now=1_999) == CLAIM
     linked = dataclasses.replace(CLAIM, link_id="k1")
     assert verify_resume_token(make_resume_token(SECRET, linked), SECRET, now=1_999).link_id == "k1"
+
+
+def test_a_token_outlives_a_lesson_ended_by_its_time_limit_for_the_wait_for_its_feedback() -> None:
+    # No grace: a page that left is not waited for, but the feedback of a lesson at its time limit still is.
+    settings = Settings(max_lesson_seconds=600, resume_grace_seconds=0, feedback_timeout_seconds=20)
+    started_at = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    token = make_resume_token(SECRET, dataclasses.replace(CLAIM, expires_at=resume_expiry(started_at, settings)))
+    feedback_deadline = started_at.timestamp() + 600 + 20
+    assert verify_resume_token(token, SECRET, now=feedback_deadline).lesson_id == CLAIM.lesson_id
+    with pytest.raises(ResumeRefused, match="expired"):
+        verify_resume_token(token, SECRET, now=feedback_deadline + 2)
 
 
 @pytest.mark.parametrize("alter", [

@@ -116,12 +116,26 @@ def slow_feedback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
 
 
-def end_and_go_offline_while_the_feedback_is_written(lesson: LessonPage) -> None:
-    page = lesson.page
+def end_once_greeted(lesson: LessonPage) -> None:
+    """End the lesson once the greeting was heard; returns as the relay starts waiting for the feedback."""
     lesson.wait_greeting_played()
     lesson.wait_debug("d.state === 'listening'")
-    page.get_by_role("button", name="End lesson").click()
+    lesson.page.get_by_role("button", name="End lesson").click()
     lesson.wait_debug("d.statuses.includes('feedback')")
+
+
+def the_lesson_ended_with_its_feedback(lesson: LessonPage) -> None:
+    expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    assert lesson.debug("statuses")[-1] == "ended:student_ended"  # as the student asked, not browser_gone
+    assert lesson.page.get_by_role("alert").is_hidden()
+    expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
+    assert lesson.console_errors == []
+
+
+def end_and_go_offline_while_the_feedback_is_written(lesson: LessonPage) -> None:
+    page = lesson.page
+    end_once_greeted(lesson)
     page.context.set_offline(True)
     expect(page.get_by_role("status")).to_have_text("Reconnecting…", timeout=5_000)
     expect(page.locator("#feedback-status")).to_have_text("Preparing your feedback…")
@@ -135,13 +149,8 @@ def test_the_network_lost_while_the_feedback_is_written_the_page_comes_back_for_
     end_and_go_offline_while_the_feedback_is_written(lesson)
     lesson.page.context.set_offline(False)
 
-    expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
-    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    the_lesson_ended_with_its_feedback(lesson)
     assert lesson.debug("resumes") == 1
-    assert lesson.debug("statuses")[-1] == "ended:student_ended"
-    assert lesson.page.get_by_role("alert").is_hidden()
-    expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
-    assert lesson.console_errors == []
 
 
 def test_the_network_away_past_the_feedback_s_wait_the_page_says_so_and_a_reload_online_brings_it(
@@ -177,23 +186,16 @@ def test_a_reload_while_the_feedback_is_written_brings_back_the_transcript_and_t
     lesson = open_page(slow_feedback.url)
     lesson.start("Ana")
     lesson.wait_greeting_played()
-    lesson.wait_debug("d.state === 'listening'")
     greeting = lesson.page.locator("#transcript .turn--tutor").first.inner_text()
-    lesson.page.get_by_role("button", name="End lesson").click()
-    lesson.wait_debug("d.statuses.includes('feedback')")
+    end_once_greeted(lesson)
 
     lesson.page.reload()
 
-    expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
-    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    the_lesson_ended_with_its_feedback(lesson)
     assert lesson.debug("resumes") == 1
-    assert lesson.debug("statuses")[-1] == "ended:student_ended"
     assert lesson.page.locator("#transcript .turn--tutor").first.inner_text() == greeting
     # Nothing is left to hear: the page does not offer to start the sound.
     expect(lesson.page.get_by_role("button", name="Continue lesson")).to_be_hidden()
-    assert lesson.page.get_by_role("alert").is_hidden()
-    expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
-    assert lesson.console_errors == []
 
 
 def test_a_tab_back_on_the_page_after_its_lesson_ended_without_it_gets_the_feedback(
@@ -201,10 +203,7 @@ def test_a_tab_back_on_the_page_after_its_lesson_ended_without_it_gets_the_feedb
 ) -> None:
     lesson = open_page(slow_feedback.url)
     lesson.start("Ana")
-    lesson.wait_greeting_played()
-    lesson.wait_debug("d.state === 'listening'")
-    lesson.page.get_by_role("button", name="End lesson").click()
-    lesson.wait_debug("d.statuses.includes('feedback')")
+    end_once_greeted(lesson)
     lesson_id = lesson.debug("lessonId")
 
     lesson.page.goto("about:blank")
@@ -212,11 +211,7 @@ def test_a_tab_back_on_the_page_after_its_lesson_ended_without_it_gets_the_feedb
              what="the lesson ended with its feedback, its page away")
     lesson.page.goto(slow_feedback.url)
 
-    expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
-    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
-    assert lesson.debug("statuses")[-1] == "ended:student_ended"
-    assert lesson.page.get_by_role("alert").is_hidden()
-    assert lesson.console_errors == []
+    the_lesson_ended_with_its_feedback(lesson)
 
 
 def test_a_lesson_ended_after_a_reload_before_its_sound_came_back_no_longer_offers_the_sound(

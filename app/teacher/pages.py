@@ -8,6 +8,8 @@ Every page needs a signed-in teacher (`Teacher`; the list the lessons under way 
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -198,34 +200,45 @@ def _page_span(count: int, page: int, per_page: int, *, what: str, back: str) ->
     return {"page": page, "pages": pages, "first": first + 1, "last": min(count, first + per_page)}
 
 
-@router.get(f"{DESK_PATH}/lessons/{{lesson_id}}/events", response_class=HTMLResponse)
-async def lesson_events_page(request: Request, teacher: Teacher, lesson_id: str,
-                             page: Annotated[int, Query(ge=1)] = 1) -> Response:
-    """Every event of the lesson, in the order they happened, EVENTS_PER_PAGE a page."""
+@dataclass(frozen=True, slots=True)
+class _LessonList:
+    """One of a lesson's long lists, shown a page at a time."""
+
+    what: str  # its name in the template and in the words of a page past the last
+    template: str
+    count: Callable[[AsyncSession, str], Awaitable[int]]
+    rows: Callable[..., Awaitable[Sequence[Any]]]  # (db, lesson_id, *, limit, offset)
+
+
+_EVENTS = _LessonList("events", "lesson_events.html", queries.event_count, queries.lesson_events)
+_TURNS = _LessonList("turns", "lesson_transcript.html", queries.turn_count, queries.lesson_turns)
+
+
+async def _lesson_list_page(request: Request, teacher: Teacher, lesson_id: str, page: int, listed: _LessonList, *,
+                            per_page: int) -> Response:
     async with database(request) as db:
         lesson = await queries.get_lesson(db, lesson_id)
         if lesson is None:
             raise not_found("lesson")
-        span = _page_span(await queries.event_count(db, lesson_id), page, EVENTS_PER_PAGE, what="events",
+        span = _page_span(await listed.count(db, lesson_id), page, per_page, what=listed.what,
                           back=f"{DESK_PATH}/lessons/{lesson_id}")
-        events = await queries.lesson_events(db, lesson_id, limit=EVENTS_PER_PAGE, offset=span["first"] - 1)
-        return render(request, "lesson_events.html", teacher, {
-            "section": "students", "lesson": lesson, "events": events, "span": span})
+        rows = await listed.rows(db, lesson_id, limit=per_page, offset=span["first"] - 1)
+        return render(request, listed.template, teacher, {
+            "section": "students", "lesson": lesson, listed.what: rows, "span": span})
+
+
+@router.get(f"{DESK_PATH}/lessons/{{lesson_id}}/events", response_class=HTMLResponse)
+async def lesson_events_page(request: Request, teacher: Teacher, lesson_id: str,
+                             page: Annotated[int, Query(ge=1)] = 1) -> Response:
+    """Every event of the lesson, in the order they happened, EVENTS_PER_PAGE a page."""
+    return await _lesson_list_page(request, teacher, lesson_id, page, _EVENTS, per_page=EVENTS_PER_PAGE)
 
 
 @router.get(f"{DESK_PATH}/lessons/{{lesson_id}}/transcript", response_class=HTMLResponse)
 async def lesson_transcript_page(request: Request, teacher: Teacher, lesson_id: str,
                                  page: Annotated[int, Query(ge=1)] = 1) -> Response:
     """The lesson's whole transcript, in order, TURNS_PER_PAGE turns a page."""
-    async with database(request) as db:
-        lesson = await queries.get_lesson(db, lesson_id)
-        if lesson is None:
-            raise not_found("lesson")
-        span = _page_span(await queries.turn_count(db, lesson_id), page, TURNS_PER_PAGE, what="turns",
-                          back=f"{DESK_PATH}/lessons/{lesson_id}")
-        turns = await queries.lesson_turns(db, lesson_id, limit=TURNS_PER_PAGE, offset=span["first"] - 1)
-        return render(request, "lesson_transcript.html", teacher, {
-            "section": "students", "lesson": lesson, "turns": turns, "span": span})
+    return await _lesson_list_page(request, teacher, lesson_id, page, _TURNS, per_page=TURNS_PER_PAGE)
 
 
 @router.get(f"{DESK_PATH}/failures", response_class=HTMLResponse)

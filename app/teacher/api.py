@@ -10,6 +10,7 @@ password's attempt, or to read or change the records). A refused request writes 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
@@ -46,6 +47,8 @@ PER_PAGE = 100
 MOST_PER_PAGE = 500
 # Past any list; a larger number is no offset a page gave (and would overflow the database's integer).
 _MOST_OFFSET = 1_000_000_000
+Limit = Annotated[int, Query(ge=1, le=MOST_PER_PAGE)]
+Offset = Annotated[int, Query(ge=0, le=_MOST_OFFSET)]
 
 
 class ApiError(Exception):
@@ -151,8 +154,8 @@ async def create_student(request: Request, _: Authorized) -> JSONResponse:
 
 @router.get("/students")
 async def list_students(request: Request, _: Authorized,
-                        limit: Annotated[int, Query(ge=1, le=MOST_PER_PAGE)] = PER_PAGE,
-                        offset: Annotated[int, Query(ge=0, le=_MOST_OFFSET)] = 0) -> JSONResponse:
+                        limit: Limit = PER_PAGE,
+                        offset: Offset = 0) -> JSONResponse:
     """Every student, archived ones too, by name, `limit` of them from the `offset`-th; `next_offset` gives the next
     page."""
     async with database(request) as db:
@@ -233,8 +236,8 @@ async def revoke_link(request: Request, _: Authorized, student_id: str, link_id:
 
 @router.get("/students/{student_id}/lessons")
 async def list_lessons(request: Request, _: Authorized, student_id: str,
-                       limit: Annotated[int, Query(ge=1, le=MOST_PER_PAGE)] = PER_PAGE,
-                       offset: Annotated[int, Query(ge=0, le=_MOST_OFFSET)] = 0) -> JSONResponse:
+                       limit: Limit = PER_PAGE,
+                       offset: Offset = 0) -> JSONResponse:
     """The student's lessons, newest first, `limit` of them from the `offset`-th; `next_offset` gives the next page."""
     async with database(request) as db:
         if await queries.get_student(db, student_id) is None:
@@ -285,32 +288,34 @@ async def get_lesson(request: Request, _: Authorized, lesson_id: str) -> JSONRes
                                                 turns_left_out=record.turns_left_out))
 
 
-@router.get("/lessons/{lesson_id}/events")
-async def list_lesson_events(request: Request, _: Authorized, lesson_id: str,
-                             limit: Annotated[int, Query(ge=1, le=MOST_PER_PAGE)] = PER_PAGE,
-                             offset: Annotated[int, Query(ge=0, le=_MOST_OFFSET)] = 0) -> JSONResponse:
-    """The lesson's events in the order they happened, `limit` of them from the `offset`-th; `next_offset` gives the
-    next page."""
+async def _lesson_page(request: Request, lesson_id: str, what: str, *, limit: int, offset: int,
+                       rows: Callable[..., Awaitable[Sequence[Any]]],
+                       as_json: Callable[[Any], dict[str, Any]]) -> JSONResponse:
+    """`limit` of a lesson's `what` from the `offset`-th, as `{what: [...], "next_offset": …}`."""
     async with database(request) as db:
         if await queries.get_lesson(db, lesson_id) is None:
             raise _not_found("lesson", lesson_id)
         # One more than asked for: whether there is a next page, without counting them all.
-        events = await queries.lesson_events(db, lesson_id, limit=limit + 1, offset=offset)
-        return JSONResponse({"events": [exports.event_json(event) for event in events[:limit]],
-                             "next_offset": offset + limit if len(events) > limit else None})
+        found = await rows(db, lesson_id, limit=limit + 1, offset=offset)
+        return JSONResponse({what: [as_json(row) for row in found[:limit]],
+                             "next_offset": offset + limit if len(found) > limit else None})
+
+
+@router.get("/lessons/{lesson_id}/events")
+async def list_lesson_events(request: Request, _: Authorized, lesson_id: str, limit: Limit = PER_PAGE,
+                             offset: Offset = 0) -> JSONResponse:
+    """The lesson's events in the order they happened, `limit` of them from the `offset`-th; `next_offset` gives the
+    next page."""
+    return await _lesson_page(request, lesson_id, "events", limit=limit, offset=offset, rows=queries.lesson_events,
+                              as_json=exports.event_json)
 
 
 @router.get("/lessons/{lesson_id}/turns")
-async def list_lesson_turns(request: Request, _: Authorized, lesson_id: str,
-                            limit: Annotated[int, Query(ge=1, le=MOST_PER_PAGE)] = PER_PAGE,
-                            offset: Annotated[int, Query(ge=0, le=_MOST_OFFSET)] = 0) -> JSONResponse:
+async def list_lesson_turns(request: Request, _: Authorized, lesson_id: str, limit: Limit = PER_PAGE,
+                            offset: Offset = 0) -> JSONResponse:
     """The lesson's turns in order, `limit` of them from the `offset`-th; `next_offset` gives the next page."""
-    async with database(request) as db:
-        if await queries.get_lesson(db, lesson_id) is None:
-            raise _not_found("lesson", lesson_id)
-        turns = await queries.lesson_turns(db, lesson_id, limit=limit + 1, offset=offset)
-        return JSONResponse({"turns": [exports.turn_json(turn) for turn in turns[:limit]],
-                             "next_offset": offset + limit if len(turns) > limit else None})
+    return await _lesson_page(request, lesson_id, "turns", limit=limit, offset=offset, rows=queries.lesson_turns,
+                              as_json=exports.turn_json)
 
 
 @router.get("/lessons/{lesson_id}/export")

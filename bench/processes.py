@@ -23,6 +23,7 @@ from typing import Final, TextIO
 
 import orjson
 import uvicorn
+from fastapi import FastAPI
 
 from app.main import create_app, server_config
 from app.settings import Settings
@@ -272,10 +273,16 @@ class _Discarded(io.TextIOBase):
 @contextlib.asynccontextmanager
 async def app_served_here(settings: Settings) -> AsyncIterator[int]:
     """The app served by uvicorn in this process on a loopback port of its own, its logs discarded: the port."""
-    app = create_app(settings, log_stream=_Discarded())
+    async with serving_here(create_app(settings, log_stream=_Discarded()), settings) as port:
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def serving_here(app: FastAPI, settings: Settings, *, backlog: int = 128) -> AsyncIterator[int]:
+    """`app` served by uvicorn in this process on a loopback port of its own, `backlog` connects queued: the port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
+    sock.listen(backlog)
     server = uvicorn.Server(server_config(app, settings, lifespan="on"))
     # The socket already listens: a client may connect at once, the kernel queues it until uvicorn accepts.
     serving = asyncio.create_task(server.serve(sockets=[sock]))

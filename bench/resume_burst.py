@@ -23,22 +23,21 @@ import collections
 import contextlib
 import io
 import json
-import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import uvicorn
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.main import create_app, server_config
+from app.main import create_app
 from app.settings import Settings
 from app.simulator import RealtimeSimulator, SimulatorBehaviour
+from bench.processes import serving_here
 
 FAKE_KEY = "sk-bench-fake-key"
 
@@ -94,14 +93,9 @@ async def main(sockets: int, runs: int) -> None:
             settings = Settings(openai_api_key=FAKE_KEY, openai_realtime_url=simulator.url, log_level="warning",
                                 database_url=f"sqlite:///{Path(directory) / 'lessons.db'}")
             app = create_app(settings, log_stream=io.StringIO())
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(sockets * 2)  # every connect of the burst is queued, none waits for a SYN retry
-            ws_url = f"ws://127.0.0.1:{sock.getsockname()[1]}"
-            server = uvicorn.Server(server_config(app, settings, lifespan="on"))
-            # The socket already listens: a connect is queued until uvicorn, started, accepts it.
-            serving = asyncio.create_task(server.serve(sockets=[sock]))
-            try:
+            # Every connect of the burst is queued: none waits for a SYN retry.
+            async with serving_here(app, settings, backlog=sockets * 2) as port:
+                ws_url = f"ws://127.0.0.1:{port}"
                 token = await _ended_lesson(ws_url)
                 await app.state.records.flushed()
                 statements.taken()
@@ -115,10 +109,6 @@ async def main(sockets: int, runs: int) -> None:
                     print(f"run {run}: {sockets} sockets, answers {dict(collections.Counter(answers))}, "
                           f"{sum(counts.values())} SQL statements ({writes} of them UPDATE), "
                           f"all answered in {elapsed:.3f} s")
-            finally:
-                server.should_exit = True
-                await serving
-                sock.close()
 
 
 if __name__ == "__main__":

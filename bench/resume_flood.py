@@ -21,24 +21,23 @@ import collections
 import contextlib
 import io
 import json
-import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import uvicorn
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app import routes
-from app.main import create_app, server_config
+from app.main import create_app
 from app.resume import RefusedResumes
 from app.settings import Settings
 from app.simulator import RealtimeSimulator, SimulatorBehaviour
+from bench.processes import serving_here
 
 FAKE_KEY = "sk-bench-fake-key"
 
@@ -84,23 +83,13 @@ async def run(attempts: int, concurrency: int, *, memory: bool) -> None:
             settings = Settings(openai_api_key=FAKE_KEY, openai_realtime_url=simulator.url, database_url=database,
                                 log_level="warning", log_format="json", lesson_starts_per_minute=10_000)
             app = create_app(settings, log_stream=io.StringIO())
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(512)
-            server = uvicorn.Server(server_config(app, settings, lifespan="on"))
-            # The socket already listens: a client may connect at once, the kernel queues it until uvicorn accepts.
-            serving = asyncio.create_task(server.serve(sockets=[sock]))
-            try:
-                base = f"ws://127.0.0.1:{sock.getsockname()[1]}"
+            async with serving_here(app, settings, backlog=512) as port:
+                base = f"ws://127.0.0.1:{port}"
                 token = await _lesson_ended_with_feedback(base)
                 await app.state.records.flushed()
                 if not memory:
                     app.state.refused_resumes = RefusedResumes(max_remembered=0)
                 await _flood(app, f"{base}/ws/lesson?{urlencode({'resume': token})}", attempts, concurrency)
-            finally:
-                server.should_exit = True
-                await serving
-                sock.close()
 
 
 async def _flood(app: Any, url: str, attempts: int, concurrency: int) -> None:

@@ -132,7 +132,8 @@ async def test_the_standalone_command_takes_the_session_length_and_the_cut() -> 
 
 
 @pytest.mark.parametrize("flag", [["--session-seconds", "0"], ["--session-seconds", "soon"],
-                                  ["--cut-after-deltas", "0"], ["--cut-how", "explode"]])
+                                  ["--cut-after-deltas", "0"], ["--cut-how", "explode"],
+                                  ["--feedback-delay-ms", "-5"], ["--event-delay-ms", "slow"]])
 async def test_the_standalone_command_refuses_bad_values(flag: list[str]) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app.simulator", "--port", "0", *flag,

@@ -33,6 +33,16 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _delay_ms(value: str) -> float:
+    try:
+        delay = float(value)
+    except ValueError:
+        delay = math.nan
+    if not delay >= 0 or math.isinf(delay):
+        raise argparse.ArgumentTypeError(f"expected a number of milliseconds, 0 or more, got {value!r}")
+    return delay
+
+
 def _fault_times(value: str) -> int | None:
     if value == "always":
         return None
@@ -50,12 +60,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fault-times", type=_fault_times, default=1, help="a number of responses, or 'always'")
     parser.add_argument("--failed-code", default="server_error")
     parser.add_argument("--refuse-handshake", type=int, metavar="STATUS")
-    parser.add_argument("--event-delay-ms", type=float, default=0.0)
+    parser.add_argument("--event-delay-ms", type=_delay_ms, default=0.0)
     parser.add_argument("--audio-pace", type=float, default=4.0)
     parser.add_argument("--session-seconds", type=_positive_seconds, default=SESSION_SECONDS,
                         help="then error session_expired and close 1001, like the real API at 60 minutes")
     parser.add_argument("--feedback-fault", choices=["never", "failed", "invalid_json", "incomplete"])
-    parser.add_argument("--feedback-delay-ms", type=float, default=0.0,
+    parser.add_argument("--feedback-delay-ms", type=_delay_ms, default=0.0,
                         help="a feedback answer starts this long after its response.created")
     parser.add_argument("--cut-after-deltas", type=_positive_int, metavar="N",
                         help="end the connection after N output deltas of a response")

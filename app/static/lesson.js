@@ -49,6 +49,9 @@ const RECONNECT_FIRST_MS = 500;
 const RECONNECT_LONGEST_MS = 4000;
 // How long past the feedback's `timeout_s` the page waits for it: the relay's answer may be on its way.
 const FEEDBACK_MARGIN_MS = 5000;
+// A page back for its feedback after a reload keeps trying at least this long: a lesson whose server was killed
+// is answered "not yet" until another can take it over (INSTANCE_LOST_AFTER_SECONDS, 15 s).
+const COME_BACK_RETRY_MS = 20000;
 // Mirrors the relay's rule (app/messages.py): at most 5 words, 40 characters, each word letters joined by
 // single hyphens or apostrophes, or initials with their dots ("J.", "J.R.R.").
 const NAME_WORD = String.raw`(?:[\p{L}\p{M}]+(?:['’-][\p{L}\p{M}]+)*|(?:\p{L}\.)+)`;
@@ -221,8 +224,8 @@ const feedbackCard = new FeedbackCard(page.feedback, page.feedbackStatus, page.f
 
 // One lesson: its audio graph and its socket. stop() releases everything and is safe to repeat.
 class Lesson {
-  // `resume`: {token, graceMs, awaitingFeedback} of a lesson this tab had before a reload; the relay then sends
-  // its transcript (and, when it was ending, its feedback).
+  // `resume`: {token, graceMs, awaitingFeedback, feedbackUntil} of a lesson this tab had before a reload; the
+  // relay then sends its transcript (and, when it was ending, its feedback).
   constructor(params, resume = null) {
     this.params = params;
     this.resumeToken = resume?.token ?? null;
@@ -247,7 +250,8 @@ class Lesson {
     this.fatalError = false;
     this.ending = resume?.awaitingFeedback === true;
     this.endOnOpen = false; // End was pressed while no socket was open: it is sent once one is
-    this.feedbackUntil = null; // [Date.now() ms] once the relay prepares the feedback: waited for until then
+    // [Date.now() ms] once the relay prepares the feedback: waited for until then
+    this.feedbackUntil = this.ending ? Math.max(resume.feedbackUntil ?? 0, Date.now() + COME_BACK_RETRY_MS) : null;
     this.stopped = false;
     this.closeTimer = null;
   }
@@ -572,7 +576,7 @@ class Lesson {
           feedbackCard.withdraw();
         }
         // A resume refused for now (another server is taking the lesson over) is retried, not shown.
-        if (message.fatal || this.lostAt === null) {
+        if (message.fatal || !(message.code === "resume_not_yet" && this.canResume())) {
           showError(message.message, message.fatal && retryCanHelp(message.code));
         }
         break;
@@ -768,7 +772,7 @@ function resumeAfterReload() {
   }
   setLessonControls(!awaitingFeedback);
   lesson = new Lesson({ name: saved.name, level: saved.level, token: page.root.dataset.token || "" },
-    { token: saved.token, graceMs: saved.graceMs, awaitingFeedback });
+    { token: saved.token, graceMs: saved.graceMs, awaitingFeedback, feedbackUntil: saved.feedbackUntil });
   showState("reconnecting");
   if (awaitingFeedback) lesson.comeBackForFeedback();
   else lesson.resumeWithoutSound();

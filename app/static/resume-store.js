@@ -1,6 +1,7 @@
 "use strict";
 
-// The lesson this tab may resume (after a reload): {token, graceMs, name, level, awaitingFeedback, leftAt}.
+// The lesson this tab may resume (after a reload): {token, graceMs, name, level, awaitingFeedback, feedbackUntil,
+// leftAt}.
 // Loaded before lesson.js, which uses `resumeStore`.
 const RESUME_KEY = "lessonResume";
 
@@ -8,7 +9,7 @@ const RESUME_KEY = "lessonResume";
 const resumeStore = {
   save(lesson) {
     const saved = { token: lesson.resumeToken, graceMs: lesson.graceMs, name: lesson.params.name,
-      level: lesson.params.level, awaitingFeedback: lesson.feedbackUntil !== null };
+      level: lesson.params.level, awaitingFeedback: lesson.feedbackUntil !== null, feedbackUntil: lesson.feedbackUntil };
     this.write(saved);
   },
   left() {

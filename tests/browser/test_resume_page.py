@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from browser_stack import TEACHER_PASSWORD, LessonPage, OpenPage, Stack, run_stack, teacher_api, wait_for
-from playwright.sync_api import expect
+from playwright.sync_api import WebSocketRoute, expect
 
 pytestmark = pytest.mark.browser
 
@@ -196,6 +196,33 @@ def test_a_reload_while_the_feedback_is_written_brings_back_the_transcript_and_t
     assert lesson.page.locator("#transcript .turn--tutor").first.inner_text() == greeting
     # Nothing is left to hear: the page does not offer to start the sound.
     expect(lesson.page.get_by_role("button", name="Continue lesson")).to_be_hidden()
+
+
+def test_a_reload_for_the_feedback_answered_not_yet_tries_again_and_gets_it(
+    slow_feedback: Stack, open_page: OpenPage
+) -> None:
+    lesson = open_page(slow_feedback.url)
+    lesson.start("Ana")
+    end_once_greeted(lesson)
+    refused: list[str] = []
+
+    def not_yet_once(socket: WebSocketRoute) -> None:
+        """The relay's answer while the lesson is handed between servers, to the first resume; then the app."""
+        if refused:
+            socket.connect_to_server()
+            return
+        refused.append(socket.url)
+        socket.send('{"type": "error", "code": "resume_not_yet", "message": "Reconnecting to your lesson…", '
+                    '"fatal": false}')
+        socket.close(code=1013, reason="resume_not_yet")
+
+    lesson.page.route_web_socket("**/ws/lesson**", not_yet_once)
+    lesson.page.reload()
+
+    the_lesson_ended_with_its_feedback(lesson)
+    [first] = refused
+    assert "resume=" in first
+    assert lesson.debug("resumes") == 1
 
 
 def test_a_tab_back_on_the_page_after_its_lesson_ended_without_it_gets_the_feedback(

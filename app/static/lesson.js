@@ -90,6 +90,8 @@ const NO_FEEDBACK_OFFLINE_MESSAGE =
   "The lesson has ended. There is no feedback this time: the connection was lost before the lesson could end.";
 const FEEDBACK_LOST_OFFLINE_MESSAGE = "The lesson has ended, but the connection was lost before your feedback "
   + "arrived. Reload this page when you are back online to see it.";
+// A tab back for its feedback once the lesson's token expired (restored hours later): the lesson is long over.
+const FEEDBACK_EXPIRED_MESSAGE = "This lesson ended a while ago, and its feedback can no longer be shown here.";
 
 // A part of the audio set-up that did not finish in time.
 class SetupTimeout extends Error {
@@ -575,8 +577,12 @@ class Lesson {
           // A feedback still to come follows its own frames (a teacher's end comes first); a refusal has none.
           feedbackCard.withdraw();
         }
-        // A resume refused for now (another server is taking the lesson over) is retried, not shown.
-        if (message.fatal || !(message.code === "resume_not_yet" && this.canResume())) {
+        // A tab back for its feedback too late is told so on the card; a resume refused for now (another server is
+        // taking the lesson over) is retried, not shown.
+        if (message.code === "resume_expired" && this.ending) {
+          const history = document.getElementById("history-title") ? " Your last lessons are listed below." : "";
+          feedbackCard.unavailable(FEEDBACK_EXPIRED_MESSAGE + history);
+        } else if (message.fatal || !(message.code === "resume_not_yet" && this.canResume())) {
           showError(message.message, message.fatal && retryCanHelp(message.code));
         }
         break;

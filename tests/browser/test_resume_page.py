@@ -7,6 +7,7 @@ answers, so "the lesson goes on" is a new tutor turn after the page is back.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -198,31 +199,67 @@ def test_a_reload_while_the_feedback_is_written_brings_back_the_transcript_and_t
     expect(lesson.page.get_by_role("button", name="Continue lesson")).to_be_hidden()
 
 
+def answer_the_first_resume(lesson: LessonPage, error: dict[str, object], close_code: int) -> list[str]:
+    """The relay's refusal `error` (then `close_code`) to the page's first resume, in place of the app; the app
+    answers every later socket. Returns the refused sockets' URLs."""
+    refused: list[str] = []
+
+    def route(socket: WebSocketRoute) -> None:
+        if refused or "resume=" not in socket.url:
+            socket.connect_to_server()
+            return
+        refused.append(socket.url)
+        socket.send(json.dumps({"type": "error", **error}))
+        socket.close(code=close_code, reason=str(error["code"]))
+
+    lesson.page.route_web_socket("**/ws/lesson**", route)
+    return refused
+
+
 def test_a_reload_for_the_feedback_answered_not_yet_tries_again_and_gets_it(
     slow_feedback: Stack, open_page: OpenPage
 ) -> None:
     lesson = open_page(slow_feedback.url)
     lesson.start("Ana")
     end_once_greeted(lesson)
-    refused: list[str] = []
+    refused = answer_the_first_resume(
+        lesson, {"code": "resume_not_yet", "message": "Reconnecting to your lesson…", "fatal": False}, 1013)
 
-    def not_yet_once(socket: WebSocketRoute) -> None:
-        """The relay's answer while the lesson is handed between servers, to the first resume; then the app."""
-        if refused:
-            socket.connect_to_server()
-            return
-        refused.append(socket.url)
-        socket.send('{"type": "error", "code": "resume_not_yet", "message": "Reconnecting to your lesson…", '
-                    '"fatal": false}')
-        socket.close(code=1013, reason="resume_not_yet")
-
-    lesson.page.route_web_socket("**/ws/lesson**", not_yet_once)
     lesson.page.reload()
 
     the_lesson_ended_with_its_feedback(lesson)
-    [first] = refused
-    assert "resume=" in first
+    assert len(refused) == 1
     assert lesson.debug("resumes") == 1
+
+
+def test_a_tab_back_for_its_feedback_after_the_token_expired_is_told_so_on_the_card(
+    slow_feedback: Stack, open_page: OpenPage
+) -> None:
+    student = teacher_api(slow_feedback, "POST", "/api/students", {"name": "Ana", "level": "A2"})
+    lesson = open_page(student["link"])
+    lesson.page.get_by_role("button", name="Start lesson").click()
+    end_once_greeted(lesson)
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    wait_for(lambda: teacher_api(slow_feedback, "GET", f"/api/lessons/{lesson.debug('lessonId')}")["feedback"],
+             timeout=15, what="the lesson's feedback in the store")
+    refused = answer_the_first_resume(lesson, {
+        "code": "resume_expired", "fatal": True,
+        "message": "This lesson was away too long and has ended. Please start a new lesson."}, 1008)
+    # The tab as a browser restores it hours later: its saved lesson still waiting for the feedback.
+    lesson.page.evaluate("""() => sessionStorage.setItem("lessonResume",
+        JSON.stringify({token: "expired.token", graceMs: 0, awaitingFeedback: true}))""")
+
+    lesson.page.reload()
+
+    expect(lesson.page.locator("#feedback-status")).to_have_text(
+        "This lesson ended a while ago, and its feedback can no longer be shown here. Your last lessons are listed "
+        "below.")
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
+    assert len(refused) == 1
+    assert lesson.page.get_by_role("alert").is_hidden()
+    expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
+    assert lesson.page.evaluate("sessionStorage.getItem('lessonResume')") is None
+    assert lesson.console_errors == []
 
 
 def test_a_tab_back_on_the_page_after_its_lesson_ended_without_it_gets_the_feedback(

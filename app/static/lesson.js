@@ -90,6 +90,10 @@ const NO_FEEDBACK_OFFLINE_MESSAGE =
   "The lesson has ended. There is no feedback this time: the connection was lost before the lesson could end.";
 const FEEDBACK_LOST_OFFLINE_MESSAGE = "The lesson has ended, but the connection was lost before your feedback "
   + "arrived. Reload this page when you are back online to see it.";
+// The relay's wait for the feedback is over and neither the feedback nor its absence was said: the relay may have
+// it later, and the tab keeps the token for a reload to fetch it.
+const FEEDBACK_OVERDUE_MESSAGE =
+  "Your feedback is taking longer than expected. Reload this page in a minute to see it.";
 // A tab back for its feedback once the lesson's token expired (restored hours later): the lesson is long over.
 const FEEDBACK_EXPIRED_MESSAGE = "This lesson ended a while ago, and its feedback can no longer be shown here.";
 
@@ -433,8 +437,8 @@ class Lesson {
   }
 
   // The grace is over and no socket got through: the lesson is lost. A lesson that was ending is not: the relay
-  // keeps its feedback, and the tab keeps its token for a reload to fetch it.
-  giveUp() {
+  // keeps its feedback, and the tab keeps its token for a reload to fetch it; `feedbackMessage` says so.
+  giveUp(feedbackMessage = FEEDBACK_LOST_OFFLINE_MESSAGE) {
     debug.reconnecting = false;
     if (this.feedbackUntil === null) resumeStore.forget();
     this.stop();
@@ -442,7 +446,7 @@ class Lesson {
     debug.closeCode = 1006;
     setLessonControls(false);
     showState("ended");
-    if (this.feedbackUntil !== null) feedbackCard.unavailable(FEEDBACK_LOST_OFFLINE_MESSAGE);
+    if (this.feedbackUntil !== null) feedbackCard.unavailable(feedbackMessage);
     else if (this.endOnOpen) feedbackCard.unavailable(NO_FEEDBACK_OFFLINE_MESSAGE);
     else showError(DROPPED_MESSAGE, true);
   }
@@ -623,8 +627,9 @@ class Lesson {
     const waitMs = (Number.isFinite(timeoutSeconds) ? timeoutSeconds : 20) * 1000 + FEEDBACK_MARGIN_MS;
     this.feedbackUntil = Date.now() + waitMs;
     if (this.resumeToken) resumeStore.save(this);
-    // Past the wait, a socket still being reopened will not bring the feedback either.
-    this.closeTimer = setTimeout(() => (this.lostAt === null ? this.stop() : this.giveUp()), waitMs);
+    // Past the wait, a socket still open or still being reopened will not bring the feedback either.
+    const overdue = () => this.giveUp(this.lostAt === null ? FEEDBACK_OVERDUE_MESSAGE : FEEDBACK_LOST_OFFLINE_MESSAGE);
+    this.closeTimer = setTimeout(overdue, waitMs);
   }
 
   // End lesson: ask the relay to finish (it answers with usage and status ended, then closes). While the

@@ -39,15 +39,16 @@ def test_end_shows_preparing_then_the_feedback_card(stack: Stack, open_page: Ope
 class FakeRelay:
     """The lesson socket answered by the test instead of the app: the page's side of the protocol only."""
 
-    def __init__(self) -> None:
+    def __init__(self, resume_token: str | None = None) -> None:
         self.socket: WebSocketRoute | None = None
         self.ended = False
+        self.resume_token = resume_token
 
     def accept(self, socket: WebSocketRoute) -> None:
         self.socket = socket
         socket.on_message(self._on_message)
         for frame in ({"type": "lesson", "lesson_id": "L1", "simulated": True, "sample_rate": 24000,
-                       "name": "Ana", "level": "A2"},
+                       "name": "Ana", "level": "A2", "resume_token": self.resume_token},
                       {"type": "status", "state": "listening"}):
             self.send(frame)
 
@@ -60,16 +61,18 @@ class FakeRelay:
         self.socket.send(json.dumps(frame))
 
 
-def faked_lesson(open_page: OpenPage, stack: Stack) -> tuple[LessonPage, FakeRelay]:
-    """A page whose lesson socket is `FakeRelay`, ended by the student and waiting for its feedback."""
-    relay = FakeRelay()
+def faked_lesson(open_page: OpenPage, stack: Stack, feedback_timeout_s: int = 20,
+                 resume_token: str | None = None) -> tuple[LessonPage, FakeRelay]:
+    """A page whose lesson socket is `FakeRelay`, ended by the student and waiting `feedback_timeout_s` for its
+    feedback."""
+    relay = FakeRelay(resume_token)
     lesson = open_page(stack.url)
     lesson.page.route_web_socket("**/ws/lesson**", relay.accept)
     lesson.start("Ana", "A2")
     lesson.wait_debug("d.state === 'listening'")
     lesson.page.get_by_role("button", name="End lesson").click()
     lesson.page.wait_for_function("() => window.lessonDebug.state === 'ending'")
-    relay.send({"type": "status", "state": "feedback", "timeout_s": 20})
+    relay.send({"type": "status", "state": "feedback", "timeout_s": feedback_timeout_s})
     expect(lesson.page.locator("#feedback-status")).to_have_text("Preparing your feedback…")
     expect(lesson.page.get_by_role("status")).to_have_text("Preparing your feedback…")
     assert relay.ended
@@ -104,3 +107,19 @@ def test_a_lesson_without_feedback_says_so(stack: Stack, open_page: OpenPage) ->
     expect(lesson.page.locator("#feedback-status")).to_have_text("Your feedback could not be prepared this time.")
     expect(lesson.page.locator("#feedback .feedback-card")).to_have_count(0)
     expect(lesson.page.get_by_role("status")).to_have_text("The lesson has ended.")
+
+
+def test_a_feedback_the_relay_never_answers_for_is_given_up_in_plain_words_and_kept_for_a_reload(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    lesson, _relay = faked_lesson(open_page, stack, feedback_timeout_s=1, resume_token="token-of-L1")
+
+    # Neither the feedback nor its absence comes: past the 1 s and the page's margin, the page stops waiting.
+    expect(lesson.page.locator("#feedback-status")).to_have_text(
+        "Your feedback is taking longer than expected. Reload this page in a minute to see it.", timeout=15_000)
+    expect(lesson.page.get_by_role("status")).to_have_text("The lesson has ended.")
+    expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
+    assert lesson.page.get_by_role("alert").is_hidden()
+    saved = lesson.page.evaluate("JSON.parse(sessionStorage.getItem('lessonResume'))")
+    assert (saved["token"], saved["awaitingFeedback"]) == ("token-of-L1", True)
+    assert lesson.console_errors == []

@@ -117,6 +117,19 @@ def slow_feedback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
 
 
+def start_on_a_personal_link(stack: Stack, open_page: OpenPage) -> LessonPage:
+    """A new student's personal link opened and its lesson started (the link's page has the name and level)."""
+    student = teacher_api(stack, "POST", "/api/students", {"name": "Ana", "level": "A2"})
+    lesson = open_page(student["link"])
+    lesson.page.get_by_role("button", name="Start lesson").click()
+    return lesson
+
+
+def wait_for_the_stored_feedback(stack: Stack, lesson_id: str) -> None:
+    wait_for(lambda: teacher_api(stack, "GET", f"/api/lessons/{lesson_id}")["feedback"], timeout=30,
+             what="the lesson's feedback in the lesson records")
+
+
 def end_once_greeted(lesson: LessonPage) -> None:
     """End the lesson once the greeting was heard; returns as the relay starts waiting for the feedback."""
     lesson.wait_greeting_played()
@@ -157,9 +170,7 @@ def test_the_network_lost_while_the_feedback_is_written_the_page_comes_back_for_
 def test_the_network_away_past_the_feedback_s_wait_the_page_says_so_and_a_reload_online_brings_it(
     slow_feedback: Stack, open_page: OpenPage
 ) -> None:
-    student = teacher_api(slow_feedback, "POST", "/api/students", {"name": "Ana", "level": "A2"})
-    lesson = open_page(student["link"])
-    lesson.page.get_by_role("button", name="Start lesson").click()
+    lesson = start_on_a_personal_link(slow_feedback, open_page)
     end_and_go_offline_while_the_feedback_is_written(lesson)
 
     # The page waits the relay's 8 s and its own 5 s margin, then stops trying.
@@ -171,8 +182,7 @@ def test_the_network_away_past_the_feedback_s_wait_the_page_says_so_and_a_reload
     expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
 
     lesson.page.context.set_offline(False)
-    wait_for(lambda: teacher_api(slow_feedback, "GET", f"/api/lessons/{lesson.debug('lessonId')}")["feedback"],
-             timeout=15, what="the lesson's feedback in the store")
+    wait_for_the_stored_feedback(slow_feedback, lesson.debug("lessonId"))
     lesson.page.reload()
     expect(lesson.page.locator("#feedback .feedback-card__summary")).to_be_visible(timeout=30_000)
     # A personal link's page also lists it with the student's last lessons.
@@ -235,13 +245,10 @@ def test_a_reload_for_the_feedback_answered_not_yet_tries_again_and_gets_it(
 def test_a_tab_back_for_its_feedback_after_the_token_expired_is_told_so_on_the_card(
     slow_feedback: Stack, open_page: OpenPage
 ) -> None:
-    student = teacher_api(slow_feedback, "POST", "/api/students", {"name": "Ana", "level": "A2"})
-    lesson = open_page(student["link"])
-    lesson.page.get_by_role("button", name="Start lesson").click()
+    lesson = start_on_a_personal_link(slow_feedback, open_page)
     end_once_greeted(lesson)
     lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
-    wait_for(lambda: teacher_api(slow_feedback, "GET", f"/api/lessons/{lesson.debug('lessonId')}")["feedback"],
-             timeout=15, what="the lesson's feedback in the store")
+    wait_for_the_stored_feedback(slow_feedback, lesson.debug("lessonId"))
     refused = answer_the_first_resume(lesson, {
         "code": "resume_expired", "fatal": True,
         "message": "This lesson was away too long and has ended. Please start a new lesson."}, 1008)
@@ -271,8 +278,7 @@ def test_a_tab_back_on_the_page_after_its_lesson_ended_without_it_gets_the_feedb
     lesson_id = lesson.debug("lessonId")
 
     lesson.page.goto("about:blank")
-    wait_for(lambda: teacher_api(slow_feedback, "GET", f"/api/lessons/{lesson_id}")["feedback"], timeout=30,
-             what="the lesson ended with its feedback, its page away")
+    wait_for_the_stored_feedback(slow_feedback, lesson_id)
     lesson.page.goto(slow_feedback.url)
 
     the_lesson_ended_with_its_feedback(lesson)

@@ -254,7 +254,7 @@ def item_delete(*, event_id: str, item_id: str) -> dict[str, Any]:
 _APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
 
 
-def audio_append(pcm: bytes) -> bytes:
+def audio_append(pcm: bytes | bytearray | memoryview) -> bytes:
     """`input_audio_buffer.append` of `pcm`, serialised by hand: base64 needs no JSON escaping."""
     return b"".join((_APPEND_PREFIX, pybase64.b64encode(pcm), b'"}'))
 

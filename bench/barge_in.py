@@ -149,7 +149,7 @@ async def run(cycles: int, report_ms: int, audio_pace: float) -> list[BargeIn]:
             speech_started_at.append(now)
         return handle_upstream(self, event, now)
 
-    LessonSession.handle_upstream = timed  # type: ignore[method-assign]
+    LessonSession.handle_upstream = timed  # type: ignore[method-assign,assignment]
     configure_logging(Settings(log_level="warning", log_format="json"), io.StringIO())  # numbers only on stdout
     results: list[BargeIn] = []
     async with RealtimeSimulator(SimulatorBehaviour(audio_pace=audio_pace)) as simulator:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from bench import run_on_uvloop
 from bench.processes import REPO_ROOT, ManagedProcess, start_app, start_echo_upstream, start_granian, start_uvicorn
@@ -91,8 +91,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def serving(candidate: Candidate, upstream_port: int, results_dir: Path, relay_cpu: int | None) -> Iterator[Endpoint]:
     from bench.__main__ import LESSON_PATH, RELAY_UVICORN_ARGUMENTS, relay_environment
 
-    common = {"environment": relay_environment(upstream_port, results_dir), "log_directory": results_dir / "logs",
-              "working_directory": candidate.checkout}
+    common: dict[str, Any] = {"environment": relay_environment(upstream_port, results_dir),
+                              "log_directory": results_dir / "logs", "working_directory": candidate.checkout}
     name = f"candidate-{candidate.label}"
     relay: ManagedProcess
     if candidate.server == "app":

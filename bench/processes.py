@@ -263,8 +263,8 @@ def running(managed: ManagedProcess) -> Iterator[ManagedProcess]:
         managed.stop()
 
 
-class _Discarded(io.TextIOBase):
-    """A text stream that keeps nothing: a `StringIO` would grow with every log line of a long run."""
+class _Discarded(io.StringIO):
+    """A text stream that keeps nothing: a plain `StringIO` would grow with every log line of a long run."""
 
     def write(self, text: str) -> int:
         return len(text)

@@ -53,8 +53,10 @@ RECONNECT_LONGEST_S = 4.0
 async def _until(ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     while True:
         frame = await ws.recv()
-        if isinstance(frame, str) and predicate(message := json.loads(frame)):
-            return message
+        if isinstance(frame, str):
+            message: dict[str, Any] = json.loads(frame)
+            if predicate(message):
+                return message
 
 
 def _status(state: str) -> Callable[[dict[str, Any]], bool]:

@@ -4,7 +4,7 @@
 pointed at the simulator as if it were OpenAI, and waits until both answer; `run_simulator` and `run_app` are
 its two halves, for a test that starts the app more than once (a killed instance and its replacement).
 `LessonPage` opens the lesson page in headless Chromium with a WAV file as the microphone and reads the
-page's test hook (`window.lessonDebug`, documented at the top of app/static/lesson.js).
+page's test hook (`window.lessonDebug`, documented at the top of app/static/lesson-page.js).
 
 Waiting is always a poll with a deadline on an observable condition (a port, /healthz, a file size,
 a page value), never a sleep standing in for an event.

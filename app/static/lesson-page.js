@@ -72,8 +72,12 @@ const FEEDBACK_LOST_OFFLINE_MESSAGE = "The lesson has ended, but the connection 
 // it later, and the tab keeps the token for a reload to fetch it.
 const FEEDBACK_OVERDUE_MESSAGE =
   "Your feedback is taking longer than expected. Reload this page in a minute to see it.";
-// A tab back for its feedback once the lesson's token expired (restored hours later): the lesson is long over.
-const FEEDBACK_EXPIRED_MESSAGE = "This lesson ended a while ago, and its feedback can no longer be shown here.";
+// What a page back for its feedback is told on the card when the relay refuses it: the lesson's token expired
+// (a tab restored hours later), or the lesson ended with no feedback to give.
+const FEEDBACK_REFUSED_MESSAGES = {
+  resume_expired: "This lesson ended a while ago, and its feedback can no longer be shown here.",
+  lesson_ended: "This lesson has ended, and there is no feedback for it.",
+};
 
 const page = {
   root: document.querySelector("main"),

@@ -402,11 +402,11 @@ class Lesson {
           // A feedback still to come follows its own frames (a teacher's end comes first); a refusal has none.
           feedbackCard.withdraw();
         }
-        // A tab back for its feedback too late is told so on the card; a resume refused for now (another server is
-        // taking the lesson over) is retried, not shown.
-        if (message.code === "resume_expired" && this.ending) {
+        // A page back for its feedback that cannot have it is told so on the card; a resume refused for now
+        // (another server is taking the lesson over) is retried, not shown.
+        if (this.ending && message.code in FEEDBACK_REFUSED_MESSAGES) {
           const history = document.getElementById("history-title") ? " Your last lessons are listed below." : "";
-          feedbackCard.unavailable(FEEDBACK_EXPIRED_MESSAGE + history);
+          feedbackCard.unavailable(FEEDBACK_REFUSED_MESSAGES[message.code] + history);
         } else if (message.fatal || !(message.code === "resume_not_yet" && this.canResume())) {
           showError(message.message, message.fatal && retryCanHelp(message.code));
         }

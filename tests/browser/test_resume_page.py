@@ -242,25 +242,27 @@ def test_a_reload_for_the_feedback_answered_not_yet_tries_again_and_gets_it(
     assert lesson.debug("resumes") == 1
 
 
-def test_a_tab_back_for_its_feedback_after_the_token_expired_is_told_so_on_the_card(
-    slow_feedback: Stack, open_page: OpenPage
+@pytest.mark.parametrize(("refusal", "card"), [
+    ({"code": "resume_expired", "message": "This lesson was away too long and has ended. Please start a new lesson."},
+     "This lesson ended a while ago, and its feedback can no longer be shown here."),
+    ({"code": "lesson_ended", "message": "This lesson has already ended. Please start a new lesson."},
+     "This lesson has ended, and there is no feedback for it."),
+], ids=["token expired", "ended without feedback"])
+def test_a_tab_back_for_a_feedback_it_cannot_have_is_told_so_on_the_card(
+    slow_feedback: Stack, open_page: OpenPage, refusal: dict[str, object], card: str
 ) -> None:
     lesson = start_on_a_personal_link(slow_feedback, open_page)
     end_once_greeted(lesson)
     lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
     wait_for_the_stored_feedback(slow_feedback, lesson.debug("lessonId"))
-    refused = answer_the_first_resume(lesson, {
-        "code": "resume_expired", "fatal": True,
-        "message": "This lesson was away too long and has ended. Please start a new lesson."}, 1008)
+    refused = answer_the_first_resume(lesson, {**refusal, "fatal": True}, 1008)
     # The tab as a browser restores it hours later: its saved lesson still waiting for the feedback.
     lesson.page.evaluate("""() => sessionStorage.setItem("lessonResume",
-        JSON.stringify({token: "expired.token", graceMs: 0, awaitingFeedback: true}))""")
+        JSON.stringify({token: "refused.token", graceMs: 0, awaitingFeedback: true}))""")
 
     lesson.page.reload()
 
-    expect(lesson.page.locator("#feedback-status")).to_have_text(
-        "This lesson ended a while ago, and its feedback can no longer be shown here. Your last lessons are listed "
-        "below.")
+    expect(lesson.page.locator("#feedback-status")).to_have_text(f"{card} Your last lessons are listed below.")
     lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
     assert len(refused) == 1
     assert lesson.page.get_by_role("alert").is_hidden()

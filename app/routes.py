@@ -270,7 +270,8 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
             config, admitted = await lookups.look_up(
                 claim.lesson_id, lambda: _take_over_here(state, claim, token, client=client, resume_log=resume_log))
         except ResumeRefused as exc:
-            refused.remember(claim.lesson_id, exc)
+            refused.remember(claim.lesson_id, exc,
+                             link=None if claim.link_id is None else (claim.link_id, claim.expires_at))
             raise
     except (ResumeRefused, ResumeNotYet, OverCapacity, StoreUnavailable) as exc:
         if isinstance(exc, ResumeElsewhere):

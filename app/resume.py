@@ -101,6 +101,14 @@ def verify_resume_token(token: str, secret: str, *, now: float) -> ResumeClaim:
     return claim
 
 
+def ended_refusal(lesson_id: str, end_reason: str, ended_with: tuple[str, Mapping[str, Any]] | None) -> ResumeRefused:
+    """The refusal of a resume of a lesson that ended (not handed off) with `end_reason`: withdrawn in its teacher's
+    words when they withdrew or ended it, ended otherwise; with its feedback and end if it ended with them."""
+    if end_reason in set(Withdrawal):
+        return ResumeRefused.withdrawn(f"lesson {lesson_id!r} ended: {end_reason}", Withdrawal(end_reason), ended_with)
+    return ResumeRefused.ended(f"lesson {lesson_id!r} ended: {end_reason}", ended_with)
+
+
 def _optional(value: object) -> str | None:
     return None if value is None else str(value)
 

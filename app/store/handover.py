@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import ColumnElement
 
 from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
+from app.resume import ended_refusal
 from app.store.instances import InstanceTiming, instance_lost_event
 from app.store.models import Instance, Lesson, Link, Student, Turn
 from app.store.queries import link_states, withdrawals
@@ -192,10 +193,7 @@ async def _why_not(session: AsyncSession, lesson_id: str, grace_s: float, *,
                                        f"withdrew its link ({link_withdrawn})", link_withdrawn)
     # Its page may have missed the end with its feedback (away, or resuming on another worker, while it came).
     ended_with = None if lesson.feedback is None else (lesson.end_reason or "", lesson.feedback)
-    if lesson.end_reason in set(Withdrawal):
-        return ResumeRefused.withdrawn(f"lesson {lesson_id!r} ended: {lesson.end_reason}",
-                                       Withdrawal(lesson.end_reason), ended_with)
     if lesson.end_reason != HANDED_OFF:
-        return ResumeRefused.ended(f"lesson {lesson_id!r} ended: {lesson.end_reason}", ended_with)
+        return ended_refusal(lesson_id, lesson.end_reason or "", ended_with)
     return ResumeRefused.expired(f"lesson {lesson_id!r} was handed off at {lesson.ended_at.isoformat()}, "
                                  f"more than {grace_s:g} s ago")

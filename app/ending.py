@@ -105,6 +105,12 @@ class EndingLesson(abc.ABC):
     def _finish(self, reason: str, close_code: int, now: float,
                 error: tuple[str, str] | None = None) -> Sequence[Action]: ...
 
+    @property
+    def ended_with(self) -> tuple[str, Mapping[str, Any]] | None:
+        """The end reason and the feedback of a lesson that ended with its feedback; None for any other."""
+        given = self._feedback.given
+        return None if given is None or self.state is not LessonState.ENDED else (self._ending_reason, given)
+
     # ---- the normal end and its feedback -----------------------------------------------------------
 
     def _end_normally(self, reason: str, now: float) -> Sequence[Action]:
@@ -190,5 +196,7 @@ class EndingLesson(abc.ABC):
         """The page gets the feedback (or word that there is none) before `status` `ended`; the store keeps it."""
         asked_at = self._feedback.asked_at
         fields = {"ending": self._ending_reason, "waited_s": None if asked_at is None else round(now - asked_at, 3)}
+        if isinstance(outcome, ParsedFeedback):
+            self._feedback.given = outcome.feedback.model_dump()
         return (*feedback_actions(outcome, recorder=self._recorder, fields=fields, now=now),
                 *self._finish(self._ending_reason, 1000, now))

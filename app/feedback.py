@@ -128,6 +128,8 @@ class FeedbackExchange:
         self.response_id: str | None = None
         self.asked_at: float | None = None
         self.refusals = 0
+        # The feedback the page was given: a resume after the lesson's end is given it again.
+        self.given: dict[str, Any] | None = None
         self._text: list[str] = []
 
     @property

@@ -97,7 +97,8 @@ def create_app(
         loop_lag = LoopLagProbe(app.state.metrics.loop_lag_seconds.observe)
         loop_lag.start()
         link_check = asyncio.create_task(
-            check_withdrawn_links(store.sessions, app.state.live_lessons, every_s=settings.link_check_seconds),
+            check_withdrawn_links(store.sessions, app.state.live_lessons, app.state.refused_resumes,
+                                  every_s=settings.link_check_seconds),
             name="link-check")
         try:
             yield

@@ -82,8 +82,11 @@ class Relay:
         metrics: LessonMetrics,
         send_timeout_s: float = 5.0,
         clock: Clock = time.monotonic,
+        on_over: Callable[[LessonSession], None] | None = None,
     ) -> None:
+        """`on_over`: called with the lesson once it is over, before its sockets are closed."""
         self.session = session
+        self.on_over = on_over
         self.connect_upstream = connect_upstream
         self.log = log
         self.records = records
@@ -122,6 +125,8 @@ class Relay:
             await self._end_after_crash(crash)
         finally:
             self.over = True
+            if self.on_over is not None:
+                self.on_over(self.session)
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
             await self._close_all()

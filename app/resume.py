@@ -17,7 +17,7 @@ import base64
 import hashlib
 import hmac
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -26,6 +26,7 @@ import orjson
 
 from app.errors import LessonError, ResumeElsewhere, ResumeNotYet, ResumeRefused
 from app.settings import Settings
+from app.withdrawal import Withdrawal
 
 _KEY_LABEL = b"lesson-resume-token"
 # The most lessons a worker remembers refusing a resume of for good (about 250 bytes each, 2.5 MB in all); past it
@@ -100,6 +101,14 @@ def verify_resume_token(token: str, secret: str, *, now: float) -> ResumeClaim:
     return claim
 
 
+def ended_refusal(lesson_id: str, end_reason: str, ended_with: tuple[str, Mapping[str, Any]] | None) -> ResumeRefused:
+    """The refusal of a resume of a lesson that ended (not handed off) with `end_reason`: withdrawn in its teacher's
+    words when they withdrew or ended it, ended otherwise; with its feedback and end if it ended with them."""
+    if end_reason in set(Withdrawal):
+        return ResumeRefused.withdrawn(f"lesson {lesson_id!r} ended: {end_reason}", Withdrawal(end_reason), ended_with)
+    return ResumeRefused.ended(f"lesson {lesson_id!r} ended: {end_reason}", ended_with)
+
+
 def _optional(value: object) -> str | None:
     return None if value is None else str(value)
 
@@ -112,6 +121,8 @@ class RefusedResumes:
     Without it every resume of an ended lesson is a write transaction on the store (the take-over's claim): one
     script repeating its own lesson's token would hold the records' database from every other lesson start,
     sign-in and record. What is kept is the refusal's words, never the exception (its traceback holds a socket).
+    A link lesson's feedback is held with its link, until its token expires: a link its teacher withdraws since
+    (`app.link_check` finds it) takes the feedback with it, and its resumes are refused as withdrawn.
     """
 
     def __init__(self, max_remembered: int = MAX_REFUSED_REMEMBERED,
@@ -122,16 +133,30 @@ class RefusedResumes:
         self._refused: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
         self._ended_with = _HeldFeedback(max_feedback_bytes)
 
-    def remember(self, lesson_id: str, refusal: ResumeRefused) -> None:
+    def remember(self, lesson_id: str, refusal: ResumeRefused, *, link: tuple[str, int] | None = None) -> None:
+        """`link`: the lesson's link and when its resume token expires, for a lesson that has one."""
         self._refused[lesson_id] = (refusal.code, refusal.detail, refusal.student_message)
         self._refused.move_to_end(lesson_id)
         if refusal.ended_with is None:
             self._ended_with.drop(lesson_id)
         else:
-            self._ended_with.hold(lesson_id, refusal.ended_with)
+            self._ended_with.hold(lesson_id, refusal.ended_with, link)
         if len(self._refused) > self.max_remembered:
             forgotten, _ = self._refused.popitem(last=False)
             self._ended_with.drop(forgotten)
+
+    def held_links(self, now: float) -> set[str]:
+        """The links of the lessons whose feedback is held and whose tokens still work (the others are let go)."""
+        return self._ended_with.links(now)
+
+    def links_withdrawn(self, withdrawn: Mapping[str, Withdrawal]) -> None:
+        """A teacher withdrew these links (by id, and how): the feedback held of their lessons is let go, and their
+        resumes are refused as withdrawn from now on."""
+        for lesson_id, link_id in self._ended_with.of_links(withdrawn.keys()).items():
+            withdrawal = withdrawn[link_id]
+            self._ended_with.drop(lesson_id)
+            self._refused[lesson_id] = (withdrawal.value, f"lesson {lesson_id!r} ended, and then its teacher withdrew "
+                                        f"its link ({withdrawal})", withdrawal.student_message)
 
     @property
     def feedback_bytes(self) -> int:
@@ -163,12 +188,16 @@ class _HeldFeedback:
         self.max_bytes = max_bytes
         self._end_reasons: dict[str, str] = {}
         self._feedback: OrderedDict[str, bytes] = OrderedDict()
+        # Lesson id → (its link, when its token expires), for those with a link.
+        self._links: dict[str, tuple[str, int]] = {}
         self.bytes = 0
 
-    def hold(self, lesson_id: str, ended_with: tuple[str, Mapping[str, Any]]) -> None:
+    def hold(self, lesson_id: str, ended_with: tuple[str, Mapping[str, Any]], link: tuple[str, int] | None) -> None:
         end_reason, feedback = ended_with
         self.drop(lesson_id)
         self._end_reasons[lesson_id] = end_reason
+        if link is not None:
+            self._links[lesson_id] = link
         held = orjson.dumps(feedback)
         self._feedback[lesson_id] = held
         self.bytes += len(held)
@@ -178,9 +207,19 @@ class _HeldFeedback:
 
     def drop(self, lesson_id: str) -> None:
         self._end_reasons.pop(lesson_id, None)
+        self._links.pop(lesson_id, None)
         dropped = self._feedback.pop(lesson_id, None)
         if dropped is not None:
             self.bytes -= len(dropped)
+
+    def links(self, now: float) -> set[str]:
+        for lesson_id in [lesson_id for lesson_id, (_, expires_at) in self._links.items() if expires_at <= now]:
+            self.drop(lesson_id)
+        return {link_id for link_id, _ in self._links.values()}
+
+    def of_links(self, link_ids: Collection[str]) -> dict[str, str]:
+        """Lesson id → link id, of the lessons held of `link_ids`."""
+        return {lesson_id: link_id for lesson_id, (link_id, _) in self._links.items() if link_id in link_ids}
 
     def ended_with_feedback(self, lesson_id: str) -> bool:
         return lesson_id in self._end_reasons

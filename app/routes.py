@@ -52,6 +52,7 @@ from app.resume import (
     RefusedResumes,
     ResumeClaim,
     ResumeLookups,
+    ended_refusal,
     make_resume_token,
     resume_expiry,
     verify_resume_token,
@@ -59,7 +60,7 @@ from app.resume import (
 from app.session import LessonSession
 from app.settings import Settings
 from app.store.database import STORE_ERRORS, error_reason
-from app.store.handover import TakenOverLesson, give_back_lesson, take_over_lesson
+from app.store.handover import HANDED_OFF, TakenOverLesson, give_back_lesson, take_over_lesson
 from app.store.queries import LOOKUP_TIMEOUT_S
 from app.students import LessonStudent, linked_student, student_for_request
 from app.transport import current_page_connection
@@ -227,11 +228,24 @@ async def _run_lesson(websocket: WebSocket, config: LessonConfig, lesson_log: st
         )
 
     relay = Relay(LessonSession(config), connect_upstream=connect_upstream, log=lesson_log, records=state.records,
-                  metrics=metrics, send_timeout_s=settings.browser_send_timeout_seconds)
+                  metrics=metrics, send_timeout_s=settings.browser_send_timeout_seconds,
+                  on_over=functools.partial(_remember_end, state.refused_resumes, settings))
     page = PageSocket(websocket, current_page_connection())
     live: LiveLessons = state.live_lessons
     live.start(relay, page, admitted, replay=replay)
     await page.done
+
+
+def _remember_end(refused: RefusedResumes, settings: Settings, session: LessonSession) -> None:
+    """A lesson that ended here: its resumes are refused from then on as the records will refuse them (with its
+    feedback if it ended with it), not only once its end is written there; until then the records still show it
+    open on this instance. One handed off goes on elsewhere: its resumes take it over from the records."""
+    config = session.config
+    if session.ended_reason is None or session.ended_reason == HANDED_OFF:
+        return
+    refusal = ended_refusal(config.lesson_id, session.ended_reason, session.ended_with)
+    refused.remember(config.lesson_id, refusal, link=None if config.link_id is None else (
+        config.link_id, resume_expiry(config.started_at, settings)))
 
 
 async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str) -> None:
@@ -270,7 +284,8 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
             config, admitted = await lookups.look_up(
                 claim.lesson_id, lambda: _take_over_here(state, claim, token, client=client, resume_log=resume_log))
         except ResumeRefused as exc:
-            refused.remember(claim.lesson_id, exc)
+            refused.remember(claim.lesson_id, exc,
+                             link=None if claim.link_id is None else (claim.link_id, claim.expires_at))
             raise
     except (ResumeRefused, ResumeNotYet, OverCapacity, StoreUnavailable) as exc:
         if isinstance(exc, ResumeElsewhere):

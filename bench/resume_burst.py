@@ -10,7 +10,8 @@ N sockets open at once with its resume token and each reads its answer until the
 run: the answers (error code, close code), the SQL statements the store executed and how many were writes
 (a take-over attempt is three: two claims, UPDATE, and a SELECT), and the seconds from the first connect to the
 last close.
-Runs after the first find the refusal remembered; the first is the burst that reaches the store.
+The worker forgets the lesson's end first, as one that did not run it: the first run is the burst that reaches the
+store; the runs after it find the refusal remembered.
 
 It measures and prints; it asserts nothing.
 """
@@ -35,6 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.main import create_app
+from app.resume import RefusedResumes
 from app.settings import Settings
 from app.simulator import RealtimeSimulator, SimulatorBehaviour
 from bench.processes import serving_here
@@ -98,6 +100,8 @@ async def main(sockets: int, runs: int) -> None:
                 ws_url = f"ws://127.0.0.1:{port}"
                 token = await _ended_lesson(ws_url)
                 await app.state.records.flushed()
+                # As a worker that did not run the lesson (the one that ran it remembers its end): asked of the store.
+                app.state.refused_resumes = RefusedResumes()
                 statements.taken()
                 url = f"{ws_url}/ws/lesson?{urlencode({'resume': token})}"
                 for run in range(1, runs + 1):

@@ -30,6 +30,7 @@ from test_records_integration import stored
 
 from app import routes
 from app.actions import Action
+from app.records import LessonEnded
 from app.relay import Relay
 from app.session import LessonSession
 from app.simulator import RealtimeSimulator
@@ -232,6 +233,31 @@ async def test_every_page_back_after_the_lesson_ended_while_it_was_away_gets_the
     assert answers == [([("feedback", None), ("status", "student_ended")], 1000)] * 3
     assert back.messages[0] == {"type": "feedback", **(lesson.feedback or {})}
     assert lesson.end_reason == "student_ended"
+
+
+async def test_a_page_back_as_the_lesson_ends_gets_the_feedback_though_the_records_do_not_hold_the_end_yet(
+        relay: AppServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_lesson(relay.lesson_url(name="Ana", level="A2")) as page:
+        token = (await page.until_type("lesson"))["resume_token"]
+        # The lesson's end is not written (a busy database): the records still show it open on this instance.
+        records = relay.app.state.records
+        put = records.put
+        monkeypatch.setattr(records, "put", lambda record: None if isinstance(record, LessonEnded) else put(record))
+        await converse(page)
+        await page.send_json({"type": "end"})
+        feedback = await page.until_type("feedback")
+        await page.drain_until_closed()
+    async with asyncio.timeout(30):
+        await relay.app.state.live_lessons.ended()
+    answers = []
+    for _ in range(2):
+        async with open_lesson(f"{relay.ws_url}/ws/lesson?{urlencode({'resume': token, 'replay': '1'})}") as back:
+            await back.drain_until_closed()
+        answers.append(([(m["type"], m.get("reason")) for m in back.messages], back.ws.close_code))
+    assert answers == [([("feedback", None), ("status", "student_ended")], 1000)] * 2
+    assert back.messages[0] == feedback
+    lesson, _, _ = await stored(relay)
+    assert lesson.ended_at is None  # the records were not what answered
 
 
 async def test_end_while_the_tutor_speaks_truncates_its_reply_before_asking_for_feedback_on_what_was_heard(

@@ -14,6 +14,7 @@ from harness import logged
 
 from app.link_check import check_withdrawn_links
 from app.logging import configure_logging
+from app.resume import RefusedResumes
 from app.settings import Settings
 from app.withdrawal import Withdrawal
 
@@ -66,7 +67,8 @@ async def test_a_check_failing_with_a_drivers_own_error_is_logged_and_the_next_o
     log = io.StringIO()
     configure_logging(Settings(log_format="json"), log)
     live, sessions = OneLinkLesson(), RevokedAfterAnOutage()
-    checking = asyncio.create_task(check_withdrawn_links(sessions, live, every_s=0.01))  # type: ignore[arg-type]
+    checking = asyncio.create_task(check_withdrawn_links(sessions, live, RefusedResumes(),  # type: ignore[arg-type]
+                                                        every_s=0.01))
     told = asyncio.create_task(live.told.wait())
     # The check runs until cancelled: its task ending first means it stopped checking.
     done, _ = await asyncio.wait({checking, told}, timeout=10, return_when=asyncio.FIRST_COMPLETED)

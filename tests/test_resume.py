@@ -48,7 +48,7 @@ from app import routes
 from app.admission import StartRateLimiter
 from app.main import drain_lessons
 from app.relay import Relay
-from app.resume import ResumeClaim, make_resume_token
+from app.resume import RefusedResumes, ResumeClaim, make_resume_token
 from app.simulator import RealtimeSimulator, SimulatorBehaviour
 from app.store.database import create_engine, database_url, session_factory
 from app.store.models import Lesson, LessonEvent, Turn
@@ -371,6 +371,8 @@ async def test_a_token_of_an_ended_lesson_repeated_is_refused_from_memory_withou
         await page.send_json({"type": "end"})
         await closed_with(page)
     await relay.app.state.records.flushed()
+    # As on a worker that did not run the lesson (the one that did remembers its end): asked of the store.
+    relay.app.state.refused_resumes = RefusedResumes()
     take_overs: list[str] = []
     take_over = routes.take_over_lesson
 

@@ -14,6 +14,7 @@ from app.prompts import CONTINUATION_MAX_TURNS, PastTurn, continued_instructions
 from app.resume import RefusedResumes, ResumeClaim, make_resume_token, resume_expiry, verify_resume_token
 from app.settings import Settings
 from app.simulator import tutor_text
+from app.withdrawal import Withdrawal
 
 SECRET = "test-lesson-secret-not-real-0123456789"
 CLAIM = ResumeClaim(lesson_id="abc123def456", name="Ana", level="A2", support="Spanish", topic=None,
@@ -168,3 +169,21 @@ def test_a_lesson_forgotten_past_the_bound_of_refusals_takes_its_feedback_with_i
     refused.remember("l2", ended_with_feedback("l2", summary="Another lesson."))
     refused.refuse_remembered("l1")
     assert refused.feedback_bytes == len(orjson.dumps(FEEDBACK | {"summary": "Another lesson."}))
+
+
+def test_a_withdrawn_links_lessons_give_up_their_feedback_and_are_refused_as_withdrawn_from_memory() -> None:
+    refused = RefusedResumes()
+    refused.remember("l1", ended_with_feedback("l1"), link=("k1", 2000))
+    refused.remember("l2", ended_with_feedback("l2"), link=("k2", 1000))
+    refused.remember("l3", ended_with_feedback("l3"))  # the open page's lesson: no link
+    # A token expired (l2's at 1000) no longer needs its link checked.
+    assert refused.held_links(now=1500) == {"k1"}
+    refused.links_withdrawn({"k1": Withdrawal.LINK_REVOKED})
+    with pytest.raises(ResumeRefused) as withdrawn:
+        refused.refuse_remembered("l1")
+    assert (withdrawn.value.code, withdrawn.value.student_message, withdrawn.value.ended_with) == (
+        "link_revoked", Withdrawal.LINK_REVOKED.student_message, None)
+    assert refused.held_links(now=1500) == set()
+    with pytest.raises(ResumeRefused) as kept:
+        refused.refuse_remembered("l3")
+    assert kept.value.ended_with == ("student_ended", FEEDBACK)

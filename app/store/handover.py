@@ -12,7 +12,8 @@ attempt to take over.
 A lesson its teacher withdrew meanwhile is not taken over: it ends when it stopped, at its hand-off (with the
 duration its instance recorded), or, as `app.store.instances` dates the lessons of lost instances, at its lost
 instance's last heartbeat (its duration counted to then). It keeps the instance that ran it, and a lost instance's
-lesson keeps the `instance_lost` event the sweep would have recorded.
+lesson keeps the `instance_lost` event the sweep would have recorded. A lesson that has ended is refused as
+withdrawn, without its feedback, once its link is revoked or its student archived.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import ColumnElement
 
 from app.errors import ResumeElsewhere, ResumeNotYet, ResumeRefused
+from app.resume import ended_refusal
 from app.store.instances import InstanceTiming, instance_lost_event
 from app.store.models import Instance, Lesson, Link, Student, Turn
 from app.store.queries import link_states, withdrawals
@@ -102,11 +104,14 @@ async def take_over_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
 
 
 async def _withdrawal(session: AsyncSession, lesson: Lesson) -> Withdrawal | None:
-    if lesson.link_id is not None:
-        states = (await session.execute(link_states([lesson.link_id]))).all()
-        if (withdrawal := withdrawals([lesson.link_id], states).get(lesson.link_id)) is not None:
-            return withdrawal
+    if lesson.link_id is not None and (withdrawal := await _link_withdrawal(session, lesson.link_id)) is not None:
+        return withdrawal
     return Withdrawal.TEACHER_ENDED if lesson.end_requested_at is not None else None
+
+
+async def _link_withdrawal(session: AsyncSession, link_id: str) -> Withdrawal | None:
+    states = (await session.execute(link_states([link_id]))).all()
+    return withdrawals([link_id], states).get(link_id)
 
 
 async def _taken_over(session: AsyncSession, lesson: Lesson, from_lost_instance: bool) -> TakenOverLesson:
@@ -182,12 +187,13 @@ async def _why_not(session: AsyncSession, lesson_id: str, grace_s: float, *,
             return ResumeRefused.expired(f"lesson {lesson_id!r} was left by an instance last seen at "
                                          f"{owner.seen_at.isoformat()}, lost more than {grace_s:g} s ago")
         return ResumeElsewhere(f"lesson {lesson_id!r} is open on another instance, or was just taken over")
+    if lesson.link_id is not None and (link_withdrawn := await _link_withdrawal(session, lesson.link_id)):
+        # Its link revoked, or its student archived, since it ended: its page is given nothing more of it.
+        return ResumeRefused.withdrawn(f"lesson {lesson_id!r} ended ({lesson.end_reason}), and then its teacher "
+                                       f"withdrew its link ({link_withdrawn})", link_withdrawn)
     # Its page may have missed the end with its feedback (away, or resuming on another worker, while it came).
     ended_with = None if lesson.feedback is None else (lesson.end_reason or "", lesson.feedback)
-    if lesson.end_reason in set(Withdrawal):
-        return ResumeRefused.withdrawn(f"lesson {lesson_id!r} ended: {lesson.end_reason}",
-                                       Withdrawal(lesson.end_reason), ended_with)
     if lesson.end_reason != HANDED_OFF:
-        return ResumeRefused.ended(f"lesson {lesson_id!r} ended: {lesson.end_reason}", ended_with)
+        return ended_refusal(lesson_id, lesson.end_reason or "", ended_with)
     return ResumeRefused.expired(f"lesson {lesson_id!r} was handed off at {lesson.ended_at.isoformat()}, "
                                  f"more than {grace_s:g} s ago")

@@ -206,7 +206,7 @@ async def test_the_check_ends_only_withdrawn_links_lessons_in_one_query_and_an_e
                 await session.execute(update(Link).where(Link.id == expired)
                                       .values(expires_at=datetime.now(UTC) - timedelta(minutes=1)))
             with statements_run(state.db.kw["bind"]) as statements:
-                ended = await end_withdrawn_lessons(state.db, state.live_lessons)
+                ended = await end_withdrawn_lessons(state.db, state.live_lessons, state.refused_resumes)
             error, _ = await ended_as(pages[0][0])
             assert state.live_lessons.running_links() == {expired, links[2][1]}
     assert ended == 1

@@ -184,6 +184,15 @@ function retryCanHelp(code) {
   return !(code === "invalid_request" && page.root.dataset.locked === "true");
 }
 
+// Refusals after which this page's link starts no lesson at all (revoked, its student archived or deleted): its
+// Start lesson stays off, rather than offer a start that can only be refused again. A teacher's end leaves the link
+// working, and the day's lesson time comes back, so those keep it.
+function linkNoLongerWorks(code) {
+  if (code === "link_revoked" || code === "student_removed") return true;
+  return code === "invalid_request" && page.root.dataset.locked === "true";
+}
+let linkWithdrawn = false;
+
 function showError(message, canRetry) {
   page.errorMessage.textContent = message;
   page.retry.hidden = !canRetry;
@@ -206,7 +215,7 @@ function hideError() {
 function setLessonControls(active) {
   const locked = page.root.dataset.locked === "true"; // fixed by a signed lesson link
   const focused = document.activeElement;
-  page.start.disabled = active;
+  page.start.disabled = active || linkWithdrawn;
   page.end.disabled = !active;
   page.mute.disabled = !active;
   page.name.readOnly = locked || active;
@@ -577,6 +586,7 @@ class Lesson {
         debug.errors.push({ code: message.code, message: message.message, fatal: message.fatal });
         if (message.fatal) {
           this.fatalError = true;
+          if (linkNoLongerWorks(message.code)) linkWithdrawn = true;
           resumeStore.forget();
           // A feedback still to come follows its own frames (a teacher's end comes first); a refusal has none.
           feedbackCard.withdraw();

@@ -214,6 +214,7 @@ def test_a_link_withdrawn_after_its_page_opened_is_refused_in_plain_words_withou
         lesson.wait_debug("d.socket === 'closed'")
         # Starting again with the same link cannot help: the student is not asked to.
         expect(alert.get_by_role("button", name="Try again")).to_be_hidden()
+        expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_disabled()
         # It never was a lesson: the status does not say it ended.
         expect(lesson.page.get_by_role("status")).to_have_text("The lesson did not start.")
         assert lesson.debug("errors")[0]["code"] == "invalid_request"
@@ -236,6 +237,8 @@ def test_a_lesson_under_way_ends_in_plain_words_without_try_again_when_its_stude
         lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
         # Starting again with the same link cannot help: the student is not asked to.
         expect(alert.get_by_role("button", name="Try again")).to_be_hidden()
+        # Nor to press Start lesson again, which could only be refused.
+        expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_disabled()
         expect(lesson.page.get_by_role("status")).to_have_text("The lesson has ended.")
         assert lesson.debug("errors")[0]["code"] == "student_removed"
         assert lesson.debug("closeCode") == 1000

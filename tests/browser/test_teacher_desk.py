@@ -322,6 +322,8 @@ def test_a_teacher_sees_a_lesson_under_way_and_ends_it_from_the_desk(
         lesson.wait_debug("d.socket === 'closed' && d.state === 'ended' && d.feedback !== null")
         assert lesson.debug("feedback")["type"] == "feedback"
         assert lesson.debug("closeCode") == 1000
+        # The link goes on working: the student may start another lesson.
+        expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_enabled()
 
         def none_under_way() -> bool:
             desk.reload()

@@ -137,6 +137,14 @@ const page = {
   feedbackCard: document.getElementById("feedback-card"),
 };
 
+// A past lesson's card is dated by the student's own calendar, not the server's (UTC): a lesson at 07:30 in Tokyo
+// is on the server's day before. Without the script the UTC date stays.
+const localDate = new Intl.DateTimeFormat(undefined, { day: "numeric", month: "long", year: "numeric" });
+for (const element of document.querySelectorAll("time[data-local-date]")) {
+  const at = new Date(element.getAttribute("datetime"));
+  if (!Number.isNaN(at.getTime())) element.textContent = localDate.format(at);
+}
+
 const debug = {
   state: "idle",
   socket: "closed",

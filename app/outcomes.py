@@ -27,7 +27,9 @@ END_REASONS: dict[str, str] = {
     "student_removed": "The teacher archived or deleted the student while the lesson was under way, so it ended.",
     "teacher_ended": "The teacher ended the lesson from the desk or the API.",
     "internal_error": "An error in the lesson server stopped the lesson.",
-    "over_capacity": "The lesson could not start: every place was taken, or too many lessons were started at once.",
+    "over_capacity": "The lesson could not start: every place was taken (MAX_SESSIONS), or too many lessons were "
+                     "started within a minute from the student's address (LESSON_STARTS_PER_MINUTE) or with their "
+                     "link (LINK_STARTS_PER_MINUTE); its event says which.",
     "daily_budget_reached": "The lesson could not start: the student's lessons of the last 24 hours already cost "
                             "the most allowed in a day (MAX_STUDENT_COST_USD_PER_DAY).",
     "session_expired": "The tutor service ended its session at its time cap.",
@@ -51,7 +53,8 @@ EVENT_KINDS: dict[str, str] = {
     "greeting_retry": "The greeting did not come through and was asked for again.",
     "greeting_failed": "The greeting could not be given.",
     "greeting_not_created": "The tutor service did not start the greeting in time.",
-    "response_cancelled": "A reply of the tutor was cancelled, usually because the student spoke over it.",
+    "response_cancelled": "A reply of the tutor was cancelled: the student spoke over it, their page went away, "
+                          "or the lesson was ending.",
     "response_failed": "A reply of the tutor failed.",
     "response_incomplete": "A reply of the tutor was cut short by the tutor service.",
     "student_transcription_failed": "What the student said could not be written down.",

@@ -125,3 +125,16 @@ def test_the_events_that_are_no_failure_are_known_kinds_and_any_other_kind_is_on
     assert not is_failure("response_cancelled")
     assert is_failure("response_failed")
     assert is_failure("a_kind_a_later_version_records")
+
+
+def test_a_start_refused_for_capacity_or_rate_names_each_limit_that_refuses_so() -> None:
+    # One code for three limits: the teacher is told which settings to look at, and where the event says which.
+    words = ended_because("over_capacity")
+    for setting in ("MAX_SESSIONS", "LESSON_STARTS_PER_MINUTE", "LINK_STARTS_PER_MINUTE"):
+        assert setting in words
+    assert "its event says which" in words
+
+
+def test_a_cancelled_reply_is_not_said_to_be_the_student_speaking_over_it_when_the_lesson_was_ending() -> None:
+    assert "usually" not in event_meaning("response_cancelled")
+    assert "the lesson was ending" in event_meaning("response_cancelled")

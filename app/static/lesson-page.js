@@ -101,6 +101,14 @@ const page = {
   feedbackCard: document.getElementById("feedback-card"),
 };
 
+// A past lesson's card is dated by the student's own calendar, not the server's (UTC): a lesson at 07:30 in Tokyo
+// is on the server's day before. Without the script the UTC date stays.
+const localDate = new Intl.DateTimeFormat(undefined, { day: "numeric", month: "long", year: "numeric" });
+for (const element of document.querySelectorAll("time[data-local-date]")) {
+  const at = new Date(element.getAttribute("datetime"));
+  if (!Number.isNaN(at.getTime())) element.textContent = localDate.format(at);
+}
+
 const debug = {
   state: "idle",
   socket: "closed",
@@ -148,6 +156,15 @@ function retryCanHelp(code) {
   return !(code === "invalid_request" && page.root.dataset.locked === "true");
 }
 
+// Refusals after which this page's link starts no lesson at all (revoked, its student archived or deleted): its
+// Start lesson stays off, rather than offer a start that can only be refused again. A teacher's end leaves the link
+// working, and the day's lesson time comes back, so those keep it.
+function linkNoLongerWorks(code) {
+  if (code === "link_revoked" || code === "student_removed") return true;
+  return code === "invalid_request" && page.root.dataset.locked === "true";
+}
+let linkWithdrawn = false;
+
 function showError(message, canRetry) {
   page.errorMessage.textContent = message;
   page.retry.hidden = !canRetry;
@@ -170,7 +187,7 @@ function hideError() {
 function setLessonControls(active) {
   const locked = page.root.dataset.locked === "true"; // fixed by a signed lesson link
   const focused = document.activeElement;
-  page.start.disabled = active;
+  page.start.disabled = active || linkWithdrawn;
   page.end.disabled = !active;
   page.mute.disabled = !active;
   page.name.readOnly = locked || active;

@@ -398,6 +398,7 @@ class Lesson {
         debug.errors.push({ code: message.code, message: message.message, fatal: message.fatal });
         if (message.fatal) {
           this.fatalError = true;
+          if (linkNoLongerWorks(message.code)) linkWithdrawn = true;
           resumeStore.forget();
           // A feedback still to come follows its own frames (a teacher's end comes first); a refusal has none.
           feedbackCard.withdraw();

@@ -5,10 +5,12 @@
 // errors are still announced (role="alert") and tied to their fields.
 "use strict";
 
-// <time datetime="…Z" data-local>2026-03-02 09:30 UTC</time> → "Mon 2 Mar 2026, 10:30" where the teacher is,
-// with the UTC time kept as its title; the page's own title (a lesson's start) changes with it.
+// <time datetime="…Z" data-local>2026-03-02 09:30 UTC</time> → "Mon 2 Mar 2026, 10:30 CET" where the teacher is,
+// with the UTC time kept as its title; the page's own title (a lesson's start) changes with it. The zone is named,
+// since the exports and the failures page, beside it, give their times in UTC.
 const localTime = new Intl.DateTimeFormat(undefined, {
   weekday: "short", day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit",
+  timeZoneName: "short",
 });
 
 function showLocalTimes(root) {

@@ -164,7 +164,7 @@ async def list_students(request: Request, _: Authorized,
     return JSONResponse({"next_offset": offset + limit if len(summaries) > limit else None, "students": [
         exports.student_json(summary.student) | {
             "lesson_count": summary.lesson_count,
-            "minutes": round(summary.minutes, 2),
+            "minutes": round(summary.seconds / 60, 2),
             "estimated_cost_usd": summary.cost_usd,
             "last_lesson_id": summary.last_lesson_id,
             "last_lesson_at": exports.iso(summary.last_lesson_at),

@@ -140,10 +140,13 @@ def _mapping(value: object) -> dict[str, Any]:
 
 
 def duration(seconds: float | None) -> str:
+    """`seconds` rounded to the whole second: "42 s", "2 min 5 s", "3 h 0 min 12 s"."""
     if seconds is None:
         return "—"
-    whole = round(seconds)
-    minutes, rest = divmod(whole, 60)
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min {rest} s"
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 

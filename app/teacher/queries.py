@@ -34,7 +34,7 @@ class StudentSummary:
 
     student: Student
     lesson_count: int
-    minutes: float
+    seconds: float  # their lessons' durations, each in whole seconds as its own row shows it, added up
     cost_usd: float
     recent_cost_usd: float
     last_lesson_id: str | None
@@ -46,7 +46,7 @@ class StudentTotals:
     """What all of a student's lessons add up to, and what those of a recent period cost."""
 
     lesson_count: int
-    minutes: float
+    seconds: float  # as StudentSummary.seconds
     cost_usd: float
     recent_cost_usd: float
 
@@ -85,7 +85,7 @@ async def student_summaries(db: AsyncSession, *, archived: bool | None = False,
                             limit: int | None = None, offset: int = 0) -> list[StudentSummary]:
     """Students (archived or not as asked, both with None; whose name holds `name_contains` in any case when given),
     by name, with
-    lesson count, minutes, cost (and that of their lessons started at or after `recent_since`) and last lesson;
+    lesson count, time, cost (and that of their lessons started at or after `recent_since`) and last lesson;
     `limit` of them from the `offset`-th when given."""
     last_lesson = (
         select(Lesson.id).where(Lesson.student_id == Student.id)
@@ -95,7 +95,7 @@ async def student_summaries(db: AsyncSession, *, archived: bool | None = False,
         select(
             Student,
             func.count(Lesson.id),
-            func.coalesce(func.sum(Lesson.duration_s), 0.0),
+            _whole_seconds(),
             func.coalesce(func.sum(Lesson.estimated_cost_usd), 0.0),
             func.coalesce(func.sum(_cost_since(recent_since)), 0.0),
             func.max(Lesson.started_at),
@@ -109,10 +109,16 @@ async def student_summaries(db: AsyncSession, *, archived: bool | None = False,
     )
     rows = (await db.execute(query)).all()
     return [
-        StudentSummary(student=student, lesson_count=count, minutes=float(seconds) / 60, cost_usd=float(cost),
+        StudentSummary(student=student, lesson_count=count, seconds=float(seconds), cost_usd=float(cost),
                        recent_cost_usd=float(recent), last_lesson_id=last_id, last_lesson_at=last_at)
         for student, count, seconds, cost, recent, last_at, last_id in rows
     ]
+
+
+def _whole_seconds() -> Any:
+    """The lessons' durations added up, each rounded to the whole second its lesson's row shows: the totals then
+    agree with the rows (three lessons shown as 11 s make 33 s, not 32)."""
+    return func.coalesce(func.sum(func.round(Lesson.duration_s)), 0.0)
 
 
 def _cost_since(since: datetime | None) -> Any:
@@ -238,13 +244,13 @@ async def student_totals(db: AsyncSession, student_id: str, *, recent_since: dat
 
 async def _totals(db: AsyncSession, students: Any, *, recent_since: datetime) -> StudentTotals:
     query = (
-        select(func.count(Lesson.id), func.coalesce(func.sum(Lesson.duration_s), 0.0),
+        select(func.count(Lesson.id), _whole_seconds(),
                func.coalesce(func.sum(Lesson.estimated_cost_usd), 0.0),
                func.coalesce(func.sum(_cost_since(recent_since)), 0.0))
         .join(Student, Student.id == Lesson.student_id).where(students)
     )
     count, seconds, cost, recent = (await db.execute(query)).one()
-    return StudentTotals(lesson_count=count, minutes=float(seconds) / 60, cost_usd=float(cost),
+    return StudentTotals(lesson_count=count, seconds=float(seconds), cost_usd=float(cost),
                          recent_cost_usd=float(recent))
 
 

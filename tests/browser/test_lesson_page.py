@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 from browser_stack import (
@@ -21,12 +23,14 @@ from browser_stack import (
     OpenPage,
     Stack,
     dominant_hz,
+    launch_chromium,
+    make_wav,
     run_stack,
     teacher_api,
     wait_for,
     wait_recording,
 )
-from playwright.sync_api import expect
+from playwright.sync_api import Playwright, expect
 
 pytestmark = pytest.mark.browser
 
@@ -214,10 +218,34 @@ def test_a_link_withdrawn_after_its_page_opened_is_refused_in_plain_words_withou
         lesson.wait_debug("d.socket === 'closed'")
         # Starting again with the same link cannot help: the student is not asked to.
         expect(alert.get_by_role("button", name="Try again")).to_be_hidden()
+        expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_disabled()
         # It never was a lesson: the status does not say it ended.
         expect(lesson.page.get_by_role("status")).to_have_text("The lesson did not start.")
         assert lesson.debug("errors")[0]["code"] == "invalid_request"
         assert lesson.console_errors == []
+
+
+def test_a_past_lesson_s_card_is_dated_by_the_student_s_own_calendar(
+    playwright: Playwright, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with run_stack(tmp_path_factory.mktemp("dated"), app_env={"TEACHER_PASSWORD": TEACHER_PASSWORD}) as stack:
+        student = teacher_api(stack, "POST", "/api/students", {"name": "Ana", "level": "A2"})
+        feedback = {"summary": "We talked about breakfast.", "corrections": [], "new_words": [],
+                    "next_step": "Say what you ate."}
+        # 23:30 UTC on 2 March is 08:30 on 3 March in Tokyo.
+        with contextlib.closing(sqlite3.connect(stack.database)) as db, db:
+            db.execute("INSERT INTO lessons (id, student_id, level, started_at, model, simulated, feedback) "
+                       "VALUES ('lesson-1', ?, 'A2', '2026-03-02 23:30:00.000000', 'm', 1, ?)",
+                       (student["id"], json.dumps(feedback)))
+        browser = launch_chromium(playwright, make_wav(tmp_path / "mic.wav", rate=48_000, tone_hz=None))
+        try:
+            in_tokyo = browser.new_context(timezone_id="Asia/Tokyo", locale="en-GB").new_page()
+            in_tokyo.goto(student["link"])
+            card_date = in_tokyo.get_by_role("region", name="Your last lessons").locator(".feedback-card__date")
+            expect(card_date).to_have_text("3 March 2026")
+            assert card_date.locator("time").get_attribute("datetime") == "2026-03-02T23:30:00Z"
+        finally:
+            browser.close()
 
 
 def test_a_lesson_under_way_ends_in_plain_words_without_try_again_when_its_student_is_deleted(
@@ -236,6 +264,8 @@ def test_a_lesson_under_way_ends_in_plain_words_without_try_again_when_its_stude
         lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
         # Starting again with the same link cannot help: the student is not asked to.
         expect(alert.get_by_role("button", name="Try again")).to_be_hidden()
+        # Nor to press Start lesson again, which could only be refused.
+        expect(lesson.page.get_by_role("button", name="Start lesson")).to_be_disabled()
         expect(lesson.page.get_by_role("status")).to_have_text("The lesson has ended.")
         assert lesson.debug("errors")[0]["code"] == "student_removed"
         assert lesson.debug("closeCode") == 1000

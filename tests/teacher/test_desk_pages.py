@@ -47,13 +47,34 @@ async def test_students_page_shows_lessons_minutes_cost_and_last_lesson(desk_on:
     assert page.headers["cache-control"] == "no-store"
     ana_row = page.text[page.text.index(f'href="/teacher/students/{ana.id}"'):].split("</tr>")[0]
     assert '<td data-label="Lessons" class="num">2</td>' in ana_row
-    assert '<td data-label="Minutes" class="num">3.0</td>' in ana_row
+    assert '<td data-label="Time" class="num">3 min 0 s</td>' in ana_row
     assert '<td data-label="Cost" class="num">$0.0300</td>' in ana_row
     assert ('href="/teacher/lessons/lesson-new"><time datetime="2026-03-03T09:30:00Z" data-local>'
             '2026-03-03 09:30 UTC</time>') in ana_row
     bruno_row = page.text[page.text.index(">Bruno<"):].split("</tr>")[0]
     assert '<td data-label="Lessons" class="num">0</td>' in bruno_row
     assert "none yet" in bruno_row
+
+
+async def test_lesson_time_adds_up_to_what_each_lessons_row_shows(desk_on: Desk) -> None:
+    ana = await add_student(desk_on.app, "Ana")
+    for number in range(3):
+        await add_lesson(desk_on.app, ana.id, f"lesson-{number}", started_at=START + timedelta(hours=number),
+                         duration_s=10.7)
+    bruno = await add_student(desk_on.app, "Bruno")
+    await add_lesson(desk_on.app, bruno.id, "bruno-long", duration_s=3725.2)
+
+    students = (await desk_on.client.get("/teacher")).text
+    ana_page = (await desk_on.client.get(f"/teacher/students/{ana.id}")).text
+
+    # Each lesson shows 11 s, so the student's time is 33 s, not the 32.1 s they add up to unrounded.
+    assert ana_page.count('<td data-label="Duration" class="num">11 s</td>') == 3
+    assert "<dt>Time</dt><dd>33 s</dd>" in ana_page
+    ana_row = students[students.index(f'href="/teacher/students/{ana.id}"'):].split("</tr>")[0]
+    assert '<td data-label="Time" class="num">33 s</td>' in ana_row
+    bruno_row = students[students.index(f'href="/teacher/students/{bruno.id}"'):].split("</tr>")[0]
+    assert '<td data-label="Time" class="num">1 h 2 min 5 s</td>' in bruno_row
+    assert "Their 4 lessons: 1 h 2 min 38 s, an estimated" in students
 
 
 async def test_adding_a_student_gives_them_a_link(desk_on: Desk) -> None:

@@ -30,11 +30,14 @@ from app.errors import OverCapacity
 @dataclass(frozen=True, slots=True)
 class Start:
     """A lesson asking for a place: its id, the client address it came from as the start rate counts it
-    (`app.addresses.limit_key`), and its lesson link if any."""
+    (`app.addresses.limit_key`), and its lesson link if any. A lesson `taken_over` from the records (after a
+    redeploy, or from another worker) already started: it holds a place but spends none of the start rates, so
+    that a class behind one address gets its lessons back after a redeploy; its resumes are bounded per lesson."""
 
     lesson_id: str
     client: str
     link_id: str | None = None
+    taken_over: bool = False
 
 
 ReplaceLesson = Callable[[str], None]
@@ -86,6 +89,17 @@ class LocalPlaces:
         replaced = self._link_lessons.get(link) if link is not None else None
         if self.taken - (replaced is not None) >= self.max_lessons:
             raise OverCapacity(f"{self.taken} lessons open, MAX_SESSIONS is {self.max_lessons}")
+        if not start.taken_over:
+            self._check_start_rates(start, now)
+        self.taken += 1
+        if link is not None:
+            self._link_lessons[link] = start.lesson_id
+        if replaced is not None:
+            self.on_replaced(replaced)
+
+    def _check_start_rates(self, start: Start, now: float) -> None:
+        """Spend one of the client's and the link's starts of the minute, or raise `OverCapacity` spending none."""
+        link = start.link_id
         if not self.limiter.allows(start.client, now):
             raise OverCapacity(
                 f"client {start.client!r} started more than {self.limiter.per_minute} lessons in a minute",
@@ -98,12 +112,8 @@ class LocalPlaces:
                                 "Please wait a minute and try again.",
             )
         self.limiter.record(start.client, now)
-        self.taken += 1
         if link is not None:
             self.link_limiter.record(link, now)
-            self._link_lessons[link] = start.lesson_id
-        if replaced is not None:
-            self.on_replaced(replaced)
 
     async def take(self, start: Start, now: float) -> None:
         self.take_now(start, now)

@@ -10,8 +10,8 @@ replaced. SIGTERM (or SIGINT) is passed to every worker, each drains its own les
 exits 0 once all have. The settings' start warnings are logged once, by the supervisor.
 
 Wire format on a worker's socket pair, one JSON object per line: the worker sends
-`{"take": client, "lesson": lesson_id, "link": link_id or null}` and reads `{}` (a place is held) or
-`{"detail": …, "student_message": …}` (refused); `{"give_back": lesson_id}` returns a place and has no
+`{"take": client, "lesson": lesson_id, "link": link_id or null, "taken_over": bool}` and reads `{}` (a place is
+held) or `{"detail": …, "student_message": …}` (refused); `{"give_back": lesson_id}` returns a place and has no
 answer. Unasked, the supervisor may send `{"replace": lesson_id}`: a newer start of that lesson's link
 took its place, and the worker ends it. A worker on which a page resumes a lesson another worker runs sends
 `{"hand_over": lesson_id}` (no answer); the supervisor passes it to the worker holding that lesson, which
@@ -86,8 +86,8 @@ class SupervisorPlaces:
             self._answer = asyncio.get_running_loop().create_future()
             if self._reading is not None and self._reading.done():
                 self._answer.set_result(None)
-            writer.write(orjson.dumps({"take": start.client, "lesson": start.lesson_id, "link": start.link_id})
-                         + b"\n")
+            writer.write(orjson.dumps({"take": start.client, "lesson": start.lesson_id, "link": start.link_id,
+                                       "taken_over": start.taken_over}) + b"\n")
             refusal = await self._answer
         if refusal is None:
             raise OverCapacity("the replica's supervisor is gone",
@@ -137,7 +137,8 @@ class PlaceKeeper:
                 if "take" in question:
                     link = question.get("link")
                     start = Start(lesson_id=str(question["lesson"]), client=str(question["take"]),
-                                  link_id=None if link is None else str(link))
+                                  link_id=None if link is None else str(link),
+                                  taken_over=question.get("taken_over") is True)
                     writer.write(orjson.dumps(self._take(worker, start)) + b"\n")
                 elif "hand_over" in question:
                     self._tell("hand_over", str(question["hand_over"]))

@@ -263,13 +263,7 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
         resume_log = resume_log.bind(lesson_id=claim.lesson_id)
         relay = state.live_lessons.get(claim.lesson_id)
         if relay is not None:
-            # Each resume is a page away and back in the lesson's records and log: a script repeating its token
-            # is held to what a page on a failing network does, and tries again as that page would.
-            resumes: StartRateLimiter = state.page_resumes
-            if not resumes.allows(claim.lesson_id, time.monotonic()):
-                raise ResumeNotYet(f"lesson {claim.lesson_id!r} was resumed {resumes.per_minute} times in a minute",
-                                   student_message="Reconnecting to your lesson…")
-            resumes.record(claim.lesson_id, time.monotonic())
+            _count_resume(state.page_resumes, claim.lesson_id)
             page = PageSocket(websocket, current_page_connection())
             relay.attach(page, replay=replay)
             await page.done
@@ -277,6 +271,9 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
         # A lesson refused for good stays so: its token, repeated, is refused without a write to the store.
         refused: RefusedResumes = state.refused_resumes
         refused.refuse_remembered(claim.lesson_id)
+        # A take-over spends no start of the client or the link (a class gets its lessons back after a redeploy):
+        # it is bounded as a resume is.
+        _count_resume(state.page_resumes, claim.lesson_id)
         # Resumes of it at the same moment (a burst of sockets with its token) share one look-up in the store, held
         # until the lesson taken over runs here: those that waited then find it running at their next attempt.
         lookups: ResumeLookups = state.resume_lookups
@@ -298,6 +295,16 @@ async def _resume(websocket: WebSocket, token: str, *, replay: bool, client: str
     await _run_lesson(websocket, config, resume_log, admitted, replay=replay)
 
 
+def _count_resume(resumes: StartRateLimiter, lesson_id: str) -> None:
+    """Count a resume of `lesson_id`, or raise `ResumeNotYet` past RESUMES_PER_LESSON_PER_MINUTE. Each resume is a
+    page away and back in the lesson's records and log, a take-over also a new upstream session: a script repeating
+    its token is held to what a page on a failing network does, and tries again as that page would."""
+    if not resumes.allows(lesson_id, time.monotonic()):
+        raise ResumeNotYet(f"lesson {lesson_id!r} was resumed {resumes.per_minute} times in a minute",
+                           student_message="Reconnecting to your lesson…")
+    resumes.record(lesson_id, time.monotonic())
+
+
 async def _take_over_here(state: Any, claim: ResumeClaim, token: str, *, client: str,
                           resume_log: structlog.typing.FilteringBoundLogger) -> tuple[LessonConfig, AdmittedLesson]:
     """Take the lesson over from the store and give it a place here: its config and place, or why not."""
@@ -307,7 +314,7 @@ async def _take_over_here(state: Any, claim: ResumeClaim, token: str, *, client:
     student = LessonStudent(student_id=taken.student_id, link_id=taken.link_id, target_language=taken.target_language)
     try:
         admitted = await registry.admit(Start(lesson_id=claim.lesson_id, client=limit_key(client),
-                                              link_id=taken.link_id), time.monotonic())
+                                              link_id=taken.link_id, taken_over=True), time.monotonic())
     except OverCapacity:
         await _give_back(state, claim.lesson_id, resume_log)
         raise

@@ -136,6 +136,22 @@ def test_a_class_of_30_behind_one_address_starts_within_10_seconds_with_the_defa
     places.take_now(Start("next-minute", school, "link-late"), now=60.5)
 
 
+def test_lessons_taken_over_spend_no_start_of_the_address_or_the_link() -> None:
+    """After a redeploy, or moved between a replica's workers, a class's lessons come back whatever the address and
+    the links started in the minute."""
+    settings = Settings()
+    places = LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute, settings.link_starts_per_minute)
+    school = "203.0.113.7"
+    for student in range(30):
+        places.take_now(Start(f"lesson-{student}", school, f"link-{student}"), now=student / 3)
+    for move in range(3):  # every lesson taken over three times in the same minute, each time in a new place
+        for student in range(30):
+            places.give_back(Start(f"lesson-{student}", school, f"link-{student}"))
+            places.take_now(Start(f"lesson-{student}", school, f"link-{student}", taken_over=True), now=11 + move)
+    assert places.taken == 30
+    places.take_now(Start("new-lesson", school, "link-0"), now=20.0)  # the link's second start, the address's 31st
+
+
 def test_an_open_page_class_of_30_behind_one_address_starts_too() -> None:
     settings = Settings()
     places = LocalPlaces(settings.max_sessions, settings.lesson_starts_per_minute, settings.link_starts_per_minute)

@@ -78,6 +78,16 @@ async def test_the_start_rate_and_the_places_count_across_workers() -> None:
         await first.take(start("L6", "10.0.0.3"), 5.0)  # after the give-back: the channel keeps order per worker
 
 
+async def test_a_lesson_taken_over_on_another_worker_holds_a_place_and_spends_no_start() -> None:
+    keeper = PlaceKeeper(LocalPlaces(max_lessons=1, starts_per_minute=1, link_starts_per_minute=1))
+    async with worker_channels(keeper, 2) as [first, second]:
+        await first.take(start("L1", "10.0.0.1", "link-1"), 0.0)
+        first.give_back(start("L1", "10.0.0.1", "link-1"))
+        await second.take(Start("L1", "10.0.0.1", "link-1", taken_over=True), 1.0)
+        with pytest.raises(OverCapacity, match="1 lessons open, MAX_SESSIONS is 1"):
+            await first.take(Start("L2", "10.0.0.2", taken_over=True), 2.0)
+
+
 async def test_the_places_of_a_worker_that_dies_are_given_back() -> None:
     keeper = PlaceKeeper(LocalPlaces(max_lessons=2, starts_per_minute=100))
     async with worker_channels(keeper, 2) as [first, second]:

@@ -443,6 +443,31 @@ async def test_a_running_lesson_resumed_too_often_is_refused_for_now_so_its_reco
     assert len(logged(log_stream, "page_back")) == 3
 
 
+async def test_a_lesson_taken_over_too_often_is_refused_for_now_before_the_records_are_asked(
+    relay: AppServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A take-over spends no start of the client or the link: a script repeating its token is held, as for a
+    running lesson, by the lesson's resumes in a minute."""
+    relay.app.state.page_resumes = StartRateLimiter(per_minute=2)
+    asked: list[str] = []
+    take_over = routes._take_over
+
+    async def counted(state: Any, claim: ResumeClaim) -> Any:
+        asked.append(claim.lesson_id)
+        return await take_over(state, claim)
+
+    monkeypatch.setattr(routes, "_take_over", counted)
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{relay.base_url}/healthz")).status_code == 200  # started: its secret is read
+    unknown = ResumeClaim(lesson_id="notyetknown2", name="Ana", level="A1", support=None, topic=None,
+                          expires_at=2_000_000_000)
+    token = make_resume_token(relay.app.state.link_secret, unknown)
+    answers = [await refused(resume_url(relay, token)) for _ in range(3)]
+    assert [(error["code"], error["fatal"], code) for error, code, _ in answers] == [
+        ("resume_not_yet", False, 1013)] * 3
+    assert asked == ["notyetknown2"] * 2
+
+
 async def test_a_resume_that_may_succeed_later_is_refused_for_now_and_the_page_tries_again(
     simulator: RealtimeSimulator, relay: AppServer
 ) -> None:

@@ -74,10 +74,10 @@ const FEEDBACK_OVERDUE_MESSAGE =
   "Your feedback is taking longer than expected. Reload this page in a minute to see it.";
 // What a page back for its feedback is told on the card when the relay refuses it: the lesson's token expired
 // (a tab restored hours later), or the lesson ended with no feedback to give.
-const FEEDBACK_REFUSED_MESSAGES = {
-  resume_expired: "This lesson ended a while ago, and its feedback can no longer be shown here.",
-  lesson_ended: "This lesson has ended, and there is no feedback for it.",
-};
+const FEEDBACK_REFUSED_MESSAGES = new Map([
+  ["resume_expired", "This lesson ended a while ago, and its feedback can no longer be shown here."],
+  ["lesson_ended", "This lesson has ended, and there is no feedback for it."],
+]);
 
 const page = {
   root: document.querySelector("main"),

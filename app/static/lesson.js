@@ -405,9 +405,9 @@ class Lesson {
         }
         // A page back for its feedback that cannot have it is told so on the card; a resume refused for now
         // (another server is taking the lesson over) is retried, not shown.
-        if (this.ending && message.code in FEEDBACK_REFUSED_MESSAGES) {
+        if (this.ending && FEEDBACK_REFUSED_MESSAGES.has(message.code)) {
           const history = document.getElementById("history-title") ? " Your last lessons are listed below." : "";
-          feedbackCard.unavailable(FEEDBACK_REFUSED_MESSAGES[message.code] + history);
+          feedbackCard.unavailable(FEEDBACK_REFUSED_MESSAGES.get(message.code) + history);
         } else if (message.fatal || !(message.code === "resume_not_yet" && this.canResume())) {
           showError(message.message, message.fatal && retryCanHelp(message.code));
         }

@@ -24,7 +24,11 @@ from enum import StrEnum
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from app.errors import OverCapacity
+from app.errors import OverCapacity, ResumeNotYet
+
+# How often one lesson may be taken over (each a new upstream session) in the whole replica, and resumed on one
+# worker: the lesson page, retrying after 0.5, 1, 2, 4 s, comes back a few times a minute on the worst network.
+RESUMES_PER_LESSON_PER_MINUTE = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +36,7 @@ class Start:
     """A lesson asking for a place: its id, the client address it came from as the start rate counts it
     (`app.addresses.limit_key`), and its lesson link if any. A lesson `taken_over` from the records (after a
     redeploy, or from another worker) already started: it holds a place but spends none of the start rates, so
-    that a class behind one address gets its lessons back after a redeploy; its resumes are bounded per lesson."""
+    that a class behind one address gets its lessons back after a redeploy; its take-overs are bounded per lesson."""
 
     lesson_id: str
     client: str
@@ -60,15 +64,16 @@ class Places(Protocol):
         it over (the page tries again meanwhile)."""
 
     async def take(self, start: Start, now: float) -> None:
-        """Hold a place for `start`, or raise `OverCapacity` saying why not."""
+        """Hold a place for `start`, or raise `OverCapacity` (or, for a lesson taken over too often, `ResumeNotYet`)
+        saying why not."""
 
     def give_back(self, start: Start) -> None:
         """A lesson that held a place has ended."""
 
 
 class LocalPlaces:
-    """The places of a replica that is one process: `MAX_SESSIONS`, the start rates and the links' live
-    lessons, counted here.
+    """The places of a replica that is one process: `MAX_SESSIONS`, the start rates, the take-overs of each
+    lesson and the links' live lessons, counted here.
 
     Every limit is checked before any is spent, so a refusal (over capacity, or too many starts from the
     address or the link) spends none of the client's or the link's starts. A start that replaces its link's
@@ -79,6 +84,7 @@ class LocalPlaces:
         self.max_lessons = max_lessons
         self.limiter = StartRateLimiter(starts_per_minute)
         self.link_limiter = StartRateLimiter(link_starts_per_minute)
+        self.take_over_limiter = StartRateLimiter(RESUMES_PER_LESSON_PER_MINUTE)
         self.taken = 0
         self.on_replaced: ReplaceLesson = ignore_replacement
         self.on_handover: ReplaceLesson = ignore_replacement
@@ -89,7 +95,9 @@ class LocalPlaces:
         replaced = self._link_lessons.get(link) if link is not None else None
         if self.taken - (replaced is not None) >= self.max_lessons:
             raise OverCapacity(f"{self.taken} lessons open, MAX_SESSIONS is {self.max_lessons}")
-        if not start.taken_over:
+        if start.taken_over:
+            self._check_take_over_rate(start, now)
+        else:
             self._check_start_rates(start, now)
         self.taken += 1
         if link is not None:
@@ -114,6 +122,15 @@ class LocalPlaces:
         self.limiter.record(start.client, now)
         if link is not None:
             self.link_limiter.record(link, now)
+
+    def _check_take_over_rate(self, start: Start, now: float) -> None:
+        """Spend one of the lesson's take-overs of the minute, or raise `ResumeNotYet`: a script moving one lesson
+        between the workers of a replica would start a new upstream session at each move."""
+        if not self.take_over_limiter.allows(start.lesson_id, now):
+            raise ResumeNotYet(
+                f"lesson {start.lesson_id!r} was taken over {self.take_over_limiter.per_minute} times in a minute",
+                student_message="Reconnecting to your lesson…")
+        self.take_over_limiter.record(start.lesson_id, now)
 
     async def take(self, start: Start, now: float) -> None:
         self.take_now(start, now)

@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app.addresses import BoundedClientAddress
-from app.admission import LessonRegistry, LocalPlaces, Places, StartRateLimiter
+from app.admission import RESUMES_PER_LESSON_PER_MINUTE, LessonRegistry, LocalPlaces, Places, StartRateLimiter
 from app.budget import DailyBudget
 from app.link_check import check_withdrawn_links
 from app.live_lessons import LiveLessons
@@ -36,7 +36,7 @@ from app.metrics import LessonMetrics, metrics_router
 from app.pacing import LogThrottles
 from app.records import RecordSink
 from app.resume import RefusedResumes, ResumeLookups
-from app.routes import RESUMES_PER_LESSON_PER_MINUTE, Upstream, router
+from app.routes import Upstream, router
 from app.security_headers import SecurityHeaders, server_error
 from app.settings import Settings, load_settings
 from app.simulator import RealtimeSimulator

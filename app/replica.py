@@ -3,19 +3,20 @@
 `python -m app` with `WEB_CONCURRENCY` = N > 1 runs this supervisor. It binds N listening sockets to the
 port with `SO_REUSEPORT` (the kernel spreads new connections over them evenly) and starts N workers,
 each serving one socket with uvicorn on its own event loop and core. The supervisor keeps the replica's
-lesson places: `MAX_SESSIONS` and `LESSON_STARTS_PER_MINUTE` are counted here, once for all workers, and
-a worker asks over its own socket pair before a lesson starts (one round trip per lesson start; nothing
-on the audio path). A worker that dies has its places given back (its socket pair closes) and is
+lesson places: `MAX_SESSIONS`, the start rates and each lesson's take-overs are counted here, once for all
+workers, and a worker asks over its own socket pair before a lesson starts or is taken over (one round trip;
+nothing on the audio path). A worker that dies has its places given back (its socket pair closes) and is
 replaced. SIGTERM (or SIGINT) is passed to every worker, each drains its own lessons, and the supervisor
 exits 0 once all have. The settings' start warnings are logged once, by the supervisor.
 
 Wire format on a worker's socket pair, one JSON object per line: the worker sends
 `{"take": client, "lesson": lesson_id, "link": link_id or null, "taken_over": bool}` and reads `{}` (a place is
-held) or `{"detail": …, "student_message": …}` (refused); `{"give_back": lesson_id}` returns a place and has no
-answer. Unasked, the supervisor may send `{"replace": lesson_id}`: a newer start of that lesson's link
-took its place, and the worker ends it. A worker on which a page resumes a lesson another worker runs sends
-`{"hand_over": lesson_id}` (no answer); the supervisor passes it to the worker holding that lesson, which
-hands the lesson over through the store for the page to take it over on its next attempt.
+held) or `{"code": …, "detail": …, "student_message": …}` (refused: `over_capacity`, or `resume_not_yet` for a
+lesson taken over too often); `{"give_back": lesson_id}` returns a place and has no answer. Unasked, the
+supervisor may send `{"replace": lesson_id}`: a newer start of that lesson's link took its place, and the
+worker ends it. A worker on which a page resumes a lesson another worker runs sends `{"hand_over": lesson_id}`
+(no answer); the supervisor passes it to the worker holding that lesson, which hands the lesson over through
+the store for the page to take it over on its next attempt.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import structlog
 from prometheus_client import multiprocess
 
 from app.admission import LocalPlaces, ReplaceLesson, Start, ignore_replacement
-from app.errors import OverCapacity
+from app.errors import OverCapacity, ResumeNotYet
 from app.logging import configure_logging
 from app.main import DrainingServer, create_app, exit_cleanly, server_config, shutdown_worst_case_seconds
 from app.settings import Settings, load_settings
@@ -93,7 +94,8 @@ class SupervisorPlaces:
             raise OverCapacity("the replica's supervisor is gone",
                                student_message="The lesson server is restarting. Please try again in a moment.")
         if refusal:
-            raise OverCapacity(refusal["detail"], student_message=refusal["student_message"])
+            refused = ResumeNotYet if refusal.get("code") == ResumeNotYet.code else OverCapacity
+            raise refused(refusal["detail"], student_message=refusal["student_message"])
 
     async def request_handover(self, lesson_id: str) -> None:
         writer = await self._open()
@@ -158,8 +160,8 @@ class PlaceKeeper:
     def _take(self, worker: int, start: Start) -> dict[str, str]:
         try:
             self.places.take_now(start, time.monotonic())
-        except OverCapacity as exc:
-            return {"detail": exc.detail, "student_message": exc.student_message}
+        except (OverCapacity, ResumeNotYet) as exc:
+            return {"code": exc.code, "detail": exc.detail, "student_message": exc.student_message}
         self._held[worker][start.lesson_id] = start
         return {}
 

@@ -69,10 +69,6 @@ from app.upstream import RealtimeClient, realtime_url
 router = APIRouter()
 log = structlog.get_logger("lesson_relay")
 
-# How often a running lesson may be resumed: the lesson page, retrying after 0.5, 1, 2, 4 s, comes back a few times
-# a minute on the worst network.
-RESUMES_PER_LESSON_PER_MINUTE = 30
-
 RefusalLevel = Literal["warning", "info"]
 
 
@@ -315,7 +311,7 @@ async def _take_over_here(state: Any, claim: ResumeClaim, token: str, *, client:
     try:
         admitted = await registry.admit(Start(lesson_id=claim.lesson_id, client=limit_key(client),
                                               link_id=taken.link_id, taken_over=True), time.monotonic())
-    except OverCapacity:
+    except (OverCapacity, ResumeNotYet):
         await _give_back(state, claim.lesson_id, resume_log)
         raise
     try:

@@ -14,8 +14,8 @@ import pytest
 from harness import log_lines, open_lesson, relay_settings, serve_app
 from test_links import started_app
 
-from app.admission import LocalPlaces, Start
-from app.errors import OverCapacity
+from app.admission import RESUMES_PER_LESSON_PER_MINUTE, LocalPlaces, Start
+from app.errors import OverCapacity, ResumeNotYet
 from app.links import make_lesson_token
 from app.settings import Settings
 from app.simulator import RealtimeSimulator
@@ -150,6 +150,22 @@ def test_lessons_taken_over_spend_no_start_of_the_address_or_the_link() -> None:
             places.take_now(Start(f"lesson-{student}", school, f"link-{student}", taken_over=True), now=11 + move)
     assert places.taken == 30
     places.take_now(Start("new-lesson", school, "link-0"), now=20.0)  # the link's second start, the address's 31st
+
+
+def test_a_lesson_is_taken_over_30_times_in_any_minute_and_a_refused_take_over_spends_nothing() -> None:
+    places = LocalPlaces(max_lessons=1, starts_per_minute=1)
+    moved = Start("lesson-1", "203.0.113.7", taken_over=True)
+    for move in range(RESUMES_PER_LESSON_PER_MINUTE):
+        places.take_now(moved, now=float(move))
+        places.give_back(moved)
+    with pytest.raises(ResumeNotYet, match="'lesson-1' was taken over 30 times in a minute"):
+        places.take_now(moved, now=59.0)
+    places.take_now(Start("lesson-2", "203.0.113.8"), now=59.5)  # the refusal held no place
+    places.give_back(Start("lesson-2", "203.0.113.8"))
+    places.take_now(moved, now=60.0)  # a minute after its first take-over
+    places.give_back(moved)
+    with pytest.raises(ResumeNotYet):
+        places.take_now(Start("lesson-1", "203.0.113.9", taken_over=True), now=60.5)
 
 
 def test_an_open_page_class_of_30_behind_one_address_starts_too() -> None:

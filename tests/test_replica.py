@@ -36,8 +36,8 @@ from harness import (
 from prometheus_client.parser import text_string_to_metric_families
 from test_feedback_integration import hold_the_feedback_until
 
-from app.admission import LocalPlaces, Start
-from app.errors import OverCapacity
+from app.admission import RESUMES_PER_LESSON_PER_MINUTE, LocalPlaces, Start
+from app.errors import OverCapacity, ResumeNotYet
 from app.logging import configure_logging
 from app.replica import PlaceKeeper, SupervisorPlaces
 from app.settings import Settings
@@ -86,6 +86,23 @@ async def test_a_lesson_taken_over_on_another_worker_holds_a_place_and_spends_no
         await second.take(Start("L1", "10.0.0.1", "link-1", taken_over=True), 1.0)
         with pytest.raises(OverCapacity, match="1 lessons open, MAX_SESSIONS is 1"):
             await first.take(Start("L2", "10.0.0.2", taken_over=True), 2.0)
+
+
+async def test_a_lesson_moved_between_workers_is_taken_over_at_most_30_times_a_minute_in_the_whole_replica() -> None:
+    # Each take-over is a new upstream session: a script moving one lesson between the workers is bounded once for
+    # the replica, not once per worker, and a take-over refused for it spends nothing and holds no place.
+    keeper = PlaceKeeper(LocalPlaces(max_lessons=2, starts_per_minute=1))
+    moved = Start("L1", "10.0.0.1", taken_over=True)
+    async with worker_channels(keeper, 2) as workers:
+        for move in range(RESUMES_PER_LESSON_PER_MINUTE):
+            worker = workers[move % 2]
+            await worker.take(moved, float(move))
+            worker.give_back(moved)
+        with pytest.raises(ResumeNotYet, match="taken over 30 times in a minute") as refused:
+            await workers[0].take(moved, 40.0)
+        assert refused.value.student_message == "Reconnecting to your lesson…"
+        await workers[1].take(Start("L2", "10.0.0.2", taken_over=True), 41.0)
+        await workers[0].take(Start("L3", "10.0.0.3"), 42.0)  # the refusal held no place: two lessons fit
 
 
 async def test_the_places_of_a_worker_that_dies_are_given_back() -> None:

@@ -14,6 +14,7 @@ import io
 import json
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,7 +46,7 @@ from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from app import routes
-from app.admission import StartRateLimiter
+from app.admission import RESUMES_PER_LESSON_PER_MINUTE, LocalPlaces, StartRateLimiter
 from app.main import drain_lessons
 from app.relay import Relay
 from app.resume import RefusedResumes, ResumeClaim, make_resume_token
@@ -659,6 +660,25 @@ async def test_a_lesson_handed_to_an_instance_with_no_place_for_it_is_taken_over
         async with open_lesson(resume_url(new, lesson["resume_token"])) as back:
             resumed, answer = await resumed_turn_and_end(back)
     assert (full["code"], full["fatal"], full_code) == ("over_capacity", False, 1013)
+    assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
+    assert answer["text"]
+
+
+async def test_a_lesson_refused_a_take_over_for_the_minute_is_given_back_and_taken_over_after_it(
+    simulator: RealtimeSimulator, log_stream: io.StringIO, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'lessons.db'}"
+    lesson = await a_lesson_left_by_a_drained_instance(simulator, database, log_stream)
+    async with serve_app(relay_settings(simulator.url, database_url=database), log_stream) as new:
+        places: LocalPlaces = new.app.state.lessons.places
+        for _ in range(RESUMES_PER_LESSON_PER_MINUTE):  # as if moved between a replica's workers all minute
+            places.take_over_limiter.record(lesson["lesson_id"], time.monotonic())
+        not_yet, not_yet_code, _ = await refused(resume_url(new, lesson["resume_token"]))
+        places.take_over_limiter = StartRateLimiter(RESUMES_PER_LESSON_PER_MINUTE)  # the minute has passed
+        # Kept claimed, every later resume would find it "running elsewhere" until the grace ran out.
+        async with open_lesson(resume_url(new, lesson["resume_token"])) as back:
+            resumed, answer = await resumed_turn_and_end(back)
+    assert (not_yet["code"], not_yet["fatal"], not_yet_code) == ("resume_not_yet", False, 1013)
     assert (resumed["lesson_id"], resumed["resumed"]) == (lesson["lesson_id"], True)
     assert answer["text"]
 

@@ -298,8 +298,8 @@ async def lessons_csv(request: Request, teacher: Teacher) -> Response:
     async def rows() -> Any:
         yield exports.csv_header()
         async with sessions() as db:
-            async for lesson, student_name in queries.lessons_for_export(db):
-                yield exports.csv_row(lesson, student_name)
+            async for lesson, student_name, refused_start in queries.lessons_for_export(db):
+                yield exports.csv_row(lesson, student_name, refused_start)
 
     stamp = datetime.now(UTC).strftime("%Y%m%d")
     return StreamingResponse(rows(), media_type="text/csv; charset=utf-8", headers={

@@ -53,7 +53,8 @@ async def test_the_student_page_counts_lessons_apart_from_refused_starts_and_lis
 
     page = (await desk_on.client.get(f"/teacher/students/{ana_id}")).text
 
-    assert '<dt>Lessons</dt><dd>4 lessons <span class="refused-count">(2 starts refused)</span></dd>' in page
+    assert ('<dt>Lessons</dt><dd><span class="lesson-count">4 lessons <span class="refused-count">(2 starts refused)'
+            '</span></span></dd>') in page
     for lesson_id, reason in (("refused-capacity", "over_capacity"), ("refused-upstream", "upstream_auth")):
         row = row_of(page, lesson_id)
         assert '<span class="tag tag--refused">Start refused</span>' in row
@@ -68,9 +69,12 @@ async def test_the_students_list_and_its_totals_count_refused_starts_apart(desk_
 
     page = (await desk_on.client.get("/teacher")).text
 
-    assert 'data-label="Lessons" class="num">4 <span class="refused-count">(2 starts refused)</span></td>' in page
-    assert 'data-label="Lessons" class="num">1</td>' in page  # Bruno: no refusal, nothing more said
-    assert 'Their 5 lessons <span class="refused-count">(2 starts refused)</span>:' in page
+    assert ('data-label="Lessons" class="num"><span class="lesson-count">4 <span class="refused-count">'
+            '(2 starts refused)</span></span></td>') in page
+    # Bruno: no refusal, nothing more said.
+    assert 'data-label="Lessons" class="num"><span class="lesson-count">1</span></td>' in page
+    assert ('Their <span class="lesson-count">5 lessons <span class="refused-count">(2 starts refused)</span></span>:'
+            in page)
 
 
 async def test_the_api_and_the_csv_keep_their_fields_and_add_the_refused_starts(desk_on: Desk) -> None:

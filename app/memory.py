@@ -31,6 +31,7 @@ MEMORY_TIMEOUT_S = 1.5
 
 @dataclass(frozen=True)
 class RememberedLesson:
+    lesson_id: str
     started_at: datetime
     feedback: Feedback
 
@@ -43,11 +44,11 @@ async def remembered_lessons(sessions: async_sessionmaker[AsyncSession], student
     rows = await recent_feedback(sessions, student_id=student.student_id,
                                  browser_key_hash=student.browser_key_hash, limit=limit)
     lessons: list[RememberedLesson] = []
-    for started_at, stored in rows:
+    for lesson_id, started_at, stored in rows:
         try:
-            lessons.append(RememberedLesson(started_at, Feedback.model_validate(stored)))
+            lessons.append(RememberedLesson(lesson_id, started_at, Feedback.model_validate(stored)))
         except ValidationError as exc:
-            log.warning("memory_feedback_skipped", started_at=started_at.isoformat(),
+            log.warning("memory_feedback_skipped", lesson_id=lesson_id, started_at=started_at.isoformat(),
                         problem=str(exc.errors()[0]["msg"]))
     return lessons
 

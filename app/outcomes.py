@@ -48,6 +48,17 @@ END_REASONS: dict[str, str] = {
     "upstream_refused": "The tutor service refused to start the lesson.",
 }
 
+# Why a start can be turned away before the tutor says a word: by the relay (capacity, start rates, the student's
+# daily budget: kept as a lesson of no length) or by the tutor service (refused, unreachable, unable to greet). A
+# lesson that ended so with no turn recorded is a refused start: the desk counts it apart from the lessons that ran.
+# After a turn the same reason ended a lesson that ran.
+REFUSED_START_REASONS = frozenset({
+    "over_capacity", "daily_budget_reached", "session_not_audio", "session_refused", "greeting_failed",
+    "greeting_timeout", "upstream_closed", "upstream_error", "upstream_timeout", "upstream_unavailable",
+    "upstream_auth", "insufficient_quota", "upstream_rate_limited", "upstream_refused",
+})
+
+
 EVENT_KINDS: dict[str, str] = {
     "refused": "The lesson could not start.",
     "greeting_retry": "The greeting did not come through and was asked for again.",
@@ -83,6 +94,12 @@ NOT_FAILURES = frozenset({"response_cancelled", "page_away", "lesson_taken_over"
 def is_failure(kind: str) -> bool:
     """Whether an event of `kind` went wrong (an unknown kind counts as one, so nothing is hidden)."""
     return kind not in NOT_FAILURES
+
+
+def is_refused_start(end_reason: str | None, *, ended: bool, has_turns: bool) -> bool:
+    """Whether a lesson was a refused start (`REFUSED_START_REASONS`): ended, for one of those reasons, with no
+    turn."""
+    return ended and not has_turns and end_reason in REFUSED_START_REASONS
 
 
 def ended_because(end_reason: str | None) -> str:

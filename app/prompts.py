@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -110,23 +111,45 @@ def tutor_instructions(
     )
 
 
-def memory_section(lessons: Sequence[RememberedLesson]) -> str:
-    """`# What you remember about the student` from `lessons` (newest first), at most MEMORY_MAX_CHARS long:
-    with fewer corrections and words per lesson, then fewer (older) lessons, until it fits; "" without lessons."""
+@dataclass(frozen=True)
+class TutorMemory:
+    """What a lesson's instructions hold of the student's last lessons: `lessons` as they go in (newest first, each
+    feedback with only the corrections and words that fit), and `text`, the section itself ("" without lessons)."""
+
+    lessons: list[RememberedLesson]
+    text: str
+
+
+def tutor_memory(lessons: Sequence[RememberedLesson]) -> TutorMemory:
+    """The memory section from `lessons` (newest first), at most MEMORY_MAX_CHARS long: at the richest detail
+    (corrections and words per lesson, `_MEMORY_DETAIL`) at which the newest lesson fits, as many of the newest
+    lessons as fit; "" and no lessons when none fits even without corrections and words."""
     for corrections, words in _MEMORY_DETAIL:
         for count in range(len(lessons), 0, -1):
-            text = _render_memory(lessons[:count], corrections, words)
+            shown = [_trimmed(lesson, corrections, words) for lesson in lessons[:count]]
+            text = _render_memory(shown)
             if len(text) <= MEMORY_MAX_CHARS:
-                return text
-    return ""
+                return TutorMemory(shown, text)
+    return TutorMemory([], "")
 
 
-def _render_memory(lessons: Sequence[RememberedLesson], corrections: int, words: int) -> str:
+def memory_section(lessons: Sequence[RememberedLesson]) -> str:
+    """`# What you remember about the student`: the text of `tutor_memory(lessons)`."""
+    return tutor_memory(lessons).text
+
+
+def _trimmed(lesson: RememberedLesson, corrections: int, words: int) -> RememberedLesson:
+    feedback = lesson.feedback.model_copy(update={"corrections": lesson.feedback.corrections[:corrections],
+                                                  "new_words": lesson.feedback.new_words[:words]})
+    return replace(lesson, feedback=feedback)
+
+
+def _render_memory(lessons: Sequence[RememberedLesson]) -> str:
     shown: list[dict[str, Any]] = [{
         "date": f"{lesson.started_at.day} {lesson.started_at:%B %Y}",
         "summary": lesson.feedback.summary,
-        "new_words": lesson.feedback.new_words[:words],
-        "corrections": lesson.feedback.corrections[:corrections],
+        "new_words": lesson.feedback.new_words,
+        "corrections": lesson.feedback.corrections,
         "next_step": lesson.feedback.next_step,
     } for lesson in lessons]
     return _TEMPLATES.get_template("memory.j2").render(lessons=shown).strip()

@@ -69,6 +69,7 @@ async def test_a_student_whose_lessons_today_cost_the_cap_is_refused_and_another
     assert ben.ws.close_code == 1000
     assert (on_the_desk["student_id"], on_the_desk["end_reason"], on_the_desk["estimated_cost_usd"]) == (
         ana_id, "daily_budget_reached", 0.0)
+    assert on_the_desk["refused_start"] is True  # counted apart from the lessons that ran
     [event] = on_the_desk["events"]
     assert (event["kind"], event["detail"]["code"]) == ("refused", "daily_budget_reached")
     [line] = logged(log_stream, "lesson_refused")

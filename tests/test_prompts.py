@@ -13,7 +13,7 @@ from app import prompts
 from app.feedback import Feedback
 from app.memory import RememberedLesson
 from app.messages import LEVELS
-from app.prompts import LEVEL_RULES, MEMORY_MAX_CHARS, memory_section, tutor_instructions
+from app.prompts import LEVEL_RULES, MEMORY_MAX_CHARS, memory_section, tutor_instructions, tutor_memory
 from app.simulator.tutor import remembered as simulated_memory
 from app.simulator.tutor import tutor_text as simulated_tutor_text
 
@@ -96,7 +96,8 @@ def remembered(day: int, topic: str, **overrides: Any) -> RememberedLesson:
         "new_words": [{"word": topic, "meaning": f"the word {topic}"}],
         "next_step": f"Tell me more about {topic}.",
     }
-    return RememberedLesson(datetime(2025, 5, day, 9, tzinfo=UTC), Feedback.model_validate(given | overrides))
+    return RememberedLesson(f"lesson-{day}", datetime(2025, 5, day, 9, tzinfo=UTC),
+                            Feedback.model_validate(given | overrides))
 
 
 def test_a_first_lesson_has_no_memory_and_the_first_lesson_greeting() -> None:
@@ -142,6 +143,28 @@ def test_the_memory_section_stays_within_its_bound_dropping_detail_then_older_le
     # Short lessons all fit, oldest last.
     short = memory_section([remembered(12 - n, f"topic {n}") for n in range(3)])
     assert short.index("(12 May 2025)") < short.index("(11 May 2025)") < short.index("(10 May 2025)")
+
+
+def test_the_memory_names_the_lessons_and_entries_its_text_holds() -> None:
+    """What the desk lists of the memory is what its text holds: the lessons kept, each with the corrections and
+    words kept."""
+    corrections = [{"said": f"said {n} " + "a" * 250, "better": f"better {n}", "why": "w"} for n in range(5)]
+    words = [{"word": f"word{n}", "meaning": "m" * 100} for n in range(8)]
+    lessons = [remembered(12 - n, f"topic {n}", corrections=corrections, new_words=words) for n in range(3)]
+
+    memory = tutor_memory(lessons)
+
+    assert memory.text == memory_section(lessons)
+    assert 0 < len(memory.lessons) < len(lessons)
+    kept_ids = [lesson.lesson_id for lesson in memory.lessons]
+    assert kept_ids == [lesson.lesson_id for lesson in lessons[:len(kept_ids)]]
+    for kept in memory.lessons:
+        assert 0 < len(kept.feedback.corrections) < 5
+        for n in range(5):
+            assert (f"said {n} " in memory.text) == (n < len(kept.feedback.corrections))
+        for n in range(8):
+            assert (f'"word{n}"' in memory.text) == (n < len(kept.feedback.new_words))
+    assert tutor_memory([]).lessons == []
 
 
 def test_remembered_text_cannot_open_a_section_or_close_its_quotes() -> None:

@@ -156,10 +156,11 @@ async def create_link(sessions: async_sessionmaker[AsyncSession], *, student_id:
 
 
 async def recent_feedback(sessions: async_sessionmaker[AsyncSession], *, student_id: str | None = None,
-                          browser_key_hash: str | None = None, limit: int) -> list[tuple[datetime, dict[str, Any]]]:
-    """(start, feedback) of the student's last `limit` lessons that have feedback, newest first; the student is
-    a link's (`student_id`) or the open page's browser (`browser_key_hash`)."""
-    query = select(Lesson.started_at, Lesson.feedback).where(Lesson.feedback.is_not(None))
+                          browser_key_hash: str | None = None,
+                          limit: int) -> list[tuple[str, datetime, dict[str, Any]]]:
+    """(lesson id, start, feedback) of the student's last `limit` lessons that have feedback, newest first; the
+    student is a link's (`student_id`) or the open page's browser (`browser_key_hash`)."""
+    query = select(Lesson.id, Lesson.started_at, Lesson.feedback).where(Lesson.feedback.is_not(None))
     if student_id is not None:
         query = query.where(Lesson.student_id == student_id)
     elif browser_key_hash is not None:
@@ -167,5 +168,5 @@ async def recent_feedback(sessions: async_sessionmaker[AsyncSession], *, student
     else:
         return []
     async with sessions() as session:
-        rows = await session.execute(query.order_by(Lesson.started_at.desc()).limit(limit))
-    return [(started_at, feedback) for started_at, feedback in rows if feedback is not None]
+        rows = await session.execute(query.order_by(Lesson.started_at.desc(), Lesson.id.desc()).limit(limit))
+    return [(lesson_id, started_at, feedback) for lesson_id, started_at, feedback in rows if feedback is not None]

@@ -164,6 +164,7 @@ async def list_students(request: Request, _: Authorized,
     return JSONResponse({"next_offset": offset + limit if len(summaries) > limit else None, "students": [
         exports.student_json(summary.student) | {
             "lesson_count": summary.lesson_count,
+            "refused_start_count": summary.refused_start_count,
             "minutes": round(summary.seconds / 60, 2),
             "estimated_cost_usd": summary.cost_usd,
             "last_lesson_id": summary.last_lesson_id,
@@ -245,7 +246,8 @@ async def list_lessons(request: Request, _: Authorized, student_id: str,
         # One more than asked for: whether there is a next page, without counting them all.
         lessons = await queries.student_lessons(db, student_id, limit=limit + 1, offset=offset)
     return JSONResponse({
-        "lessons": [exports.lesson_summary_json(summary.lesson) | {"event_count": summary.event_count}
+        "lessons": [exports.lesson_summary_json(summary.lesson) | {"event_count": summary.event_count,
+                                                                   "refused_start": summary.refused_start}
                     for summary in lessons[:limit]],
         "next_offset": offset + limit if len(lessons) > limit else None,
     })

@@ -16,13 +16,13 @@ from typing import Any
 import orjson
 from markupsafe import Markup
 
-from app.outcomes import ended_because, event_meaning, is_failure
+from app.outcomes import ended_because, event_meaning, is_failure, is_refused_start
 from app.store.models import Lesson, LessonEvent, Student, Turn
 
 USAGE_FIELDS = ("audio_input_tokens", "text_input_tokens", "cached_tokens", "audio_output_tokens",
                 "text_output_tokens")
 CSV_COLUMNS = ("lesson_id", "student_id", "student_name", "level", "started_at", "ended_at", "duration_s",
-               "end_reason", "model", "simulated", *USAGE_FIELDS, "estimated_cost_usd")
+               "end_reason", "model", "simulated", *USAGE_FIELDS, "estimated_cost_usd", "refused_start")
 
 
 def iso(value: datetime | None) -> str | None:
@@ -79,6 +79,8 @@ def lesson_json(lesson: Lesson, *, events_left_out: int, turns_left_out: int) ->
     """The whole lesson: `GET /api/lessons/{id}` and the JSON export. Turns and events must be loaded: its newest
     ones, `turns_left_out` older turns and `events_left_out` older events not."""
     return lesson_summary_json(lesson) | {
+        "refused_start": is_refused_start(lesson.end_reason, ended=lesson.ended_at is not None,
+                                          has_turns=bool(lesson.turns) or turns_left_out > 0),
         "student_name": lesson.student.name if lesson.student else None,
         "turns": [turn_json(turn) for turn in lesson.turns],
         "turns_left_out": turns_left_out,
@@ -279,10 +281,10 @@ def csv_header() -> str:
     return _csv_line(CSV_COLUMNS)
 
 
-def csv_row(lesson: Lesson, student_name: str | None) -> str:
+def csv_row(lesson: Lesson, student_name: str | None, refused_start: bool) -> str:
     values = [lesson.id, lesson.student_id, student_name, lesson.level, iso(lesson.started_at),
               iso(lesson.ended_at), lesson.duration_s, lesson.end_reason, lesson.model, lesson.simulated,
-              *(getattr(lesson, field) for field in USAGE_FIELDS), lesson.estimated_cost_usd]
+              *(getattr(lesson, field) for field in USAGE_FIELDS), lesson.estimated_cost_usd, refused_start]
     return _csv_line(_cell(value) for value in values)
 
 

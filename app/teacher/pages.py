@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.memory import remembered_lessons
 from app.messages import LEVELS, MAX_NAME_LENGTH
-from app.prompts import memory_section
+from app.prompts import tutor_memory
 from app.students import LessonStudent
 from app.teacher import exports, queries
 from app.teacher.web import (
@@ -125,10 +125,11 @@ async def student_context(db: AsyncSession, request: Request, student_id: str, *
     first = (page - 1) * LESSONS_PER_PAGE
     lessons = await queries.student_lessons(db, student_id, limit=LESSONS_PER_PAGE, offset=first)
     links = [link_view(request, link) for link in await queries.active_links(db, student_id, now=now)]
+    # Chosen and trimmed by the code that writes the next lesson's instructions: the page shows what they will hold.
     remembered = await remembered_lessons(request.app.state.db, LessonStudent(student_id=student_id))
     return {
         "section": "students", "levels": LEVELS, "student": student, "lessons": lessons, "links": links,
-        "totals": totals, "recent_cost_days": RECENT_COST_DAYS, "memory": memory_section(remembered),
+        "totals": totals, "recent_cost_days": RECENT_COST_DAYS, "memory": tutor_memory(remembered),
         "lesson_pages": {"page": page, "pages": pages, "first": first + 1, "last": first + len(lessons)},
         "errors": {}, "values": {},
     }
@@ -297,8 +298,8 @@ async def lessons_csv(request: Request, teacher: Teacher) -> Response:
     async def rows() -> Any:
         yield exports.csv_header()
         async with sessions() as db:
-            async for lesson, student_name in queries.lessons_for_export(db):
-                yield exports.csv_row(lesson, student_name)
+            async for lesson, student_name, refused_start in queries.lessons_for_export(db):
+                yield exports.csv_row(lesson, student_name, refused_start)
 
     stamp = datetime.now(UTC).strftime("%Y%m%d")
     return StreamingResponse(rows(), media_type="text/csv; charset=utf-8", headers={

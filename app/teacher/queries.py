@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Date, Select, and_, case, delete, func, or_, select, true, update
+from sqlalchemy import Date, Select, and_, case, delete, exists, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import selectinload
@@ -21,7 +21,7 @@ from sqlalchemy.sql import ColumnElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from app.outcomes import NOT_FAILURES
+from app.outcomes import NOT_FAILURES, REFUSED_START_REASONS
 from app.store.handover import HANDED_OFF
 from app.store.instances import InstanceTiming, instance_lost_event
 from app.store.models import Instance, Lesson, LessonEvent, Link, Student, Turn
@@ -33,28 +33,39 @@ class StudentSummary:
     """A student with what the students page shows of their lessons."""
 
     student: Student
-    lesson_count: int
+    lesson_count: int  # every lesson record: the lessons that ran and the refused starts
+    refused_start_count: int  # of them, starts turned away before the tutor spoke (`refused_start`)
     seconds: float  # their lessons' durations, each in whole seconds as its own row shows it, added up
     cost_usd: float
     recent_cost_usd: float
     last_lesson_id: str | None
     last_lesson_at: datetime | None
 
+    @property
+    def ran_count(self) -> int:
+        return self.lesson_count - self.refused_start_count
+
 
 @dataclass(frozen=True)
 class StudentTotals:
     """What all of a student's lessons add up to, and what those of a recent period cost."""
 
-    lesson_count: int
+    lesson_count: int  # as StudentSummary.lesson_count
+    refused_start_count: int
     seconds: float  # as StudentSummary.seconds
     cost_usd: float
     recent_cost_usd: float
+
+    @property
+    def ran_count(self) -> int:
+        return self.lesson_count - self.refused_start_count
 
 
 @dataclass(frozen=True)
 class LessonSummary:
     lesson: Lesson
     event_count: int
+    refused_start: bool
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,7 @@ async def student_summaries(db: AsyncSession, *, archived: bool | None = False,
         select(
             Student,
             func.count(Lesson.id),
+            _refused_start_count(),
             _whole_seconds(),
             func.coalesce(func.sum(Lesson.estimated_cost_usd), 0.0),
             func.coalesce(func.sum(_cost_since(recent_since)), 0.0),
@@ -109,10 +121,22 @@ async def student_summaries(db: AsyncSession, *, archived: bool | None = False,
     )
     rows = (await db.execute(query)).all()
     return [
-        StudentSummary(student=student, lesson_count=count, seconds=float(seconds), cost_usd=float(cost),
-                       recent_cost_usd=float(recent), last_lesson_id=last_id, last_lesson_at=last_at)
-        for student, count, seconds, cost, recent, last_at, last_id in rows
+        StudentSummary(student=student, lesson_count=count, refused_start_count=int(refused), seconds=float(seconds),
+                       cost_usd=float(cost), recent_cost_usd=float(recent), last_lesson_id=last_id,
+                       last_lesson_at=last_at)
+        for student, count, refused, seconds, cost, recent, last_at, last_id in rows
     ]
+
+
+def refused_start() -> ColumnElement[bool]:
+    """A lesson that was a refused start (`app.outcomes.is_refused_start`): ended for one of REFUSED_START_REASONS
+    with no turn (read through the turns' (lesson_id, seq) index)."""
+    return and_(Lesson.ended_at.is_not(None), Lesson.end_reason.in_(REFUSED_START_REASONS),
+                ~exists().where(Turn.lesson_id == Lesson.id))
+
+
+def _refused_start_count() -> Any:
+    return func.coalesce(func.sum(case((refused_start(), 1), else_=0)), 0)
 
 
 def _whole_seconds() -> Any:
@@ -224,17 +248,17 @@ async def newest_links(db: AsyncSession, student_ids: list[str], *, now: datetim
 
 async def student_lessons(db: AsyncSession, student_id: str, *, limit: int | None = None,
                           offset: int = 0) -> list[LessonSummary]:
-    """The student's lessons, newest first, each with how many failures (events not in NOT_FAILURES) it had; `limit`
-    of them from the `offset`-th when given."""
+    """The student's lessons, newest first, each with how many failures (events not in NOT_FAILURES) it had and
+    whether it was a refused start; `limit` of them from the `offset`-th when given."""
     query = (
-        select(Lesson, func.count(LessonEvent.id))
+        select(Lesson, func.count(LessonEvent.id), refused_start())
         .outerjoin(LessonEvent, and_(LessonEvent.lesson_id == Lesson.id, LessonEvent.kind.not_in(NOT_FAILURES)))
         .where(Lesson.student_id == student_id)
         .group_by(Lesson.id)
         .order_by(Lesson.started_at.desc(), Lesson.id.desc())
         .limit(limit).offset(offset)
     )
-    return [LessonSummary(lesson, count) for lesson, count in (await db.execute(query)).all()]
+    return [LessonSummary(lesson, count, bool(refused)) for lesson, count, refused in (await db.execute(query)).all()]
 
 
 async def student_totals(db: AsyncSession, student_id: str, *, recent_since: datetime) -> StudentTotals:
@@ -244,14 +268,14 @@ async def student_totals(db: AsyncSession, student_id: str, *, recent_since: dat
 
 async def _totals(db: AsyncSession, students: Any, *, recent_since: datetime) -> StudentTotals:
     query = (
-        select(func.count(Lesson.id), _whole_seconds(),
+        select(func.count(Lesson.id), _refused_start_count(), _whole_seconds(),
                func.coalesce(func.sum(Lesson.estimated_cost_usd), 0.0),
                func.coalesce(func.sum(_cost_since(recent_since)), 0.0))
         .join(Student, Student.id == Lesson.student_id).where(students)
     )
-    count, seconds, cost, recent = (await db.execute(query)).one()
-    return StudentTotals(lesson_count=count, seconds=float(seconds), cost_usd=float(cost),
-                         recent_cost_usd=float(recent))
+    count, refused, seconds, cost, recent = (await db.execute(query)).one()
+    return StudentTotals(lesson_count=count, refused_start_count=int(refused), seconds=float(seconds),
+                         cost_usd=float(cost), recent_cost_usd=float(recent))
 
 
 # A lesson's page, export and API answer hold its newest events and turns, this many of each, and count the others: a
@@ -389,16 +413,17 @@ async def failures_since(db: AsyncSession, since: datetime, *, listed: int) -> l
             for day in sorted(counts, reverse=True)]
 
 
-async def lessons_for_export(db: AsyncSession) -> AsyncIterator[tuple[Lesson, str | None]]:
-    """Every lesson with its student's name, oldest first, streamed (for the CSV of all lessons)."""
+async def lessons_for_export(db: AsyncSession) -> AsyncIterator[tuple[Lesson, str | None, bool]]:
+    """Every lesson with its student's name and whether it was a refused start, oldest first, streamed (for the CSV
+    of all lessons)."""
     query = (
-        select(Lesson, Student.name)
+        select(Lesson, Student.name, refused_start())
         .outerjoin(Student, Student.id == Lesson.student_id)
         .order_by(Lesson.started_at, Lesson.id)
         .execution_options(yield_per=500)
     )
-    async for lesson, student_name in await db.stream(query):
-        yield lesson, student_name
+    async for lesson, student_name, refused in await db.stream(query):
+        yield lesson, student_name, bool(refused)
 
 
 # What a teacher may delete from a lesson's feedback, and the field that names an entry.

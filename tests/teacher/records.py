@@ -30,14 +30,14 @@ async def add_student(app: Any, name: str = "Ana", level: str = "A2") -> Student
 async def add_lesson(app: Any, student_id: str | None, lesson_id: str, *, started_at: datetime = START,
                      turns: tuple[tuple[str, str], ...] = (), events: tuple[tuple[str, dict[str, Any]], ...] = (),
                      duration_s: float = 125.0, cost: float = 0.0123, audio_output_tokens: int = 1500,
-                     heard_texts: dict[int, str] | None = None) -> None:
+                     heard_texts: dict[int, str] | None = None, end_reason: str = "student_ended") -> None:
     """Every tutor turn but the first is cut short after 1200 ms; `heard_texts` gives, by turn number, the words
     heard of those that keep them (the others are as cut turns were recorded before they were kept)."""
     sessions: async_sessionmaker[AsyncSession] = app.state.db
     async with sessions() as db, db.begin():
         db.add(Lesson(
             id=lesson_id, student_id=student_id, level="A2", started_at=started_at,
-            ended_at=started_at + timedelta(seconds=duration_s), end_reason="student_ended", duration_s=duration_s,
+            ended_at=started_at + timedelta(seconds=duration_s), end_reason=end_reason, duration_s=duration_s,
             model="gpt-realtime-2.1", simulated=True, audio_input_tokens=400, text_input_tokens=900,
             cached_tokens=100, audio_output_tokens=audio_output_tokens, text_output_tokens=200,
             estimated_cost_usd=cost,

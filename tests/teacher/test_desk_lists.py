@@ -60,7 +60,7 @@ async def test_a_students_lessons_are_paged_newest_first_with_totals_over_all_of
     assert f"Lessons {LESSONS_PER_PAGE + 1}\N{EN DASH}{lessons} of {lessons}, newest first." in second
     # The totals are the student's, not the page's.
     for shown in (first, second):
-        assert f"<dt>Lessons</dt><dd>{lessons}</dd>" in shown
+        assert f"<dt>Lessons</dt><dd>{lessons} lessons</dd>" in shown
         assert f"<dt>Time</dt><dd>{lessons} min 0 s</dd>" in shown
         assert f"${lessons * 0.01:.4f} in all" in shown
     past_the_end = await desk_on.client.get(f"{page}?page=3")

@@ -105,6 +105,36 @@ def test_a_reload_mid_lesson_resumes_it_with_its_transcript_and_it_goes_on(
     assert lesson.console_errors == []
 
 
+def test_a_lesson_left_for_another_page_and_back_resumes_and_goes_on(
+    stack: Stack, other_browser: OtherBrowser
+) -> None:
+    # WebKit brings the page back from its back-forward cache, as it was when left, without running its scripts
+    # again; Firefox loads it anew.
+    lesson = other_browser.open(stack.url)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    lesson_id = lesson.debug("lessonId")
+    greeting = greeting_words(lesson)
+    lesson.click_button("Mute microphone")
+
+    lesson.go_to(f"{stack.url}/healthz")
+    lesson.go_back()
+
+    lesson.wait_debug("d.resumes === 1 && !d.reconnecting && d.socket === 'open'")
+    assert lesson.debug("lessonId") == lesson_id
+    assert same_greeting(greeting, greeting_words(lesson))
+    # The microphone comes back on, as after a reload: the button says so.
+    assert lesson.evaluate("document.getElementById('mute').getAttribute('aria-pressed')") == "false"
+    lesson.click_button("Continue lesson")
+    lesson.wait_for("document.getElementById('resume-audio').hidden", what="Continue lesson hidden")
+    the_lesson_goes_on(lesson)
+    assert lesson.evaluate("document.getElementById('end').disabled") is False
+    assert len(lesson_events(stack, lesson_id, "page_back")) == 1
+    assert len(lesson_events(stack, lesson_id, "greeting_requested")) == 1
+    assert_no_error(lesson, other_browser, sound_restarted=True)
+    assert lesson.console_errors == []
+
+
 @pytest.fixture
 def proxy(stack: Stack) -> Iterator[CuttableProxy]:
     with run_cuttable_proxy(urlsplit(stack.url).port or 80) as running:

@@ -89,6 +89,11 @@ class FirefoxLessonPage(ScriptedLessonPage):
     def reload(self) -> None:
         self.session.command("browsingContext.reload", {"context": self.context, "wait": "complete"})
 
+    def set_offline(self, offline: bool) -> None:
+        """Take the tab's network away (its sockets fail, `offline` fires), or give it back."""
+        self.session.command("emulation.setNetworkConditions", {
+            "networkConditions": {"type": "offline"} if offline else None, "contexts": [self.context]})
+
     def go_to(self, url: str) -> None:
         self.session.command("browsingContext.navigate", {"context": self.context, "url": url, "wait": "complete"})
 

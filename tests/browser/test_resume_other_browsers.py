@@ -1,6 +1,7 @@
 """The lesson outlives its socket in Firefox and WebKit (the `other_browser` fixture), against the app and the
-Realtime simulator as processes: a reload mid-lesson, the socket cut under the page, a reload while the feedback
-is written.
+Realtime simulator as processes: a reload mid-lesson, the page left for another and come back to with Back (WebKit
+restores it from its back-forward cache, Firefox loads it anew), the socket cut under the page by a proxy, the
+network lost (Firefox only: WebDriver classic cannot take it away), a reload or Back while the feedback is written.
 
 These browsers' fake microphones play a steady tone: the student speaks from the moment the microphone opens
 until they press Mute, and the silence that follows ends their turn. "The lesson goes on" is that turn
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 from browser_stack import Stack, run_stack
 from cuttable_proxy import CuttableProxy, run_cuttable_proxy
+from firefox import FirefoxLessonPage
 from scripted_page import OtherBrowser, ScriptedLessonPage
 
 pytestmark = pytest.mark.browser
@@ -163,6 +165,33 @@ def test_the_socket_cut_under_the_page_reconnects_by_itself_and_the_lesson_goes_
     assert lesson.console_errors == []
 
 
+# WebDriver classic (WebKit) has no way to take a page's network away; BiDi (Firefox) has.
+@pytest.mark.parametrize("other_browser", ["firefox"], indirect=True)
+def test_the_network_lost_and_back_the_page_reconnects_at_once_and_the_lesson_goes_on(
+    stack: Stack, other_browser: OtherBrowser
+) -> None:
+    lesson = other_browser.open(stack.url)
+    assert isinstance(lesson, FirefoxLessonPage)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    lesson_id = lesson.debug("lessonId")
+    greeting = greeting_words(lesson)
+
+    lesson.set_offline(True)
+    lesson.wait_for("document.getElementById('status').innerText === 'Reconnecting…'")
+    # While the browser says it is offline the page only schedules its attempts: the `online` event tries at once.
+    lesson.wait_debug("d.reconnectDelays.length >= 2 && d.socket === 'closed'")
+    lesson.set_offline(False)
+
+    lesson.wait_debug("d.resumes === 1 && !d.reconnecting && d.socket === 'open'")
+    assert lesson.debug("lessonId") == lesson_id
+    assert same_greeting(greeting, greeting_words(lesson))
+    the_lesson_goes_on(lesson)
+    assert len(lesson_events(stack, lesson_id, "page_back")) == 1
+    assert_no_error(lesson, other_browser, sound_restarted=False)
+    assert lesson.console_errors == []
+
+
 @pytest.fixture(scope="module")
 def slow_feedback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack whose tutor takes 3 s to write the feedback, which the relay waits 8 s for. No grace for a page
@@ -195,5 +224,29 @@ def test_a_reload_while_the_feedback_is_written_brings_back_the_feedback_card(
     assert same_greeting(greeting, greeting_words(lesson))
     # Nothing is left to hear: the page does not offer to start the sound.
     assert lesson.evaluate("document.getElementById('resume-audio').hidden")
+    assert_no_error(lesson, other_browser, sound_restarted=False)
+    assert lesson.console_errors == []
+
+
+def test_back_to_the_page_left_while_the_feedback_is_written_brings_the_feedback_card(
+    slow_feedback: Stack, other_browser: OtherBrowser
+) -> None:
+    lesson = other_browser.open(slow_feedback.url)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    lesson_id = lesson.debug("lessonId")
+    lesson.click_button("End lesson")
+    lesson.wait_debug("d.statuses.includes('feedback')")
+
+    lesson.go_to(f"{slow_feedback.url}/healthz")
+    lesson.go_back()
+
+    summary = lesson.wait_for("document.querySelector('#feedback .feedback-card__summary')?.innerText",
+                              what="the feedback card")
+    assert "Today we talked about how you are" in summary
+    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended' && d.resumes === 1")
+    assert lesson.debug("lessonId") == lesson_id
+    assert lesson.debug("statuses")[-1] == "ended:student_ended"
+    assert len(lesson.texts("#feedback .feedback-card")) == 1
     assert_no_error(lesson, other_browser, sound_restarted=False)
     assert lesson.console_errors == []

@@ -421,9 +421,9 @@ class Lesson {
       this.reconnect();
       return;
     }
-    debug.reconnecting = false;
     this.stop();
     if (!this.isCurrent()) return; // a replaced lesson closing late must not touch the page
+    debug.reconnecting = false;
     debug.socket = "closed";
     debug.closeCode = event.code;
     setLessonControls(false);
@@ -487,7 +487,8 @@ class Lesson {
   }
 
   releaseAudio() {
-    if (!page.resumeAudio.hidden) hideKeepingFocus(page.resumeAudio); // no sound is coming back to start
+    // No sound is coming back to start; a lesson let go (left, replaced) leaves the button to the one on the page.
+    if (this.isCurrent() && !page.resumeAudio.hidden) hideKeepingFocus(page.resumeAudio);
     this.interruptions?.release();
     for (const track of this.stream?.getTracks() ?? []) track.stop();
     this.source?.disconnect();
@@ -516,16 +517,21 @@ class Lesson {
 
 let lesson = null;
 
-function startLesson() {
-  const params = readParams();
-  if (params === null) return;
-  resumeStore.forget();
-  lesson?.stop();
+// What a lesson starts from: no error, transcript, feedback, lesson time or mute left from an earlier one.
+function clearLessonView() {
   hideError();
   transcript.clear();
   feedbackCard.clear();
   page.usage.hidden = true;
   page.mute.setAttribute("aria-pressed", "false");
+}
+
+function startLesson() {
+  const params = readParams();
+  if (params === null) return;
+  resumeStore.forget();
+  lesson?.stop();
+  clearLessonView();
   setLessonControls(true);
   lesson = new Lesson(params);
   lesson.start();
@@ -566,6 +572,7 @@ function resumeAfterReload() {
     resumeStore.forget();
     return;
   }
+  clearLessonView(); // a page back from the back-forward cache still shows the lesson it let go
   if (page.root.dataset.locked !== "true") {
     page.name.value = saved.name;
     page.level.value = saved.level;
@@ -578,3 +585,8 @@ function resumeAfterReload() {
   else lesson.resumeWithoutSound();
 }
 resumeAfterReload();
+// A page left and then brought back by Back or Forward may come from the back-forward cache (WebKit keeps it
+// there) as it was, this script not run again: its lesson, let go on pagehide, is taken up as after a reload.
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) resumeAfterReload();
+});

@@ -86,6 +86,30 @@ class FirefoxLessonPage(ScriptedLessonPage):
         value = result["result"]
         return None if value["type"] == "undefined" else json.loads(value["value"])
 
+    def reload(self) -> None:
+        self.session.command("browsingContext.reload", {"context": self.context, "wait": "complete"})
+
+    def set_offline(self, offline: bool) -> None:
+        """Take the tab's network away (its sockets fail, `offline` fires), or give it back."""
+        self.session.command("emulation.setNetworkConditions", {
+            "networkConditions": {"type": "offline"} if offline else None, "contexts": [self.context]})
+
+    def go_to(self, url: str) -> None:
+        self.session.command("browsingContext.navigate", {"context": self.context, "url": url, "wait": "complete"})
+
+    def go_back(self) -> None:
+        """Back in the tab's history; returns once the page gone back to has loaded (traverseHistory returns
+        before)."""
+        left = self.evaluate("location.href")
+        self.session.command("browsingContext.traverseHistory", {"context": self.context, "delta": -1})
+        wait_for(lambda: self._loaded_other_than(left), timeout=30, what="the page gone back to, loaded")
+
+    def _loaded_other_than(self, url: str) -> bool:
+        try:
+            return self.evaluate(f"document.readyState === 'complete' && location.href !== {json.dumps(url)}") is True
+        except BidiError:  # the page is being replaced
+            return False
+
     def click(self, selector: str, *, text: str | None = None) -> None:
         found = self.session.command("script.evaluate", {
             "expression": self.find_element(selector, text), "target": {"context": self.context},

@@ -67,6 +67,18 @@ class ScriptedLessonPage(ABC):
     def type_into(self, selector: str, text: str) -> None:
         """Type `text` with the keyboard into the element `selector` matches."""
 
+    @abstractmethod
+    def reload(self) -> None:
+        """Reload the page as the student does; returns once the new page has loaded."""
+
+    @abstractmethod
+    def go_to(self, url: str) -> None:
+        """Leave the page for `url` in the same tab, as following a link does; returns once it has loaded."""
+
+    @abstractmethod
+    def go_back(self) -> None:
+        """Go back in the tab's history, as the Back button does."""
+
     @property
     @abstractmethod
     def console_errors(self) -> list[str]:

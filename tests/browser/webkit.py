@@ -74,6 +74,7 @@ class WebKitLessonPage(ScriptedLessonPage):
 
     def __init__(self, session: WebDriverSession) -> None:
         self.session = session
+        self.earlier_errors: list[str] = []  # those of the pages this tab showed before this one
 
     @classmethod
     def open(cls, session: WebDriverSession, url: str) -> WebKitLessonPage:
@@ -81,13 +82,37 @@ class WebKitLessonPage(ScriptedLessonPage):
         classic runs no script before the page's (those of the load are Chromium's and Firefox's to catch)."""
         session.command("POST", "/url", {"url": url})
         page = cls(session)
-        page.evaluate(f"(() => {{ {ERROR_RECORDER}\n{CSP_RECORDER} }})()")
+        page.record_errors()
         return page
+
+    def record_errors(self) -> None:
+        """Record the page's errors and CSP violations, unless it already does (a page back from the back-forward
+        cache)."""
+        self.evaluate(f"(() => {{ if (window.consoleErrors) return;\n{ERROR_RECORDER}\n{CSP_RECORDER} }})()")
+
+    def keep_errors(self) -> None:
+        """Move what the page recorded so far here, before it is replaced or put away."""
+        self.earlier_errors += self.evaluate("window.consoleErrors.splice(0)")
+
+    def reload(self) -> None:
+        self.keep_errors()
+        self.session.command("POST", "/refresh", {})  # returns once the new page has loaded
+        self.record_errors()
+
+    def go_to(self, url: str) -> None:
+        self.keep_errors()
+        self.session.command("POST", "/url", {"url": url})
+        self.record_errors()
+
+    def go_back(self) -> None:
+        self.keep_errors()
+        self.session.command("POST", "/back", {})
+        self.record_errors()
 
     @property
     def console_errors(self) -> list[str]:
         errors: list[str] = self.evaluate("window.consoleErrors")
-        return errors
+        return self.earlier_errors + errors
 
     def evaluate(self, expression: str) -> Any:
         try:

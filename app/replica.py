@@ -248,6 +248,8 @@ class Supervisor:
         return 0 if all(code == 0 for code in exit_codes) else 1
 
     async def _start(self, worker: Worker) -> None:
+        if worker.listener.fileno() == -1:
+            [worker.listener] = listening_sockets(self.settings.host, self.settings.port, 1)
         ours, theirs = socket.socketpair()
         process = self._spawn.Process(target=run_worker, name=f"lesson-relay-worker-{worker.index}",
                                       args=(worker.index, worker.listener, theirs, self.metrics_dir), daemon=False)
@@ -278,6 +280,9 @@ class Supervisor:
                 return
             if process.exitcode == START_FAILED_EXIT_CODE:
                 pause_s = min(max(pause_s * 2, FIRST_RESTART_PAUSE_S), LONGEST_RESTART_PAUSE_S)
+                # The kernel would go on giving its socket a share of new connections, for nobody to accept during
+                # the pause: closed, they go to the workers that serve; the next start binds a new one.
+                worker.listener.close()
             else:
                 pause_s = 0.0
             log.error("worker_exited", worker=worker.index, exit_code=process.exitcode, restarting=True,

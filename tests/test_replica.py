@@ -483,6 +483,13 @@ async def test_a_lesson_on_a_worker_that_is_killed_is_taken_over_by_the_replica_
     assert [line["reason"] for line in output.of("lesson_ended")] == ["student_ended"]
 
 
+def listening_sockets_on(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:`port` (each worker's, with SO_REUSEPORT, is one)."""
+    local = f"0100007F:{port:04X}"
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row[1] == local and row[3] == "0A")  # 0A: LISTEN
+
+
 async def test_a_worker_that_cannot_start_while_the_database_is_away_is_started_again_after_growing_pauses(
     simulator: RealtimeSimulator, postgres_behind_proxy: tuple[str, CuttableProxy]
 ) -> None:
@@ -494,8 +501,13 @@ async def test_a_worker_that_cannot_start_while_the_database_is_away_is_started_
         [victim, _] = output.of("Application startup complete.")
         os.kill(victim["pid"], signal.SIGKILL)  # out of memory, say, while the database is away
         await output.until(lambda lines: len([line for line in lines if line.get("event") == "worker_exited"]) == 3)
+        # In its pause (2 s from that line) no socket of the failed worker takes connections nobody would accept.
+        assert listening_sockets_on(served.port) == 1
         proxy.restore()
-        await served.until_workers_started(3)  # the database back, the replacement serves
+        # The database back, the replacement serves (it logs this once it listens).
+        await output.until(lambda lines: len([line for line in lines
+                                              if line.get("event") == "startup_heap_frozen"]) == 3)
+        assert listening_sockets_on(served.port) == 2
         served.process.send_signal(signal.SIGTERM)
         await served.exited(30)
     exits = output.of("worker_exited")

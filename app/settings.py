@@ -224,9 +224,11 @@ class Settings(BaseSettings):
                                  ) from None
         return ",".join(entries)
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", "openai_realtime_voice", "openai_auth_header", "turn_detection",
+                     "vad_eagerness", mode="before")
     @classmethod
-    def _lower_log_level(cls, value: object) -> object:
+    def _lower_choice(cls, value: object) -> object:
+        # Every choice is lower case: INFO, JSON or Marin mean the same.
         return value.lower() if isinstance(value, str) else value
 
     @field_validator("database_url")

@@ -236,3 +236,15 @@ def test_the_readme_lists_every_setting_with_its_default() -> None:
     # LOG_FORMAT's default depends on where the log goes; the README says how.
     written = {name: rows[name] for name in fields if name != "LOG_FORMAT"}
     assert written == {name: _readme_default(default) for name, default in fields.items() if name != "LOG_FORMAT"}
+
+
+def test_a_choice_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, value in [("LOG_LEVEL", "INFO"), ("LOG_FORMAT", "JSON"), ("OPENAI_REALTIME_VOICE", "Marin"),
+                            ("OPENAI_AUTH_HEADER", "Api-Key"), ("TURN_DETECTION", "Semantic_VAD"),
+                            ("VAD_EAGERNESS", "High")]:
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake-key")
+    settings = load_settings()
+    assert (settings.log_level, settings.log_format, settings.openai_realtime_voice, settings.openai_auth_header,
+            settings.turn_detection, settings.vad_eagerness) == (
+        "info", "json", "marin", "api-key", "semantic_vad", "high")

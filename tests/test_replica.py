@@ -504,16 +504,20 @@ async def test_a_worker_that_cannot_start_while_the_database_is_away_is_started_
         # In its pause (2 s from that line) no socket of the failed worker takes connections nobody would accept.
         assert listening_sockets_on(served.port) == 1
         proxy.restore()
-        # The database back, the replacement serves (it logs this once it listens).
-        await output.until(lambda lines: len([line for line in lines
-                                              if line.get("event") == "startup_heap_frozen"]) == 3)
+        # The database back, the replacement serves (it logs this once it listens). On a loaded machine one more
+        # start may have failed before the database came back: counted with >=, and the first three checked below.
+        try:
+            await output.until(lambda lines: len([line for line in lines
+                                                  if line.get("event") == "startup_heap_frozen"]) >= 3)
+        except TimeoutError:
+            pytest.fail("the replacement did not serve once the database was back:\n" + "".join(output.text))
         assert listening_sockets_on(served.port) == 2
         served.process.send_signal(signal.SIGTERM)
         await served.exited(30)
     exits = output.of("worker_exited")
     assert {line["worker"] for line in exits} == {victim["worker"]}
     # Killed after it served: replaced at once. Its replacement's starts failed: again after 1 s, then 2 s.
-    assert [(line["start_failed"], line["restart_in_s"]) for line in exits] == [
+    assert [(line["start_failed"], line["restart_in_s"]) for line in exits[:3]] == [
         (False, 0.0), (True, 1.0), (True, 2.0)]
 
 

@@ -34,15 +34,15 @@ log = structlog.get_logger("lesson_relay")
 
 
 async def end_withdrawn_lessons(sessions: async_sessionmaker[AsyncSession], live: LiveLessons,
-                                refused: RefusedResumes) -> int:
+                                refused: RefusedResumes) -> int | None:
     """End this worker's lessons a teacher ended, and its link lessons whose link was revoked or whose student was
-    archived or deleted; how many. The feedback this worker holds of ended lessons of such links, for their resumes,
-    is let go (`RefusedResumes.links_withdrawn`). Raises what the database raises (or `TimeoutError` past
-    `LOOKUP_TIMEOUT_S`): then nothing is ended or let go."""
+    archived or deleted; how many, or None when there was nothing to ask the database about. The feedback this
+    worker holds of ended lessons of such links, for their resumes, is let go (`RefusedResumes.links_withdrawn`).
+    Raises what the database raises (or `TimeoutError` past `LOOKUP_TIMEOUT_S`): then nothing is ended or let go."""
     lessons = live.running_lessons()
     held_links = refused.held_links(time.time())
     if not lessons and not held_links:
-        return 0
+        return None
     async with asyncio.timeout(LOOKUP_TIMEOUT_S):
         withdrawn = await withdrawn_lessons(sessions, link_ids=live.running_links() | held_links, lesson_ids=lessons)
     refused.links_withdrawn(withdrawn.links)
@@ -62,11 +62,14 @@ async def check_withdrawn_links(sessions: async_sessionmaker[AsyncSession], live
     while True:
         await asyncio.sleep(every_s)
         try:
-            await end_withdrawn_lessons(sessions, live, refused)
+            ended = await end_withdrawn_lessons(sessions, live, refused)
         except Exception as exc:  # the driver's own errors too (asyncpg, sqlite3), not only SQLAlchemy's wrappers
             if not failing:
                 log.warning("withdrawn_links_unchecked", error=error_reason(exc), retry_in_s=every_s)
             failing = True
+            continue
+        if ended is None:
+            # The database was not asked (no lesson left to check): whether it answers again is not known yet.
             continue
         if failing:
             log.info("withdrawn_links_checked_again")

@@ -37,6 +37,7 @@ class RememberedLesson:
 
 
 async def remembered_lessons(sessions: async_sessionmaker[AsyncSession], student: LessonStudent, *,
+                             lesson_log: structlog.typing.FilteringBoundLogger = log,
                              limit: int = MEMORY_LESSONS) -> list[RememberedLesson]:
     """The student's last `limit` lessons with feedback, newest first (none for a student nobody knows)."""
     if student.student_id is None and student.browser_key_hash is None:
@@ -48,19 +49,22 @@ async def remembered_lessons(sessions: async_sessionmaker[AsyncSession], student
         try:
             lessons.append(RememberedLesson(lesson_id, started_at, Feedback.model_validate(stored)))
         except ValidationError as exc:
-            log.warning("memory_feedback_skipped", lesson_id=lesson_id, started_at=started_at.isoformat(),
-                        problem=str(exc.errors()[0]["msg"]))
+            # The lesson's own id is bound to `lesson_log`: the remembered one is named apart.
+            lesson_log.warning("memory_feedback_skipped", remembered_lesson_id=lesson_id,
+                               started_at=started_at.isoformat(), problem=str(exc.errors()[0]["msg"]))
     return lessons
 
 
 async def load_memory(sessions: async_sessionmaker[AsyncSession], student: LessonStudent, *,
+                      lesson_log: structlog.typing.FilteringBoundLogger = log,
                       timeout_s: float = MEMORY_TIMEOUT_S) -> list[RememberedLesson]:
-    """`remembered_lessons`, or none when the store does not answer within `timeout_s`: the lesson goes on."""
+    """`remembered_lessons`, or none when the store does not answer within `timeout_s`: the lesson goes on. What
+    is logged goes to `lesson_log`, the lesson's logger (its id and client bound)."""
     try:
         async with asyncio.timeout(timeout_s):
-            return await remembered_lessons(sessions, student)
+            return await remembered_lessons(sessions, student, lesson_log=lesson_log)
     except STORE_ERRORS as exc:
-        log.warning("memory_unavailable", timeout_s=timeout_s, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        lesson_log.warning("memory_unavailable", timeout_s=timeout_s, error=f"{type(exc).__name__}: {str(exc)[:200]}")
         return []
 
 

@@ -26,6 +26,16 @@ from app.settings import Settings
 # Token kinds as the prices name them; `cached` is the part of the input served from the cache.
 _INPUT_KINDS = {"text_tokens": "text_input", "audio_tokens": "audio_input", "cached_tokens": "cached"}
 _OUTPUT_KINDS = {"text_tokens": "text_output", "audio_tokens": "audio_output"}
+# The labels of counters whose values are a closed set, each exported at 0 from the start: a series that appears
+# only with its first count is no increase to Prometheus (`increase()` needs two samples), so an alert on the
+# first dropped record or failed greeting would never fire.
+_CLOSED_LABELS: dict[str, tuple[str, ...]] = {
+    "greetings": ("heard", "retried", "failed"),
+    "records_dropped": ("queue_full", "database_unavailable", "refused", "shutdown"),
+    "resumes": ("page", "taken_over"),
+    "upstream_lost": ("upstream_closed", "session_expired", "server_error", "roll_over"),
+    "taken_over": ("true", "false"),
+}
 
 
 class LessonMetrics:
@@ -79,9 +89,6 @@ class LessonMetrics:
                                   registry=registry)
         self.taken_over = Counter("lesson_relay_lessons_taken_over", "Lessons taken over from another instance: "
                                   "handed over, or left by a lost instance.", ["from_lost_instance"], registry=registry)
-        # Both series exist from the start, so that the first take-over from a lost instance is an increase.
-        for from_lost_instance in ("true", "false"):
-            self.taken_over.labels(from_lost_instance=from_lost_instance)
         self.lessons_lost_with_instance = Counter(
             "lesson_relay_lessons_lost_with_instance", "Lessons ended as instance_lost: their instance was killed "
             "and no page took them over.", registry=registry)
@@ -100,6 +107,10 @@ class LessonMetrics:
             "upstream_lost": lambda fields: self.upstream_lost.labels(why=str(fields.get("why"))).inc(),
             "lesson_handed_off": lambda fields: self.handed_off.inc(),
         }
+        for attribute, values in _CLOSED_LABELS.items():
+            counter: Counter = getattr(self, attribute)
+            for value in values:
+                counter.labels(value)
 
     def observe(self, action: Log) -> None:
         """Count one logged event of a lesson, if it is one the metrics follow."""

@@ -22,6 +22,7 @@ the store for the page to take it over on its next attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -47,6 +48,12 @@ from app.startup_warnings import log_settings_at_start
 log = structlog.get_logger("lesson_relay")
 # Past a worker's own exit deadline, before it is killed.
 STOP_MARGIN_S = 1.0
+# A worker whose start failed (uvicorn's exit status 3: its app did not start, the database out of reach) is started
+# again after a pause that doubles with each failure in a row, rather than at once, every few seconds with a
+# traceback, for as long as the database is away. A worker that dies after it started is replaced at once.
+START_FAILED_EXIT_CODE = 3
+FIRST_RESTART_PAUSE_S = 1.0
+LONGEST_RESTART_PAUSE_S = 30.0
 
 
 class SupervisorPlaces:
@@ -243,6 +250,8 @@ class Supervisor:
         return 0 if all(code == 0 for code in exit_codes) else 1
 
     async def _start(self, worker: Worker) -> None:
+        if worker.listener.fileno() == -1:
+            [worker.listener] = listening_sockets(self.settings.host, self.settings.port, 1)
         ours, theirs = socket.socketpair()
         process = self._spawn.Process(target=run_worker, name=f"lesson-relay-worker-{worker.index}",
                                       args=(worker.index, worker.listener, theirs, self.metrics_dir), daemon=False)
@@ -252,8 +261,10 @@ class Supervisor:
         worker.served = self.keeper.serve(worker.index, ours)
 
     async def _watch(self, worker: Worker) -> None:
-        """Wait for the worker to exit; replace it unless the replica is stopping."""
+        """Wait for the worker to exit; replace it unless the replica is stopping (after a pause when its start
+        failed)."""
         loop = asyncio.get_running_loop()
+        pause_s = 0.0
         while True:
             process = worker.process
             assert process is not None
@@ -269,7 +280,20 @@ class Supervisor:
                 multiprocess.mark_process_dead(process.pid, self.metrics_dir)  # its open lessons are gone
             if self._stopping.is_set():
                 return
-            log.error("worker_exited", worker=worker.index, exit_code=process.exitcode, restarting=True)
+            if process.exitcode == START_FAILED_EXIT_CODE:
+                pause_s = min(max(pause_s * 2, FIRST_RESTART_PAUSE_S), LONGEST_RESTART_PAUSE_S)
+                # The kernel would go on giving its socket a share of new connections, for nobody to accept during
+                # the pause: closed, they go to the workers that serve; the next start binds a new one.
+                worker.listener.close()
+            else:
+                pause_s = 0.0
+            log.error("worker_exited", worker=worker.index, exit_code=process.exitcode, restarting=True,
+                      start_failed=process.exitcode == START_FAILED_EXIT_CODE, restart_in_s=pause_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause_s):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
             await self._start(worker)
 
 

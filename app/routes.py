@@ -187,7 +187,7 @@ async def lesson_socket(websocket: WebSocket) -> None:
         return
     try:
         # What the tutor remembers is read before the lesson is built; without it the lesson goes on.
-        memory = await load_memory(state.db, student)
+        memory = await load_memory(state.db, student, lesson_log=lesson_log)
         if memory:
             lesson_log.info("student_remembered", lessons=len(memory))
         started_at = datetime.now(UTC)
@@ -315,7 +315,7 @@ async def _take_over_here(state: Any, claim: ResumeClaim, token: str, *, client:
         await _give_back(state, claim.lesson_id, resume_log)
         raise
     try:
-        memory = await load_memory(state.db, student)
+        memory = await load_memory(state.db, student, lesson_log=resume_log)
         request = messages.LessonRequest(name=claim.name, level=taken.level, support=claim.support,
                                          topic=claim.topic)
         # The greeting was heard if a tutor turn was heard whole: a greeting the hand-over cut is given again.

@@ -110,7 +110,8 @@ class LessonSession(EndingLesson, ResumableLesson, UpstreamEvents, PageInput):
         return (
             ToBrowser(self._lesson_frame(resumed=False)),
             ToBrowser(messages.status("connecting")),
-            Log("info", "lesson_started", {"level": cfg.level, "simulated": cfg.simulated}),
+            # `level` is the log line's own field (info, warning…): the lesson's is `cefr_level`.
+            Log("info", "lesson_started", {"cefr_level": cfg.level, "simulated": cfg.simulated}),
             self._recorder.started(now, level=cfg.level, model=cfg.model, simulated=cfg.simulated,
                                    student_id=cfg.student_id, link_id=cfg.link_id,
                                    browser_key_hash=cfg.browser_key_hash, student_name=cfg.name),

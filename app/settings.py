@@ -28,6 +28,7 @@ from app.store.database import DatabaseUrlError, database_url
 
 # The length of an HMAC-SHA256 key that is as strong as the hash.
 MIN_SECRET_BYTES = 32
+MIN_TEACHER_PASSWORD_CHARS = 8
 
 WebSocketUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"])]
 
@@ -62,27 +63,27 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] | None = None
 
-    upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120, allow_inf_nan=False)
     # A page that takes no frame for this long has stopped reading: its connection is dropped.
-    browser_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    browser_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
     # A request (head and body) must have arrived this long after it began, or after the connection opened.
-    request_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    request_timeout_seconds: float = Field(default=10.0, gt=0, le=120, allow_inf_nan=False)
     max_connections: int = Field(default=500, ge=2)
     max_frame_bytes: int = Field(default=4800, ge=960, le=96_000)
     max_sessions: int = Field(default=50, ge=1)
     # Worker processes of `python -m app`; MAX_SESSIONS and the start rate hold for all of them together.
     web_concurrency: int = Field(default=1, ge=1, le=64)
     # A lesson may outlast the upstream's 60-minute session: the relay rolls over to a new one.
-    max_lesson_seconds: float = Field(default=3600, gt=0, le=4 * 3600)
+    max_lesson_seconds: float = Field(default=3600, gt=0, le=4 * 3600, allow_inf_nan=False)
     # How long a lesson waits for its page to come back (network loss, reload, redeploy); 0 = not at all.
-    resume_grace_seconds: float = Field(default=30, ge=0, le=600)
+    resume_grace_seconds: float = Field(default=30, ge=0, le=600, allow_inf_nan=False)
     # An instance that has not marked itself alive for this long was killed: its lessons may be taken over.
-    instance_lost_after_seconds: float = Field(default=15, ge=1, le=300)
+    instance_lost_after_seconds: float = Field(default=15, ge=1, le=300, allow_inf_nan=False)
     idle_timeout_seconds: float = Field(default=300, gt=0, allow_inf_nan=False)
     # How often each worker asks the store whether a teacher withdrew the links of its running lessons.
-    link_check_seconds: float = Field(default=10, ge=1, le=300)
+    link_check_seconds: float = Field(default=10, ge=1, le=300, allow_inf_nan=False)
     # How long the lesson's feedback may take after a normal end before the lesson ends without it.
-    feedback_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    feedback_timeout_seconds: float = Field(default=20.0, gt=0, le=120, allow_inf_nan=False)
     # A class of 30 behind one school NAT all starting in the same minute, each once more (a reload, a retry).
     lesson_starts_per_minute: int = Field(default=60, ge=1)
     # One student's link: a start, a retry after a failure, a reload and one to spare.
@@ -95,10 +96,10 @@ class Settings(BaseSettings):
     # When set, GET /metrics and the details of /healthz need `Authorization: Bearer <this>`.
     metrics_token: SecretStr | None = None
     # The teacher's desk (/teacher) and JSON API (/api) are off while this is unset.
-    teacher_password: SecretStr | None = Field(default=None, min_length=8)
+    teacher_password: SecretStr | None = None
     # The address students reach the app at, for the lesson links the desk hands out; unset = the request's.
     public_url: AnyHttpUrl | None = None
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=120)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=120, allow_inf_nan=False)
     # Railway sets this in every deployment: the process then runs there, and is killed after its draining time.
     railway_deployment_id: str | None = None
     # Railway's draining time (SIGTERM to SIGKILL), when given as this service variable instead of railway.json.
@@ -146,6 +147,8 @@ class Settings(BaseSettings):
         # Typed at the desk and sent as a Bearer token: a line break or an edge space pasted with it never matches.
         if value is not None:
             password = value.get_secret_value()
+            if len(password) < MIN_TEACHER_PASSWORD_CHARS:
+                raise ValueError(f"must be at least {MIN_TEACHER_PASSWORD_CHARS} characters")
             if password != password.strip() or not password.isprintable():
                 raise ValueError("must not begin or end with a space, nor hold a line break or a control character "
                                  "(pasted with a line break?)")
@@ -221,9 +224,11 @@ class Settings(BaseSettings):
                                  ) from None
         return ",".join(entries)
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", "openai_realtime_voice", "openai_auth_header", "turn_detection",
+                     "vad_eagerness", mode="before")
     @classmethod
-    def _lower_log_level(cls, value: object) -> object:
+    def _lower_choice(cls, value: object) -> object:
+        # Every choice is lower case: INFO, JSON or Marin mean the same.
         return value.lower() if isinstance(value, str) else value
 
     @field_validator("database_url")
@@ -233,7 +238,8 @@ class Settings(BaseSettings):
             try:
                 database_url(value.get_secret_value())
             except DatabaseUrlError as exc:
-                raise ValueError(str(exc)) from None
+                # Named once, by the line's `DATABASE_URL:`.
+                raise ValueError(str(exc).removeprefix("DATABASE_URL ")) from None
         return value
 
     @property
@@ -276,8 +282,10 @@ def _problem(error: ErrorDetails) -> str:
     if not error["loc"]:
         return error["msg"]
     name = str(error["loc"][0])
+    # pydantic opens the message of a validator's ValueError with "Value error, ": the line says what is wrong alone.
+    message = error["msg"].removeprefix("Value error, ")
     # Within a JSON value (PRICE_PER_MILLION_TOKENS), where: its key.
     where = "".join(f"[{part!r}]" for part in error["loc"][1:])
     if any(word in name for word in _SECRET_WORDS):
-        return f"{name.upper()}{where}: {error['msg']}"
-    return f"{name.upper()}{where}={error.get('input')!r}: {error['msg']}"
+        return f"{name.upper()}{where}: {message}"
+    return f"{name.upper()}{where}={error.get('input')!r}: {message}"

@@ -79,3 +79,42 @@ async def test_a_check_failing_with_a_drivers_own_error_is_logged_and_the_next_o
     [unchecked] = logged(log, "withdrawn_links_unchecked")
     assert (unchecked["level"], unchecked["error"]) == ("warning", "the database system is starting up")
     assert len(logged(log, "withdrawn_links_checked_again")) == 1
+
+
+class LessonsThatEnd:
+    """A worker whose one lesson ends after the first check; `asked` is set once it has been asked `until` times."""
+
+    def __init__(self, until: int) -> None:
+        self.calls, self.until = 0, until
+        self.asked = asyncio.Event()
+
+    def running_lessons(self) -> set[str]:
+        self.calls += 1
+        if self.calls >= self.until:
+            self.asked.set()
+        return {"L1"} if self.calls == 1 else set()
+
+    def running_links(self) -> set[str]:
+        return set()
+
+
+class DatabaseDown:
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[None]:
+        raise DriverError("connection refused")
+        yield
+
+
+async def test_a_worker_left_with_no_lesson_to_check_does_not_say_the_database_answers_again() -> None:
+    log = io.StringIO()
+    configure_logging(Settings(log_format="json"), log)
+    live = LessonsThatEnd(until=5)
+    checking = asyncio.create_task(check_withdrawn_links(DatabaseDown(), live, RefusedResumes(),  # type: ignore[arg-type]
+                                                        every_s=0.01))
+    asked = asyncio.create_task(live.asked.wait())
+    done, _ = await asyncio.wait({checking, asked}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    checking.cancel()
+    asked.cancel()
+    assert done == {asked}, checking.exception() if checking in done else "the check did not run 5 times within 10 s"
+    assert len(logged(log, "withdrawn_links_unchecked")) == 1
+    assert logged(log, "withdrawn_links_checked_again") == []

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from databases import CuttableProxy
-from harness import AppServer, open_lesson, relay_settings, serve_app
+from harness import AppServer, logged, open_lesson, relay_settings, serve_app
 from test_feedback_integration import converse
 from test_links import SECRET, personal_link, started_app
 
@@ -89,4 +89,7 @@ async def test_a_store_that_is_down_at_the_start_means_a_first_lesson_greeting_a
         proxy.restore()
     assert greeting.startswith("Hello Ana!")
     assert HEADING not in instructions(simulator, 1)
-    assert '"event": "memory_unavailable"' in log_stream.getvalue()
+    [unavailable] = logged(log_stream, "memory_unavailable")
+    [_, second] = logged(log_stream, "lesson_started")
+    # Said of the lesson that started without its memory.
+    assert (unavailable["lesson_id"], unavailable["client"]) == (second["lesson_id"], "127.0.0.1")

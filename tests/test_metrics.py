@@ -260,3 +260,20 @@ def test_the_metrics_token_never_reaches_a_log_line() -> None:
     structlog.get_logger("lesson_relay").warning("probe", header=f"Bearer {TOKEN}")
     assert TOKEN not in stream.getvalue()
     assert REDACTED in stream.getvalue()
+
+
+def test_the_counters_of_a_closed_set_of_labels_start_at_zero_so_that_their_first_count_is_an_increase() -> None:
+    samples = {(sample.name, frozenset(sample.labels.items())): sample.value
+               for family in text_string_to_metric_families(LessonMetrics().exposition().decode())
+               for sample in family.samples}
+    for name, label, values in [
+        ("lesson_relay_greetings_total", "outcome", ("heard", "retried", "failed")),
+        ("lesson_relay_records_dropped_total", "cause", ("queue_full", "database_unavailable", "refused", "shutdown")),
+        ("lesson_relay_resumes_total", "kind", ("page", "taken_over")),
+        ("lesson_relay_upstream_lost_total", "why",
+         ("upstream_closed", "session_expired", "server_error", "roll_over")),
+        ("lesson_relay_lessons_taken_over_total", "from_lost_instance", ("true", "false")),
+    ]:
+        for label_value in values:
+            # Present, not merely absent (which `value` would also read as 0).
+            assert samples[(name, frozenset({(label, label_value)}))] == 0

@@ -171,3 +171,13 @@ async def test_without_a_key_the_embedded_simulator_gives_the_lesson(log_stream:
     assert "Kenji" in transcript["text"]
     assert len(page.audio) > 48_000
     assert any(line["event"] == "simulator_mode" for line in log_lines(log_stream))
+
+
+async def test_lesson_started_logs_the_lessons_level_beside_the_lines_own(
+    simulator: RealtimeSimulator, log_stream: io.StringIO,
+) -> None:
+    async with serve_app(relay_settings(simulator.url), log_stream) as server, \
+            open_lesson(server.lesson_url(name="Ana", level="B2")) as page:
+        await page.until_type("lesson")
+    [started] = [line for line in log_lines(log_stream) if line["event"] == "lesson_started"]
+    assert (started["cefr_level"], started["level"]) == ("B2", "info")

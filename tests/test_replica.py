@@ -24,6 +24,7 @@ import httpx
 import orjson
 import pytest
 import structlog
+from databases import CuttableProxy
 from harness import (
     LessonClient,
     ProcessOutput,
@@ -497,6 +498,44 @@ async def test_a_lesson_on_a_worker_that_is_killed_is_taken_over_by_the_replica_
     [taken_over] = output.of("lesson_taken_over")
     assert taken_over["from_lost_instance"] is True
     assert [line["reason"] for line in output.of("lesson_ended")] == ["student_ended"]
+
+
+def listening_sockets_on(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:`port` (each worker's, with SO_REUSEPORT, is one)."""
+    local = f"0100007F:{port:04X}"
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row[1] == local and row[3] == "0A")  # 0A: LISTEN
+
+
+async def test_a_worker_that_cannot_start_while_the_database_is_away_is_started_again_after_growing_pauses(
+    simulator: RealtimeSimulator, postgres_behind_proxy: tuple[str, CuttableProxy]
+) -> None:
+    url, proxy = postgres_behind_proxy
+    async with app_process(simulator.url, url, WEB_CONCURRENCY="2") as served:
+        output = served.output
+        await served.until_workers_started(2)
+        proxy.cut()
+        [victim, _] = output.of("Application startup complete.")
+        os.kill(victim["pid"], signal.SIGKILL)  # out of memory, say, while the database is away
+        await output.until(lambda lines: len([line for line in lines if line.get("event") == "worker_exited"]) == 3)
+        # In its pause (2 s from that line) no socket of the failed worker takes connections nobody would accept.
+        assert listening_sockets_on(served.port) == 1
+        proxy.restore()
+        # The database back, the replacement serves (it logs this once it listens). On a loaded machine one more
+        # start may have failed before the database came back: counted with >=, and the first three checked below.
+        try:
+            await output.until(lambda lines: len([line for line in lines
+                                                  if line.get("event") == "startup_heap_frozen"]) >= 3)
+        except TimeoutError:
+            pytest.fail("the replacement did not serve once the database was back:\n" + "".join(output.text))
+        assert listening_sockets_on(served.port) == 2
+        served.process.send_signal(signal.SIGTERM)
+        await served.exited(30)
+    exits = output.of("worker_exited")
+    assert {line["worker"] for line in exits} == {victim["worker"]}
+    # Killed after it served: replaced at once. Its replacement's starts failed: again after 1 s, then 2 s.
+    assert [(line["start_failed"], line["restart_in_s"]) for line in exits[:3]] == [
+        (False, 0.0), (True, 1.0), (True, 2.0)]
 
 
 class FailedHere(Exception):

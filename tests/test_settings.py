@@ -96,7 +96,7 @@ async def test_python_m_app_refuses_a_short_lesson_secret_with_one_line_and_neve
         _, err = await process.communicate()
     assert process.returncode == 1
     [line] = err.decode().strip().splitlines()
-    assert line.startswith("invalid configuration: LESSON_SECRET: Value error, must be at least 32 bytes")
+    assert line.startswith("invalid configuration: LESSON_SECRET: must be at least 32 bytes")
     assert "short-secret" not in line
 
 
@@ -138,14 +138,18 @@ PRICES = '{"audio_input":32,"audio_output":64,"text_input":4,"text_output":16,"c
      "PRICE_PER_MILLION_TOKENS['audio_input']: Input should be a valid number"),
     ("MAX_LESSON_COST_USD", "inf", "MAX_LESSON_COST_USD='inf': Input should be a finite number"),
     ("IDLE_TIMEOUT_SECONDS", "inf", "IDLE_TIMEOUT_SECONDS='inf': Input should be a finite number"),
-    ("OPENAI_API_KEY", "sk-test-fake-key\n", "OPENAI_API_KEY: Value error, must be printable ASCII without spaces"),
-    ("OPENAI_API_KEY", "sk-test fake", "OPENAI_API_KEY: Value error, must be printable ASCII without spaces"),
-    ("METRICS_TOKEN", " test-token", "METRICS_TOKEN: Value error, must be printable ASCII without spaces"),
-    ("TEACHER_PASSWORD", "test-token-words\n", "TEACHER_PASSWORD: Value error, must not begin or end with a space"),
-    ("TEACHER_PASSWORD", " test-token-words", "TEACHER_PASSWORD: Value error, must not begin or end with a space"),
-    ("HOST", "999.1.1.1", "HOST='999.1.1.1': Value error, is not an IP address or a host name"),
-    ("HOST", "http://0.0.0.0", "HOST='http://0.0.0.0': Value error, is not an IP address or a host name"),
-    ("HOST", "", "HOST='': Value error, is not an IP address or a host name"),
+    ("SHUTDOWN_GRACE_SECONDS", "nan", "SHUTDOWN_GRACE_SECONDS='nan': Input should be a finite number"),
+    ("UPSTREAM_TIMEOUT_SECONDS", "NaN", "UPSTREAM_TIMEOUT_SECONDS='NaN': Input should be a finite number"),
+    ("RESUME_GRACE_SECONDS", "nan", "RESUME_GRACE_SECONDS='nan': Input should be a finite number"),
+    ("TEACHER_PASSWORD", "test-t", "TEACHER_PASSWORD: must be at least 8 characters"),
+    ("OPENAI_API_KEY", "sk-test-fake-key\n", "OPENAI_API_KEY: must be printable ASCII without spaces"),
+    ("OPENAI_API_KEY", "sk-test fake", "OPENAI_API_KEY: must be printable ASCII without spaces"),
+    ("METRICS_TOKEN", " test-token", "METRICS_TOKEN: must be printable ASCII without spaces"),
+    ("TEACHER_PASSWORD", "test-token-words\n", "TEACHER_PASSWORD: must not begin or end with a space"),
+    ("TEACHER_PASSWORD", " test-token-words", "TEACHER_PASSWORD: must not begin or end with a space"),
+    ("HOST", "999.1.1.1", "HOST='999.1.1.1': is not an IP address or a host name"),
+    ("HOST", "http://0.0.0.0", "HOST='http://0.0.0.0': is not an IP address or a host name"),
+    ("HOST", "", "HOST='': is not an IP address or a host name"),
     ("ALLOWED_ORIGINS", "school.example.org", "'school.example.org' is not an origin"),
     ("ALLOWED_ORIGINS", "https://school.example.org/lessons", "'https://school.example.org/lessons' is not an origin"),
     ("ALLOWED_ORIGINS", "https://a.example, ftp://b.example", "'ftp://b.example' is not an origin"),
@@ -232,3 +236,15 @@ def test_the_readme_lists_every_setting_with_its_default() -> None:
     # LOG_FORMAT's default depends on where the log goes; the README says how.
     written = {name: rows[name] for name in fields if name != "LOG_FORMAT"}
     assert written == {name: _readme_default(default) for name, default in fields.items() if name != "LOG_FORMAT"}
+
+
+def test_a_choice_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, value in [("LOG_LEVEL", "INFO"), ("LOG_FORMAT", "JSON"), ("OPENAI_REALTIME_VOICE", "Marin"),
+                            ("OPENAI_AUTH_HEADER", "Api-Key"), ("TURN_DETECTION", "Semantic_VAD"),
+                            ("VAD_EAGERNESS", "High")]:
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake-key")
+    settings = load_settings()
+    assert (settings.log_level, settings.log_format, settings.openai_realtime_voice, settings.openai_auth_header,
+            settings.turn_detection, settings.vad_eagerness) == (
+        "info", "json", "marin", "api-key", "semantic_vad", "high")

@@ -84,6 +84,10 @@ def database_url(raw: str | None) -> URL:
         url = make_url(raw)
     except ArgumentError as exc:
         raise DatabaseUrlError(f"DATABASE_URL is not a database URL: {redact(raw)!r}") from exc
+    except ValueError as exc:
+        # SQLAlchemy reads the port with int(); the URL, password and all, is not echoed.
+        raise DatabaseUrlError("DATABASE_URL has a port that is not a number: "
+                               "postgresql://user:password@host:5432/database") from exc
     driver = _SCHEMES.get(url.drivername)
     if driver is None:
         raise DatabaseUrlError(
@@ -104,7 +108,7 @@ def redact(url: URL | str) -> str:
     if isinstance(url, str):
         try:
             url = make_url(url)
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             return "<unreadable URL>"
     return url.render_as_string(hide_password=True)
 

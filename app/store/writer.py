@@ -83,6 +83,8 @@ class RecordWriter:
         self.written = 0
         self.dropped = 0
         self._task: asyncio.Task[None] | None = None
+        # The records taken from the queue and neither written nor dropped yet: lost with them if the task stops.
+        self._in_flight: list[LessonRecord] = []
 
     # ---- what lessons call -----------------------------------------------------------------------
 
@@ -91,7 +93,7 @@ class RecordWriter:
         try:
             self.queue.put_nowait(record)
         except asyncio.QueueFull:
-            self._count_dropped(1, "queue_full", "queue_full", record.lesson_id)
+            self._count_dropped([record], "queue_full", "queue_full")
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -103,7 +105,8 @@ class RecordWriter:
         await self.queue.join()
 
     async def stop(self, grace_s: float) -> None:
-        """Write what is queued for up to `grace_s`, then stop; what is left is counted and logged."""
+        """Write what is queued for up to `grace_s`, then stop; what is left (the batch being written included) is
+        counted and logged."""
         if self._task is None:
             return
         with contextlib.suppress(TimeoutError):
@@ -113,23 +116,30 @@ class RecordWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        if left := self.queue.qsize():
-            self._count_dropped(left, "shutdown", "shutdown", None)
+        left, self._in_flight = self._in_flight, []
+        while not self.queue.empty():
+            left.append(self.queue.get_nowait())
+            self.queue.task_done()
+        if left:
+            self._count_dropped(left, "shutdown", "shutdown")
         log.info("records_writer_stopped", written=self.written, dropped=self.dropped)
 
     # ---- the task --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
-            batch = [await self.queue.get()]
-            if self.linger_s:
-                await asyncio.sleep(self.linger_s)
-            while len(batch) < self.batch_size and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
+            self._in_flight = batch = [await self.queue.get()]
+            taken = 1
             try:
+                if self.linger_s:
+                    await asyncio.sleep(self.linger_s)
+                while len(batch) < self.batch_size and not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                    taken += 1
                 await self._write_with_retries(batch)
+                self._in_flight = []
             finally:
-                for _ in batch:
+                for _ in range(taken):
                     self.queue.task_done()
 
     async def _write_with_retries(self, batch: list[LessonRecord]) -> None:
@@ -145,35 +155,48 @@ class RecordWriter:
             except Exception as exc:  # the database is slow or gone: its driver's errors, OSError, timeouts
                 waited = self.clock() - first_try
                 if waited + pause > self.give_up_after_s:
-                    self._count_dropped(len(batch), "database_unavailable",
-                                        f"database unavailable for {waited:.0f} s: {error_reason(exc)}",
-                                        batch[0].lesson_id)
+                    self._count_dropped(batch, "database_unavailable",
+                                        f"database unavailable for {waited:.0f} s: {error_reason(exc)}")
                     return
-                log.warning("records_write_retry", records=len(batch), retry_in_s=pause, error=error_reason(exc))
+                log.warning("records_write_retry", records=len(batch), **_lessons_of(batch), retry_in_s=pause,
+                            error=error_reason(exc))
                 if self.on_retry is not None:
                     self.on_retry()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self.longest_retry_s)
 
     async def _write_one_by_one(self, batch: list[LessonRecord]) -> None:
-        for record in batch:
+        for record in list(batch):
             try:
                 await self._write([record])
                 self.written += 1
             except Exception as exc:
-                self._count_dropped(1, "refused", f"refused by the database: {error_reason(exc)}", record.lesson_id)
+                self._count_dropped([record], "refused", f"refused by the database: {error_reason(exc)}")
+            batch.remove(record)
 
     async def _write(self, batch: list[LessonRecord]) -> None:
         async with asyncio.timeout(self.write_timeout_s), self.engine.begin() as connection:
             await _apply(connection, batch, self.instance_id)
 
-    def _count_dropped(self, count: int, cause: str, reason: str, lesson_id: str | None) -> None:
+    def _count_dropped(self, records: list[LessonRecord], cause: str, reason: str) -> None:
+        count = len(records)
         before, self.dropped = self.dropped, self.dropped + count
         if self.on_dropped is not None:
             self.on_dropped(cause, count)
         # Logged on the first drop of a run of them and then at each power of two, not once per record.
         if cause != "queue_full" or before == 0 or (self.dropped & (self.dropped - 1)) == 0:
-            log.error("records_dropped", count=count, dropped_total=self.dropped, reason=reason, lesson_id=lesson_id)
+            log.error("records_dropped", count=count, dropped_total=self.dropped, reason=reason,
+                      **_lessons_of(records))
+
+
+# A batch may hold records of hundreds of lessons: a log line names this many of them, and counts them all.
+MAX_LOGGED_LESSON_IDS = 20
+
+
+def _lessons_of(records: list[LessonRecord]) -> dict[str, object]:
+    """The lessons `records` belong to, for a log line: how many, and the ids of the first of them."""
+    lesson_ids = list(dict.fromkeys(record.lesson_id for record in records))
+    return {"lessons": len(lesson_ids), "lesson_ids": lesson_ids[:MAX_LOGGED_LESSON_IDS]}
 
 
 async def _apply(connection: AsyncConnection, batch: list[LessonRecord], instance_id: str | None) -> None:

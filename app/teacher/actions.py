@@ -117,7 +117,7 @@ async def add_student(request: Request, teacher: Teacher) -> Response:
         student = await queries.add_student(db, name=new.name, level=new.level,
                                             target_language=new.target_language)
         await queries.create_link(db, student.id, expires_at=None)
-    log.info("teacher_student_added", student_id=student.id, level=student.level)
+    log.info("teacher_student_added", student_id=student.id, cefr_level=student.level)
     return redirect(_student_path(student.id), notice="student_added")
 
 
@@ -135,7 +135,7 @@ async def change_level(request: Request, teacher: Teacher, student_id: str) -> R
             raise not_found("student")
         # Changed from the students list: back to the same page of it, of the same search.
         back = await back_to_list(db, from_list, "level_changed")
-    log.info("teacher_level_changed", student_id=student_id, level=change.level)
+    log.info("teacher_level_changed", student_id=student_id, cefr_level=change.level)
     return back or redirect(_student_path(student_id), notice="level_changed")
 
 

@@ -148,7 +148,7 @@ async def create_student(request: Request, _: Authorized) -> JSONResponse:
         student = await queries.add_student(db, name=new.name, level=new.level, target_language=new.target_language)
         link = await queries.create_link(db, student.id, expires_at=None)
         link_url = lesson_link_url(request, link)
-    log.info("teacher_student_added", student_id=student.id, level=student.level, via="api")
+    log.info("teacher_student_added", student_id=student.id, cefr_level=student.level, via="api")
     return JSONResponse(exports.student_json(student) | {"link": link_url}, status_code=201)
 
 
@@ -190,7 +190,7 @@ async def change_student(request: Request, _: Authorized, student_id: str) -> JS
         elif change.archived is False:
             student.archived_at = None
         changed = exports.student_json(student)
-    log.info("teacher_student_changed", student_id=student_id, level=change.level, archived=change.archived,
+    log.info("teacher_student_changed", student_id=student_id, cefr_level=change.level, archived=change.archived,
              via="api")
     if archiving:
         end_withdrawn_here(request, Withdrawal.STUDENT_REMOVED, student_id=student_id)

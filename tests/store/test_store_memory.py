@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog
 from harness import logged
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -66,9 +67,14 @@ async def test_nobody_known_has_no_memory(sessions: async_sessionmaker[AsyncSess
 async def test_a_stored_feedback_that_is_no_longer_valid_is_skipped_and_logged(
         sessions: async_sessionmaker[AsyncSession], store_log: io.StringIO) -> None:
     student_id = await student_with_lessons(sessions, lessons=[feedback("dogs"), {"summary": "no other fields"}])
-    remembered = await remembered_lessons(sessions, LessonStudent(student_id=student_id))
+    lesson_log = structlog.get_logger("lesson_relay").bind(lesson_id="lesson-starting-now")
+    remembered = await remembered_lessons(sessions, LessonStudent(student_id=student_id), lesson_log=lesson_log)
     assert [lesson.feedback.summary for lesson in remembered] == ["We talked about dogs."]
-    assert len(logged(store_log, "memory_feedback_skipped")) == 1
+    [skipped] = logged(store_log, "memory_feedback_skipped")
+    # Logged as a line of the lesson starting, naming the remembered lesson apart.
+    assert skipped["lesson_id"] == "lesson-starting-now"
+    async with sessions() as session:
+        assert await session.get(Lesson, skipped["remembered_lesson_id"]) is not None
 
 
 class UnreachableStore:

@@ -50,6 +50,7 @@ def test_database_url_picks_the_async_driver(raw: str | None, expected: str) -> 
     ("sqlite://", "names no SQLite file"),
     ("not a url", "is not a database URL"),
     ("postgresql://u@h/x?sslmode=required", "sslmode 'required' is not one of disable, allow, prefer, require"),
+    ("postgresql://u:pw@h:54a32/x", "has a port that is not a number"),
 ])
 def test_an_unsupported_database_url_is_refused(raw: str, problem: str) -> None:
     with pytest.raises(DatabaseUrlError, match=problem):
@@ -76,6 +77,17 @@ async def test_a_postgresql_url_with_sslmode_connects(postgres_server: str) -> N
 
 def test_redact_hides_the_password() -> None:
     assert redact("postgresql://teacher:hunter2-pass@db:5432/x") == "postgresql://teacher:***@db:5432/x"
+    assert redact("postgresql://teacher:hunter2-pass@db:54a32/x") == "<unreadable URL>"
+
+
+def test_a_database_url_with_a_bad_port_stops_the_start_naming_it_once_without_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://teacher:hunter2-pass@db:54a32/lessons")
+    with pytest.raises(ConfigurationError) as stopped:
+        load_settings()
+    assert str(stopped.value) == ("invalid configuration: DATABASE_URL: has a port that is not a number: "
+                                  "postgresql://user:password@host:5432/database")
 
 
 def _closed_port() -> int:

@@ -111,7 +111,7 @@ async def test_a_record_the_database_refuses_is_dropped_alone(
         assert await session.get(Lesson, "L1") is not None
     assert (writer.written, writer.dropped) == (2, 1)
     [line] = logged(store_log, "records_dropped")
-    assert line["lesson_id"] == "nope"
+    assert (line["lessons"], line["lesson_ids"]) == (1, ["nope"])
     assert str(line["reason"]).startswith("refused by the database")
 
 
@@ -159,6 +159,7 @@ async def test_records_wait_out_an_outage_and_are_written_when_the_database_is_b
         assert (writer.written, writer.dropped) == (2, 0)
         retries = logged(store_log, "records_write_retry")
         assert retries
+        assert all((retry["lessons"], retry["lesson_ids"]) == (1, ["L1"]) for retry in retries)
         # An operator sees the outage in /metrics as it happens, not only once records are dropped.
         assert metrics.registry.get_sample_value("lesson_relay_records_write_retries_total") == len(retries)
     finally:
@@ -187,6 +188,30 @@ async def test_past_the_bound_an_unreachable_database_s_records_are_dropped_coun
         await writer.stop(grace_s=5)
         await engine.dispose()
 
+
+
+async def test_a_stop_during_an_outage_counts_and_logs_the_batch_being_written_with_its_lessons(
+        postgres_behind_proxy: tuple[str, CuttableProxy], store_log: io.StringIO) -> None:
+    url, proxy = postgres_behind_proxy
+    engine = create_engine(database_url(url))
+    await migrate(engine)
+    metrics = LessonMetrics()
+    writer = RecordWriter(engine, write_timeout_s=2, first_retry_s=0.05, longest_retry_s=0.2, give_up_after_s=60,
+                          on_dropped=metrics.records_lost)
+    writer.start()
+    try:
+        proxy.cut()
+        writer.put(started("L1"))
+        writer.put(started("L2"))
+        writer.put(ended("L1"))
+        await proxy.refused.wait()  # the batch is taken and being retried
+        await writer.stop(grace_s=0)
+    finally:
+        await engine.dispose()
+    assert (writer.written, writer.dropped) == (0, 3)
+    [line] = logged(store_log, "records_dropped")
+    assert (line["reason"], line["count"], line["lessons"], line["lesson_ids"]) == ("shutdown", 3, 2, ["L1", "L2"])
+    assert metrics.registry.get_sample_value("lesson_relay_records_dropped_total", {"cause": "shutdown"}) == 3
 
 
 async def test_a_batch_of_interleaved_lessons_is_written_kind_by_kind_keeping_every_dependency(

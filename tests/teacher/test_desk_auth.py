@@ -179,6 +179,6 @@ def test_a_short_teacher_password_stops_the_start_without_echoing_it(monkeypatch
     with pytest.raises(ConfigurationError) as stopped:
         load_settings()
     message = str(stopped.value)
-    assert "TEACHER_PASSWORD: Value should have at least 8 items" in message
+    assert "TEACHER_PASSWORD: must be at least 8 characters" in message
     assert "hunter2" not in message
     assert "PUBLIC_URL='ftp://lessons.example.org'" in message

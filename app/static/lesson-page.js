@@ -8,6 +8,7 @@
 //     socket,           "open" or "closed"; closeCode, the close code once closed
 //     contextRate,      the AudioContext's sample rate
 //     framesSent, bytesSent, frameBytes, captureDropped   microphone frames sent upstream
+//     paceDropped,      microphone frames dropped for coming faster than real time (lesson.js, MicrophonePace)
 //     received,         {item_id: 24 kHz samples of tutor audio received}
 //     played,           {item_id: 24 kHz samples the playback worklet rendered}
 //     finished,         {item_id: samples rendered when the item finished or was flushed}
@@ -115,6 +116,7 @@ const debug = {
   closeCode: null,
   contextRate: 0,
   framesSent: 0,
+  paceDropped: 0,
   bytesSent: 0,
   frameBytes: 0,
   captureDropped: 0,

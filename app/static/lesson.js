@@ -45,6 +45,34 @@ function withDeadline(promise, ms, part) {
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }
 
+// The relay takes the microphone at up to 1.2 × real time with 1 s ahead to spare, and refuses the rest as
+// `audio_too_fast` (app/pacing.py). A browser whose sound restarts may hand over a backlog at once (WebKit: about
+// 0.6 s after a resume), which a slow network bunches further: the page sends at most 1.1 × real time (clock
+// drift) with half a second ahead to spare, and drops the rest of such a burst, stale sound the student never meant.
+const MICROPHONE_BYTES_PER_S = SOURCE_RATE * 2;
+const MICROPHONE_PACE = 1.1;
+const MICROPHONE_AHEAD_S = 0.5;
+
+class MicrophonePace {
+  constructor() {
+    this.capacity = MICROPHONE_AHEAD_S * MICROPHONE_BYTES_PER_S;
+    this.bytes = this.capacity;
+    this.updatedAtMs = null;
+  }
+
+  // Whether `size` bytes may be sent at `nowMs` (spending them), or must be dropped.
+  take(size, nowMs) {
+    if (this.updatedAtMs !== null) {
+      const earned = ((nowMs - this.updatedAtMs) / 1000) * MICROPHONE_PACE * MICROPHONE_BYTES_PER_S;
+      this.bytes = Math.min(this.capacity, this.bytes + earned);
+    }
+    this.updatedAtMs = nowMs;
+    if (size > this.bytes) return false;
+    this.bytes -= size;
+    return true;
+  }
+}
+
 const transcript = new Transcript(page.transcript, page.turnAnnouncer);
 
 const feedbackCard = new FeedbackCard(page.feedback, page.feedbackStatus, page.feedbackCard);
@@ -68,6 +96,7 @@ class Lesson {
     this.source = null;
     this.capture = null;
     this.playback = null;
+    this.microphonePace = new MicrophonePace();
     this.interruptions = null;
     this.muted = false;
     this.currentItem = null;
@@ -285,10 +314,14 @@ class Lesson {
     const buffer = message.buffer;
     // The relay drops frames until the greeting was heard; sending from the start keeps it simple.
     if (this.socket?.readyState === WebSocket.OPEN) {
-      this.socket.send(buffer);
-      debug.framesSent += 1;
-      debug.bytesSent += buffer.byteLength;
-      debug.frameBytes = buffer.byteLength;
+      if (this.microphonePace.take(buffer.byteLength, performance.now())) {
+        this.socket.send(buffer);
+        debug.framesSent += 1;
+        debug.bytesSent += buffer.byteLength;
+        debug.frameBytes = buffer.byteLength;
+      } else {
+        debug.paceDropped += 1;
+      }
     }
     debug.captureDropped = message.dropped;
     // send() has copied the bytes: the worklet may refill this buffer.

@@ -50,8 +50,9 @@ END_REASONS: dict[str, str] = {
 
 # Why a start can be turned away before the tutor says a word: by the relay (capacity, start rates, the student's
 # daily budget: kept as a lesson of no length) or by the tutor service (refused, unreachable, unable to greet). A
-# lesson that ended so with no turn recorded is a refused start: the desk counts it apart from the lessons that ran.
-# After a turn the same reason ended a lesson that ran.
+# lesson that ended so with no turn recorded and no audio from the tutor is a refused start: the desk counts it apart
+# from the lessons that ran. After a turn the same reason ended a lesson that ran; so it did when the tutor spoke and
+# its turns are gone (deleted past RETENTION_DAYS, or lost in an outage of the records).
 REFUSED_START_REASONS = frozenset({
     "over_capacity", "daily_budget_reached", "session_not_audio", "session_refused", "greeting_failed",
     "greeting_timeout", "upstream_closed", "upstream_error", "upstream_timeout", "upstream_unavailable",
@@ -96,10 +97,10 @@ def is_failure(kind: str) -> bool:
     return kind not in NOT_FAILURES
 
 
-def is_refused_start(end_reason: str | None, *, ended: bool, has_turns: bool) -> bool:
+def is_refused_start(end_reason: str | None, *, ended: bool, has_turns: bool, audio_output_tokens: int) -> bool:
     """Whether a lesson was a refused start (`REFUSED_START_REASONS`): ended, for one of those reasons, with no
-    turn."""
-    return ended and not has_turns and end_reason in REFUSED_START_REASONS
+    turn and no audio from the tutor."""
+    return ended and not has_turns and not audio_output_tokens and end_reason in REFUSED_START_REASONS
 
 
 def ended_because(end_reason: str | None) -> str:

@@ -80,7 +80,8 @@ def lesson_json(lesson: Lesson, *, events_left_out: int, turns_left_out: int) ->
     ones, `turns_left_out` older turns and `events_left_out` older events not."""
     return lesson_summary_json(lesson) | {
         "refused_start": is_refused_start(lesson.end_reason, ended=lesson.ended_at is not None,
-                                          has_turns=bool(lesson.turns) or turns_left_out > 0),
+                                          has_turns=bool(lesson.turns) or turns_left_out > 0,
+                                          audio_output_tokens=lesson.audio_output_tokens or 0),
         "student_name": lesson.student.name if lesson.student else None,
         "turns": [turn_json(turn) for turn in lesson.turns],
         "turns_left_out": turns_left_out,

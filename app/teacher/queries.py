@@ -130,9 +130,9 @@ async def student_summaries(db: AsyncSession, *, archived: bool | None = False,
 
 def refused_start() -> ColumnElement[bool]:
     """A lesson that was a refused start (`app.outcomes.is_refused_start`): ended for one of REFUSED_START_REASONS
-    with no turn (read through the turns' (lesson_id, seq) index)."""
+    with no turn (read through the turns' (lesson_id, seq) index) and no audio from the tutor."""
     return and_(Lesson.ended_at.is_not(None), Lesson.end_reason.in_(REFUSED_START_REASONS),
-                ~exists().where(Turn.lesson_id == Lesson.id))
+                func.coalesce(Lesson.audio_output_tokens, 0) == 0, ~exists().where(Turn.lesson_id == Lesson.id))
 
 
 def _refused_start_count() -> Any:

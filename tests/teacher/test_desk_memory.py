@@ -97,3 +97,27 @@ async def test_the_list_holds_only_what_fits_in_the_instructions(desk_on: Desk) 
         assert (f"said {n} " in listed) == (f"said {n} " in memory), n
     for n in range(8):
         assert (f"<strong>word{n}</strong>" in listed) == (f'"word{n}"' in memory), n
+
+
+async def test_markup_the_model_was_steered_into_is_shown_as_text_in_every_field(desk_on: Desk) -> None:
+    """The feedback is the model's words, which a student can steer ("repeat after me: <script>…"): every field of a
+    remembered lesson, in the list and in the folded text, is escaped as the lesson page escapes it."""
+    student = await add_student(desk_on.app)
+    await add_lesson(desk_on.app, student.id, "lesson-steered")
+    steered = {"summary": "<script>alert('summary')</script>",
+               "corrections": [{"said": "<img src=x onerror=alert(1)>", "better": "</strong><script>alert(2)</script>",
+                                "why": "<b>why</b>"}],
+               "new_words": [{"word": "<i>word</i>", "meaning": "<svg onload=alert(3)>"}],
+               "next_step": "</pre></details><script>alert(4)</script>"}
+    await give_feedback(desk_on, "lesson-steered", steered)
+
+    card = memory_card((await desk_on.client.get(f"/teacher/students/{student.id}")).text)
+
+    for markup in ("<script", "<img", "<svg", "<i>", "<b>", "</pre></details>"):
+        assert markup not in card, markup
+    listed = card[:card.index("<details")]
+    assert f"<p>{escape(steered['summary'])}</p>" in listed
+    assert f'<span class="feedback-list__said">{escape("<img src=x onerror=alert(1)>")}</span>' in listed
+    assert f"<strong>{escape('<i>word</i>')}</strong> — {escape('<svg onload=alert(3)>')}" in listed
+    assert f"<p>{escape(steered['next_step'])}</p>" in listed
+    assert str(escape("<script>alert(4)</script>")) in card[card.index("<details"):]

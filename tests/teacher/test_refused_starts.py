@@ -19,6 +19,7 @@ from records import START, add_lesson, add_student
 from test_links import lessons_in, personal_link, started_app
 
 from app.outcomes import END_REASONS, REFUSED_START_REASONS, ended_because
+from app.store.retention import delete_old_transcripts
 
 BEARER = {"Authorization": f"Bearer {PASSWORD}"}
 GREETED = (("tutor", "Hello Ana!"), ("student", "Hello."))
@@ -33,8 +34,11 @@ async def ana_with_refused_starts(desk: Desk) -> str:
             ("ran-2", GREETED, "time_limit", 600.0), ("refused-upstream", (), "upstream_auth", 0.4),
             ("cut-off", GREETED, "upstream_unavailable", 90.0), ("ended-early", (), "student_ended", 2.0))
     for day, (lesson_id, turns, end_reason, seconds) in enumerate(kept):
+        # A refused start has no tutor audio (and costs nothing); every other lesson here has some.
         await add_lesson(desk.app, ana.id, lesson_id, started_at=START + timedelta(days=day), turns=turns,
                          end_reason=end_reason, duration_s=seconds,
+                         audio_output_tokens=0 if lesson_id.startswith("refused") else 1500,
+                         cost=0.0 if lesson_id.startswith("refused") else 0.0123,
                          events=(("refused", {"code": end_reason, "detail": "all places taken"}),) if not turns
                          and end_reason == "over_capacity" else ())
     bruno = await add_student(desk.app, "Bruno")
@@ -98,6 +102,28 @@ async def test_the_api_and_the_csv_keep_their_fields_and_add_the_refused_starts(
     assert {row["lesson_id"]: row["refused_start"] for row in rows} == {
         "ran-1": "False", "refused-capacity": "True", "ran-2": "False", "refused-upstream": "True",
         "cut-off": "False", "ended-early": "False", "bruno-1": "False"}
+
+
+async def test_a_lesson_that_ran_stays_one_once_retention_has_deleted_its_turns(desk_on: Desk) -> None:
+    """Twenty minutes of lesson the tutor service then cut off, past RETENTION_DAYS: its turns are gone, but the
+    tutor spoke (its audio output is in the record), so it is not taken for a start refused before a word."""
+    ana = await add_student(desk_on.app)
+    await add_lesson(desk_on.app, ana.id, "ran-long-ago", turns=GREETED, end_reason="upstream_error",
+                     duration_s=1200.0, cost=1.25, audio_output_tokens=48000)
+    await delete_old_transcripts(desk_on.app.state.db, older_than=START + timedelta(days=1))
+
+    page = (await desk_on.client.get(f"/teacher/students/{ana.id}")).text
+    [student] = (await desk_on.client.get("/api/students", headers=BEARER)).json()["students"]
+    [listed] = (await desk_on.client.get(f"/api/students/{ana.id}/lessons", headers=BEARER)).json()["lessons"]
+    lesson = (await desk_on.client.get("/api/lessons/ran-long-ago", headers=BEARER)).json()
+    [row] = list(csv.DictReader(io.StringIO((await desk_on.client.get("/teacher/lessons.csv")).text)))
+
+    assert lesson["turns"] == []
+    assert "<dt>Lessons</dt><dd>1 lesson</dd>" in page
+    assert "Start refused" not in row_of(page, "ran-long-ago")
+    assert ">20 min 0 s<" in row_of(page, "ran-long-ago")  # its lesson time, not the dash of a refused start
+    assert (student["lesson_count"], student["refused_start_count"]) == (1, 0)
+    assert (listed["refused_start"], lesson["refused_start"], row["refused_start"]) == (False, False, "False")
 
 
 def test_every_refused_start_reason_is_an_end_reason_the_desk_explains() -> None:

@@ -159,6 +159,11 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     # statement with its parameters (a student's name, a transcript): never wanted.
     for name in ("websockets", "uvicorn.error", "aiosqlite"):
         logging.getLogger(name).setLevel(max(level, logging.INFO))
+    # The embedded simulator's server (the only websockets server here: uvicorn's sockets log through its own
+    # logger) writes "connection open" and "connection closed" for every lesson, and prose about listening and
+    # closing that `simulator_started` / `simulator_stopped` already say: at debug level only, never its frames.
+    logging.getLogger("websockets.server").setLevel(logging.INFO if level == logging.DEBUG
+                                                    else max(level, logging.WARNING))
     # Alembic says at every start, in prose, which dialect it found and each step it runs: the store logs
     # `database_migrated` with the revisions instead; its warnings still come through, its steps at debug.
     logging.getLogger("alembic").setLevel(level if level == logging.DEBUG else max(level, logging.WARNING))

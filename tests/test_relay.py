@@ -186,6 +186,9 @@ async def test_the_embedded_simulators_server_writes_no_line_per_lesson_at_info(
     # websockets' lines about the simulator's connections (uvicorn's about the page's are left out already).
     assert not {"connection open", "connection closed"} & set(events)
     assert not [event for event in events if event.startswith("server ")]
+    # Nor the simulator's own routine lines: upstream_connected, session_configured, response_done say as much.
+    assert [event for event in events if event.startswith("simulator_")] == ["simulator_started", "simulator_mode",
+                                                                              "simulator_stopped"]
 
 
 async def test_lesson_started_logs_the_lessons_level_beside_the_lines_own(

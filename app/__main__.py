@@ -11,10 +11,10 @@ import sys
 
 import structlog
 
-from app.logging import configure_logging
+from app.logging import configure_logging, stop_on_configuration_error
 from app.main import DrainingServer, create_app, exit_cleanly, server_config
 from app.replica import run_replica
-from app.settings import load_settings
+from app.settings import ConfigurationError, load_settings
 from app.store.runtime import prepare_database
 
 log = structlog.get_logger("lesson_relay")
@@ -34,7 +34,10 @@ def stop_before_serving() -> None:
 
 
 def main() -> None:
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigurationError as error:
+        stop_on_configuration_error(error)
     # Before migrating: a start that waits for another instance's migration says so in the deployment's format.
     configure_logging(settings)
     # Until the server's own handlers replace it (uvicorn's, or the supervisor's with WEB_CONCURRENCY > 1). The

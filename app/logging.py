@@ -7,14 +7,15 @@ exception message.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import structlog
 
-from app.settings import Settings
+from app.settings import ConfigurationError, Settings, requested_log_format
 
 REDACTED = "[redacted]"
 # The most a log line quotes of what a client chose (a request header, an address it wrote in X-Forwarded-For):
@@ -83,11 +84,36 @@ def _path_only(value: object) -> object:
     return value
 
 
+def chosen_format(log_format: str | None, stream: TextIO) -> str:
+    """`log_format` (LOG_FORMAT), or when it is unset `console` on a terminal and `json` elsewhere (a platform's
+    log collector)."""
+    return log_format or ("console" if stream.isatty() else "json")
+
+
+def stop_on_configuration_error(error: ConfigurationError, stream: TextIO | None = None) -> NoReturn:
+    """Stop the start on a bad configuration, in the format the log would have had (exit status 1 either way).
+
+    In JSON: one `configuration_invalid` line at level error on `stream` (stdout, where every line goes), its
+    `problems` listed, since a platform parses and levels JSON lines only. In the console format: the plain line
+    on stderr, as Python prints any `SystemExit` message.
+    """
+    stream = stream or sys.stdout
+    if chosen_format(requested_log_format(), stream) != "json":
+        raise error
+    event: MutableMapping[str, Any] = {"event": "configuration_invalid", "message": str(error.code),
+                                       "problems": error.problems}
+    for processor in (structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)):
+        event = processor(None, "error", event)
+    stream.write(json.dumps(event) + "\n")
+    stream.flush()
+    raise SystemExit(1)
+
+
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     """Route structlog and the standard library (uvicorn's own lines) to `stream` (stdout) in one format."""
     stream = stream or sys.stdout
     level = getattr(logging, settings.log_level.upper())
-    log_format = settings.log_format or ("console" if stream.isatty() else "json")
+    log_format = chosen_format(settings.log_format, stream)
     secrets = [s.get_secret_value() for s in (settings.openai_api_key, settings.lesson_secret, settings.metrics_token,
                                               settings.teacher_password) if s]
     # `format_exc_info` is shared so records from the standard library (uvicorn's "Exception in ASGI
@@ -133,6 +159,11 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     # statement with its parameters (a student's name, a transcript): never wanted.
     for name in ("websockets", "uvicorn.error", "aiosqlite"):
         logging.getLogger(name).setLevel(max(level, logging.INFO))
+    # The embedded simulator's server (the only websockets server here: uvicorn's sockets log through its own
+    # logger) writes "connection open" and "connection closed" for every lesson, and prose about listening and
+    # closing that `simulator_started` / `simulator_stopped` already say: at debug level only, never its frames.
+    logging.getLogger("websockets.server").setLevel(logging.INFO if level == logging.DEBUG
+                                                    else max(level, logging.WARNING))
     # Alembic says at every start, in prose, which dialect it found and each step it runs: the store logs
     # `database_migrated` with the revisions instead; its warnings still come through, its steps at debug.
     logging.getLogger("alembic").setLevel(level if level == logging.DEBUG else max(level, logging.WARNING))

@@ -84,7 +84,7 @@ def create_app(
         app.state.instance_id, app.state.instance_timing = store.instance_id, store.instance_timing
         simulator: RealtimeSimulator | None = None
         if settings.simulated:
-            simulator = RealtimeSimulator(keep_history=False)
+            simulator = RealtimeSimulator(keep_history=False, quiet=True)
             await simulator.start("127.0.0.1", 0)
             app.state.upstream = Upstream(url=simulator.url, api_key=SIMULATOR_KEY)
         else:

@@ -59,8 +59,10 @@ class LessonMetrics:
                                  registry=registry)
         self.feedback = Counter("lesson_relay_feedback", "Lesson feedback at a normal end: given, or why not.",
                                 ["outcome"], registry=registry)
-        self.refusals = Counter("lesson_relay_refusals", "Lessons refused before they started, by code.", ["code"],
-                                registry=registry)
+        self.refusals = Counter(
+            "lesson_relay_refusals",
+            "Lessons refused before they started, and resumes refused (for good, or for now: resume_not_yet), "
+            "by the code the page got.", ["code"], registry=registry)
         self.upstream_connect_seconds = Histogram(
             "lesson_relay_upstream_connect_seconds", "Time to open the upstream Realtime session.",
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0), registry=registry)

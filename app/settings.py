@@ -7,6 +7,7 @@ values from it) as arguments, so tests build `Settings(...)` directly.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -261,19 +262,35 @@ _SECRET_WORDS = ("api_key", "secret", "password", "database_url", "token")
 class ConfigurationError(SystemExit):
     """A bad environment variable: the process stops at start with one line saying which and why."""
 
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"invalid configuration: {'; '.join(problems)}")
+        self.problems = problems
+
 
 def load_settings() -> Settings:
     """Settings from the environment, or `ConfigurationError` naming each bad variable."""
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(_problem(error) for error in exc.errors())
-        raise ConfigurationError(f"invalid configuration: {problems}") from None
+        raise ConfigurationError([_problem(error) for error in exc.errors()]) from None
     except SettingsError as exc:
         # Raised for values that must be JSON (PRICE_PER_MILLION_TOKENS) before validation starts.
         field = re.search(r'field "(\w+)"', str(exc))
         name = field.group(1).upper() if field else "a variable"
-        raise ConfigurationError(f"invalid configuration: {name}: not valid JSON") from None
+        raise ConfigurationError([f"{name}: not valid JSON"]) from None
+
+
+def requested_log_format() -> Literal["json", "console"] | None:
+    """LOG_FORMAT alone, for when the settings as a whole could not be loaded: `json` or `console` in any case
+    (of its name too, as `Settings` reads it), else None (unset, blank or another word)."""
+    # Case-insensitive names as pydantic-settings reads them: the last of several spellings wins.
+    environment = {name.lower(): value for name, value in os.environ.items()}
+    chosen = environment.get("log_format", "").strip().lower()
+    if chosen == "json":
+        return "json"
+    if chosen == "console":
+        return "console"
+    return None
 
 
 def _problem(error: ErrorDetails) -> str:

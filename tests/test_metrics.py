@@ -214,6 +214,21 @@ async def test_refused_lessons_are_counted_by_code(simulator: RealtimeSimulator,
     assert value(after, "lesson_relay_lessons_started_total") == 0
 
 
+async def test_refused_resumes_are_counted_with_refused_lessons_and_its_help_says_so(
+        simulator: RealtimeSimulator, log_stream: io.StringIO) -> None:
+    async with serve_app(relay_settings(simulator.url, metrics_token=TOKEN), log_stream) as relay:
+        async with open_lesson(f"{relay.ws_url}/ws/lesson?resume=not-a-token") as page:
+            await page.until_type("error")
+            await page.drain_until_closed()
+        after = await scrape(relay)
+        async with httpx.AsyncClient(base_url=relay.base_url) as http:
+            exposition = (await http.get("/metrics", headers=BEARER)).text
+    assert value(after, "lesson_relay_refusals_total", code="resume_invalid") == 1
+    [refusals] = [family for family in text_string_to_metric_families(exposition)
+                  if family.name == "lesson_relay_refusals"]
+    assert "resumes refused" in refusals.documentation
+
+
 async def test_metrics_need_the_bearer_token_when_one_is_set(simulator: RealtimeSimulator) -> None:
     async with serve_app(relay_settings(simulator.url, metrics_token=TOKEN)) as relay, \
             httpx.AsyncClient(base_url=relay.base_url) as http:

@@ -102,3 +102,15 @@ def test_at_debug_level_uvicorn_lines_about_lesson_sockets_are_kept() -> None:
     configure_logging(Settings(log_level="debug", log_format="json"), stream)
     logging.getLogger("uvicorn.error").info("connection open")
     assert [line["event"] for line in log_lines(stream)] == ["connection open"]
+
+
+def test_the_embedded_simulators_socket_lines_are_kept_at_debug_level_only() -> None:
+    stream = io.StringIO()
+    simulator_server = logging.getLogger("websockets.server")
+    configure_logging(Settings(log_level="info", log_format="json"), stream)
+    simulator_server.info("connection open")
+    simulator_server.error("connection handler failed")
+    configure_logging(Settings(log_level="debug", log_format="json"), stream)
+    simulator_server.info("connection closed")
+    simulator_server.debug("< TEXT '{\"type\":\"session.update\"}' [30 bytes]")
+    assert [line["event"] for line in log_lines(stream)] == ["connection handler failed", "connection closed"]

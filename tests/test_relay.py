@@ -22,6 +22,7 @@ from harness import (
 )
 from sdk_oracle import assert_valid_client_event
 
+from app.settings import Settings
 from app.simulator import RealtimeSimulator
 
 
@@ -161,8 +162,6 @@ async def test_a_standalone_simulator_process_stands_in_for_openai(tmp_path: Any
 
 
 async def test_without_a_key_the_embedded_simulator_gives_the_lesson(log_stream: io.StringIO) -> None:
-    from app.settings import Settings
-
     settings = Settings(openai_api_key=None, log_format="json")
     async with serve_app(settings, log_stream) as server, open_lesson(server.lesson_url(name="Kenji")) as page:
         lesson = await page.until_type("lesson")
@@ -171,6 +170,25 @@ async def test_without_a_key_the_embedded_simulator_gives_the_lesson(log_stream:
     assert "Kenji" in transcript["text"]
     assert len(page.audio) > 48_000
     assert any(line["event"] == "simulator_mode" for line in log_lines(log_stream))
+
+
+async def test_the_embedded_simulators_server_writes_no_line_per_lesson_at_info(log_stream: io.StringIO) -> None:
+    settings = Settings(openai_api_key=None, log_format="json", log_level="info")
+    async with serve_app(settings, log_stream) as server:
+        async with open_lesson(server.lesson_url(name="Kenji")) as page:
+            await page.until_type("transcript.done", role="tutor")
+            await page.send_json({"type": "end"})
+            await page.until_type("usage")
+            await page.drain_until_closed()
+        assert await server.app.state.lessons.drain(5)
+    events = [line["event"] for line in log_lines(log_stream)]
+    assert "lesson_ended" in events
+    # websockets' lines about the simulator's connections (uvicorn's about the page's are left out already).
+    assert not {"connection open", "connection closed"} & set(events)
+    assert not [event for event in events if event.startswith("server ")]
+    # Nor the simulator's own routine lines: upstream_connected, session_configured, response_done say as much.
+    assert [event for event in events if event.startswith("simulator_")] == ["simulator_started", "simulator_mode",
+                                                                              "simulator_stopped"]
 
 
 async def test_lesson_started_logs_the_lessons_level_beside_the_lines_own(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 import unicodedata
@@ -46,14 +47,52 @@ def test_a_bad_secret_is_named_but_never_echoed(monkeypatch: pytest.MonkeyPatch)
     assert "s3cr3t-value" not in str(stopped.value)
 
 
-async def test_python_m_app_exits_with_one_clear_line_on_a_bad_value() -> None:
+@pytest.mark.parametrize("console", ["console", "CONSOLE"])
+async def test_python_m_app_exits_with_one_clear_line_on_a_bad_value(console: str) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", env={"PORT": "99999", "PATH": "", "PYTHONPATH": str(REPO_ROOT)},
+        sys.executable, "-m", "app", env={"PORT": "99999", "LOG_FORMAT": console, "PATH": "",
+                                          "PYTHONPATH": str(REPO_ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await process.communicate()
+    out, err = await process.communicate()
     assert process.returncode == 1
     assert err.decode().strip() == "invalid configuration: PORT='99999': Input should be less than or equal to 65535"
+    assert out == b""
+
+
+@pytest.mark.parametrize("command", [["app"], ["app.simulator", "--port", "0"]], ids=["app", "simulator"])
+@pytest.mark.parametrize("log_format", [{"LOG_FORMAT": "json"}, {"LOG_FORMAT": "JSON"}, {"log_format": "Json"}, {}],
+                         ids=["json", "upper-case", "lower-case-name", "unset-off-a-terminal"])
+async def test_a_bad_value_is_one_json_line_where_the_log_is_json(command: list[str], log_format: dict[str, str],
+                                                                 ) -> None:
+    # On a platform only a JSON line is parsed and levelled; stdout is a pipe here, where JSON is the default.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", *command,
+        env={"PORT": "99999", "LESSON_SECRET": "short-secret", "PATH": "", "PYTHONPATH": str(REPO_ROOT), **log_format},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 1
+    assert err == b""
+    [line] = out.decode().splitlines()
+    logged = json.loads(line)
+    assert logged["event"] == "configuration_invalid"
+    assert logged["level"] == "error"
+    port, secret = logged["problems"]
+    assert port == "PORT='99999': Input should be less than or equal to 65535"
+    assert secret.startswith("LESSON_SECRET: must be at least 32 bytes")
+    assert "timestamp" in logged
+    assert "short-secret" not in line
+
+
+async def test_a_bad_log_format_is_reported_in_the_default_format() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", env={"LOG_FORMAT": "xml", "PATH": "", "PYTHONPATH": str(REPO_ROOT)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 1
+    assert json.loads(out)["problems"] == ["LOG_FORMAT='xml': Input should be 'json' or 'console'"]
 
 
 @pytest.mark.parametrize(("query", "problem"), [
@@ -89,8 +128,8 @@ def test_a_lesson_secret_of_32_bytes_is_accepted() -> None:
 
 async def test_python_m_app_refuses_a_short_lesson_secret_with_one_line_and_never_echoes_it() -> None:
     async with process_in_own_group(
-        sys.executable, "-m", "app", grace_s=0, env={"LESSON_SECRET": "short-secret", "PATH": "",
-                                               "PYTHONPATH": str(REPO_ROOT)},
+        sys.executable, "-m", "app", grace_s=0, env={"LESSON_SECRET": "short-secret", "LOG_FORMAT": "console",
+                                               "PATH": "", "PYTHONPATH": str(REPO_ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     ) as process, asyncio.timeout(30):  # a server that accepted the secret would serve until stopped
         _, err = await process.communicate()
@@ -198,7 +237,8 @@ def test_listed_origins_are_kept_in_the_case_browsers_send() -> None:
 async def test_python_m_app_refuses_a_real_upstream_without_its_key(chosen: dict[str, str]) -> None:
     # Served on the simulator instead, every lesson of a deployment meant for the real tutor would be simulated.
     async with process_in_own_group(
-        sys.executable, "-m", "app", grace_s=0, env={"PATH": "", "PYTHONPATH": str(REPO_ROOT), **chosen},
+        sys.executable, "-m", "app", grace_s=0, env={"PATH": "", "PYTHONPATH": str(REPO_ROOT), "LOG_FORMAT": "console",
+                                               **chosen},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     ) as process, asyncio.timeout(30):  # a server that started on the simulator would serve until stopped
         _, err = await process.communicate()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import re
 import signal
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from harness import process_in_own_group
+from harness import log_lines, process_in_own_group
 from openai import AsyncOpenAI
 from realtime_client import (
     API_KEY,
@@ -39,6 +40,8 @@ from sdk_oracle import assert_valid_client_event, assert_valid_server_event
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from app.logging import configure_logging
+from app.settings import Settings
 from app.simulator import RealtimeSimulator, SimulatorBehaviour, tutor_facts
 from app.simulator.voice import SAMPLE_RATE, Utterance
 
@@ -782,3 +785,26 @@ def test_the_oracle_also_imports_as_tests_sdk_oracle_from_the_repository_root() 
     # (and `python -m pytest`) have the root on sys.path instead.
     probe = "from tests.sdk_oracle import assert_valid_client_event as check; check({'type': 'response.create'})"
     assert subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=False).returncode == 0
+
+
+# --- its log -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("quiet", "routine_level"), [(False, "info"), (True, "debug")])
+async def test_a_quiet_simulator_writes_each_connections_routine_lines_at_debug(quiet: bool,
+                                                                                 routine_level: str) -> None:
+    # Embedded in the app (quiet), four lines a lesson and one a response would repeat the relay's own.
+    stream = io.StringIO()
+    configure_logging(Settings(log_level="debug", log_format="json"), stream)
+    async with RealtimeSimulator(SimulatorBehaviour(audio_pace=0), quiet=quiet) as simulator:
+        async with realtime_client(simulator) as client:
+            connection = await simulator.next_connection()
+            await client.configure()
+            await client.send({"type": "response.create"})
+            await client.until("response.done")
+        await connection.wait_closed()
+    routine = {"simulator_connection_open", "simulator_session_updated", "simulator_response_done",
+               "simulator_connection_closed"}
+    levels = {line["event"]: line["level"] for line in log_lines(stream) if line["event"] in routine}
+    assert levels == dict.fromkeys(routine, routine_level)
+    assert {line["level"] for line in log_lines(stream) if line["event"] == "simulator_started"} == {"info"}

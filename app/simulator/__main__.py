@@ -9,8 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from app.logging import configure_logging
-from app.settings import load_settings
+from app.logging import configure_logging, stop_on_configuration_error
+from app.settings import ConfigurationError, load_settings
 from app.simulator.behaviour import SESSION_SECONDS, SimulatorBehaviour
 from app.simulator.server import RealtimeSimulator
 
@@ -112,7 +112,11 @@ async def _serve_forever(arguments: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the simulator until SIGINT or SIGTERM, logging like the app (LOG_LEVEL, LOG_FORMAT)."""
     arguments = _parse_args(argv)
-    configure_logging(load_settings())
+    try:
+        settings = load_settings()
+    except ConfigurationError as error:
+        stop_on_configuration_error(error)
+    configure_logging(settings)
     asyncio.run(_serve_forever(arguments))
 
 

@@ -14,6 +14,7 @@ import binascii
 import contextlib
 import copy
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -75,7 +76,10 @@ class SimulatedConnection:
         behaviour: SimulatorBehaviour,
         record_path: Path | None,
         keep_history: bool,
+        routine_level: int = logging.INFO,
     ) -> None:
+        """`routine_level`: the level of the lines every connection writes (open, session updated, response done,
+        closed)."""
         self.number = number  # 1 for the first connection of a simulator
         self.request_headers = websocket.request.headers if websocket.request else None
         self.received: list[JsonObject] = []
@@ -88,6 +92,7 @@ class SimulatedConnection:
         self._keep_history = keep_history
         self._record: IO[bytes] | None = None
         self._log = log.bind(connection=number)
+        self._routine_level = routine_level
         self._send_lock = asyncio.Lock()
         self._received_changed = asyncio.Condition()
         self._sent_changed = asyncio.Condition()
@@ -97,7 +102,7 @@ class SimulatedConnection:
         self._responses_created = 0
         self._responses = ResponseStream(
             send=self._send, cut=self._cut, conversation=self._conversation, behaviour=behaviour,
-            log=self._log,
+            log=self._log, routine_level=routine_level,
         )
         # The input audio buffer and the VAD that watches it.
         self._buffer = bytearray()
@@ -156,7 +161,7 @@ class SimulatedConnection:
 
     async def serve(self) -> None:
         """Run the connection until the client or the simulator closes it."""
-        self._log.info("simulator_connection_open", model=self.session["model"])
+        self._log.log(self._routine_level, "simulator_connection_open", model=self.session["model"])
         expiry: asyncio.Task[None] | None = None
         try:
             if self.record_path is not None:
@@ -186,7 +191,7 @@ class SimulatedConnection:
             if self._record is not None:
                 self._record.close()
             self._closed.set()
-            self._log.info("simulator_connection_closed", code=self._websocket.close_code)
+            self._log.log(self._routine_level, "simulator_connection_closed", code=self._websocket.close_code)
 
     async def _expire_after(self, seconds: float) -> None:
         """A Realtime session lasts at most until `expires_at`."""
@@ -287,7 +292,7 @@ class SimulatedConnection:
                 param="session.audio.output.voice",
             )
         self.session = merge_session(self.session, update)
-        self._log.info("simulator_session_updated", fields=sorted(update))
+        self._log.log(self._routine_level, "simulator_session_updated", fields=sorted(update))
         await self._send({"type": "session.updated", "session": self._session_view()})
 
     def _session_view(self) -> JsonObject:

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -136,12 +137,14 @@ class ResponseStream:
         conversation: Conversation,
         behaviour: SimulatorBehaviour,
         log: structlog.typing.FilteringBoundLogger,
+        routine_level: int = logging.INFO,
     ) -> None:
         self._send = send
         self._cut = cut
         self._conversation = conversation
         self._behaviour = behaviour
         self._log = log
+        self._routine_level = routine_level  # of simulator_response_done, written for every response
 
     async def run(self, response: SimulatedResponse) -> None:
         """Send `response` from response.created to response.done (or until the socket closes)."""
@@ -201,7 +204,8 @@ class ResponseStream:
             "response": self._response_object(response, status, output, status_details=status_details, usage=usage),
         }
         self._conversation.previous_input_tokens = int(usage["input_tokens"])
-        self._log.info("simulator_response_done", response_id=response.id, status=status, details=status_details)
+        self._log.log(self._routine_level, "simulator_response_done", response_id=response.id, status=status,
+                      details=status_details)
         await self._send(event, ends=response)
 
     def _usage_for(self, response: SimulatedResponse, text: str, audio_ms: int) -> JsonObject:

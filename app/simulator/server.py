@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http
 import json
+import logging
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -51,12 +52,16 @@ class RealtimeSimulator:
         *,
         record_dir: Path | None = None,
         keep_history: bool = True,
+        quiet: bool = False,
     ) -> None:
         """`record_dir`: write each connection's appended audio to DIR/connection-<n>.pcm (n from 1).
-        `keep_history=False` keeps no `received`/`sent`/`input_audio` (for the long-running demo)."""
+        `keep_history=False` keeps no `received`/`sent`/`input_audio` (for the long-running demo).
+        `quiet=True` logs each connection's routine lines (open, session updated, response done, closed) at debug
+        level: embedded in the app, the relay's own lines about its upstream say as much."""
         self.behaviour = behaviour
         self.record_dir = record_dir
         self.keep_history = keep_history
+        self._routine_level = logging.DEBUG if quiet else logging.INFO
         self.connections: list[SimulatedConnection] = []
         self._handed_out = 0
         self._new_connection = asyncio.Condition()
@@ -136,7 +141,7 @@ class RealtimeSimulator:
         record_path = self.record_dir / f"connection-{number}.pcm" if self.record_dir is not None else None
         connection = SimulatedConnection(
             websocket, number=number, behaviour=self.behaviour, record_path=record_path,
-            keep_history=self.keep_history,
+            keep_history=self.keep_history, routine_level=self._routine_level,
         )
         self.connections.append(connection)
         async with self._new_connection:

@@ -16,8 +16,7 @@ from app import protocol
 
 @dataclass(slots=True)
 class LessonUsage:
-    # Not carried over by a take-over (the records keep tokens, not responses): the token counts are the lesson's.
-    responses_on_this_instance: int = 0
+    responses: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     text_input_tokens: int = 0
@@ -29,7 +28,7 @@ class LessonUsage:
     audio_output_tokens: int = 0
 
     def add(self, usage: protocol.Usage | None) -> None:
-        self.responses_on_this_instance += 1
+        self.responses += 1
         if usage is None:
             return
         self.input_tokens += usage.input_tokens
@@ -81,10 +80,9 @@ class LessonUsage:
                 "cached_text_tokens": self.cached_text_tokens}
 
     def totals(self) -> dict[str, int]:
-        """Every count: the responses done on this instance, and the lesson's input and output tokens and counts by
-        kind (those of the instance that handed it over included)."""
-        return {"responses_on_this_instance": self.responses_on_this_instance, "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens, **self.tokens_by_kind()}
+        """Every count: responses, input and output tokens, and the counts by kind."""
+        return {"responses": self.responses, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                **self.tokens_by_kind()}
 
     def cost_usd(self, prices: Mapping[str, float]) -> float:
         # Cached tokens are billed at the cached rate instead of the input rate they were taken off.

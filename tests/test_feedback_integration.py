@@ -69,7 +69,7 @@ async def test_end_brings_the_feedback_to_the_page_before_ended_and_into_the_sto
     # The simulator's feedback is built from the conversation it had: its greeting and its reply.
     assert feedback["summary"].startswith("Today we talked about how you are and your favourite food.")
     assert {"word": "favourite", "meaning": "the one you like best"} in feedback["new_words"]
-    assert frames[2]["responses_on_this_instance"] == 3
+    assert frames[2]["responses"] == 3
     assert frames[2]["text_output_tokens"] > 0
 
     upstream = simulator.connections[-1]

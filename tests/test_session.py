@@ -504,7 +504,7 @@ class TestBrowserInput:
         session.handle_upstream(feedback_created(), 60.1)
         actions = session.handle_upstream(feedback_done(), 61.0)
         usage = next(m for m in browser_messages(actions) if m["type"] == "usage")
-        assert (usage["responses_on_this_instance"], usage["input_tokens"], usage["output_tokens"]) == (2, 40, 20)
+        assert (usage["responses"], usage["input_tokens"], usage["output_tokens"]) == (2, 40, 20)
         assert usage["duration_s"] == 61.0
         # Greeting and feedback alike: 20 text-in at 4 $/M, 2 text-out at 16 $/M, 8 audio-out at 64 $/M
         assert usage["estimated_cost_usd"] == pytest.approx(2 * (20 * 4 + 2 * 16 + 8 * 64) / 1e6)

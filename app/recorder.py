@@ -68,7 +68,7 @@ class LessonRecorder:
             text_input_tokens=usage["text_input_tokens"], cached_tokens=usage["cached_tokens"],
             cached_audio_tokens=usage["cached_audio_tokens"], cached_text_tokens=usage["cached_text_tokens"],
             audio_output_tokens=usage["audio_output_tokens"], text_output_tokens=usage["text_output_tokens"],
-            estimated_cost_usd=estimated_cost_usd))
+            responses=usage["responses"], estimated_cost_usd=estimated_cost_usd))
 
     def ended(self, now: float, *, end_reason: str, duration_s: float, usage: Mapping[str, int],
               estimated_cost_usd: float) -> Record:
@@ -78,7 +78,8 @@ class LessonRecorder:
             audio_input_tokens=usage["audio_input_tokens"], text_input_tokens=usage["text_input_tokens"],
             cached_tokens=usage["cached_tokens"], cached_audio_tokens=usage["cached_audio_tokens"],
             cached_text_tokens=usage["cached_text_tokens"], audio_output_tokens=usage["audio_output_tokens"],
-            text_output_tokens=usage["text_output_tokens"], estimated_cost_usd=estimated_cost_usd,
+            text_output_tokens=usage["text_output_tokens"], responses=usage["responses"],
+            estimated_cost_usd=estimated_cost_usd,
         ))
 
     def event(self, now: float, kind: str, detail: Mapping[str, Any]) -> Record:

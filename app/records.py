@@ -82,6 +82,8 @@ class LessonEnded:
     # Of cached_tokens, those taken off the audio input and off the text input; None: not known.
     cached_audio_tokens: int | None = None
     cached_text_tokens: int | None = None
+    # The responses the lesson had (those of an instance that handed it over included); None: not known.
+    responses: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,8 @@ class UsageSoFar:
     # Of cached_tokens, those taken off the audio input and off the text input; None: not known.
     cached_audio_tokens: int | None = None
     cached_text_tokens: int | None = None
+    # The responses the lesson had (those of an instance that handed it over included); None: not known.
+    responses: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -381,7 +381,7 @@ def _record_refusal(records: RecordSink, lesson_id: str, request: messages.Lesso
                                     detail={"code": exc.code, "detail": exc.detail}))
     records.put(LessonEnded(lesson_id=lesson_id, ended_at=now, end_reason=exc.code, duration_s=0.0,
                             audio_input_tokens=0, text_input_tokens=0, cached_tokens=0, cached_audio_tokens=0,
-                            cached_text_tokens=0, audio_output_tokens=0, text_output_tokens=0,
+                            cached_text_tokens=0, audio_output_tokens=0, text_output_tokens=0, responses=0,
                             estimated_cost_usd=0.0))
 
 

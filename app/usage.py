@@ -47,11 +47,13 @@ class LessonUsage:
             self.audio_output_tokens += out.audio_tokens
 
     def carry(self, tokens: Mapping[str, int]) -> None:
-        """Start from what the lesson used on the instance that handed it over (`recorded_counts`'s counts).
+        """Start from what the lesson used on the instance that handed it over (`recorded_counts`'s counts), its
+        responses included (none known for a lesson recorded before they were kept).
 
         A lesson recorded before the cached split was kept has no `cached_audio_tokens`/`cached_text_tokens`: its
         cached tokens are then taken off the text input first. Text input is priced below audio input (by OpenAI
         and by default), so its estimate may grow by the difference but never drops below what it was."""
+        self.responses = tokens.get("responses", 0)
         self.audio_input_tokens = tokens.get("audio_input_tokens", 0)
         self.text_input_tokens = tokens.get("text_input_tokens", 0)
         self.cached_tokens = tokens.get("cached_tokens", 0)
@@ -75,9 +77,10 @@ class LessonUsage:
         }
 
     def recorded_counts(self) -> dict[str, int]:
-        """What the records keep: the five counts by kind, and which input the cached tokens were taken off."""
+        """What the records keep: the five counts by kind, which input the cached tokens were taken off, and the
+        responses."""
         return {**self.tokens_by_kind(), "cached_audio_tokens": self.cached_audio_tokens,
-                "cached_text_tokens": self.cached_text_tokens}
+                "cached_text_tokens": self.cached_text_tokens, "responses": self.responses}
 
     def totals(self) -> dict[str, int]:
         """Every count: responses, input and output tokens, and the counts by kind."""

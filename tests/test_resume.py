@@ -783,4 +783,7 @@ async def test_a_lesson_whose_instance_is_killed_is_taken_over_once_that_instanc
     used_here = audio_output_tokens(logged(log_stream, "response_done"))
     assert used_there > 0
     assert row.audio_output_tokens == used_there + used_here
+    # So are its responses: the two before the kill, and those after.
+    [ended] = logged(log_stream, "lesson_ended")
+    assert ended["responses"] == row.responses == 2 + len(logged(log_stream, "response_done"))
     assert event.detail["from_lost_instance"] is True

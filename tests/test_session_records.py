@@ -156,7 +156,7 @@ def test_the_lesson_end_carries_its_reason_usage_and_cost() -> None:
     assert ended == LessonEnded(
         lesson_id="L1", ended_at=at(80.0), end_reason="student_ended", duration_s=80.0, audio_input_tokens=0,
         text_input_tokens=20, cached_tokens=0, cached_audio_tokens=0, cached_text_tokens=0, audio_output_tokens=8,
-        text_output_tokens=2, estimated_cost_usd=round(20 * 4 / 1e6 + 8 * 64 / 1e6 + 2 * 16 / 1e6, 6))
+        text_output_tokens=2, responses=1, estimated_cost_usd=round(20 * 4 / 1e6 + 8 * 64 / 1e6 + 2 * 16 / 1e6, 6))
 
 
 
@@ -171,8 +171,8 @@ def test_each_response_with_usage_keeps_the_lessons_usage_and_cost_so_far() -> N
     assert [r for r in records(session.handle_upstream(without_usage, 8.0)) if isinstance(r, UsageSoFar)] == []
     assert [r for r in second if isinstance(r, UsageSoFar)] == [UsageSoFar(
         lesson_id="L1", audio_input_tokens=0, text_input_tokens=40, cached_tokens=0, cached_audio_tokens=0,
-        cached_text_tokens=0, audio_output_tokens=16, text_output_tokens=4,
-        estimated_cost_usd=round(40 * 4 / 1e6 + 16 * 64 / 1e6 + 4 * 16 / 1e6, 6))]
+        cached_text_tokens=0, audio_output_tokens=16, text_output_tokens=4, responses=2,
+        estimated_cost_usd=round(40 * 4 / 1e6 + 16 * 64 / 1e6 + 4 * 16 / 1e6, 6))]  # the one without usage too
 
 def test_a_lost_upstream_is_kept_as_an_event_and_so_is_each_failed_attempt_before_the_end() -> None:
     session = LessonSession(config())

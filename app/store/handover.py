@@ -143,13 +143,15 @@ async def give_back_lesson(sessions: async_sessionmaker[AsyncSession], lesson_id
 
 
 def _tokens(lesson: Lesson) -> dict[str, int]:
-    """The lesson's token counts as `LessonUsage.carry` takes them: without the cached split when it is not known
-    (a lesson recorded before it was kept)."""
+    """The lesson's token (and response) counts as `LessonUsage.carry` takes them: without the cached split or the
+    responses when they are not known (a lesson recorded before they were kept)."""
     tokens = {"audio_input_tokens": lesson.audio_input_tokens, "text_input_tokens": lesson.text_input_tokens,
               "cached_tokens": lesson.cached_tokens, "audio_output_tokens": lesson.audio_output_tokens,
               "text_output_tokens": lesson.text_output_tokens}
     if lesson.cached_audio_tokens is not None and lesson.cached_text_tokens is not None:
         tokens |= {"cached_audio_tokens": lesson.cached_audio_tokens, "cached_text_tokens": lesson.cached_text_tokens}
+    if lesson.responses is not None:
+        tokens["responses"] = lesson.responses
     return tokens
 
 

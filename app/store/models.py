@@ -134,6 +134,9 @@ class Lesson(Base):
     cached_text_tokens: Mapped[int | None] = mapped_column(Integer)
     audio_output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     text_output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The responses the lesson had, so a take-over goes on counting them. NULL until its first response, and for
+    # lessons recorded before 0009.
+    responses: Mapped[int | None] = mapped_column(Integer)
     estimated_cost_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     feedback: Mapped[dict[str, Any] | None]
     # The instance (one app process) running the lesson: only it may end the lesson's row, and when it stops

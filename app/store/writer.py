@@ -242,7 +242,7 @@ async def _apply(connection: AsyncConnection, batch: list[LessonRecord], instanc
 _WRITE_ORDER: dict[type, int] = {kind: rank for rank, kind in enumerate((
     LessonStarted, TurnFinished, TurnInterrupted, LessonEventHappened, UsageSoFar, FeedbackGiven, LessonEnded))}
 _USAGE_COLUMNS = ("audio_input_tokens", "text_input_tokens", "cached_tokens", "cached_audio_tokens",
-                  "cached_text_tokens", "audio_output_tokens", "text_output_tokens", "estimated_cost_usd")
+                  "cached_text_tokens", "audio_output_tokens", "text_output_tokens", "responses", "estimated_cost_usd")
 _ENDED_COLUMNS = ("ended_at", "end_reason", "duration_s", *_USAGE_COLUMNS)
 
 

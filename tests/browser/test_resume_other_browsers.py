@@ -194,8 +194,9 @@ def slow_feedback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
 
 
-def test_a_reload_while_the_feedback_is_written_brings_back_the_feedback_card(
-    slow_feedback: Stack, other_browser: OtherBrowser
+@pytest.mark.parametrize("away", ["reload", "back"])
+def test_a_page_reloaded_or_left_and_back_while_the_feedback_is_written_brings_back_the_feedback_card(
+    slow_feedback: Stack, other_browser: OtherBrowser, away: str
 ) -> None:
     lesson = other_browser.open(slow_feedback.url)
     lesson.start("Ana")
@@ -205,41 +206,21 @@ def test_a_reload_while_the_feedback_is_written_brings_back_the_feedback_card(
     lesson.click_button("End lesson")
     lesson.wait_debug("d.statuses.includes('feedback')")
 
-    lesson.reload()
-
-    summary = lesson.wait_for("document.querySelector('#feedback .feedback-card__summary')?.innerText",
-                              what="the feedback card")
-    assert "Today we talked about how you are" in summary
-    lesson.wait_debug("d.socket === 'closed' && d.state === 'ended'")
-    assert lesson.debug("resumes") == 1
-    assert lesson.debug("lessonId") == lesson_id
-    assert lesson.debug("statuses")[-1] == "ended:student_ended"  # as the student asked, not browser_gone
-    assert same_greeting(greeting, greeting_words(lesson))
-    # Nothing is left to hear: the page does not offer to start the sound.
-    assert lesson.evaluate("document.getElementById('resume-audio').hidden")
-    assert_no_error(lesson)
-    assert lesson.console_errors == []
-
-
-def test_back_to_the_page_left_while_the_feedback_is_written_brings_the_feedback_card(
-    slow_feedback: Stack, other_browser: OtherBrowser
-) -> None:
-    lesson = other_browser.open(slow_feedback.url)
-    lesson.start("Ana")
-    lesson.wait_greeting_played()
-    lesson_id = lesson.debug("lessonId")
-    lesson.click_button("End lesson")
-    lesson.wait_debug("d.statuses.includes('feedback')")
-
-    lesson.go_to(f"{slow_feedback.url}/healthz")
-    lesson.go_back()
+    if away == "reload":
+        lesson.reload()
+    else:
+        lesson.go_to(f"{slow_feedback.url}/healthz")
+        lesson.go_back()
 
     summary = lesson.wait_for("document.querySelector('#feedback .feedback-card__summary')?.innerText",
                               what="the feedback card")
     assert "Today we talked about how you are" in summary
     lesson.wait_debug("d.socket === 'closed' && d.state === 'ended' && d.resumes === 1")
     assert lesson.debug("lessonId") == lesson_id
-    assert lesson.debug("statuses")[-1] == "ended:student_ended"
+    assert lesson.debug("statuses")[-1] == "ended:student_ended"  # as the student asked, not browser_gone
+    assert same_greeting(greeting, greeting_words(lesson))
     assert len(lesson.texts("#feedback .feedback-card")) == 1
+    # Nothing is left to hear: the page does not offer to start the sound.
+    assert lesson.evaluate("document.getElementById('resume-audio').hidden")
     assert_no_error(lesson)
     assert lesson.console_errors == []

@@ -63,18 +63,23 @@ class RevokedAfterAnOutage:
         return [("K1", datetime.now(UTC), None, "link")]
 
 
-async def test_a_check_failing_with_a_drivers_own_error_is_logged_and_the_next_one_still_ends_the_lesson() -> None:
+async def checked_until(sessions: Any, live: Any, reached: asyncio.Event, what: str) -> io.StringIO:
+    """Run the link check every 10 ms until `reached` is set, `what` failing if not within 10 s; its log."""
     log = io.StringIO()
     configure_logging(Settings(log_format="json"), log)
-    live, sessions = OneLinkLesson(), RevokedAfterAnOutage()
-    checking = asyncio.create_task(check_withdrawn_links(sessions, live, RefusedResumes(),  # type: ignore[arg-type]
-                                                        every_s=0.01))
-    told = asyncio.create_task(live.told.wait())
+    checking = asyncio.create_task(check_withdrawn_links(sessions, live, RefusedResumes(), every_s=0.01))
+    waiting = asyncio.create_task(reached.wait())
     # The check runs until cancelled: its task ending first means it stopped checking.
-    done, _ = await asyncio.wait({checking, told}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait({checking, waiting}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
     checking.cancel()
-    told.cancel()
-    assert done == {told}, checking.exception() if checking in done else "no check told the lesson within 10 s"
+    waiting.cancel()
+    assert done == {waiting}, checking.exception() if checking in done else f"{what} within 10 s"
+    return log
+
+
+async def test_a_check_failing_with_a_drivers_own_error_is_logged_and_the_next_one_still_ends_the_lesson() -> None:
+    live = OneLinkLesson()
+    log = await checked_until(RevokedAfterAnOutage(), live, live.told, "no check told the lesson")
     assert live.withdrawals[0] is Withdrawal.LINK_REVOKED
     [unchecked] = logged(log, "withdrawn_links_unchecked")
     assert (unchecked["level"], unchecked["error"]) == ("warning", "the database system is starting up")
@@ -106,15 +111,7 @@ class DatabaseDown:
 
 
 async def test_a_worker_left_with_no_lesson_to_check_does_not_say_the_database_answers_again() -> None:
-    log = io.StringIO()
-    configure_logging(Settings(log_format="json"), log)
     live = LessonsThatEnd(until=5)
-    checking = asyncio.create_task(check_withdrawn_links(DatabaseDown(), live, RefusedResumes(),  # type: ignore[arg-type]
-                                                        every_s=0.01))
-    asked = asyncio.create_task(live.asked.wait())
-    done, _ = await asyncio.wait({checking, asked}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    checking.cancel()
-    asked.cancel()
-    assert done == {asked}, checking.exception() if checking in done else "the check did not run 5 times within 10 s"
+    log = await checked_until(DatabaseDown(), live, live.asked, "the check did not run 5 times")
     assert len(logged(log, "withdrawn_links_unchecked")) == 1
     assert logged(log, "withdrawn_links_checked_again") == []

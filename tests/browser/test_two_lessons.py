@@ -56,8 +56,11 @@ def test_the_second_lesson_remembers_the_first_and_the_desk_shows_both(
             desk.get_by_label("Password").fill(TEACHER_PASSWORD)
             desk.keyboard.press("Enter")
             desk.get_by_role("link", name="Ana").first.click()
-            lesson_links = desk.locator("a[href^='/teacher/lessons/']")
+            lesson_links = desk.locator("section[aria-labelledby='lessons-heading'] a[href^='/teacher/lessons/']")
             expect(lesson_links).to_have_count(2)
+            # Both lessons gave feedback: the tutor remembers both, each linked to its lesson.
+            remembered = desk.locator(".memory-list a[href^='/teacher/lessons/']")
+            expect(remembered).to_have_count(2)
             hrefs = [lesson_links.nth(index).get_attribute("href") for index in range(2)]
             on_the_desk = set()
             for href in hrefs:

@@ -61,6 +61,14 @@ def assert_no_error(lesson: ScriptedLessonPage) -> None:
     assert error_shown(lesson) is None
 
 
+def greeted(other_browser: OtherBrowser, url: str) -> tuple[ScriptedLessonPage, str, str]:
+    """A lesson started at `url` whose greeting was played: its page, its id and the greeting's words."""
+    lesson = other_browser.open(url)
+    lesson.start("Ana")
+    lesson.wait_greeting_played()
+    return lesson, lesson.debug("lessonId"), greeting_words(lesson)
+
+
 def the_lesson_goes_on(lesson: ScriptedLessonPage) -> None:
     """The student speaks (the microphone's tone reaches the relay) and ends the turn with Mute: the tutor answers
     it in the transcript, and the answer is played."""
@@ -78,11 +86,7 @@ def the_lesson_goes_on(lesson: ScriptedLessonPage) -> None:
 def test_a_reload_mid_lesson_resumes_it_with_its_transcript_and_it_goes_on(
     stack: Stack, other_browser: OtherBrowser
 ) -> None:
-    lesson = other_browser.open(stack.url)
-    lesson.start("Ana")
-    lesson.wait_greeting_played()
-    lesson_id = lesson.debug("lessonId")
-    greeting = greeting_words(lesson)
+    lesson, lesson_id, greeting = greeted(other_browser, stack.url)
 
     lesson.reload()
 
@@ -105,11 +109,7 @@ def test_a_lesson_left_for_another_page_and_back_resumes_and_goes_on(
 ) -> None:
     # WebKit brings the page back from its back-forward cache, as it was when left, without running its scripts
     # again; Firefox loads it anew.
-    lesson = other_browser.open(stack.url)
-    lesson.start("Ana")
-    lesson.wait_greeting_played()
-    lesson_id = lesson.debug("lessonId")
-    greeting = greeting_words(lesson)
+    lesson, lesson_id, greeting = greeted(other_browser, stack.url)
     lesson.click_button("Mute microphone")
 
     lesson.go_to(f"{stack.url}/healthz")
@@ -139,11 +139,7 @@ def proxy(stack: Stack) -> Iterator[CuttableProxy]:
 def test_the_socket_cut_under_the_page_reconnects_by_itself_and_the_lesson_goes_on(
     stack: Stack, proxy: CuttableProxy, other_browser: OtherBrowser
 ) -> None:
-    lesson = other_browser.open(proxy.url)
-    lesson.start("Ana")
-    lesson.wait_greeting_played()
-    lesson_id = lesson.debug("lessonId")
-    greeting = greeting_words(lesson)
+    lesson, lesson_id, greeting = greeted(other_browser, proxy.url)
 
     assert proxy.cut() > 0
 
@@ -163,12 +159,8 @@ def test_the_socket_cut_under_the_page_reconnects_by_itself_and_the_lesson_goes_
 def test_the_network_lost_and_back_the_page_reconnects_at_once_and_the_lesson_goes_on(
     stack: Stack, other_browser: OtherBrowser
 ) -> None:
-    lesson = other_browser.open(stack.url)
+    lesson, lesson_id, greeting = greeted(other_browser, stack.url)
     assert isinstance(lesson, FirefoxLessonPage)
-    lesson.start("Ana")
-    lesson.wait_greeting_played()
-    lesson_id = lesson.debug("lessonId")
-    greeting = greeting_words(lesson)
 
     lesson.set_offline(True)
     lesson.wait_for("document.getElementById('status').innerText === 'Reconnecting…'")
@@ -198,11 +190,7 @@ def slow_feedback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def test_a_page_reloaded_or_left_and_back_while_the_feedback_is_written_brings_back_the_feedback_card(
     slow_feedback: Stack, other_browser: OtherBrowser, away: str
 ) -> None:
-    lesson = other_browser.open(slow_feedback.url)
-    lesson.start("Ana")
-    lesson.wait_greeting_played()
-    lesson_id = lesson.debug("lessonId")
-    greeting = greeting_words(lesson)
+    lesson, lesson_id, greeting = greeted(other_browser, slow_feedback.url)
     lesson.click_button("End lesson")
     lesson.wait_debug("d.statuses.includes('feedback')")
 

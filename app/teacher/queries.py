@@ -38,7 +38,7 @@ class StudentSummary:
     seconds: float  # their lessons' durations, each in whole seconds as its own row shows it, added up
     cost_usd: float
     recent_cost_usd: float
-    last_lesson_id: str | None
+    last_lesson_id: str | None  # their newest lesson that ran: a refused start is no lesson they had
     last_lesson_at: datetime | None
 
     @property
@@ -96,10 +96,10 @@ async def student_summaries(db: AsyncSession, *, archived: bool | None = False,
                             limit: int | None = None, offset: int = 0) -> list[StudentSummary]:
     """Students (archived or not as asked, both with None; whose name holds `name_contains` in any case when given),
     by name, with
-    lesson count, time, cost (and that of their lessons started at or after `recent_since`) and last lesson;
-    `limit` of them from the `offset`-th when given."""
+    lesson count, time, cost (and that of their lessons started at or after `recent_since`) and last lesson that
+    ran; `limit` of them from the `offset`-th when given."""
     last_lesson = (
-        select(Lesson.id).where(Lesson.student_id == Student.id)
+        select(Lesson.id).where(Lesson.student_id == Student.id, ~refused_start())
         .order_by(Lesson.started_at.desc()).limit(1).correlate(Student).scalar_subquery()
     )
     query = (
@@ -110,7 +110,7 @@ async def student_summaries(db: AsyncSession, *, archived: bool | None = False,
             _whole_seconds(),
             func.coalesce(func.sum(Lesson.estimated_cost_usd), 0.0),
             func.coalesce(func.sum(_cost_since(recent_since)), 0.0),
-            func.max(Lesson.started_at),
+            func.max(case((~refused_start(), Lesson.started_at))),
             last_lesson,
         )
         .outerjoin(Lesson, Lesson.student_id == Student.id)

@@ -81,6 +81,27 @@ async def test_the_students_list_and_its_totals_count_refused_starts_apart(desk_
             in page)
 
 
+async def test_a_students_last_lesson_is_the_newest_that_ran_not_a_refused_start(desk_on: Desk) -> None:
+    """Bruno's start refused a day after his lesson; Carla has only ever been refused."""
+    bruno = await add_student(desk_on.app, "Bruno")
+    await add_lesson(desk_on.app, bruno.id, "bruno-ran", turns=GREETED)
+    await add_lesson(desk_on.app, bruno.id, "bruno-refused", started_at=START + timedelta(days=1),
+                     end_reason="over_capacity", duration_s=0.0, audio_output_tokens=0, cost=0.0)
+    carla = await add_student(desk_on.app, "Carla")
+    await add_lesson(desk_on.app, carla.id, "carla-refused", end_reason="daily_budget_reached", duration_s=0.0,
+                     audio_output_tokens=0, cost=0.0)
+
+    page = (await desk_on.client.get("/teacher")).text
+    students = (await desk_on.client.get("/api/students", headers=BEARER)).json()["students"]
+
+    cells = re.findall(r'<td data-label="Last lesson">\s*(.*?)\s*</td>', page, re.S)
+    assert len(cells) == 2
+    assert '<a href="/teacher/lessons/bruno-ran">' in cells[0]
+    assert "none yet" in cells[1]
+    assert [(s["name"], s["last_lesson_id"], s["last_lesson_at"]) for s in students] == [
+        ("Bruno", "bruno-ran", START.isoformat()), ("Carla", None, None)]
+
+
 async def test_the_api_and_the_csv_keep_their_fields_and_add_the_refused_starts(desk_on: Desk) -> None:
     ana_id = await ana_with_refused_starts(desk_on)
 

@@ -91,20 +91,26 @@ def chosen_format(log_format: str | None, stream: TextIO) -> str:
 
 
 def stop_on_configuration_error(error: ConfigurationError, stream: TextIO | None = None) -> NoReturn:
-    """Stop the start on a bad configuration, in the format the log would have had (exit status 1 either way).
+    """Stop the start on a bad configuration (`stop_at_start`): in JSON a `configuration_invalid` line with its
+    `problems` listed."""
+    stop_at_start(error, "configuration_invalid", requested_log_format(), stream, problems=error.problems)
 
-    In JSON: one `configuration_invalid` line at level error on `stream` (stdout, where every line goes), its
-    `problems` listed, since a platform parses and levels JSON lines only. In the console format: the plain line
-    on stderr, as Python prints any `SystemExit` message.
+
+def stop_at_start(stop: SystemExit, event: str, log_format: str | None, stream: TextIO | None = None,
+                  **fields: Any) -> NoReturn:
+    """Stop a start that cannot go on, in the format the log would have had (exit status 1 either way).
+
+    In JSON: one `event` line at level error on `stream` (stdout, where every line goes), `stop`'s message and
+    `fields` in it, since a platform parses and levels JSON lines only. In the console format: `stop` raised, whose
+    plain line Python prints on stderr.
     """
     stream = stream or sys.stdout
-    if chosen_format(requested_log_format(), stream) != "json":
-        raise error
-    event: MutableMapping[str, Any] = {"event": "configuration_invalid", "message": str(error.code),
-                                       "problems": error.problems}
+    if chosen_format(log_format, stream) != "json":
+        raise stop
+    event_dict: MutableMapping[str, Any] = {"event": event, "message": str(stop.code), **fields}
     for processor in (structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)):
-        event = processor(None, "error", event)
-    stream.write(json.dumps(event) + "\n")
+        event_dict = processor(None, "error", event_dict)
+    stream.write(json.dumps(event_dict) + "\n")
     stream.flush()
     raise SystemExit(1)
 

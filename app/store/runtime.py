@@ -15,6 +15,7 @@ import structlog
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.logging import stop_at_start
 from app.settings import Settings
 from app.store import retention
 from app.store.database import DatabaseUnavailable, create_engine, database_url, migrate, redact, session_factory
@@ -79,7 +80,8 @@ def prepare_database(settings: Settings, *, on_sigterm: Callable[[], None] | Non
     try:
         asyncio.run(migrate_once())
     except DatabaseUnavailable as exc:
-        raise SystemExit(f"DATABASE_URL: {exc}") from None
+        stop_at_start(SystemExit(f"DATABASE_URL: {exc}"), "database_unavailable", settings.log_format,
+                      url=redact(_url(settings)), error=str(exc))
 
 
 async def open_store(settings: Settings, *, on_records_dropped: Callable[[str, int], None] | None = None,

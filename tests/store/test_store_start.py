@@ -153,21 +153,43 @@ async def test_a_sqlite_folder_this_user_cannot_write_is_named_with_the_remedy(
         f"user (uid {os.getuid()}): a volume mounted as root's? On Railway, set RAILWAY_RUN_UID=0")
 
 
-async def test_python_m_app_stops_with_a_clear_line_when_the_database_is_unreachable(tmp_path: Path) -> None:
+async def _start_without_database(tmp_path: Path, log_format: str) -> tuple[int | None, str, str, int]:
+    """`python -m app` against a PostgreSQL that is not there: its exit status, stdout, stderr and the port."""
     port = _closed_port()
     url = f"postgresql://teacher:hunter2-pass@127.0.0.1:{port}/lessons"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app", cwd=tmp_path,
-        env={"DATABASE_URL": url, "PORT": str(_closed_port()), "HOST": "127.0.0.1", "LOG_FORMAT": "json",
+        env={"DATABASE_URL": url, "PORT": str(_closed_port()), "HOST": "127.0.0.1", "LOG_FORMAT": log_format,
              "PATH": "", "PYTHONPATH": str(REPO_ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
-    assert process.returncode == 1
-    assert out == b""
-    [line] = err.decode().splitlines()
+    return process.returncode, out.decode(), err.decode(), port
+
+
+async def test_python_m_app_stops_with_one_json_line_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    # On a platform only a JSON line is parsed and levelled: an operator searching the errors finds it.
+    status, out, err, port = await _start_without_database(tmp_path, "json")
+    assert status == 1
+    assert err == ""
+    [line] = out.splitlines()
+    logged = json.loads(line)
+    assert (logged["event"], logged["level"]) == ("database_unavailable", "error")
+    assert logged["url"] == f"postgresql+asyncpg://teacher:***@127.0.0.1:{port}/lessons"
+    assert logged["message"].startswith(
+        f"DATABASE_URL: database postgresql+asyncpg://teacher:***@127.0.0.1:{port}/lessons cannot be reached: ")
+    assert "cannot be reached" in logged["error"]
+    assert "hunter2-pass" not in line
+
+
+async def test_python_m_app_stops_with_a_clear_line_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    status, out, err, port = await _start_without_database(tmp_path, "console")
+    assert status == 1
+    assert out == ""
+    [line] = err.splitlines()
     assert line.startswith(
         f"DATABASE_URL: database postgresql+asyncpg://teacher:***@127.0.0.1:{port}/lessons cannot be reached: ")
+    assert "hunter2-pass" not in line
 
 
 def test_retention_days_must_be_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,9 @@
 """The server's end of every client connection: the bounds uvicorn leaves open, and what it does not give the app.
 
-uvicorn parses HTTP (httptools) and WebSocket (websockets' sans-I/O protocol) but bounds neither the time a
-client takes to send a request nor what the server owes a client that stops reading. Two asyncio protocols
-wrap uvicorn's own, by composition, and see every byte and every flow-control call first:
+uvicorn parses HTTP (httptools) but bounds neither the time a client takes to send a request nor what the
+server owes a client that stops reading. Once uvicorn has read a WebSocket's upgrade request, the connection
+is the project's own `app.page_socket.PageSocket` (websockets' sans-I/O `ServerProtocol` serving ASGI). Two
+asyncio protocols wrap these, by composition, and see every byte and every flow-control call first:
 
 - `GuardedHTTP`: a request's head (request line and headers) and its body must arrive within
   `request_timeout_s`, the head must fit in `max_head_bytes`, the request line in `max_url_bytes` and each
@@ -33,10 +34,10 @@ from typing import Any, Protocol, cast
 import structlog
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
 from app.pacing import LogThrottles
+from app.page_socket import PageSocket
 from app.security_headers import SECURITY_HEADERS
 
 log = structlog.get_logger("lesson_relay")
@@ -338,7 +339,7 @@ class ChunkedBody:
 
 
 class GuardedWebSocket(asyncio.Protocol):
-    """uvicorn's websockets-sansio protocol with a cap on unsent bytes; the page's `PageConnection`.
+    """The page's `PageSocket` with a cap on unsent bytes; the page's `PageConnection`.
 
     websockets answers every ping with a pong written straight to the transport, with no backpressure: a
     client that floods pings and reads nothing would grow the server's write buffer without bound.
@@ -346,8 +347,7 @@ class GuardedWebSocket(asyncio.Protocol):
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None, *, shared: _Shared) -> None:
-        self._inner = WebSocketsSansIOProtocol(config=config, server_state=server_state, app_state=app_state,
-                                               _loop=_loop)
+        self._inner = PageSocket(config, server_state, app_state, _loop)
         self._shared = shared
         self._loop = _loop or asyncio.get_event_loop()
         self._transport: asyncio.Transport | None = None

@@ -1,0 +1,531 @@
+"""The page's WebSocket served to the app over ASGI: websockets' sans-I/O `ServerProtocol` on uvicorn's transport.
+
+uvicorn parses an upgrade request's head and hands the connection to its `ws` protocol class; from there
+`PageSocket` owns it, driving `websockets.server.ServerProtocol` through its public API (`receive_data`,
+`events_received`, `data_to_send`, `accept`, `reject`, `send_*`), as `app.upstream` drives the client's. It
+keeps what uvicorn's own websockets-sansio protocol does wherever the app or an operator sees it:
+
+- the ASGI scope as uvicorn builds it (addresses, scheme, root path, path, query, headers, subprotocols, the
+  lifespan state, the `websocket.http.response` extension), run through uvicorn's loaded app (its proxy
+  headers middleware included);
+- the handshake's answer: 101 with the app's headers and subprotocol on `websocket.accept`, 403 on
+  `websocket.close` before it, the app's own response on `websocket.http.response.*`, 500 when the app fails
+  or returns before answering;
+- uvicorn's log lines for a handshake's answer and a failing app, on its logger;
+- flow control: reading pauses while a data message waits for `receive`, and `send` waits while the
+  transport's buffer is over its high-water mark;
+- `ws_max_size` (close 1009), protocol errors (1002), invalid UTF-8 (1007), keepalive pings every
+  `ws_ping_interval` with `ws_ping_timeout` to answer (else close 1011), permessage-deflate only when
+  `ws_per_message_deflate` asks for it;
+- the closing handshake from either side, and the ASGI `websocket.disconnect` codes uvicorn gives;
+- uvicorn's bookkeeping (`server_state.connections` and `tasks`) and `shutdown()`: an open socket is closed
+  with 1012 (service restart), one still opening is answered 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import struct
+from collections import deque
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import quote, unquote
+
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidState
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+
+# uvicorn's own logger: the app's logging set-up filters and formats its lines (app.logging).
+_server_log = logging.getLogger("uvicorn.error")
+# How long the peer has to answer the server's close frame before the connection is closed.
+CLOSE_TIMEOUT_S = 10.0
+
+Message = dict[str, Any]
+
+
+class PageDisconnected(OSError):
+    """`send` on a connection that has ended (ASGI: a server-specific subclass of OSError)."""
+
+
+class PageSocket(asyncio.Protocol):
+    """One WebSocket connection served to the ASGI app; built by uvicorn as its `ws` protocol."""
+
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if not config.loaded:
+            config.load()
+        self._app = config.loaded_app
+        self._root_path = config.root_path
+        self._asgi_version = config.asgi_version
+        self._ping_interval_s = config.ws_ping_interval
+        self._ping_timeout_s = config.ws_ping_timeout
+        self._app_state = app_state
+        # uvicorn's server calls `shutdown()` on each and waits for the set to empty; its type names only its own.
+        self._connections = cast(set[Any], server_state.connections)
+        self._tasks = server_state.tasks
+        self._default_headers = server_state.default_headers
+        self._loop = _loop or asyncio.get_event_loop()
+        extensions = [ServerPerMessageDeflateFactory(server_max_window_bits=12, client_max_window_bits=12,
+                                                     compress_settings={"memLevel": 5})
+                      ] if config.ws_per_message_deflate else []
+        self.protocol = ServerProtocol(extensions=extensions, max_size=config.ws_max_size, logger=_server_log)
+        self.transport: asyncio.Transport | None = None
+        self._server: tuple[str, int | None] | None = None
+        self._client: tuple[str, int] | None = None
+        self._scheme = "ws"
+        self._scope: Message = {}
+        # The 101 answer, sent when the app accepts.
+        self._response: Response | None = None
+        # The app's own answer (`websocket.http.response.start`): status, headers, body so far.
+        self._denial: tuple[int, list[tuple[str, str]], bytes] | None = None
+        self._answered = False
+        self._close_sent = False
+        self._disconnected = False
+        self._inbox: deque[Message] = deque()
+        self._reader: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._close_timer: asyncio.TimerHandle | None = None
+        # Keepalive: the next ping, or the deadline of the one in flight (its payload in `_ping_payload`).
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None
+        self._fragments: list[bytes] = []
+        self._fragments_text = False
+
+    # asyncio's callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        self._connections.add(self)
+        self._server = _local_address(transport)
+        self._client = _remote_address(transport)
+        self._scheme = "wss" if transport.get_extra_info("sslcontext") else "ws"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_keepalive()
+        self._put({"type": "websocket.disconnect", "code": 1005 if self._answered else 1006})
+        self._connections.discard(self)
+        self._answered = True
+        self._disconnected = True
+        # A transport lost while paused never resumes writing: a waiting `send` must wake to fail.
+        self._writable.set()
+        self._cancel_close_timer()
+        if exc is None and self.transport is not None:
+            self.transport.close()
+
+    def eof_received(self) -> None:
+        """Returning None closes the transport."""
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        for event in protocol.events_received():
+            if isinstance(event, Frame):
+                if not self._frame(event):
+                    return
+            elif isinstance(event, Request):
+                self._open(event)
+        if protocol.parser_exc is not None:
+            self._failed()
+        elif protocol.handshake_exc is not None and not self._answered:
+            # A request websockets could not parse: its refusal is queued, and the connection ends.
+            self._answered = self._close_sent = True
+            self._flush()
+            self.transport.close()  # type: ignore[union-attr]
+        else:
+            self._flush()
+
+    # uvicorn's server
+
+    def shutdown(self) -> None:
+        """The server is stopping: close an open socket with 1012, answer one still opening with 500."""
+        self._stop_keepalive()
+        transport = self.transport
+        assert transport is not None
+        if self._close_sent:
+            self._cancel_close_timer()
+        elif self._answered:
+            self._put({"type": "websocket.disconnect", "code": 1012})
+            self.protocol.send_close(1012)
+            self._flush()
+        else:
+            self._answer_500()
+        transport.close()
+
+    # ASGI
+
+    async def receive(self) -> Message:
+        while not self._inbox:
+            self._reader = self._loop.create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+        message = self._inbox.popleft()
+        if self._read_paused and not self._inbox:
+            self._read_paused = False
+            self._resume_reading()
+        return message
+
+    async def send(self, message: Message) -> None:
+        await self._writable.wait()
+        if self._disconnected:
+            raise PageDisconnected
+        kind = message["type"]
+        if self._denial is not None:
+            self._send_denial_body(message)
+        elif not self._answered:
+            if kind == "websocket.accept":
+                self._accept(message)
+            elif kind == "websocket.close":
+                self._refuse()
+            elif kind == "websocket.http.response.start":
+                self._start_denial(message)
+            else:
+                raise RuntimeError("Expected ASGI message 'websocket.accept', 'websocket.close' or "
+                                   f"'websocket.http.response.start' but got '{kind}'.")
+        elif not self._close_sent:
+            try:
+                if kind == "websocket.send":
+                    self._send_data(message)
+                elif kind == "websocket.close":
+                    self._close(message.get("code", 1000), message.get("reason") or "")
+                else:
+                    raise RuntimeError(f"Expected ASGI message 'websocket.send' or 'websocket.close', "
+                                       f"but got '{kind}'.")
+            except InvalidState as exc:
+                raise PageDisconnected from exc
+        else:
+            raise RuntimeError(f"Unexpected ASGI message '{kind}', after sending 'websocket.close'.")
+
+    async def _run_asgi(self) -> None:
+        try:
+            result = await self._app(self._scope, self.receive, self.send)
+        except PageDisconnected:
+            pass
+        except BaseException:
+            _server_log.exception("Exception in ASGI application\n")
+            self._answer_500()
+        else:
+            if not self._answered:
+                _server_log.error("ASGI callable returned without completing handshake.")
+                self._answer_500()
+            elif result is not None:
+                _server_log.error("ASGI callable should return None, but returned '%s'.", result)
+        if self._close_timer is None and self.transport is not None:
+            self.transport.close()
+
+    # The handshake
+
+    def _open(self, request: Request) -> None:
+        transport = self.transport
+        assert transport is not None
+        response = self.protocol.accept(request)
+        if response.status_code != 101:
+            # Not a WebSocket handshake websockets can answer: its own refusal, and the connection ends.
+            self._answered = self._close_sent = True
+            self.protocol.send_response(response)
+            self._flush()
+            transport.close()
+            return
+        self._response = response
+        raw_path, _, query = request.path.partition("?")
+        subprotocols = [token.strip() for header in request.headers.get_all("Sec-WebSocket-Protocol")
+                        for token in header.split(",")]
+        self._scope = {
+            "type": "websocket",
+            "asgi": {"version": self._asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self._scheme,
+            "server": self._server,
+            "client": self._client,
+            "root_path": self._root_path,
+            "path": self._root_path + unquote(raw_path),
+            "raw_path": self._root_path.encode("ascii") + raw_path.encode("ascii"),
+            "query_string": query.encode("ascii"),
+            # websockets decodes header values as ISO-8859-1.
+            "headers": [(name.encode("ascii"), value.encode("latin-1"))
+                        for name, value in request.headers.raw_items()],
+            "subprotocols": subprotocols,
+            "state": self._app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self._put({"type": "websocket.connect"})
+        task = self._loop.create_task(self._run_asgi())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _accept(self, message: Message) -> None:
+        transport, response = self.transport, self._response
+        assert transport is not None
+        assert response is not None
+        _server_log.info('%s - "WebSocket %s" [accepted]', *self._log_args())
+        headers = [(name.decode("latin-1").lower(), value.decode("latin-1"))
+                   for name, value in [*self._default_headers, *message.get("headers", [])]]
+        if subprotocol := message.get("subprotocol"):
+            headers.append(("Sec-WebSocket-Protocol", subprotocol))
+        del response.headers["Date"]
+        response.headers.update(headers)
+        if not transport.is_closing():
+            self._answered = True
+            self.protocol.send_response(response)
+            self._flush()
+            self._schedule_ping()
+
+    def _refuse(self) -> None:
+        """`websocket.close` before the accept: 403."""
+        transport = self.transport
+        assert transport is not None
+        self._put({"type": "websocket.disconnect", "code": 1006})
+        _server_log.info('%s - "WebSocket %s" 403', *self._log_args())
+        self.protocol.send_response(self.protocol.reject(HTTPStatus.FORBIDDEN, ""))
+        self._answered = self._close_sent = True
+        self._flush()
+        transport.close()
+
+    def _start_denial(self, message: Message) -> None:
+        status = message["status"]
+        if not 100 <= status < 600:
+            raise RuntimeError(f"Invalid HTTP status code '{status}' in response.")
+        _server_log.info('%s - "WebSocket %s" %d', *self._log_args(), status)
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in message.get("headers", [])]
+        self._denial = (status, headers, b"")
+
+    def _send_denial_body(self, message: Message) -> None:
+        transport, denial = self.transport, self._denial
+        assert transport is not None
+        assert denial is not None
+        if self._close_sent:
+            raise RuntimeError(f"Unexpected ASGI message '{message['type']}', after the response's body.")
+        if message["type"] != "websocket.http.response.body":
+            raise RuntimeError(f"Expected ASGI message 'websocket.http.response.body' but got '{message['type']}'.")
+        status, header_list, body = denial
+        body += message["body"]
+        self._denial = (status, header_list, body)
+        if message.get("more_body", False):
+            return
+        headers = Headers(header_list)
+        headers.setdefault("Date", email.utils.formatdate(usegmt=True))
+        headers.setdefault("Connection", "close")
+        headers.setdefault("Content-Length", str(len(body)))
+        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+        self._put({"type": "websocket.disconnect", "code": 1006})
+        self.protocol.send_response(Response(status, _phrase(status), headers, body))
+        self._close_sent = True
+        self._flush()
+        transport.close()
+
+    def _answer_500(self) -> None:
+        if self._denial is not None or self._answered:
+            return
+        self.protocol.send_response(self.protocol.reject(500, "Internal Server Error"))
+        self._flush()
+
+    # Messages
+
+    def _frame(self, frame: Frame) -> bool:
+        """Take one frame; False when the connection failed on it."""
+        opcode, payload = frame.opcode, bytes(frame.data)
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            self._fragments = [payload]
+            self._fragments_text = opcode is Opcode.TEXT
+        elif opcode is Opcode.CONT:
+            self._fragments.append(payload)
+        elif opcode is Opcode.PONG:
+            self._pong(payload)
+            return True
+        elif opcode is Opcode.CLOSE:
+            self._peer_closed()
+            return True
+        else:
+            return True  # a ping: websockets has queued its pong
+        if not frame.fin:
+            return True
+        fragments, self._fragments = self._fragments, []
+        data = fragments[0] if len(fragments) == 1 else b"".join(fragments)
+        if self._close_sent:
+            # Past the app's close: dropped, and the socket is read on until the peer's close arrives.
+            return True
+        if not self._fragments_text:
+            self._put({"type": "websocket.receive", "bytes": data})
+        else:
+            try:
+                self._put({"type": "websocket.receive", "text": data.decode()})
+            except UnicodeDecodeError:
+                _server_log.exception("Invalid UTF-8 sequence received from client.")
+                self.protocol.fail(1007, "invalid UTF-8")
+                self._failed()
+                return False
+        if not self._read_paused:
+            self._read_paused = True
+            self._pause_reading()
+        return True
+
+    def _send_data(self, message: Message) -> None:
+        data, text = message.get("bytes"), message.get("text")
+        if data is not None:
+            self.protocol.send_binary(data)
+        elif text is not None:
+            self.protocol.send_text(text.encode())
+        self._flush()
+
+    def _close(self, code: int, reason: str) -> None:
+        """The app's `websocket.close`: the close frame, then the peer has `CLOSE_TIMEOUT_S` to answer it."""
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        self._put({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.protocol.send_close(code, reason)
+        self._flush()
+        self._close_sent = True
+        if self._read_paused:
+            # Read on, so the peer's answering close frame is seen.
+            self._read_paused = False
+            self._resume_reading()
+        self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, transport.close)
+
+    def _peer_closed(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self._close_sent:
+            # The answer to the app's close frame: the closing handshake is complete.
+            if self._close_timer is not None:
+                self._cancel_close_timer()
+                transport.close()
+            return
+        if transport.is_closing():
+            return
+        received = self.protocol.close_rcvd
+        assert received is not None
+        self._put({"type": "websocket.disconnect", "code": received.code, "reason": received.reason})
+        self._flush()  # websockets' answering close frame
+        transport.close()
+
+    def _failed(self) -> None:
+        """websockets failed the connection (a protocol error, a message too big, invalid UTF-8)."""
+        transport = self.transport
+        assert transport is not None
+        sent = self.protocol.close_sent
+        if sent is not None:
+            self._put({"type": "websocket.disconnect", "code": sent.code, "reason": sent.reason})
+        self._flush()
+        self._close_sent = True
+        transport.close()
+
+    # Keepalive
+
+    def _schedule_ping(self) -> None:
+        if self._ping_interval_s:
+            self._keepalive = self._loop.call_later(self._ping_interval_s, self._ping)
+
+    def _ping(self) -> None:
+        self._keepalive = None
+        transport = self.transport
+        if self._close_sent or transport is None or transport.is_closing():
+            return
+        # A random payload tells this ping's pong from stale or unsolicited ones.
+        self._ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.protocol.send_ping(self._ping_payload)
+        self._flush()
+        if self._ping_timeout_s is None:
+            self._schedule_ping()
+        else:
+            self._keepalive = self._loop.call_later(self._ping_timeout_s, self._ping_unanswered)
+
+    def _pong(self, payload: bytes) -> None:
+        if self._ping_payload is None or payload != self._ping_payload:
+            return
+        self._ping_payload = None
+        if self._ping_timeout_s is not None:
+            self._stop_keepalive()
+            self._schedule_ping()
+
+    def _ping_unanswered(self) -> None:
+        self._keepalive = None
+        self._ping_payload = None
+        transport = self.transport
+        if self._close_sent or transport is None or transport.is_closing():
+            return
+        self.protocol.fail(1011, "keepalive ping timeout")
+        self._flush()
+        self._close_sent = True
+        transport.close()
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        self._ping_payload = None
+
+    # Plumbing
+
+    def _put(self, message: Message) -> None:
+        self._inbox.append(message)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    def _flush(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        # The end of the stream (an empty write) is the transport's close, which the callers do.
+        data = b"".join(self.protocol.data_to_send())
+        if data:
+            transport.write(data)
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def _cancel_close_timer(self) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+
+    def _log_args(self) -> tuple[str, str]:
+        """The client (after proxy headers) and the path with its query, as uvicorn's log lines print them."""
+        client = self._scope.get("client")
+        path = quote(self._scope.get("path", ""))
+        query = self._scope.get("query_string", b"")
+        return f"{client[0]}:{client[1]}" if client else "", f"{path}?{query.decode('ascii')}" if query else path
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _local_address(transport: asyncio.Transport) -> tuple[str, int | None] | None:
+    address = transport.get_extra_info("sockname")
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return (address, None) if isinstance(address, str) else None
+
+
+def _remote_address(transport: asyncio.Transport) -> tuple[str, int] | None:
+    address = transport.get_extra_info("peername")
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None

@@ -20,6 +20,10 @@ keeps what uvicorn's own websockets-sansio protocol does wherever the app or an 
 - the closing handshake from either side, and the ASGI `websocket.disconnect` codes uvicorn gives;
 - uvicorn's bookkeeping (`server_state.connections` and `tasks`) and `shutdown()`: an open socket is closed
   with 1012 (service restart), one still opening is answered 500.
+
+Beyond ASGI it offers the lesson a short path (`deliver_messages`, `hold_messages`, `send_now`): data messages
+handed to a callback as they are read, the socket held (not read) while the lesson cannot take more, and data
+written at once when the transport takes it without waiting. The disconnect still comes through `receive`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import logging
 import random
 import struct
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import quote, unquote
@@ -41,6 +46,7 @@ from websockets.exceptions import InvalidState
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 # uvicorn's own logger: the app's logging set-up filters and formats its lines (app.logging).
@@ -100,6 +106,9 @@ class PageSocket(asyncio.Protocol):
         self._ping_payload: bytes | None = None
         self._fragments: list[bytes] = []
         self._fragments_text = False
+        # Where data messages go instead of `receive` (`deliver_messages`), and whether reading is held for it.
+        self._on_message: Callable[[bytes | str], None] | None = None
+        self._held = False
 
     # asyncio's callbacks
 
@@ -179,7 +188,7 @@ class PageSocket(asyncio.Protocol):
         message = self._inbox.popleft()
         if self._read_paused and not self._inbox:
             self._read_paused = False
-            self._resume_reading()
+            self._update_reading()
         return message
 
     async def send(self, message: Message) -> None:
@@ -336,6 +345,36 @@ class PageSocket(asyncio.Protocol):
         self.protocol.send_response(self.protocol.reject(500, "Internal Server Error"))
         self._flush()
 
+    # The short path: data messages in the socket's callback, data written at once
+
+    def deliver_messages(self, on_message: Callable[[bytes | str], None] | None) -> None:
+        """From now on give each data message (bytes, or text as `str`) to `on_message` as it is read, in the
+        socket's callback, instead of queueing it for `receive`; None queues them again (and ends a hold). The
+        disconnect, and what was queued before, still come through `receive`."""
+        self._on_message = on_message
+        if on_message is None:
+            self.hold_messages(False)
+
+    def hold_messages(self, held: bool) -> None:
+        """Stop (True) or resume (False) reading the socket while delivered messages cannot be carried out."""
+        if held is not self._held:
+            self._held = held
+            self._update_reading()
+
+    def send_now(self, message: bytes | str) -> bool:
+        """Write one data message at once if the transport takes it without waiting; False, and nothing sent,
+        when a send would wait (writes paused) or the socket is not open: the caller awaits `send` then."""
+        transport = self.transport
+        if (not self._writable.is_set() or self._close_sent or transport is None or transport.is_closing()
+                or self.protocol.state is not State.OPEN):
+            return False
+        if type(message) is bytes:
+            self.protocol.send_binary(message)
+        else:
+            self.protocol.send_text(cast(str, message).encode())
+        self._flush()
+        return True
+
     # Messages
 
     def _frame(self, frame: Frame) -> bool:
@@ -361,19 +400,23 @@ class PageSocket(asyncio.Protocol):
         if self._close_sent:
             # Past the app's close: dropped, and the socket is read on until the peer's close arrives.
             return True
-        if not self._fragments_text:
-            self._put({"type": "websocket.receive", "bytes": data})
-        else:
+        message: bytes | str = data
+        if self._fragments_text:
             try:
-                self._put({"type": "websocket.receive", "text": data.decode()})
+                message = data.decode()
             except UnicodeDecodeError:
                 _server_log.exception("Invalid UTF-8 sequence received from client.")
                 self.protocol.fail(1007, "invalid UTF-8")
                 self._failed()
                 return False
+        on_message = self._on_message
+        if on_message is not None:
+            on_message(message)
+            return True
+        self._put({"type": "websocket.receive", "text" if self._fragments_text else "bytes": message})
         if not self._read_paused:
             self._read_paused = True
-            self._pause_reading()
+            self._update_reading()
         return True
 
     def _send_data(self, message: Message) -> None:
@@ -394,10 +437,8 @@ class PageSocket(asyncio.Protocol):
         self.protocol.send_close(code, reason)
         self._flush()
         self._close_sent = True
-        if self._read_paused:
-            # Read on, so the peer's answering close frame is seen.
-            self._read_paused = False
-            self._resume_reading()
+        # Read on whatever waits, so the peer's answering close frame is seen.
+        self._update_reading()
         self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, transport.close)
 
     def _peer_closed(self) -> None:
@@ -489,13 +530,15 @@ class PageSocket(asyncio.Protocol):
         if data:
             transport.write(data)
 
-    def _pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
+    def _update_reading(self) -> None:
+        """Read the socket unless a message waits for `receive` or the app holds it; past the close, read on."""
+        transport = self.transport
+        if transport is None:
+            return
+        if (self._read_paused or self._held) and not self._close_sent:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def _cancel_close_timer(self) -> None:
         if self._close_timer is not None:

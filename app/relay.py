@@ -5,7 +5,10 @@ A thin shell around `LessonSession`. The lesson outlives its sockets: its page m
 replaced, when the machine says (`OpenUpstream`). Its tasks run in one TaskGroup: a reader per attached page,
 a reader per upstream session, and one per deadline of the machine (on the loop's timer), signal of the
 registry (drain, replaced, moved) or withdrawal by the teacher (`withdraw`) when it comes. Each feeds the
-machine and carries out the actions it returns, in order, before reading again. `Record` actions go to the
+machine and carries out the actions it returns, in order, before reading again. The page's data messages are
+taken in its socket's callback instead (`_Inbound`): the machine is
+stepped and its actions carried out at once, and only when a send must wait does a task finish them, the socket
+not read meanwhile. `Record` actions go to the
 store's writer without waiting: the audio path never waits for the database. A `Close` action ends the lesson:
 the upstream session is closed first, then the page's socket, and the TaskGroup is torn down. Whatever
 happens, `finally` closes both, so no upstream session outlives its lesson.
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +34,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app import messages
-from app.actions import Action, Close, Log, OpenUpstream, ToBrowser, ToBrowserAudio, ToUpstream
+from app.actions import NO_ACTIONS, Action, Close, Log, OpenUpstream, ToBrowser, ToBrowserAudio, ToUpstream
 from app.admission import AdmittedLesson, LessonSignal
 from app.errors import UpstreamClosed, UpstreamError
 from app.metrics import LessonMetrics
@@ -67,6 +72,27 @@ class PageSocket:
     def finish(self) -> None:
         if not self.done.done():
             self.done.set_result(None)
+
+
+@dataclass(eq=False, slots=True)
+class _Inbound:
+    """One socket's data messages, carried out in the order read: at once in the socket's callback while nothing
+    waits; once a send must wait, by a task (`finishing`) that also carries out what arrived meanwhile
+    (`waiting`), the socket not read until it is done."""
+
+    handle: Callable[[Any, float], Sequence[Action]]
+    hold: Callable[[bool], None]
+    waiting: deque[Any] | None = None
+    finishing: asyncio.Task[None] | None = None
+
+    async def carried_out(self) -> None:
+        """Return once every message taken so far has been carried out (or its task has ended)."""
+        while (finishing := self.finishing) is not None:
+            await asyncio.wait((finishing,))
+
+
+def _hold_nothing(held: bool) -> None:
+    """A page served without `PageConnection`: its pump waits for each message to be carried out instead."""
 
 
 class Relay:
@@ -205,27 +231,72 @@ class Relay:
     # ---- readers ---------------------------------------------------------------------------------
 
     async def _pump_page(self, page: PageSocket) -> None:
-        session, clock = self.session, self.clock
-        while True:
-            try:
-                message = await page.websocket.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                message = {"type": "websocket.disconnect"}
-            if message["type"] == "websocket.disconnect":
-                page.open = False
-                page.finish()
-                if self.page is page:
-                    # Gone without a goodbye: the machine keeps the lesson for the grace period.
-                    self.page = None
-                    await self._carry_out(session.handle_page_detached(clock()))
-                return
-            if self.page is not page:
-                continue  # a replaced page's last frames
-            pcm = message.get("bytes")
-            if pcm is not None:
-                await self._carry_out(session.handle_browser_audio(pcm, clock()))
-            else:
-                await self._carry_out(session.handle_browser_text(message.get("text") or "", clock()))
+        """The page's disconnect, and what it sent before its messages were delivered to `_take`."""
+        connection = page.connection
+        inbound = _Inbound(functools.partial(self._page_actions, page),
+                           _hold_nothing if connection is None else connection.hold_messages)
+        if connection is not None:
+            connection.deliver_messages(functools.partial(self._take, inbound))
+        try:
+            while True:
+                try:
+                    message = await page.websocket.receive()
+                except (WebSocketDisconnect, RuntimeError):
+                    message = {"type": "websocket.disconnect"}
+                if message["type"] == "websocket.disconnect":
+                    await inbound.carried_out()
+                    page.open = False
+                    page.finish()
+                    if self.page is page:
+                        # Gone without a goodbye: the machine keeps the lesson for the grace period.
+                        self.page = None
+                        await self._carry_out(self.session.handle_page_detached(self.clock()))
+                    return
+                pcm = message.get("bytes")
+                self._take(inbound, pcm if pcm is not None else message.get("text") or "")
+                await inbound.carried_out()
+        finally:
+            if connection is not None:
+                connection.deliver_messages(None)
+
+    def _page_actions(self, page: PageSocket, message: bytes | str, now: float) -> Sequence[Action]:
+        if self.page is not page:
+            return NO_ACTIONS  # a replaced page's last frames
+        if type(message) is bytes:
+            return self.session.handle_browser_audio(message, now)
+        return self.session.handle_browser_text(message, now)  # type: ignore[arg-type]
+
+    def _take(self, inbound: _Inbound, message: Any) -> None:
+        """A socket's data message, in its callback: the machine stepped and its actions carried out at once, or
+        from the first send that must wait, by a task; a bug raised here ends the lesson as any task's does."""
+        waiting = inbound.waiting
+        if waiting is not None:
+            waiting.append(message)
+            return
+        try:
+            actions = inbound.handle(message, self.clock())
+            done = self._carry_out_now(actions)
+        except Exception as exc:
+            self._start_task(_reraise(exc))
+            return
+        if done < len(actions):
+            inbound.waiting = deque()
+            inbound.hold(True)
+            inbound.finishing = self._start_task(self._finish(inbound, actions[done:]))
+            if inbound.finishing is None:
+                inbound.waiting = None
+                inbound.hold(False)
+
+    async def _finish(self, inbound: _Inbound, actions: Sequence[Action]) -> None:
+        try:
+            await self._carry_out(actions)
+            while inbound.waiting:
+                message = inbound.waiting.popleft()
+                await self._carry_out(inbound.handle(message, self.clock()))
+        finally:
+            inbound.waiting = None
+            inbound.finishing = None
+            inbound.hold(False)
 
     async def _connect_and_pump_upstream(self) -> None:
         session, clock = self.session, self.clock
@@ -313,6 +384,48 @@ class Relay:
         if self.session.deadlines_changed:
             self._arm_deadline_timer()
 
+    def _carry_out_now(self, actions: Sequence[Action]) -> int:
+        """`_carry_out` without waiting, in a socket's callback: how many of `actions` were carried out, stopping
+        at the first send that would wait and at a `Close` (both left to `_carry_out`)."""
+        if actions and type(actions[-1]) is Close:
+            return 0
+        done = 0
+        for action in actions:
+            if type(action) is ToBrowserAudio:
+                if not self._send_browser_now(action.pcm):
+                    return done
+            elif type(action) is ToUpstream:
+                upstream = self.upstream
+                if upstream is not None:
+                    try:
+                        if not upstream.send_now(action.payload):
+                            return done
+                    except UpstreamClosed:
+                        pass  # its reader sees the close too, and tells the machine once
+            elif type(action) is ToBrowser:
+                if not self._send_browser_now(orjson.dumps(action.message).decode()):
+                    return done
+            elif type(action) is Log:
+                getattr(self.log, action.level)(action.event, **action.fields)
+                self.metrics.observe(action)
+            elif type(action) is Record:
+                self.records.put(action.record)
+            elif type(action) is OpenUpstream:
+                self._open_upstream()
+            else:
+                return done
+            done += 1
+        if self.session.deadlines_changed:
+            self._arm_deadline_timer()
+        return done
+
+    def _send_browser_now(self, message: bytes | str) -> bool:
+        """Send to the attached page if its transport takes it without waiting; False when it must be awaited."""
+        page = self.page
+        if page is None or not page.open:
+            return True  # none to send to: as `_send_browser`, nothing more is done
+        return page.connection is not None and page.connection.send_now(message)
+
     def _open_upstream(self) -> None:
         """Let the current upstream session, if any, go (closed in the background) and open a new one."""
         self._let_upstream_go()
@@ -383,3 +496,8 @@ class Relay:
                     # for breaking a limit (1008) gets no time: what it still sends is read and dropped.
                     page.connection.close_within(0 if self._close_code == 1008 else self.send_timeout_s)
         page.finish()
+
+
+async def _reraise(exc: Exception) -> None:
+    """A bug raised in a socket's callback, raised again in the lesson's TaskGroup: the lesson ends as after a crash."""
+    raise exc

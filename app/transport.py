@@ -15,7 +15,9 @@ asyncio protocols wrap these, by composition, and see every byte and every flow-
   at `max_unsent_bytes`; past that the connection is dropped. The kernel's send buffer is fixed at
   `send_buffer_bytes` (seconds of a lesson's audio) instead of growing to megabytes for a peer that does
   not read. It is also the lesson's `PageConnection`: the app can see when a send would wait, drop the
-  connection, or close it on a deadline.
+  connection, or close it on a deadline, and take the page's data messages in the socket's callback
+  (`deliver_messages`, `hold_messages`) and write its own without waiting (`send_now`): the short path that
+  spares each frame of the page's audio a task's wake-up.
 
 The app reaches its page's `PageConnection` through `current_page_connection()`: the wrapper sets a context
 variable while uvicorn creates the connection's ASGI task, and the task keeps a copy of that context.
@@ -28,6 +30,7 @@ import contextvars
 import functools
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -84,6 +87,19 @@ class PageConnection(Protocol):
 
     def abort(self) -> None:
         """Drop the connection now; nothing more is sent."""
+
+    def deliver_messages(self, on_message: Callable[[bytes | str], None] | None) -> None:
+        """From now on give each data message (bytes, or text as `str`) to `on_message` as it is read, in the
+        socket's callback, instead of queueing it for the ASGI `receive`; None queues them again. The disconnect
+        still comes through `receive`."""
+
+    def hold_messages(self, held: bool) -> None:
+        """Stop (True) or resume (False) reading the socket while delivered messages cannot be carried out."""
+
+    def send_now(self, message: bytes | str) -> bool:
+        """Write one data message at once when the transport takes it without waiting; False, and nothing sent,
+        when the send must be awaited (writes paused) or the socket is not open: the caller sends it through
+        ASGI then."""
 
     def close_within(self, grace_s: float) -> None:
         """The close frame is sent: end the connection if the peer has not closed it within `grace_s`. Ending
@@ -417,6 +433,15 @@ class GuardedWebSocket(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+    def deliver_messages(self, on_message: Callable[[bytes | str], None] | None) -> None:
+        self._inner.deliver_messages(on_message)
+
+    def hold_messages(self, held: bool) -> None:
+        self._inner.hold_messages(held)
+
+    def send_now(self, message: bytes | str) -> bool:
+        return self._inner.send_now(message)
 
     def close_within(self, grace_s: float) -> None:
         transport = self._transport

@@ -174,6 +174,10 @@ class UpstreamConnection(asyncio.Protocol):
     # -- the lesson's side --------------------------------------------------------------------------
 
     @property
+    def write_paused(self) -> bool:
+        return self._writable is not None
+
+    @property
     def receiving(self) -> bool:
         """More messages may come: no close frame received and the connection is there."""
         return self.protocol.close_rcvd is None and not self.lost.done()
@@ -305,6 +309,18 @@ class RealtimeClient:
         await connection.until_writable(self._send_timeout_s)
         if connection.failure is not None:
             raise self._closed()
+
+    def send_now(self, payload: bytes) -> bool:
+        """`send` without waiting: False, and nothing sent, while the socket's send buffer is full (then `send`
+        it); `UpstreamClosed` once the session is closing."""
+        connection = self._connection
+        if connection.write_paused:
+            return False
+        if connection.protocol.state is not State.OPEN or connection.lost.done():
+            raise self._closed()
+        connection.protocol.send_text(payload)
+        connection.flush()
+        return True
 
     async def messages(self) -> AsyncIterator[bytes]:
         """Server messages (JSON, undecoded) until the session closes; an unexpected close raises `UpstreamClosed`."""

@@ -5,8 +5,8 @@ A thin shell around `LessonSession`. The lesson outlives its sockets: its page m
 replaced, when the machine says (`OpenUpstream`). Its tasks run in one TaskGroup: a reader per attached page,
 a reader per upstream session, and one per deadline of the machine (on the loop's timer), signal of the
 registry (drain, replaced, moved) or withdrawal by the teacher (`withdraw`) when it comes. Each feeds the
-machine and carries out the actions it returns, in order, before reading again. The page's data messages are
-taken in its socket's callback instead (`_Inbound`): the machine is
+machine and carries out the actions it returns, in order, before reading again. A socket's data messages (the
+page's frames, the upstream's events) are taken in its socket's callback instead (`_Inbound`): the machine is
 stepped and its actions carried out at once, and only when a send must wait does a task finish them, the socket
 not read meanwhile. `Record` actions go to the
 store's writer without waiting: the audio path never waits for the database. A `Close` action ends the lesson:
@@ -266,6 +266,11 @@ class Relay:
             return self.session.handle_browser_audio(message, now)
         return self.session.handle_browser_text(message, now)  # type: ignore[arg-type]
 
+    def _upstream_actions(self, upstream: RealtimeClient, message: bytes, now: float) -> Sequence[Action]:
+        if upstream is not self.upstream:
+            return NO_ACTIONS  # replaced or closed by the lesson, it is closing: what it still says is not heard
+        return self.session.handle_upstream_message(message, now)
+
     def _take(self, inbound: _Inbound, message: Any) -> None:
         """A socket's data message, in its callback: the machine stepped and its actions carried out at once, or
         from the first send that must wait, by a task; a bug raised here ends the lesson as any task's does."""
@@ -316,16 +321,20 @@ class Relay:
         self.metrics.upstream_connect_seconds.observe(connect_s)
         self.log.info("upstream_connected", connect_s=round(connect_s, 3))
         self.upstream = upstream
+        inbound = _Inbound(functools.partial(self._upstream_actions, upstream), upstream.hold_messages)
+        upstream.deliver_messages(functools.partial(self._take, inbound))
         try:
-            async for message in upstream.messages():
-                if upstream is self.upstream:
-                    await self._carry_out(session.handle_upstream_message(message, clock()))
-                # else: replaced or closed by the lesson, it is closing: what it still says is not heard
+            async for message in upstream.messages():  # what was read before delivery began
+                self._take(inbound, message)
                 del message  # not held while the next is awaited: an idle lesson keeps no server event
+                await inbound.carried_out()
         except UpstreamClosed as exc:
             code, reason = exc.received_code, exc.received_reason
         else:
             code, reason = upstream.close_code, upstream.close_reason
+        finally:
+            upstream.deliver_messages(None)
+        await inbound.carried_out()
         if upstream is self.upstream:
             self.upstream = None
             await self._carry_out(session.handle_upstream_closed(code, reason, clock()))

@@ -5,8 +5,9 @@ It knows the URL, headers, frame limits, keepalive and timeouts, and translates 
 
 The connection is websockets' sans-I/O client protocol (`websockets.client.ClientProtocol`, its public
 API for bringing one's own I/O) driven by `UpstreamConnection`, an asyncio protocol with a lesson's short
-path: complete messages wait in a deque for the lesson's one reader, which stops the socket being read
-while too many are unread; a message is written the moment it is sent. Control frames and the closing
+path: complete messages are given to the lesson's callback as they are read (`deliver_messages`), or wait in a
+deque for the lesson's one reader, which stops the socket being read while too many are unread; a message is
+written the moment it is sent. Control frames and the closing
 handshake are the sans-I/O protocol's; keepalive pings are sent from here.
 """
 
@@ -17,7 +18,7 @@ import contextlib
 import os
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal, cast
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -68,6 +69,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.inbox: deque[bytes] = deque()
         self.reading_paused = False
+        self.on_message: Callable[[bytes], None] | None = None
+        self._held = False
         self.response_received: asyncio.Future[None] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()
         self._fragments: list[bytes] = []
@@ -144,6 +147,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._wake_reader()
 
     def _deliver(self, message: bytes) -> None:
+        on_message = self.on_message
+        if on_message is not None:
+            on_message(message)
+            return
         self.inbox.append(message)
         self._wake_reader()
         if len(self.inbox) >= INBOX_HIGH_WATER and not self.reading_paused and self.transport is not None:
@@ -177,6 +184,17 @@ class UpstreamConnection(asyncio.Protocol):
     def write_paused(self) -> bool:
         return self._writable is not None
 
+    def hold(self, held: bool) -> None:
+        """Stop (True) or resume (False) reading the socket while delivered messages cannot be carried out."""
+        transport = self.transport
+        if held is self._held or transport is None or transport.is_closing():
+            return
+        self._held = held
+        if held:
+            transport.pause_reading()
+        elif not self.reading_paused:
+            transport.resume_reading()
+
     @property
     def receiving(self) -> bool:
         """More messages may come: no close frame received and the connection is there."""
@@ -194,7 +212,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self._reader = None
         if self.reading_paused and len(self.inbox) <= INBOX_LOW_WATER and self.transport is not None:
             self.reading_paused = False
-            self.transport.resume_reading()
+            if not self._held:  # the lesson's hold outlasts the inbox's
+                self.transport.resume_reading()
         return self.inbox.popleft()
 
     async def until_writable(self, timeout_s: float) -> None:
@@ -309,6 +328,17 @@ class RealtimeClient:
         await connection.until_writable(self._send_timeout_s)
         if connection.failure is not None:
             raise self._closed()
+
+    def deliver_messages(self, on_message: Callable[[bytes], None] | None) -> None:
+        """From now on give each server message to `on_message` as it is read, in the socket's callback; `messages()`
+        then yields only what was read before, and still ends (or raises) when the session closes."""
+        self._connection.on_message = on_message
+        if on_message is None:
+            self._connection.hold(False)
+
+    def hold_messages(self, held: bool) -> None:
+        """Stop (True) or resume (False) reading while the delivered messages cannot be carried out."""
+        self._connection.hold(held)
 
     def send_now(self, payload: bytes) -> bool:
         """`send` without waiting: False, and nothing sent, while the socket's send buffer is full (then `send`

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
 
 from app.errors import UpstreamClosed
-from app.upstream import INBOX_HIGH_WATER, PING_INTERVAL_S, RealtimeClient, UpstreamConnection
+from app.upstream import INBOX_HIGH_WATER, INBOX_LOW_WATER, PING_INTERVAL_S, RealtimeClient, UpstreamConnection
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -214,3 +217,55 @@ async def test_an_upstream_that_stops_reading_is_given_up_at_the_send_deadline_s
     for given_up in (refused.value, closed.value):
         assert given_up.received_code is None
         assert given_up.received_reason.startswith("the server read nothing for 0.2 s (")
+
+
+async def test_delivered_messages_go_to_the_callback_in_order_and_the_close_still_ends_messages() -> None:
+    async def server(connection: ServerConnection) -> None:
+        await connection.recv()  # the client delivers from now on
+        await connection.send('{"type":"a"}')
+        await connection.send(["{\"type\":", "\"fragmented\"", "}"])
+        await connection.recv()  # the client's answer to both
+        await connection.close(4000, "bye")
+
+    delivered: list[bytes] = []
+
+    async with client_of(server) as client:
+        def on_message(message: bytes) -> None:
+            delivered.append(message)
+            if len(delivered) == 2:
+                assert client.send_now(b'{"type":"answer"}')
+
+        client.deliver_messages(on_message)
+        assert client.send_now(b'{"type":"ready"}')
+        with pytest.raises(UpstreamClosed) as closed:
+            assert await read_all(client) == []
+    assert delivered == [b'{"type":"a"}', b'{"type":"fragmented"}']
+    assert closed.value.received_code == 4000
+
+
+async def test_the_lesson_s_hold_outlasts_the_inbox_s_pause() -> None:
+    class Transport:
+        reading = False
+
+        def pause_reading(self) -> None:
+            self.reading = False
+
+        def resume_reading(self) -> None:
+            self.reading = True
+
+        def is_closing(self) -> bool:
+            return False
+
+    transport = Transport()
+    connection = UpstreamConnection(ClientProtocol(parse_uri("ws://upstream.test/")))
+    connection.transport = cast(asyncio.Transport, transport)
+    # Read before delivery began: the inbox is full and paused reading, then the lesson holds the socket.
+    connection.inbox.extend([b"{}"] * INBOX_HIGH_WATER)
+    connection.reading_paused = True
+    connection.hold(True)
+    while connection.reading_paused:  # the inbox's own pause ends once it is down to its low-water mark
+        await connection.next_message()
+    assert len(connection.inbox) <= INBOX_LOW_WATER
+    assert not transport.reading
+    connection.hold(False)
+    assert transport.reading

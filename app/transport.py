@@ -2,7 +2,7 @@
 
 uvicorn parses HTTP (httptools) but bounds neither the time a client takes to send a request nor what the
 server owes a client that stops reading. Once uvicorn has read a WebSocket's upgrade request, the connection
-is the project's own `app.page_socket.PageSocket` (websockets' sans-I/O `ServerProtocol` serving ASGI). Two
+is the project's own `app.page_protocol.PageProtocol` (websockets' sans-I/O `ServerProtocol` serving ASGI). Two
 asyncio protocols wrap these, by composition, and see every byte and every flow-control call first:
 
 - `GuardedHTTP`: a request's head (request line and headers) and its body must arrive within
@@ -40,7 +40,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app.pacing import LogThrottles
-from app.page_socket import PageSocket
+from app.page_protocol import PageProtocol
 from app.security_headers import SECURITY_HEADERS
 
 log = structlog.get_logger("lesson_relay")
@@ -355,7 +355,7 @@ class ChunkedBody:
 
 
 class GuardedWebSocket(asyncio.Protocol):
-    """The page's `PageSocket` with a cap on unsent bytes; the page's `PageConnection`.
+    """The page's `PageProtocol` with a cap on unsent bytes; the page's `PageConnection`.
 
     websockets answers every ping with a pong written straight to the transport, with no backpressure: a
     client that floods pings and reads nothing would grow the server's write buffer without bound.
@@ -363,7 +363,7 @@ class GuardedWebSocket(asyncio.Protocol):
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None, *, shared: _Shared) -> None:
-        self._inner = PageSocket(config, server_state, app_state, _loop)
+        self._inner = PageProtocol(config, server_state, app_state, _loop)
         self._shared = shared
         self._loop = _loop or asyncio.get_event_loop()
         self._transport: asyncio.Transport | None = None

@@ -1,7 +1,7 @@
 """The page's WebSocket served to the app over ASGI: websockets' sans-I/O `ServerProtocol` on uvicorn's transport.
 
 uvicorn parses an upgrade request's head and hands the connection to its `ws` protocol class; from there
-`PageSocket` owns it, driving `websockets.server.ServerProtocol` through its public API (`receive_data`,
+`PageProtocol` owns it, driving `websockets.server.ServerProtocol` through its public API (`receive_data`,
 `events_received`, `data_to_send`, `accept`, `reject`, `send_*`), as `app.upstream` drives the client's. It
 keeps what uvicorn's own websockets-sansio protocol does wherever the app or an operator sees it:
 
@@ -61,7 +61,7 @@ class PageDisconnected(OSError):
     """`send` on a connection that has ended (ASGI: a server-specific subclass of OSError)."""
 
 
-class PageSocket(asyncio.Protocol):
+class PageProtocol(asyncio.Protocol):
     """One WebSocket connection served to the ASGI app; built by uvicorn as its `ws` protocol."""
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],

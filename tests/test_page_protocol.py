@@ -1,4 +1,4 @@
-"""PageSocket: an ASGI WebSocket server on websockets' sans-I/O ServerProtocol, served by uvicorn."""
+"""PageProtocol: an ASGI WebSocket server on websockets' sans-I/O ServerProtocol, served by uvicorn."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from harness import bound_socket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.page_socket import PageSocket
+from app.page_protocol import PageProtocol
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -25,9 +25,9 @@ App = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
 @contextlib.asynccontextmanager
 async def served(app: App, **options: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
-    """`app` served by uvicorn with `PageSocket` as its WebSocket protocol; yields the base ws:// URL."""
+    """`app` served by uvicorn with `PageProtocol` as its WebSocket protocol; yields the base ws:// URL."""
     sock = bound_socket()
-    config = uvicorn.Config(app, ws=PageSocket, lifespan="off", log_config=None, **options)
+    config = uvicorn.Config(app, ws=PageProtocol, lifespan="off", log_config=None, **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

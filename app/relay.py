@@ -369,27 +369,8 @@ class Relay:
             self._close_code, self._close_reason = actions[-1].code, actions[-1].reason
             await self._close_upstream()
         for action in actions:
-            # Audio first: it is nearly all of the traffic.
-            if type(action) is ToBrowserAudio:
-                await self._send_browser({"type": "websocket.send", "bytes": action.pcm})
-            elif type(action) is ToUpstream:
-                await self._send_upstream(action.payload)
-            elif type(action) is ToBrowser:
-                await self._send_browser({"type": "websocket.send", "text": orjson.dumps(action.message).decode()})
-            elif type(action) is Log:
-                getattr(self.log, action.level)(action.event, **action.fields)
-                self.metrics.observe(action)
-            elif type(action) is Record:
-                # Never awaited: the writer's queue takes it or counts it dropped.
-                self.records.put(action.record)
-            elif type(action) is OpenUpstream:
-                self._open_upstream()
-            elif type(action) is Close:
-                # Recorded first: a task cancelled mid-close still closes with this code in `finally`.
-                self._closing = True
-                self._close_code, self._close_reason = action.code, action.reason
-                await self._close_all()
-                raise _LessonOver
+            if not self._do_now(action):
+                await self._do_waiting(action)
         if self.session.deadlines_changed:
             self._arm_deadline_timer()
 
@@ -398,35 +379,55 @@ class Relay:
         at the first send that would wait and at a `Close` (both left to `_carry_out`)."""
         if actions and type(actions[-1]) is Close:
             return 0
-        done = 0
-        for action in actions:
-            if type(action) is ToBrowserAudio:
-                if not self._send_browser_now(action.pcm):
-                    return done
-            elif type(action) is ToUpstream:
-                upstream = self.upstream
-                if upstream is not None:
-                    try:
-                        if not upstream.send_now(action.payload):
-                            return done
-                    except UpstreamClosed:
-                        pass  # its reader sees the close too, and tells the machine once
-            elif type(action) is ToBrowser:
-                if not self._send_browser_now(orjson.dumps(action.message).decode()):
-                    return done
-            elif type(action) is Log:
-                getattr(self.log, action.level)(action.event, **action.fields)
-                self.metrics.observe(action)
-            elif type(action) is Record:
-                self.records.put(action.record)
-            elif type(action) is OpenUpstream:
-                self._open_upstream()
-            else:
+        for done, action in enumerate(actions):
+            if not self._do_now(action):
                 return done
-            done += 1
         if self.session.deadlines_changed:
             self._arm_deadline_timer()
-        return done
+        return len(actions)
+
+    def _do_now(self, action: Action) -> bool:
+        """Carry out `action` if it needs no waiting; False, and nothing done, for a send the socket cannot take
+        now and for `Close`: those are `_do_waiting`'s."""
+        # Audio first: it is nearly all of the traffic.
+        if type(action) is ToBrowserAudio:
+            return self._send_browser_now(action.pcm)
+        if type(action) is ToUpstream:
+            upstream = self.upstream
+            if upstream is None:
+                return True  # none open (being replaced): the machine sends nothing that must arrive then
+            try:
+                return upstream.send_now(action.payload)
+            except UpstreamClosed:
+                return True  # its reader sees the close too, and tells the machine once
+        if type(action) is ToBrowser:
+            return self._send_browser_now(orjson.dumps(action.message).decode())
+        if type(action) is Log:
+            getattr(self.log, action.level)(action.event, **action.fields)
+            self.metrics.observe(action)
+        elif type(action) is Record:
+            # Never awaited: the writer's queue takes it or counts it dropped.
+            self.records.put(action.record)
+        elif type(action) is OpenUpstream:
+            self._open_upstream()
+        else:
+            return False
+        return True
+
+    async def _do_waiting(self, action: Action) -> None:
+        """A send that must wait for its socket, or the lesson's `Close`."""
+        if type(action) is ToBrowserAudio:
+            await self._send_browser({"type": "websocket.send", "bytes": action.pcm})
+        elif type(action) is ToUpstream:
+            await self._send_upstream(action.payload)
+        elif type(action) is ToBrowser:
+            await self._send_browser({"type": "websocket.send", "text": orjson.dumps(action.message).decode()})
+        elif type(action) is Close:
+            # Recorded first: a task cancelled mid-close still closes with this code in `finally`.
+            self._closing = True
+            self._close_code, self._close_reason = action.code, action.reason
+            await self._close_all()
+            raise _LessonOver
 
     def _send_browser_now(self, message: bytes | str) -> bool:
         """Send to the attached page if its transport takes it without waiting; False when it must be awaited."""

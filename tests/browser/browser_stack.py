@@ -172,8 +172,9 @@ def run_simulator(workdir: Path, *simulator_args: str) -> Iterator[SimulatorProc
 @contextlib.contextmanager
 def run_app(simulator: SimulatorProcess, *, port: int, database: Path, log: Path,
             app_env: dict[str, str | None] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """The app (uvicorn) on 127.0.0.1:`port` with its lesson records in the SQLite file `database`, pointed at
-    `simulator` as if it were OpenAI, once /healthz answers; its environment has `app_env` on top of the
+    """The app as deployed (`python -m app`: its own server settings and connection guards) on
+    127.0.0.1:`port` with its lesson records in the SQLite file `database`, pointed at `simulator` as if it
+    were OpenAI, once /healthz answers; its environment has `app_env` on top of the
     stack's own (None: the variable is left out). Two of these in turn on one port and one database are an
     instance and its replacement."""
     env = _inherited_environment() | {
@@ -183,10 +184,11 @@ def run_app(simulator: SimulatorProcess, *, port: int, database: Path, log: Path
         "LESSON_STARTS_PER_MINUTE": "1000",
         "DATABASE_URL": f"sqlite:///{database}",
         "METRICS_TOKEN": METRICS_TOKEN,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
     } | (app_env or {})
     env = {name: value for name, value in env.items() if value is not None}
-    with run_process([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-                  env=env, log=log) as app:
+    with run_process([sys.executable, "-m", "app"], env=env, log=log) as app:
         wait_for(lambda: _check_alive(app, log) or http_json(f"http://127.0.0.1:{port}/healthz"),
                  timeout=30, what="/healthz")
         yield app

@@ -82,6 +82,7 @@ class _Inbound:
 
     handle: Callable[[Any, float], Sequence[Action]]
     hold: Callable[[bool], None]
+    # None while nothing waits: an idle lesson keeps no deque.
     waiting: deque[Any] | None = None
     finishing: asyncio.Task[None] | None = None
 

@@ -320,11 +320,8 @@ class RealtimeClient:
 
     async def send(self, payload: bytes) -> None:
         """Send one client event, serialised as UTF-8 JSON; `UpstreamClosed` once the session is closing."""
+        self._write(payload)
         connection = self._connection
-        if connection.protocol.state is not State.OPEN or connection.lost.done():
-            raise self._closed()
-        connection.protocol.send_text(payload)
-        connection.flush()
         await connection.until_writable(self._send_timeout_s)
         if connection.failure is not None:
             raise self._closed()
@@ -343,14 +340,17 @@ class RealtimeClient:
     def send_now(self, payload: bytes) -> bool:
         """`send` without waiting: False, and nothing sent, while the socket's send buffer is full (then `send`
         it); `UpstreamClosed` once the session is closing."""
-        connection = self._connection
-        if connection.write_paused:
+        if self._connection.write_paused:
             return False
+        self._write(payload)
+        return True
+
+    def _write(self, payload: bytes) -> None:
+        connection = self._connection
         if connection.protocol.state is not State.OPEN or connection.lost.done():
             raise self._closed()
         connection.protocol.send_text(payload)
         connection.flush()
-        return True
 
     async def messages(self) -> AsyncIterator[bytes]:
         """Server messages (JSON, undecoded) until the session closes; an unexpected close raises `UpstreamClosed`."""

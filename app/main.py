@@ -61,6 +61,7 @@ log = structlog.get_logger("lesson_relay")
 def create_app(
     settings: Settings | None = None, *, log_stream: TextIO | None = None, places: Places | None = None,
     record_sink: RecordSink | None = None, metrics_dir: str | None = None, logs_settings_at_start: bool = True,
+    served_by_uvicorn_cli: bool = False,
 ) -> FastAPI:
     """The application for `settings` (read from the environment when omitted), logging to `log_stream`.
 
@@ -68,7 +69,8 @@ def create_app(
     process is the whole replica. Lessons hand their records to `record_sink`, by default the store's
     writer (the bench's baseline passes one that discards). The upstream and the settings' start warnings
     are logged once per replica: by this app unless `logs_settings_at_start` is False (a worker: its
-    supervisor logs them).
+    supervisor logs them). `served_by_uvicorn_cli`: started as `uvicorn app.main:app`, which an operator is
+    warned of once.
     """
     settings = settings or load_settings()
 
@@ -94,6 +96,10 @@ def create_app(
         if logs_settings_at_start:
             log_settings_at_start(settings,
                                   shutdown_worst_case_s=shutdown_worst_case_seconds(settings.shutdown_grace_seconds))
+        if served_by_uvicorn_cli:
+            log.warning("served_without_drain_or_guards", message="served by `uvicorn app.main:app`: SIGTERM "
+                        "cuts open lessons instead of draining them, and the page's sockets go without the "
+                        "connection guards; deploy with `python -m app`")
         loop_lag = LoopLagProbe(app.state.metrics.loop_lag_seconds.observe)
         loop_lag.start()
         link_check = asyncio.create_task(
@@ -245,7 +251,7 @@ def exit_cleanly(signum: int, frame: FrameType | None) -> None:
 def __getattr__(name: str) -> Any:
     # `uvicorn app.main:app` reads the environment only when the attribute is asked for.
     if name == "app":
-        application = create_app()
+        application = create_app(served_by_uvicorn_cli=True)
         globals()["app"] = application
         return application
     raise AttributeError(name)

@@ -387,17 +387,20 @@ class AppProcess:
 
 
 @asynccontextmanager
-async def app_process(upstream_url: str, database_url: str,
+async def app_process(upstream_url: str, database_url: str, *, uvicorn_cli: bool = False,
                       **environment: str | None) -> AsyncIterator[AppProcess]:
     """`python -m app` against `upstream_url` on a free port (JSON logs at info, a 5 s drain, `environment` on
     top, None unsetting a variable) until the block ends; then stopped with its workers (`stop_group`): SIGTERM,
-    and past the longest drain SIGKILL to all of them, so none outlives a test that failed."""
+    and past the longest drain SIGKILL to all of them, so none outlives a test that failed. `uvicorn_cli`: served
+    by `uvicorn app.main:app` instead."""
     port = free_port()
+    served_by = ("-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)) if uvicorn_cli \
+        else ("-m", "app")
     env = {name: value for name, value in (os.environ | {
         "OPENAI_API_KEY": FAKE_KEY, "OPENAI_REALTIME_URL": upstream_url, "PORT": str(port), "HOST": "127.0.0.1",
         "SHUTDOWN_GRACE_SECONDS": "5", "LOG_FORMAT": "json", "LOG_LEVEL": "info", "DATABASE_URL": database_url,
     } | environment).items() if value is not None}
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", cwd=REPO_ROOT, env=env,
+    process = await asyncio.create_subprocess_exec(sys.executable, *served_by, cwd=REPO_ROOT, env=env,
                                                    start_new_session=True, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.STDOUT)
     assert process.stdout is not None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
-from harness import logged, relay_settings, serve_app
+from harness import app_process, logged, relay_settings, serve_app
 
 from app.main import shutdown_worst_case_seconds
 from app.settings import Settings
@@ -37,6 +38,21 @@ async def test_the_simulator_without_metrics_token_does_not_warn(log_stream: io.
         pass
     assert logged(log_stream, "simulator_mode") != []
     assert logged(log_stream, "metrics_open_to_anyone") == []
+
+
+@pytest.mark.parametrize("uvicorn_cli", [True, False])
+async def test_serving_by_the_uvicorn_cli_warns_that_lessons_are_not_drained_nor_guarded(
+    simulator: RealtimeSimulator, tmp_path: Path, uvicorn_cli: bool
+) -> None:
+    async with app_process(simulator.url, f"sqlite:///{tmp_path / 'lessons.db'}", uvicorn_cli=uvicorn_cli) as served:
+        await served.until_workers_started(1)
+        warnings = served.output.of("served_without_drain_or_guards")
+    if uvicorn_cli:
+        [warning] = warnings
+        assert warning["level"] == "warning"
+        assert "deploy with `python -m app`" in warning["message"]
+    else:
+        assert warnings == []
 
 
 def warnings_for(settings: Settings, event: str) -> list[MutableMapping[str, Any]]:

@@ -10,7 +10,8 @@ keeps what uvicorn's own websockets-sansio protocol does wherever the app or an 
   headers middleware included);
 - the handshake's answer: 101 with the app's headers and subprotocol on `websocket.accept`, 403 on
   `websocket.close` before it, the app's own response on `websocket.http.response.*`, 500 when the app fails
-  or returns before answering;
+  or returns before answering (and where uvicorn's drops the socket of an app that fails after the accept,
+  a close 1011, so the page can tell a server fault from a lost network);
 - uvicorn's log lines for a handshake's answer and a failing app, on its logger;
 - flow control: reading pauses while a data message waits for `receive`, and `send` waits while the
   transport's buffer is over its high-water mark;
@@ -229,7 +230,7 @@ class PageProtocol(asyncio.Protocol):
             pass
         except BaseException:
             _server_log.exception("Exception in ASGI application\n")
-            self._answer_500()
+            self._answer_crash()
         else:
             if not self._answered:
                 _server_log.error("ASGI callable returned without completing handshake.")
@@ -344,6 +345,16 @@ class PageProtocol(asyncio.Protocol):
             return
         self.protocol.send_response(self.protocol.reject(500, "Internal Server Error"))
         self._flush()
+
+    def _answer_crash(self) -> None:
+        """The app raised: a 500 before the handshake's answer, a 1011 close frame after it, so the page learns
+        that the server failed rather than the network (a socket closed without a close frame reads 1006)."""
+        if not self._answered:
+            self._answer_500()
+        elif not self._close_sent and self.protocol.state is State.OPEN:
+            self.protocol.send_close(1011, "internal error")
+            self._flush()
+            self._close_sent = True
 
     # The short path: data messages in the socket's callback, data written at once
 

@@ -154,6 +154,21 @@ async def test_an_app_that_fails_before_accepting_is_a_500() -> None:
     assert refused.value.response.status_code == 500
 
 
+async def test_an_app_that_fails_after_accepting_closes_with_1011() -> None:
+    async def fail_after_accepting(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+        raise RuntimeError("broken")
+
+    async with served(fail_after_accepting) as (url, _), connect(url) as ws:
+        await ws.send("anything")
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "internal error")
+
+
 @pytest.mark.parametrize(("send", "code"), [
     (lambda ws: ws.send(b"x" * 2000), 1009),
     (lambda ws: ws.send(b"\xff\xfe", text=True), 1007),

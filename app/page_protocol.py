@@ -54,6 +54,8 @@ from websockets.server import ServerProtocol
 _server_log = logging.getLogger("uvicorn.error")
 # How long the peer has to answer the server's close frame before the connection is closed.
 CLOSE_TIMEOUT_S = 10.0
+# Compared with every frame's opcode: an enum member read from its class takes ~0.1 µs on Python 3.11.
+_TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
 
 Message = dict[str, Any]
 
@@ -101,12 +103,17 @@ class PageProtocol(asyncio.Protocol):
         self._read_paused = False
         self._writable = asyncio.Event()
         self._writable.set()
+        # `not self._writable.is_set()`, read by `send_now` for every message without a call.
+        self._write_paused = False
         self._close_timer: asyncio.TimerHandle | None = None
         # Keepalive: the next ping, or the deadline of the one in flight (its payload in `_ping_payload`).
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_payload: bytes | None = None
+        # A fragmented message's frames so far (empty between messages), and whether it is text.
         self._fragments: list[bytes] = []
         self._fragments_text = False
+        # The app's task has started: the handshake is behind and the scope built.
+        self.app_started = False
         # Where data messages go instead of `receive` (`deliver_messages`), and whether reading is held for it.
         self._on_message: Callable[[bytes | str], None] | None = None
         self._held = False
@@ -128,6 +135,7 @@ class PageProtocol(asyncio.Protocol):
         self._disconnected = True
         # A transport lost while paused never resumes writing: a waiting `send` must wake to fail.
         self._writable.set()
+        self._write_paused = False
         self._cancel_close_timer()
         if exc is None and self.transport is not None:
             self.transport.close()
@@ -137,9 +145,11 @@ class PageProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writable.clear()
+        self._write_paused = True
 
     def resume_writing(self) -> None:
         self._writable.set()
+        self._write_paused = False
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
@@ -276,6 +286,7 @@ class PageProtocol(asyncio.Protocol):
             "extensions": {"websocket.http.response": {}},
         }
         self._put({"type": "websocket.connect"})
+        self.app_started = True
         task = self._loop.create_task(self._run_asgi())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -376,13 +387,15 @@ class PageProtocol(asyncio.Protocol):
         """Write one data message at once if the transport takes it without waiting; False, and nothing sent,
         when a send would wait (writes paused) or the socket is not open: the caller awaits `send` then."""
         transport = self.transport
-        if (not self._writable.is_set() or self._close_sent or transport is None or transport.is_closing()
-                or self.protocol.state is not State.OPEN):
+        if self._write_paused or self._close_sent or transport is None or transport.is_closing():
             return False
-        if type(message) is bytes:
-            self.protocol.send_binary(message)
-        else:
-            self.protocol.send_text(cast(str, message).encode())
+        try:
+            if type(message) is bytes:
+                self.protocol.send_binary(message)
+            else:
+                self.protocol.send_text(cast(str, message).encode())
+        except InvalidState:  # not open (a close frame sent or received): websockets framed nothing
+            return False
         self._flush()
         return True
 
@@ -391,11 +404,18 @@ class PageProtocol(asyncio.Protocol):
     def _frame(self, frame: Frame) -> bool:
         """Take one frame; False when the connection failed on it."""
         opcode, payload = frame.opcode, bytes(frame.data)
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-            self._fragments = [payload]
-            self._fragments_text = opcode is Opcode.TEXT
+        if opcode is _BINARY or opcode is _TEXT:
+            self._fragments_text = opcode is _TEXT
+            if not frame.fin:
+                self._fragments = [payload]
+                return True
+            data = payload  # nearly every message: one frame, no list built
         elif opcode is Opcode.CONT:
             self._fragments.append(payload)
+            if not frame.fin:
+                return True
+            data = b"".join(self._fragments)
+            self._fragments = []
         elif opcode is Opcode.PONG:
             self._pong(payload)
             return True
@@ -404,10 +424,6 @@ class PageProtocol(asyncio.Protocol):
             return True
         else:
             return True  # a ping: websockets has queued its pong
-        if not frame.fin:
-            return True
-        fragments, self._fragments = self._fragments, []
-        data = fragments[0] if len(fragments) == 1 else b"".join(fragments)
         if self._close_sent:
             # Past the app's close: dropped, and the socket is read on until the peer's close arrives.
             return True

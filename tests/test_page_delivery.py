@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import uvicorn
 from harness import bound_socket
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
 from app.transport import TransportLimits, current_page_connection, protocol_options
@@ -136,3 +138,36 @@ async def test_a_held_socket_is_not_read_until_released_and_then_delivers_in_ord
         await task
         sock.close()
     assert delivered == ["one", "released", "two"]
+
+
+async def test_send_now_after_the_apps_close_sends_nothing_and_says_so() -> None:
+    answers: list[bool] = []
+
+    async def closing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        page = current_page_connection()
+        assert page is not None
+        answers.append(page.send_now(b"before"))
+        await send({"type": "websocket.close", "code": 4000})
+        answers.append(page.send_now(b"after"))
+        answers.append(page.send_now("after"))
+        await receive()
+
+    sock = bound_socket(None)
+    config = uvicorn.Config(closing, log_config=None, lifespan="off", **protocol_options(TransportLimits()))
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/", compression=None) as client:
+            assert await client.recv() == b"before"
+            with pytest.raises(ConnectionClosed):
+                await client.recv()
+            assert client.close_code == 4000
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+    assert answers == [True, False, False]

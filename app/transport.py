@@ -363,7 +363,11 @@ class GuardedWebSocket(asyncio.Protocol):
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None, *, shared: _Shared) -> None:
-        self._inner = PageProtocol(config, server_state, app_state, _loop)
+        self._inner = inner = PageProtocol(config, server_state, app_state, _loop)
+        # The lesson's short path is the page protocol's own: no call through this wrapper per message.
+        self.deliver_messages = inner.deliver_messages
+        self.hold_messages = inner.hold_messages
+        self.send_now = inner.send_now
         self._shared = shared
         self._loop = _loop or asyncio.get_event_loop()
         self._transport: asyncio.Transport | None = None
@@ -418,12 +422,16 @@ class GuardedWebSocket(asyncio.Protocol):
             if self._lingered_bytes > _LINGER_MAX_BYTES:
                 transport.abort()
             return
-        # The handshake creates the connection's ASGI task, which copies this context.
-        token = _current_page.set(self)
-        try:
-            self._inner.data_received(data)
-        finally:
-            _current_page.reset(token)
+        inner = self._inner
+        if inner.app_started:
+            inner.data_received(data)
+        else:
+            # The handshake creates the connection's ASGI task, which copies this context.
+            token = _current_page.set(self)
+            try:
+                inner.data_received(data)
+            finally:
+                _current_page.reset(token)
         unsent = transport.get_write_buffer_size()
         if unsent > self._shared.limits.max_unsent_bytes and not self._lost:
             self._shared.warn("connection_dropped", "not_reading", why="the peer reads nothing it asked for",
@@ -433,15 +441,6 @@ class GuardedWebSocket(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
-
-    def deliver_messages(self, on_message: Callable[[bytes | str], None] | None) -> None:
-        self._inner.deliver_messages(on_message)
-
-    def hold_messages(self, held: bool) -> None:
-        self._inner.hold_messages(held)
-
-    def send_now(self, message: bytes | str) -> bool:
-        return self._inner.send_now(message)
 
     def close_within(self, grace_s: float) -> None:
         transport = self._transport

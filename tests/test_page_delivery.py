@@ -43,18 +43,25 @@ class DeliveringApp:
 
 
 @asynccontextmanager
-async def served(app: DeliveringApp) -> AsyncIterator[str]:
+async def served_with_server(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+    """The ASGI `app` served by uvicorn behind the guard on a free port: its URL and the server."""
     sock = bound_socket(None)
     config = uvicorn.Config(app, log_config=None, lifespan="off", ws_per_message_deflate=False,
                             **protocol_options(TransportLimits()))
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/"
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/", server
     finally:
         server.should_exit = True
         await task
         sock.close()
+
+
+@asynccontextmanager
+async def served(app: DeliveringApp) -> AsyncIterator[str]:
+    async with served_with_server(app) as (url, _):
+        yield url
 
 
 async def test_data_messages_go_to_the_callback_in_order_and_the_close_still_reaches_receive() -> None:
@@ -111,12 +118,8 @@ async def test_a_held_socket_is_not_read_until_released_and_then_delivers_in_ord
         page.hold_messages(False)
         await receive()
 
-    sock = bound_socket(None)
-    config = uvicorn.Config(holding, log_config=None, lifespan="off", **protocol_options(TransportLimits()))
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        async with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/", compression=None) as client:
+        async with served_with_server(holding) as (url, server), connect(url, compression=None) as client:
             [socket_protocol] = server.server_state.connections
             await client.send("one")
             async with asyncio.timeout(30):
@@ -134,9 +137,6 @@ async def test_a_held_socket_is_not_read_until_released_and_then_delivers_in_ord
                     await asyncio.sleep(0.01)  # a poll with a deadline: delivery happens in the server's callback
     finally:
         released.set()
-        server.should_exit = True
-        await task
-        sock.close()
     assert delivered == ["one", "released", "two"]
 
 
@@ -156,18 +156,9 @@ async def test_send_now_after_the_apps_close_sends_nothing_and_says_so() -> None
         answers.append(page.send_now("after"))
         await receive()
 
-    sock = bound_socket(None)
-    config = uvicorn.Config(closing, log_config=None, lifespan="off", **protocol_options(TransportLimits()))
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/", compression=None) as client:
-            assert await client.recv() == b"before"
-            with pytest.raises(ConnectionClosed):
-                await client.recv()
-            assert client.close_code == 4000
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    async with served_with_server(closing) as (url, _), connect(url, compression=None) as client:
+        assert await client.recv() == b"before"
+        with pytest.raises(ConnectionClosed):
+            await client.recv()
+        assert client.close_code == 4000
     assert answers == [True, False, False]

@@ -66,6 +66,16 @@ class Recorder:
             self.ended.set()
 
 
+async def close_after_sending(url: str, text: str) -> tuple[int, str]:
+    """Send `text`, then read until the server closes: the code and reason of its close frame."""
+    async with connect(url) as ws:
+        await ws.send(text)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
 async def test_the_scope_is_uvicorn_s_and_the_accept_carries_the_app_s_subprotocol_and_headers() -> None:
     app = Recorder()
     async with served(app, root_path="/relay") as (url, _), connect(
@@ -105,12 +115,8 @@ async def test_a_fragmented_message_reaches_the_app_whole() -> None:
 
 async def test_the_app_s_close_reaches_the_page_and_the_app_hears_its_own_disconnect() -> None:
     app = Recorder()
-    async with served(app) as (url, _), connect(url) as ws:
-        await ws.send("close me")
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
-    assert closed.value.rcvd is not None
-    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "asked to")
+    async with served(app) as (url, _):
+        assert await close_after_sending(url, "close me") == (4001, "asked to")
     await app.ended.wait()
     assert app.received[-1] == {"type": "websocket.disconnect", "code": 4001, "reason": "asked to"}
 
@@ -161,12 +167,8 @@ async def test_an_app_that_fails_after_accepting_closes_with_1011() -> None:
         await receive()
         raise RuntimeError("broken")
 
-    async with served(fail_after_accepting) as (url, _), connect(url) as ws:
-        await ws.send("anything")
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
-    assert closed.value.rcvd is not None
-    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "internal error")
+    async with served(fail_after_accepting) as (url, _):
+        assert await close_after_sending(url, "anything") == (1011, "internal error")
 
 
 @pytest.mark.parametrize(("send", "code"), [

@@ -15,7 +15,18 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
-from app.transport import TransportLimits, current_page_connection, protocol_options
+from app.transport import PageConnection, TransportLimits, current_page_connection, protocol_options
+
+
+async def accepted_page(scope: dict[str, Any], receive: Any, send: Any) -> PageConnection | None:
+    """Accept a WebSocket scope and return its page connection; None for any other scope."""
+    if scope["type"] != "websocket":
+        return None
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    page = current_page_connection()
+    assert page is not None
+    return page
 
 
 class DeliveringApp:
@@ -26,12 +37,9 @@ class DeliveringApp:
         self.disconnect: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "websocket":
+        page = await accepted_page(scope, receive, send)
+        if page is None:
             return
-        assert (await receive())["type"] == "websocket.connect"
-        await send({"type": "websocket.accept"})
-        page = current_page_connection()
-        assert page is not None
 
         def on_message(message: bytes | str) -> None:
             self.delivered.append(message)
@@ -100,12 +108,9 @@ async def test_a_held_socket_is_not_read_until_released_and_then_delivers_in_ord
     pages: list[Any] = []
 
     async def holding(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "websocket":
+        page = await accepted_page(scope, receive, send)
+        if page is None:
             return
-        await receive()
-        await send({"type": "websocket.accept"})
-        page = current_page_connection()
-        assert page is not None
         pages.append(page)
 
         def on_message(message: bytes | str) -> None:
@@ -144,12 +149,9 @@ async def test_send_now_after_the_apps_close_sends_nothing_and_says_so() -> None
     answers: list[bool] = []
 
     async def closing(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "websocket":
+        page = await accepted_page(scope, receive, send)
+        if page is None:
             return
-        await receive()
-        await send({"type": "websocket.accept"})
-        page = current_page_connection()
-        assert page is not None
         answers.append(page.send_now(b"before"))
         await send({"type": "websocket.close", "code": 4000})
         answers.append(page.send_now(b"after"))

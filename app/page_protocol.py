@@ -101,10 +101,10 @@ class PageProtocol(asyncio.Protocol):
         self._inbox: deque[Message] = deque()
         self._reader: asyncio.Future[None] | None = None
         self._read_paused = False
-        self._writable = asyncio.Event()
-        self._writable.set()
-        # `not self._writable.is_set()`, read by `send_now` for every message without a call.
-        self._write_paused = False
+        # True while the transport's buffer is over its high-water mark; `send` then waits on `_writable`, made
+        # only when one has to wait (an idle socket keeps no future).
+        self.write_paused = False
+        self._writable: asyncio.Future[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         # Keepalive: the next ping, or the deadline of the one in flight (its payload in `_ping_payload`).
         self._keepalive: asyncio.TimerHandle | None = None
@@ -134,8 +134,7 @@ class PageProtocol(asyncio.Protocol):
         self._answered = True
         self._disconnected = True
         # A transport lost while paused never resumes writing: a waiting `send` must wake to fail.
-        self._writable.set()
-        self._write_paused = False
+        self.resume_writing()
         self._cancel_close_timer()
         if exc is None and self.transport is not None:
             self.transport.close()
@@ -144,12 +143,13 @@ class PageProtocol(asyncio.Protocol):
         """Returning None closes the transport."""
 
     def pause_writing(self) -> None:
-        self._writable.clear()
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._writable.set()
-        self._write_paused = False
+        self.write_paused = False
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
@@ -203,7 +203,11 @@ class PageProtocol(asyncio.Protocol):
         return message
 
     async def send(self, message: Message) -> None:
-        await self._writable.wait()
+        if self.write_paused:
+            if self._writable is None:
+                self._writable = self._loop.create_future()
+            # Shielded: a sender cancelled (its deadline) must not cancel the future other senders wait on.
+            await asyncio.shield(self._writable)
         if self._disconnected:
             raise PageDisconnected
         kind = message["type"]
@@ -387,7 +391,7 @@ class PageProtocol(asyncio.Protocol):
         """Write one data message at once if the transport takes it without waiting; False, and nothing sent,
         when a send would wait (writes paused) or the socket is not open: the caller awaits `send` then."""
         transport = self.transport
-        if self._write_paused or self._close_sent or transport is None or transport.is_closing():
+        if self.write_paused or self._close_sent or transport is None or transport.is_closing():
             return False
         try:
             if type(message) is bytes:

@@ -371,7 +371,6 @@ class GuardedWebSocket(asyncio.Protocol):
         self._shared = shared
         self._loop = _loop or asyncio.get_event_loop()
         self._transport: asyncio.Transport | None = None
-        self._write_paused = False
         self._lost = False
         self._lingering = False
         self._lingered_bytes = 0
@@ -379,7 +378,7 @@ class GuardedWebSocket(asyncio.Protocol):
 
     @property
     def write_paused(self) -> bool:
-        return self._write_paused
+        return self._inner.write_paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -407,11 +406,9 @@ class GuardedWebSocket(asyncio.Protocol):
             self._inner.eof_received()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
         self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
         self._inner.resume_writing()
 
     def data_received(self, data: bytes) -> None:

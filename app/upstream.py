@@ -77,9 +77,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.lost: asyncio.Future[None] = loop.create_future()
         self._fragments: list[bytes] = []
         self._reader: asyncio.Future[None] | None = None
-        self._writable: asyncio.Future[None] | None = None
-        # True while the transport's buffer is over its high-water mark: a send would wait (`_writable`).
+        # True while the transport's buffer is over its high-water mark: a send then waits on `_writable`, made
+        # only when one has to wait.
         self.write_paused = False
+        self._writable: asyncio.Future[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         # Keepalive on the loop's timers, not a task: the next ping, or the deadline of the one unanswered.
         self._keepalive: asyncio.TimerHandle | None = None
@@ -121,13 +122,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.resume_writing()
 
     def pause_writing(self) -> None:
-        if self._writable is None:
-            self._writable = asyncio.get_running_loop().create_future()
-            self.write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        writable, self._writable = self._writable, None
         self.write_paused = False
+        writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
             writable.set_result(None)
 
@@ -231,9 +230,11 @@ class UpstreamConnection(asyncio.Protocol):
     async def until_writable(self, timeout_s: float) -> None:
         """Return once the socket's send buffer has room again (at once when it has); a server that takes
         nothing for `timeout_s` is given up."""
+        if not self.write_paused:
+            return
         writable = self._writable
         if writable is None:
-            return
+            writable = self._writable = asyncio.get_running_loop().create_future()
         # Not cancelled on time-out: other senders may wait on the same future.
         done, _ = await asyncio.wait((writable,), timeout=timeout_s)
         if not done:

@@ -252,3 +252,30 @@ async def test_reading_pauses_while_a_message_waits_for_the_app() -> None:
         assert await ws.recv() == "read"
         assert page.transport.is_reading()
     assert heard[0] == {"type": "websocket.receive", "text": "first"}
+
+
+async def test_sends_wait_while_writes_are_paused_and_one_sender_given_up_leaves_the_others_waiting() -> None:
+    senders: list[asyncio.Task[None]] = []
+    accepted = asyncio.Event()
+
+    async def sending(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        accepted.set()
+        await receive()
+
+    async with served(sending) as (url, server), connect(url) as ws:
+        await accepted.wait()
+        [page] = server.server_state.connections
+        page.pause_writing()  # as the transport does over its high-water mark
+        for text in ("given up", "kept"):
+            senders.append(asyncio.create_task(page.send({"type": "websocket.send", "text": text})))
+        await asyncio.sleep(0)  # a yield: both senders run up to their wait
+        assert not any(sender.done() for sender in senders)
+        senders[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await senders[0]
+        assert not senders[1].done()
+        page.resume_writing()
+        await senders[1]
+        assert await ws.recv() == "kept"

@@ -50,12 +50,15 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from app.ws_frames import WHOLE_BINARY, WHOLE_TEXT, server_frame, split_frames
+
 # uvicorn's own logger: the app's logging set-up filters and formats its lines (app.logging).
 _server_log = logging.getLogger("uvicorn.error")
 # How long the peer has to answer the server's close frame before the connection is closed.
 CLOSE_TIMEOUT_S = 10.0
-# Compared with every frame's opcode: an enum member read from its class takes ~0.1 µs on Python 3.11.
+# Compared with every frame's opcode and state: an enum member read from its class takes ~0.1 µs on Python 3.11.
 _TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
+_OPEN = State.OPEN
 
 Message = dict[str, Any]
 
@@ -86,6 +89,12 @@ class PageProtocol(asyncio.Protocol):
                                                      compress_settings={"memLevel": 5})
                       ] if config.ws_per_message_deflate else []
         self.protocol = ServerProtocol(extensions=extensions, max_size=config.ws_max_size, logger=_server_log)
+        self._max_size = config.ws_max_size
+        # Whole messages framed and parsed by `app.ws_frames` (no extension can be in use); `_splitting` from the
+        # end of the upgrade request on, `_unsplit` the incomplete frame read so far.
+        self._frames_here = not extensions
+        self._splitting = False
+        self._unsplit = b""
         self.transport: asyncio.Transport | None = None
         self._server: tuple[str, int | None] | None = None
         self._client: tuple[str, int] | None = None
@@ -152,23 +161,45 @@ class PageProtocol(asyncio.Protocol):
             writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._splitting:
+            unsplit = self._unsplit
+            self._unsplit = split_frames(self, unsplit + data if unsplit else data, masked=True,
+                                         max_size=self._max_size)
+        else:
+            self.parse_frames(data)
+
+    # Frames: whole messages here, the rest through websockets (app.ws_frames)
+
+    def between_messages(self) -> bool:
+        return self.protocol.state is _OPEN and not self._fragments
+
+    def whole_message(self, text: bool, payload: bytes) -> bool:
+        self._fragments_text = text
+        return self._message(payload)
+
+    def parse_frames(self, data: bytes) -> bool:
         protocol = self.protocol
         protocol.receive_data(data)
         for event in protocol.events_received():
             if isinstance(event, Frame):
                 if not self._frame(event):
-                    return
+                    return False
             elif isinstance(event, Request):
                 self._open(event)
         if protocol.parser_exc is not None:
             self._failed()
-        elif protocol.handshake_exc is not None and not self._answered:
+            return False
+        if protocol.handshake_exc is not None and not self._answered:
             # A request websockets could not parse: its refusal is queued, and the connection ends.
             self._answered = self._close_sent = True
             self._flush()
             self.transport.close()  # type: ignore[union-attr]
-        else:
-            self._flush()
+            return False
+        self._flush()
+        return True
+
+    def stop_splitting(self) -> None:
+        self._splitting = False
 
     # uvicorn's server
 
@@ -291,6 +322,8 @@ class PageProtocol(asyncio.Protocol):
         }
         self._put({"type": "websocket.connect"})
         self.app_started = True
+        # uvicorn handed over the request's bytes and nothing more: websockets holds no byte of a frame.
+        self._splitting = self._frames_here
         task = self._loop.create_task(self._run_asgi())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -393,12 +426,24 @@ class PageProtocol(asyncio.Protocol):
         transport = self.transport
         if self.write_paused or self._close_sent or transport is None or transport.is_closing():
             return False
+        if type(message) is bytes:
+            return self._write_data(message, False)
+        return self._write_data(cast(str, message).encode(), True)
+
+    def _write_data(self, data: bytes, text: bool) -> bool:
+        """Frame and write one data message; False, and nothing framed, unless the connection is open."""
+        protocol = self.protocol
+        if self._frames_here:
+            if protocol.state is not _OPEN:
+                return False
+            self.transport.write(server_frame(WHOLE_TEXT if text else WHOLE_BINARY, data))  # type: ignore[union-attr]
+            return True
         try:
-            if type(message) is bytes:
-                self.protocol.send_binary(message)
+            if text:
+                protocol.send_text(data)
             else:
-                self.protocol.send_text(cast(str, message).encode())
-        except InvalidState:  # not open (a close frame sent or received): websockets framed nothing
+                protocol.send_binary(data)
+        except InvalidState:  # not open (a close frame sent or received)
             return False
         self._flush()
         return True
@@ -428,6 +473,10 @@ class PageProtocol(asyncio.Protocol):
             return True
         else:
             return True  # a ping: websockets has queued its pong
+        return self._message(data)
+
+    def _message(self, data: bytes) -> bool:
+        """A whole data message (text when `_fragments_text`); False when the connection failed on it."""
         if self._close_sent:
             # Past the app's close: dropped, and the socket is read on until the peer's close arrives.
             return True
@@ -452,11 +501,13 @@ class PageProtocol(asyncio.Protocol):
 
     def _send_data(self, message: Message) -> None:
         data, text = message.get("bytes"), message.get("text")
+        sent = True
         if data is not None:
-            self.protocol.send_binary(data)
+            sent = self._write_data(data, False)
         elif text is not None:
-            self.protocol.send_text(text.encode())
-        self._flush()
+            sent = self._write_data(text.encode(), True)
+        if not sent:
+            raise PageDisconnected
 
     def _close(self, code: int, reason: str) -> None:
         """The app's `websocket.close`: the close frame, then the peer has `CLOSE_TIMEOUT_S` to answer it."""

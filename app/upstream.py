@@ -31,6 +31,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from app.errors import UpstreamClosed, UpstreamRefused, UpstreamUnavailable
+from app.ws_frames import WHOLE_TEXT, client_frame, split_frames
 
 # Keepalive: a ping every 20 s keeps idle proxies from cutting a lesson during a long pause; no pong
 # within 20 s and the connection is given up.
@@ -48,6 +49,9 @@ NORMAL_CLOSE_CODES = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY})
 DATA_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY})
 # Reading an enum member from its class takes ~0.1 µs on Python 3.11: the flush of every read uses this one.
 _OPEN = State.OPEN
+# The largest frame split here (`app.ws_frames`): a larger one, and everything after it, websockets parses.
+SPLIT_MAX_BYTES = 16 * 2**20
+_HEAD_END = b"\r\n\r\n"
 
 
 def realtime_url(base_url: str, model: str) -> str:
@@ -69,6 +73,12 @@ class UpstreamConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.protocol = protocol
         self.transport: asyncio.Transport | None = None
+        # Whole messages are split here (`app.ws_frames`) once websockets has read the handshake's answer and no
+        # byte more (`_head_tail`: the answer's last bytes read so far, where its end may begin); `_unsplit` is the
+        # incomplete frame read since.
+        self._head_tail = b""
+        self._splitting = False
+        self._unsplit = b""
         self.inbox: deque[bytes] = deque()
         self.reading_paused = False
         self.on_message: Callable[[bytes], None] | None = None
@@ -96,6 +106,43 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._splitting:
+            unsplit = self._unsplit
+            self._unsplit = split_frames(self, unsplit + data if unsplit else data, masked=False,
+                                         max_size=SPLIT_MAX_BYTES)
+        elif self.response_received.done():
+            self.parse_frames(data)
+        else:
+            self._take_head(data)
+
+    def _take_head(self, data: bytes) -> None:
+        """The handshake's answer: websockets is given its bytes and no more, and what follows a 101 is split."""
+        tail = self._head_tail
+        end = (tail + data).find(_HEAD_END)
+        if end < 0:
+            self._head_tail = (tail + data)[-(len(_HEAD_END) - 1):]
+            self.parse_frames(data)
+            return
+        self._head_tail = b""
+        cut = end + len(_HEAD_END) - len(tail)
+        self.parse_frames(data[:cut])
+        rest = data[cut:]
+        if self.protocol.state is _OPEN:
+            self._splitting = True
+            self._unsplit = split_frames(self, rest, masked=False, max_size=SPLIT_MAX_BYTES)
+        elif rest:
+            self.parse_frames(rest)
+
+    # -- frames: whole messages here, the rest through websockets (app.ws_frames) ---------------------------------
+
+    def between_messages(self) -> bool:
+        return self.protocol.state is _OPEN and not self._fragments
+
+    def whole_message(self, text: bool, payload: bytes) -> bool:
+        self._deliver(payload)
+        return True
+
+    def parse_frames(self, data: bytes) -> bool:
         protocol = self.protocol
         protocol.receive_data(data)
         events = protocol.events_received()
@@ -105,6 +152,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self._frame_received(event)
             elif isinstance(event, Response) and not self.response_received.done():
                 self.response_received.set_result(None)
+        return True
+
+    def stop_splitting(self) -> None:
+        self._splitting = False
 
     def eof_received(self) -> None:
         self.protocol.receive_eof()
@@ -188,10 +239,11 @@ class UpstreamConnection(asyncio.Protocol):
         """Frame one text message and write it; `InvalidState` unless the connection is open. A data frame starts
         no closing handshake, so unlike `flush` this sets no close deadline."""
         protocol = self.protocol
-        protocol.send_text(payload)
+        if protocol.state is not _OPEN:
+            raise InvalidState(f"connection is {protocol.state.name.lower()}")
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.writelines(protocol.data_to_send())
+            transport.write(client_frame(WHOLE_TEXT, payload))
 
     # -- the lesson's side --------------------------------------------------------------------------
 

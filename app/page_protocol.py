@@ -2,7 +2,8 @@
 
 uvicorn parses an upgrade request's head and hands the connection to its `ws` protocol class; from there
 `PageProtocol` owns it, driving `websockets.server.ServerProtocol` through its public API (`receive_data`,
-`events_received`, `data_to_send`, `accept`, `reject`, `send_*`), as `app.upstream` drives the client's. It
+`events_received`, `data_to_send`, `accept`, `reject`, `send_*`), as `app.upstream` drives the client's; a whole
+text or binary message is framed and parsed by `app.ws_frames` instead, every other frame still by websockets. It
 keeps what uvicorn's own websockets-sansio protocol does wherever the app or an operator sees it:
 
 - the ASGI scope as uvicorn builds it (addresses, scheme, root path, path, query, headers, subprotocols, the

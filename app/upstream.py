@@ -7,8 +7,8 @@ The connection is websockets' sans-I/O client protocol (`websockets.client.Clien
 API for bringing one's own I/O) driven by `UpstreamConnection`, an asyncio protocol with a lesson's short
 path: complete messages are given to the lesson's callback as they are read (`deliver_messages`), or wait in a
 deque for the lesson's one reader, which stops the socket being read while too many are unread; a message is
-written the moment it is sent. Control frames and the closing
-handshake are the sans-I/O protocol's; keepalive pings are sent from here.
+written the moment it is sent. Whole text messages are framed and parsed by `app.ws_frames`; every other frame,
+control frames and the closing handshake are the sans-I/O protocol's; keepalive pings are sent from here.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The load bench gives the relay's CPU per frame round trip as a whole; this splits the Python-level part
 of it into its steps, each timed in a loop with nothing else running: the WebSocket framing of the four
-messages (websockets' sans-I/O protocol, as uvicorn and the upstream client use it), the base64 and JSON
+messages (websockets' sans-I/O protocol, as uvicorn and the naive relay use it, and `app.ws_frames`, as the relay
+frames a whole message), the base64 and JSON
 work on the two legs, and one asyncio task wake-up. Whatever the load bench measures beyond the sum of
 these and the `proxy` target's floor is the plumbing between them (ASGI, queues, the relay's pumps).
 """
@@ -24,6 +25,7 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from app import protocol
+from app.ws_frames import WHOLE_BINARY, WHOLE_TEXT, client_frame, server_frame, split_frames
 from bench import run_on_uvloop
 from bench.markers import FRAME_BYTES
 
@@ -64,6 +66,36 @@ def _serialising(side: Protocol, send: Callable[[bytes], None], data: bytes) -> 
     return serialise
 
 
+class _OpenSocket:
+    """A connection open between messages that takes every whole message `split_frames` gives it."""
+
+    taken = b""
+
+    def between_messages(self) -> bool:
+        return True
+
+    def whole_message(self, text: bool, payload: bytes) -> bool:
+        self.taken = payload
+        return True
+
+    def parse_frames(self, data: bytes) -> bool:
+        raise AssertionError("only whole messages are timed")
+
+    def stop_splitting(self) -> None:
+        raise AssertionError("only whole messages are timed")
+
+
+def _splitting(wire: bytes, *, masked: bool) -> Callable[[], object]:
+    """A step that splits `wire` and takes the message in it."""
+    socket = _OpenSocket()
+
+    def split() -> object:
+        split_frames(socket, wire, masked=masked, max_size=len(wire))
+        return socket.taken
+
+    return split
+
+
 def step_costs() -> list[tuple[str, Callable[[], object]]]:
     page_server, upstream_client = _open_pair()
     pcm = bytes(range(256)) * (FRAME_BYTES // 256) + bytes(FRAME_BYTES % 256)
@@ -82,6 +114,10 @@ def step_costs() -> list[tuple[str, Callable[[], object]]]:
         ("websockets: parse the upstream's text frame", _parsing(upstream_client, delta_frame)),
         ("websockets: serialise the append upstream (masked)", _serialising(upstream_client, upstream_client.send_text,
                                                                             append)),
+        ("app.ws_frames: split the page's binary frame (masked)", _splitting(page_frame, masked=True)),
+        ("app.ws_frames: frame the binary message to the page", lambda: server_frame(WHOLE_BINARY, pcm)),
+        ("app.ws_frames: split the upstream's text frame", _splitting(delta_frame, masked=False)),
+        ("app.ws_frames: frame the append upstream (masked)", lambda: client_frame(WHOLE_TEXT, append)),
         ("serialise input_audio_buffer.append (base64 + JSON)", lambda: protocol.audio_append(pcm)),
         ("orjson.loads of the audio delta event", lambda: orjson.loads(delta_event)),
         ("base64-decode the delta", lambda: protocol.decode_audio(delta_base64)),
@@ -123,8 +159,9 @@ def main() -> None:
     print(f"{'step (one 20 ms frame, 960 B of PCM16)':<{width}}  us")
     for name, seconds in rows:
         print(f"{name:<{width}}  {seconds * 1e6:5.2f}")
-    framing = sum(seconds for name, seconds in rows if name.startswith("websockets"))
-    print(f"{'all four WebSocket messages of one relayed frame':<{width}}  {framing * 1e6:5.2f}")
+    for framer in ("websockets", "app.ws_frames"):
+        framing = sum(seconds for name, seconds in rows if name.startswith(framer))
+        print(f"{f'all four WebSocket messages of one relayed frame, {framer}':<{width}}  {framing * 1e6:5.2f}")
 
 
 if __name__ == "__main__":

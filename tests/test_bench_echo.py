@@ -341,6 +341,10 @@ def test_each_step_bench_costs_times_does_its_real_work() -> None:
     assert orjson.loads(upstream_frame.data)["type"] == "response.output_audio.delta"
     assert len(b"".join(steps["websockets: serialise the binary frame to the page"]())) > FRAME_BYTES
     assert len(b"".join(steps["websockets: serialise the append upstream (masked)"]())) > FRAME_BYTES
+    assert steps["app.ws_frames: split the page's binary frame (masked)"]() == page_frame.data
+    assert steps["app.ws_frames: split the upstream's text frame"]() == upstream_frame.data
+    assert len(steps["app.ws_frames: frame the binary message to the page"]()) > FRAME_BYTES
+    assert len(steps["app.ws_frames: frame the append upstream (masked)"]()) > FRAME_BYTES
     assert orjson.loads(steps["serialise input_audio_buffer.append (base64 + JSON)"]())["type"] == \
         "input_audio_buffer.append"
     assert len(steps["base64-decode the delta"]()) == FRAME_BYTES

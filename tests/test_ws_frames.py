@@ -8,6 +8,7 @@ frame but the whole messages. Both must hear the same messages and end in the sa
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import struct
 from collections.abc import Callable
@@ -38,7 +39,8 @@ def opened(max_size: int | None = MAX_SIZE) -> tuple[ClientProtocol, ServerProto
     server.send_response(server.accept(request))
     client.receive_data(b"".join(server.data_to_send()))
     client.events_received()
-    assert client.state is State.OPEN and server.state is State.OPEN
+    assert client.state is State.OPEN
+    assert server.state is State.OPEN
     return client, server
 
 
@@ -140,7 +142,7 @@ def random_stream(rng: random.Random, *, masked: bool) -> bytes:
 def cut(rng: random.Random, stream: bytes) -> list[bytes]:
     cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randrange(6)))) if len(stream) > 1 else []
     bounds = [0, *cuts, len(stream)]
-    return [stream[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]
+    return [stream[start:end] for start, end in itertools.pairwise(bounds)]
 
 
 @pytest.mark.parametrize("side", ["server", "client"])
@@ -164,7 +166,7 @@ def test_split_streams_are_heard_as_websockets_hears_them(side: str) -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
 def test_frames_written_here_are_read_by_websockets_as_the_message_sent(size: int) -> None:
-    client, server = opened(max_size=None)
+    _, server = opened(max_size=None)
     payload = random.Random(size).randbytes(size)
     server.send_binary(payload)
     assert server_frame(WHOLE_BINARY, payload) == b"".join(server.data_to_send())

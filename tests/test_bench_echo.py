@@ -39,7 +39,7 @@ from bench.markers import FRAME_BYTES, marked_frame, pcm_duration_ms, read_marke
 from bench.naive_relay import app as naive_app
 from bench.naive_relay import validating_app as naive_validating_app
 from bench.report import targets_check
-from bench.scenarios import LoadReport, Target, own_collector_off
+from bench.scenarios import CrossingReport, LoadReport, Target, own_collector_off
 from bench.students import BrowserStudent, DirectStudent, LoadClock, StudentResult, StudentSocket, next_frame_time
 from bench.tcp_proxy import open_proxy
 from bench.withdrawal_check import check_times_ms
@@ -376,6 +376,23 @@ def test_the_targets_of_issue_14_are_checked_against_the_honest_naive_relay() ->
     [memory_line] = [line for line in lines if "memory" in line]
     assert memory_line.startswith("[PASS]")
     assert "60 KiB" in memory_line
+
+
+def test_cpu_per_frame_is_also_compared_at_the_most_lessons_both_relays_carried_within_the_limit() -> None:
+    def step(target: Target, lessons: int, cpu: float, p99_ms: float) -> LoadReport:
+        report = LoadReport(target, lessons=lessons, seconds=10.0, lessons_ready=lessons, frames_sent=lessons * 500,
+                            relay_cpu_streaming=cpu)
+        report.round_trip_p99_ms = p99_ms
+        return report
+
+    relay = CrossingReport(Target.RELAY, [step(Target.RELAY, n, n * 0.003, 2.0) for n in (50, 100, 150)], None, 150)
+    naive = CrossingReport(Target.NAIVE, [step(Target.NAIVE, 50, 0.35, 3.0), step(Target.NAIVE, 100, 0.7, 6.0),
+                                          step(Target.NAIVE, 150, 0.95, 40.0)], 150, 100)
+    lines = targets_check([step(Target.RELAY, 150, 0.45, 2.0), step(Target.NAIVE, 150, 0.95, 40.0)], [],
+                          [relay, naive])
+    [below] = [line for line in lines if line.startswith("[INFO] relay CPU per frame")]
+    assert below.startswith("[INFO] relay CPU per frame at 100 lessons")
+    assert "60 us = 0.43x naive 140 us; at 150 naive used 95% of its core" in below
 
 
 def test_a_candidate_names_its_server_checkout_and_arguments(tmp_path: Path) -> None:

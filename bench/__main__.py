@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import run_on_uvloop
-from bench.idle_polling import KERNEL_DEFAULT_NS, halt_polling
+from bench.idle_polling import add_halt_poll_option, halt_polling
 from bench.processes import (
     REPO_ROOT,
     ManagedProcess,
@@ -151,14 +151,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SECONDS",
         help="before each load run wait up to this long for other processes to use < 0.25 core (60; 0 = never)",
     )
-    parser.add_argument(
-        "--halt-poll-ns",
-        type=_halt_poll_ns,
-        default=KERNEL_DEFAULT_NS,
-        metavar="NS|keep",
-        help=f"how long an idle vCPU polls before it halts, during the run, where the haltpoll idle driver is and the"
-        f" bench may set it (default {KERNEL_DEFAULT_NS}, the kernel's default; 'keep': as the machine has it)",
-    )
+    add_halt_poll_option(parser)
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "bench" / "results")
     arguments = parser.parse_args(argv)
     if arguments.quick:
@@ -169,14 +162,6 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     if Target.BEFORE in arguments.targets and not (arguments.before and (arguments.before / "app").is_dir()):
         parser.error("target 'before' needs --before DIR, a checkout of this repository (git worktree add DIR REF)")
     return arguments
-
-
-def _halt_poll_ns(text: str) -> int | None:
-    if text == "keep":
-        return None
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"not a number of nanoseconds or 'keep': {text!r}")
-    return int(text)
 
 
 def naive_uvicorn_arguments(arguments: argparse.Namespace) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import run_on_uvloop
+from bench.idle_polling import add_halt_poll_option, halt_polling
 from bench.processes import REPO_ROOT, ManagedProcess, start_app, start_echo_upstream, start_granian, start_uvicorn
 from bench.report import text_table, write_json
 from bench.scenarios import Endpoint, Harness, LoadReport, Target, measure_first_audio, run_load
@@ -76,6 +77,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="let the scheduler place everything (default: relay on the last CPU, the rest elsewhere)")
     parser.add_argument("--wait-quiet", type=float, default=30.0, metavar="SECONDS",
                         help="before each run wait up to this long for other processes to use < 0.25 core (30)")
+    add_halt_poll_option(parser)
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "bench" / "results")
     arguments = parser.parse_args(argv)
     labels = [candidate.label for candidate in arguments.candidates]
@@ -174,9 +176,11 @@ def _format(value: float | None, spec: str) -> str:
 
 def main() -> None:
     arguments = parse_arguments()
-    runs = run_on_uvloop(run_candidates(arguments))
+    with halt_polling(arguments.halt_poll_ns) as idle_polling:
+        runs = run_on_uvloop(run_candidates(arguments))
     table = summary_table(runs, arguments.reference)
     record = {
+        "idle_polling": idle_polling,
         "arguments": {**vars(arguments), "candidates": [vars(candidate) | {"checkout": str(candidate.checkout)}
                                                         for candidate in arguments.candidates],
                       "results_dir": str(arguments.results_dir)},
@@ -184,6 +188,7 @@ def main() -> None:
         "table": table,
     }
     path = write_json(arguments.results_dir, record)
+    print(idle_polling.line())
     print(f"{arguments.lessons} lessons, {arguments.seconds:g} s streaming, {arguments.rounds} rounds;"
           " us/frame: relay CPU per frame round trip, median and range over the rounds")
     print(table)

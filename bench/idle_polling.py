@@ -12,6 +12,7 @@ machine as it is. Polling is idle time: no process's CPU time includes it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,3 +63,23 @@ def halt_polling(wanted_ns: int | None, parameter: Path = HALT_POLL_PARAMETER) -
         yield IdlePolling(str(parameter), before, wanted_ns, f"{wanted_ns} ns for this run ({before} before, restored)")
     finally:
         parameter.write_text(str(before))
+
+
+def _halt_poll_ns(text: str) -> int | None:
+    if text == "keep":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of nanoseconds or 'keep': {text!r}")
+    return int(text)
+
+
+def add_halt_poll_option(parser: argparse.ArgumentParser) -> None:
+    """`--halt-poll-ns NS|keep`, read into `halt_poll_ns` (None for keep) for `halt_polling`."""
+    parser.add_argument(
+        "--halt-poll-ns",
+        type=_halt_poll_ns,
+        default=KERNEL_DEFAULT_NS,
+        metavar="NS|keep",
+        help=f"how long an idle vCPU polls before it halts, during the run, where the haltpoll idle driver is and the"
+        f" bench may set it (default {KERNEL_DEFAULT_NS}, the kernel's default; 'keep': as the machine has it)",
+    )

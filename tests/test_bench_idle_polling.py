@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import parse_arguments
+from bench.candidates import parse_arguments as parse_candidates_arguments
 from bench.idle_polling import KERNEL_DEFAULT_NS, halt_polling
 
 
@@ -64,3 +65,8 @@ def test_the_option_reads_keep_and_numbers() -> None:
     assert parse_arguments(["--halt-poll-ns", "0"]).halt_poll_ns == 0
     with pytest.raises(SystemExit):
         parse_arguments(["--halt-poll-ns", "-5"])
+
+
+def test_the_candidates_runner_takes_the_same_option() -> None:
+    assert parse_candidates_arguments(["--candidate", "now=app"]).halt_poll_ns == KERNEL_DEFAULT_NS
+    assert parse_candidates_arguments(["--candidate", "now=app", "--halt-poll-ns", "keep"]).halt_poll_ns is None
